@@ -1,0 +1,140 @@
+// Command egressgw is the egress gateway: a forward proxy that decides, per
+// tenant, what may leave a sandbox, and records it.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/egressgw/egressgw/configs"
+	"github.com/egressgw/egressgw/policy"
+)
+
+// Exit codes (SPEC §1).
+const (
+	exitOK    = 0
+	exitFail  = 1
+	exitUsage = 2
+)
+
+const usage = `egressgw: an egress gateway for sandboxes.
+
+Usage:
+  egressgw serve [--config DIR_OR_FILE] [--listen ADDR] [--admin-listen ADDR] [--log-format json|text]
+  egressgw check --config DIR
+  egressgw explain --config DIR --tenant ID [--method M] [--json] URL
+  egressgw token new
+  egressgw healthcheck [--admin-listen ADDR]
+  egressgw version
+
+With no --config, serve runs the embedded quickstart policy.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return serve(rest, stdout, stderr)
+	case "check":
+		return check(rest, stdout, stderr)
+	case "explain":
+		return explain(rest, stdout, stderr)
+	case "token":
+		if len(rest) == 1 && rest[0] == "new" {
+			return tokenNew(stdout, stderr)
+		}
+		fmt.Fprint(stderr, "usage: egressgw token new\n")
+		return exitUsage
+	case "healthcheck":
+		return healthcheck(rest, stdout, stderr)
+	case "version", "--version", "-version":
+		return printVersion(stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "egressgw: unknown command %q\n\n%s", cmd, usage)
+		return exitUsage
+	}
+}
+
+// newFlags makes a flag set that reports usage errors to stderr and lets
+// the caller turn them into exit code 2.
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("egressgw "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parseInterspersed parses flags that may stand before or after the
+// positional arguments, as in `explain URL --json`.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return positional, nil
+		}
+		positional = append(positional, args[0])
+		args = args[1:]
+	}
+}
+
+// configSource is a config directory as a file system, plus a name for
+// messages. A file argument means its gateway.yaml's directory.
+type configSource struct {
+	fsys fs.FS
+	name string
+}
+
+func openConfig(path string) (configSource, error) {
+	if path == "" {
+		return configSource{fsys: configs.Quickstart(), name: "embedded quickstart"}, nil
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		return configSource{}, fmt.Errorf("config: %w", err)
+	}
+	dir := path
+	if !info.IsDir() {
+		if filepath.Base(path) != policy.GatewayFileName {
+			return configSource{}, fmt.Errorf("config: %s is a file; give the config directory or its %s", path, policy.GatewayFileName)
+		}
+		dir = filepath.Dir(path)
+	}
+	return configSource{fsys: os.DirFS(dir), name: dir}, nil
+}
+
+func (c configSource) load() (*policy.Snapshot, error) {
+	return policy.Load(c.fsys, time.Now())
+}
+
+// printLoadError prints every config problem as FILE:LINE: message.
+func printLoadError(w io.Writer, err error) {
+	var le *policy.LoadError
+	if errors.As(err, &le) {
+		for _, ce := range le.Errors {
+			fmt.Fprintln(w, ce.Error())
+		}
+		return
+	}
+	fmt.Fprintln(w, strings.TrimSpace(err.Error()))
+}

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/egressgw/egressgw/configs"
+	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/proxy"
+)
+
+func serve(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("serve", stderr)
+	configPath := fs.String("config", "", "config directory, or its gateway.yaml (default: the embedded quickstart)")
+	listen := fs.String("listen", "", "proxy listen address (overrides gateway.yaml)")
+	adminListen := fs.String("admin-listen", "", "admin listen address (overrides gateway.yaml)")
+	logFormat := fs.String("log-format", "json", "log format: json or text")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		return exitUsage
+	}
+	logger, err := newLogger(stderr, *logFormat)
+	if err != nil {
+		fmt.Fprintln(stderr, "egressgw:", err)
+		return exitUsage
+	}
+	source, err := openConfig(*configPath)
+	if err != nil {
+		logger.Error("cannot open config", "error", err)
+		return exitFail
+	}
+	snap, err := source.load()
+	if err != nil {
+		fmt.Fprintf(stderr, "egressgw: config %s is not valid:\n", source.name)
+		printLoadError(stderr, err)
+		return exitFail
+	}
+	settings := snap.Gateway
+	if *listen != "" {
+		settings.Listen = *listen
+	}
+	if *adminListen != "" {
+		settings.AdminListen = *adminListen
+	}
+
+	proxyLn, err := net.Listen("tcp", settings.Listen)
+	if err != nil {
+		logger.Error("cannot listen", "listen", settings.Listen, "error", err)
+		return exitFail
+	}
+	adminLn, err := net.Listen("tcp", settings.AdminListen)
+	if err != nil {
+		proxyLn.Close()
+		logger.Error("cannot listen", "admin_listen", settings.AdminListen, "error", err)
+		return exitFail
+	}
+	audit, closeAudit, err := openAudit(settings.AuditOutput, *configPath, stdout)
+	if err != nil {
+		proxyLn.Close()
+		adminLn.Close()
+		logger.Error("cannot open audit output", "output", settings.AuditOutput, "error", err)
+		return exitFail
+	}
+	defer closeAudit()
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gw, err := proxy.New(proxy.Options{
+		Logger:    logger,
+		Audit:     audit,
+		Registry:  registry,
+		Listeners: []netip.AddrPort{addrPort(proxyLn), addrPort(adminLn)},
+		Settings:  settings,
+	})
+	if err != nil {
+		logger.Error("cannot start", "error", err)
+		return exitFail
+	}
+	rl := &reloader{gw: gw, source: source, loaded: snap.Gateway, log: logger}
+	gw.RecordReload(true)
+	live := gw.Apply(snap)
+	logger.Info("policy loaded", "source", source.name, "generation", live.Generation,
+		"tenants", len(live.TenantIDs()), "connectors", live.Connectors(), "hash", live.Hash)
+	for _, w := range snap.Warnings {
+		logger.Warn("config warning", "problem", w.Error())
+	}
+
+	admin := &http.Server{
+		Handler:           gw.AdminHandler(&proxy.ConfigStatus{LastError: rl.lastError, Source: source.name}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- gw.Serve(proxyLn) }()
+	go func() {
+		if err := admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- err
+		}
+	}()
+	logger.Info("egressgw serving", "listen", proxyLn.Addr().String(), "admin_listen", adminLn.Addr().String(), "version", version)
+	if *configPath == "" {
+		printQuickstart(stderr, proxyLn.Addr().String())
+	}
+
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(signals)
+	for {
+		select {
+		case err := <-serveErr:
+			logger.Error("listener failed", "error", err)
+			return exitFail
+		case sig := <-signals:
+			if sig == syscall.SIGHUP {
+				rl.reload("SIGHUP")
+				continue
+			}
+			logger.Info("shutting down", "signal", sig.String(), "grace", settings.ShutdownGrace.String())
+			ctx, cancel := context.WithTimeout(context.Background(), settings.ShutdownGrace)
+			err := gw.Shutdown(ctx)
+			cancel()
+			_ = admin.Close()
+			if err != nil {
+				logger.Warn("shutdown grace ran out; remaining connections closed", "error", err)
+			}
+			logger.Info("stopped")
+			return exitOK
+		}
+	}
+}
+
+func newLogger(w io.Writer, format string) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("--log-format: want json or text, got %q", format)
+	}
+}
+
+func addrPort(ln net.Listener) netip.AddrPort {
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
+		return tcp.AddrPort()
+	}
+	return netip.AddrPort{}
+}
+
+// openAudit opens the audit destination: stdout, or a file appended to
+// (relative to the config directory, like every path in the config).
+func openAudit(output, configPath string, stdout io.Writer) (io.Writer, func(), error) {
+	if output == "stdout" {
+		return stdout, func() {}, nil
+	}
+	path := output
+	if !filepath.IsAbs(path) {
+		dir := configPath
+		if info, err := os.Stat(configPath); err == nil && !info.IsDir() {
+			dir = filepath.Dir(configPath)
+		}
+		path = filepath.Join(dir, path)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { _ = f.Close() }, nil
+}
+
+func printQuickstart(w io.Writer, listen string) {
+	host, port, _ := net.SplitHostPort(listen)
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	proxyURL := fmt.Sprintf("http://%s:%s@%s", configs.QuickstartTenant, configs.QuickstartToken, net.JoinHostPort(host, port))
+	fmt.Fprintf(w, `
+egressgw is running the embedded quickstart policy (loopback only).
+  tenant: %s
+  token:  %s   (public demo token: never use it beyond your own machine)
+Try it:
+  curl -x %s %s
+A host outside the policy gets a 403 that says why:
+  curl -x %s https://not-allowed.example.net/
+See why:  egressgw explain --config DIR --tenant %s URL   (copy configs/quickstart to edit it)
+
+`, configs.QuickstartTenant, configs.QuickstartToken, proxyURL, configs.QuickstartURL, proxyURL, configs.QuickstartTenant)
+}
+
+// reloader loads the config again on request and publishes it only if it
+// validates; otherwise the last good policy keeps serving.
+type reloader struct {
+	gw     *proxy.Gateway
+	source configSource
+	loaded policy.Gateway // as first loaded, before flags override it
+	log    *slog.Logger
+
+	mu        sync.Mutex
+	lastErr   string
+	lastErrAt time.Time
+}
+
+func (r *reloader) reload(trigger string) {
+	snap, err := r.source.load()
+	if err != nil {
+		r.gw.RecordReload(false)
+		r.mu.Lock()
+		r.lastErr, r.lastErrAt = err.Error(), time.Now()
+		r.mu.Unlock()
+		r.log.Error("config reload refused; the last good policy keeps serving", "trigger", trigger, "error", err.Error())
+		return
+	}
+	if snap.Gateway.Listen != r.loaded.Listen || snap.Gateway.AdminListen != r.loaded.AdminListen {
+		r.log.Warn("listener addresses changed in gateway.yaml; they take effect after a restart",
+			"listen", snap.Gateway.Listen, "admin_listen", snap.Gateway.AdminListen)
+	}
+	r.gw.RecordReload(true)
+	live := r.gw.Apply(snap)
+	r.mu.Lock()
+	r.lastErr = ""
+	r.mu.Unlock()
+	r.log.Info("policy reloaded", "trigger", trigger, "generation", live.Generation, "hash", live.Hash)
+}
+
+func (r *reloader) lastError() (string, time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastErr, r.lastErrAt
+}

@@ -1,0 +1,237 @@
+package policy
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// The types in this file mirror the YAML files of a config directory
+// (SPEC §2) key for key. They are decoded strictly and then validated and
+// compiled into a Snapshot; nothing outside this package sees them.
+
+type gatewayFile struct {
+	Listen      string                      `yaml:"listen"`
+	AdminListen string                      `yaml:"admin_listen"`
+	Network     networkFile                 `yaml:"network"`
+	Limits      limitsFile                  `yaml:"limits"`
+	TLS         tlsFile                     `yaml:"tls"`
+	Quota       quotaBackendFile            `yaml:"quota"`
+	Hooks       hooksFile                   `yaml:"hooks"`
+	Secrets     map[string]secretSourceFile `yaml:"secrets"`
+	Redaction   redactionFile               `yaml:"redaction"`
+	Audit       auditFile                   `yaml:"audit"`
+	Metrics     metricsFile                 `yaml:"metrics"`
+}
+
+type networkFile struct {
+	DenyCIDRs   []string  `yaml:"deny_cidrs"`
+	AllowCIDRs  []string  `yaml:"allow_cidrs"`
+	DNSServers  []string  `yaml:"dns_servers"`
+	DNSTimeout  *Duration `yaml:"dns_timeout"`
+	DialTimeout *Duration `yaml:"dial_timeout"`
+}
+
+type limitsFile struct {
+	MaxHeaderBytes *Size     `yaml:"max_header_bytes"`
+	IdleTimeout    *Duration `yaml:"idle_timeout"`
+	MaxConnections *int      `yaml:"max_connections"`
+	ShutdownGrace  *Duration `yaml:"shutdown_grace"`
+}
+
+type tlsFile struct {
+	CACert        string   `yaml:"ca_cert"`
+	CAKey         string   `yaml:"ca_key"`
+	UpstreamRoots []string `yaml:"upstream_roots"`
+}
+
+type quotaBackendFile struct {
+	Backend  string    `yaml:"backend"`
+	Redis    redisFile `yaml:"redis"`
+	Replicas *int      `yaml:"replicas"`
+}
+
+type redisFile struct {
+	Addr    string `yaml:"addr"`
+	Prefix  string `yaml:"prefix"`
+	OnError string `yaml:"on_error"`
+}
+
+type hooksFile struct {
+	Defaults      hookLimitsFile `yaml:"defaults"`
+	MaxConcurrent *int           `yaml:"max_concurrent"`
+}
+
+type hookLimitsFile struct {
+	MaxAllocs    *int64    `yaml:"max_allocs"`
+	MaxMemory    *Size     `yaml:"max_memory"`
+	Timeout      *Duration `yaml:"timeout"`
+	MaxBodyBytes *Size     `yaml:"max_body_bytes"`
+}
+
+type secretSourceFile struct {
+	Env  string `yaml:"env"`
+	File string `yaml:"file"`
+}
+
+type redactionFile struct {
+	HMACKey      *secretSourceFile               `yaml:"hmac_key"`
+	MaxBodyBytes *Size                           `yaml:"max_body_bytes"`
+	Profiles     map[string]redactionProfileFile `yaml:"profiles"`
+}
+
+type redactionProfileFile struct {
+	Detectors         []string `yaml:"detectors"`
+	JSONFields        []string `yaml:"json_fields"`
+	Headers           []string `yaml:"headers"`
+	Action            string   `yaml:"action"`
+	OnUnsupportedBody string   `yaml:"on_unsupported_body"`
+}
+
+type auditFile struct {
+	Output string `yaml:"output"`
+}
+
+type metricsFile struct {
+	MaxTenantLabels *int `yaml:"max_tenant_labels"`
+}
+
+type tenantFile struct {
+	ID         string           `yaml:"id"`
+	Auth       tenantAuthFile   `yaml:"auth"`
+	Mode       string           `yaml:"mode"`
+	Quota      *tenantQuotaFile `yaml:"quota"`
+	Connectors []string         `yaml:"connectors"`
+	Rules      []ruleFile       `yaml:"rules"`
+}
+
+type tenantAuthFile struct {
+	TokenSHA256 string   `yaml:"token_sha256"`
+	SourceCIDRs []string `yaml:"source_cidrs"`
+}
+
+type tenantQuotaFile struct {
+	RequestsPerSecond *float64       `yaml:"requests_per_second"`
+	Burst             *int           `yaml:"burst"`
+	MaxConcurrent     *int           `yaml:"max_concurrent"`
+	Bandwidth         *bandwidthFile `yaml:"bandwidth"`
+}
+
+type bandwidthFile struct {
+	Egress  *Size `yaml:"egress"`
+	Ingress *Size `yaml:"ingress"`
+}
+
+type ruleFile struct {
+	Name    string   `yaml:"name"`
+	Action  string   `yaml:"action"`
+	Hosts   []string `yaml:"hosts"`
+	Ports   []int    `yaml:"ports"`
+	Methods []string `yaml:"methods"`
+	Paths   []string `yaml:"paths"`
+}
+
+type connectorFile struct {
+	Name    string              `yaml:"name"`
+	Version *int                `yaml:"version"`
+	Hosts   []string            `yaml:"hosts"`
+	Ports   []int               `yaml:"ports"`
+	Methods []string            `yaml:"methods"`
+	Paths   []string            `yaml:"paths"`
+	Inspect bool                `yaml:"inspect"`
+	Inject  *injectFile         `yaml:"inject"`
+	Hooks   *connectorHooksFile `yaml:"hooks"`
+	Redact  *redactRefsFile     `yaml:"redact"`
+	Quota   *connectorQuotaFile `yaml:"quota"`
+}
+
+type injectFile struct {
+	Headers        map[string]string `yaml:"headers"`
+	AllowPlaintext bool              `yaml:"allow_plaintext"`
+}
+
+type connectorHooksFile struct {
+	Request  string `yaml:"request"`
+	Response string `yaml:"response"`
+}
+
+type redactRefsFile struct {
+	Request  []string `yaml:"request"`
+	Response []string `yaml:"response"`
+}
+
+type connectorQuotaFile struct {
+	RequestsPerSecond *float64 `yaml:"requests_per_second"`
+	Burst             *int     `yaml:"burst"`
+}
+
+// Size is a byte count written as a plain number or with a unit:
+// B, KiB, MiB, GiB (powers of 1024) or KB, MB, GB (powers of 1000).
+type Size int64
+
+var sizeUnits = []struct {
+	suffix string
+	factor int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
+	{"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000},
+	{"B", 1},
+}
+
+// ParseSize parses a size such as "64KiB", "1MiB" or "4096".
+func ParseSize(s string) (Size, error) {
+	text := strings.TrimSpace(s)
+	factor := int64(1)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(text, u.suffix) {
+			text, factor = strings.TrimSpace(strings.TrimSuffix(text, u.suffix)), u.factor
+			break
+		}
+	}
+	n, err := strconv.ParseInt(text, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("invalid size %q: want a whole number of bytes with an optional unit (B, KiB, MiB, GiB)", s)
+	}
+	if n > (1<<62)/factor {
+		return 0, fmt.Errorf("invalid size %q: too large", s)
+	}
+	return Size(n * factor), nil
+}
+
+// UnmarshalYAML decodes a size, reporting errors with the value's line.
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return lineError(n, "want a size such as 64KiB")
+	}
+	v, err := ParseSize(n.Value)
+	if err != nil {
+		return lineError(n, err.Error())
+	}
+	*s = v
+	return nil
+}
+
+// Duration is a Go duration string such as "250ms" or "2s".
+type Duration time.Duration
+
+// UnmarshalYAML decodes a duration, reporting errors with the value's line.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return lineError(n, "want a duration such as 2s")
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return lineError(n, fmt.Sprintf("invalid duration %q: want e.g. 250ms, 2s, 1m", n.Value))
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// lineError reports a decoding error the way yaml.v3 reports its own, so
+// that one parser turns them all into file:line errors.
+func lineError(n *yaml.Node, msg string) error {
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %s", n.Line, msg)}}
+}

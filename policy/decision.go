@@ -1,0 +1,107 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/egressgw/egressgw/allowlist"
+)
+
+// Code is the machine-readable outcome of a request: "ok" or one of the
+// error codes of SPEC §3.
+type Code string
+
+// The codes a client can see (SPEC §3).
+const (
+	CodeOK                    Code = "ok"
+	CodeProxyAuthRequired     Code = "proxy_auth_required"
+	CodeDestinationNotAllowed Code = "destination_not_allowed"
+	CodeDestinationIPDenied   Code = "destination_ip_denied"
+	CodeBadRequest            Code = "bad_request"
+	CodeRateLimited           Code = "rate_limited"
+	CodeConcurrencyLimited    Code = "concurrency_limited"
+	CodeQuotaUnavailable      Code = "quota_unavailable"
+	CodeBodyTooLarge          Code = "body_too_large"
+	CodeHookDenied            Code = "hook_denied"
+	CodeHookFailed            Code = "hook_failed"
+	CodeDNSFailure            Code = "dns_failure"
+	CodeUpstreamUnreachable   Code = "upstream_unreachable"
+	CodeUpstreamTimeout       Code = "upstream_timeout"
+)
+
+// Request is what the allowlist decides on. Host must already be normalised
+// (allowlist.NormalizeHost).
+type Request struct {
+	Host   string
+	Port   uint16
+	Method string
+	Path   string
+	Tunnel bool // an uninspected CONNECT: method and path are unknown
+}
+
+// Decision is the allowlist's verdict on one request. The same value feeds
+// the client's error, the audit log, the metrics and explain.
+type Decision struct {
+	Allow bool
+	// Report is set when the request is let through only because the tenant
+	// is in report mode; Code and Reason then say what enforce would do.
+	Report    bool
+	Code      Code
+	Reason    string
+	Rule      string     // the deciding rule's name; empty when none matched
+	Connector *Connector // the allowing connector, if a connector allowed it
+}
+
+// Decide applies the tenant's rules to r: a matching deny rule wins, then
+// the first allowing connector or rule; nothing matching is a denial.
+func (t *Tenant) Decide(r Request) Decision {
+	res := t.set.Match(allowlist.Query{Host: r.Host, Port: r.Port, Method: r.Method, Path: r.Path, Tunnel: r.Tunnel})
+	d := t.verdict(r, res)
+	if !d.Allow && t.Mode == ModeReport {
+		d.Allow, d.Report = true, true
+	}
+	return d
+}
+
+func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
+	if res.Deny >= 0 {
+		rule := t.rules[res.Deny]
+		if r.Tunnel && rule.Match.Conditional() {
+			return t.deny(r, rule.Name, fmt.Sprintf(
+				"rule %q denies some methods or paths on this host, which cannot be checked inside an uninspected tunnel", rule.Name))
+		}
+		return t.deny(r, rule.Name, fmt.Sprintf("denied by rule %q", rule.Name))
+	}
+	if res.Allow < 0 {
+		if !r.Tunnel {
+			// Say so when the host is allowed and only the method or path is not.
+			hostOnly := t.set.Match(allowlist.Query{Host: r.Host, Port: r.Port, Tunnel: true})
+			if hostOnly.Allow >= 0 {
+				rule := t.rules[hostOnly.Allow]
+				return t.deny(r, rule.Name, fmt.Sprintf("%s %s is not among the methods and paths that %s %q allows", r.Method, r.Path, rule.Kind, rule.Name))
+			}
+		}
+		return t.deny(r, "", "no connector or rule matches; add the host to a connector the tenant uses or to the tenant's rules")
+	}
+	rule := t.rules[res.Allow]
+	if r.Tunnel && rule.Match.Conditional() {
+		return t.deny(r, rule.Name, fmt.Sprintf(
+			"%s %q restricts methods or paths, which an HTTPS tunnel hides; the connector needs inspect: true", rule.Kind, rule.Name))
+	}
+	return Decision{Allow: true, Code: CodeOK, Rule: rule.Name, Connector: rule.Connector}
+}
+
+func (t *Tenant) deny(r Request, rule, why string) Decision {
+	return Decision{
+		Code:   CodeDestinationNotAllowed,
+		Rule:   rule,
+		Reason: fmt.Sprintf("tenant %q may not reach %s: %s", t.ID, hostPort(r.Host, r.Port), why),
+	}
+}
+
+func hostPort(host string, port uint16) string {
+	if strings.Contains(host, ":") {
+		return fmt.Sprintf("[%s]:%d", host, port)
+	}
+	return fmt.Sprintf("%s:%d", host, port)
+}

@@ -1,0 +1,167 @@
+package policy
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func decisionFixture(t testing.TB) *Snapshot {
+	return mustLoad(t, map[string]string{
+		"connectors/github-v1.yaml": "name: github\nversion: 1\nhosts: [\"api.github.com\"]\nports: [443]\n",
+		"connectors/github-v2.yaml": "name: github\nversion: 2\nhosts: [\"api.github.com\", \"uploads.github.com\"]\nports: [443]\n",
+		"connectors/crm.yaml":       "name: crm\nhosts: [\"*.crm.example\"]\nports: [80]\nmethods: [GET, POST]\npaths: [\"/v1/\"]\n",
+		"tenants/acme.yaml": `id: acme
+auth: { token_sha256: "` + testTokenHash + `" }
+connectors: [github, crm]
+rules:
+  - name: docs
+    hosts: ["docs.python.org", "203.0.113.7", "198.51.100.0/24"]
+  - name: no-uploads
+    action: deny
+    hosts: ["uploads.github.com"]
+  - name: no-crm-delete
+    action: deny
+    hosts: ["*.crm.example"]
+    ports: [80]
+    methods: [DELETE]
+`,
+		"tenants/pinned.yaml":  "id: pinned\nauth: { token_sha256: \"" + testTokenHash + "\" }\nconnectors: [github@1]\n",
+		"tenants/watcher.yaml": "id: watcher\nmode: report\nauth: { source_cidrs: [\"10.20.0.0/16\"] }\nconnectors: [crm]\n",
+	})
+}
+
+func TestDecide(t *testing.T) {
+	snap := decisionFixture(t)
+	cases := []struct {
+		name     string
+		tenant   string
+		req      Request
+		allow    bool
+		report   bool
+		rule     string
+		inReason string
+	}{
+		{"connector host", "acme", Request{Host: "api.github.com", Port: 443, Tunnel: true}, true, false, "github@2", ""},
+		{"connector port not listed", "acme", Request{Host: "api.github.com", Port: 80, Method: "GET", Path: "/"}, false, false, "", "no connector or rule matches"},
+		{"deny rule beats connector", "acme", Request{Host: "uploads.github.com", Port: 443, Tunnel: true}, false, false, "no-uploads", `denied by rule "no-uploads"`},
+		{"pinned version lacks host", "pinned", Request{Host: "uploads.github.com", Port: 443, Tunnel: true}, false, false, "", "no connector or rule matches"},
+		{"pinned version", "pinned", Request{Host: "api.github.com", Port: 443, Tunnel: true}, true, false, "github@1", ""},
+		{"wildcard subdomain", "acme", Request{Host: "eu.crm.example", Port: 80, Method: "GET", Path: "/v1/contacts"}, true, false, "crm@1", ""},
+		{"wildcard deep subdomain", "acme", Request{Host: "a.b.crm.example", Port: 80, Method: "POST", Path: "/v1/x"}, true, false, "crm@1", ""},
+		{"wildcard never the apex", "acme", Request{Host: "crm.example", Port: 80, Method: "GET", Path: "/v1/"}, false, false, "", "no connector or rule matches"},
+		{"method not allowed", "acme", Request{Host: "eu.crm.example", Port: 80, Method: "PUT", Path: "/v1/x"}, false, false, "crm@1", "PUT /v1/x is not among the methods and paths"},
+		{"path not allowed", "acme", Request{Host: "eu.crm.example", Port: 80, Method: "GET", Path: "/admin"}, false, false, "crm@1", "GET /admin is not among"},
+		{"conditional deny rule", "acme", Request{Host: "eu.crm.example", Port: 80, Method: "DELETE", Path: "/v1/x"}, false, false, "no-crm-delete", "denied by rule"},
+		{"tunnel to conditional connector", "acme", Request{Host: "eu.crm.example", Port: 80, Tunnel: true}, false, false, "no-crm-delete", "uninspected tunnel"},
+		{"default ports", "acme", Request{Host: "docs.python.org", Port: 80, Method: "GET", Path: "/3/"}, true, false, "docs", ""},
+		{"default ports exclude others", "acme", Request{Host: "docs.python.org", Port: 8080, Method: "GET", Path: "/"}, false, false, "", ""},
+		{"ip literal rule", "acme", Request{Host: "203.0.113.7", Port: 443, Tunnel: true}, true, false, "docs", ""},
+		{"cidr rule", "acme", Request{Host: "198.51.100.200", Port: 443, Tunnel: true}, true, false, "docs", ""},
+		{"outside cidr", "acme", Request{Host: "198.51.101.1", Port: 443, Tunnel: true}, false, false, "", ""},
+		{"unknown host", "acme", Request{Host: "evil.example", Port: 443, Tunnel: true}, false, false, "", `tenant "acme" may not reach evil.example:443`},
+		{"report mode lets it through", "watcher", Request{Host: "evil.example", Port: 443, Tunnel: true}, true, true, "", "no connector or rule matches"},
+		{"report mode, allowed request is plain allow", "watcher", Request{Host: "x.crm.example", Port: 80, Method: "GET", Path: "/v1/"}, true, false, "crm@1", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tenant, ok := snap.Tenant(c.tenant)
+			if !ok {
+				t.Fatalf("no tenant %s", c.tenant)
+			}
+			d := tenant.Decide(c.req)
+			if d.Allow != c.allow || d.Report != c.report || d.Rule != c.rule || !strings.Contains(d.Reason, c.inReason) {
+				t.Errorf("got %+v\nwant allow=%v report=%v rule=%q reason containing %q", d, c.allow, c.report, c.rule, c.inReason)
+			}
+			if !d.Allow && d.Code != CodeDestinationNotAllowed {
+				t.Errorf("denied with code %q", d.Code)
+			}
+			if d.Report && d.Code != CodeDestinationNotAllowed {
+				t.Errorf("report decision should carry the enforce code, got %q", d.Code)
+			}
+			// Explain must reach the same verdict as the indexed matcher.
+			tr := tenant.Explain(c.req)
+			want := map[bool]string{true: "allow", false: "deny"}[c.allow]
+			if c.report {
+				want = "report"
+			}
+			if tr.Decision != want || tr.Rule != d.Rule {
+				t.Errorf("explain says %s by %q, decide says %s by %q", tr.Decision, tr.Rule, want, d.Rule)
+			}
+		})
+	}
+}
+
+func TestAuthenticate(t *testing.T) {
+	snap := decisionFixture(t)
+	cases := []struct {
+		name, tenant, token string
+		ok                  bool
+	}{
+		{"right token", "acme", "test", true},
+		{"wrong token", "acme", "tesT", false},
+		{"empty token", "acme", "", false},
+		{"unknown tenant", "nobody", "test", false},
+		{"tenant without token", "watcher", "test", false},
+		{"token of another tenant's id", "pinned", "test", true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tenant, ok := snap.Authenticate(c.tenant, c.token)
+			if ok != c.ok || (ok && tenant.ID != c.tenant) {
+				t.Errorf("Authenticate(%q, %q) = %v, %v", c.tenant, c.token, tenant, ok)
+			}
+		})
+	}
+}
+
+func TestTenantBySource(t *testing.T) {
+	snap := decisionFixture(t)
+	cases := []struct {
+		addr string
+		want string
+	}{
+		{"10.20.3.4", "watcher"},
+		{"::ffff:10.20.3.4", "watcher"},
+		{"10.21.0.1", ""},
+		{"127.0.0.1", ""},
+	}
+	for _, c := range cases {
+		got := snap.TenantBySource(netip.MustParseAddr(c.addr))
+		if (got == nil && c.want != "") || (got != nil && got.ID != c.want) {
+			t.Errorf("TenantBySource(%s) = %v, want %q", c.addr, got, c.want)
+		}
+	}
+}
+
+func TestRequestForURL(t *testing.T) {
+	cases := []struct {
+		method, url string
+		want        Request
+		ok          bool
+	}{
+		{"", "http://Example.COM./a?b=c", Request{Host: "example.com", Port: 80, Method: "GET", Path: "/a"}, true},
+		{"post", "http://example.com:8080", Request{Host: "example.com", Port: 8080, Method: "POST", Path: "/"}, true},
+		{"GET", "https://api.github.com/repos", Request{Host: "api.github.com", Port: 443, Tunnel: true}, true},
+		{"GET", "https://[2001:db8::1]:8443/", Request{Host: "2001:db8::1", Port: 8443, Tunnel: true}, true},
+		{"GET", "http://bücher.example/", Request{Host: "xn--bcher-kva.example", Port: 80, Method: "GET", Path: "/"}, true},
+		{"GET", "http://2130706433/", Request{}, false},
+		{"GET", "http://0x7f.1/", Request{}, false},
+		{"GET", "http://example.com:0/", Request{}, false},
+		{"GET", "http://example.com:99999/", Request{}, false},
+		{"GET", "ftp://example.com/", Request{}, false},
+		{"GET", "http://example.com/v1/../admin", Request{}, false},
+		{"GET", "http://example.com/v1/%2e%2E/admin", Request{}, false},
+		{"GET", "http://example.com/v1/..%2Fadmin", Request{}, false},
+		{"GET", "http://example.com/v1/..%5cadmin", Request{}, false},
+		{"GET", "http://example.com/v1/./x", Request{}, false},
+		{"GET", "http://example.com/v1/..x/.y", Request{Host: "example.com", Port: 80, Method: "GET", Path: "/v1/..x/.y"}, true},
+		{"GET", "http://exa mple.com/", Request{}, false},
+	}
+	for _, c := range cases {
+		got, err := RequestForURL(c.method, c.url)
+		if (err == nil) != c.ok || got != c.want {
+			t.Errorf("RequestForURL(%q, %q) = %+v, %v; want %+v ok=%v", c.method, c.url, got, err, c.want, c.ok)
+		}
+	}
+}

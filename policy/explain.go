@@ -1,0 +1,150 @@
+package policy
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/egressgw/egressgw/allowlist"
+)
+
+// Trace is the full reasoning behind one decision, for `egressgw explain`
+// and /v1/explain. It is computed rule by rule, apart from the indexed
+// matcher, and its Decision is the matcher's own, so the two cannot drift.
+type Trace struct {
+	Tenant   string      `json:"tenant"`
+	Identity string      `json:"identity"`
+	Mode     Mode        `json:"mode"`
+	Method   string      `json:"method,omitempty"`
+	Host     string      `json:"host"`
+	Port     uint16      `json:"port"`
+	Path     string      `json:"path,omitempty"`
+	Tunnel   bool        `json:"tunnel"`
+	Rules    []RuleTrace `json:"rules"`
+	Network  string      `json:"network"`
+	Quota    string      `json:"quota"`
+	Hooks    string      `json:"hooks"`
+	Redact   string      `json:"redaction"`
+
+	Decision string `json:"decision"` // allow, deny or report
+	Code     Code   `json:"code"`
+	Rule     string `json:"rule,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// RuleTrace says whether one rule of the tenant's list matched, and if not,
+// the first part that did not.
+type RuleTrace struct {
+	Name    string   `json:"name"`
+	Kind    RuleKind `json:"kind"`
+	Action  string   `json:"action"`
+	Matched bool     `json:"matched"`
+	Detail  string   `json:"detail"`
+}
+
+// Explain traces how the tenant's policy decides r.
+func (t *Tenant) Explain(r Request) Trace {
+	tr := Trace{
+		Tenant: t.ID, Mode: t.Mode, Method: r.Method, Host: r.Host, Port: r.Port, Path: r.Path, Tunnel: r.Tunnel,
+		Identity: t.identity(),
+		Network:  "the address is checked against network safety (SPEC §4) when it is dialled, after DNS",
+		Quota:    "none configured",
+		Hooks:    "none",
+		Redact:   "none",
+	}
+	for _, rule := range t.rules {
+		matched, detail := explainRule(rule.Match, r)
+		action := "allow"
+		if rule.Match.Action == allowlist.Deny {
+			action = "deny"
+		}
+		tr.Rules = append(tr.Rules, RuleTrace{Name: rule.Name, Kind: rule.Kind, Action: action, Matched: matched, Detail: detail})
+	}
+	d := t.Decide(r)
+	tr.Code, tr.Rule, tr.Reason = d.Code, d.Rule, d.Reason
+	switch {
+	case d.Report:
+		tr.Decision = "report"
+	case d.Allow:
+		tr.Decision = "allow"
+	default:
+		tr.Decision = "deny"
+	}
+	return tr
+}
+
+func (t *Tenant) identity() string {
+	var ways []string
+	if t.hasToken {
+		ways = append(ways, "Proxy-Authorization Basic with token_sha256")
+	}
+	if len(t.SourceCIDRs) > 0 {
+		ways = append(ways, fmt.Sprintf("client address in source_cidrs %v", t.SourceCIDRs))
+	}
+	return fmt.Sprintf("tenant %q from %s (%s)", t.ID, t.File, strings.Join(ways, " or "))
+}
+
+func explainRule(m allowlist.Rule, r Request) (bool, string) {
+	hostOK := slices.ContainsFunc(m.Hosts, func(p allowlist.Pattern) bool { return p.Match(r.Host) })
+	if !hostOK {
+		return false, fmt.Sprintf("host %s is not in %v", r.Host, m.Hosts)
+	}
+	ports := m.Ports
+	if len(ports) == 0 {
+		ports = []uint16{80, 443}
+	}
+	if !slices.Contains(ports, r.Port) {
+		return false, fmt.Sprintf("port %d is not in %v", r.Port, ports)
+	}
+	if r.Tunnel {
+		if m.Conditional() {
+			return true, "host and port match; its methods and paths cannot be checked in an uninspected tunnel"
+		}
+		return true, "host and port match"
+	}
+	if len(m.Methods) > 0 && !slices.Contains(m.Methods, r.Method) {
+		return false, fmt.Sprintf("method %s is not in %v", r.Method, m.Methods)
+	}
+	if len(m.Paths) > 0 && !slices.ContainsFunc(m.Paths, func(p string) bool { return strings.HasPrefix(r.Path, p) }) {
+		return false, fmt.Sprintf("path %s has none of the prefixes %v", r.Path, m.Paths)
+	}
+	return true, "host, port, method and path match"
+}
+
+// WriteText prints the trace for a person.
+func (tr Trace) WriteText(w io.Writer) error {
+	var b strings.Builder
+	target := hostPort(tr.Host, tr.Port)
+	if tr.Tunnel {
+		fmt.Fprintf(&b, "request:  CONNECT %s\n", target)
+	} else {
+		fmt.Fprintf(&b, "request:  %s %s%s\n", tr.Method, target, tr.Path)
+	}
+	fmt.Fprintf(&b, "tenant:   %s, mode %s\n", tr.Identity, tr.Mode)
+	fmt.Fprintf(&b, "rules (a matching deny wins, then the first matching allow):\n")
+	if len(tr.Rules) == 0 {
+		fmt.Fprintf(&b, "  (none)\n")
+	}
+	for _, r := range tr.Rules {
+		mark := "  no match"
+		if r.Matched {
+			mark = "  MATCH   "
+		}
+		fmt.Fprintf(&b, "%s %s %s %q: %s\n", mark, r.Action, r.Kind, r.Name, r.Detail)
+	}
+	fmt.Fprintf(&b, "network:  %s\n", tr.Network)
+	fmt.Fprintf(&b, "quota:    %s\n", tr.Quota)
+	fmt.Fprintf(&b, "hooks:    %s\n", tr.Hooks)
+	fmt.Fprintf(&b, "redaction: %s\n", tr.Redact)
+	fmt.Fprintf(&b, "decision: %s (%s)", strings.ToUpper(tr.Decision), tr.Code)
+	if tr.Rule != "" {
+		fmt.Fprintf(&b, " by %q", tr.Rule)
+	}
+	b.WriteString("\n")
+	if tr.Reason != "" {
+		fmt.Fprintf(&b, "reason:   %s\n", tr.Reason)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

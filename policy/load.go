@@ -1,0 +1,571 @@
+package policy
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/egressgw/egressgw/allowlist"
+)
+
+// The files of a config directory (SPEC §2).
+const (
+	GatewayFileName = "gateway.yaml"
+	TenantsDir      = "tenants"
+	ConnectorsDir   = "connectors"
+)
+
+var (
+	idPattern     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	methodPattern = regexp.MustCompile(`^[A-Z][A-Z-]{0,31}$`)
+	hexSHA256     = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// Load reads, validates and compiles the config directory fsys into a
+// Snapshot. On any error it returns a *LoadError listing every problem with
+// its file and line, and no snapshot: a policy is used whole or not at all.
+func Load(fsys fs.FS, now time.Time) (*Snapshot, error) {
+	files, err := readConfigFiles(fsys)
+	if err != nil {
+		return nil, err
+	}
+	b := &builder{fsys: fsys, snap: &Snapshot{
+		LoadedAt: now,
+		Hash:     hashFiles(files),
+		tenants:  map[string]*Tenant{},
+	}}
+	b.gateway(files)
+	connectors := b.connectors(files)
+	b.tenants(files, connectors)
+	if len(b.errs) > 0 {
+		return nil, &LoadError{Errors: b.errs}
+	}
+	b.snap.Warnings = b.warns
+	b.snap.indexSources()
+	return b.snap, nil
+}
+
+// configFile is one file read from the config directory; name is its path
+// relative to the directory, which is what errors show.
+type configFile struct {
+	name string
+	data []byte
+}
+
+type configFiles struct {
+	gateway    *configFile
+	tenants    []configFile
+	connectors []configFile
+}
+
+func readConfigFiles(fsys fs.FS) (configFiles, error) {
+	var cf configFiles
+	data, err := fs.ReadFile(fsys, GatewayFileName)
+	switch {
+	case err == nil:
+		cf.gateway = &configFile{name: GatewayFileName, data: data}
+	case !errors.Is(err, fs.ErrNotExist):
+		return cf, fmt.Errorf("read %s: %w", GatewayFileName, err)
+	}
+	if cf.tenants, err = readYAMLDir(fsys, TenantsDir); err != nil {
+		return cf, err
+	}
+	if cf.connectors, err = readYAMLDir(fsys, ConnectorsDir); err != nil {
+		return cf, err
+	}
+	return cf, nil
+}
+
+// readYAMLDir reads every *.yaml and *.yml file of dir, in name order.
+// Hidden names are skipped: they are editors' temporary files and the
+// "..data" machinery of Kubernetes volumes, never policy.
+func readYAMLDir(fsys fs.FS, dir string) ([]configFile, error) {
+	entries, err := fs.ReadDir(fsys, dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", dir, err)
+	}
+	var out []configFile
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || !(strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml")) {
+			continue
+		}
+		p := path.Join(dir, name)
+		info, err := fs.Stat(fsys, p) // follows symlinks, as ConfigMap volumes need
+		if err != nil {
+			return nil, fmt.Errorf("stat %s: %w", p, err)
+		}
+		if info.IsDir() {
+			continue
+		}
+		data, err := fs.ReadFile(fsys, p)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", p, err)
+		}
+		out = append(out, configFile{name: p, data: data})
+	}
+	return out, nil
+}
+
+func hashFiles(cf configFiles) string {
+	h := sha256.New()
+	write := func(f configFile) {
+		fmt.Fprintf(h, "%s\x00%d\x00", f.name, len(f.data))
+		h.Write(f.data)
+	}
+	if cf.gateway != nil {
+		write(*cf.gateway)
+	}
+	for _, f := range cf.tenants {
+		write(f)
+	}
+	for _, f := range cf.connectors {
+		write(f)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+type builder struct {
+	fsys  fs.FS
+	snap  *Snapshot
+	errs  []ConfigError
+	warns []ConfigError
+}
+
+func (b *builder) errorf(doc *yamlDoc, line int, format string, args ...any) {
+	b.errs = append(b.errs, ConfigError{File: doc.file, Line: line, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (b *builder) warnf(doc *yamlDoc, line int, format string, args ...any) {
+	b.warns = append(b.warns, ConfigError{File: doc.file, Line: line, Msg: fmt.Sprintf(format, args...)})
+}
+
+// decode decodes one file strictly; it reports false when the file had
+// errors, so that later checks do not pile up noise on a broken file.
+func (b *builder) decode(f configFile, out any) (*yamlDoc, bool) {
+	doc, errs := decodeStrict(f.name, f.data, out)
+	b.errs = append(b.errs, errs...)
+	return doc, len(errs) == 0
+}
+
+func (b *builder) gateway(files configFiles) {
+	var gf gatewayFile
+	doc := &yamlDoc{file: GatewayFileName}
+	if files.gateway != nil {
+		var ok bool
+		if doc, ok = b.decode(*files.gateway, &gf); !ok {
+			return
+		}
+	}
+	g := &b.snap.Gateway
+	g.Listen = orDefault(gf.Listen, ":3128")
+	g.AdminListen = orDefault(gf.AdminListen, "127.0.0.1:9128")
+	b.listenAddr(doc, "listen", g.Listen)
+	b.listenAddr(doc, "admin_listen", g.AdminListen)
+	g.DenyCIDRs = b.prefixes(doc, gf.Network.DenyCIDRs, "network", "deny_cidrs")
+	g.AllowCIDRs = b.prefixes(doc, gf.Network.AllowCIDRs, "network", "allow_cidrs")
+	for i, s := range gf.Network.DNSServers {
+		if _, err := netip.ParseAddrPort(s); err != nil {
+			b.errorf(doc, doc.line("network", "dns_servers", i), "dns server %q: want ip:port such as 10.0.0.2:53", s)
+		}
+	}
+	g.DNSServers = gf.Network.DNSServers
+	g.DNSTimeout = durationOr(gf.Network.DNSTimeout, 2*time.Second)
+	g.DialTimeout = durationOr(gf.Network.DialTimeout, 5*time.Second)
+
+	g.MaxHeaderBytes = int(sizeOr(gf.Limits.MaxHeaderBytes, 64<<10))
+	g.IdleTimeout = durationOr(gf.Limits.IdleTimeout, 120*time.Second)
+	g.MaxConnections = intOr(gf.Limits.MaxConnections, 10000)
+	g.ShutdownGrace = durationOr(gf.Limits.ShutdownGrace, 20*time.Second)
+	b.positive(doc, g.MaxHeaderBytes, "limits", "max_header_bytes")
+	b.positive(doc, int(g.IdleTimeout), "limits", "idle_timeout")
+	b.positive(doc, g.MaxConnections, "limits", "max_connections")
+	b.positive(doc, int(g.DNSTimeout), "network", "dns_timeout")
+	b.positive(doc, int(g.DialTimeout), "network", "dial_timeout")
+
+	g.UpstreamRoots = b.upstreamRoots(doc, gf.TLS.UpstreamRoots)
+
+	g.AuditOutput = orDefault(gf.Audit.Output, "stdout")
+	g.MaxTenantLabels = intOr(gf.Metrics.MaxTenantLabels, 500)
+	b.positive(doc, g.MaxTenantLabels, "metrics", "max_tenant_labels")
+
+	// Sections whose features this build does not enforce yet are refused
+	// rather than accepted and ignored: a policy that says more than the
+	// gateway does would be a silent hole.
+	b.unsupported(doc, gf.Quota.Backend != "" && gf.Quota.Backend != "memory", "quota", "backend")
+	b.unsupported(doc, len(gf.Secrets) > 0, "secrets")
+	b.unsupported(doc, len(gf.Redaction.Profiles) > 0, "redaction", "profiles")
+}
+
+// upstreamRoots builds the pool upstream certificates are verified
+// against: the system roots plus the listed PEM files. It returns nil, which
+// means the system roots alone, when none are listed.
+func (b *builder) upstreamRoots(doc *yamlDoc, files []string) *x509.CertPool {
+	if len(files) == 0 {
+		return nil
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	for i, name := range files {
+		line := doc.line("tls", "upstream_roots", i)
+		data, err := b.readFile(name)
+		if err != nil {
+			b.errorf(doc, line, "upstream root %q: %v", name, err)
+			continue
+		}
+		if !pool.AppendCertsFromPEM(data) {
+			b.errorf(doc, line, "upstream root %q: no PEM certificate found", name)
+		}
+	}
+	return pool
+}
+
+// readFile reads a file a config refers to: an absolute path as it is, a
+// relative one inside the config directory.
+func (b *builder) readFile(name string) ([]byte, error) {
+	if filepath.IsAbs(name) {
+		return os.ReadFile(name)
+	}
+	return fs.ReadFile(b.fsys, path.Clean(filepath.ToSlash(name)))
+}
+
+func (b *builder) listenAddr(doc *yamlDoc, key, addr string) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		b.errorf(doc, doc.line(key), "%s: want host:port such as \":3128\", got %q", key, addr)
+	}
+}
+
+func (b *builder) unsupported(doc *yamlDoc, present bool, path ...string) {
+	if !present {
+		return
+	}
+	steps := make([]any, len(path))
+	for i, p := range path {
+		steps[i] = p
+	}
+	b.errorf(doc, doc.line(steps...), "%s: not supported by this version of egressgw yet; remove it", strings.Join(path, "."))
+}
+
+func (b *builder) positive(doc *yamlDoc, v int, path ...any) {
+	if v <= 0 {
+		b.errorf(doc, doc.line(path...), "%s: must be greater than zero", path[len(path)-1])
+	}
+}
+
+func (b *builder) prefixes(doc *yamlDoc, values []string, path ...any) []netip.Prefix {
+	var out []netip.Prefix
+	for i, s := range values {
+		line := doc.line(append(path, i)...)
+		p, err := parsePrefix(s)
+		if err != nil {
+			b.errorf(doc, line, "%v", err)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// parsePrefix accepts a canonical CIDR or a bare address (a /32 or /128).
+func parsePrefix(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: want an address or a prefix such as 10.0.0.0/8", s)
+		}
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: want an address or a prefix such as 10.0.0.0/8", s)
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: host bits are set; did you mean %s?", s, p.Masked())
+	}
+	return p, nil
+}
+
+// connectorSet indexes connector versions by name.
+type connectorSet map[string][]*Connector // versions sorted ascending
+
+func (b *builder) connectors(files configFiles) connectorSet {
+	set := connectorSet{}
+	seen := map[string]string{} // name@version -> file
+	for _, f := range files.connectors {
+		var cf connectorFile
+		doc, ok := b.decode(f, &cf)
+		if !ok {
+			continue
+		}
+		c, ok := b.connector(doc, cf)
+		if !ok {
+			continue
+		}
+		key := fmt.Sprintf("%s@%d", c.Name, c.Version)
+		if prev, dup := seen[key]; dup {
+			b.errorf(doc, doc.line("version"), "connector %s is already defined in %s", key, prev)
+			continue
+		}
+		seen[key] = f.name
+		set[c.Name] = append(set[c.Name], c)
+		b.snap.connectors++
+	}
+	for _, versions := range set {
+		sort.Slice(versions, func(i, j int) bool { return versions[i].Version < versions[j].Version })
+	}
+	return set
+}
+
+func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
+	before := len(b.errs)
+	if !idPattern.MatchString(cf.Name) {
+		b.errorf(doc, doc.line("name"), "name: want letters, digits, '.', '_' or '-' (at most 64), got %q", cf.Name)
+	}
+	version := 1
+	if cf.Version != nil {
+		version = *cf.Version
+		if version < 1 {
+			b.errorf(doc, doc.line("version"), "version: must be 1 or more")
+		}
+	}
+	rule := b.matchRule(doc, allowlist.Allow, cf.Hosts, cf.Ports, cf.Methods, cf.Paths)
+	b.unsupported(doc, cf.Inspect, "inspect")
+	b.unsupported(doc, cf.Inject != nil, "inject")
+	b.unsupported(doc, cf.Hooks != nil, "hooks")
+	b.unsupported(doc, cf.Redact != nil, "redact")
+	b.unsupported(doc, cf.Quota != nil, "quota")
+	if len(b.errs) > before {
+		return nil, false
+	}
+	return &Connector{Name: cf.Name, Version: version, File: doc.file, Inspect: cf.Inspect, rule: rule}, true
+}
+
+// matchRule validates and compiles the matching part shared by connectors
+// and tenant rules; doc paths are relative to prefix.
+func (b *builder) matchRule(doc *yamlDoc, action allowlist.Action, hosts []string, ports []int, methods, paths []string, prefix ...any) allowlist.Rule {
+	at := func(steps ...any) int { return doc.line(append(append([]any{}, prefix...), steps...)...) }
+	r := allowlist.Rule{Action: action}
+	if len(hosts) == 0 {
+		b.errorf(doc, at("hosts"), "hosts: at least one host pattern is required")
+	}
+	for i, h := range hosts {
+		p, err := allowlist.ParsePattern(h)
+		if err != nil {
+			b.errorf(doc, at("hosts", i), "host %q: %v", h, err)
+			continue
+		}
+		r.Hosts = append(r.Hosts, p)
+	}
+	for i, port := range ports {
+		if port < 1 || port > 65535 {
+			b.errorf(doc, at("ports", i), "port %d: want 1 to 65535", port)
+			continue
+		}
+		r.Ports = append(r.Ports, uint16(port))
+	}
+	for i, m := range methods {
+		if !methodPattern.MatchString(m) {
+			b.errorf(doc, at("methods", i), "method %q: want an upper-case HTTP method such as GET", m)
+			continue
+		}
+		r.Methods = append(r.Methods, m)
+	}
+	for i, p := range paths {
+		if !strings.HasPrefix(p, "/") {
+			b.errorf(doc, at("paths", i), "path %q: want a prefix starting with /", p)
+			continue
+		}
+		r.Paths = append(r.Paths, p)
+	}
+	return r
+}
+
+func (b *builder) tenants(files configFiles, connectors connectorSet) {
+	owner := map[string]string{} // tenant id -> file
+	type sourceOwner struct {
+		prefix netip.Prefix
+		id     string
+	}
+	var sources []sourceOwner
+	for _, f := range files.tenants {
+		var tf tenantFile
+		doc, ok := b.decode(f, &tf)
+		if !ok {
+			continue
+		}
+		t, ok := b.tenant(doc, tf, connectors)
+		if !ok {
+			continue
+		}
+		if prev, dup := owner[t.ID]; dup {
+			b.errorf(doc, doc.line("id"), "tenant %q is already defined in %s", t.ID, prev)
+			continue
+		}
+		for i, p := range t.SourceCIDRs {
+			for _, other := range sources {
+				if other.prefix.Overlaps(p) {
+					b.errorf(doc, doc.line("auth", "source_cidrs", i),
+						"source CIDR %s overlaps %s of tenant %q: a client address must identify one tenant", p, other.prefix, other.id)
+				}
+			}
+		}
+		for _, p := range t.SourceCIDRs {
+			sources = append(sources, sourceOwner{prefix: p, id: t.ID})
+		}
+		owner[t.ID] = f.name
+		b.snap.tenants[t.ID] = t
+		b.snap.tenantIDs = append(b.snap.tenantIDs, t.ID)
+	}
+	sort.Strings(b.snap.tenantIDs)
+}
+
+func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (*Tenant, bool) {
+	before := len(b.errs)
+	t := &Tenant{ID: tf.ID, File: doc.file, Mode: ModeEnforce}
+	if !idPattern.MatchString(tf.ID) {
+		b.errorf(doc, doc.line("id"), "id: want letters, digits, '.', '_' or '-' (at most 64), got %q", tf.ID)
+	}
+	if tf.Auth.TokenSHA256 != "" {
+		if !hexSHA256.MatchString(tf.Auth.TokenSHA256) {
+			b.errorf(doc, doc.line("auth", "token_sha256"), "token_sha256: want 64 lower-case hex digits (egressgw token new prints one)")
+		} else {
+			raw, _ := hex.DecodeString(tf.Auth.TokenSHA256)
+			copy(t.tokenHash[:], raw)
+			t.hasToken = true
+		}
+	}
+	t.SourceCIDRs = b.prefixes(doc, tf.Auth.SourceCIDRs, "auth", "source_cidrs")
+	if tf.Auth.TokenSHA256 == "" && len(tf.Auth.SourceCIDRs) == 0 {
+		b.errorf(doc, doc.line("auth"), "auth: set token_sha256 or source_cidrs, or no client can be identified as this tenant")
+	}
+	switch Mode(tf.Mode) {
+	case "", ModeEnforce:
+	case ModeReport:
+		t.Mode = ModeReport
+	default:
+		b.errorf(doc, doc.line("mode"), "mode: want enforce or report, got %q", tf.Mode)
+	}
+	b.unsupported(doc, tf.Quota != nil, "quota")
+
+	used := map[string]bool{}
+	for i, ref := range tf.Connectors {
+		c, err := connectors.resolve(ref)
+		if err != nil {
+			b.errorf(doc, doc.line("connectors", i), "%v", err)
+			continue
+		}
+		if used[c.Name] {
+			b.errorf(doc, doc.line("connectors", i), "connector %q is listed twice", c.Name)
+			continue
+		}
+		used[c.Name] = true
+		t.rules = append(t.rules, Rule{Name: fmt.Sprintf("%s@%d", c.Name, c.Version), Kind: KindConnector, Match: c.rule, Connector: c})
+	}
+	names := map[string]bool{}
+	for i, rf := range tf.Rules {
+		name := rf.Name
+		if name == "" {
+			name = fmt.Sprintf("rules[%d]", i)
+		}
+		if names[name] {
+			b.errorf(doc, doc.line("rules", i, "name"), "rule name %q is used twice", name)
+		}
+		names[name] = true
+		action := allowlist.Allow
+		switch rf.Action {
+		case "", "allow":
+		case "deny":
+			action = allowlist.Deny
+		default:
+			b.errorf(doc, doc.line("rules", i, "action"), "action: want allow or deny, got %q", rf.Action)
+		}
+		m := b.matchRule(doc, action, rf.Hosts, rf.Ports, rf.Methods, rf.Paths, "rules", i)
+		t.rules = append(t.rules, Rule{Name: name, Kind: KindRule, Match: m})
+	}
+	if len(t.rules) == 0 && len(b.errs) == before {
+		b.warnf(doc, doc.line("id"), "tenant %q has no connectors or rules: every request will be denied", tf.ID)
+	}
+	if len(b.errs) > before {
+		return nil, false
+	}
+	matchRules := make([]allowlist.Rule, len(t.rules))
+	for i, r := range t.rules {
+		matchRules[i] = r.Match
+	}
+	t.set = allowlist.NewSet(matchRules)
+	return t, true
+}
+
+// resolve finds the connector a tenant names: "NAME" is the highest
+// version, "NAME@V" a pinned one.
+func (cs connectorSet) resolve(ref string) (*Connector, error) {
+	name, pin, pinned := strings.Cut(ref, "@")
+	versions := cs[name]
+	if len(versions) == 0 {
+		return nil, fmt.Errorf("connector %q is not defined in %s/", name, ConnectorsDir)
+	}
+	if !pinned {
+		return versions[len(versions)-1], nil
+	}
+	v, err := strconv.Atoi(pin)
+	if err != nil || v < 1 {
+		return nil, fmt.Errorf("connector reference %q: want NAME or NAME@VERSION", ref)
+	}
+	for _, c := range versions {
+		if c.Version == v {
+			return c, nil
+		}
+	}
+	have := make([]string, len(versions))
+	for i, c := range versions {
+		have[i] = strconv.Itoa(c.Version)
+	}
+	return nil, fmt.Errorf("connector %q has no version %d (defined: %s)", name, v, strings.Join(have, ", "))
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func durationOr(d *Duration, def time.Duration) time.Duration {
+	if d == nil {
+		return def
+	}
+	return time.Duration(*d)
+}
+
+func sizeOr(s *Size, def Size) Size {
+	if s == nil {
+		return def
+	}
+	return *s
+}
+
+func intOr(v *int, def int) int {
+	if v == nil {
+		return def
+	}
+	return *v
+}

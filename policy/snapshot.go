@@ -1,0 +1,163 @@
+package policy
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/egressgw/egressgw/allowlist"
+)
+
+// Snapshot is one complete, validated policy: gateway settings, tenants and
+// connectors with their compiled matchers. It is immutable once built; a
+// request holds one snapshot from start to end, and a reload builds a new one.
+type Snapshot struct {
+	Gateway  Gateway
+	Hash     string // sha256 over every file's path and content
+	LoadedAt time.Time
+	Warnings []ConfigError // problems that do not stop the load (shown by check)
+
+	tenants    map[string]*Tenant
+	tenantIDs  []string // sorted
+	sources    []sourceTenant
+	connectors int
+}
+
+type sourceTenant struct {
+	prefix netip.Prefix
+	tenant *Tenant
+}
+
+// Mode says whether a tenant's host/port/method/path denials are enforced or
+// only reported.
+type Mode string
+
+// The tenant modes of SPEC §2.
+const (
+	ModeEnforce Mode = "enforce"
+	ModeReport  Mode = "report"
+)
+
+// Tenant is one tenant's compiled policy.
+type Tenant struct {
+	ID          string
+	File        string
+	Mode        Mode
+	SourceCIDRs []netip.Prefix
+
+	tokenHash [sha256.Size]byte
+	hasToken  bool
+	rules     []Rule // connectors first, in the tenant's order, then the tenant's own rules
+	set       *allowlist.Set
+}
+
+// RuleKind tells a connector from a tenant's own rule.
+type RuleKind string
+
+// The kinds of rule a tenant's list holds.
+const (
+	KindConnector RuleKind = "connector"
+	KindRule      RuleKind = "rule"
+)
+
+// Rule is one entry of a tenant's ordered rule list, as matched.
+type Rule struct {
+	Name      string // "github@3" for a connector, the rule's name otherwise
+	Kind      RuleKind
+	Match     allowlist.Rule
+	Connector *Connector // set for KindConnector
+}
+
+// Connector is one version of a connector definition.
+type Connector struct {
+	Name    string
+	Version int
+	File    string
+	Inspect bool
+	rule    allowlist.Rule
+}
+
+// Gateway holds the settings of gateway.yaml with defaults applied.
+type Gateway struct {
+	Listen      string
+	AdminListen string
+
+	DenyCIDRs   []netip.Prefix
+	AllowCIDRs  []netip.Prefix
+	DNSServers  []string
+	DNSTimeout  time.Duration
+	DialTimeout time.Duration
+
+	MaxHeaderBytes int
+	IdleTimeout    time.Duration
+	MaxConnections int
+	ShutdownGrace  time.Duration
+
+	UpstreamRoots *x509.CertPool // nil: the system roots
+
+	AuditOutput     string
+	MaxTenantLabels int
+}
+
+// Tenant returns the tenant with the given id.
+func (s *Snapshot) Tenant(id string) (*Tenant, bool) {
+	t, ok := s.tenants[id]
+	return t, ok
+}
+
+// TenantIDs lists every tenant id, sorted.
+func (s *Snapshot) TenantIDs() []string { return s.tenantIDs }
+
+// Connectors counts connector definitions (every version of every name).
+func (s *Snapshot) Connectors() int { return s.connectors }
+
+// dummyTokenHash is compared against when a tenant is unknown or has no
+// token, so that answering takes as long as a wrong token would.
+var dummyTokenHash = sha256.Sum256([]byte("egressgw: no such tenant"))
+
+// Authenticate checks a Basic proxy credential. The token is compared by its
+// SHA-256 in constant time, and unknown tenants take the same path, so the
+// answer's timing tells nothing about which tenants exist.
+func (s *Snapshot) Authenticate(tenantID, token string) (*Tenant, bool) {
+	sum := sha256.Sum256([]byte(token))
+	t, known := s.tenants[tenantID]
+	want := dummyTokenHash
+	if known && t.hasToken {
+		want = t.tokenHash
+	}
+	match := subtle.ConstantTimeCompare(sum[:], want[:]) == 1
+	if !known || !t.hasToken || !match {
+		return nil, false
+	}
+	return t, true
+}
+
+// TenantBySource returns the tenant whose source_cidrs contain addr, the most
+// specific prefix first; nil when none does.
+func (s *Snapshot) TenantBySource(addr netip.Addr) *Tenant {
+	addr = addr.Unmap()
+	for _, st := range s.sources {
+		if st.prefix.Contains(addr) {
+			return st.tenant
+		}
+	}
+	return nil
+}
+
+func (s *Snapshot) indexSources() {
+	for _, id := range s.tenantIDs {
+		t := s.tenants[id]
+		for _, p := range t.SourceCIDRs {
+			s.sources = append(s.sources, sourceTenant{prefix: p, tenant: t})
+		}
+	}
+	sort.SliceStable(s.sources, func(i, j int) bool {
+		return s.sources[i].prefix.Bits() > s.sources[j].prefix.Bits()
+	})
+}
+
+// Rules returns the tenant's rule list in evaluation order.
+func (t *Tenant) Rules() []Rule { return t.rules }

@@ -1,0 +1,172 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// ConfigError is one problem found in a config file. Line is 0 when the
+// problem concerns the file as a whole.
+type ConfigError struct {
+	File string
+	Line int
+	Msg  string
+}
+
+func (e ConfigError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", e.File, e.Msg)
+}
+
+// LoadError lists every problem that stopped a config from loading, in file
+// order, so an admin can fix them all in one pass.
+type LoadError struct {
+	Errors []ConfigError
+}
+
+func (e *LoadError) Error() string {
+	lines := make([]string, len(e.Errors))
+	for i, ce := range e.Errors {
+		lines[i] = ce.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// yamlDoc is one decoded file. Its node tree, which points semantic errors
+// at their line, is parsed only when an error needs it: a valid config is
+// parsed once.
+type yamlDoc struct {
+	file   string
+	data   []byte
+	parsed bool
+	root   *yaml.Node // the top-level mapping; nil for an empty file
+}
+
+var (
+	yamlLinePrefix  = regexp.MustCompile(`^line (\d+): (.*)$`)
+	yamlSyntaxLine  = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+	yamlUnknownKey  = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+	yamlDuplicate   = regexp.MustCompile(`^mapping key "(.*)" already defined at line (\d+)$`)
+	yamlWrongType   = regexp.MustCompile("^cannot unmarshal !!(\\w+) `(.*)` into (.+)$")
+	goTypeToEnglish = map[string]string{
+		"int": "a whole number", "int64": "a whole number", "uint16": "a whole number",
+		"float64": "a number", "string": "a string", "bool": "true or false",
+	}
+)
+
+// decodeStrict decodes data into out, refusing unknown keys, duplicate keys,
+// wrong types and multiple documents, and returns every problem with its line.
+func decodeStrict(file string, data []byte, out any) (*yamlDoc, []ConfigError) {
+	doc := &yamlDoc{file: file, data: data}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(out); err != nil {
+		if errors.Is(err, io.EOF) {
+			return doc, nil // empty file: every key takes its default
+		}
+		return doc, yamlErrors(file, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return doc, []ConfigError{{File: file, Line: extra.Line, Msg: "only one YAML document per file"}}
+	}
+	return doc, nil
+}
+
+// yamlErrors turns the decoder's errors into ConfigErrors with friendlier
+// wording; the line numbers are the decoder's own.
+func yamlErrors(file string, err error) []ConfigError {
+	var typeErr *yaml.TypeError
+	if errors.As(err, &typeErr) {
+		out := make([]ConfigError, 0, len(typeErr.Errors))
+		for _, msg := range typeErr.Errors {
+			out = append(out, parseYAMLMessage(file, msg, yamlLinePrefix))
+		}
+		return out
+	}
+	return []ConfigError{parseYAMLMessage(file, err.Error(), yamlSyntaxLine)}
+}
+
+func parseYAMLMessage(file, msg string, linePattern *regexp.Regexp) ConfigError {
+	ce := ConfigError{File: file, Msg: strings.TrimPrefix(msg, "yaml: ")}
+	if m := linePattern.FindStringSubmatch(msg); m != nil {
+		ce.Line, _ = strconv.Atoi(m[1])
+		ce.Msg = m[2]
+	}
+	switch {
+	case yamlUnknownKey.MatchString(ce.Msg):
+		ce.Msg = fmt.Sprintf("unknown key %q", yamlUnknownKey.FindStringSubmatch(ce.Msg)[1])
+	case yamlDuplicate.MatchString(ce.Msg):
+		m := yamlDuplicate.FindStringSubmatch(ce.Msg)
+		ce.Msg = fmt.Sprintf("duplicate key %q (first set at line %s)", m[1], m[2])
+	case yamlWrongType.MatchString(ce.Msg):
+		m := yamlWrongType.FindStringSubmatch(ce.Msg)
+		want, ok := goTypeToEnglish[m[3]]
+		switch {
+		case ok:
+		case strings.HasPrefix(m[3], "[]"):
+			want = "a list"
+		default:
+			want = "a mapping"
+		}
+		if m[1] == "seq" || m[1] == "map" {
+			ce.Msg = fmt.Sprintf("wrong type: got a %s, want %s", map[string]string{"seq": "list", "map": "mapping"}[m[1]], want)
+		} else {
+			ce.Msg = fmt.Sprintf("wrong type: %q is not %s", m[2], want)
+		}
+	}
+	return ce
+}
+
+// line returns the line of the value at path (map keys as strings, list
+// indices as ints), or of the deepest ancestor that exists, so an error about
+// a missing key points at the mapping that lacks it.
+func (d *yamlDoc) line(path ...any) int {
+	if !d.parsed {
+		d.parsed = true
+		var root yaml.Node
+		if yaml.Unmarshal(d.data, &root) == nil && len(root.Content) > 0 {
+			d.root = root.Content[0]
+		}
+	}
+	n := d.root
+	if n == nil {
+		return 0
+	}
+	for _, step := range path {
+		next := child(n, step)
+		if next == nil {
+			break
+		}
+		n = next
+	}
+	return n.Line
+}
+
+func child(n *yaml.Node, step any) *yaml.Node {
+	switch s := step.(type) {
+	case string:
+		if n.Kind != yaml.MappingNode {
+			return nil
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == s {
+				return n.Content[i+1]
+			}
+		}
+	case int:
+		if n.Kind == yaml.SequenceNode && s >= 0 && s < len(n.Content) {
+			return n.Content[s]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,96 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/egressgw/egressgw/policy"
+)
+
+// AdminHandler serves the admin listener (SPEC §8): health, readiness,
+// metrics, explain and config state. It is never reachable through the
+// proxy: the gateway's own listeners are denied destinations.
+func (g *Gateway) AdminHandler(config *ConfigStatus) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case g.draining.Load():
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "shutting down"})
+		case g.Live() == nil:
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "no policy loaded"})
+		default:
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		}
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /v1/explain", g.explainHandler)
+	mux.HandleFunc("GET /v1/config", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, config.view(g.Live()))
+	})
+	return mux
+}
+
+func (g *Gateway) explainHandler(w http.ResponseWriter, r *http.Request) {
+	live := g.Live()
+	if live == nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "no policy loaded"})
+		return
+	}
+	q := r.URL.Query()
+	tenant, ok := live.Tenant(q.Get("tenant"))
+	if !ok {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "unknown tenant " + q.Get("tenant")})
+		return
+	}
+	req, err := policy.RequestForURL(q.Get("method"), q.Get("url"))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, tenant.Explain(req))
+}
+
+// ConfigStatus is what /v1/config reports besides the live snapshot: the
+// outcome of the last load attempt, which may have failed while the last
+// good policy kept serving.
+type ConfigStatus struct {
+	LastError func() (string, time.Time) // message and time of the last failed load, "" if none since the last success
+	Source    string
+}
+
+type configView struct {
+	Generation  uint64    `json:"generation"`
+	Hash        string    `json:"hash"`
+	LoadedAt    time.Time `json:"loaded_at"`
+	Source      string    `json:"source"`
+	Tenants     int       `json:"tenants"`
+	Connectors  int       `json:"connectors"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+}
+
+func (c *ConfigStatus) view(live *policy.Live) configView {
+	v := configView{Source: c.Source}
+	if live != nil {
+		v.Generation, v.Hash, v.LoadedAt = live.Generation, live.Hash, live.LoadedAt
+		v.Tenants, v.Connectors = len(live.TenantIDs()), live.Connectors()
+	}
+	if c.LastError != nil {
+		v.LastError, v.LastErrorAt = c.LastError()
+	}
+	return v
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

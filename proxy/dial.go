@@ -1,0 +1,206 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/policy"
+)
+
+// dialer is the one way the gateway reaches an upstream. Every path (plain
+// requests through the transport, tunnels) ends here, so the address check
+// runs on every address actually dialled, after DNS: a name that resolves
+// to a denied address is refused however it got into the request.
+type dialer struct {
+	addresses   *allowlist.AddressPolicy
+	resolver    *net.Resolver
+	dnsTimeout  time.Duration
+	dialTimeout time.Duration
+	idleTimeout time.Duration
+}
+
+func newDialer(g policy.Gateway, addresses *allowlist.AddressPolicy) *dialer {
+	d := &dialer{
+		addresses:   addresses,
+		resolver:    net.DefaultResolver,
+		dnsTimeout:  g.DNSTimeout,
+		dialTimeout: g.DialTimeout,
+		idleTimeout: g.IdleTimeout,
+	}
+	if len(g.DNSServers) > 0 {
+		servers := g.DNSServers
+		d.resolver = &net.Resolver{
+			PreferGo: true,
+			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var lastErr error
+				for _, s := range servers {
+					var nd net.Dialer
+					c, err := nd.DialContext(ctx, network, s)
+					if err == nil {
+						return c, nil
+					}
+					lastErr = err
+				}
+				return nil, lastErr
+			},
+		}
+	}
+	return d
+}
+
+// dialError carries the client-facing code of a failed dial.
+type dialError struct {
+	code policy.Code
+	err  error
+}
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// DialContext resolves addr's host, drops every address the policy denies,
+// and connects to the first remaining one that answers.
+func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, &dialError{code: policy.CodeBadRequest, err: err}
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil {
+		return nil, &dialError{code: policy.CodeBadRequest, err: err}
+	}
+	ips, err := d.resolve(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	var firstDenied, lastErr error
+	for _, ip := range ips {
+		ap := netip.AddrPortFrom(ip.Unmap(), uint16(port))
+		if err := d.addresses.Check(ap); err != nil {
+			if firstDenied == nil {
+				firstDenied = err
+			}
+			continue
+		}
+		nd := net.Dialer{Timeout: d.dialTimeout, ControlContext: d.control}
+		c, err := nd.DialContext(ctx, network, ap.String())
+		if err == nil {
+			return &idleConn{Conn: c, idle: d.idleTimeout}, nil
+		}
+		lastErr = err
+	}
+	if lastErr == nil && firstDenied != nil {
+		return nil, &dialError{code: policy.CodeDestinationIPDenied, err: firstDenied}
+	}
+	if isTimeout(lastErr) {
+		return nil, &dialError{code: policy.CodeUpstreamTimeout, err: lastErr}
+	}
+	return nil, &dialError{code: policy.CodeUpstreamUnreachable, err: lastErr}
+}
+
+// control re-checks the address the socket is about to connect to. The
+// loop above already checked it; this is the last line, on the exact
+// address the kernel gets.
+func (d *dialer) control(_ context.Context, _, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("unparseable dial address: %w", err)
+	}
+	return d.addresses.Check(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+}
+
+func (d *dialer) resolve(ctx context.Context, host string) ([]netip.Addr, error) {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{ip}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.dnsTimeout)
+	defer cancel()
+	ips, err := d.resolver.LookupNetIP(ctx, "ip", host)
+	if err == nil && len(ips) == 0 {
+		err = &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
+	}
+	if err != nil {
+		return nil, &dialError{code: policy.CodeDNSFailure, err: err}
+	}
+	return ips, nil
+}
+
+// upstreamTLS verifies upstream certificates against the system roots plus
+// the operator's extra roots (roots is nil when there are none, which means
+// the system roots); there is deliberately no way to skip verification.
+func upstreamTLS(roots *x509.CertPool) *tls.Config {
+	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// classify turns a failed upstream exchange into a client-facing code and a
+// message that names the destination but never the internal error text,
+// which can hold addresses of the gateway's own network.
+func classify(err error, tenant, target string) (policy.Code, string) {
+	var de *dialError
+	if errors.As(err, &de) {
+		switch de.code {
+		case policy.CodeDestinationIPDenied:
+			return de.code, fmt.Sprintf("tenant %q may not reach %s: it resolves to an address the gateway never dials (private, loopback, link-local, the gateway itself or another special-purpose range); if it is meant to be reachable, the operator can add it to network.allow_cidrs", tenant, target)
+		case policy.CodeDNSFailure:
+			return de.code, fmt.Sprintf("the host of %s could not be resolved; check the spelling", target)
+		case policy.CodeUpstreamTimeout:
+			return de.code, fmt.Sprintf("connecting to %s timed out", target)
+		case policy.CodeBadRequest:
+			return de.code, fmt.Sprintf("%s is not a valid destination", target)
+		}
+		return policy.CodeUpstreamUnreachable, fmt.Sprintf("could not connect to %s", target)
+	}
+	var certErr *tls.CertificateVerificationError
+	var unknownAuthority x509.UnknownAuthorityError
+	var hostnameErr x509.HostnameError
+	if errors.As(err, &certErr) || errors.As(err, &unknownAuthority) || errors.As(err, &hostnameErr) {
+		return policy.CodeUpstreamUnreachable, fmt.Sprintf("the TLS certificate of %s could not be verified; if it is a private API, the operator can add its CA to tls.upstream_roots", target)
+	}
+	if isTimeout(err) {
+		return policy.CodeUpstreamTimeout, fmt.Sprintf("%s did not answer in time", target)
+	}
+	return policy.CodeUpstreamUnreachable, fmt.Sprintf("the connection to %s failed", target)
+}
+
+// idleConn closes an upstream connection that makes no progress for idle:
+// each read or write gets a fresh deadline, so a silent upstream surfaces as
+// a timeout instead of holding a request, or a pooled connection, forever.
+type idleConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// CloseWrite passes half-close through, which tunnels rely on.
+func (c *idleConn) CloseWrite() error {
+	if hc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return hc.CloseWrite()
+	}
+	return nil
+}

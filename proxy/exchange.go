@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"encoding/base64"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/egressgw/egressgw/policy"
+)
+
+// exchange is one request or tunnel from the moment it arrives until its
+// audit line is written. It holds the policy generation it started under
+// for its whole life (SPEC §7: in-flight work finishes under its policy).
+type exchange struct {
+	gw     *Gateway
+	rt     *runtimeState
+	id     string
+	start  time.Time
+	client string
+	tunnel bool
+
+	method string
+	scheme string
+	host   string
+	port   uint16
+	path   string
+
+	tenant   *policy.Tenant
+	decision policy.Decision
+	denied   bool // the gateway refused (as opposed to the upstream failing)
+	code     policy.Code
+	message  string
+	status   int
+
+	bytesUp   atomic.Int64
+	bytesDown atomic.Int64
+	finished  sync.Once
+}
+
+func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
+	return &exchange{
+		gw:     g,
+		rt:     g.runtime.Load(),
+		id:     newRequestID(g.now()),
+		start:  g.now(),
+		client: r.RemoteAddr,
+		tunnel: tunnel,
+		method: r.Method,
+		code:   policy.CodeOK,
+	}
+}
+
+// fail records a refusal or failure; the caller sends errorResponse.
+func (ex *exchange) fail(code policy.Code, denied bool, message string) {
+	ex.code, ex.denied, ex.message = code, denied, message
+}
+
+// upstreamFailed records a failed dial or upstream exchange. An address
+// the dialer refused is the gateway's denial; the rest are upstream faults.
+func (ex *exchange) upstreamFailed(err error) {
+	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
+	code, msg := classify(err, ex.tenantID(), target)
+	ex.fail(code, code == policy.CodeDestinationIPDenied || code == policy.CodeBadRequest, msg)
+	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", code, "error", err)
+}
+
+func (ex *exchange) tenantID() string {
+	if ex.tenant == nil {
+		return ""
+	}
+	return ex.tenant.ID
+}
+
+// identify finds the tenant: Basic proxy credentials when the client sends
+// any (and then they must be right), else the client's source address.
+func (ex *exchange) identify(r *http.Request) bool {
+	snap := ex.rt.live.Snapshot
+	if header := r.Header.Get("Proxy-Authorization"); header != "" {
+		if user, token, ok := parseBasic(header); ok {
+			if t, ok := snap.Authenticate(user, token); ok {
+				ex.tenant = t
+				return true
+			}
+		}
+		ex.fail(policy.CodeProxyAuthRequired, true,
+			"the proxy credentials were not accepted; send Proxy-Authorization: Basic base64(TENANT:TOKEN), e.g. HTTP_PROXY=http://TENANT:TOKEN@gateway:3128")
+		return false
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		if t := snap.TenantBySource(ap.Addr()); t != nil {
+			ex.tenant = t
+			return true
+		}
+	}
+	ex.fail(policy.CodeProxyAuthRequired, true,
+		"this gateway needs proxy credentials; set HTTP_PROXY=http://TENANT:TOKEN@gateway:3128 (and HTTPS_PROXY likewise)")
+	return false
+}
+
+func parseBasic(header string) (user, password string, ok bool) {
+	scheme, encoded, found := strings.Cut(header, " ")
+	if !found || !strings.EqualFold(scheme, "Basic") {
+		return "", "", false
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(encoded))
+	if err != nil {
+		return "", "", false
+	}
+	return strings.Cut(string(raw), ":")
+}
+
+// target parses and decides the destination; on refusal it records why.
+func (ex *exchange) target(authority string, defaultPort uint16, path string) bool {
+	host, port, err := policy.SplitTarget(authority, defaultPort)
+	if err != nil {
+		ex.host = hostOnly(authority)
+		ex.fail(policy.CodeBadRequest, true, "the request target is malformed or ambiguous: "+err.Error())
+		return false
+	}
+	ex.host, ex.port, ex.path = host, port, path
+	ex.decision = ex.tenant.Decide(policy.Request{
+		Host: host, Port: port, Method: ex.method, Path: path, Tunnel: ex.tunnel,
+	})
+	if !ex.decision.Allow {
+		ex.fail(ex.decision.Code, true, ex.decision.Reason)
+		return false
+	}
+	if ex.decision.Report {
+		ex.gw.log.Info("report mode: would deny", "request_id", ex.id, "tenant", ex.tenant.ID, "reason", ex.decision.Reason)
+	}
+	return true
+}
+
+func hostOnly(authority string) string {
+	if h, _, err := net.SplitHostPort(authority); err == nil {
+		return h
+	}
+	return authority
+}
+
+// decisionLabel is the audit and metrics view of the outcome.
+func (ex *exchange) decisionLabel() string {
+	switch {
+	case ex.denied:
+		return "deny"
+	case ex.decision.Report:
+		return "report"
+	default:
+		return "allow"
+	}
+}
+
+// finish writes the audit line and metrics, once.
+func (ex *exchange) finish() {
+	ex.finished.Do(func() {
+		ex.gw.record(ex, ex.gw.now().Sub(ex.start))
+	})
+}
+
+// countingReader counts bytes as they pass, into one of the exchange's
+// counters.
+type countingReader struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// finishingBody is a response body that counts what the client receives
+// and closes the exchange when the proxy is done with it; goproxy closes
+// every response body it sends, on success and on client error alike.
+type finishingBody struct {
+	io.ReadCloser
+	ex *exchange
+}
+
+func (b *finishingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.ex.bytesDown.Add(int64(n))
+	return n, err
+}
+
+func (b *finishingBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.ex.finish()
+	return err
+}

@@ -1,0 +1,207 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/elazarl/goproxy"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/policy"
+)
+
+// Options are what a Gateway is built from; everything it touches outside
+// itself is passed in, so tests can run several gateways in one process.
+type Options struct {
+	Logger   *slog.Logger         // operational log; never gets credentials, bodies or query values
+	Audit    io.Writer            // audit log, one JSON line per request or tunnel
+	Registry *prometheus.Registry // metrics registry of this gateway alone
+	// Listeners are the addresses the gateway itself listens on; they are
+	// never a valid destination.
+	Listeners []netip.AddrPort
+	// Settings fixes what needs a restart to change: limits of the listener.
+	Settings policy.Gateway
+	Now      func() time.Time
+}
+
+// Gateway is the egress proxy: a goproxy server whose every step (identify,
+// decide, dial, relay, account) is the gateway's own.
+type Gateway struct {
+	log      *slog.Logger
+	audit    *auditLog
+	registry *prometheus.Registry
+	metrics  *metrics
+	now      func() time.Time
+
+	listeners []netip.AddrPort
+	localAddr []netip.Addr
+	settings  policy.Gateway
+
+	holder  policy.Holder
+	runtime atomic.Pointer[runtimeState]
+	tunnels *tunnelSet
+	server  *http.Server
+
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+	draining   atomic.Bool
+}
+
+// runtimeState is everything derived from one policy generation that the
+// request path needs: the snapshot itself, and the dialer and transport
+// built from its network settings.
+type runtimeState struct {
+	live      *policy.Live
+	dialer    *dialer
+	transport *http.Transport
+}
+
+// New builds a gateway; it serves nothing until Apply has given it a policy
+// and Serve a listener.
+func New(opts Options) (*Gateway, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	local, err := allowlist.LocalAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("list the host's addresses: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &Gateway{
+		log:        opts.Logger,
+		audit:      &auditLog{w: opts.Audit},
+		registry:   opts.Registry,
+		metrics:    newMetrics(opts.Registry),
+		now:        opts.Now,
+		listeners:  opts.Listeners,
+		localAddr:  local,
+		settings:   opts.Settings,
+		tunnels:    newTunnelSet(),
+		baseCtx:    ctx,
+		cancelBase: cancel,
+	}
+	g.metrics.setMaxTenants(opts.Settings.MaxTenantLabels)
+	g.server = &http.Server{
+		Handler:           g.newProxy(),
+		MaxHeaderBytes:    opts.Settings.MaxHeaderBytes,
+		ReadHeaderTimeout: min(opts.Settings.IdleTimeout, 30*time.Second),
+		IdleTimeout:       opts.Settings.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	return g, nil
+}
+
+// newProxy wires goproxy so that nothing of its defaults is left on the
+// request path: its transport and CONNECT dialer would follow the process's
+// own proxy variables and bypass the address check, so they refuse to work,
+// and every allowed request is forwarded by the exchange itself.
+func (g *Gateway) newProxy() *goproxy.ProxyHttpServer {
+	gp := goproxy.NewProxyHttpServer()
+	gp.Logger = log.New(io.Discard, "", 0)
+	gp.KeepAcceptEncoding = true // pass compression through untouched
+	refuse := errors.New("egressgw: dial outside the gateway's dialer")
+	gp.Tr = &http.Transport{
+		Proxy: nil,
+		DialContext: func(context.Context, string, string) (net.Conn, error) {
+			return nil, refuse
+		},
+	}
+	gp.ConnectDial = nil
+	gp.ConnectDialWithReq = func(*http.Request, string, string) (net.Conn, error) { return nil, refuse }
+	gp.NonproxyHandler = http.HandlerFunc(g.nonProxyHandler)
+	gp.OnRequest().HandleConnectFunc(g.onConnect)
+	gp.OnRequest().DoFunc(g.onRequest)
+	gp.OnResponse().DoFunc(g.onResponse)
+	return gp
+}
+
+// Apply publishes snap as the live policy. Requests already running keep
+// the generation they started with.
+func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
+	addresses := allowlist.NewAddressPolicy(allowlist.AddressConfig{
+		Deny:      snap.Gateway.DenyCIDRs,
+		Allow:     snap.Gateway.AllowCIDRs,
+		Local:     g.localAddr,
+		Listeners: g.listeners,
+	})
+	d := newDialer(snap.Gateway, addresses)
+	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway)}
+	rt.live = g.holder.Swap(snap)
+	prev := g.runtime.Swap(rt)
+	if prev != nil {
+		// Idle pooled connections were checked under the old network
+		// policy; new requests use the new transport, so retire them.
+		prev.transport.CloseIdleConnections()
+	}
+	g.metrics.generation.Set(float64(rt.live.Generation))
+	g.metrics.lastReloadTime.Set(float64(snap.LoadedAt.Unix()))
+	return rt.live
+}
+
+// RecordReload counts a config load attempt for metrics.
+func (g *Gateway) RecordReload(ok bool) {
+	result := "success"
+	if !ok {
+		result = "error"
+	}
+	g.metrics.reloads.WithLabelValues(result).Inc()
+}
+
+// Live returns the policy being served, nil before the first Apply.
+func (g *Gateway) Live() *policy.Live { return g.holder.Load() }
+
+func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
+	return &http.Transport{
+		Proxy:                  nil,
+		DialContext:            d.DialContext,
+		TLSClientConfig:        upstreamTLS(gw.UpstreamRoots),
+		TLSHandshakeTimeout:    gw.DialTimeout,
+		ResponseHeaderTimeout:  gw.IdleTimeout,
+		ExpectContinueTimeout:  time.Second,
+		IdleConnTimeout:        90 * time.Second,
+		MaxIdleConns:           1024,
+		MaxIdleConnsPerHost:    64,
+		DisableCompression:     true, // the client's Accept-Encoding goes through; bodies pass as they are
+		MaxResponseHeaderBytes: int64(gw.MaxHeaderBytes),
+	}
+}
+
+// Serve accepts proxy connections on ln until Shutdown. Connections past
+// max_connections are closed at once rather than queued, so a flood cannot
+// grow the gateway's memory or hide behind slow accepts.
+func (g *Gateway) Serve(ln net.Listener) error {
+	err := g.server.Serve(newLimitListener(ln, g.settings.MaxConnections, g.log))
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting, lets in-flight requests and tunnels finish for
+// up to the context's deadline (shutdown_grace), then closes what is left.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	g.draining.Store(true)
+	done := make(chan error, 1)
+	go func() { done <- g.server.Shutdown(ctx) }()
+	g.tunnels.drain(ctx)
+	err := <-done
+	if err != nil {
+		err = g.server.Close()
+	}
+	g.cancelBase()
+	if rt := g.runtime.Load(); rt != nil {
+		rt.transport.CloseIdleConnections()
+	}
+	return err
+}

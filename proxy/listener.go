@@ -1,0 +1,63 @@
+package proxy
+
+import (
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// limitListener closes connections accepted past max open ones. Unlike a
+// blocking limit it never lets a backlog of waiting clients build up: the
+// client over the limit learns at once.
+type limitListener struct {
+	net.Listener
+	max     int64
+	open    atomic.Int64
+	log     *slog.Logger
+	refused atomic.Int64
+}
+
+func newLimitListener(ln net.Listener, max int, log *slog.Logger) *limitListener {
+	return &limitListener{Listener: ln, max: int64(max), log: log}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.open.Add(1) > l.max {
+			l.open.Add(-1)
+			_ = c.Close()
+			if n := l.refused.Add(1); n == 1 || n%1000 == 0 {
+				l.log.Warn("connection refused: max_connections reached", "max_connections", l.max, "refused_so_far", n)
+			}
+			continue
+		}
+		return &countedConn{Conn: c, release: func() { l.open.Add(-1) }}, nil
+	}
+}
+
+// countedConn gives its slot back once, on the first Close.
+type countedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
+
+// CloseWrite keeps half-close working through the wrapper, which tunnels
+// need to finish one direction while the other still flows.
+func (c *countedConn) CloseWrite() error {
+	if hc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return hc.CloseWrite()
+	}
+	return nil
+}

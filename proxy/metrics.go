@@ -1,0 +1,82 @@
+package proxy
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// otherTenants is the tenant label for tenants past max_tenant_labels.
+const otherTenants = "_other"
+
+// metrics are the gateway's Prometheus series (SPEC §8), registered on the
+// gateway's own registry so that several gateways can live in one process.
+// Labels come from fixed sets only; never a host or a path.
+type metrics struct {
+	requests       *prometheus.CounterVec
+	duration       *prometheus.HistogramVec
+	bytes          *prometheus.CounterVec
+	activeTunnels  *prometheus.GaugeVec
+	reloads        *prometheus.CounterVec
+	generation     prometheus.Gauge
+	lastReloadTime prometheus.Gauge
+
+	labelsMu   sync.Mutex
+	maxTenants int
+	tenants    map[string]struct{} // tenants given their own label value, at most maxTenants
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := promauto.With(reg)
+	return &metrics{
+		requests: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressgw_requests_total", Help: "Requests and tunnels by tenant, decision and code.",
+		}, []string{"tenant", "decision", "code"}),
+		duration: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "egressgw_request_duration_seconds", Help: "Time from arrival to the end of the response or tunnel.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"decision"}),
+		bytes: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressgw_bytes_total", Help: "Body and tunnel bytes by tenant; egress is client to upstream.",
+		}, []string{"tenant", "direction"}),
+		activeTunnels: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "egressgw_active_tunnels", Help: "Open CONNECT tunnels by tenant.",
+		}, []string{"tenant"}),
+		reloads: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressgw_config_reloads_total", Help: "Config loads by result (success or error).",
+		}, []string{"result"}),
+		generation: f.NewGauge(prometheus.GaugeOpts{
+			Name: "egressgw_config_generation", Help: "Generation of the policy being served.",
+		}),
+		lastReloadTime: f.NewGauge(prometheus.GaugeOpts{
+			Name: "egressgw_config_last_success_timestamp_seconds", Help: "When the served policy was loaded.",
+		}),
+		tenants: map[string]struct{}{},
+	}
+}
+
+func (m *metrics) setMaxTenants(n int) {
+	m.labelsMu.Lock()
+	m.maxTenants = n
+	m.labelsMu.Unlock()
+}
+
+// tenantLabel bounds the tenant label: the first maxTenants tenants seen
+// get their own value, later ones share "_other". An empty tenant (not yet
+// identified) is reported as "_none".
+func (m *metrics) tenantLabel(id string) string {
+	if id == "" {
+		return "_none"
+	}
+	m.labelsMu.Lock()
+	defer m.labelsMu.Unlock()
+	if _, ok := m.tenants[id]; ok {
+		return id
+	}
+	if len(m.tenants) >= m.maxTenants {
+		return otherTenants
+	}
+	m.tenants[id] = struct{}{}
+	return id
+}

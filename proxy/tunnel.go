@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/elazarl/goproxy"
+)
+
+// onConnect is the request path for CONNECT: identify, decide, and either
+// reject with the JSON error or take the connection over as a tunnel.
+func (g *Gateway) onConnect(authority string, pctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+	r := pctx.Req
+	ex := g.begin(r, true)
+	ex.scheme = "tunnel"
+	if !ex.identify(r) || !ex.target(authority, 0, "") {
+		pctx.Resp = errorResponse(ex, r)
+		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, authority
+	}
+	return &goproxy.ConnectAction{
+		Action: goproxy.ConnectHijack,
+		Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) { g.tunnel(ex, client) },
+	}, authority
+}
+
+// tunnel dials the destination through the safe dialer and relays bytes
+// until either side is done or the tunnel has been idle for idle_timeout.
+// The gateway owns the relay, rather than goproxy, so that every tunnel is
+// counted, bounded in idleness and closable on shutdown.
+func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
+	defer ex.finish()
+	ctx, cancel := context.WithTimeout(g.baseCtx, ex.rt.dialer.dialTimeout+ex.rt.dialer.dnsTimeout)
+	upstream, err := ex.rt.dialer.DialContext(ctx, "tcp", net.JoinHostPort(ex.host, itoa(ex.port)))
+	cancel()
+	if err != nil {
+		ex.upstreamFailed(err)
+		resp := errorResponse(ex, nil)
+		_ = client.SetWriteDeadline(g.now().Add(5 * time.Second))
+		_ = resp.Write(client)
+		_ = client.Close()
+		return
+	}
+	t := &tunnel{ex: ex, client: client, upstream: upstream}
+	if !g.tunnels.add(t) {
+		_ = client.Close()
+		_ = upstream.Close()
+		return
+	}
+	defer g.tunnels.remove(t)
+	label := g.metrics.tenantLabel(ex.tenantID())
+	g.metrics.activeTunnels.WithLabelValues(label).Inc()
+	defer g.metrics.activeTunnels.WithLabelValues(label).Dec()
+
+	ex.status = http.StatusOK
+	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		t.close()
+		return
+	}
+	t.relay(ex.rt.dialer.idleTimeout)
+}
+
+// tunnel is one open CONNECT relay.
+type tunnel struct {
+	ex           *exchange
+	client       net.Conn
+	upstream     net.Conn
+	lastActivity atomic.Int64 // unix nanoseconds of the last byte in either direction
+	closeOnce    sync.Once
+}
+
+func (t *tunnel) close() {
+	t.closeOnce.Do(func() {
+		_ = t.client.Close()
+		_ = t.upstream.Close()
+	})
+}
+
+func (t *tunnel) relay(idle time.Duration) {
+	t.lastActivity.Store(time.Now().UnixNano())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		t.pipe(t.upstream, t.client, &t.ex.bytesUp, idle)
+	}()
+	go func() {
+		defer wg.Done()
+		t.pipe(t.client, t.upstream, &t.ex.bytesDown, idle)
+	}()
+	wg.Wait()
+	t.close()
+}
+
+var relayBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// pipe copies src to dst. A read that times out ends the tunnel only if
+// neither direction moved a byte for idle; a one-way stream keeps the
+// tunnel alive. On a clean EOF the write side is half-closed so the other
+// direction can finish; on any error both connections are closed.
+func (t *tunnel) pipe(dst, src net.Conn, counter *atomic.Int64, idle time.Duration) {
+	bufp := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(bufp)
+	buf := *bufp
+	for {
+		_ = src.SetReadDeadline(time.Now().Add(idle))
+		n, err := src.Read(buf)
+		if n > 0 {
+			now := time.Now()
+			t.lastActivity.Store(now.UnixNano())
+			_ = dst.SetWriteDeadline(now.Add(idle))
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				t.close()
+				return
+			}
+			counter.Add(int64(n))
+		}
+		if err == nil {
+			continue
+		}
+		if isTimeout(err) && time.Since(time.Unix(0, t.lastActivity.Load())) < idle {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			if hc, ok := dst.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
+				return
+			}
+		}
+		t.close()
+		return
+	}
+}
+
+// tunnelSet tracks open tunnels so shutdown can wait for and then close
+// them; http.Server does neither for hijacked connections.
+type tunnelSet struct {
+	mu      sync.Mutex
+	open    map[*tunnel]struct{}
+	closing bool
+	idle    chan struct{} // closed when empty while closing
+}
+
+func newTunnelSet() *tunnelSet {
+	return &tunnelSet{open: map[*tunnel]struct{}{}}
+}
+
+func (s *tunnelSet) add(t *tunnel) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.open[t] = struct{}{}
+	return true
+}
+
+func (s *tunnelSet) remove(t *tunnel) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.open, t)
+	if s.closing && len(s.open) == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+}
+
+// drain refuses new tunnels and waits until the open ones end or ctx is
+// done; then it closes whatever is left.
+func (s *tunnelSet) drain(ctx context.Context) {
+	s.mu.Lock()
+	s.closing = true
+	var wait chan struct{}
+	if len(s.open) > 0 {
+		wait = make(chan struct{})
+		s.idle = wait
+	}
+	s.mu.Unlock()
+	if wait != nil {
+		select {
+		case <-wait:
+		case <-ctx.Done():
+		}
+	}
+	s.mu.Lock()
+	left := make([]*tunnel, 0, len(s.open))
+	for t := range s.open {
+		left = append(left, t)
+	}
+	s.mu.Unlock()
+	for _, t := range left {
+		t.close()
+	}
+}
