@@ -32,7 +32,7 @@ func (a Action) String() string {
 type Rule struct {
 	Action  Action
 	Hosts   []Pattern
-	Ports   []uint16 // empty: 80 and 443
+	Ports   []uint16 // empty: 80 and 443 for an allow rule, every port for a deny rule
 	Methods []string // upper-case; empty: every method
 	// Paths are path prefixes ("/repos/"); empty: every path. A prefix
 	// matches the request path if strings.HasPrefix(path, prefix). The
@@ -78,7 +78,7 @@ type Set struct {
 type compiledRule struct {
 	action      Action
 	conditional bool
-	ports       []uint16
+	ports       []uint16 // nil: every port
 	methods     []string
 	paths       []string
 }
@@ -125,7 +125,9 @@ func compileRule(r Rule) compiledRule {
 		ports:       append([]uint16(nil), r.Ports...),
 		paths:       append([]string(nil), r.Paths...),
 	}
-	if len(c.ports) == 0 {
+	if len(c.ports) == 0 && r.Action == Allow {
+		// A deny rule without ports keeps them all nil: "deny this host"
+		// must not leave its other ports open.
 		c.ports = []uint16{80, 443}
 	}
 	for _, m := range r.Methods {
@@ -244,7 +246,7 @@ func (s *Set) consider(b *best, index int32, q *Query) {
 
 // matches checks everything but the host.
 func (r *compiledRule) matches(q *Query) bool {
-	if !containsPort(r.ports, q.Port) {
+	if r.ports != nil && !containsPort(r.ports, q.Port) {
 		return false
 	}
 	if q.Tunnel {

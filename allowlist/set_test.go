@@ -135,8 +135,14 @@ func TestSetMatch(t *testing.T) {
 			want:  Result{Deny: -1, Allow: -1},
 		},
 		{
-			name:  "deny port default",
+			name:  "deny rule without ports covers every port",
 			rules: []Rule{{Action: Deny, Hosts: patterns(t, "example.com")}},
+			query: query{Host: "example.com", Port: 22},
+			want:  Result{Deny: 0, Allow: -1},
+		},
+		{
+			name:  "deny rule with ports covers only those",
+			rules: []Rule{{Action: Deny, Hosts: patterns(t, "example.com"), Ports: []uint16{443}}},
 			query: query{Host: "example.com", Port: 22},
 			want:  Result{Deny: -1, Allow: -1},
 		},
@@ -363,10 +369,10 @@ func naiveMatch(rules []Rule, q Query) Result {
 			hostMatches = hostMatches || p.Match(q.Host)
 		}
 		ports := r.Ports
-		if len(ports) == 0 {
+		if len(ports) == 0 && r.Action == Allow {
 			ports = []uint16{80, 443}
 		}
-		portMatches := false
+		portMatches := len(ports) == 0
 		for _, p := range ports {
 			portMatches = portMatches || p == q.Port
 		}

@@ -44,6 +44,7 @@ func TestDecide(t *testing.T) {
 	}{
 		{"connector host", "acme", Request{Host: "api.github.com", Port: 443, Tunnel: true}, true, false, "github@2", ""},
 		{"connector port not listed", "acme", Request{Host: "api.github.com", Port: 80, Method: "GET", Path: "/"}, false, false, "", "no connector or rule matches"},
+		{"deny rule without ports covers every port", "acme", Request{Host: "uploads.github.com", Port: 8443, Tunnel: true}, false, false, "no-uploads", `denied by rule "no-uploads"`},
 		{"deny rule beats connector", "acme", Request{Host: "uploads.github.com", Port: 443, Tunnel: true}, false, false, "no-uploads", `denied by rule "no-uploads"`},
 		{"pinned version lacks host", "pinned", Request{Host: "uploads.github.com", Port: 443, Tunnel: true}, false, false, "", "no connector or rule matches"},
 		{"pinned version", "pinned", Request{Host: "api.github.com", Port: 443, Tunnel: true}, true, false, "github@1", ""},

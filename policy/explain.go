@@ -91,10 +91,10 @@ func explainRule(m allowlist.Rule, r Request) (bool, string) {
 		return false, fmt.Sprintf("host %s is not in %v", r.Host, m.Hosts)
 	}
 	ports := m.Ports
-	if len(ports) == 0 {
+	if len(ports) == 0 && m.Action == allowlist.Allow {
 		ports = []uint16{80, 443}
 	}
-	if !slices.Contains(ports, r.Port) {
+	if len(ports) > 0 && !slices.Contains(ports, r.Port) {
 		return false, fmt.Sprintf("port %d is not in %v", r.Port, ports)
 	}
 	if r.Tunnel {

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/egressgw/egressgw/policy"
 )
 
 // auditRecord is one line of the audit log (SPEC §8). It never holds a
@@ -74,11 +76,12 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 		Hooks:      []string{},
 		Redactions: []string{},
 	}
-	if ex.denied || ex.decision.Report {
+	switch {
+	case ex.decision.Report && ex.code == policy.CodeOK:
+		// Report mode: say what enforce would have answered.
+		rec.Code, rec.Reason = string(ex.decision.Code), ex.decision.Reason
+	case ex.denied:
 		rec.Reason = ex.message
-		if ex.decision.Report {
-			rec.Reason = ex.decision.Reason
-		}
 	}
 	if err := g.audit.write(&rec); err != nil {
 		g.log.Error("audit log write failed", "error", err)

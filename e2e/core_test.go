@@ -1,0 +1,794 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Tenants used across tests. Tokens are plain ASCII so every client accepts
+// them in a proxy URL.
+var (
+	acme    = credentials{tenant: "acme", token: "acme-token-7c1f09d24b"}
+	wild    = credentials{tenant: "wild", token: "wild-token-2e8a51c3f0"}
+	pinned  = credentials{tenant: "pinned", token: "pinned-token-94d0b7a6e1"}
+	lenient = credentials{tenant: "lenient", token: "lenient-token-03b6c8e2d7"}
+)
+
+// allowRule is a tenant file body with one rule allowing hosts on ports.
+func allowRule(name string, hosts []string, ports ...int) string {
+	return yamlf(`
+		rules:
+		  - name: %s
+		    hosts: %s
+		    ports: %s
+	`, name, yamlList(hosts), yamlList(ports))
+}
+
+// yamlList renders a flow sequence such as ["a", "b"] or [80, 443].
+func yamlList[T any](items []T) string {
+	parts := make([]string, len(items))
+	for i, item := range items {
+		if s, ok := any(item).(string); ok {
+			parts[i] = fmt.Sprintf("%q", s)
+		} else {
+			parts[i] = fmt.Sprint(item)
+		}
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
+}
+
+func TestProxyAuthentication(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	tlsOrigin := startTLSUpstream(t, "127.0.0.1", nil)
+	g := startGateway(t, configFiles{
+		"gateway.yaml":      gatewayYAML(""),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("api", []string{hostAPI}, origin.port, tlsOrigin.port)),
+	})
+	plainURL := origin.url(hostAPI, "/auth")
+	authority := tlsOrigin.authority(hostAPI)
+
+	refusals := []struct {
+		name               string
+		proxyAuthorization string
+	}{
+		{"no credentials", ""},
+		{"wrong token", basicAuth(acme.tenant, "not-the-token")},
+		{"unknown tenant", basicAuth("nobody", acme.token)},
+		{"malformed base64", "Basic %%%not-base64%%%"},
+		{"no colon", "Basic " + base64.StdEncoding.EncodeToString([]byte(acme.tenant+acme.token))},
+		{"not basic", "Bearer " + acme.token},
+	}
+	for _, tc := range refusals {
+		t.Run(tc.name+"/GET", func(t *testing.T) {
+			g.expectRefused(t, http.MethodGet, tc.proxyAuthorization, plainURL, http.StatusProxyAuthRequired, "proxy_auth_required", origin)
+		})
+		t.Run(tc.name+"/CONNECT", func(t *testing.T) {
+			g.expectRefusedCONNECT(t, tc.proxyAuthorization, authority, http.StatusProxyAuthRequired, "proxy_auth_required", tlsOrigin)
+		})
+	}
+
+	t.Run("valid credentials/GET", func(t *testing.T) {
+		g.expectAllowedGET(t, acme, plainURL)
+		seen := origin.requestsTo("/auth")
+		if len(seen) != 1 {
+			t.Fatalf("upstream saw %d requests for /auth, want 1", len(seen))
+		}
+		if v := seen[0].Header.Get("Proxy-Authorization"); v != "" {
+			t.Errorf("upstream received Proxy-Authorization %q: the tenant's credentials left the gateway", v)
+		}
+	})
+	t.Run("valid credentials/CONNECT", func(t *testing.T) {
+		tunnel := g.tunnel(t, acme, authority)
+		if status, body := httpsOverTunnel(t, tunnel, hostAPI, "/auth-tls"); status != http.StatusOK || body != greeting("/auth-tls") {
+			t.Errorf("HTTPS inside the tunnel: status %d, body %q; want 200 and the greeting", status, body)
+		}
+	})
+}
+
+func TestSourceAddressIdentifiesTenant(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	tlsOrigin := startTLSUpstream(t, "127.0.0.1", nil)
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(""),
+		"tenants/ci.yaml": yamlf(`
+			id: ci
+			auth:
+			  source_cidrs: ["127.0.0.1/32"]
+		`) + allowRule("api", []string{hostAPI}, origin.port, tlsOrigin.port),
+	})
+	anonymous := credentials{}
+
+	g.expectAllowedGET(t, anonymous, origin.url(hostAPI, "/by-address"))
+	g.waitAudit(t, auditWith("tenant", "ci", "path", "/by-address", "decision", "allow"))
+
+	tunnel := g.tunnel(t, anonymous, tlsOrigin.authority(hostAPI))
+	if status, _ := httpsOverTunnel(t, tunnel, hostAPI, "/by-address-tls"); status != http.StatusOK {
+		t.Errorf("HTTPS through an unauthenticated tunnel from an identified address: status %d, want 200", status)
+	}
+}
+
+func TestDestinationPolicy(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	tlsOrigin := startTLSUpstream(t, "127.0.0.1", nil)
+	unlisted := startHTTPUpstream(t, "127.0.0.1", nil) // its port is in no rule
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(""),
+		"connectors/api.yaml": yamlf(`
+			name: api
+			version: 1
+			hosts: [%q]
+			ports: [%d, %d]
+		`, hostAPI, origin.port, tlsOrigin.port),
+		"connectors/readonly.yaml": yamlf(`
+			name: readonly
+			version: 1
+			hosts: [%q]
+			ports: [%d]
+			methods: [GET]
+			paths: ["/v1/"]
+		`, hostReadOnly, origin.port),
+		"connectors/paste.yaml": yamlf(`
+			name: paste
+			version: 1
+			hosts: [%q]
+			ports: [%d, %d]
+		`, hostPaste, origin.port, tlsOrigin.port),
+		"connectors/versioned-1.yaml": yamlf(`
+			name: versioned
+			version: 1
+			hosts: [%q]
+			ports: [%d]
+		`, hostV1, origin.port),
+		"connectors/versioned-2.yaml": yamlf(`
+			name: versioned
+			version: 2
+			hosts: [%q]
+			ports: [%d]
+		`, hostV2, origin.port),
+		"tenants/acme.yaml": tenantYAML(acme, yamlf(`
+			connectors: [api, readonly, paste, versioned]
+			rules:
+			  - name: no-paste
+			    action: deny
+			    hosts: [%q]
+		`, hostPaste)),
+		"tenants/wild.yaml":   tenantYAML(wild, allowRule("wildcard", []string{"*." + hostApex}, origin.port)),
+		"tenants/pinned.yaml": tenantYAML(pinned, "connectors: [versioned@1]\n"),
+	})
+	const notAllowed = "destination_not_allowed"
+
+	// Subtests run one after another: each refusal checks that the shared
+	// upstreams saw nothing while it ran.
+	t.Run("allowed host", func(t *testing.T) {
+		g.expectAllowedGET(t, acme, origin.url(hostAPI, "/allowed"))
+		tunnel := g.tunnel(t, acme, tlsOrigin.authority(hostAPI))
+		if status, _ := httpsOverTunnel(t, tunnel, hostAPI, "/allowed-tls"); status != http.StatusOK {
+			t.Errorf("HTTPS through the tunnel: status %d, want 200", status)
+		}
+	})
+	t.Run("host in no policy", func(t *testing.T) {
+		g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostOther, "/"), http.StatusForbidden, notAllowed, origin)
+		g.expectRefusedCONNECT(t, acme.header(), tlsOrigin.authority(hostOther), http.StatusForbidden, notAllowed, tlsOrigin)
+	})
+	t.Run("port not allowed", func(t *testing.T) {
+		g.expectRefused(t, http.MethodGet, acme.header(), unlisted.url(hostAPI, "/"), http.StatusForbidden, notAllowed, unlisted)
+		g.expectRefusedCONNECT(t, acme.header(), unlisted.authority(hostAPI), http.StatusForbidden, notAllowed, unlisted)
+	})
+	t.Run("method not allowed", func(t *testing.T) {
+		g.expectRefused(t, http.MethodPost, acme.header(), origin.url(hostReadOnly, "/v1/items"), http.StatusForbidden, notAllowed, origin)
+	})
+	t.Run("path not allowed", func(t *testing.T) {
+		g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostReadOnly, "/v2/items"), http.StatusForbidden, notAllowed, origin)
+	})
+	t.Run("method and path allowed", func(t *testing.T) {
+		g.expectAllowedGET(t, acme, origin.url(hostReadOnly, "/v1/items"))
+	})
+	t.Run("CONNECT to a connector with methods but no inspect", func(t *testing.T) {
+		e := g.expectRefusedCONNECT(t, acme.header(), origin.authority(hostReadOnly), http.StatusForbidden, notAllowed, origin)
+		if !strings.Contains(e.Message, "inspect") {
+			t.Errorf("message %q does not say that the connector needs inspect: true", e.Message)
+		}
+	})
+	t.Run("dot segments cannot walk out of an allowed path", func(t *testing.T) {
+		for _, path := range []string{"/v1/../admin", "/v1/%2e%2e/admin", "/v1/..%2fadmin"} {
+			g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostReadOnly, path), http.StatusBadRequest, "bad_request", origin)
+		}
+	})
+	t.Run("tenant deny rule without ports beats an allowing connector on every port", func(t *testing.T) {
+		g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostPaste, "/"), http.StatusForbidden, notAllowed, origin)
+		g.expectRefusedCONNECT(t, acme.header(), tlsOrigin.authority(hostPaste), http.StatusForbidden, notAllowed, tlsOrigin)
+	})
+	t.Run("wildcard matches subdomains only", func(t *testing.T) {
+		g.expectAllowedGET(t, wild, origin.url(hostSub, "/one-level"))
+		g.expectAllowedGET(t, wild, origin.url(hostSubSub, "/two-levels"))
+		g.expectRefused(t, http.MethodGet, wild.header(), origin.url(hostApex, "/apex"), http.StatusForbidden, notAllowed, origin)
+	})
+	t.Run("pinned connector version", func(t *testing.T) {
+		g.expectAllowedGET(t, pinned, origin.url(hostV1, "/pinned-v1"))
+		g.expectRefused(t, http.MethodGet, pinned.header(), origin.url(hostV2, "/pinned-v2"), http.StatusForbidden, notAllowed, origin)
+	})
+	t.Run("unpinned connector gets the highest version", func(t *testing.T) {
+		g.expectAllowedGET(t, acme, origin.url(hostV2, "/latest-v2"))
+		g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostV1, "/latest-v1"), http.StatusForbidden, notAllowed, origin)
+	})
+}
+
+func TestReportMode(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	victim := startHTTPUpstream(t, victimAddress, nil)
+	g := startGateway(t, configFiles{
+		"gateway.yaml":         gatewayYAML(""),
+		"tenants/lenient.yaml": tenantYAML(lenient, "mode: report\n"+allowRule("api", []string{hostAPI}, origin.port)),
+	})
+
+	t.Run("policy denial is reported and let through", func(t *testing.T) {
+		g.expectAllowedGET(t, lenient, origin.url(hostOther, "/reported"))
+		rec := g.waitAudit(t, auditWith("tenant", lenient.tenant, "host", hostOther, "path", "/reported"))
+		if rec["decision"] != "report" || rec["code"] != "destination_not_allowed" {
+			t.Errorf("audit decision %v code %v, want report with the code enforce would answer; line %v", rec["decision"], rec["code"], rec)
+		}
+	})
+	t.Run("auth is never relaxed", func(t *testing.T) {
+		g.expectRefused(t, http.MethodGet, basicAuth(lenient.tenant, "wrong"), origin.url(hostAPI, "/"), http.StatusProxyAuthRequired, "proxy_auth_required", origin)
+	})
+	t.Run("network safety is never relaxed", func(t *testing.T) {
+		g.expectRefused(t, http.MethodGet, lenient.header(), victim.url(hostRebind, "/"), http.StatusForbidden, "destination_ip_denied", victim)
+	})
+}
+
+func TestNetworkSafety(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	victim := startHTTPUpstream(t, victimAddress, nil)
+	g := newGateway(t)
+	adminPort, proxyPort := portOf(t, g.adminAddr), portOf(t, g.proxyAddr)
+	g.serve(t, configFiles{
+		"gateway.yaml": gatewayYAML(""),
+		"tenants/acme.yaml": tenantYAML(acme, yamlf(`
+			rules:
+			  - name: names-of-denied-addresses
+			    hosts: [%q, %q]
+			    ports: [80, 443, %d]
+			  - name: denied-literals
+			    hosts: ["127.0.0.2", "::ffff:127.0.0.2"]
+			    ports: [%d]
+			  - name: loopback
+			    hosts: ["127.0.0.1"]
+			    ports: [%d, %d, %d]
+		`, hostRebind, hostMetadata, victim.port, victim.port, origin.port, adminPort, proxyPort)),
+	})
+
+	t.Run("allow_cidrs exception is reachable", func(t *testing.T) {
+		g.expectAllowedGET(t, acme, origin.url("127.0.0.1", "/loopback"))
+	})
+
+	const ipDenied, badRequest = "destination_ip_denied", "bad_request"
+	refusals := []struct {
+		name      string
+		authority string // host:port, requested both as http://authority/ and CONNECT authority
+		status    int
+		code      string
+		untouched []reachable
+	}{
+		{"name resolving to a denied address", victim.authority(hostRebind), http.StatusForbidden, ipDenied, []reachable{victim}},
+		{"name resolving to cloud metadata", net.JoinHostPort(hostMetadata, "80"), http.StatusForbidden, ipDenied, nil},
+		{"IP literal allowed by a rule", victim.authority("127.0.0.2"), http.StatusForbidden, ipDenied, []reachable{victim}},
+		{"IPv4-mapped IPv6 literal", victim.authority("::ffff:127.0.0.2"), http.StatusForbidden, ipDenied, []reachable{victim}},
+		{"gateway's own admin listener", g.adminAddr, http.StatusForbidden, ipDenied, nil},
+		{"gateway's own proxy listener", g.proxyAddr, http.StatusForbidden, ipDenied, nil},
+		{"decimal IPv4", origin.authority("2130706433"), http.StatusBadRequest, badRequest, []reachable{origin}},
+		{"hex and short IPv4", origin.authority("0x7f.1"), http.StatusBadRequest, badRequest, []reachable{origin}},
+		{"octal IPv4", origin.authority("017700000001"), http.StatusBadRequest, badRequest, []reachable{origin}},
+		{"short IPv4", origin.authority("127.1"), http.StatusBadRequest, badRequest, []reachable{origin}},
+	}
+	for _, tc := range refusals {
+		t.Run(tc.name+"/GET", func(t *testing.T) {
+			g.expectRefused(t, http.MethodGet, acme.header(), "http://"+tc.authority+"/", tc.status, tc.code, tc.untouched...)
+		})
+		t.Run(tc.name+"/CONNECT", func(t *testing.T) {
+			g.expectRefusedCONNECT(t, acme.header(), tc.authority, tc.status, tc.code, tc.untouched...)
+		})
+	}
+}
+
+func TestUpstreamFailures(t *testing.T) {
+	t.Parallel()
+	neverAnswers := startTCPServer(t, "127.0.0.1", silent)
+	closedPort := portOf(t, freeAddr(t))
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			limits:
+			  idle_timeout: 1s
+		`)),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("flaky", []string{hostNXDomain, hostAPI}, 80, 443, closedPort, neverAnswers.port)),
+	})
+	closedAuthority := net.JoinHostPort(hostAPI, fmt.Sprint(closedPort))
+
+	t.Run("unknown name/GET", func(t *testing.T) {
+		e := g.expectRefused(t, http.MethodGet, acme.header(), "http://"+hostNXDomain+"/", http.StatusBadGateway, "dns_failure")
+		assertNoInternalDetail(t, e)
+	})
+	t.Run("unknown name/CONNECT", func(t *testing.T) {
+		e := g.expectRefusedCONNECT(t, acme.header(), net.JoinHostPort(hostNXDomain, "443"), http.StatusBadGateway, "dns_failure")
+		assertNoInternalDetail(t, e)
+	})
+	t.Run("nothing listening/GET", func(t *testing.T) {
+		e := g.expectRefused(t, http.MethodGet, acme.header(), "http://"+closedAuthority+"/", http.StatusBadGateway, "upstream_unreachable")
+		assertNoInternalDetail(t, e)
+	})
+	t.Run("nothing listening/CONNECT", func(t *testing.T) {
+		e := g.expectRefusedCONNECT(t, acme.header(), closedAuthority, http.StatusBadGateway, "upstream_unreachable")
+		assertNoInternalDetail(t, e)
+	})
+	t.Run("upstream never answers", func(t *testing.T) {
+		const bound = 10 * time.Second
+		start := time.Now()
+		e := assertGatewayError(t, g.get(t, acme.header(), "http://"+neverAnswers.authority(hostAPI)+"/"), http.StatusGatewayTimeout, "upstream_timeout")
+		if elapsed := time.Since(start); elapsed > scaled(bound) {
+			t.Errorf("gateway answered after %v; with idle_timeout: 1s it should give up well within %v", elapsed, bound)
+		}
+		if neverAnswers.reached() == 0 {
+			t.Errorf("the silent upstream was never connected to, so this was not a timeout")
+		}
+		assertNoInternalDetail(t, e)
+	})
+}
+
+// auditFields are the fields SPEC §8 promises on every audit line.
+var auditFields = []string{
+	"time", "request_id", "tenant", "client", "method", "scheme", "host", "port", "path",
+	"decision", "code", "rule", "status", "bytes_up", "bytes_down", "duration_ms", "hooks", "redactions",
+}
+
+func TestAuditLog(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	tlsOrigin := startTLSUpstream(t, "127.0.0.1", nil)
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(""),
+		"connectors/weather.yaml": yamlf(`
+			name: weather
+			version: 1
+			hosts: [%q]
+			ports: [%d, %d]
+		`, hostAPI, origin.port, tlsOrigin.port),
+		"tenants/acme.yaml": tenantYAML(acme, yamlf(`
+			connectors: [weather]
+			rules:
+			  - name: no-paste
+			    action: deny
+			    hosts: [%q]
+			    ports: [%d]
+		`, hostPaste, origin.port)),
+	})
+
+	assertFields := func(t *testing.T, rec map[string]any) {
+		t.Helper()
+		for _, field := range auditFields {
+			if _, ok := rec[field]; !ok {
+				t.Errorf("audit line lacks %q: %v", field, rec)
+			}
+		}
+	}
+
+	t.Run("allowed request", func(t *testing.T) {
+		g.expectAllowedGET(t, acme, origin.url(hostAPI, "/forecast"))
+		rec := g.waitAudit(t, auditWith("path", "/forecast"))
+		assertFields(t, rec)
+		want := auditWith("tenant", acme.tenant, "method", "GET", "scheme", "http", "host", hostAPI, "port", origin.port,
+			"decision", "allow", "code", "ok", "status", 200)
+		if !want(rec) || !ruleIs(rec["rule"], "weather") {
+			t.Errorf("audit line %v; want tenant acme, GET http %s:%d, allow ok by rule weather, status 200", rec, hostAPI, origin.port)
+		}
+		if auditNumber(rec, "bytes_down") <= 0 {
+			t.Errorf("audit bytes_down %v, want > 0 for a response with a body", rec["bytes_down"])
+		}
+	})
+	t.Run("request in no policy", func(t *testing.T) {
+		e := g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostOther, "/unlisted"), http.StatusForbidden, "destination_not_allowed", origin)
+		rec := g.waitAudit(t, auditWith("request_id", e.RequestID))
+		assertFields(t, rec)
+		if !auditWith("tenant", acme.tenant, "host", hostOther, "decision", "deny", "code", "destination_not_allowed", "status", 403)(rec) {
+			t.Errorf("audit line %v; want tenant acme, host %s, deny destination_not_allowed, status 403", rec, hostOther)
+		}
+	})
+	t.Run("request denied by a rule", func(t *testing.T) {
+		e := g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostPaste, "/"), http.StatusForbidden, "destination_not_allowed", origin)
+		rec := g.waitAudit(t, auditWith("request_id", e.RequestID))
+		if !auditWith("decision", "deny")(rec) || !ruleIs(rec["rule"], "no-paste") {
+			t.Errorf("audit line %v; want deny by rule no-paste", rec)
+		}
+	})
+	t.Run("tunnel", func(t *testing.T) {
+		tunnel := g.tunnel(t, acme, tlsOrigin.authority(hostAPI))
+		if status, _ := httpsOverTunnel(t, tunnel, hostAPI, "/tunnelled"); status != http.StatusOK {
+			t.Fatalf("HTTPS through the tunnel: status %d, want 200", status)
+		}
+		tunnel.Close()
+		rec := g.waitAudit(t, auditWith("method", "CONNECT", "host", hostAPI, "port", tlsOrigin.port))
+		assertFields(t, rec)
+		if !auditWith("tenant", acme.tenant, "decision", "allow", "code", "ok")(rec) || !ruleIs(rec["rule"], "weather") {
+			t.Errorf("audit line %v; want tenant acme, allow ok by rule weather", rec)
+		}
+		if auditNumber(rec, "bytes_up") <= 0 || auditNumber(rec, "bytes_down") <= 0 {
+			t.Errorf("tunnel audit bytes_up %v, bytes_down %v; want both > 0 after a TLS exchange", rec["bytes_up"], rec["bytes_down"])
+		}
+	})
+}
+
+func TestSecretsStayOutOfLogs(t *testing.T) {
+	t.Parallel()
+	const querySecret = "SECRET123"
+	const mistypedToken = "mistyped-token-5a7e3c"
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	tlsOrigin := startTLSUpstream(t, "127.0.0.1", nil)
+	g := startGateway(t, configFiles{
+		"gateway.yaml":      gatewayYAML(""),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("api", []string{hostAPI}, origin.port, tlsOrigin.port)),
+	})
+
+	g.expectAllowedGET(t, acme, origin.url(hostAPI, "/search?token="+querySecret))
+	g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostOther, "/search?token="+querySecret), http.StatusForbidden, "destination_not_allowed")
+	g.expectRefused(t, http.MethodGet, basicAuth(acme.tenant, mistypedToken), origin.url(hostAPI, "/"), http.StatusProxyAuthRequired, "proxy_auth_required")
+	g.tunnel(t, acme, tlsOrigin.authority(hostAPI)).Close()
+	g.waitAudit(t, auditWith("method", "GET", "host", hostAPI, "decision", "allow"))
+	if code := g.stop(t); code != 0 {
+		t.Errorf("egressgw exit code %d after SIGTERM, want 0", code)
+	}
+
+	secrets := map[string]string{
+		"query value":                  querySecret,
+		"proxy token":                  acme.token,
+		"Proxy-Authorization":          strings.TrimPrefix(acme.header(), "Basic "),
+		"mistyped token":               mistypedToken,
+		"mistyped Proxy-Authorization": strings.TrimPrefix(basicAuth(acme.tenant, mistypedToken), "Basic "),
+	}
+	for stream, output := range map[string]string{"stdout": g.stdout.String(), "stderr": g.stderr.String()} {
+		for what, secret := range secrets {
+			if strings.Contains(output, secret) {
+				t.Errorf("%s contains the %s %q", stream, what, secret)
+			}
+		}
+	}
+}
+
+func TestAdminEndpoints(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	echoServer := startTCPServer(t, "127.0.0.1", echo)
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(""),
+		"connectors/weather.yaml": yamlf(`
+			name: weather
+			version: 1
+			hosts: [%q]
+			ports: [%d, %d]
+		`, hostAPI, origin.port, echoServer.port),
+		"tenants/acme.yaml": tenantYAML(acme, "connectors: [weather]\n"),
+	})
+
+	t.Run("health", func(t *testing.T) {
+		g.admin(t, "/healthz")
+		g.admin(t, "/readyz")
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		g.expectAllowedGET(t, acme, origin.url(hostAPI, "/counted"))
+		g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostOther, "/"), http.StatusForbidden, "destination_not_allowed")
+		tunnel := g.tunnel(t, acme, echoServer.authority(hostAPI))
+		pingThroughTunnel(t, tunnel)
+
+		activeTunnels := map[string]string{"tenant": acme.tenant}
+		eventually(t, 5*time.Second, func() error {
+			samples, err := g.metrics()
+			if err != nil {
+				return err
+			}
+			for _, want := range []struct {
+				name   string
+				labels map[string]string
+			}{
+				{"egressgw_requests_total", map[string]string{"tenant": acme.tenant, "decision": "allow", "code": "ok"}},
+				{"egressgw_requests_total", map[string]string{"tenant": acme.tenant, "decision": "deny", "code": "destination_not_allowed"}},
+				{"egressgw_request_duration_seconds_count", nil},
+				{"egressgw_bytes_total", map[string]string{"tenant": acme.tenant}},
+			} {
+				if v, _ := sumMetric(samples, want.name, want.labels); v < 1 {
+					return fmt.Errorf("%s%v is %v, want ≥ 1", want.name, want.labels, v)
+				}
+			}
+			if v, _ := sumMetric(samples, "egressgw_active_tunnels", activeTunnels); v != 1 {
+				return fmt.Errorf("egressgw_active_tunnels%v is %v with one tunnel open, want 1", activeTunnels, v)
+			}
+			return nil
+		})
+
+		tunnel.Close()
+		eventually(t, 5*time.Second, func() error {
+			samples, err := g.metrics()
+			if err != nil {
+				return err
+			}
+			if v, found := sumMetric(samples, "egressgw_active_tunnels", activeTunnels); !found || v != 0 {
+				return fmt.Errorf("egressgw_active_tunnels%v is %v (present: %v) after the tunnel closed, want 0", activeTunnels, v, found)
+			}
+			return nil
+		})
+	})
+
+	t.Run("explain", func(t *testing.T) {
+		for _, tc := range []struct {
+			url                  string
+			decision, code, rule string
+		}{
+			{origin.url(hostAPI, "/today"), "allow", "ok", "weather"},
+			{origin.url(hostOther, "/"), "deny", "destination_not_allowed", ""},
+		} {
+			query := url.Values{"tenant": {acme.tenant}, "method": {"GET"}, "url": {tc.url}}
+			var got struct{ Decision, Code, Rule string }
+			body := g.admin(t, "/v1/explain?"+query.Encode())
+			if err := json.Unmarshal([]byte(body), &got); err != nil {
+				t.Fatalf("/v1/explain for %s: %v; body %q", tc.url, err, body)
+			}
+			if got.Decision != tc.decision || got.Code != tc.code || (tc.rule != "" && !ruleIs(got.Rule, tc.rule)) {
+				t.Errorf("/v1/explain for %s: decision %q, code %q, rule %q; want %q, %q, %q", tc.url, got.Decision, got.Code, got.Rule, tc.decision, tc.code, tc.rule)
+			}
+		}
+	})
+
+	t.Run("config", func(t *testing.T) {
+		body := g.admin(t, "/v1/config")
+		var got struct {
+			Generation *float64 `json:"generation"`
+			Hash       string   `json:"hash"`
+			LoadedAt   string   `json:"loaded_at"`
+		}
+		if err := json.Unmarshal([]byte(body), &got); err != nil {
+			t.Fatalf("/v1/config: %v; body %q", err, body)
+		}
+		if got.Generation == nil || *got.Generation < 1 || got.Hash == "" || got.LoadedAt == "" {
+			t.Errorf("/v1/config %s; want generation ≥ 1, a hash and loaded_at", body)
+		}
+	})
+}
+
+func TestHeaderSizeLimit(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			limits:
+			  max_header_bytes: 4KiB
+		`)),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("api", []string{hostAPI}, origin.port)),
+	})
+	withHeader := func(size int) *http.Request {
+		req, err := http.NewRequest(http.MethodGet, origin.url(hostAPI, "/padded"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Proxy-Authorization", acme.header())
+		req.Header.Set("X-Padding", strings.Repeat("a", size))
+		return req
+	}
+
+	if resp := g.send(t, withHeader(1<<10)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("request with a 1 KiB header: status %d, want 200 (the limit must not hit ordinary requests)", resp.StatusCode)
+	}
+
+	before := snapshotReach(origin)
+	resp := g.send(t, withHeader(8<<10))
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge && resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("request with an 8 KiB header: status %d, want 431 or 400", resp.StatusCode)
+	}
+	before.assertUnchanged(t)
+}
+
+func TestIdleTunnelClosed(t *testing.T) {
+	t.Parallel()
+	echoServer := startTCPServer(t, "127.0.0.1", echo)
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			limits:
+			  idle_timeout: 1s
+		`)),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("echo", []string{hostAPI}, echoServer.port)),
+	})
+	tunnel := g.tunnel(t, acme, echoServer.authority(hostAPI))
+	pingThroughTunnel(t, tunnel)
+
+	const bound = 10 * time.Second
+	tunnel.SetReadDeadline(time.Now().Add(scaled(bound)))
+	_, err := tunnel.Read(make([]byte, 1))
+	var netErr net.Error
+	switch {
+	case err == nil:
+		t.Fatal("read from an idle tunnel returned data; the echo server sends nothing unasked")
+	case errors.As(err, &netErr) && netErr.Timeout():
+		t.Fatalf("idle tunnel still open after %v; idle_timeout is 1s", scaled(bound))
+	}
+}
+
+func TestMaxConnections(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	echoServer := startTCPServer(t, "127.0.0.1", echo)
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			limits:
+			  max_connections: 2
+		`)),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("api", []string{hostAPI}, origin.port, echoServer.port)),
+	})
+	var held []net.Conn
+	for range 2 {
+		tunnel := g.tunnel(t, acme, echoServer.authority(hostAPI))
+		pingThroughTunnel(t, tunnel) // the gateway has surely accepted and counted it
+		held = append(held, tunnel)
+	}
+
+	if served := tryThirdConnection(t, g, acme, origin.url(hostAPI, "/third")); served {
+		t.Errorf("a third connection was served while max_connections: 2 were held")
+	}
+
+	held[0].Close()
+	client := g.client(t, acme)
+	eventually(t, 5*time.Second, func() error {
+		resp, err := client.Get(origin.url(hostAPI, "/after-release"))
+		if err != nil {
+			return fmt.Errorf("request after releasing a connection: %w", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("request after releasing a connection: status %d", resp.StatusCode)
+		}
+		return nil
+	})
+}
+
+// tryThirdConnection sends a request on a new connection and reports
+// whether it was served. Being refused at connect, closed, or answered with
+// an error are all fine; hanging unanswered is not, because a client cannot
+// tell that from a dead gateway.
+func tryThirdConnection(t *testing.T, g *gateway, c credentials, target string) (served bool) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", g.proxyAddr, 5*time.Second)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	req, err := http.NewRequest(http.MethodGet, target, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Proxy-Authorization", c.header())
+	conn.SetDeadline(time.Now().Add(scaled(5 * time.Second)))
+	if err := req.WriteProxy(conn); err != nil {
+		return false // closed by the gateway before we finished writing
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	var netErr net.Error
+	switch {
+	case errors.As(err, &netErr) && netErr.Timeout():
+		t.Fatalf("a connection over max_connections was neither refused nor closed within %v", scaled(5*time.Second))
+	case err != nil:
+		return false // closed: refused
+	}
+	resp.Body.Close()
+	t.Logf("connection over the limit answered with status %d", resp.StatusCode)
+	return resp.StatusCode == http.StatusOK
+}
+
+func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
+	reached := make(chan struct{}, 1)
+	release := make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce)
+	slow := startHTTPUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case reached <- struct{}{}:
+		default:
+		}
+		select {
+		case <-release:
+			io.WriteString(w, "finished during shutdown")
+		case <-r.Context().Done():
+		}
+	}))
+	g := startGateway(t, configFiles{
+		"gateway.yaml":      gatewayYAML(""),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("slow", []string{hostAPI}, slow.port)),
+	})
+
+	type result struct {
+		status int
+		body   string
+		err    error
+	}
+	done := make(chan result, 1)
+	client := g.client(t, acme)
+	go func() {
+		resp, err := client.Get(slow.url(hostAPI, "/slow"))
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		done <- result{status: resp.StatusCode, body: string(body), err: err}
+	}()
+	select {
+	case <-reached:
+	case r := <-done:
+		t.Fatalf("request ended before reaching the upstream: %+v", r)
+	case <-time.After(scaled(10 * time.Second)):
+		t.Fatal("request never reached the upstream")
+	}
+
+	g.signal(t, syscall.SIGTERM)
+	eventually(t, 10*time.Second, func() error {
+		conn, err := net.DialTimeout("tcp", g.proxyAddr, time.Second)
+		if err != nil {
+			return nil
+		}
+		conn.Close()
+		return errors.New("the gateway still accepts new connections after SIGTERM")
+	})
+
+	releaseOnce()
+	select {
+	case r := <-done:
+		if r.err != nil || r.status != http.StatusOK || r.body != "finished during shutdown" {
+			t.Errorf("in-flight request: status %d, body %q, error %v; want 200 and the upstream's body", r.status, r.body, r.err)
+		}
+	case <-time.After(scaled(20 * time.Second)):
+		t.Fatal("in-flight request did not complete during shutdown")
+	}
+	if code := g.waitExit(t, 30*time.Second); code != 0 {
+		t.Errorf("egressgw exit code %d after SIGTERM, want 0", code)
+	}
+}
+
+// TestGatewayIgnoresProxyEnvironment guards against the gateway chaining
+// through HTTP_PROXY/HTTPS_PROXY of its own environment, which is often set
+// in the images it runs in: its egress must go straight to the destination.
+func TestGatewayIgnoresProxyEnvironment(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	tlsOrigin := startTLSUpstream(t, "127.0.0.1", nil)
+	trap := startTCPServer(t, "127.0.0.1", silent)
+	g := newGateway(t)
+	trapURL := "http://" + trap.authority("127.0.0.1")
+	for _, name := range []string{"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"} {
+		g.env = append(g.env, name+"="+trapURL)
+	}
+	g.serve(t, configFiles{
+		"gateway.yaml":      gatewayYAML(""),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("api", []string{hostAPI}, origin.port, tlsOrigin.port)),
+	})
+
+	g.expectAllowedGET(t, acme, origin.url(hostAPI, "/direct"))
+	if status, _ := fetch(t, g.client(t, acme), tlsOrigin.url(hostAPI, "/direct-tls")); status != http.StatusOK {
+		t.Errorf("HTTPS through the gateway: status %d, want 200", status)
+	}
+	if n := trap.reached(); n != 0 {
+		t.Errorf("the proxy named in the gateway's environment received %d connection(s)", n)
+	}
+}
