@@ -7,7 +7,10 @@
 // proxy turns into client errors, audit lines and metrics, and that
 // Explain traces rule by rule.
 //
-// The package does not dial, resolve names, watch files or serve HTTP:
-// the proxy does the network, and reload is a matter of calling Load again
-// and Holder.Swap.
+// Watch reports when the config directory may have changed (fsnotify on
+// the directories, debounced, with a periodic resync); Fingerprint tells
+// cheaply whether anything did. Reloading is Load again, then publishing
+// the new snapshot: the caller decides, the package never swaps by itself.
+//
+// The package does not dial, resolve names or serve HTTP.
 package policy

@@ -122,7 +122,12 @@ var dummyTokenHash = sha256.Sum256([]byte("egressgw: no such tenant"))
 // SHA-256 in constant time, and unknown tenants take the same path, so the
 // answer's timing tells nothing about which tenants exist.
 func (s *Snapshot) Authenticate(tenantID, token string) (*Tenant, bool) {
-	sum := sha256.Sum256([]byte(token))
+	return s.AuthenticateSum(tenantID, sha256.Sum256([]byte(token)))
+}
+
+// AuthenticateSum is Authenticate for a token already hashed; it lets an
+// open tunnel be re-checked against a new policy without keeping the token.
+func (s *Snapshot) AuthenticateSum(tenantID string, sum [sha256.Size]byte) (*Tenant, bool) {
 	t, known := s.tenants[tenantID]
 	want := dummyTokenHash
 	if known && t.hasToken {

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -33,6 +35,8 @@ type exchange struct {
 	path   string
 
 	tenant   *policy.Tenant
+	tokenSum [sha256.Size]byte // how the tenant was identified: a token's hash,
+	source   netip.Addr        // or, when no token was sent, the client address
 	decision policy.Decision
 	denied   bool // the gateway refused (as opposed to the upstream failing)
 	code     policy.Code
@@ -84,8 +88,9 @@ func (ex *exchange) identify(r *http.Request) bool {
 	snap := ex.rt.live.Snapshot
 	if header := r.Header.Get("Proxy-Authorization"); header != "" {
 		if user, token, ok := parseBasic(header); ok {
-			if t, ok := snap.Authenticate(user, token); ok {
-				ex.tenant = t
+			sum := sha256.Sum256([]byte(token))
+			if t, ok := snap.AuthenticateSum(user, sum); ok {
+				ex.tenant, ex.tokenSum = t, sum
 				return true
 			}
 		}
@@ -95,7 +100,7 @@ func (ex *exchange) identify(r *http.Request) bool {
 	}
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		if t := snap.TenantBySource(ap.Addr()); t != nil {
-			ex.tenant = t
+			ex.tenant, ex.source = t, ap.Addr()
 			return true
 		}
 	}
@@ -114,6 +119,29 @@ func parseBasic(header string) (user, password string, ok bool) {
 		return "", "", false
 	}
 	return strings.Cut(string(raw), ":")
+}
+
+// recheck asks whether a new policy still allows what this exchange was
+// allowed to do, identifying the tenant the way it was identified at the
+// start. It returns why not, or "" when it still may.
+func (ex *exchange) recheck(snap *policy.Snapshot) string {
+	var tenant *policy.Tenant
+	if ex.source.IsValid() {
+		tenant = snap.TenantBySource(ex.source)
+		if tenant == nil || tenant.ID != ex.tenant.ID {
+			return fmt.Sprintf("the client address no longer identifies tenant %q", ex.tenant.ID)
+		}
+	} else {
+		var ok bool
+		if tenant, ok = snap.AuthenticateSum(ex.tenant.ID, ex.tokenSum); !ok {
+			return fmt.Sprintf("the credentials of tenant %q are no longer valid", ex.tenant.ID)
+		}
+	}
+	d := tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: ex.method, Path: ex.path, Tunnel: ex.tunnel})
+	if !d.Allow {
+		return d.Reason
+	}
+	return ""
 }
 
 // target parses and decides the destination; on refusal it records why.

@@ -143,10 +143,25 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 		// Idle pooled connections were checked under the old network
 		// policy; new requests use the new transport, so retire them.
 		prev.transport.CloseIdleConnections()
+		g.metrics.forgetRemovedTenants(prev.live.Snapshot, snap)
+		g.revokeTunnels(rt.live)
 	}
 	g.metrics.generation.Set(float64(rt.live.Generation))
 	g.metrics.lastReloadTime.Set(float64(snap.LoadedAt.Unix()))
 	return rt.live
+}
+
+// revokeTunnels closes the open tunnels that live no longer allows, each
+// with an audit line saying so. Plain requests need no such pass: each one
+// is identified and decided afresh under the policy of its arrival.
+func (g *Gateway) revokeTunnels(live *policy.Live) {
+	for _, t := range g.tunnels.snapshot() {
+		if reason := t.ex.recheck(live.Snapshot); reason != "" {
+			g.log.Info("tunnel revoked by policy reload", "request_id", t.ex.id, "tenant", t.ex.tenantID(),
+				"generation", live.Generation, "reason", reason)
+			t.revoke(reason)
+		}
+	}
 }
 
 // RecordReload counts a config load attempt for metrics.

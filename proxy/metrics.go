@@ -80,3 +80,28 @@ func (m *metrics) tenantLabel(id string) string {
 	m.tenants[id] = struct{}{}
 	return id
 }
+
+// forgetRemovedTenants drops the series of tenants that a reload removed,
+// and frees their label slots, so that tenant churn cannot grow the
+// registry.
+func (m *metrics) forgetRemovedTenants(prev, next interface{ TenantIDs() []string }) {
+	keep := map[string]bool{}
+	for _, id := range next.TenantIDs() {
+		keep[id] = true
+	}
+	m.labelsMu.Lock()
+	defer m.labelsMu.Unlock()
+	for _, id := range prev.TenantIDs() {
+		if keep[id] {
+			continue
+		}
+		if _, labelled := m.tenants[id]; !labelled {
+			continue
+		}
+		delete(m.tenants, id)
+		match := prometheus.Labels{"tenant": id}
+		m.requests.DeletePartialMatch(match)
+		m.bytes.DeletePartialMatch(match)
+		m.activeTunnels.DeletePartialMatch(match)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/egressgw/egressgw/policy"
 	"github.com/elazarl/goproxy"
 )
 
@@ -53,9 +54,11 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
 		return
 	}
 	defer g.tunnels.remove(t)
-	label := g.metrics.tenantLabel(ex.tenantID())
-	g.metrics.activeTunnels.WithLabelValues(label).Inc()
-	defer g.metrics.activeTunnels.WithLabelValues(label).Dec()
+	// Hold the gauge itself: if a reload removes the tenant and its series,
+	// the decrement must not bring the series back.
+	open := g.metrics.activeTunnels.WithLabelValues(g.metrics.tenantLabel(ex.tenantID()))
+	open.Inc()
+	defer open.Dec()
 
 	ex.status = http.StatusOK
 	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
@@ -63,6 +66,9 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
 		return
 	}
 	t.relay(ex.rt.dialer.idleTimeout)
+	if reason := t.revoked.Load(); reason != nil {
+		ex.fail(policy.CodeDestinationNotAllowed, true, "tunnel closed by a policy reload: "+*reason)
+	}
 }
 
 // tunnel is one open CONNECT relay.
@@ -72,6 +78,13 @@ type tunnel struct {
 	upstream     net.Conn
 	lastActivity atomic.Int64 // unix nanoseconds of the last byte in either direction
 	closeOnce    sync.Once
+	revoked      atomic.Pointer[string] // why a policy reload closed it
+}
+
+// revoke closes a tunnel the live policy no longer allows.
+func (t *tunnel) revoke(reason string) {
+	t.revoked.Store(&reason)
+	t.close()
 }
 
 func (t *tunnel) close() {
@@ -169,6 +182,17 @@ func (s *tunnelSet) remove(t *tunnel) {
 	}
 }
 
+// snapshot lists the open tunnels.
+func (s *tunnelSet) snapshot() []*tunnel {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*tunnel, 0, len(s.open))
+	for t := range s.open {
+		out = append(out, t)
+	}
+	return out
+}
+
 // drain refuses new tunnels and waits until the open ones end or ctx is
 // done; then it closes whatever is left.
 func (s *tunnelSet) drain(ctx context.Context) {
@@ -186,13 +210,7 @@ func (s *tunnelSet) drain(ctx context.Context) {
 		case <-ctx.Done():
 		}
 	}
-	s.mu.Lock()
-	left := make([]*tunnel, 0, len(s.open))
-	for t := range s.open {
-		left = append(left, t)
-	}
-	s.mu.Unlock()
-	for _, t := range left {
+	for _, t := range s.snapshot() {
 		t.close()
 	}
 }

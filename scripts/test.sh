@@ -36,4 +36,5 @@ fuzz ./allowlist FuzzNormalizeHost
 fuzz ./allowlist FuzzParsePattern
 fuzz ./allowlist FuzzAddressCheck
 fuzz ./policy FuzzLoad
+fuzz ./proxy FuzzParseBasic
 echo "all tests passed"

@@ -27,7 +27,7 @@ const (
 const usage = `egressgw: an egress gateway for sandboxes.
 
 Usage:
-  egressgw serve [--config DIR_OR_FILE] [--listen ADDR] [--admin-listen ADDR] [--log-format json|text]
+  egressgw serve [--config DIR_OR_FILE] [--listen ADDR] [--admin-listen ADDR] [--log-format json|text] [--watch=false]
   egressgw check --config DIR
   egressgw explain --config DIR --tenant ID [--method M] [--json] URL
   egressgw token new
@@ -103,6 +103,7 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 type configSource struct {
 	fsys fs.FS
 	name string
+	dir  string // the directory on disk; empty for the embedded quickstart
 }
 
 func openConfig(path string) (configSource, error) {
@@ -120,7 +121,7 @@ func openConfig(path string) (configSource, error) {
 		}
 		dir = filepath.Dir(path)
 	}
-	return configSource{fsys: os.DirFS(dir), name: dir}, nil
+	return configSource{fsys: os.DirFS(dir), name: dir, dir: dir}, nil
 }
 
 func (c configSource) load() (*policy.Snapshot, error) {

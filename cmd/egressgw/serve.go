@@ -30,6 +30,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	listen := fs.String("listen", "", "proxy listen address (overrides gateway.yaml)")
 	adminListen := fs.String("admin-listen", "", "admin listen address (overrides gateway.yaml)")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
+	watch := fs.Bool("watch", true, "reload when the config directory changes (SIGHUP reloads either way)")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
 		return exitUsage
 	}
@@ -110,6 +111,16 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			serveErr <- err
 		}
 	}()
+	watchCtx, stopWatching := context.WithCancel(context.Background())
+	defer stopWatching()
+	if source.dir != "" && *watch {
+		go func() {
+			err := policy.Watch(watchCtx, source.dir, policy.WatchOptions{Logger: logger}, rl.reload)
+			if err != nil {
+				logger.Error("config watching stopped; SIGHUP still reloads", "error", err)
+			}
+		}()
+	}
 	logger.Info("egressgw serving", "listen", proxyLn.Addr().String(), "admin_listen", adminLn.Addr().String(), "version", version)
 	if *configPath == "" {
 		printQuickstart(stderr, proxyLn.Addr().String())
@@ -215,25 +226,46 @@ type reloader struct {
 }
 
 func (r *reloader) reload(trigger string) {
+	r.mu.Lock() // the watcher and SIGHUP may ask at once
+	defer r.mu.Unlock()
+	if live := r.gw.Live(); live != nil {
+		if sum, err := policy.Fingerprint(r.source.fsys); err == nil && sum == live.Hash {
+			return // nothing changed: keep the generation, and the quota state with it
+		}
+	}
 	snap, err := r.source.load()
 	if err != nil {
 		r.gw.RecordReload(false)
-		r.mu.Lock()
 		r.lastErr, r.lastErrAt = err.Error(), time.Now()
-		r.mu.Unlock()
 		r.log.Error("config reload refused; the last good policy keeps serving", "trigger", trigger, "error", err.Error())
 		return
 	}
-	if snap.Gateway.Listen != r.loaded.Listen || snap.Gateway.AdminListen != r.loaded.AdminListen {
-		r.log.Warn("listener addresses changed in gateway.yaml; they take effect after a restart",
-			"listen", snap.Gateway.Listen, "admin_listen", snap.Gateway.AdminListen)
-	}
+	r.warnRestartOnly(snap.Gateway)
 	r.gw.RecordReload(true)
 	live := r.gw.Apply(snap)
-	r.mu.Lock()
 	r.lastErr = ""
-	r.mu.Unlock()
-	r.log.Info("policy reloaded", "trigger", trigger, "generation", live.Generation, "hash", live.Hash)
+	r.log.Info("policy reloaded", "trigger", trigger, "generation", live.Generation, "hash", live.Hash,
+		"tenants", len(live.TenantIDs()), "connectors", live.Connectors())
+}
+
+// warnRestartOnly says which changed settings wait for a restart, instead
+// of ignoring them silently.
+func (r *reloader) warnRestartOnly(next policy.Gateway) {
+	prev := r.loaded
+	changed := map[string]bool{
+		"listen":                    next.Listen != prev.Listen,
+		"admin_listen":              next.AdminListen != prev.AdminListen,
+		"limits.max_header_bytes":   next.MaxHeaderBytes != prev.MaxHeaderBytes,
+		"limits.max_connections":    next.MaxConnections != prev.MaxConnections,
+		"limits.shutdown_grace":     next.ShutdownGrace != prev.ShutdownGrace,
+		"audit.output":              next.AuditOutput != prev.AuditOutput,
+		"metrics.max_tenant_labels": next.MaxTenantLabels != prev.MaxTenantLabels,
+	}
+	for key, differs := range changed {
+		if differs {
+			r.log.Warn("setting changed in gateway.yaml; it takes effect after a restart", "setting", key)
+		}
+	}
 }
 
 func (r *reloader) lastError() (string, time.Time) {

@@ -1,0 +1,210 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egressgw/egressgw/policy"
+)
+
+func TestParseBasic(t *testing.T) {
+	cases := []struct {
+		name, header, user, password string
+		ok                           bool
+	}{
+		{"valid", "Basic YWNtZTpzM2NyZXQ=", "acme", "s3cret", true},
+		{"scheme case-insensitive", "basic YWNtZTpzM2NyZXQ=", "acme", "s3cret", true},
+		{"colon in password", "Basic YWNtZTphOmI=", "acme", "a:b", true},
+		{"empty password", "Basic YWNtZTo=", "acme", "", true},
+		{"no colon", "Basic YWNtZQ==", "", "", false},
+		{"bad base64", "Basic !!!", "", "", false},
+		{"bearer", "Bearer YWNtZTpzM2NyZXQ=", "", "", false},
+		{"no credentials", "Basic", "", "", false},
+		{"empty", "", "", "", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			user, password, ok := parseBasic(c.header)
+			if ok != c.ok || (ok && (user != c.user || password != c.password)) {
+				t.Errorf("parseBasic(%q) = %q, %q, %v", c.header, user, password, ok)
+			}
+		})
+	}
+}
+
+// FuzzParseBasic: never panics, and whatever it accepts re-encodes to
+// the same credentials.
+func FuzzParseBasic(f *testing.F) {
+	for _, seed := range []string{"Basic YWNtZTpzM2NyZXQ=", "basic   YTpi", "Basic", "Bearer x", "Basic =", "Basic YTo6Og=="} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, header string) {
+		user, password, ok := parseBasic(header)
+		if !ok {
+			return
+		}
+		if strings.Contains(user, ":") {
+			t.Fatalf("user %q holds a colon: the split is ambiguous", user)
+		}
+		u2, p2, ok2 := parseBasic("Basic " + basicEncode(user, password))
+		if !ok2 || u2 != user || p2 != password {
+			t.Fatalf("round trip of %q/%q gave %q/%q/%v", user, password, u2, p2, ok2)
+		}
+	})
+}
+
+func basicEncode(user, password string) string {
+	req, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+	req.SetBasicAuth(user, password)
+	return strings.TrimPrefix(req.Header.Get("Authorization"), "Basic ")
+}
+
+func TestRemoveHopByHop(t *testing.T) {
+	h := http.Header{
+		"Connection":          {"keep-alive, X-Private"},
+		"X-Private":           {"internal"},
+		"Keep-Alive":          {"timeout=5"},
+		"Proxy-Authorization": {"Basic x"},
+		"Proxy-Connection":    {"keep-alive"},
+		"Te":                  {"gzip"},
+		"Trailer":             {"X-T"},
+		"Upgrade":             {"h2c"},
+		"X-End-To-End":        {"kept"},
+	}
+	removeHopByHop(h, isUpgrade(h))
+	if len(h) != 1 || h.Get("X-End-To-End") != "kept" {
+		t.Errorf("left %v, want only X-End-To-End", h)
+	}
+
+	ws := http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Keep-Alive": {"1"}}
+	removeHopByHop(ws, isUpgrade(ws))
+	if ws.Get("Upgrade") != "websocket" || ws.Get("Connection") != "Upgrade" || ws.Get("Keep-Alive") != "" {
+		t.Errorf("WebSocket handshake headers: %v", ws)
+	}
+
+	trailers := http.Header{"Te": {"trailers"}}
+	removeHopByHop(trailers, false)
+	if trailers.Get("Te") != "trailers" {
+		t.Errorf("TE: trailers was removed")
+	}
+}
+
+func TestClassify(t *testing.T) {
+	denied := &dialError{code: policy.CodeDestinationIPDenied, err: errors.New("dial 127.0.0.2:80 denied")}
+	dns := &dialError{code: policy.CodeDNSFailure, err: &net.DNSError{Err: "no such host", Name: "x.internal", IsNotFound: true}}
+	refused := &dialError{code: policy.CodeUpstreamUnreachable, err: errors.New("dial tcp 10.1.2.3:443: connect: connection refused")}
+	cases := []struct {
+		name string
+		err  error
+		code policy.Code
+	}{
+		{"address denied", fmt.Errorf("wrapped: %w", denied), policy.CodeDestinationIPDenied},
+		{"dns", dns, policy.CodeDNSFailure},
+		{"refused", refused, policy.CodeUpstreamUnreachable},
+		{"dial timeout", &dialError{code: policy.CodeUpstreamTimeout, err: context.DeadlineExceeded}, policy.CodeUpstreamTimeout},
+		{"header timeout", timeoutErr{}, policy.CodeUpstreamTimeout},
+		{"certificate", &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}, policy.CodeUpstreamUnreachable},
+		{"anything else", errors.New("read tcp 10.0.0.1:1234: reset"), policy.CodeUpstreamUnreachable},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, msg := classify(c.err, "acme", "api.example.com:443")
+			if code != c.code {
+				t.Errorf("code %s, want %s", code, c.code)
+			}
+			for _, leak := range []string{"127.0.0.2", "10.1.2.3", "10.0.0.1", "dial tcp", "connection refused"} {
+				if strings.Contains(msg, leak) {
+					t.Errorf("message %q leaks %q", msg, leak)
+				}
+			}
+			if !strings.Contains(msg, "api.example.com:443") {
+				t.Errorf("message %q does not name the destination", msg)
+			}
+		})
+	}
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "net/http: timeout awaiting response headers" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+func TestRequestIDsAreUniqueAndSorted(t *testing.T) {
+	base := time.UnixMilli(1_700_000_000_000)
+	seen := map[string]bool{}
+	prev := ""
+	for i := range 1000 {
+		id := newRequestID(base.Add(time.Duration(i) * time.Millisecond))
+		if len(id) != 26 || strings.Trim(id, crockford) != "" {
+			t.Fatalf("malformed id %q", id)
+		}
+		if seen[id] || id <= prev {
+			t.Fatalf("id %q repeats or sorts before %q", id, prev)
+		}
+		seen[id], prev = true, id
+	}
+}
+
+func TestLimitListenerClosesConnectionsPastTheLimit(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := newLimitListener(inner, 2, discardLogger())
+	defer ln.Close()
+	accepted := make(chan net.Conn, 3)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	var clients []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	first, second := <-accepted, <-accepted
+	// The third connection is closed by the listener: its read ends.
+	_ = clients[2].SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := clients[2].Read(make([]byte, 1)); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("third connection was not closed: %v", err)
+	}
+	// Closing one frees a slot, once however often it is closed.
+	first.Close()
+	first.Close()
+	c4, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c4.Close()
+	select {
+	case c := <-accepted:
+		c.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("a freed slot was not reused")
+	}
+	second.Close()
+	if n := ln.open.Load(); n != 0 {
+		t.Errorf("open = %d after closing everything", n)
+	}
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
