@@ -36,7 +36,10 @@ type Request struct {
 	Port   uint16
 	Method string
 	Path   string
-	Tunnel bool // an uninspected CONNECT: method and path are unknown
+	Tunnel bool // a CONNECT: method and path are unknown
+	// TLS marks a request read inside an inspected tunnel, as opposed to
+	// plain HTTP, where an injected secret would travel in clear text.
+	TLS bool
 }
 
 // Decision is the allowlist's verdict on one request. The same value feeds
@@ -64,15 +67,23 @@ func (t *Tenant) Decide(r Request) Decision {
 }
 
 func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
+	var allow *Rule
+	if res.Allow >= 0 {
+		allow = &t.rules[res.Allow]
+	}
+	inspected := r.Tunnel && allow != nil && allow.Connector != nil && allow.Connector.Inspect
 	if res.Deny >= 0 {
 		rule := t.rules[res.Deny]
-		if r.Tunnel && rule.Match.Conditional() {
+		switch {
+		case !r.Tunnel || !rule.Match.Conditional():
+			return t.deny(r, rule.Name, fmt.Sprintf("denied by rule %q", rule.Name))
+		case !inspected:
 			return t.deny(r, rule.Name, fmt.Sprintf(
 				"rule %q denies some methods or paths on this host, which cannot be checked inside an uninspected tunnel", rule.Name))
 		}
-		return t.deny(r, rule.Name, fmt.Sprintf("denied by rule %q", rule.Name))
+		// An inspected tunnel: its inner requests meet the deny rule one by one.
 	}
-	if res.Allow < 0 {
+	if allow == nil {
 		if !r.Tunnel {
 			// Say so when the host is allowed and only the method or path is not.
 			hostOnly := t.set.Match(allowlist.Query{Host: r.Host, Port: r.Port, Tunnel: true})
@@ -83,12 +94,19 @@ func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
 		}
 		return t.deny(r, "", "no connector or rule matches; add the host to a connector the tenant uses or to the tenant's rules")
 	}
-	rule := t.rules[res.Allow]
-	if r.Tunnel && rule.Match.Conditional() {
-		return t.deny(r, rule.Name, fmt.Sprintf(
-			"%s %q restricts methods or paths, which an HTTPS tunnel hides; the connector needs inspect: true", rule.Kind, rule.Name))
+	c := allow.Connector
+	switch {
+	case r.Tunnel && allow.Match.Conditional() && !inspected:
+		return t.deny(r, allow.Name, fmt.Sprintf(
+			"%s %q restricts methods or paths, which an HTTPS tunnel hides; the connector needs inspect: true", allow.Kind, allow.Name))
+	case r.Tunnel && c != nil && c.NeedsInspection() && !c.Inspect:
+		return t.deny(r, allow.Name, fmt.Sprintf(
+			"connector %q injects credentials, which an HTTPS tunnel hides; the connector needs inspect: true", allow.Name))
+	case !r.Tunnel && !r.TLS && c != nil && len(c.Inject) > 0 && !c.AllowPlaintext:
+		return t.deny(r, allow.Name, fmt.Sprintf(
+			"connector %q injects credentials and is refused over plain HTTP so they never cross the network in clear text; use https://", allow.Name))
 	}
-	return Decision{Allow: true, Code: CodeOK, Rule: rule.Name, Connector: rule.Connector}
+	return Decision{Allow: true, Code: CodeOK, Rule: allow.Name, Connector: c}
 }
 
 func (t *Tenant) deny(r Request, rule, why string) Decision {

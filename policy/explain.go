@@ -26,6 +26,8 @@ type Trace struct {
 	Quota    string      `json:"quota"`
 	Hooks    string      `json:"hooks"`
 	Redact   string      `json:"redaction"`
+	Inspect  string      `json:"inspect,omitempty"`
+	Inject   []string    `json:"inject_headers,omitempty"`
 
 	Decision string `json:"decision"` // allow, deny or report
 	Code     Code   `json:"code"`
@@ -63,6 +65,14 @@ func (t *Tenant) Explain(r Request) Trace {
 	}
 	d := t.Decide(r)
 	tr.Code, tr.Rule, tr.Reason = d.Code, d.Rule, d.Reason
+	if c := d.Connector; c != nil && d.Allow {
+		if r.Tunnel && c.Inspect {
+			tr.Inspect = "the tunnel is inspected with the gateway's CA; each request inside is decided on its own method and path"
+		}
+		for _, h := range c.Inject {
+			tr.Inject = append(tr.Inject, h.Name) // names only: values hold secrets
+		}
+	}
 	switch {
 	case d.Report:
 		tr.Decision = "report"
@@ -135,6 +145,12 @@ func (tr Trace) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "network:  %s\n", tr.Network)
 	fmt.Fprintf(&b, "quota:    %s\n", tr.Quota)
+	if tr.Inspect != "" {
+		fmt.Fprintf(&b, "inspect:  %s\n", tr.Inspect)
+	}
+	if len(tr.Inject) > 0 {
+		fmt.Fprintf(&b, "inject:   headers %s, with secrets from gateway.yaml\n", strings.Join(tr.Inject, ", "))
+	}
 	fmt.Fprintf(&b, "hooks:    %s\n", tr.Hooks)
 	fmt.Fprintf(&b, "redaction: %s\n", tr.Redact)
 	fmt.Fprintf(&b, "decision: %s (%s)", strings.ToUpper(tr.Decision), tr.Code)

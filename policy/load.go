@@ -2,12 +2,14 @@ package policy
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path"
@@ -142,10 +144,13 @@ func hashFiles(cf configFiles) string {
 }
 
 type builder struct {
-	fsys  fs.FS
-	snap  *Snapshot
-	errs  []ConfigError
-	warns []ConfigError
+	fsys    fs.FS
+	secrets map[string]string // resolved values by name; never printed
+	// declaredSecrets are the names gateway.yaml lists, resolved or not.
+	declaredSecrets map[string]bool
+	snap            *Snapshot
+	errs            []ConfigError
+	warns           []ConfigError
 }
 
 func (b *builder) errorf(doc *yamlDoc, line int, format string, args ...any) {
@@ -208,8 +213,10 @@ func (b *builder) gateway(files configFiles) {
 	// Sections whose features this build does not enforce yet are refused
 	// rather than accepted and ignored: a policy that says more than the
 	// gateway does would be a silent hole.
+	b.secrets = b.resolveSecrets(doc, gf.Secrets)
+	b.loadCA(doc, gf.TLS)
+
 	b.unsupported(doc, gf.Quota.Backend != "" && gf.Quota.Backend != "memory", "quota", "backend")
-	b.unsupported(doc, len(gf.Secrets) > 0, "secrets")
 	b.unsupported(doc, len(gf.Redaction.Profiles) > 0, "redaction", "profiles")
 }
 
@@ -348,15 +355,26 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 		}
 	}
 	rule := b.matchRule(doc, allowlist.Allow, cf.Hosts, cf.Ports, cf.Methods, cf.Paths)
-	b.unsupported(doc, cf.Inspect, "inspect")
-	b.unsupported(doc, cf.Inject != nil, "inject")
+	if cf.Inspect && b.snap.Gateway.CA == nil {
+		b.errorf(doc, doc.line("inspect"), "inspect: true needs tls.ca_cert and tls.ca_key in %s; create them with: egressgw ca init --out DIR", GatewayFileName)
+	}
+	var inject []InjectedHeader
+	allowPlaintext := false
+	if cf.Inject != nil {
+		inject = b.injectHeaders(doc, cf.Inject.Headers)
+		allowPlaintext = cf.Inject.AllowPlaintext
+	}
 	b.unsupported(doc, cf.Hooks != nil, "hooks")
 	b.unsupported(doc, cf.Redact != nil, "redact")
 	b.unsupported(doc, cf.Quota != nil, "quota")
 	if len(b.errs) > before {
 		return nil, false
 	}
-	return &Connector{Name: cf.Name, Version: version, File: doc.file, Inspect: cf.Inspect, rule: rule}, true
+	return &Connector{
+		Name: cf.Name, Version: version, File: doc.file,
+		Inspect: cf.Inspect, Inject: inject, AllowPlaintext: allowPlaintext,
+		rule: rule,
+	}, true
 }
 
 // matchRule validates and compiles the matching part shared by connectors
@@ -513,6 +531,162 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 	}
 	t.set = allowlist.NewSet(matchRules)
 	return t, true
+}
+
+var (
+	secretName      = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+	secretReference = regexp.MustCompile(`\$\{secret:([^}]*)\}`)
+	headerName      = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+)
+
+// minSecretLen is the shortest secret accepted: scrubbing a shorter value
+// from everything returned to the sandbox would shred ordinary text.
+const minSecretLen = 8
+
+// resolveSecrets reads every secret of gateway.yaml from its environment
+// variable or file. Values are kept in memory only, and errors name the
+// source, never the value.
+func (b *builder) resolveSecrets(doc *yamlDoc, sources map[string]secretSourceFile) map[string]string {
+	out := map[string]string{}
+	names := make([]string, 0, len(sources))
+	for name := range sources {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	b.declaredSecrets = map[string]bool{}
+	for _, name := range names {
+		src := sources[name]
+		b.declaredSecrets[name] = true
+		line := doc.line("secrets", name)
+		if !secretName.MatchString(name) {
+			b.errorf(doc, line, "secret name %q: want letters, digits, '_', '.' or '-'", name)
+			continue
+		}
+		var value string
+		switch {
+		case src.Env != "" && src.File != "":
+			b.errorf(doc, line, "secret %q: set env or file, not both", name)
+			continue
+		case src.Env != "":
+			v, ok := os.LookupEnv(src.Env)
+			if !ok || v == "" {
+				b.errorf(doc, line, "secret %q: environment variable %s is not set", name, src.Env)
+				continue
+			}
+			value = v
+		case src.File != "":
+			data, err := b.readFile(src.File)
+			if err != nil {
+				b.errorf(doc, line, "secret %q: %v", name, err)
+				continue
+			}
+			value = strings.TrimRight(string(data), "\r\n")
+		default:
+			b.errorf(doc, line, "secret %q: set env or file", name)
+			continue
+		}
+		if strings.ContainsAny(value, "\r\n\x00") {
+			b.errorf(doc, line, "secret %q: the value holds a line break or NUL, which no header may carry", name)
+			continue
+		}
+		if len(value) < minSecretLen {
+			b.errorf(doc, line, "secret %q: shorter than %d bytes; too short to be scrubbed safely from responses", name, minSecretLen)
+			continue
+		}
+		out[name] = value
+	}
+	return out
+}
+
+// injectHeaders validates a connector's inject.headers and resolves the
+// ${secret:NAME} references in their values.
+func (b *builder) injectHeaders(doc *yamlDoc, headers map[string]string) []InjectedHeader {
+	names := make([]string, 0, len(headers))
+	for name := range headers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var out []InjectedHeader
+	for _, name := range names {
+		line := doc.line("inject", "headers", name)
+		canonical := http.CanonicalHeaderKey(name)
+		if !headerName.MatchString(name) || isHopOrFraming(canonical) {
+			b.errorf(doc, line, "inject header %q: not a header a connector may set", name)
+			continue
+		}
+		h := InjectedHeader{Name: canonical}
+		value := headers[name]
+		failed := false
+		h.Value = secretReference.ReplaceAllStringFunc(value, func(ref string) string {
+			secret := secretReference.FindStringSubmatch(ref)[1]
+			v, ok := b.secrets[secret]
+			switch {
+			case !ok && b.declaredSecrets[secret]:
+				b.errorf(doc, line, "inject header %q: secret %q could not be resolved (see %s)", name, secret, GatewayFileName)
+			case !ok:
+				b.errorf(doc, line, "inject header %q: secret %q is not defined in %s", name, secret, GatewayFileName)
+			}
+			if !ok {
+				failed = true
+				return ""
+			}
+			h.Secrets = append(h.Secrets, v)
+			return v
+		})
+		if strings.Contains(strings.ReplaceAll(value, "${secret:", ""), "${") && !failed {
+			b.errorf(doc, line, "inject header %q: only ${secret:NAME} references are supported", name)
+			failed = true
+		}
+		if !failed {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// isHopOrFraming names the headers the gateway computes itself.
+func isHopOrFraming(canonical string) bool {
+	switch canonical {
+	case "Host", "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive", "Te", "Trailer", "Upgrade":
+		return true
+	}
+	return strings.HasPrefix(canonical, "Proxy-")
+}
+
+// loadCA loads the signing CA of inspected tunnels, when configured.
+func (b *builder) loadCA(doc *yamlDoc, t tlsFile) {
+	if t.CACert == "" && t.CAKey == "" {
+		return
+	}
+	line := doc.line("tls", "ca_cert")
+	if t.CACert == "" || t.CAKey == "" {
+		b.errorf(doc, doc.line("tls"), "tls: set both ca_cert and ca_key")
+		return
+	}
+	certPEM, err := b.readFile(t.CACert)
+	if err != nil {
+		b.errorf(doc, line, "ca_cert: %v", err)
+		return
+	}
+	keyPEM, err := b.readFile(t.CAKey)
+	if err != nil {
+		b.errorf(doc, doc.line("tls", "ca_key"), "ca_key: %v", err)
+		return
+	}
+	ca, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		b.errorf(doc, line, "ca_cert/ca_key: %v", err)
+		return
+	}
+	leaf, err := x509.ParseCertificate(ca.Certificate[0])
+	if err != nil || !leaf.IsCA || leaf.KeyUsage&x509.KeyUsageCertSign == 0 {
+		b.errorf(doc, line, "ca_cert: not a CA certificate allowed to sign certificates")
+		return
+	}
+	ca.Leaf = leaf
+	sum := sha256.Sum256(ca.Certificate[0])
+	b.snap.Gateway.CA = &ca
+	b.snap.Gateway.CAFingerprint = hex.EncodeToString(sum[:])
 }
 
 // resolve finds the connector a tenant names: "NAME" is the highest

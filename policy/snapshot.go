@@ -3,6 +3,7 @@ package policy
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"crypto/x509"
 	"net/netip"
 	"sort"
@@ -76,8 +77,40 @@ type Connector struct {
 	Name    string
 	Version int
 	File    string
+	// Inspect: tunnels to the connector are intercepted with the gateway's
+	// CA, so its methods, paths and injection apply inside them.
 	Inspect bool
-	rule    allowlist.Rule
+	// Inject holds headers set on every request the connector allows, with
+	// their secrets resolved; never logged, never shown to the sandbox.
+	Inject []InjectedHeader
+	// AllowPlaintext lets a connector that injects be used over plain
+	// HTTP, where the secret would cross the network in clear text.
+	AllowPlaintext bool
+	rule           allowlist.Rule
+}
+
+// InjectedHeader is one header a connector sets on the sandbox's behalf.
+type InjectedHeader struct {
+	Name    string   // canonical
+	Value   string   // secrets resolved
+	Secrets []string // the resolved secret values inside Value, for scrubbing
+}
+
+// NeedsInspection reports whether the connector does something only
+// readable traffic allows: method or path rules, or injection. Such a
+// connector refuses uninspected tunnels.
+func (c *Connector) NeedsInspection() bool {
+	return c.rule.Conditional() || len(c.Inject) > 0
+}
+
+// SecretValues lists every secret value the connector injects, for
+// scrubbing from what goes back to the sandbox.
+func (c *Connector) SecretValues() []string {
+	var out []string
+	for _, h := range c.Inject {
+		out = append(out, h.Secrets...)
+	}
+	return out
 }
 
 // Gateway holds the settings of gateway.yaml with defaults applied.
@@ -97,6 +130,10 @@ type Gateway struct {
 	ShutdownGrace  time.Duration
 
 	UpstreamRoots *x509.CertPool // nil: the system roots
+	// CA signs the leaf certificates of inspected tunnels; nil when
+	// tls.ca_cert is not set. CAFingerprint changes when the CA does.
+	CA            *tls.Certificate
+	CAFingerprint string
 
 	AuditOutput     string
 	MaxTenantLabels int

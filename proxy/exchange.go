@@ -121,21 +121,28 @@ func parseBasic(header string) (user, password string, ok bool) {
 	return strings.Cut(string(raw), ":")
 }
 
-// recheck asks whether a new policy still allows what this exchange was
-// allowed to do, identifying the tenant the way it was identified at the
-// start. It returns why not, or "" when it still may.
-func (ex *exchange) recheck(snap *policy.Snapshot) string {
-	var tenant *policy.Tenant
+// reidentify finds, in snap, the tenant this exchange was identified as,
+// the same way it was identified: by its token's hash or by its source
+// address. It returns why not when that no longer works.
+func (ex *exchange) reidentify(snap *policy.Snapshot, id string) (*policy.Tenant, string) {
 	if ex.source.IsValid() {
-		tenant = snap.TenantBySource(ex.source)
-		if tenant == nil || tenant.ID != ex.tenant.ID {
-			return fmt.Sprintf("the client address no longer identifies tenant %q", ex.tenant.ID)
+		if t := snap.TenantBySource(ex.source); t != nil && t.ID == id {
+			return t, ""
 		}
-	} else {
-		var ok bool
-		if tenant, ok = snap.AuthenticateSum(ex.tenant.ID, ex.tokenSum); !ok {
-			return fmt.Sprintf("the credentials of tenant %q are no longer valid", ex.tenant.ID)
-		}
+		return nil, fmt.Sprintf("the client address no longer identifies tenant %q", id)
+	}
+	if t, ok := snap.AuthenticateSum(id, ex.tokenSum); ok {
+		return t, ""
+	}
+	return nil, fmt.Sprintf("the credentials of tenant %q are no longer valid", id)
+}
+
+// recheck asks whether a new policy still allows what this exchange was
+// allowed to do. It returns why not, or "" when it still may.
+func (ex *exchange) recheck(snap *policy.Snapshot) string {
+	tenant, why := ex.reidentify(snap, ex.tenant.ID)
+	if tenant == nil {
+		return why
 	}
 	d := tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: ex.method, Path: ex.path, Tunnel: ex.tunnel})
 	if !d.Allow {

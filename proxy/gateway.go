@@ -49,6 +49,7 @@ type Gateway struct {
 
 	holder  policy.Holder
 	runtime atomic.Pointer[runtimeState]
+	leaves  atomic.Pointer[leafCache] // nil without an inspection CA
 	tunnels *tunnelSet
 	server  *http.Server
 
@@ -135,6 +136,7 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 		Local:     g.localAddr,
 		Listeners: g.listeners,
 	})
+	g.updateLeafCache(snap.Gateway)
 	d := newDialer(snap.Gateway, addresses)
 	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway)}
 	rt.live = g.holder.Swap(snap)
@@ -149,6 +151,18 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	g.metrics.generation.Set(float64(rt.live.Generation))
 	g.metrics.lastReloadTime.Set(float64(snap.LoadedAt.Unix()))
 	return rt.live
+}
+
+// updateLeafCache keeps the leaf certificates across reloads while the CA
+// stays the same, and drops them all when it changes.
+func (g *Gateway) updateLeafCache(gw policy.Gateway) {
+	current := g.leaves.Load()
+	switch {
+	case gw.CA == nil:
+		g.leaves.Store(nil)
+	case current == nil || current.fingerprint != gw.CAFingerprint:
+		g.leaves.Store(newLeafCache(gw.CA, gw.CAFingerprint, g.now))
+	}
 }
 
 // revokeTunnels closes the open tunnels that live no longer allows, each

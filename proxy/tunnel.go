@@ -36,6 +36,10 @@ func (g *Gateway) onConnect(authority string, pctx *goproxy.ProxyCtx) (*goproxy.
 // counted, bounded in idleness and closable on shutdown.
 func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
 	defer ex.finish()
+	if c := ex.decision.Connector; c != nil && c.Inspect {
+		g.inspectedTunnel(ex, client)
+		return
+	}
 	ctx, cancel := context.WithTimeout(g.baseCtx, ex.rt.dialer.dialTimeout+ex.rt.dialer.dnsTimeout)
 	upstream, err := ex.rt.dialer.DialContext(ctx, "tcp", net.JoinHostPort(ex.host, itoa(ex.port)))
 	cancel()
@@ -71,6 +75,31 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
 	}
 }
 
+// inspectedTunnel accepts the CONNECT and serves what is inside it; the
+// upstream is dialled per inner request by the transport, through the same
+// checked dialer.
+func (g *Gateway) inspectedTunnel(ex *exchange, client net.Conn) {
+	t := &tunnel{ex: ex, client: client}
+	if !g.tunnels.add(t) {
+		_ = client.Close()
+		return
+	}
+	defer g.tunnels.remove(t)
+	open := g.metrics.activeTunnels.WithLabelValues(g.metrics.tenantLabel(ex.tenantID()))
+	open.Inc()
+	defer open.Dec()
+	ex.status = http.StatusOK
+	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		t.close()
+		return
+	}
+	g.inspect(ex, t)
+	t.close()
+	if reason := t.revoked.Load(); reason != nil {
+		ex.fail(policy.CodeDestinationNotAllowed, true, "tunnel closed by a policy reload: "+*reason)
+	}
+}
+
 // tunnel is one open CONNECT relay.
 type tunnel struct {
 	ex           *exchange
@@ -79,6 +108,9 @@ type tunnel struct {
 	lastActivity atomic.Int64 // unix nanoseconds of the last byte in either direction
 	closeOnce    sync.Once
 	revoked      atomic.Pointer[string] // why a policy reload closed it
+	// inner serves the requests of an inspected tunnel; shutdown asks it to
+	// finish, which closes an idle keep-alive connection at once.
+	inner atomic.Pointer[http.Server]
 }
 
 // revoke closes a tunnel the live policy no longer allows.
@@ -90,7 +122,9 @@ func (t *tunnel) revoke(reason string) {
 func (t *tunnel) close() {
 	t.closeOnce.Do(func() {
 		_ = t.client.Close()
-		_ = t.upstream.Close()
+		if t.upstream != nil { // nil for an inspected tunnel
+			_ = t.upstream.Close()
+		}
 	})
 }
 
@@ -204,6 +238,11 @@ func (s *tunnelSet) drain(ctx context.Context) {
 		s.idle = wait
 	}
 	s.mu.Unlock()
+	for _, t := range s.snapshot() {
+		if inner := t.inner.Load(); inner != nil {
+			go func() { _ = inner.Shutdown(ctx) }()
+		}
+	}
 	if wait != nil {
 		select {
 		case <-wait:

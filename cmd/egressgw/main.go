@@ -30,6 +30,7 @@ Usage:
   egressgw serve [--config DIR_OR_FILE] [--listen ADDR] [--admin-listen ADDR] [--log-format json|text] [--watch=false]
   egressgw check --config DIR
   egressgw explain --config DIR --tenant ID [--method M] [--json] URL
+  egressgw ca init --out DIR
   egressgw token new
   egressgw healthcheck [--admin-listen ADDR]
   egressgw version
@@ -59,6 +60,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return tokenNew(stdout, stderr)
 		}
 		fmt.Fprint(stderr, "usage: egressgw token new\n")
+		return exitUsage
+	case "ca":
+		if len(rest) >= 1 && rest[0] == "init" {
+			return caInit(rest[1:], stdout, stderr)
+		}
+		fmt.Fprint(stderr, "usage: egressgw ca init --out DIR\n")
 		return exitUsage
 	case "healthcheck":
 		return healthcheck(rest, stdout, stderr)

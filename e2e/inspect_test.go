@@ -1,0 +1,255 @@
+package e2e
+
+import (
+	"bufio"
+	"compress/gzip"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// injectedSecret is what the gateway injects; the sandbox must never see it.
+const injectedSecret = "s3cr3t-injected-4f1e9a7c0b2d"
+
+var inspector = credentials{tenant: "inspector", token: "inspector-token-61c0f3b7a2"}
+
+// inspectFixture is a gateway with an inspection CA made by `egressgw ca
+// init`, trusting the test CA for upstreams, and an inspecting connector
+// that injects a secret and restricts methods and paths.
+type inspectFixture struct {
+	g       *gateway
+	origin  *upstream // TLS, echoes what it was sent
+	caFile  string    // the gateway's inspection CA, for clients to trust
+	caPool  *x509.CertPool
+	badCert *httptest.Server // TLS with a certificate the gateway does not trust
+}
+
+// echoSecrets answers with the Authorization header it received, in a
+// header and in the body, gzip-compressed under /v1/gzip: an upstream that
+// echoes credentials, the case scrubbing exists for.
+var echoSecrets = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	auth := r.Header.Get("Authorization")
+	w.Header().Set("X-Echo-Authorization", auth)
+	body := fmt.Sprintf("you sent %q to %s %s", auth, r.Method, r.URL.Path)
+	if r.URL.Path == "/v1/gzip" {
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		io.WriteString(zw, body)
+		zw.Close()
+		return
+	}
+	io.WriteString(w, body)
+})
+
+func startInspectFixture(t *testing.T) *inspectFixture {
+	t.Helper()
+	fx := &inspectFixture{origin: startTLSUpstream(t, "127.0.0.1", echoSecrets)}
+	fx.badCert = httptest.NewTLSServer(echoSecrets) // Go's own test certificate
+	t.Cleanup(fx.badCert.Close)
+	badPort := portOf(t, fx.badCert.Listener.Addr().String())
+
+	dir := t.TempDir()
+	res := egressgw(t, "ca", "init", "--out", filepath.Join(dir, "ca"))
+	if res.exitCode != 0 {
+		t.Fatalf("ca init: exit %d\n%s", res.exitCode, res.stderr)
+	}
+	fx.caFile = filepath.Join(dir, "ca", "ca.pem")
+	pem, err := os.ReadFile(fx.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.caPool = x509.NewCertPool()
+	fx.caPool.AppendCertsFromPEM(pem)
+
+	files := configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			tls:
+			  ca_cert: ca/ca.pem
+			  ca_key: ca/ca-key.pem
+			  upstream_roots: [%q]
+			secrets:
+			  api_token: { env: E2E_API_TOKEN }
+		`, testPKI.caFile)),
+		"connectors/api.yaml": yamlf(`
+			name: api
+			hosts: [%q]
+			ports: [%d]
+			methods: [GET, POST]
+			paths: ["/v1/"]
+			inspect: true
+			inject:
+			  headers: { Authorization: "Bearer ${secret:api_token}" }
+		`, hostAPI, fx.origin.port),
+		"connectors/untrusted.yaml": yamlf(`
+			name: untrusted
+			hosts: ["127.0.0.1"]
+			ports: [%d]
+			inspect: true
+		`, badPort),
+		"tenants/inspector.yaml": tenantYAML(inspector, "connectors: [api, untrusted]\n"),
+	}
+	for name, content := range files {
+		path := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, path, content)
+	}
+	fx.g = newGateway(t)
+	fx.g.env = append(fx.g.env, "E2E_API_TOKEN="+injectedSecret)
+	fx.g.start(t, "--config", dir, "--log-format", "json")
+	return fx
+}
+
+// client is a Go client that uses the gateway and trusts its CA.
+func (fx *inspectFixture) client(t *testing.T) *http.Client {
+	proxyURL, err := url.Parse(fx.g.proxyURL(inspector))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &http.Client{Transport: &http.Transport{
+		Proxy:           http.ProxyURL(proxyURL),
+		TLSClientConfig: &tls.Config{RootCAs: fx.caPool},
+	}}
+}
+
+func TestInspectedTunnel(t *testing.T) {
+	t.Parallel()
+	fx := startInspectFixture(t)
+	g := fx.g
+
+	t.Run("ca init writes the key for the gateway only", func(t *testing.T) {
+		info, err := os.Stat(filepath.Join(filepath.Dir(fx.caFile), "ca-key.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mode := info.Mode().Perm(); mode != 0o600 {
+			t.Errorf("ca-key.pem mode %o, want 600", mode)
+		}
+	})
+
+	t.Run("Go client: injected secret reaches the upstream, never the client", func(t *testing.T) {
+		status, body := fetch(t, fx.client(t), fx.origin.url(hostAPI, "/v1/echo"))
+		if status != http.StatusOK {
+			t.Fatalf("status %d, body %q", status, body)
+		}
+		seen := fx.origin.requestsTo("/v1/echo")
+		if len(seen) != 1 || seen[0].Header.Get("Authorization") != "Bearer "+injectedSecret {
+			t.Fatalf("upstream did not get the injected credential: %+v", seen)
+		}
+		if strings.Contains(body, injectedSecret) || !strings.Contains(body, "[REDACTED:secret]") {
+			t.Errorf("body returned to the sandbox: %q", body)
+		}
+	})
+
+	t.Run("curl: headers and gzip bodies are scrubbed too", func(t *testing.T) {
+		res := run(t, nil, "", "curl", "-sS", "-i", "--compressed",
+			"-x", "http://"+g.proxyAddr, "--proxy-user", inspector.tenant+":"+inspector.token,
+			"--cacert", fx.caFile, fx.origin.url(hostAPI, "/v1/gzip"))
+		if res.exitCode != 0 {
+			t.Fatalf("curl: exit %d: %s", res.exitCode, res.stderr)
+		}
+		if strings.Contains(res.stdout, injectedSecret) || !strings.Contains(res.stdout, "X-Echo-Authorization: Bearer [REDACTED:secret]") ||
+			!strings.Contains(res.stdout, `you sent "Bearer [REDACTED:secret]"`) {
+			t.Errorf("curl saw:\n%s", res.stdout)
+		}
+	})
+
+	t.Run("methods and paths apply inside the tunnel", func(t *testing.T) {
+		client := fx.client(t)
+		for _, c := range []struct{ method, path string }{{http.MethodDelete, "/v1/items"}, {http.MethodGet, "/v2/items"}} {
+			before := len(fx.origin.requestsTo(c.path))
+			req, _ := http.NewRequest(c.method, fx.origin.url(hostAPI, c.path), nil)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertGatewayError(t, resp, http.StatusForbidden, "destination_not_allowed")
+			if after := len(fx.origin.requestsTo(c.path)); after != before {
+				t.Errorf("%s %s reached the upstream", c.method, c.path)
+			}
+		}
+	})
+
+	t.Run("an inner request for another host is refused", func(t *testing.T) {
+		for _, c := range []struct{ name, requestLine, host string }{
+			{"Host header", "GET /v1/elsewhere HTTP/1.1", hostOther},
+			{"absolute URL", "GET https://" + fx.origin.authority(hostOther) + "/v1/elsewhere HTTP/1.1", hostOther},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				tunnel := g.tunnel(t, inspector, fx.origin.authority(hostAPI))
+				tlsConn := tls.Client(tunnel, &tls.Config{ServerName: hostAPI, RootCAs: fx.caPool})
+				fmt.Fprintf(tlsConn, "%s\r\nHost: %s\r\n\r\n", c.requestLine, fx.origin.authority(c.host))
+				resp, err := http.ReadResponse(bufio.NewReader(tlsConn), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				assertGatewayError(t, resp, http.StatusBadRequest, "bad_request")
+				if seen := fx.origin.requestsTo("/v1/elsewhere"); len(seen) != 0 {
+					t.Errorf("the other host was reached: %+v", seen)
+				}
+			})
+		}
+	})
+
+	t.Run("an upstream certificate the gateway does not trust", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, fx.badCert.URL+"/v1/x", nil)
+		resp, err := fx.client(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := assertGatewayError(t, resp, http.StatusBadGateway, "upstream_unreachable")
+		if !strings.Contains(e.Message, "certificate") {
+			t.Errorf("message %q does not say the certificate failed", e.Message)
+		}
+	})
+
+	t.Run("every inner request is audited, the secret nowhere in the logs", func(t *testing.T) {
+		rec := g.waitAudit(t, auditWith("tenant", inspector.tenant, "path", "/v1/echo", "scheme", "https"))
+		if rec["decision"] != "allow" || !ruleIs(rec["rule"], "api") {
+			t.Errorf("audit line %v", rec)
+		}
+		g.waitAudit(t, auditWith("tenant", inspector.tenant, "path", "/v2/items", "decision", "deny"))
+		for name, text := range map[string]string{"stdout": g.stdout.String(), "stderr": g.stderr.String()} {
+			if strings.Contains(text, injectedSecret) {
+				t.Errorf("the injected secret appears in the gateway's %s", name)
+			}
+		}
+	})
+}
+
+// TestInjectingConnectorRefusesPlainHTTP: a connector that injects is
+// refused over plain HTTP, where the secret would travel in clear text.
+func TestInjectingConnectorRefusesPlainHTTP(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	g := newGateway(t)
+	g.env = append(g.env, "E2E_API_TOKEN="+injectedSecret)
+	g.serve(t, configFiles{
+		"gateway.yaml": gatewayYAML("secrets:\n  api_token: { env: E2E_API_TOKEN }\n"),
+		"connectors/api.yaml": yamlf(`
+			name: api
+			hosts: [%q]
+			ports: [%d]
+			inject:
+			  headers: { Authorization: "Bearer ${secret:api_token}" }
+		`, hostAPI, origin.port),
+		"tenants/inspector.yaml": tenantYAML(inspector, "connectors: [api]\n"),
+	})
+	e := g.expectRefused(t, http.MethodGet, inspector.header(), origin.url(hostAPI, "/"), http.StatusForbidden, "destination_not_allowed", origin)
+	if !strings.Contains(e.Message, "plain HTTP") {
+		t.Errorf("message %q does not say why", e.Message)
+	}
+	e = g.expectRefusedCONNECT(t, inspector.header(), origin.authority(hostAPI), http.StatusForbidden, "destination_not_allowed", origin)
+	if !strings.Contains(e.Message, "inspect") {
+		t.Errorf("message %q does not say the connector needs inspect", e.Message)
+	}
+}

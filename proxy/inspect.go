@@ -1,0 +1,367 @@
+package proxy
+
+import (
+	"compress/gzip"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/egressgw/egressgw/policy"
+)
+
+// inspect terminates the sandbox's TLS with a leaf signed by the gateway's
+// CA and serves the requests inside as if they had come as plain proxy
+// requests: each is identified as the tunnel's tenant, must name the
+// tunnel's host, and is decided on its own method and path. The gateway's
+// own http.Server reads them, so the header size cap and the timeouts of
+// the proxy listener apply inside tunnels too.
+func (g *Gateway) inspect(ex *exchange, t *tunnel) {
+	leaves := g.leaves.Load()
+	if leaves == nil || ex.rt.live.Gateway.CA == nil {
+		ex.fail(policy.CodeDestinationNotAllowed, true, "inspection is configured for this connector but the gateway has no CA loaded")
+		t.close()
+		return
+	}
+	idle := ex.rt.dialer.idleTimeout
+	counted := &countingConn{Conn: t.client, up: &ex.bytesUp, down: &ex.bytesDown}
+	tlsConn := tls.Server(counted, &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"http/1.1"},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return leaves.get(ex.host) // always the CONNECT host, whatever the SNI says
+		},
+	})
+	_ = tlsConn.SetDeadline(g.now().Add(idle))
+	if err := tlsConn.HandshakeContext(g.baseCtx); err != nil {
+		g.log.Debug("inspected tunnel: TLS handshake with the client failed", "request_id", ex.id, "error", err)
+		t.close()
+		return
+	}
+	_ = tlsConn.SetDeadline(time.Time{})
+
+	ln := newOneConnListener(tlsConn)
+	inner := &http.Server{
+		Handler:           g.innerHandler(ex),
+		MaxHeaderBytes:    g.settings.MaxHeaderBytes,
+		ReadHeaderTimeout: min(idle, 30*time.Second),
+		IdleTimeout:       idle,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return g.baseCtx },
+		ConnState: func(_ net.Conn, state http.ConnState) {
+			if state == http.StateClosed || state == http.StateHijacked {
+				ln.Close()
+			}
+		},
+	}
+	t.inner.Store(inner)
+	if g.draining.Load() {
+		return // shutdown began during the handshake
+	}
+	_ = inner.Serve(ln)
+}
+
+// innerHandler serves the requests of one inspected tunnel.
+func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
+	authority := net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port)))
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			ex := pr.In.Context().Value(exchangeKey{}).(*exchange)
+			pr.Out.URL.Scheme = "https"
+			pr.Out.URL.Host = authority
+			pr.Out.Host = authority
+			if c := ex.decision.Connector; c != nil {
+				for _, h := range c.Inject {
+					pr.Out.Header.Set(h.Name, h.Value)
+				}
+				if len(c.Inject) > 0 {
+					// What comes back is scrubbed of the injected secrets,
+					// which compression would hide.
+					pr.Out.Header.Del("Accept-Encoding")
+				}
+			}
+		},
+		Transport: exchangeTransport{},
+		ModifyResponse: func(resp *http.Response) error {
+			ex := resp.Request.Context().Value(exchangeKey{}).(*exchange)
+			resp.Header.Set("X-Request-Id", ex.id)
+			return scrubResponse(resp, ex.decision.Connector)
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			ex := r.Context().Value(exchangeKey{}).(*exchange)
+			var unscrubbable *encodingError
+			if errors.As(err, &unscrubbable) {
+				ex.fail(policy.CodeUpstreamUnreachable, false, fmt.Sprintf("%s answered with %s encoding, which the gateway cannot scrub of injected credentials", authority, unscrubbable.encoding))
+			} else {
+				ex.upstreamFailed(err)
+			}
+			writeError(w, ex)
+		},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Each inner request is a request of its own, decided under the
+		// policy live now, for the tenant the tunnel was opened as.
+		ex := g.begin(r, false)
+		ex.scheme = "https"
+		ex.tokenSum, ex.source = tunnelEx.tokenSum, tunnelEx.source
+		defer ex.finish()
+		tenant, why := ex.reidentify(ex.rt.live.Snapshot, tunnelEx.tenant.ID)
+		if tenant == nil {
+			ex.host, ex.port = tunnelEx.host, tunnelEx.port
+			ex.fail(policy.CodeDestinationNotAllowed, true, why)
+			writeError(w, ex)
+			return
+		}
+		ex.tenant = tenant
+		if !ex.innerTarget(r, tunnelEx) {
+			writeError(w, ex)
+			return
+		}
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = &countingReader{ReadCloser: r.Body, n: &ex.bytesUp}
+		}
+		cw := &countingWriter{ResponseWriter: w, n: &ex.bytesDown}
+		rp.ServeHTTP(cw, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
+		if ex.status == 0 {
+			ex.status = cw.status
+		}
+	})
+}
+
+// innerTarget checks that an inner request names the tunnel's own host —
+// otherwise the request would go wherever its Host header says — and
+// decides it on its method and path.
+func (ex *exchange) innerTarget(r *http.Request, tunnelEx *exchange) bool {
+	host, port, err := policy.SplitTarget(r.Host, 443)
+	if err != nil || host != tunnelEx.host || port != tunnelEx.port {
+		ex.host, ex.port = hostOnly(r.Host), port
+		ex.fail(policy.CodeBadRequest, true, fmt.Sprintf(
+			"a request inside the tunnel to %s names %q; every request in a tunnel must be for the tunnel's own host",
+			net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port))), r.Host))
+		return false
+	}
+	path := r.URL.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	if err := policy.CheckPath(path); err != nil {
+		ex.host, ex.port = host, port
+		ex.fail(policy.CodeBadRequest, true, "the request is ambiguous: "+err.Error())
+		return false
+	}
+	ex.host, ex.port, ex.path = host, port, path
+	ex.decision = ex.tenant.Decide(policy.Request{Host: host, Port: port, Method: r.Method, Path: path, TLS: true})
+	if !ex.decision.Allow {
+		ex.fail(ex.decision.Code, true, ex.decision.Reason)
+		return false
+	}
+	return true
+}
+
+type exchangeKey struct{}
+
+// exchangeTransport forwards with the transport of the exchange's own
+// policy generation, found in the request context.
+type exchangeTransport struct{}
+
+func (exchangeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	ex := r.Context().Value(exchangeKey{}).(*exchange)
+	return ex.rt.transport.RoundTrip(r)
+}
+
+// writeError sends the gateway's JSON error for ex on a ResponseWriter.
+func writeError(w http.ResponseWriter, ex *exchange) {
+	resp := errorResponse(ex, nil)
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.Header().Del("Content-Length")
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
+}
+
+// scrubResponse removes the connector's injected secrets from what goes
+// back to the sandbox: header values at once, the body as it streams. A
+// gzip body is decoded first; other encodings cannot be scrubbed and fail.
+func scrubResponse(resp *http.Response, c *policy.Connector) error {
+	if c == nil {
+		return nil
+	}
+	secrets := c.SecretValues()
+	if len(secrets) == 0 {
+		return nil
+	}
+	for name, values := range resp.Header {
+		for i, v := range values {
+			values[i] = scrubString(v, secrets)
+		}
+		resp.Header[name] = values
+	}
+	switch enc := strings.ToLower(resp.Header.Get("Content-Encoding")); enc {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		zr, err := gzip.NewReader(resp.Body)
+		if err != nil {
+			return &encodingError{encoding: "corrupt gzip"}
+		}
+		resp.Body = struct {
+			io.Reader
+			io.Closer
+		}{zr, resp.Body}
+		resp.Header.Del("Content-Encoding")
+	default:
+		return &encodingError{encoding: enc}
+	}
+	resp.Header.Del("Content-Length")
+	resp.ContentLength = -1
+	resp.Body = newScrubReader(resp.Body, secrets)
+	return nil
+}
+
+type encodingError struct{ encoding string }
+
+func (e *encodingError) Error() string { return "cannot scrub " + e.encoding + " body" }
+
+const scrubbedSecret = "[REDACTED:secret]"
+
+func scrubString(s string, secrets []string) string {
+	for _, secret := range secrets {
+		s = strings.ReplaceAll(s, secret, scrubbedSecret)
+	}
+	return s
+}
+
+// scrubReader replaces secrets in a stream. It holds back the last
+// longest-secret-minus-one bytes of what it has read, so a secret split
+// across two reads is still found.
+type scrubReader struct {
+	src     io.ReadCloser
+	secrets []string
+	keep    int
+	buf     []byte
+	pending []byte // read, not yet scrubbed
+	ready   []byte // scrubbed, not yet returned
+	err     error
+}
+
+func newScrubReader(src io.ReadCloser, secrets []string) *scrubReader {
+	keep := 0
+	for _, s := range secrets {
+		keep = max(keep, len(s)-1)
+	}
+	return &scrubReader{src: src, secrets: secrets, keep: keep, buf: make([]byte, 32<<10)}
+}
+
+func (s *scrubReader) Read(p []byte) (int, error) {
+	for len(s.ready) == 0 {
+		if s.err != nil {
+			if len(s.pending) > 0 {
+				s.ready, s.pending = []byte(scrubString(string(s.pending), s.secrets)), nil
+				continue
+			}
+			return 0, s.err
+		}
+		n, err := s.src.Read(s.buf)
+		s.pending = append(s.pending, s.buf[:n]...)
+		s.err = err
+		if len(s.pending) > s.keep && err == nil {
+			scrubbed := scrubString(string(s.pending), s.secrets)
+			// Hold back a tail that may be the start of a secret, unless
+			// the tail is itself part of a replacement already made.
+			cut := len(scrubbed) - s.keep
+			s.ready, s.pending = []byte(scrubbed[:cut]), []byte(scrubbed[cut:])
+		}
+	}
+	n := copy(p, s.ready)
+	s.ready = s.ready[n:]
+	return n, nil
+}
+
+func (s *scrubReader) Close() error { return s.src.Close() }
+
+// countingWriter counts the body bytes sent to the client and remembers
+// the status; Unwrap lets http.ResponseController reach Flush and Hijack
+// (streaming and WebSocket upgrades).
+type countingWriter struct {
+	http.ResponseWriter
+	n      interface{ Add(int64) int64 }
+	status int
+}
+
+func (w *countingWriter) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n.Add(int64(n))
+	return n, err
+}
+
+func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// countingConn counts the raw bytes of a connection in both directions.
+type countingConn struct {
+	net.Conn
+	up, down interface{ Add(int64) int64 }
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.up.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.down.Add(int64(n))
+	return n, err
+}
+
+// oneConnListener hands out one connection, then waits until closed, so
+// that http.Server can serve a single hijacked connection.
+type oneConnListener struct {
+	conn   net.Conn
+	once   sync.Once
+	closed chan struct{}
+	mu     sync.Mutex
+	given  bool
+}
+
+func newOneConnListener(c net.Conn) *oneConnListener {
+	return &oneConnListener{conn: c, closed: make(chan struct{})}
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	if !l.given {
+		l.given = true
+		l.mu.Unlock()
+		return l.conn, nil
+	}
+	l.mu.Unlock()
+	<-l.closed
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
