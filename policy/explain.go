@@ -51,7 +51,7 @@ func (t *Tenant) Explain(r Request) Trace {
 		Tenant: t.ID, Mode: t.Mode, Method: r.Method, Host: r.Host, Port: r.Port, Path: r.Path, Tunnel: r.Tunnel,
 		Identity: t.identity(),
 		Network:  "the address is checked against network safety (SPEC §4) when it is dialled, after DNS",
-		Quota:    "none configured",
+		Quota:    t.Quota.String(),
 		Hooks:    "none",
 		Redact:   "none",
 	}

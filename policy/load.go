@@ -216,7 +216,7 @@ func (b *builder) gateway(files configFiles) {
 	b.secrets = b.resolveSecrets(doc, gf.Secrets)
 	b.loadCA(doc, gf.TLS)
 
-	b.unsupported(doc, gf.Quota.Backend != "" && gf.Quota.Backend != "memory", "quota", "backend")
+	g.Quota = b.quotaBackend(doc, gf.Quota)
 	b.unsupported(doc, len(gf.Redaction.Profiles) > 0, "redaction", "profiles")
 }
 
@@ -366,14 +366,17 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 	}
 	b.unsupported(doc, cf.Hooks != nil, "hooks")
 	b.unsupported(doc, cf.Redact != nil, "redact")
-	b.unsupported(doc, cf.Quota != nil, "quota")
+	var rate *Rate
+	if cf.Quota != nil {
+		rate = b.rate(doc, cf.Quota.RequestsPerSecond, cf.Quota.Burst, "quota")
+	}
 	if len(b.errs) > before {
 		return nil, false
 	}
 	return &Connector{
 		Name: cf.Name, Version: version, File: doc.file,
 		Inspect: cf.Inspect, Inject: inject, AllowPlaintext: allowPlaintext,
-		rule: rule,
+		Rate: rate, rule: rule,
 	}, true
 }
 
@@ -482,7 +485,7 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 	default:
 		b.errorf(doc, doc.line("mode"), "mode: want enforce or report, got %q", tf.Mode)
 	}
-	b.unsupported(doc, tf.Quota != nil, "quota")
+	t.Quota = b.tenantQuota(doc, tf.Quota)
 
 	used := map[string]bool{}
 	for i, ref := range tf.Connectors {

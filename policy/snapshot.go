@@ -48,6 +48,7 @@ type Tenant struct {
 	File        string
 	Mode        Mode
 	SourceCIDRs []netip.Prefix
+	Quota       TenantQuota
 
 	tokenHash [sha256.Size]byte
 	hasToken  bool
@@ -86,7 +87,9 @@ type Connector struct {
 	// AllowPlaintext lets a connector that injects be used over plain
 	// HTTP, where the secret would cross the network in clear text.
 	AllowPlaintext bool
-	rule           allowlist.Rule
+	// Rate limits requests through this connector, per tenant; nil: none.
+	Rate *Rate
+	rule allowlist.Rule
 }
 
 // InjectedHeader is one header a connector sets on the sandbox's behalf.
@@ -134,6 +137,8 @@ type Gateway struct {
 	// tls.ca_cert is not set. CAFingerprint changes when the CA does.
 	CA            *tls.Certificate
 	CAFingerprint string
+
+	Quota QuotaBackend
 
 	AuditOutput     string
 	MaxTenantLabels int

@@ -3,11 +3,13 @@ package proxy
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/quota"
 )
 
 // AdminHandler serves the admin listener (SPEC §8): health, readiness,
@@ -30,9 +32,17 @@ func (g *Gateway) AdminHandler(config *ConfigStatus) http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /v1/explain", g.explainHandler)
+	mux.HandleFunc("GET /v1/tenants/{id}/usage", g.usageHandler)
 	mux.HandleFunc("GET /v1/config", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, config.view(g.Live()))
 	})
+	// Profiling for operators and the load harness; the admin listener is
+	// loopback by default and never reachable through the proxy.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
 
@@ -54,6 +64,77 @@ func (g *Gateway) explainHandler(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, tenant.Explain(req))
+}
+
+// usage is a tenant's quota state (/v1/tenants/ID/usage).
+type usage struct {
+	Tenant        string           `json:"tenant"`
+	Requests      *bucketUsage     `json:"requests,omitempty"`
+	Connectors    []bucketUsage    `json:"connectors,omitempty"`
+	MaxConcurrent int              `json:"max_concurrent,omitempty"`
+	Open          int              `json:"open"`
+	Bandwidth     []bandwidthUsage `json:"bandwidth,omitempty"`
+}
+
+type bucketUsage struct {
+	Connector         string  `json:"connector,omitempty"`
+	RequestsPerSecond float64 `json:"requests_per_second"`
+	Burst             int     `json:"burst"`
+	Tokens            int     `json:"tokens"`
+}
+
+type bandwidthUsage struct {
+	Direction       string `json:"direction"`
+	BytesPerSecond  int64  `json:"bytes_per_second"`
+	BytesThisMinute int64  `json:"bytes_this_minute"`
+}
+
+func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	live := g.Live()
+	if live == nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "no policy loaded"})
+		return
+	}
+	tenant, ok := live.Tenant(id)
+	if !ok {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "unknown tenant " + id})
+		return
+	}
+	ctx := r.Context()
+	u := usage{Tenant: id, MaxConcurrent: tenant.Quota.MaxConcurrent}
+	peek := func(key string, rate *policy.Rate) (*bucketUsage, error) {
+		res, err := g.quota.Peek(ctx, key, quota.Limit{Rate: rate.PerSecond, Burst: rate.Burst})
+		return &bucketUsage{RequestsPerSecond: rate.PerSecond, Burst: rate.Burst, Tokens: res.Remaining}, err
+	}
+	var err error
+	if rate := tenant.Quota.Rate; rate != nil {
+		if u.Requests, err = peek(tenantKey(id), rate); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
+			return
+		}
+	}
+	for _, rule := range tenant.Rules() {
+		if c := rule.Connector; c != nil && c.Rate != nil {
+			b, err := peek(connectorKey(id, c.Name), c.Rate)
+			if err != nil {
+				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
+				return
+			}
+			b.Connector = rule.Name
+			u.Connectors = append(u.Connectors, *b)
+		}
+	}
+	if u.Open, err = g.quota.InUse(ctx, tenantKey(id)); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
+		return
+	}
+	for _, direction := range []string{"egress", "ingress"} {
+		if s := g.bandwidth.Lookup(bandwidthKey(id, direction)); s != nil {
+			u.Bandwidth = append(u.Bandwidth, bandwidthUsage{Direction: direction, BytesPerSecond: s.Rate(), BytesThisMinute: s.BytesThisMinute()})
+		}
+	}
+	writeJSON(w, http.StatusOK, u)
 }
 
 // ConfigStatus is what /v1/config reports besides the live snapshot: the

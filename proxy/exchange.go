@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/quota"
 )
 
 // exchange is one request or tunnel from the moment it arrives until its
@@ -42,6 +43,10 @@ type exchange struct {
 	code     policy.Code
 	message  string
 	status   int
+
+	rate       quota.Result // the rate decision, for the RateLimit headers
+	slot       quota.Slot   // the concurrency slot, released by finish
+	retryAfter int          // seconds, for a rate_limited refusal
 
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
@@ -195,6 +200,7 @@ func (ex *exchange) decisionLabel() string {
 // finish writes the audit line and metrics, once.
 func (ex *exchange) finish() {
 	ex.finished.Do(func() {
+		ex.slot.Release()
 		ex.gw.record(ex, ex.gw.now().Sub(ex.start))
 	})
 }

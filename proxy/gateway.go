@@ -18,6 +18,7 @@ import (
 
 	"github.com/egressgw/egressgw/allowlist"
 	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/quota"
 )
 
 // Options are what a Gateway is built from; everything it touches outside
@@ -31,17 +32,23 @@ type Options struct {
 	Listeners []netip.AddrPort
 	// Settings fixes what needs a restart to change: limits of the listener.
 	Settings policy.Gateway
-	Now      func() time.Time
+	// Quota admits requests (rate, concurrency); Bandwidth shapes bytes.
+	// One of each per process: their state outlives policy reloads.
+	Quota     quota.Limiter
+	Bandwidth *quota.Bandwidth
+	Now       func() time.Time
 }
 
 // Gateway is the egress proxy: a goproxy server whose every step (identify,
 // decide, dial, relay, account) is the gateway's own.
 type Gateway struct {
-	log      *slog.Logger
-	audit    *auditLog
-	registry *prometheus.Registry
-	metrics  *metrics
-	now      func() time.Time
+	log       *slog.Logger
+	audit     *auditLog
+	quota     quota.Limiter
+	bandwidth *quota.Bandwidth
+	registry  *prometheus.Registry
+	metrics   *metrics
+	now       func() time.Time
 
 	listeners []netip.AddrPort
 	localAddr []netip.Addr
@@ -81,6 +88,8 @@ func New(opts Options) (*Gateway, error) {
 	g := &Gateway{
 		log:        opts.Logger,
 		audit:      &auditLog{w: opts.Audit},
+		quota:      opts.Quota,
+		bandwidth:  opts.Bandwidth,
 		registry:   opts.Registry,
 		metrics:    newMetrics(opts.Registry),
 		now:        opts.Now,
@@ -147,6 +156,7 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 		prev.transport.CloseIdleConnections()
 		g.metrics.forgetRemovedTenants(prev.live.Snapshot, snap)
 		g.revokeTunnels(rt.live)
+		g.updateBandwidth(prev.live.Snapshot, snap)
 	}
 	g.metrics.generation.Set(float64(rt.live.Generation))
 	g.metrics.lastReloadTime.Set(float64(snap.LoadedAt.Unix()))
@@ -162,6 +172,24 @@ func (g *Gateway) updateLeafCache(gw policy.Gateway) {
 		g.leaves.Store(nil)
 	case current == nil || current.fingerprint != gw.CAFingerprint:
 		g.leaves.Store(newLeafCache(gw.CA, gw.CAFingerprint, g.now))
+	}
+}
+
+// updateBandwidth applies changed bandwidth limits to the connections
+// already open; request rates and concurrency take the new limits on the
+// next call by themselves.
+func (g *Gateway) updateBandwidth(prev, next *policy.Snapshot) {
+	for _, id := range prev.TenantIDs() {
+		q := policy.TenantQuota{}
+		if t, ok := next.Tenant(id); ok {
+			q = t.Quota
+		}
+		for direction, limit := range map[string]int64{"egress": q.EgressBytes, "ingress": q.IngressBytes} {
+			key := bandwidthKey(id, direction)
+			if g.bandwidth.Lookup(key) != nil {
+				g.bandwidth.Shaper(key, limit)
+			}
+		}
 	}
 }
 

@@ -33,7 +33,11 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 		return
 	}
 	idle := ex.rt.dialer.idleTimeout
+	ctx, cancel := context.WithCancel(g.baseCtx)
+	defer cancel()
+	egress, ingress := ex.shapers()
 	counted := &countingConn{Conn: t.client, up: &ex.bytesUp, down: &ex.bytesDown}
+	counted.read, counted.write = egress.Reader(ctx, counted.rawReader()), ingress.Writer(ctx, counted.rawWriter())
 	tlsConn := tls.Server(counted, &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"http/1.1"},
@@ -94,6 +98,7 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 		ModifyResponse: func(resp *http.Response) error {
 			ex := resp.Request.Context().Value(exchangeKey{}).(*exchange)
 			resp.Header.Set("X-Request-Id", ex.id)
+			ex.setRateHeaders(resp.Header)
 			return scrubResponse(resp, ex.decision.Connector)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -122,7 +127,7 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			return
 		}
 		ex.tenant = tenant
-		if !ex.innerTarget(r, tunnelEx) {
+		if !ex.innerTarget(r, tunnelEx) || !ex.admit(r.Context(), false) {
 			writeError(w, ex)
 			return
 		}
@@ -315,20 +320,27 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 
 func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// countingConn counts the raw bytes of a connection in both directions.
+// countingConn counts the raw bytes of a connection in both directions,
+// reading and writing through read and write (the tenant's shapers over
+// the raw connection).
 type countingConn struct {
 	net.Conn
 	up, down interface{ Add(int64) int64 }
+	read     io.Reader
+	write    io.Writer
 }
 
+func (c *countingConn) rawReader() io.Reader { return c.Conn }
+func (c *countingConn) rawWriter() io.Writer { return c.Conn }
+
 func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
+	n, err := c.read.Read(p)
 	c.up.Add(int64(n))
 	return n, err
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
+	n, err := c.write.Write(p)
 	c.down.Add(int64(n))
 	return n, err
 }

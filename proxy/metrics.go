@@ -19,6 +19,8 @@ type metrics struct {
 	bytes          *prometheus.CounterVec
 	activeTunnels  *prometheus.GaugeVec
 	reloads        *prometheus.CounterVec
+	quotaRejects   *prometheus.CounterVec
+	quotaFailOpen  *prometheus.CounterVec
 	generation     prometheus.Gauge
 	lastReloadTime prometheus.Gauge
 
@@ -42,6 +44,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"tenant", "direction"}),
 		activeTunnels: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "egressgw_active_tunnels", Help: "Open CONNECT tunnels by tenant.",
+		}, []string{"tenant"}),
+		quotaRejects: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressgw_quota_rejections_total", Help: "Requests refused by quota, by kind: rate, concurrency or unavailable.",
+		}, []string{"tenant", "kind"}),
+		quotaFailOpen: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressgw_quota_fail_open_total", Help: "Requests let through without a quota check because the backend was unreachable and on_error is allow.",
 		}, []string{"tenant"}),
 		reloads: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressgw_config_reloads_total", Help: "Config loads by result (success or error).",
@@ -103,5 +111,15 @@ func (m *metrics) forgetRemovedTenants(prev, next interface{ TenantIDs() []strin
 		m.requests.DeletePartialMatch(match)
 		m.bytes.DeletePartialMatch(match)
 		m.activeTunnels.DeletePartialMatch(match)
+		m.quotaRejects.DeletePartialMatch(match)
+		m.quotaFailOpen.DeletePartialMatch(match)
 	}
+}
+
+func (m *metrics) quotaRejection(tenant, kind string) {
+	m.quotaRejects.WithLabelValues(m.tenantLabel(tenant), kind).Inc()
+}
+
+func (m *metrics) quotaFailedOpen(tenant string) {
+	m.quotaFailOpen.WithLabelValues(m.tenantLabel(tenant)).Inc()
 }

@@ -39,9 +39,13 @@ func (g *Gateway) onRequest(r *http.Request, pctx *goproxy.ProxyCtx) (*http.Requ
 	if !ex.target(r.URL.Host, defaultPort, path) {
 		return r, errorResponse(ex, r)
 	}
+	if !ex.admit(r.Context(), true) {
+		return r, errorResponse(ex, r)
+	}
 	removeHopByHop(r.Header, isUpgrade(r.Header))
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &countingReader{ReadCloser: r.Body, n: &ex.bytesUp}
+		egress, _ := ex.shapers()
+		r.Body = &countingReader{ReadCloser: egress.ReadCloser(r.Context(), r.Body), n: &ex.bytesUp}
 	}
 	pctx.RoundTripper = ex
 	return r, nil
@@ -55,7 +59,8 @@ func (ex *exchange) RoundTrip(r *http.Request, _ *goproxy.ProxyCtx) (*http.Respo
 	if err != nil {
 		return nil, err
 	}
-	resp.Body = &finishingBody{ReadCloser: resp.Body, ex: ex}
+	_, ingress := ex.shapers()
+	resp.Body = &finishingBody{ReadCloser: ingress.ReadCloser(r.Context(), resp.Body), ex: ex}
 	return resp, nil
 }
 
@@ -76,6 +81,7 @@ func (g *Gateway) onResponse(resp *http.Response, pctx *goproxy.ProxyCtx) *http.
 	ex.status = resp.StatusCode
 	removeHopByHop(resp.Header, isUpgrade(resp.Header))
 	resp.Header.Set("X-Request-Id", ex.id)
+	ex.setRateHeaders(resp.Header)
 	if resp.ContentLength < 0 && !isUpgrade(resp.Header) {
 		// goproxy buffers a response unless it sees a chunked header; an
 		// unknown length means a stream, which must flow as it arrives.

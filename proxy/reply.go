@@ -59,6 +59,9 @@ func errorResponse(ex *exchange, req *http.Request) *http.Response {
 	h.Set("X-Egressgw-Error", string(ex.code))
 	h.Set("X-Request-Id", ex.id)
 	h.Set("Content-Length", strconv.Itoa(len(body)))
+	if ex.code == policy.CodeRateLimited && ex.retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(ex.retryAfter))
+	}
 	if ex.code == policy.CodeProxyAuthRequired {
 		h.Set("Proxy-Authenticate", `Basic realm="egressgw"`)
 	}

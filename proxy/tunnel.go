@@ -20,7 +20,7 @@ func (g *Gateway) onConnect(authority string, pctx *goproxy.ProxyCtx) (*goproxy.
 	r := pctx.Req
 	ex := g.begin(r, true)
 	ex.scheme = "tunnel"
-	if !ex.identify(r) || !ex.target(authority, 0, "") {
+	if !ex.identify(r) || !ex.target(authority, 0, "") || !ex.admit(r.Context(), true) {
 		pctx.Resp = errorResponse(ex, r)
 		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, authority
 	}
@@ -69,7 +69,7 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
 		t.close()
 		return
 	}
-	t.relay(ex.rt.dialer.idleTimeout)
+	t.relay(g.baseCtx, ex.rt.dialer.idleTimeout)
 	if reason := t.revoked.Load(); reason != nil {
 		ex.fail(policy.CodeDestinationNotAllowed, true, "tunnel closed by a policy reload: "+*reason)
 	}
@@ -128,17 +128,23 @@ func (t *tunnel) close() {
 	})
 }
 
-func (t *tunnel) relay(idle time.Duration) {
+// relay copies both ways. Each direction reads through the tenant's
+// shaper for it (nil, and so nothing, when unlimited); the shapers wait on
+// a context of the tunnel's own, since the CONNECT request's is done.
+func (t *tunnel) relay(parent context.Context, idle time.Duration) {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	egress, ingress := t.ex.shapers()
 	t.lastActivity.Store(time.Now().UnixNano())
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		t.pipe(t.upstream, t.client, &t.ex.bytesUp, idle)
+		t.pipe(t.upstream, t.client, egress.Reader(ctx, t.client), &t.ex.bytesUp, idle)
 	}()
 	go func() {
 		defer wg.Done()
-		t.pipe(t.client, t.upstream, &t.ex.bytesDown, idle)
+		t.pipe(t.client, t.upstream, ingress.Reader(ctx, t.upstream), &t.ex.bytesDown, idle)
 	}()
 	wg.Wait()
 	t.close()
@@ -150,13 +156,13 @@ var relayBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return
 // neither direction moved a byte for idle; a one-way stream keeps the
 // tunnel alive. On a clean EOF the write side is half-closed so the other
 // direction can finish; on any error both connections are closed.
-func (t *tunnel) pipe(dst, src net.Conn, counter *atomic.Int64, idle time.Duration) {
+func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, idle time.Duration) {
 	bufp := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(bufp)
 	buf := *bufp
 	for {
 		_ = src.SetReadDeadline(time.Now().Add(idle))
-		n, err := src.Read(buf)
+		n, err := read.Read(buf)
 		if n > 0 {
 			now := time.Now()
 			t.lastActivity.Store(now.UnixNano())

@@ -16,6 +16,7 @@ command -v git     >/dev/null || missing+=(git)
 command -v python3 >/dev/null || missing+=(python3)
 command -v node    >/dev/null || missing+=(nodejs)
 command -v npm     >/dev/null || missing+=(npm)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo_if_needed apt-get update -qq

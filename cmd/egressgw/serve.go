@@ -18,10 +18,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/egressgw/egressgw/configs"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/proxy"
+	"github.com/egressgw/egressgw/quota"
 )
 
 func serve(args []string, stdout, stderr io.Writer) int {
@@ -78,6 +80,15 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	defer closeAudit()
 
+	limiter, err := newLimiter(settings.Quota, logger)
+	if err != nil {
+		proxyLn.Close()
+		adminLn.Close()
+		logger.Error("cannot set up the quota backend", "error", err)
+		return exitFail
+	}
+	defer limiter.Close()
+
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gw, err := proxy.New(proxy.Options{
@@ -86,6 +97,8 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		Registry:  registry,
 		Listeners: []netip.AddrPort{addrPort(proxyLn), addrPort(adminLn)},
 		Settings:  settings,
+		Quota:     limiter,
+		Bandwidth: quota.NewBandwidth(quota.BandwidthOptions{Replicas: settings.Quota.Replicas}),
 	})
 	if err != nil {
 		logger.Error("cannot start", "error", err)
@@ -151,6 +164,28 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			return exitOK
 		}
 	}
+}
+
+// newLimiter builds the quota backend once per process: its state (token
+// buckets, concurrency slots) must outlive policy reloads.
+func newLimiter(q policy.QuotaBackend, logger *slog.Logger) (quota.Limiter, error) {
+	if q.Backend != "redis" {
+		return quota.NewMemory(quota.MemoryOptions{}), nil
+	}
+	onError := quota.FailClosed
+	if q.FailOpen {
+		onError = quota.FailOpen
+	}
+	redis.SetLogger(redisLog{logger})
+	return quota.NewRedis(quota.RedisOptions{Addr: q.RedisAddr, Prefix: q.RedisPrefix, OnError: onError, Logger: logger})
+}
+
+// redisLog sends the Redis client's own messages (reconnect attempts while
+// Redis is down) to the gateway's log instead of stderr.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug("redis client", "message", fmt.Sprintf(format, v...))
 }
 
 func newLogger(w io.Writer, format string) (*slog.Logger, error) {
@@ -260,6 +295,7 @@ func (r *reloader) warnRestartOnly(next policy.Gateway) {
 		"limits.shutdown_grace":     next.ShutdownGrace != prev.ShutdownGrace,
 		"audit.output":              next.AuditOutput != prev.AuditOutput,
 		"metrics.max_tenant_labels": next.MaxTenantLabels != prev.MaxTenantLabels,
+		"quota (backend)":           next.Quota != prev.Quota,
 	}
 	for key, differs := range changed {
 		if differs {

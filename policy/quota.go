@@ -1,0 +1,132 @@
+package policy
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Rate is a token bucket: PerSecond tokens a second, at most Burst held.
+type Rate struct {
+	PerSecond float64
+	Burst     int
+}
+
+// TenantQuota is what a tenant may use (SPEC §2); zero fields mean no limit.
+type TenantQuota struct {
+	Rate          *Rate
+	MaxConcurrent int
+	EgressBytes   int64 // bytes a second, client to upstream
+	IngressBytes  int64 // bytes a second, upstream to client
+}
+
+// QuotaBackend is gateway.yaml's quota section with defaults applied.
+type QuotaBackend struct {
+	Backend     string // memory or redis
+	RedisAddr   string
+	RedisPrefix string
+	FailOpen    bool // on_error: allow
+	Replicas    int  // bandwidth is divided by it: shaping stays per replica
+	DialTimeout time.Duration
+}
+
+func (b *builder) quotaBackend(doc *yamlDoc, f quotaBackendFile) QuotaBackend {
+	q := QuotaBackend{
+		Backend:     orDefault(f.Backend, "memory"),
+		RedisAddr:   orDefault(f.Redis.Addr, "127.0.0.1:6379"),
+		RedisPrefix: orDefault(f.Redis.Prefix, "egressgw:"),
+		Replicas:    intOr(f.Replicas, 1),
+		DialTimeout: time.Second,
+	}
+	switch q.Backend {
+	case "memory", "redis":
+	default:
+		b.errorf(doc, doc.line("quota", "backend"), "quota.backend: want memory or redis, got %q", q.Backend)
+	}
+	switch f.Redis.OnError {
+	case "", "deny":
+	case "allow":
+		q.FailOpen = true
+	default:
+		b.errorf(doc, doc.line("quota", "redis", "on_error"), "on_error: want deny or allow, got %q", f.Redis.OnError)
+	}
+	if q.Replicas < 1 {
+		b.errorf(doc, doc.line("quota", "replicas"), "replicas: must be 1 or more")
+	}
+	return q
+}
+
+// rate validates a requests_per_second / burst pair; burst defaults to the
+// rate rounded up, so one second's worth can arrive at once.
+func (b *builder) rate(doc *yamlDoc, perSecond *float64, burst *int, path ...any) *Rate {
+	if perSecond == nil {
+		if burst != nil {
+			b.errorf(doc, doc.line(append(path, "burst")...), "burst: set requests_per_second too")
+		}
+		return nil
+	}
+	if *perSecond <= 0 || math.IsInf(*perSecond, 0) || math.IsNaN(*perSecond) {
+		b.errorf(doc, doc.line(append(path, "requests_per_second")...), "requests_per_second: must be greater than zero")
+		return nil
+	}
+	r := &Rate{PerSecond: *perSecond, Burst: int(math.Ceil(*perSecond))}
+	if burst != nil {
+		if *burst < 1 {
+			b.errorf(doc, doc.line(append(path, "burst")...), "burst: must be 1 or more")
+			return nil
+		}
+		r.Burst = *burst
+	}
+	return r
+}
+
+func (b *builder) tenantQuota(doc *yamlDoc, f *tenantQuotaFile) TenantQuota {
+	var q TenantQuota
+	if f == nil {
+		return q
+	}
+	q.Rate = b.rate(doc, f.RequestsPerSecond, f.Burst, "quota")
+	if f.MaxConcurrent != nil {
+		if *f.MaxConcurrent < 1 {
+			b.errorf(doc, doc.line("quota", "max_concurrent"), "max_concurrent: must be 1 or more")
+		}
+		q.MaxConcurrent = *f.MaxConcurrent
+	}
+	if bw := f.Bandwidth; bw != nil {
+		q.EgressBytes = b.bandwidth(doc, bw.Egress, "egress")
+		q.IngressBytes = b.bandwidth(doc, bw.Ingress, "ingress")
+	}
+	return q
+}
+
+func (b *builder) bandwidth(doc *yamlDoc, s *Size, direction string) int64 {
+	if s == nil {
+		return 0
+	}
+	if *s < 1024 {
+		b.errorf(doc, doc.line("quota", "bandwidth", direction), "bandwidth.%s: %d bytes a second is below the 1KiB minimum", direction, *s)
+		return 0
+	}
+	return int64(*s)
+}
+
+// String describes a quota for explain and usage.
+func (q TenantQuota) String() string {
+	if q == (TenantQuota{}) {
+		return "none configured"
+	}
+	s := ""
+	if q.Rate != nil {
+		s += fmt.Sprintf("%g requests/s, burst %d; ", q.Rate.PerSecond, q.Rate.Burst)
+	}
+	if q.MaxConcurrent > 0 {
+		s += fmt.Sprintf("%d concurrent; ", q.MaxConcurrent)
+	}
+	if q.EgressBytes > 0 {
+		s += fmt.Sprintf("egress %d B/s; ", q.EgressBytes)
+	}
+	if q.IngressBytes > 0 {
+		s += fmt.Sprintf("ingress %d B/s; ", q.IngressBytes)
+	}
+	return s[:len(s)-2]
+}

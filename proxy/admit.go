@@ -1,0 +1,114 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/quota"
+)
+
+// Quota keys. The connector's name, not its version, keys its bucket, so
+// moving a tenant to a new version hands out no fresh burst.
+func tenantKey(tenant string) string               { return "t:" + tenant }
+func connectorKey(tenant, connector string) string { return "t:" + tenant + "|c:" + connector }
+func bandwidthKey(tenant, direction string) string { return "t:" + tenant + "|bw:" + direction }
+
+// admit is the quota step of the request path: a token from the tenant's
+// and the connector's buckets, then, for requests and tunnels that hold a
+// connection open (not requests inside an inspected tunnel, which its
+// tunnel already holds), a concurrency slot. On refusal it records why.
+func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
+	tenant := ex.tenant
+	limiter := ex.gw.quota
+	var tenantLimit, connectorLimit quota.Limit
+	if r := tenant.Quota.Rate; r != nil {
+		tenantLimit = quota.Limit{Rate: r.PerSecond, Burst: r.Burst}
+	}
+	connector := ex.decision.Connector
+	if connector != nil && connector.Rate != nil {
+		connectorLimit = quota.Limit{Rate: connector.Rate.PerSecond, Burst: connector.Rate.Burst}
+	}
+
+	var res quota.Result
+	var err error
+	switch {
+	case !connectorLimit.Unlimited():
+		res, err = limiter.AllowBoth(ctx,
+			quota.Bucket{Key: tenantKey(tenant.ID), Limit: tenantLimit},
+			quota.Bucket{Key: connectorKey(tenant.ID, connector.Name), Limit: connectorLimit})
+	case !tenantLimit.Unlimited():
+		res, err = limiter.Allow(ctx, tenantKey(tenant.ID), tenantLimit)
+	}
+	if !ex.quotaOutcome(res.FailedOpen, err) {
+		return false
+	}
+	if res.Limit > 0 && !res.Allowed {
+		ex.retryAfter = res.RetryAfterSeconds()
+		which := "tenant"
+		if res.Key != tenantKey(tenant.ID) {
+			which = "connector " + connector.Name
+		}
+		ex.fail(policy.CodeRateLimited, true, fmt.Sprintf(
+			"tenant %q is over its request rate (%s limit of %d burst); retry after %d s", tenant.ID, which, res.Limit, ex.retryAfter))
+		ex.gw.metrics.quotaRejection(tenant.ID, "rate")
+		return false
+	}
+	ex.rate = res
+
+	if holdsSlot && tenant.Quota.MaxConcurrent > 0 {
+		slot, err := limiter.Acquire(ctx, tenantKey(tenant.ID), tenant.Quota.MaxConcurrent)
+		ex.slot = slot // released by finish, on every path
+		if !ex.quotaOutcome(slot.FailedOpen, err) {
+			return false
+		}
+		if !slot.Acquired {
+			ex.fail(policy.CodeConcurrencyLimited, true, fmt.Sprintf(
+				"tenant %q already has %d requests and tunnels open, its max_concurrent; close some or retry later", tenant.ID, tenant.Quota.MaxConcurrent))
+			ex.gw.metrics.quotaRejection(tenant.ID, "concurrency")
+			return false
+		}
+	}
+	return true
+}
+
+// quotaOutcome handles the quota backend failing: with on_error: deny
+// the request is refused with 503, with allow it passes and is counted.
+func (ex *exchange) quotaOutcome(failedOpen bool, err error) bool {
+	if failedOpen {
+		ex.gw.metrics.quotaFailedOpen(ex.tenant.ID)
+	}
+	if err == nil {
+		return true
+	}
+	if errors.Is(err, quota.ErrUnavailable) {
+		ex.fail(policy.CodeQuotaUnavailable, true, "the quota backend is unreachable and the gateway fails closed; retry shortly")
+		ex.gw.metrics.quotaRejection(ex.tenant.ID, "unavailable")
+		ex.gw.log.Warn("quota backend unavailable", "request_id", ex.id, "error", err)
+		return false
+	}
+	// The client went away while the backend was being asked.
+	ex.fail(policy.CodeQuotaUnavailable, true, "the quota check did not complete")
+	return false
+}
+
+// setRateHeaders adds the RateLimit headers of an allowed response.
+func (ex *exchange) setRateHeaders(h http.Header) {
+	if ex.rate.Limit <= 0 {
+		return
+	}
+	h.Set("RateLimit-Limit", strconv.Itoa(ex.rate.Limit))
+	h.Set("RateLimit-Remaining", strconv.Itoa(ex.rate.Remaining))
+	h.Set("RateLimit-Reset", strconv.Itoa(ex.rate.ResetSeconds()))
+}
+
+// shapers returns the tenant's bandwidth shapers, nil where unlimited.
+func (ex *exchange) shapers() (egress, ingress *quota.Shaper) {
+	q := ex.tenant.Quota
+	bw := ex.gw.bandwidth
+	return bw.Shaper(bandwidthKey(ex.tenant.ID, "egress"), q.EgressBytes),
+		bw.Shaper(bandwidthKey(ex.tenant.ID, "ingress"), q.IngressBytes)
+}

@@ -1,0 +1,312 @@
+package quota
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// zeros is an endless source that fills whatever buffer it is given, so the
+// shaper alone decides the pace.
+type zeros struct{ maxRead atomic.Int64 }
+
+func (z *zeros) Read(p []byte) (int, error) {
+	for {
+		m := z.maxRead.Load()
+		if int64(len(p)) <= m || z.maxRead.CompareAndSwap(m, int64(len(p))) {
+			break
+		}
+	}
+	clear(p)
+	return len(p), nil
+}
+
+// countingWriter counts what is written to it.
+type countingWriter struct{ n atomic.Int64 }
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.n.Add(int64(len(p)))
+	return len(p), nil
+}
+
+func within(got, want, tolerance float64) bool {
+	return got >= want*(1-tolerance) && got <= want*(1+tolerance)
+}
+
+// The achieved-rate tests run in real time: x/time/rate waits on real
+// timers. They use a small rate and a ±15% margin, enough on a busy 2-core
+// machine, and the transfers end by themselves (no sleeping to synchronise).
+const testRate = 256 << 10 // bytes per second
+
+func TestShaperReaderAchievesRate(t *testing.T) {
+	t.Parallel()
+	bw := NewBandwidth(BandwidthOptions{})
+	s := bw.Shaper("acme/ingress", testRate)
+	const size = 2 * testRate // about two seconds
+	src := &zeros{}
+	start := time.Now()
+	n, err := io.Copy(io.Discard, io.LimitReader(s.Reader(context.Background(), src), size))
+	elapsed := time.Since(start)
+	if err != nil || n != size {
+		t.Fatalf("copied %d, %v; want %d", n, err, size)
+	}
+	got := float64(n) / elapsed.Seconds()
+	t.Logf("reader achieved %.0f B/s over %v (limit %d)", got, elapsed, testRate)
+	if !within(got, testRate, 0.15) {
+		t.Errorf("achieved %.0f B/s over %v, want %d ±15%%", got, elapsed, testRate)
+	}
+	if step := int64(shaperBurst(testRate)); src.maxRead.Load() > step {
+		t.Errorf("a single read asked for %d bytes, more than the step %d", src.maxRead.Load(), step)
+	}
+}
+
+func TestShaperWriterAchievesRate(t *testing.T) {
+	t.Parallel()
+	bw := NewBandwidth(BandwidthOptions{})
+	s := bw.Shaper("acme/egress", testRate)
+	const size = 2 * testRate
+	// One Write of the whole payload: the shaper must cut it into steps no
+	// larger than its burst, or WaitN would fail.
+	payload := make([]byte, size)
+	var dst countingWriter
+	start := time.Now()
+	n, err := s.Writer(context.Background(), &dst).Write(payload)
+	elapsed := time.Since(start)
+	if err != nil || n != size || dst.n.Load() != size {
+		t.Fatalf("wrote %d (%d arrived), %v; want %d", n, dst.n.Load(), err, size)
+	}
+	got := float64(n) / elapsed.Seconds()
+	t.Logf("writer achieved %.0f B/s over %v (limit %d)", got, elapsed, testRate)
+	if !within(got, testRate, 0.15) {
+		t.Errorf("achieved %.0f B/s over %v, want %d ±15%%", got, elapsed, testRate)
+	}
+}
+
+func TestShaperSharesFairly(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock() // frozen: the per-minute count cannot roll over
+	bw := NewBandwidth(BandwidthOptions{Clock: clock.Now})
+	ctx := context.Background()
+
+	// Two connections of one tenant move the same amount at once, each
+	// asking for the shaper as the proxy does per connection, one reading
+	// in large pieces and one in small. Shared fairly, each gets half the
+	// rate and both finish together after about two seconds; unfairly, one
+	// finishes well before the other.
+	const each = testRate
+	var finished [2]time.Duration
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, bufSize := range []int{32 << 10, 4 << 10} {
+		s := bw.Shaper("acme/ingress", testRate)
+		wg.Go(func() {
+			src := s.Reader(ctx, io.LimitReader(&zeros{}, each))
+			n, err := io.CopyBuffer(io.Discard, src, make([]byte, bufSize))
+			finished[i] = time.Since(start)
+			if err != nil || n != each {
+				t.Errorf("connection %d: copied %d, %v; want %d", i, n, err, each)
+			}
+		})
+	}
+	wg.Wait()
+	first, last := min(finished[0], finished[1]), max(finished[0], finished[1])
+	t.Logf("32 KiB reader finished at %v, 4 KiB reader at %v", finished[0], finished[1])
+	if rate := 2 * each / last.Seconds(); !within(rate, testRate, 0.15) {
+		t.Errorf("two connections together achieved %.0f B/s, want %d ±15%%", rate, testRate)
+	}
+	if first < last*8/10 {
+		t.Errorf("connections finished at %v and %v: one got much more than half the bandwidth", finished[0], finished[1])
+	}
+	if counted := bw.Lookup("acme/ingress").BytesThisMinute(); counted != 2*each {
+		t.Errorf("BytesThisMinute = %d, want %d", counted, 2*each)
+	}
+}
+
+func TestShaperUnlimitedAddsNothing(t *testing.T) {
+	bw := NewBandwidth(BandwidthOptions{})
+	ctx := context.Background()
+	s := bw.Shaper("acme/egress", 0)
+	if s != nil {
+		t.Fatalf("Shaper with no limit = %p, want nil", s)
+	}
+	r := bytes.NewReader([]byte("x"))
+	if got := s.Reader(ctx, r); got != io.Reader(r) {
+		t.Error("Reader wrapped a reader of an unlimited tenant")
+	}
+	rc := io.NopCloser(r)
+	if got := s.ReadCloser(ctx, rc); got != rc {
+		t.Error("ReadCloser wrapped a body of an unlimited tenant")
+	}
+	var w bytes.Buffer
+	if got := s.Writer(ctx, &w); got != io.Writer(&w) {
+		t.Error("Writer wrapped a writer of an unlimited tenant")
+	}
+	if s.Rate() != 0 || s.BytesThisMinute() != 0 {
+		t.Error("a nil shaper reports a rate or bytes")
+	}
+	if n := bw.shapers.Len(); n != 0 {
+		t.Errorf("an unlimited tenant left %d shapers", n)
+	}
+	if bw.Lookup("acme/egress") != nil {
+		t.Error("Lookup found a shaper for an unlimited tenant")
+	}
+}
+
+func TestShaperLimitChangesInPlace(t *testing.T) {
+	clock := newFakeClock()
+	bw := NewBandwidth(BandwidthOptions{Clock: clock.Now, Replicas: 4})
+	s := bw.Shaper("acme/egress", 4<<20)
+	if got := s.Rate(); got != 1<<20 {
+		t.Fatalf("Rate with 4 replicas = %d, want a quarter of 4 MiB/s", got)
+	}
+	tests := []struct {
+		name     string
+		limit    int64
+		wantRate int64
+	}{
+		{"same limit, same shaper", 4 << 20, 1 << 20},
+		{"new limit applies to the open shaper", 8 << 20, 2 << 20},
+		{"limit removed: open connections stop being slowed", 0, 0},
+		{"limit back", 1 << 20, 256 << 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := bw.Shaper("acme/egress", tt.limit)
+			if tt.limit > 0 && got != s {
+				t.Fatal("a reload made a new shaper: open connections would stop sharing with new ones")
+			}
+			if s.Rate() != tt.wantRate {
+				t.Errorf("Rate = %d, want %d", s.Rate(), tt.wantRate)
+			}
+			if tt.wantRate > 0 && s.limiter.Burst() != shaperBurst(tt.wantRate) {
+				t.Errorf("burst = %d, want %d", s.limiter.Burst(), shaperBurst(tt.wantRate))
+			}
+		})
+	}
+}
+
+func TestShaperStepsNeverExceedBurst(t *testing.T) {
+	bw := NewBandwidth(BandwidthOptions{})
+	s := bw.Shaper("acme/ingress", 100<<20) // fast, so the test is quick
+	ctx := context.Background()
+	src := &zeros{}
+	buf := make([]byte, 1<<20)
+	for range 16 {
+		n, err := s.Reader(ctx, src).Read(buf)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if n > maxShaperStep {
+			t.Fatalf("one read moved %d bytes, more than a step of %d", n, maxShaperStep)
+		}
+	}
+	var dst countingWriter
+	if n, err := s.Writer(ctx, &dst).Write(buf); err != nil || n != len(buf) {
+		t.Fatalf("a 1 MiB write: %d, %v", n, err)
+	}
+}
+
+func TestShaperWaitEndsWithContext(t *testing.T) {
+	bw := NewBandwidth(BandwidthOptions{})
+	s := bw.Shaper("acme/egress", 100) // 10-byte steps, 10 steps a second
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := io.Copy(io.Discard, s.Reader(ctx, &zeros{}))
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("read with a cancelled context: %v, want context.Canceled", err)
+	}
+	_, err = s.Writer(ctx, io.Discard).Write(make([]byte, 1000))
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("write with a cancelled context: %v, want context.Canceled", err)
+	}
+}
+
+func TestShaperReadCloserCloses(t *testing.T) {
+	bw := NewBandwidth(BandwidthOptions{})
+	s := bw.Shaper("acme/ingress", 1<<20)
+	body := &closeRecorder{Reader: bytes.NewReader([]byte("hello"))}
+	rc := s.ReadCloser(context.Background(), body)
+	got, err := io.ReadAll(rc)
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("ReadAll = %q, %v", got, err)
+	}
+	if err := rc.Close(); err != nil || !body.closed {
+		t.Errorf("Close = %v, closed %v", err, body.closed)
+	}
+}
+
+type closeRecorder struct {
+	io.Reader
+	closed bool
+}
+
+func (c *closeRecorder) Close() error {
+	c.closed = true
+	return nil
+}
+
+func TestBandwidthBoundedAndIdle(t *testing.T) {
+	clock := newFakeClock()
+	bw := NewBandwidth(BandwidthOptions{Clock: clock.Now, MaxKeys: 10, IdleTTL: time.Minute})
+	for i := range 1000 {
+		bw.Shaper(fmt.Sprintf("tenant-%d/egress", i), 1<<20)
+	}
+	if n := bw.shapers.Len(); n > 10 {
+		t.Fatalf("%d shapers kept, want at most MaxKeys=10", n)
+	}
+
+	bw = NewBandwidth(BandwidthOptions{Clock: clock.Now, IdleTTL: time.Minute})
+	ctx := context.Background()
+	busy := bw.Shaper("busy/egress", 100<<20)
+	bw.Shaper("idle/egress", 100<<20)
+	clock.Advance(45 * time.Second)
+	// The busy tenant's open connection moves bytes without asking the
+	// Bandwidth for its shaper again.
+	if _, err := busy.Reader(ctx, &zeros{}).Read(make([]byte, 1024)); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(30 * time.Second)
+	bw.Shaper("other/egress", 100<<20)
+	bw.Shaper("other/egress", 100<<20)
+	if bw.Lookup("idle/egress") != nil {
+		t.Error("a shaper idle for longer than IdleTTL was kept")
+	}
+	if bw.Lookup("busy/egress") != busy {
+		t.Error("a shaper that moved bytes within IdleTTL was dropped: new connections would not share with the open one")
+	}
+}
+
+func TestShaperReaderSmallBuffersKeepData(t *testing.T) {
+	bw := NewBandwidth(BandwidthOptions{})
+	s := bw.Shaper("acme/ingress", 10<<20)
+	want := make([]byte, 100_000)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	for _, bufSize := range []int{1, 7, 4096, 40_000} {
+		t.Run(fmt.Sprintf("buffer %d", bufSize), func(t *testing.T) {
+			r := s.Reader(context.Background(), bytes.NewReader(want))
+			var got []byte
+			buf := make([]byte, bufSize)
+			for {
+				n, err := r.Read(buf)
+				got = append(got, buf[:n]...)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("read %d bytes, not the %d written", len(got), len(want))
+			}
+		})
+	}
+}

@@ -1,0 +1,440 @@
+package quota
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// redisServer is a real redis-server on a free loopback port, private to
+// one test, without persistence.
+type redisServer struct {
+	tb   testing.TB
+	bin  string
+	dir  string
+	port int
+	addr string
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+	out *bytes.Buffer
+}
+
+// startRedis starts a redis-server for tb and stops it at the end. It skips
+// only when the binary is not installed.
+func startRedis(tb testing.TB) *redisServer {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		tb.Skip("redis-server not installed (apt-get install redis-server): Redis backend not tested")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	s := &redisServer{tb: tb, bin: bin, dir: tb.TempDir(), port: port, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+	s.start()
+	tb.Cleanup(s.stop)
+	return s
+}
+
+func (s *redisServer) start() {
+	s.tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.out = &bytes.Buffer{}
+	s.cmd = exec.Command(s.bin,
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir)
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	if err := s.cmd.Start(); err != nil {
+		s.tb.Fatalf("starting redis-server: %v", err)
+	}
+	// Poll until it answers.
+	client := redis.NewClient(&redis.Options{Addr: s.addr, MaxRetries: -1, DisableIdentity: true})
+	defer client.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := client.Ping(context.Background()).Err()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.tb.Fatalf("redis-server on %s did not answer: %v\n%s", s.addr, err, s.out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *redisServer) stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	if err := s.cmd.Process.Kill(); err != nil {
+		s.tb.Errorf("stopping redis-server: %v", err)
+	}
+	// Killed on purpose: the exit status says so and is not an error here.
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+// uniquePrefix keeps tests sharing one server apart.
+func uniquePrefix(tb testing.TB) string {
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		tb.Fatal(err)
+	}
+	return "egressgw-test-" + hex.EncodeToString(b) + ":"
+}
+
+func newTestRedis(tb testing.TB, srv *redisServer, opts RedisOptions) *Redis {
+	tb.Helper()
+	opts.Addr = srv.addr
+	r, err := NewRedis(opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			tb.Errorf("Close: %v", err)
+		}
+	})
+	return r
+}
+
+// eventually polls cond every 20ms until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestNewRedisRejectsBadOptions(t *testing.T) {
+	tests := []struct {
+		name string
+		opts RedisOptions
+		want string
+	}{
+		{"unknown on_error", RedisOptions{Addr: "127.0.0.1:6379", OnError: "maybe"}, `on_error "maybe"`},
+		{"empty addr", RedisOptions{}, "addr is empty"},
+		{"bad URL hides its content", RedisOptions{Addr: "redis://user:s3cret@host:notaport"}, "not a valid redis:// URL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := NewRedis(tt.opts)
+			if err == nil {
+				r.Close()
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("error %q, want it to say %q and hold no password", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestRedisReplicasShareOneRateLimit(t *testing.T) {
+	srv := startRedis(t)
+	prefix := uniquePrefix(t)
+	replicas := []*Redis{
+		newTestRedis(t, srv, RedisOptions{Prefix: prefix}),
+		newTestRedis(t, srv, RedisOptions{Prefix: prefix}),
+	}
+	ctx := context.Background()
+	// Ten tokens, refilling one per 1000 s: nothing refills during the test.
+	limit := Limit{Rate: 0.001, Burst: 10}
+	allowed := 0
+	var refusal Result
+	for i := range 40 {
+		r, err := replicas[i%2].Allow(ctx, "acme", limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Allowed {
+			allowed++
+			if r.Limit != 10 || r.Remaining != 10-allowed {
+				t.Errorf("request %d: Limit %d Remaining %d, want 10 and %d", i, r.Limit, r.Remaining, 10-allowed)
+			}
+		} else {
+			refusal = r
+		}
+	}
+	if allowed != 10 {
+		t.Errorf("two replicas allowed %d requests in total, want the shared burst of 10", allowed)
+	}
+	if refusal.Key != "acme" || refusal.RetryAfter < 999*time.Second || refusal.RetryAfterSeconds() < 999 {
+		t.Errorf("refusal %+v: want key acme and a retry after about 1000 s", refusal)
+	}
+
+	// Another tenant is not affected.
+	if r, err := replicas[0].Allow(ctx, "globex", limit); err != nil || !r.Allowed {
+		t.Errorf("globex: %+v, %v", r, err)
+	}
+}
+
+func TestRedisReloadKeepsStateForUnchangedLimit(t *testing.T) {
+	srv := startRedis(t)
+	prefix := uniquePrefix(t)
+	ctx := context.Background()
+	limit := Limit{Rate: 0.001, Burst: 3}
+	before := newTestRedis(t, srv, RedisOptions{Prefix: prefix})
+	for range 3 {
+		before.Allow(ctx, "acme", limit)
+	}
+	// A reload rebuilds the policy; even a new backend value (a restarted
+	// replica) finds the same state.
+	after := newTestRedis(t, srv, RedisOptions{Prefix: prefix})
+	if r, err := after.Allow(ctx, "acme", limit); err != nil || r.Allowed {
+		t.Fatalf("unchanged limit after reload: %+v, %v; want refused (no fresh burst)", r, err)
+	}
+	changed := Limit{Rate: 100, Burst: 5}
+	if r, err := after.Allow(ctx, "acme", changed); err != nil || !r.Allowed || r.Limit != 5 {
+		t.Fatalf("changed limit after reload: %+v, %v; want allowed under the new limit", r, err)
+	}
+}
+
+func TestRedisAllowBoth(t *testing.T) {
+	srv := startRedis(t)
+	r := newTestRedis(t, srv, RedisOptions{Prefix: uniquePrefix(t)})
+	ctx := context.Background()
+	tenant := Bucket{"acme", Limit{Rate: 0.001, Burst: 5}}
+	connector := Bucket{"acme|github", Limit{Rate: 0.001, Burst: 2}}
+
+	res, err := r.AllowBoth(ctx, tenant, connector)
+	if err != nil || !res.Allowed || res.Key != "acme|github" || res.Remaining != 1 {
+		t.Fatalf("first request: %+v, %v; want allowed, reporting the connector with 1 left", res, err)
+	}
+	r.AllowBoth(ctx, tenant, connector)
+	res, err = r.AllowBoth(ctx, tenant, connector)
+	if err != nil || res.Allowed || res.Key != "acme|github" || res.RetryAfterSeconds() < 1 {
+		t.Fatalf("third request: %+v, %v; want refused by the connector", res, err)
+	}
+	peek, err := r.Peek(ctx, tenant.Key, tenant.Limit)
+	if err != nil || peek.Remaining != 3 {
+		t.Errorf("tenant bucket after a connector refusal: %+v, %v; want 3 tokens (none spent on the refusal)", peek, err)
+	}
+
+	// The other way round: an empty tenant bucket spends no token of a
+	// connector that still has some.
+	other := Bucket{"acme|crm", Limit{Rate: 0.001, Burst: 2}}
+	for range 3 {
+		r.Allow(ctx, tenant.Key, tenant.Limit)
+	}
+	res, err = r.AllowBoth(ctx, tenant, other)
+	if err != nil || res.Allowed || res.Key != "acme" {
+		t.Fatalf("with the tenant empty: %+v, %v; want refused by the tenant", res, err)
+	}
+	if peek, err := r.Peek(ctx, other.Key, other.Limit); err != nil || peek.Remaining != 2 {
+		t.Errorf("connector bucket after a tenant refusal: %+v, %v; want 2 tokens", peek, err)
+	}
+}
+
+func TestRedisKeysCarryPrefix(t *testing.T) {
+	srv := startRedis(t)
+	prefix := uniquePrefix(t)
+	r := newTestRedis(t, srv, RedisOptions{Prefix: prefix})
+	ctx := context.Background()
+	if _, err := r.Allow(ctx, "acme", Limit{Rate: 1, Burst: 5}); err != nil {
+		t.Fatal(err)
+	}
+	slot, err := r.Acquire(ctx, "acme", 5)
+	if err != nil || !slot.Acquired {
+		t.Fatalf("Acquire: %+v, %v", slot, err)
+	}
+	defer slot.Release()
+	keys, err := r.client.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 2 {
+		t.Errorf("keys %q, want one rate and one slots key", keys)
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, prefix+"rate:acme") && !strings.HasPrefix(k, prefix+"slots:acme") {
+			t.Errorf("key %q does not start with the prefix %q", k, prefix)
+		}
+	}
+}
+
+func TestRedisLeasesAreShared(t *testing.T) {
+	srv := startRedis(t)
+	prefix := uniquePrefix(t)
+	a := newTestRedis(t, srv, RedisOptions{Prefix: prefix})
+	b := newTestRedis(t, srv, RedisOptions{Prefix: prefix})
+	ctx := context.Background()
+
+	sa, err := a.Acquire(ctx, "acme", 2)
+	if err != nil || !sa.Acquired {
+		t.Fatalf("replica a: %+v, %v", sa, err)
+	}
+	sb, err := b.Acquire(ctx, "acme", 2)
+	if err != nil || !sb.Acquired {
+		t.Fatalf("replica b: %+v, %v", sb, err)
+	}
+	for _, r := range []*Redis{a, b} {
+		if s, err := r.Acquire(ctx, "acme", 2); err != nil || s.Acquired {
+			t.Fatalf("third slot with max 2: %+v, %v; want refused", s, err)
+		}
+	}
+	if n, err := a.InUse(ctx, "acme"); err != nil || n != 2 {
+		t.Errorf("InUse = %d, %v; want 2", n, err)
+	}
+	sb.Release()
+	sb.Release() // idempotent
+	s, err := a.Acquire(ctx, "acme", 2)
+	if err != nil || !s.Acquired {
+		t.Fatalf("after b released: %+v, %v", s, err)
+	}
+	if again, _ := b.Acquire(ctx, "acme", 2); again.Acquired {
+		t.Fatal("a double release freed an extra slot")
+	}
+	sa.Release()
+	s.Release()
+	if n, err := b.InUse(ctx, "acme"); err != nil || n != 0 {
+		t.Errorf("InUse after all released = %d, %v", n, err)
+	}
+	if n := len(a.leases) + len(b.leases); n != 0 {
+		t.Errorf("%d released leases still refreshed", n)
+	}
+}
+
+func TestRedisLeaseOfDeadReplicaExpires(t *testing.T) {
+	srv := startRedis(t)
+	prefix := uniquePrefix(t)
+	const ttl = 600 * time.Millisecond
+	holder, err := NewRedis(RedisOptions{Addr: srv.addr, Prefix: prefix, LeaseTTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := newTestRedis(t, srv, RedisOptions{Prefix: prefix, LeaseTTL: ttl})
+	ctx := context.Background()
+
+	if s, err := holder.Acquire(ctx, "acme", 1); err != nil || !s.Acquired {
+		t.Fatalf("holder: %+v, %v", s, err)
+	}
+	// While the holder lives it renews its lease: the slot stays taken for
+	// several TTLs.
+	start := time.Now()
+	for time.Since(start) < 3*ttl {
+		s, err := other.Acquire(ctx, "acme", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Acquired {
+			t.Fatalf("slot came free %v after it was taken although its holder renews it", time.Since(start))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// The holder dies: it stops renewing and never releases.
+	if err := holder.Close(); err != nil {
+		t.Fatal(err)
+	}
+	died := time.Now()
+	var slot Slot
+	eventually(t, 10*ttl, "the dead replica's lease expires", func() bool {
+		slot, err = other.Acquire(ctx, "acme", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slot.Acquired
+	})
+	slot.Release()
+	t.Logf("slot of the dead replica came free %v after it died (lease TTL %v)", time.Since(died), ttl)
+}
+
+func TestRedisUnavailable(t *testing.T) {
+	srv := startRedis(t)
+	prefix := uniquePrefix(t)
+	deny := newTestRedis(t, srv, RedisOptions{Prefix: prefix})
+	allow := newTestRedis(t, srv, RedisOptions{Prefix: prefix, OnError: FailOpen})
+	ctx := context.Background()
+	limit := Limit{Rate: 10, Burst: 10}
+	for _, r := range []*Redis{deny, allow} {
+		if res, err := r.Allow(ctx, "acme", limit); err != nil || !res.Allowed || res.FailedOpen {
+			t.Fatalf("Redis up: %+v, %v", res, err)
+		}
+	}
+
+	srv.stop()
+
+	t.Run("deny refuses with ErrUnavailable", func(t *testing.T) {
+		if _, err := deny.Allow(ctx, "acme", limit); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("Allow: %v, want ErrUnavailable", err)
+		}
+		if _, err := deny.AllowBoth(ctx, Bucket{"acme", limit}, Bucket{"acme|github", limit}); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("AllowBoth: %v, want ErrUnavailable", err)
+		}
+		if s, err := deny.Acquire(ctx, "acme", 5); !errors.Is(err, ErrUnavailable) || s.Acquired {
+			t.Errorf("Acquire: %+v, %v; want not acquired and ErrUnavailable", s, err)
+		}
+		if _, err := deny.InUse(ctx, "acme"); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("InUse: %v, want ErrUnavailable", err)
+		}
+	})
+	t.Run("allow lets through and says so", func(t *testing.T) {
+		res, err := allow.Allow(ctx, "acme", limit)
+		if err != nil || !res.Allowed || !res.FailedOpen || res.Limit != 0 {
+			t.Errorf("Allow: %+v, %v; want allowed, FailedOpen, no RateLimit headers", res, err)
+		}
+		res, err = allow.AllowBoth(ctx, Bucket{"acme", limit}, Bucket{"acme|github", limit})
+		if err != nil || !res.Allowed || !res.FailedOpen {
+			t.Errorf("AllowBoth: %+v, %v; want allowed and FailedOpen", res, err)
+		}
+		s, err := allow.Acquire(ctx, "acme", 5)
+		if err != nil || !s.Acquired || !s.FailedOpen {
+			t.Errorf("Acquire: %+v, %v; want acquired and FailedOpen", s, err)
+		}
+		s.Release()
+		// Reading usage admits nothing, so it reports the outage.
+		if _, err := allow.Peek(ctx, "acme", limit); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("Peek: %v, want ErrUnavailable", err)
+		}
+	})
+	t.Run("a request that gave up is not failed open", func(t *testing.T) {
+		cancelled, cancel := context.WithCancel(ctx)
+		cancel()
+		res, err := allow.Allow(cancelled, "acme", limit)
+		if !errors.Is(err, context.Canceled) || errors.Is(err, ErrUnavailable) || res.Allowed {
+			t.Errorf("Allow with a cancelled context: %+v, %v; want context.Canceled", res, err)
+		}
+	})
+
+	srv.start()
+
+	eventually(t, 10*time.Second, "the deny backend recovers when Redis is back", func() bool {
+		res, err := deny.Allow(ctx, "acme", limit)
+		return err == nil && res.Allowed && !res.FailedOpen
+	})
+	eventually(t, 10*time.Second, "the allow backend checks again when Redis is back", func() bool {
+		res, err := allow.Allow(ctx, "acme", limit)
+		return err == nil && res.Allowed && !res.FailedOpen && res.Limit == 10
+	})
+	s, err := deny.Acquire(ctx, "acme", 1)
+	if err != nil || !s.Acquired {
+		t.Fatalf("Acquire after recovery: %+v, %v", s, err)
+	}
+	s.Release()
+}
