@@ -17,6 +17,8 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v node    >/dev/null || missing+=(nodejs)
 command -v npm     >/dev/null || missing+=(npm)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v ip      >/dev/null || missing+=(iproute2)
+command -v jq      >/dev/null || missing+=(jq)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo_if_needed apt-get update -qq

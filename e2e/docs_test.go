@@ -1,0 +1,339 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"maps"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// The docs' commands are the binary's: these tests run the walkthroughs of
+// docs/*.md against it, check that every `egressgw ...` command the docs
+// and the README show is one the binary accepts, and run the audit-log
+// queries of docs/admins.md on a real audit log.
+//
+// A walkthrough is marked in the Markdown source with HTML comments (not
+// rendered) on the line before a fenced block:
+//
+//	<!-- test: file PATH -->   the block is config file PATH
+//	<!-- test: run -->         each line is a command, run in order:
+//	                           `egressgw ...` or `export NAME=value`
+//	<!-- test: output -->      lines the previous run block's last command
+//	                           prints, in order; "…" stands for any lines
+//	<!-- test: jq -->          jq commands reading audit.log
+//
+// Files are written under config/ in a fresh directory, where the commands
+// run.
+
+// docBlock is one fenced code block of a Markdown file.
+type docBlock struct {
+	line   int    // of the opening fence
+	lang   string // the fence's info string
+	marker string // file, run, output, jq; "" when unmarked
+	arg    string // the marker's argument (a file path)
+	text   string
+}
+
+var docMarker = regexp.MustCompile(`^<!--\s*test:\s*(\w+)\s*(\S*)\s*-->$`)
+
+// readDocBlocks returns the fenced blocks of a Markdown file.
+func readDocBlocks(t *testing.T, path string) []docBlock {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(raw), "\n")
+	var blocks []docBlock
+	marker, arg := "", ""
+	for i := 0; i < len(lines); i++ {
+		line := strings.TrimSpace(lines[i])
+		if m := docMarker.FindStringSubmatch(line); m != nil {
+			marker, arg = m[1], m[2]
+			continue
+		}
+		if !strings.HasPrefix(line, "```") {
+			if marker != "" {
+				t.Errorf("%s:%d: a test marker must stand right before a fenced block", path, i)
+			}
+			marker, arg = "", ""
+			continue
+		}
+		b := docBlock{line: i + 1, lang: strings.TrimPrefix(line, "```"), marker: marker, arg: arg}
+		marker, arg = "", ""
+		var body []string
+		for i++; i < len(lines) && strings.TrimSpace(lines[i]) != "```"; i++ {
+			body = append(body, lines[i])
+		}
+		b.text = strings.Join(body, "\n") + "\n"
+		blocks = append(blocks, b)
+	}
+	return blocks
+}
+
+// docFiles are the Markdown files whose commands must be real.
+func docFiles(t *testing.T) []string {
+	t.Helper()
+	repo := repoRoot(t)
+	files, err := filepath.Glob(filepath.Join(repo, "docs", "*.md"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no docs/*.md (%v)", err)
+	}
+	return append(files, filepath.Join(repo, "README.md"))
+}
+
+func TestDocsWalkthroughs(t *testing.T) {
+	t.Parallel()
+	for _, doc := range docFiles(t) {
+		blocks := readDocBlocks(t, doc)
+		if !slices.ContainsFunc(blocks, func(b docBlock) bool { return b.marker == "run" }) {
+			continue
+		}
+		t.Run(filepath.Base(doc), func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			for _, b := range blocks {
+				if b.marker != "file" {
+					continue
+				}
+				path := filepath.Join(dir, "config", filepath.FromSlash(b.arg))
+				if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, []byte(b.text), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			env := childEnv()
+			var last commandResult
+			var lastCommand string
+			for _, b := range blocks {
+				where := fmt.Sprintf("%s:%d", filepath.Base(doc), b.line)
+				switch b.marker {
+				case "run":
+					for _, line := range strings.Split(b.text, "\n") {
+						line = strings.TrimSpace(line)
+						if line == "" || strings.HasPrefix(line, "#") {
+							continue
+						}
+						if assignment, ok := strings.CutPrefix(line, "export "); ok {
+							env = append(env, assignment)
+							continue
+						}
+						words, err := shellWords(line, nil)
+						if err != nil || len(words) == 0 || words[0] != "egressgw" {
+							t.Fatalf("%s: %q: run blocks hold `egressgw ...` and `export NAME=value` lines (%v)", where, line, err)
+						}
+						last, lastCommand = run(t, env, dir, gatewayBinary, words[1:]...), line
+						if last.exitCode != 0 {
+							t.Fatalf("%s: %s: exit %d\n%s", where, line, last.exitCode, last.output())
+						}
+					}
+				case "output":
+					if lastCommand == "" {
+						t.Fatalf("%s: an output block with no run block before it", where)
+					}
+					assertLinesInOrder(t, where, lastCommand, b.text, last.stdout)
+				}
+			}
+		})
+	}
+}
+
+// assertLinesInOrder checks that every line of want but "…" is a line of
+// got, in the same order.
+func assertLinesInOrder(t *testing.T, where, command, want, got string) {
+	t.Helper()
+	gotLines := strings.Split(got, "\n")
+	next := 0
+	for _, w := range strings.Split(strings.TrimRight(want, "\n"), "\n") {
+		w = strings.TrimRight(w, " ")
+		if w == "…" || w == "" {
+			continue
+		}
+		found := false
+		for ; next < len(gotLines); next++ {
+			if strings.TrimRight(gotLines[next], " ") == w {
+				found, next = true, next+1
+				break
+			}
+		}
+		if !found {
+			t.Errorf("%s: `%s` does not print, in this order, the line\n  %s\nit printed:\n%s", where, command, w, got)
+			return
+		}
+	}
+}
+
+// upcomingCommands are documented with the issues that bring them; until
+// the binary lists them in its usage, their lines are logged, not checked.
+// Once it does, they are checked like any other.
+var upcomingCommands = map[string]string{"hook test": "the hooks issue"}
+
+var (
+	inlineCommand = regexp.MustCompile("`(egressgw [^`]+)`")
+	imageCommand  = regexp.MustCompile(`\begressgw:[\w.-]+\s+(.*)$`)
+	usageCommand  = regexp.MustCompile(`(?m)^\s+egressgw ([a-z]+(?: [a-z]+)?)`)
+	helpFlagName  = regexp.MustCompile(`(?m)^\s+-([a-z][a-z0-9-]*)`)
+)
+
+// docCommands finds the egressgw command lines of a Markdown file: in
+// shell blocks (also as a container image's command) and in inline code.
+func docCommands(t *testing.T, doc string) []string {
+	t.Helper()
+	raw, err := os.ReadFile(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range inlineCommand.FindAllStringSubmatch(string(raw), -1) {
+		out = append(out, m[1])
+	}
+	for _, b := range readDocBlocks(t, doc) {
+		if !slices.Contains([]string{"sh", "bash", "console", "shell"}, b.lang) {
+			continue
+		}
+		for _, line := range strings.Split(b.text, "\n") {
+			line = strings.TrimPrefix(strings.TrimSpace(line), "$ ")
+			if before, _, ok := strings.Cut(line, " #"); ok {
+				line = before // a comment
+			}
+			if m := imageCommand.FindStringSubmatch(line); m != nil && strings.HasPrefix(line, "docker run ") {
+				out = append(out, "egressgw "+m[1])
+				continue
+			}
+			for _, part := range regexp.MustCompile(`&&|;|\|`).Split(line, -1) {
+				part = strings.TrimSpace(part)
+				if strings.HasPrefix(part, "egressgw ") {
+					out = append(out, part)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func TestDocsCommandsAreReal(t *testing.T) {
+	t.Parallel()
+	usage := egressgw(t, "help")
+	commands := map[string]bool{}
+	for _, m := range usageCommand.FindAllStringSubmatch(usage.stdout, -1) {
+		commands[m[1]] = true
+	}
+	if !commands["serve"] || !commands["check"] {
+		t.Fatalf("`egressgw help` lists no serve or check:\n%s", usage.output())
+	}
+	flagsOf := map[string]map[string]bool{}
+	flags := func(command string) map[string]bool {
+		if f, ok := flagsOf[command]; ok {
+			return f
+		}
+		res := egressgw(t, append(strings.Fields(command), "-h")...)
+		f := map[string]bool{"h": true, "help": true}
+		for _, m := range helpFlagName.FindAllStringSubmatch(res.output(), -1) {
+			f[m[1]] = true
+		}
+		flagsOf[command] = f
+		return f
+	}
+	checked := 0
+	for _, doc := range docFiles(t) {
+		for _, line := range docCommands(t, doc) {
+			where := fmt.Sprintf("%s: `%s`", filepath.Base(doc), line)
+			words := strings.Fields(strings.NewReplacer("[", " ", "]", " ").Replace(line))[1:]
+			if len(words) == 0 {
+				continue
+			}
+			command := words[0]
+			if len(words) > 1 && commands[words[0]+" "+words[1]] {
+				command = words[0] + " " + words[1]
+			}
+			if !commands[command] {
+				two := strings.Join(words[:min(2, len(words))], " ")
+				if issue, ok := upcomingCommands[two]; ok {
+					t.Logf("%s: %s arrives with %s; not checked yet", where, two, issue)
+					continue
+				}
+				t.Errorf("%s: %q is not a command of egressgw (`egressgw help` lists %v)", where, command, slices.Sorted(maps.Keys(commands)))
+				continue
+			}
+			known := flags(command)
+			for _, w := range words[len(strings.Fields(command)):] {
+				if !strings.HasPrefix(w, "-") || w == "-" {
+					continue
+				}
+				name, _, _ := strings.Cut(strings.TrimLeft(w, "-"), "=")
+				if !known[name] {
+					t.Errorf("%s: %s is not a flag of `egressgw %s` (it has %v)", where, w, command, slices.Sorted(maps.Keys(known)))
+				}
+			}
+			checked++
+		}
+	}
+	if checked < 10 {
+		t.Errorf("only %d egressgw commands found in the docs; is the search broken?", checked)
+	}
+}
+
+var requestIDLiteral = regexp.MustCompile(`"01[0-9A-Z]{24}"`)
+
+// TestDocsAuditQueries runs the jq examples of docs/admins.md on the audit
+// log of a gateway that served an allowed request, a report-mode one, a
+// refused one and an upstream failure: each must parse and find something.
+func TestDocsAuditQueries(t *testing.T) {
+	t.Parallel()
+	jq := lookPathOrSkip(t, "jq")
+	var queries []string
+	for _, b := range readDocBlocks(t, filepath.Join(repoRoot(t), "docs", "admins.md")) {
+		if b.marker != "jq" {
+			continue
+		}
+		for _, line := range strings.Split(b.text, "\n") {
+			if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+				queries = append(queries, line)
+			}
+		}
+	}
+	if len(queries) == 0 {
+		t.Fatal("docs/admins.md has no `<!-- test: jq -->` block")
+	}
+
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	g := startGateway(t, configFiles{
+		"gateway.yaml":      gatewayYAML(""),
+		"tenants/acme.yaml": tenantYAML(acme, "mode: report\n"+allowRule("api", []string{hostAPI}, origin.port)),
+		"tenants/wild.yaml": tenantYAML(wild, allowRule("api", []string{hostAPI, hostNXDomain}, origin.port)),
+	})
+	g.expectAllowedGET(t, acme, origin.url(hostAPI, "/allowed"))
+	g.expectAllowedGET(t, acme, origin.url(hostOther, "/reported"))
+	denied := g.expectRefused(t, http.MethodGet, wild.header(), origin.url(hostOther, "/denied"), http.StatusForbidden, "destination_not_allowed")
+	g.expectRefused(t, http.MethodGet, wild.header(), origin.url(hostNXDomain, "/nx"), http.StatusBadGateway, "dns_failure")
+	g.waitAudit(t, auditWith("code", "dns_failure"))
+
+	audit := filepath.Join(t.TempDir(), "audit.log")
+	if err := os.WriteFile(audit, []byte(g.stdout.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range queries {
+		q = requestIDLiteral.ReplaceAllString(q, `"`+denied.RequestID+`"`)
+		words, err := shellWords(q, nil)
+		if err != nil || len(words) < 2 || words[0] != "jq" || words[len(words)-1] != "audit.log" {
+			t.Errorf("admins.md: %q: want `jq ... audit.log` (%v)", q, err)
+			continue
+		}
+		words[len(words)-1] = audit
+		res := run(t, nil, "", jq, words[1:]...)
+		if res.exitCode != 0 || strings.TrimSpace(res.stdout) == "" || strings.TrimSpace(res.stdout) == "[]" {
+			t.Errorf("admins.md: %s\nexit %d, printed nothing useful on an audit log with allowed, reported, refused and failed requests:\n%s", q, res.exitCode, res.output())
+		}
+	}
+	if !bytes.Contains([]byte(g.stdout.String()), []byte(denied.RequestID)) {
+		t.Errorf("the refused request's id %s is not in the audit log", denied.RequestID)
+	}
+}
