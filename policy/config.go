@@ -154,8 +154,9 @@ type injectFile struct {
 }
 
 type connectorHooksFile struct {
-	Request  string `yaml:"request"`
-	Response string `yaml:"response"`
+	Request        string `yaml:"request"`
+	Response       string `yaml:"response"`
+	hookLimitsFile `yaml:",inline"`
 }
 
 type redactRefsFile struct {

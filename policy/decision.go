@@ -101,7 +101,7 @@ func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
 			"%s %q restricts methods or paths, which an HTTPS tunnel hides; the connector needs inspect: true", allow.Kind, allow.Name))
 	case r.Tunnel && c != nil && c.NeedsInspection() && !c.Inspect:
 		return t.deny(r, allow.Name, fmt.Sprintf(
-			"connector %q injects credentials, which an HTTPS tunnel hides; the connector needs inspect: true", allow.Name))
+			"connector %q injects credentials or runs hooks, which an HTTPS tunnel hides; the connector needs inspect: true", allow.Name))
 	case !r.Tunnel && !r.TLS && c != nil && len(c.Inject) > 0 && !c.AllowPlaintext:
 		return t.deny(r, allow.Name, fmt.Sprintf(
 			"connector %q injects credentials and is refused over plain HTTP so they never cross the network in clear text; use https://", allow.Name))

@@ -56,7 +56,7 @@ func (t *Tenant) Explain(r Request) Trace {
 		Redact:   "none",
 	}
 	for _, rule := range t.rules {
-		matched, detail := explainRule(rule.Match, r)
+		matched, detail := explainRule(rule, r)
 		action := "allow"
 		if rule.Match.Action == allowlist.Deny {
 			action = "deny"
@@ -65,12 +65,26 @@ func (t *Tenant) Explain(r Request) Trace {
 	}
 	d := t.Decide(r)
 	tr.Code, tr.Rule, tr.Reason = d.Code, d.Rule, d.Reason
+	if c := d.Connector; c != nil && c.Rate != nil {
+		tr.Quota = fmt.Sprintf("tenant: %s; connector %s: %g requests/s, burst %d", tr.Quota, c.Name, c.Rate.PerSecond, c.Rate.Burst)
+	}
 	if c := d.Connector; c != nil && d.Allow {
 		if r.Tunnel && c.Inspect {
 			tr.Inspect = "the tunnel is inspected with the gateway's CA; each request inside is decided on its own method and path"
 		}
 		for _, h := range c.Inject {
 			tr.Inject = append(tr.Inject, h.Name) // names only: values hold secrets
+		}
+		if h := c.Hooks; h != nil && (!r.Tunnel || c.Inspect) {
+			var names []string
+			if h.Request != nil {
+				names = append(names, "request "+h.Request.Name())
+			}
+			if h.Response != nil {
+				names = append(names, "response "+h.Response.Name())
+			}
+			tr.Hooks = fmt.Sprintf("%s (timeout %s, max_memory %d, max_allocs %d, max_body_bytes %d)",
+				strings.Join(names, ", "), h.Limits.Timeout, h.Limits.MaxMemory, h.Limits.MaxAllocs, h.Limits.MaxBodyBytes)
 		}
 	}
 	switch {
@@ -95,7 +109,8 @@ func (t *Tenant) identity() string {
 	return fmt.Sprintf("tenant %q from %s (%s)", t.ID, t.File, strings.Join(ways, " or "))
 }
 
-func explainRule(m allowlist.Rule, r Request) (bool, string) {
+func explainRule(rule Rule, r Request) (bool, string) {
+	m := rule.Match
 	hostOK := slices.ContainsFunc(m.Hosts, func(p allowlist.Pattern) bool { return p.Match(r.Host) })
 	if !hostOK {
 		return false, fmt.Sprintf("host %s is not in %v", r.Host, m.Hosts)
@@ -108,7 +123,10 @@ func explainRule(m allowlist.Rule, r Request) (bool, string) {
 		return false, fmt.Sprintf("port %d is not in %v", r.Port, ports)
 	}
 	if r.Tunnel {
-		if m.Conditional() {
+		switch {
+		case m.Conditional() && rule.Connector != nil && rule.Connector.Inspect:
+			return true, "host and port match; the tunnel is inspected, so each request inside meets its methods and paths"
+		case m.Conditional():
 			return true, "host and port match; its methods and paths cannot be checked in an uninspected tunnel"
 		}
 		return true, "host and port match"

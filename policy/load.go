@@ -213,6 +213,7 @@ func (b *builder) gateway(files configFiles) {
 	// Sections whose features this build does not enforce yet are refused
 	// rather than accepted and ignored: a policy that says more than the
 	// gateway does would be a silent hole.
+	g.Hooks = b.hooksSettings(doc, gf.Hooks)
 	b.secrets = b.resolveSecrets(doc, gf.Secrets)
 	b.loadCA(doc, gf.TLS)
 
@@ -364,7 +365,7 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 		inject = b.injectHeaders(doc, cf.Inject.Headers)
 		allowPlaintext = cf.Inject.AllowPlaintext
 	}
-	b.unsupported(doc, cf.Hooks != nil, "hooks")
+	connectorHooks := b.connectorHooks(doc, cf.Hooks)
 	b.unsupported(doc, cf.Redact != nil, "redact")
 	var rate *Rate
 	if cf.Quota != nil {
@@ -373,11 +374,15 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 	if len(b.errs) > before {
 		return nil, false
 	}
-	return &Connector{
+	c := &Connector{
 		Name: cf.Name, Version: version, File: doc.file,
 		Inspect: cf.Inspect, Inject: inject, AllowPlaintext: allowPlaintext,
-		Rate: rate, rule: rule,
-	}, true
+		Rate: rate, Hooks: connectorHooks, rule: rule,
+	}
+	if c.NeedsInspection() && !c.Inspect {
+		b.warnf(doc, doc.line("name"), "connector %q restricts methods or paths, injects credentials or runs hooks without inspect: true: HTTPS tunnels to it are refused, only plain HTTP can use it", c.Name)
+	}
+	return c, true
 }
 
 // matchRule validates and compiles the matching part shared by connectors

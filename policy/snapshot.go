@@ -89,7 +89,9 @@ type Connector struct {
 	AllowPlaintext bool
 	// Rate limits requests through this connector, per tenant; nil: none.
 	Rate *Rate
-	rule allowlist.Rule
+	// Hooks transform requests and responses; nil: none.
+	Hooks *ConnectorHooks
+	rule  allowlist.Rule
 }
 
 // InjectedHeader is one header a connector sets on the sandbox's behalf.
@@ -103,7 +105,7 @@ type InjectedHeader struct {
 // readable traffic allows: method or path rules, or injection. Such a
 // connector refuses uninspected tunnels.
 func (c *Connector) NeedsInspection() bool {
-	return c.rule.Conditional() || len(c.Inject) > 0
+	return c.rule.Conditional() || len(c.Inject) > 0 || c.Hooks != nil
 }
 
 // SecretValues lists every secret value the connector injects, for
@@ -139,6 +141,7 @@ type Gateway struct {
 	CAFingerprint string
 
 	Quota QuotaBackend
+	Hooks Hooks
 
 	AuditOutput     string
 	MaxTenantLabels int

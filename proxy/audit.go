@@ -73,7 +73,7 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 		BytesUp:    ex.bytesUp.Load(),
 		BytesDown:  ex.bytesDown.Load(),
 		DurationMS: float64(elapsed.Microseconds()) / 1000,
-		Hooks:      []string{},
+		Hooks:      append([]string{}, ex.hooks...),
 		Redactions: []string{},
 	}
 	switch {

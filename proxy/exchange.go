@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -47,6 +48,7 @@ type exchange struct {
 	rate       quota.Result // the rate decision, for the RateLimit headers
 	slot       quota.Slot   // the concurrency slot, released by finish
 	retryAfter int          // seconds, for a rate_limited refusal
+	hooks      []string     // scripts run, for the audit line
 
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
@@ -74,6 +76,11 @@ func (ex *exchange) fail(code policy.Code, denied bool, message string) {
 // upstreamFailed records a failed dial or upstream exchange. An address
 // the dialer refused is the gateway's denial; the rest are upstream faults.
 func (ex *exchange) upstreamFailed(err error) {
+	var refused *refusal
+	if errors.As(err, &refused) {
+		ex.fail(refused.code, true, refused.message)
+		return
+	}
 	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
 	code, msg := classify(err, ex.tenantID(), target)
 	ex.fail(code, code == policy.CodeDestinationIPDenied || code == policy.CodeBadRequest, msg)

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
 )
@@ -46,6 +47,7 @@ type Gateway struct {
 	audit     *auditLog
 	quota     quota.Limiter
 	bandwidth *quota.Bandwidth
+	hooks     *hookRuntime
 	registry  *prometheus.Registry
 	metrics   *metrics
 	now       func() time.Time
@@ -89,6 +91,7 @@ func New(opts Options) (*Gateway, error) {
 		log:        opts.Logger,
 		audit:      &auditLog{w: opts.Audit},
 		quota:      opts.Quota,
+		hooks:      &hookRuntime{cfg: hooks.RuntimeConfig{MaxConcurrent: opts.Settings.Hooks.MaxConcurrent, Defaults: opts.Settings.Hooks.Defaults}},
 		bandwidth:  opts.Bandwidth,
 		registry:   opts.Registry,
 		metrics:    newMetrics(opts.Registry),
@@ -257,6 +260,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		err = g.server.Close()
 	}
 	g.cancelBase()
+	g.hooks.close()
 	if rt := g.runtime.Load(); rt != nil {
 		rt.transport.CloseIdleConnections()
 	}

@@ -83,23 +83,14 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			pr.Out.URL.Scheme = "https"
 			pr.Out.URL.Host = authority
 			pr.Out.Host = authority
-			if c := ex.decision.Connector; c != nil {
-				for _, h := range c.Inject {
-					pr.Out.Header.Set(h.Name, h.Value)
-				}
-				if len(c.Inject) > 0 {
-					// What comes back is scrubbed of the injected secrets,
-					// which compression would hide.
-					pr.Out.Header.Del("Accept-Encoding")
-				}
-			}
+			ex.inject(pr.Out.Header)
 		},
 		Transport: exchangeTransport{},
 		ModifyResponse: func(resp *http.Response) error {
 			ex := resp.Request.Context().Value(exchangeKey{}).(*exchange)
 			resp.Header.Set("X-Request-Id", ex.id)
 			ex.setRateHeaders(resp.Header)
-			return scrubResponse(resp, ex.decision.Connector)
+			return ex.transformResponse(resp)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			ex := r.Context().Value(exchangeKey{}).(*exchange)
@@ -128,6 +119,11 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 		}
 		ex.tenant = tenant
 		if !ex.innerTarget(r, tunnelEx) || !ex.admit(r.Context(), false) {
+			writeError(w, ex)
+			return
+		}
+		if refused := ex.requestHook(r); refused != nil {
+			ex.fail(refused.code, true, refused.message)
 			writeError(w, ex)
 			return
 		}
@@ -211,8 +207,21 @@ func scrubResponse(resp *http.Response, c *policy.Connector) error {
 		}
 		resp.Header[name] = values
 	}
+	if err := decodeBody(resp); err != nil {
+		return err
+	}
+	resp.Header.Del("Content-Length")
+	resp.ContentLength = -1
+	resp.Body = newScrubReader(resp.Body, secrets)
+	return nil
+}
+
+// decodeBody undoes a gzip Content-Encoding so the body can be read by
+// the gateway; an encoding it cannot decode fails closed.
+func decodeBody(resp *http.Response) error {
 	switch enc := strings.ToLower(resp.Header.Get("Content-Encoding")); enc {
 	case "", "identity":
+		return nil
 	case "gzip", "x-gzip":
 		zr, err := gzip.NewReader(resp.Body)
 		if err != nil {
@@ -223,13 +232,12 @@ func scrubResponse(resp *http.Response, c *policy.Connector) error {
 			io.Closer
 		}{zr, resp.Body}
 		resp.Header.Del("Content-Encoding")
+		resp.Header.Del("Content-Length")
+		resp.ContentLength = -1
+		return nil
 	default:
 		return &encodingError{encoding: enc}
 	}
-	resp.Header.Del("Content-Length")
-	resp.ContentLength = -1
-	resp.Body = newScrubReader(resp.Body, secrets)
-	return nil
 }
 
 type encodingError struct{ encoding string }

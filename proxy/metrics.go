@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -21,6 +22,8 @@ type metrics struct {
 	reloads        *prometheus.CounterVec
 	quotaRejects   *prometheus.CounterVec
 	quotaFailOpen  *prometheus.CounterVec
+	hookRuns       *prometheus.CounterVec
+	hookDuration   *prometheus.HistogramVec
 	generation     prometheus.Gauge
 	lastReloadTime prometheus.Gauge
 
@@ -51,6 +54,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		quotaFailOpen: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressgw_quota_fail_open_total", Help: "Requests let through without a quota check because the backend was unreachable and on_error is allow.",
 		}, []string{"tenant"}),
+		hookRuns: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressgw_hook_runs_total", Help: "Hook runs by connector and result: ok, denied, body_too_large, or how the run failed.",
+		}, []string{"connector", "result"}),
+		hookDuration: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "egressgw_hook_duration_seconds", Help: "Time a hook run took, waiting for a worker included.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"connector"}),
 		reloads: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressgw_config_reloads_total", Help: "Config loads by result (success or error).",
 		}, []string{"result"}),
@@ -122,4 +132,11 @@ func (m *metrics) quotaRejection(tenant, kind string) {
 
 func (m *metrics) quotaFailedOpen(tenant string) {
 	m.quotaFailOpen.WithLabelValues(m.tenantLabel(tenant)).Inc()
+}
+
+func (m *metrics) hookRun(connector, result string, elapsed time.Duration) {
+	m.hookRuns.WithLabelValues(connector, result).Inc()
+	if elapsed > 0 {
+		m.hookDuration.WithLabelValues(connector).Observe(elapsed.Seconds())
+	}
 }

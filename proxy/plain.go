@@ -43,6 +43,11 @@ func (g *Gateway) onRequest(r *http.Request, pctx *goproxy.ProxyCtx) (*http.Requ
 		return r, errorResponse(ex, r)
 	}
 	removeHopByHop(r.Header, isUpgrade(r.Header))
+	if refused := ex.requestHook(r); refused != nil {
+		ex.fail(refused.code, true, refused.message)
+		return r, errorResponse(ex, r)
+	}
+	ex.inject(r.Header)
 	if r.Body != nil && r.Body != http.NoBody {
 		egress, _ := ex.shapers()
 		r.Body = &countingReader{ReadCloser: egress.ReadCloser(r.Context(), r.Body), n: &ex.bytesUp}
@@ -57,6 +62,10 @@ func (g *Gateway) onRequest(r *http.Request, pctx *goproxy.ProxyCtx) (*http.Requ
 func (ex *exchange) RoundTrip(r *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
 	resp, err := ex.rt.transport.RoundTrip(r)
 	if err != nil {
+		return nil, err
+	}
+	if err := ex.transformResponse(resp); err != nil {
+		_ = resp.Body.Close()
 		return nil, err
 	}
 	_, ingress := ex.shapers()

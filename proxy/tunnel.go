@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,7 +66,7 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
 	defer open.Dec()
 
 	ex.status = http.StatusOK
-	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(client, connectEstablished(ex)); err != nil {
 		t.close()
 		return
 	}
@@ -89,7 +90,7 @@ func (g *Gateway) inspectedTunnel(ex *exchange, client net.Conn) {
 	open.Inc()
 	defer open.Dec()
 	ex.status = http.StatusOK
-	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(client, connectEstablished(ex)); err != nil {
 		t.close()
 		return
 	}
@@ -258,4 +259,17 @@ func (s *tunnelSet) drain(ctx context.Context) {
 	for _, t := range s.snapshot() {
 		t.close()
 	}
+}
+
+// connectEstablished is the reply that opens a tunnel, with the RateLimit
+// headers of the token the CONNECT took.
+func connectEstablished(ex *exchange) string {
+	h := http.Header{}
+	ex.setRateHeaders(h)
+	h.Set("X-Request-Id", ex.id)
+	var b strings.Builder
+	b.WriteString("HTTP/1.1 200 Connection established\r\n")
+	_ = h.Write(&b)
+	b.WriteString("\r\n")
+	return b.String()
 }

@@ -158,12 +158,14 @@ func newShaper(bytesPerSecond int64, clock func() time.Time) *Shaper {
 }
 
 // shaperBurst returns the bucket size for a rate: a tenth of a second's
-// worth, between 1 byte and maxShaperStep. The burst is what an idle tenant
-// may send at once, so it is kept small against the rate (the achieved rate
-// over a few seconds stays within a few percent of the limit), and it is
-// also the largest step, which keeps turns between connections short.
+// worth. That is what an idle tenant may send at once, small against the
+// rate over a few seconds; and it is what a connection can catch up after
+// the process stalls (a busy machine, a GC pause) — a bucket of only one
+// step (32 KiB is 31 ms at 1 MiB/s) would lose every stall longer than
+// that for good. Steps stay at most maxShaperStep (see step), which keeps
+// turns between connections short.
 func shaperBurst(bytesPerSecond int64) int {
-	return int(min(max(bytesPerSecond/10, 1), maxShaperStep))
+	return int(max(bytesPerSecond/10, 1))
 }
 
 func (s *Shaper) setRate(bytesPerSecond int64) {
@@ -241,7 +243,7 @@ func (s *Shaper) Writer(ctx context.Context, w io.Writer) io.Writer {
 // step returns the most bytes one wait may cover. WaitN refuses an n above
 // the burst outright, so no caller may ask for more.
 func (s *Shaper) step() int {
-	return s.limiter.Burst()
+	return min(s.limiter.Burst(), maxShaperStep)
 }
 
 // wait blocks until n bytes may pass.

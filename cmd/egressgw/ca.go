@@ -29,13 +29,18 @@ func caInit(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: egressgw ca init --out DIR")
 		return exitUsage
 	}
-	certPath, keyPath := filepath.Join(*out, "ca.pem"), filepath.Join(*out, "ca-key.pem")
-	if err := writeCA(*out, certPath, keyPath, time.Now()); err != nil {
+	dir, err := filepath.Abs(*out)
+	if err != nil {
+		fmt.Fprintln(stderr, "egressgw:", err)
+		return exitFail
+	}
+	certPath, keyPath := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
+	if err := writeCA(dir, certPath, keyPath, time.Now()); err != nil {
 		fmt.Fprintln(stderr, "egressgw:", err)
 		return exitFail
 	}
 	fmt.Fprintf(stdout, "wrote %s (give it to the sandboxes to trust) and %s (mode 0600; the gateway's only)\n", certPath, keyPath)
-	fmt.Fprintf(stdout, "in gateway.yaml:\ntls:\n  ca_cert: %s\n  ca_key: %s\n", certPath, keyPath)
+	fmt.Fprintf(stdout, "in gateway.yaml (paths may also be relative to the config directory):\ntls:\n  ca_cert: %s\n  ca_key: %s\n", certPath, keyPath)
 	return exitOK
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/egressgw/egressgw/configs"
+	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
 )
 
@@ -30,6 +31,7 @@ Usage:
   egressgw serve [--config DIR_OR_FILE] [--listen ADDR] [--admin-listen ADDR] [--log-format json|text] [--watch=false]
   egressgw check --config DIR
   egressgw explain --config DIR --tenant ID [--method M] [--json] URL
+  egressgw hook test --script FILE [--request REQ.json] [--response RESP.json]
   egressgw ca init --out DIR
   egressgw token new
   egressgw healthcheck [--admin-listen ADDR]
@@ -39,6 +41,9 @@ With no --config, serve runs the embedded quickstart policy.
 `
 
 func main() {
+	// Hook scripts run in worker processes started from this executable;
+	// in such a process this becomes the worker and never returns.
+	hooks.WorkerMain()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -60,6 +65,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return tokenNew(stdout, stderr)
 		}
 		fmt.Fprint(stderr, "usage: egressgw token new\n")
+		return exitUsage
+	case "hook":
+		if len(rest) >= 1 && rest[0] == "test" {
+			return hookTest(rest[1:], stdout, stderr)
+		}
+		fmt.Fprint(stderr, "usage: egressgw hook test --script FILE [--request REQ.json] [--response RESP.json]\n")
 		return exitUsage
 	case "ca":
 		if len(rest) >= 1 && rest[0] == "init" {

@@ -1,0 +1,91 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/egressgw/egressgw/hooks"
+)
+
+// Hooks is gateway.yaml's hooks section with defaults applied.
+type Hooks struct {
+	MaxConcurrent int          // 0: 2 x GOMAXPROCS
+	Defaults      hooks.Limits // complete: every field set
+}
+
+// ConnectorHooks are a connector's compiled transform scripts and the
+// limits their runs get (the connector's own over the gateway's defaults).
+type ConnectorHooks struct {
+	Request  *hooks.Script // nil: none
+	Response *hooks.Script // nil: none
+	Limits   hooks.Limits
+}
+
+func hookLimits(f hookLimitsFile) hooks.Limits {
+	l := hooks.Limits{}
+	if f.MaxAllocs != nil {
+		l.MaxAllocs = *f.MaxAllocs
+	}
+	if f.MaxMemory != nil {
+		l.MaxMemory = int64(*f.MaxMemory)
+	}
+	if f.Timeout != nil {
+		l.Timeout = time.Duration(*f.Timeout)
+	}
+	if f.MaxBodyBytes != nil {
+		l.MaxBodyBytes = int64(*f.MaxBodyBytes)
+	}
+	return l
+}
+
+func (b *builder) hooksSettings(doc *yamlDoc, f hooksFile) Hooks {
+	h := Hooks{MaxConcurrent: intOr(f.MaxConcurrent, 0), Defaults: hookLimits(f.Defaults).Or(hooks.DefaultLimits())}
+	if h.MaxConcurrent < 0 {
+		b.errorf(doc, doc.line("hooks", "max_concurrent"), "max_concurrent: must be 0 (2 x CPUs) or more")
+	}
+	if err := h.Defaults.Validate(); err != nil {
+		b.errorf(doc, doc.line("hooks", "defaults"), "hooks.defaults: %v", err)
+	}
+	return h
+}
+
+// connectorHooks compiles a connector's scripts: a script that does not
+// compile rejects the config with the script's own file and line.
+func (b *builder) connectorHooks(doc *yamlDoc, f *connectorHooksFile) *ConnectorHooks {
+	if f == nil {
+		return nil
+	}
+	ch := &ConnectorHooks{Limits: hookLimits(f.hookLimitsFile).Or(b.snap.Gateway.Hooks.Defaults)}
+	if err := ch.Limits.Validate(); err != nil {
+		b.errorf(doc, doc.line("hooks"), "hooks: %v", err)
+	}
+	if f.Request == "" && f.Response == "" {
+		b.errorf(doc, doc.line("hooks"), "hooks: name a request or a response script")
+	}
+	ch.Request = b.compileHook(doc, f.Request, "request")
+	ch.Response = b.compileHook(doc, f.Response, "response")
+	return ch
+}
+
+func (b *builder) compileHook(doc *yamlDoc, path, key string) *hooks.Script {
+	if path == "" {
+		return nil
+	}
+	src, err := b.readFile(path)
+	if err != nil {
+		b.errorf(doc, doc.line("hooks", key), "hooks.%s: %v", key, err)
+		return nil
+	}
+	script, err := hooks.Compile(path, src)
+	var ce *hooks.CompileError
+	switch {
+	case errors.As(err, &ce):
+		b.errs = append(b.errs, ConfigError{File: ce.File, Line: ce.Line, Msg: ce.Message})
+		return nil
+	case err != nil:
+		b.errorf(doc, doc.line("hooks", key), "hooks.%s: %v", key, fmt.Sprint(err))
+		return nil
+	}
+	return script
+}

@@ -1,0 +1,243 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/egressgw/egressgw/hooks"
+	"github.com/egressgw/egressgw/policy"
+)
+
+// refusal is a transform step refusing an exchange after it was allowed:
+// a hook that denied or failed, a body too large to inspect. It travels as
+// an error through the transport and goproxy to where the reply is made.
+type refusal struct {
+	code    policy.Code
+	message string
+}
+
+func (r *refusal) Error() string { return string(r.code) + ": " + r.message }
+
+// hookRuntime starts the hook workers the first time a policy uses hooks,
+// so a gateway without hooks runs no worker process. A failure to start is
+// remembered and fails every hooked request closed.
+type hookRuntime struct {
+	cfg  hooks.RuntimeConfig
+	once sync.Once
+	rt   *hooks.Runtime
+	err  error
+}
+
+func (h *hookRuntime) get() (*hooks.Runtime, error) {
+	h.once.Do(func() { h.rt, h.err = hooks.NewRuntime(h.cfg) })
+	return h.rt, h.err
+}
+
+func (h *hookRuntime) close() {
+	if h.rt != nil {
+		_ = h.rt.Close()
+	}
+}
+
+// requestHook runs the allowing connector's request hook on r and applies
+// its edits. The script sees what the sandbox sent: before injection, and
+// without the proxy credentials. An edited method or path is decided again,
+// so a hook cannot carry a request outside the connector's rules.
+func (ex *exchange) requestHook(r *http.Request) *refusal {
+	c := ex.decision.Connector
+	if c == nil || c.Hooks == nil || c.Hooks.Request == nil {
+		return nil
+	}
+	script, limits := c.Hooks.Request, c.Hooks.Limits
+	body, tooLarge := readBounded(r.Body, limits.MaxBodyBytes)
+	if tooLarge {
+		ex.gw.metrics.hookRun(c.Name, "body_too_large", 0)
+		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name)}
+	}
+	headers := r.Header.Clone()
+	for name := range headers {
+		if strings.HasPrefix(name, "Proxy-") {
+			delete(headers, name)
+		}
+	}
+	in := hooks.Request{
+		Method: r.Method, Scheme: ex.scheme, Host: ex.host, Port: int(ex.port),
+		Path: ex.path, Query: r.URL.RawQuery, Headers: headers, Body: body,
+	}
+	in.URL = in.Scheme + "://" + hostPortString(ex.host, ex.port) + in.Path
+	if in.Query != "" {
+		in.URL += "?" + in.Query
+	}
+	outcome, err := ex.runHook(r.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
+		var err error
+		var oc hooks.Outcome
+		in, oc, err = rt.RunRequest(ctx, script, meta, in, limits)
+		return oc, err
+	})
+	if err != nil {
+		return err
+	}
+	if outcome.Denied {
+		return &refusal{policy.CodeHookDenied, outcome.DenyReason}
+	}
+	if in.Method != r.Method || in.Path != ex.path {
+		if err := policy.CheckPath(in.Path); err != nil {
+			return &refusal{policy.CodeHookFailed, fmt.Sprintf("hook %s produced an ambiguous path", script.Name())}
+		}
+		d := ex.tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: in.Method, Path: in.Path, TLS: ex.scheme == "https"})
+		if !d.Allow {
+			return &refusal{policy.CodeDestinationNotAllowed, "after hook " + script.Name() + ": " + d.Reason}
+		}
+		ex.method, ex.path = in.Method, in.Path
+	}
+	target, err2 := url.ParseRequestURI(in.Path + queryPart(in.Query))
+	if err2 != nil {
+		return &refusal{policy.CodeHookFailed, fmt.Sprintf("hook %s produced an invalid path or query", script.Name())}
+	}
+	r.Method = in.Method
+	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = target.Path, target.RawPath, target.RawQuery
+	r.Header = in.Headers
+	r.Body = io.NopCloser(bytes.NewReader(in.Body))
+	r.ContentLength = int64(len(in.Body))
+	r.Header.Del("Content-Length")
+	if len(in.Body) == 0 && outcome.BodyChanged {
+		r.Body = http.NoBody
+	}
+	return nil
+}
+
+// responseHook runs the connector's response hook on resp (already
+// scrubbed of injected secrets) and applies its edits.
+func (ex *exchange) responseHook(resp *http.Response) error {
+	c := ex.decision.Connector
+	if c == nil || c.Hooks == nil || c.Hooks.Response == nil {
+		return nil
+	}
+	script, limits := c.Hooks.Response, c.Hooks.Limits
+	if err := decodeBody(resp); err != nil {
+		return err
+	}
+	body, tooLarge := readBounded(resp.Body, limits.MaxBodyBytes)
+	_ = resp.Body.Close()
+	if tooLarge {
+		ex.gw.metrics.hookRun(c.Name, "body_too_large", 0)
+		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name)}
+	}
+	req := hooks.Request{Method: ex.method, Scheme: ex.scheme, Host: ex.host, Port: int(ex.port), Path: ex.path}
+	in := hooks.Response{Status: resp.StatusCode, Headers: resp.Header, Body: body}
+	outcome, err := ex.runHook(resp.Request.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
+		var err error
+		var oc hooks.Outcome
+		in, oc, err = rt.RunResponse(ctx, script, meta, req, in, limits)
+		return oc, err
+	})
+	if err != nil {
+		return err
+	}
+	if outcome.Denied {
+		return &refusal{policy.CodeHookDenied, outcome.DenyReason}
+	}
+	resp.StatusCode, resp.Status = in.Status, strconv.Itoa(in.Status)+" "+http.StatusText(in.Status)
+	resp.Header = in.Headers
+	resp.Body = io.NopCloser(bytes.NewReader(in.Body))
+	resp.ContentLength = int64(len(in.Body))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(in.Body)))
+	resp.Header.Del("Transfer-Encoding")
+	return nil
+}
+
+// runHook runs one script through the gateway's hook runtime, counting the
+// run; errors come back as refusals with the SPEC §3 code.
+func (ex *exchange) runHook(ctx context.Context, c *policy.Connector, script *hooks.Script,
+	run func(*hooks.Runtime, context.Context, hooks.Meta) (hooks.Outcome, error)) (hooks.Outcome, *refusal) {
+	ex.hooks = append(ex.hooks, script.Name())
+	rt, err := ex.gw.hooks.get()
+	if err != nil {
+		ex.gw.log.Error("hook runtime unavailable", "error", err)
+		ex.gw.metrics.hookRun(c.Name, "unavailable", 0)
+		return hooks.Outcome{}, &refusal{policy.CodeHookFailed, "the gateway cannot run hooks right now"}
+	}
+	start := ex.gw.now()
+	outcome, err := run(rt, ctx, hooks.Meta{Tenant: ex.tenant.ID, Connector: c.Name, ConnectorVersion: c.Version})
+	elapsed := ex.gw.now().Sub(start)
+	var tooLarge *hooks.BodyTooLargeError
+	var failed *hooks.RunError
+	switch {
+	case errors.As(err, &tooLarge):
+		ex.gw.metrics.hookRun(c.Name, "body_too_large", elapsed)
+		return outcome, &refusal{policy.CodeBodyTooLarge, tooLarge.Error()}
+	case errors.As(err, &failed):
+		ex.gw.metrics.hookRun(c.Name, failed.Kind.String(), elapsed)
+		return outcome, &refusal{policy.CodeHookFailed, failed.Error()}
+	case err != nil:
+		ex.gw.metrics.hookRun(c.Name, "error", elapsed)
+		return outcome, &refusal{policy.CodeHookFailed, "hook " + script.Name() + " failed"}
+	case outcome.Denied:
+		ex.gw.metrics.hookRun(c.Name, "denied", elapsed)
+	default:
+		ex.gw.metrics.hookRun(c.Name, "ok", elapsed)
+	}
+	return outcome, nil
+}
+
+// readBounded reads at most limit bytes of body and reports whether there
+// was more; it never holds more than limit+1 bytes.
+func readBounded(body io.ReadCloser, limit int64) ([]byte, bool) {
+	if body == nil || body == http.NoBody {
+		return nil, false
+	}
+	data, err := io.ReadAll(io.LimitReader(body, limit+1))
+	if err != nil {
+		return data, false
+	}
+	return data, int64(len(data)) > limit
+}
+
+func queryPart(q string) string {
+	if q == "" {
+		return ""
+	}
+	return "?" + q
+}
+
+func hostPortString(host string, port uint16) string {
+	if strings.Contains(host, ":") {
+		return "[" + host + "]:" + itoa(port)
+	}
+	return host + ":" + itoa(port)
+}
+
+// inject sets the allowing connector's credentials on an outgoing request,
+// after the request hook, so no script ever sees them. Compression is not
+// requested: what comes back is scrubbed of the secrets, and transformed,
+// which a compressed body would hide.
+func (ex *exchange) inject(h http.Header) {
+	c := ex.decision.Connector
+	if c == nil {
+		return
+	}
+	for _, ih := range c.Inject {
+		h.Set(ih.Name, ih.Value)
+	}
+	if len(c.Inject) > 0 || c.Hooks != nil {
+		h.Del("Accept-Encoding")
+	}
+}
+
+// transformResponse is the response side of the transform step: injected
+// secrets scrubbed first, so the response hook never sees them either,
+// then the hook.
+func (ex *exchange) transformResponse(resp *http.Response) error {
+	if err := scrubResponse(resp, ex.decision.Connector); err != nil {
+		return err
+	}
+	return ex.responseHook(resp)
+}
