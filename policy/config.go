@@ -84,11 +84,18 @@ type redactionFile struct {
 }
 
 type redactionProfileFile struct {
-	Detectors         []string `yaml:"detectors"`
-	JSONFields        []string `yaml:"json_fields"`
-	Headers           []string `yaml:"headers"`
-	Action            string   `yaml:"action"`
-	OnUnsupportedBody string   `yaml:"on_unsupported_body"`
+	Detectors         []string               `yaml:"detectors"`
+	Patterns          []redactionPatternFile `yaml:"patterns"`
+	JSONFields        []string               `yaml:"json_fields"`
+	Headers           []string               `yaml:"headers"`
+	QueryParams       []string               `yaml:"query_params"`
+	Action            string                 `yaml:"action"`
+	OnUnsupportedBody string                 `yaml:"on_unsupported_body"`
+}
+
+type redactionPatternFile struct {
+	Name  string `yaml:"name"`
+	Regex string `yaml:"regex"`
 }
 
 type auditFile struct {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/redaction"
 )
 
 // Trace is the full reasoning behind one decision, for `egressgw explain`
@@ -74,6 +75,9 @@ func (t *Tenant) Explain(r Request) Trace {
 		}
 		for _, h := range c.Inject {
 			tr.Inject = append(tr.Inject, h.Name) // names only: values hold secrets
+		}
+		if rd := c.Redact; rd != nil && (!r.Tunnel || c.Inspect) {
+			tr.Redact = fmt.Sprintf("request %v, response %v", chainNames(rd.Request), chainNames(rd.Response))
 		}
 		if h := c.Hooks; h != nil && (!r.Tunnel || c.Inspect) {
 			var names []string
@@ -181,4 +185,12 @@ func (tr Trace) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+func chainNames(c redaction.Chain) []string {
+	names := make([]string, len(c))
+	for i, p := range c {
+		names[i] = p.Name()
+	}
+	return names
 }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/redaction"
 )
 
 // The files of a config directory (SPEC §2).
@@ -218,7 +219,7 @@ func (b *builder) gateway(files configFiles) {
 	b.loadCA(doc, gf.TLS)
 
 	g.Quota = b.quotaBackend(doc, gf.Quota)
-	b.unsupported(doc, len(gf.Redaction.Profiles) > 0, "redaction", "profiles")
+	g.Redaction = b.redactionSettings(doc, gf.Redaction)
 }
 
 // upstreamRoots builds the pool upstream certificates are verified
@@ -366,7 +367,7 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 		allowPlaintext = cf.Inject.AllowPlaintext
 	}
 	connectorHooks := b.connectorHooks(doc, cf.Hooks)
-	b.unsupported(doc, cf.Redact != nil, "redact")
+	redact := b.connectorRedaction(doc, cf.Redact)
 	var rate *Rate
 	if cf.Quota != nil {
 		rate = b.rate(doc, cf.Quota.RequestsPerSecond, cf.Quota.Burst, "quota")
@@ -377,7 +378,18 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 	c := &Connector{
 		Name: cf.Name, Version: version, File: doc.file,
 		Inspect: cf.Inspect, Inject: inject, AllowPlaintext: allowPlaintext,
-		Rate: rate, Hooks: connectorHooks, rule: rule,
+		Rate: rate, Hooks: connectorHooks, Redact: redact, rule: rule,
+	}
+	if secrets := c.SecretValues(); len(secrets) > 0 {
+		values := make([][]byte, len(secrets))
+		for i, v := range secrets {
+			values[i] = []byte(v)
+		}
+		scrubber, err := redaction.NewSecretScrubber(values)
+		if err != nil {
+			b.errorf(doc, doc.line("inject"), "inject: %v", err)
+		}
+		c.Scrubber = scrubber
 	}
 	if c.NeedsInspection() && !c.Inspect {
 		b.warnf(doc, doc.line("name"), "connector %q restricts methods or paths, injects credentials or runs hooks without inspect: true: HTTPS tunnels to it are refused, only plain HTTP can use it", c.Name)
@@ -563,47 +575,54 @@ func (b *builder) resolveSecrets(doc *yamlDoc, sources map[string]secretSourceFi
 	sort.Strings(names)
 	b.declaredSecrets = map[string]bool{}
 	for _, name := range names {
-		src := sources[name]
 		b.declaredSecrets[name] = true
 		line := doc.line("secrets", name)
 		if !secretName.MatchString(name) {
 			b.errorf(doc, line, "secret name %q: want letters, digits, '_', '.' or '-'", name)
 			continue
 		}
-		var value string
-		switch {
-		case src.Env != "" && src.File != "":
-			b.errorf(doc, line, "secret %q: set env or file, not both", name)
-			continue
-		case src.Env != "":
-			v, ok := os.LookupEnv(src.Env)
-			if !ok || v == "" {
-				b.errorf(doc, line, "secret %q: environment variable %s is not set", name, src.Env)
-				continue
-			}
-			value = v
-		case src.File != "":
-			data, err := b.readFile(src.File)
-			if err != nil {
-				b.errorf(doc, line, "secret %q: %v", name, err)
-				continue
-			}
-			value = strings.TrimRight(string(data), "\r\n")
-		default:
-			b.errorf(doc, line, "secret %q: set env or file", name)
-			continue
+		if value, ok := b.resolveSecret(doc, line, fmt.Sprintf("secret %q", name), sources[name]); ok {
+			out[name] = value
 		}
-		if strings.ContainsAny(value, "\r\n\x00") {
-			b.errorf(doc, line, "secret %q: the value holds a line break or NUL, which no header may carry", name)
-			continue
-		}
-		if len(value) < minSecretLen {
-			b.errorf(doc, line, "secret %q: shorter than %d bytes; too short to be scrubbed safely from responses", name, minSecretLen)
-			continue
-		}
-		out[name] = value
 	}
 	return out
+}
+
+// resolveSecret reads one secret from its environment variable or file;
+// what names it in errors, never its value.
+func (b *builder) resolveSecret(doc *yamlDoc, line int, what string, src secretSourceFile) (string, bool) {
+	var value string
+	switch {
+	case src.Env != "" && src.File != "":
+		b.errorf(doc, line, "%s: set env or file, not both", what)
+		return "", false
+	case src.Env != "":
+		v, ok := os.LookupEnv(src.Env)
+		if !ok || v == "" {
+			b.errorf(doc, line, "%s: environment variable %s is not set", what, src.Env)
+			return "", false
+		}
+		value = v
+	case src.File != "":
+		data, err := b.readFile(src.File)
+		if err != nil {
+			b.errorf(doc, line, "%s: %v", what, err)
+			return "", false
+		}
+		value = strings.TrimRight(string(data), "\r\n")
+	default:
+		b.errorf(doc, line, "%s: set env or file", what)
+		return "", false
+	}
+	if strings.ContainsAny(value, "\r\n\x00") {
+		b.errorf(doc, line, "%s: the value holds a line break or NUL, which no header may carry", what)
+		return "", false
+	}
+	if len(value) < minSecretLen {
+		b.errorf(doc, line, "%s: shorter than %d bytes; too short to be scrubbed safely from responses", what, minSecretLen)
+		return "", false
+	}
+	return value, true
 }
 
 // injectHeaders validates a connector's inject.headers and resolves the

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/redaction"
 )
 
 // Snapshot is one complete, validated policy: gateway settings, tenants and
@@ -91,7 +92,12 @@ type Connector struct {
 	Rate *Rate
 	// Hooks transform requests and responses; nil: none.
 	Hooks *ConnectorHooks
-	rule  allowlist.Rule
+	// Redact scrubs what leaves and what comes back; nil: nothing.
+	Redact *ConnectorRedaction
+	// Scrubber removes the injected secrets from everything that goes
+	// back to the sandbox; nil when the connector injects none.
+	Scrubber *redaction.SecretScrubber
+	rule     allowlist.Rule
 }
 
 // InjectedHeader is one header a connector sets on the sandbox's behalf.
@@ -105,7 +111,7 @@ type InjectedHeader struct {
 // readable traffic allows: method or path rules, or injection. Such a
 // connector refuses uninspected tunnels.
 func (c *Connector) NeedsInspection() bool {
-	return c.rule.Conditional() || len(c.Inject) > 0 || c.Hooks != nil
+	return c.rule.Conditional() || len(c.Inject) > 0 || c.Hooks != nil || c.Redact != nil
 }
 
 // SecretValues lists every secret value the connector injects, for
@@ -140,8 +146,9 @@ type Gateway struct {
 	CA            *tls.Certificate
 	CAFingerprint string
 
-	Quota QuotaBackend
-	Hooks Hooks
+	Quota     QuotaBackend
+	Hooks     Hooks
+	Redaction Redaction
 
 	AuditOutput     string
 	MaxTenantLabels int

@@ -74,7 +74,7 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 		BytesDown:  ex.bytesDown.Load(),
 		DurationMS: float64(elapsed.Microseconds()) / 1000,
 		Hooks:      append([]string{}, ex.hooks...),
-		Redactions: []string{},
+		Redactions: append([]string{}, ex.redactions...),
 	}
 	switch {
 	case ex.decision.Report && ex.code == policy.CodeOK:

@@ -49,6 +49,7 @@ type exchange struct {
 	slot       quota.Slot   // the concurrency slot, released by finish
 	retryAfter int          // seconds, for a rate_limited refusal
 	hooks      []string     // scripts run, for the audit line
+	redactions []string     // profile:detector=count, for the audit line
 
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64

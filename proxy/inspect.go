@@ -122,7 +122,7 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			writeError(w, ex)
 			return
 		}
-		if refused := ex.requestHook(r); refused != nil {
+		if refused := ex.transformRequest(r); refused != nil {
 			ex.fail(refused.code, true, refused.message)
 			writeError(w, ex)
 			return
@@ -191,28 +191,23 @@ func writeError(w http.ResponseWriter, ex *exchange) {
 }
 
 // scrubResponse removes the connector's injected secrets from what goes
-// back to the sandbox: header values at once, the body as it streams. A
-// gzip body is decoded first; other encodings cannot be scrubbed and fail.
+// back to the sandbox: header values at once, the body as it streams (its
+// plain, JSON-escaped and URL-escaped forms). A gzip body is decoded
+// first; other encodings cannot be scrubbed and fail closed.
 func scrubResponse(resp *http.Response, c *policy.Connector) error {
-	if c == nil {
+	if c == nil || c.Scrubber == nil {
 		return nil
 	}
-	secrets := c.SecretValues()
-	if len(secrets) == 0 {
-		return nil
-	}
-	for name, values := range resp.Header {
-		for i, v := range values {
-			values[i] = scrubString(v, secrets)
-		}
-		resp.Header[name] = values
-	}
+	c.Scrubber.Headers(resp.Header)
 	if err := decodeBody(resp); err != nil {
 		return err
 	}
 	resp.Header.Del("Content-Length")
 	resp.ContentLength = -1
-	resp.Body = newScrubReader(resp.Body, secrets)
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{c.Scrubber.Reader(resp.Body), resp.Body}
 	return nil
 }
 
@@ -243,63 +238,6 @@ func decodeBody(resp *http.Response) error {
 type encodingError struct{ encoding string }
 
 func (e *encodingError) Error() string { return "cannot scrub " + e.encoding + " body" }
-
-const scrubbedSecret = "[REDACTED:secret]"
-
-func scrubString(s string, secrets []string) string {
-	for _, secret := range secrets {
-		s = strings.ReplaceAll(s, secret, scrubbedSecret)
-	}
-	return s
-}
-
-// scrubReader replaces secrets in a stream. It holds back the last
-// longest-secret-minus-one bytes of what it has read, so a secret split
-// across two reads is still found.
-type scrubReader struct {
-	src     io.ReadCloser
-	secrets []string
-	keep    int
-	buf     []byte
-	pending []byte // read, not yet scrubbed
-	ready   []byte // scrubbed, not yet returned
-	err     error
-}
-
-func newScrubReader(src io.ReadCloser, secrets []string) *scrubReader {
-	keep := 0
-	for _, s := range secrets {
-		keep = max(keep, len(s)-1)
-	}
-	return &scrubReader{src: src, secrets: secrets, keep: keep, buf: make([]byte, 32<<10)}
-}
-
-func (s *scrubReader) Read(p []byte) (int, error) {
-	for len(s.ready) == 0 {
-		if s.err != nil {
-			if len(s.pending) > 0 {
-				s.ready, s.pending = []byte(scrubString(string(s.pending), s.secrets)), nil
-				continue
-			}
-			return 0, s.err
-		}
-		n, err := s.src.Read(s.buf)
-		s.pending = append(s.pending, s.buf[:n]...)
-		s.err = err
-		if len(s.pending) > s.keep && err == nil {
-			scrubbed := scrubString(string(s.pending), s.secrets)
-			// Hold back a tail that may be the start of a secret, unless
-			// the tail is itself part of a replacement already made.
-			cut := len(scrubbed) - s.keep
-			s.ready, s.pending = []byte(scrubbed[:cut]), []byte(scrubbed[cut:])
-		}
-	}
-	n := copy(p, s.ready)
-	s.ready = s.ready[n:]
-	return n, nil
-}
-
-func (s *scrubReader) Close() error { return s.src.Close() }
 
 // countingWriter counts the body bytes sent to the client and remembers
 // the status; Unwrap lets http.ResponseController reach Flush and Hijack

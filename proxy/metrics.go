@@ -23,6 +23,7 @@ type metrics struct {
 	quotaRejects   *prometheus.CounterVec
 	quotaFailOpen  *prometheus.CounterVec
 	hookRuns       *prometheus.CounterVec
+	redactions     *prometheus.CounterVec
 	hookDuration   *prometheus.HistogramVec
 	generation     prometheus.Gauge
 	lastReloadTime prometheus.Gauge
@@ -61,6 +62,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "egressgw_hook_duration_seconds", Help: "Time a hook run took, waiting for a worker included.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"connector"}),
+		redactions: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressgw_redactions_total", Help: "Values redacted, by profile and detector (or field rule).",
+		}, []string{"profile", "detector"}),
 		reloads: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressgw_config_reloads_total", Help: "Config loads by result (success or error).",
 		}, []string{"result"}),

@@ -43,7 +43,7 @@ func (g *Gateway) onRequest(r *http.Request, pctx *goproxy.ProxyCtx) (*http.Requ
 		return r, errorResponse(ex, r)
 	}
 	removeHopByHop(r.Header, isUpgrade(r.Header))
-	if refused := ex.requestHook(r); refused != nil {
+	if refused := ex.transformRequest(r); refused != nil {
 		ex.fail(refused.code, true, refused.message)
 		return r, errorResponse(ex, r)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/redaction"
 )
 
 // refusal is a transform step refusing an exchange after it was allowed:
@@ -45,6 +46,15 @@ func (h *hookRuntime) close() {
 	if h.rt != nil {
 		_ = h.rt.Close()
 	}
+}
+
+// transformRequest is the request side of the transform step: the hook
+// sees what the sandbox sent, then redaction scrubs what will leave.
+func (ex *exchange) transformRequest(r *http.Request) *refusal {
+	if refused := ex.requestHook(r); refused != nil {
+		return refused
+	}
+	return ex.redactRequest(r)
 }
 
 // requestHook runs the allowing connector's request hook on r and applies
@@ -227,17 +237,96 @@ func (ex *exchange) inject(h http.Header) {
 	for _, ih := range c.Inject {
 		h.Set(ih.Name, ih.Value)
 	}
-	if len(c.Inject) > 0 || c.Hooks != nil {
+	if len(c.Inject) > 0 || c.Hooks != nil || c.Redact != nil {
 		h.Del("Accept-Encoding")
 	}
 }
 
 // transformResponse is the response side of the transform step: injected
-// secrets scrubbed first, so the response hook never sees them either,
-// then the hook.
+// secrets scrubbed first, so neither redaction nor the response hook ever
+// sees them, then the connector's response redaction, then the hook.
 func (ex *exchange) transformResponse(resp *http.Response) error {
 	if err := scrubResponse(resp, ex.decision.Connector); err != nil {
 		return err
 	}
+	if err := ex.redactResponse(resp); err != nil {
+		return err
+	}
 	return ex.responseHook(resp)
+}
+
+// redactRequest applies the connector's request redaction to what leaves:
+// after the request hook, so a script cannot put back what redaction
+// removes, and before injection, so the injected credential is not
+// redacted away. A body it cannot inspect whole is refused, never sent.
+func (ex *exchange) redactRequest(r *http.Request) *refusal {
+	c := ex.decision.Connector
+	if c == nil || c.Redact == nil || len(c.Redact.Request) == 0 {
+		return nil
+	}
+	chain := c.Redact.Request
+	ex.recordRedactions(chain.Headers(r.Header))
+	query, rep := chain.Query(r.URL.RawQuery)
+	r.URL.RawQuery = query
+	ex.recordRedactions(rep)
+	if !chain.InspectsBody() || r.Body == nil || r.Body == http.NoBody {
+		return nil
+	}
+	if enc := r.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
+		return &refusal{policy.CodeBodyTooLarge, "a " + enc + "-encoded request body cannot be redacted; send it uncompressed"}
+	}
+	limit := ex.rt.live.Gateway.Redaction.MaxBodyBytes
+	body, tooLarge := readBounded(r.Body, limit)
+	if tooLarge {
+		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than redaction.max_body_bytes (%d) and is never sent unredacted", limit)}
+	}
+	out, rep, err := chain.Body(r.Header.Get("Content-Type"), body)
+	if err != nil {
+		return &refusal{policy.CodeBodyTooLarge, err.Error()}
+	}
+	ex.recordRedactions(rep)
+	r.Body = io.NopCloser(bytes.NewReader(out))
+	r.ContentLength = int64(len(out))
+	r.Header.Del("Content-Length")
+	return nil
+}
+
+// redactResponse applies the connector's response redaction before the
+// response hook sees it.
+func (ex *exchange) redactResponse(resp *http.Response) error {
+	c := ex.decision.Connector
+	if c == nil || c.Redact == nil || len(c.Redact.Response) == 0 {
+		return nil
+	}
+	chain := c.Redact.Response
+	ex.recordRedactions(chain.Headers(resp.Header))
+	if !chain.InspectsBody() {
+		return nil
+	}
+	if err := decodeBody(resp); err != nil {
+		return err
+	}
+	limit := ex.rt.live.Gateway.Redaction.MaxBodyBytes
+	body, tooLarge := readBounded(resp.Body, limit)
+	_ = resp.Body.Close()
+	if tooLarge {
+		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than redaction.max_body_bytes (%d) and is never passed unredacted", limit)}
+	}
+	out, rep, err := chain.Body(resp.Header.Get("Content-Type"), body)
+	if err != nil {
+		return &refusal{policy.CodeBodyTooLarge, err.Error()}
+	}
+	ex.recordRedactions(rep)
+	resp.Body = io.NopCloser(bytes.NewReader(out))
+	resp.ContentLength = int64(len(out))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(out)))
+	resp.Header.Del("Transfer-Encoding")
+	return nil
+}
+
+func (ex *exchange) recordRedactions(rep redaction.Report) {
+	for _, f := range rep {
+		ex.gw.metrics.redactions.WithLabelValues(f.Profile, f.Detector).Add(float64(f.Count))
+	}
+	ex.redactions = append(ex.redactions, rep.Strings()...)
 }
