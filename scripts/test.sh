@@ -40,4 +40,10 @@ fuzz ./allowlist FuzzParsePattern
 fuzz ./allowlist FuzzAddressCheck
 fuzz ./policy FuzzLoad
 fuzz ./proxy FuzzParseBasic
+fuzz ./redaction FuzzRedactJSON
+fuzz ./redaction FuzzRedactText
+fuzz ./redaction FuzzRedactURLEncoded
+fuzz ./redaction FuzzSecretScrubber
+fuzz ./hooks FuzzConvertJSON
+fuzz ./hooks FuzzDecodeReplyFrame
 echo "all tests passed"
