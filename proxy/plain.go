@@ -64,6 +64,15 @@ func (ex *exchange) RoundTrip(r *http.Request, _ *goproxy.ProxyCtx) (*http.Respo
 	if err != nil {
 		return nil, err
 	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
+			// goproxy relays an upgraded connection through the body's
+			// Write and Read; count both, and close the books at the end.
+			ex.status = resp.StatusCode
+			resp.Body = &upgradedBody{rwc: rwc, ex: ex}
+			return resp, nil
+		}
+	}
 	if err := ex.transformResponse(resp); err != nil {
 		_ = resp.Body.Close()
 		return nil, err
@@ -153,4 +162,29 @@ func isUpgrade(h http.Header) bool {
 		}
 	}
 	return false
+}
+
+// upgradedBody is the two-way stream of a connection that switched
+// protocols (WebSocket), counted in both directions.
+type upgradedBody struct {
+	rwc io.ReadWriteCloser
+	ex  *exchange
+}
+
+func (b *upgradedBody) Read(p []byte) (int, error) {
+	n, err := b.rwc.Read(p)
+	b.ex.bytesDown.Add(int64(n))
+	return n, err
+}
+
+func (b *upgradedBody) Write(p []byte) (int, error) {
+	n, err := b.rwc.Write(p)
+	b.ex.bytesUp.Add(int64(n))
+	return n, err
+}
+
+func (b *upgradedBody) Close() error {
+	err := b.rwc.Close()
+	b.ex.finish()
+	return err
 }

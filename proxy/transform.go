@@ -51,6 +51,11 @@ func (h *hookRuntime) close() {
 // transformRequest is the request side of the transform step: the hook
 // sees what the sandbox sent, then redaction scrubs what will leave.
 func (ex *exchange) transformRequest(r *http.Request) *refusal {
+	if c := ex.decision.Connector; c != nil && isUpgrade(r.Header) &&
+		(c.Scrubber != nil || c.Hooks != nil || (c.Redact != nil && len(c.Redact.Response) > 0)) {
+		return &refusal{policy.CodeDestinationNotAllowed, fmt.Sprintf(
+			"connector %q scrubs, redacts or transforms responses, which an upgraded (WebSocket) connection would bypass; upgrades through it are refused", c.Name)}
+	}
 	if refused := ex.requestHook(r); refused != nil {
 		return refused
 	}

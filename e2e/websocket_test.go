@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// upgradeEcho accepts an Upgrade handshake (the WebSocket shape, without
+// framing: the test only needs the bytes after the 101 to flow) and then
+// echoes whatever arrives.
+var upgradeEcho = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		http.Error(w, "want an upgrade", http.StatusBadRequest)
+		return
+	}
+	conn, rw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	fmt.Fprint(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	rw.Flush()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.Copy(conn, rw)
+})
+
+// TestUpgradePassesThrough: a plain-HTTP request that upgrades is decided
+// like any other, then its bytes flow both ways and are counted.
+func TestUpgradePassesThrough(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", upgradeEcho)
+	g := startGateway(t, configFiles{
+		"gateway.yaml":      gatewayYAML(""),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("ws", []string{hostAPI}, origin.port)),
+	})
+	conn := g.dial(t)
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+		origin.url(hostAPI, "/socket"), origin.authority(hostAPI), acme.header())
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d, want 101", resp.StatusCode)
+	}
+	_ = conn.SetDeadline(time.Now().Add(scaled(5 * time.Second)))
+	for _, msg := range []string{"hello", "through the gateway"} {
+		if _, err := io.WriteString(conn, msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(br, got); err != nil || string(got) != msg {
+			t.Fatalf("echo %q, %v; want %q", got, err, msg)
+		}
+	}
+	conn.Close()
+	rec := g.waitAudit(t, auditWith("tenant", acme.tenant, "path", "/socket"))
+	if rec["status"] != float64(101) || auditNumber(rec, "bytes_up") < 5 || auditNumber(rec, "bytes_down") < 5 {
+		t.Errorf("audit line of the upgraded connection: %v", rec)
+	}
+
+	// A refused upgrade is refused like any request.
+	g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostOther, "/socket"), http.StatusForbidden, "destination_not_allowed", origin)
+}
+
+// TestUpgradeRefusedWhereResponsesAreScrubbed: a connector that injects
+// credentials scrubs every response; frames after an upgrade could not be
+// scrubbed, so the upgrade is refused before it reaches the upstream.
+func TestUpgradeRefusedWhereResponsesAreScrubbed(t *testing.T) {
+	t.Parallel()
+	fx := startInspectFixture(t)
+	tunnel := fx.g.tunnel(t, inspector, fx.origin.authority(hostAPI))
+	tlsConn := tls.Client(tunnel, &tls.Config{ServerName: hostAPI, RootCAs: fx.caPool})
+	fmt.Fprintf(tlsConn, "GET /v1/socket HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", fx.origin.authority(hostAPI))
+	resp, err := http.ReadResponse(bufio.NewReader(tlsConn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := assertGatewayError(t, resp, http.StatusForbidden, "destination_not_allowed")
+	if !strings.Contains(e.Message, "upgrade") {
+		t.Errorf("message %q does not say why", e.Message)
+	}
+	if len(fx.origin.requestsTo("/v1/socket")) != 0 {
+		t.Error("the upgrade reached the upstream")
+	}
+}
