@@ -1,0 +1,175 @@
+package main
+
+import (
+	"io"
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPolicyShapeHasTheRequestedSize(t *testing.T) {
+	shape := policyShape{tenants: 100, rules: 500, plainPort: 1080, tlsPort: 1443, auditPath: "/tmp/audit.log", maxConns: 10000}
+	files := shape.files()
+	var connectors, tenants, tenantRules, upstreamRules int
+	for name, content := range files {
+		switch {
+		case strings.HasPrefix(name, "connectors/"):
+			connectors++
+		case strings.HasPrefix(name, "tenants/"):
+			tenants++
+			tenantRules += strings.Count(content, "  - name: ")
+			upstreamRules += strings.Count(content, "bench-upstreams")
+		}
+	}
+	if connectors+tenantRules != 500 || tenants != 100 {
+		t.Errorf("%d connectors + %d tenant rules, %d tenants; want 500 rules over 100 tenants", connectors, tenantRules, tenants)
+	}
+	if upstreamRules != loadTenantCount {
+		t.Errorf("%d tenants may reach the upstreams, want the %d load tenants", upstreamRules, loadTenantCount)
+	}
+	if strings.Contains(files["gateway.yaml"], "quota") || strings.Contains(files["tenants/tenant-000.yaml"], "quota") {
+		t.Error("quotas rendered although the shape has none")
+	}
+
+	shape.quotas = true
+	shape.inspect = &interceptFiles{caCert: "ca.pem", caKey: "ca-key.pem", upstreamRoot: "root.pem"}
+	if files = shape.files(); files["tenants/inspect-hooked.yaml"] != "" || strings.Contains(files["gateway.yaml"], "redaction") {
+		t.Error("the plain inspected path should come without hooks and redaction")
+	}
+	shape.hooked = true
+	files = shape.files()
+	for _, want := range []string{"tenants/inspect-plain.yaml", "tenants/inspect-hooked.yaml", "connectors/bench-inspect-hooked.yaml", headerHookScript} {
+		if files[want] == "" {
+			t.Errorf("inspected path: %s missing", want)
+		}
+	}
+	if !strings.Contains(files["tenants/tenant-042.yaml"], "requests_per_second: 1000000") {
+		t.Errorf("tenant file lacks its quota:\n%s", files["tenants/tenant-042.yaml"])
+	}
+}
+
+func TestPercentilesAndMedian(t *testing.T) {
+	r := loadResult{}
+	for i := 1; i <= 100; i++ {
+		r.latencies = append(r.latencies, time.Duration(i)*time.Millisecond)
+	}
+	for _, tc := range []struct {
+		p    float64
+		want float64
+	}{{50, 50}, {99, 99}, {100, 100}, {0.1, 1}} {
+		if got := r.percentileMS(tc.p); got != tc.want {
+			t.Errorf("p%v = %v ms, want %v", tc.p, got, tc.want)
+		}
+	}
+	if got := (loadResult{}).percentileMS(99); !math.IsNaN(got) {
+		t.Errorf("p99 without samples = %v, want NaN", got)
+	}
+	if got := median([]float64{3, 1, 2}); got != 2 {
+		t.Errorf("median of 3 values = %v", got)
+	}
+	if got := median([]float64{4, 1, 2, 3}); got != 2.5 {
+		t.Errorf("median of 4 values = %v", got)
+	}
+}
+
+func TestSanityProblems(t *testing.T) {
+	small := scenario{id: scenarioSmall, figures: []figureSpec{{id: figSmallRPS}}}
+	added := scenario{id: scenarioHalfLoad, figures: []figureSpec{{id: figHalfLoadAdded, mayBeNonPositive: true}}}
+	targets := []*preparedTarget{{name: targetDirect}, {name: targetEgressgw}}
+	cases := []struct {
+		name    string
+		record  func(c *collector)
+		wantBad string // "" = sane
+	}{
+		{"sane", func(c *collector) {
+			c.add(0, small, targetDirect, outcome{values: map[string]float64{figSmallRPS: 10}})
+			c.add(0, small, targetEgressgw, outcome{values: map[string]float64{figSmallRPS: 5}})
+			c.add(0, added, targetDirect, outcome{values: map[string]float64{}, without: map[string]string{figHalfLoadAdded: "baseline"}})
+			c.add(0, added, targetEgressgw, outcome{values: map[string]float64{figHalfLoadAdded: -0.1}})
+		}, ""},
+		{"zero throughput", func(c *collector) {
+			c.add(0, small, targetDirect, outcome{values: map[string]float64{figSmallRPS: 10}})
+			c.add(0, small, targetEgressgw, outcome{values: map[string]float64{figSmallRPS: 0}})
+		}, "small_rps of egressgw: value 0"},
+		{"no samples", func(c *collector) {
+			c.add(0, small, targetDirect, outcome{values: map[string]float64{figSmallRPS: 10}})
+			c.add(0, small, targetEgressgw, outcome{values: map[string]float64{figSmallRPS: math.NaN()}})
+		}, "no value"},
+		{"failed operations", func(c *collector) {
+			c.add(0, small, targetDirect, outcome{values: map[string]float64{figSmallRPS: 10}})
+			c.add(0, small, targetEgressgw, outcome{values: map[string]float64{figSmallRPS: 5}, problems: []string{"3 failed"}})
+		}, "3 failed"},
+		{"scenario failed", func(c *collector) {
+			c.add(0, small, targetDirect, outcome{values: map[string]float64{figSmallRPS: 10}})
+			c.failed(small, targetEgressgw, "opening tunnels: refused")
+		}, "opening tunnels: refused"},
+		{"unavailable is not a failure", func(c *collector) {
+			c.add(0, small, targetDirect, outcome{values: map[string]float64{figSmallRPS: 10}})
+			c.unavailable(small, targetEgressgw, "not available in this build")
+			c.unavailable(added, targetDirect, "not available in this build")
+			c.unavailable(added, targetEgressgw, "not available in this build")
+		}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCollector([]scenario{small, added}, targets)
+			tc.record(c)
+			opts := options{runs: 1}
+			problems := c.result(opts, machineView{}, nil).sanityProblems([]string{targetDirect, targetEgressgw})
+			joined := strings.Join(problems, "\n")
+			switch {
+			case tc.wantBad == "" && len(problems) > 0:
+				t.Errorf("want sane, got:\n%s", joined)
+			case tc.wantBad != "" && !strings.Contains(joined, tc.wantBad):
+				t.Errorf("want a problem mentioning %q, got:\n%s", tc.wantBad, joined)
+			}
+		})
+	}
+}
+
+func TestRatiosArePairedByRun(t *testing.T) {
+	small := scenario{id: scenarioSmall, figures: []figureSpec{{id: figSmallRPS, higherIsBetter: true}}}
+	c := newCollector([]scenario{small}, []*preparedTarget{{name: targetBareGoproxy}, {name: targetEgressgw}})
+	// The machine was twice as busy in run 1; egressgw stays at 0.8× of
+	// bare goproxy in every run, and run 2 of bare goproxy failed.
+	for run, v := range []float64{1000, 500, 1000} {
+		if run != 2 {
+			c.add(run, small, targetBareGoproxy, outcome{values: map[string]float64{figSmallRPS: v}})
+		}
+		c.add(run, small, targetEgressgw, outcome{values: map[string]float64{figSmallRPS: 0.8 * v}})
+	}
+	r := c.result(options{runs: 3}, machineView{}, nil)
+	got := r.figure(figSmallRPS).Targets[1]
+	if got.VsBareGoproxy == nil || math.Abs(*got.VsBareGoproxy-0.8) > 1e-9 {
+		t.Fatalf("egressgw vs bare goproxy = %v, want 0.8 from every run", got.VsBareGoproxy)
+	}
+	if len(got.Runs) != 3 || r.figure(figSmallRPS).Targets[0].Runs[2] != nil {
+		t.Errorf("runs should keep their positions with null for the missing one: %v", r.figure(figSmallRPS).Targets[0].Runs)
+	}
+	if g := r.Goals[0]; g.Status != goalNotMet || !strings.HasPrefix(g.Detail, "0.800×") {
+		t.Errorf("goal %q: %s %s, want not met at 0.80×", g.Goal, g.Status, g.Detail)
+	}
+}
+
+func TestFlagsAreBounded(t *testing.T) {
+	for _, args := range [][]string{
+		{"--runs", "0"},
+		{"--idle-tunnels", "1000000"},
+		{"--targets", "squid"},
+		{"--scenarios", "half-load"},
+		{"--rules", "5", "--tenants", "100"},
+		{"--json", "--markdown"},
+	} {
+		if _, _, err := parseFlags(args, io.Discard); err == nil {
+			t.Errorf("parseFlags(%q) accepted", args)
+		}
+	}
+	opts, _, err := parseFlags([]string{"--smoke"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.runs != 1 || opts.window.total() > time.Second {
+		t.Errorf("--smoke: %d runs of %v; want one short run", opts.runs, opts.window.total())
+	}
+}
