@@ -109,6 +109,13 @@ func (ex *exchange) setRateHeaders(h http.Header) {
 func (ex *exchange) shapers() (egress, ingress *quota.Shaper) {
 	q := ex.tenant.Quota
 	bw := ex.gw.bandwidth
-	return bw.Shaper(bandwidthKey(ex.tenant.ID, "egress"), q.EgressBytes),
-		bw.Shaper(bandwidthKey(ex.tenant.ID, "ingress"), q.IngressBytes)
+	// An unlimited direction needs no lookup at all: a shaper left from
+	// an earlier limit was already set unlimited by the reload.
+	if q.EgressBytes > 0 {
+		egress = bw.Shaper(bandwidthKey(ex.tenant.ID, "egress"), q.EgressBytes)
+	}
+	if q.IngressBytes > 0 {
+		ingress = bw.Shaper(bandwidthKey(ex.tenant.ID, "ingress"), q.IngressBytes)
+	}
+	return egress, ingress
 }

@@ -89,7 +89,7 @@ func New(opts Options) (*Gateway, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gateway{
 		log:        opts.Logger,
-		audit:      &auditLog{w: opts.Audit},
+		audit:      newAuditLog(opts.Audit),
 		quota:      opts.Quota,
 		hooks:      &hookRuntime{cfg: hooks.RuntimeConfig{MaxConcurrent: opts.Settings.Hooks.MaxConcurrent, Defaults: opts.Settings.Hooks.Defaults}},
 		bandwidth:  opts.Bandwidth,
@@ -223,13 +223,16 @@ func (g *Gateway) Live() *policy.Live { return g.holder.Load() }
 
 func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 	return &http.Transport{
-		Proxy:                  nil,
-		DialContext:            d.DialContext,
-		TLSClientConfig:        upstreamTLS(gw.UpstreamRoots),
-		TLSHandshakeTimeout:    gw.DialTimeout,
-		ResponseHeaderTimeout:  gw.IdleTimeout,
-		ExpectContinueTimeout:  time.Second,
-		IdleConnTimeout:        90 * time.Second,
+		Proxy:                 nil,
+		DialContext:           d.DialContext,
+		TLSClientConfig:       upstreamTLS(gw.UpstreamRoots),
+		TLSHandshakeTimeout:   gw.DialTimeout,
+		ResponseHeaderTimeout: gw.IdleTimeout,
+		ExpectContinueTimeout: time.Second,
+		// A pooled connection's pending read carries the deadline it was
+		// parked with; retire it well before that deadline can cut a
+		// request that reuses it.
+		IdleConnTimeout:        min(90*time.Second, gw.IdleTimeout/2),
 		MaxIdleConns:           1024,
 		MaxIdleConnsPerHost:    64,
 		DisableCompression:     true, // the client's Accept-Encoding goes through; bodies pass as they are
@@ -261,6 +264,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	}
 	g.cancelBase()
 	g.hooks.close()
+	if ferr := g.audit.close(); ferr != nil {
+		g.log.Error("audit log flush failed", "error", ferr)
+	}
 	if rt := g.runtime.Load(); rt != nil {
 		rt.transport.CloseIdleConnections()
 	}

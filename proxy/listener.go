@@ -53,6 +53,9 @@ func (c *countedConn) Close() error {
 	return err
 }
 
+// NetConn returns the connection underneath, for the tunnel's splice.
+func (c *countedConn) NetConn() net.Conn { return c.Conn }
+
 // CloseWrite keeps half-close working through the wrapper, which tunnels
 // need to finish one direction while the other still flows.
 func (c *countedConn) CloseWrite() error {

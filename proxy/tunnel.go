@@ -137,31 +137,105 @@ func (t *tunnel) relay(parent context.Context, idle time.Duration) {
 	defer cancel()
 	egress, ingress := t.ex.shapers()
 	t.lastActivity.Store(time.Now().UnixNano())
-	var wg sync.WaitGroup
-	wg.Add(2)
+	// One direction in a goroutine of its own, the other in this one: an
+	// idle tunnel costs two goroutine stacks, not three.
+	upstreamDone := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		t.pipe(t.upstream, t.client, egress.Reader(ctx, t.client), &t.ex.bytesUp, idle)
+		defer close(upstreamDone)
+		t.copyDirection(t.upstream, t.client, egress.Reader(ctx, t.client), &t.ex.bytesUp, idle)
 	}()
-	go func() {
-		defer wg.Done()
-		t.pipe(t.client, t.upstream, ingress.Reader(ctx, t.upstream), &t.ex.bytesDown, idle)
-	}()
-	wg.Wait()
+	t.copyDirection(t.client, t.upstream, ingress.Reader(ctx, t.upstream), &t.ex.bytesDown, idle)
+	<-upstreamDone
 	t.close()
 }
 
+// relayBuffers hold the 32 KiB buffers of directions that are moving
+// data; an idle direction gives its buffer back (see pipe).
 var relayBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// pipe copies src to dst. A read that times out ends the tunnel only if
-// neither direction moved a byte for idle; a one-way stream keeps the
-// tunnel alive. On a clean EOF the write side is half-closed so the other
-// direction can finish; on any error both connections are closed.
-func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, idle time.Duration) {
-	bufp := relayBuffers.Get().(*[]byte)
-	defer relayBuffers.Put(bufp)
-	buf := *bufp
+// idleReadBuffer is what a waiting direction holds: small, since a
+// thousand idle tunnels must cost little memory.
+const idleReadBuffer = 2 << 10
+
+// spliceChunk is how much one splice call may move before the idle
+// deadlines are renewed.
+const spliceChunk = 1 << 20
+
+// copyDirection moves src to dst for one direction of the tunnel. Without
+// a bandwidth shaper, and between two TCP connections, the kernel copies
+// (splice): no buffer in the gateway at all. Otherwise pipe copies through
+// the shaper.
+func (t *tunnel) copyDirection(dst, src net.Conn, shaped io.Reader, counter *atomic.Int64, idle time.Duration) {
+	dstTCP, srcTCP := tcpConn(dst), tcpConn(src)
+	if shaped == io.Reader(src) && dstTCP != nil && srcTCP != nil {
+		t.splice(dstTCP, srcTCP, counter, idle)
+		return
+	}
+	t.pipe(dst, src, shaped, counter, idle)
+}
+
+// splice copies in chunks so that the idle deadlines are renewed while
+// data flows; a chunk cut short by a deadline is fine as long as either
+// direction moved a byte within idle.
+func (t *tunnel) splice(dst, src *net.TCPConn, counter *atomic.Int64, idle time.Duration) {
 	for {
+		now := time.Now()
+		_ = src.SetReadDeadline(now.Add(idle))
+		_ = dst.SetWriteDeadline(now.Add(idle))
+		n, err := dst.ReadFrom(&io.LimitedReader{R: src, N: spliceChunk})
+		if n > 0 {
+			t.lastActivity.Store(time.Now().UnixNano())
+			counter.Add(n)
+		}
+		switch {
+		case err == nil && n == spliceChunk:
+			continue
+		case err == nil: // src reached EOF: let the other direction finish
+			if dst.CloseWrite() == nil {
+				return
+			}
+		case isTimeout(err) && time.Since(time.Unix(0, t.lastActivity.Load())) < idle:
+			continue
+		}
+		t.close()
+		return
+	}
+}
+
+// tcpConn finds the TCP connection under the gateway's wrappers, nil if
+// there is none.
+func tcpConn(c net.Conn) *net.TCPConn {
+	for {
+		switch v := c.(type) {
+		case *net.TCPConn:
+			return v
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return nil
+		}
+	}
+}
+
+// pipe copies src to dst through read (src behind a shaper). A read that
+// times out ends the tunnel only if neither direction moved a byte for
+// idle; a one-way stream keeps the tunnel alive. On a clean EOF the write
+// side is half-closed so the other direction can finish; on any error both
+// connections are closed. While waiting it holds only a small buffer, and
+// a full one only while reads keep filling it.
+func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, idle time.Duration) {
+	small := make([]byte, idleReadBuffer)
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			relayBuffers.Put(big)
+		}
+	}()
+	for {
+		buf := small
+		if big != nil {
+			buf = *big
+		}
 		_ = src.SetReadDeadline(time.Now().Add(idle))
 		n, err := read.Read(buf)
 		if n > 0 {
@@ -173,6 +247,13 @@ func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, 
 				return
 			}
 			counter.Add(int64(n))
+		}
+		switch {
+		case n == len(buf) && big == nil:
+			big = relayBuffers.Get().(*[]byte)
+		case n < len(buf) && big != nil:
+			relayBuffers.Put(big)
+			big = nil
 		}
 		if err == nil {
 			continue
