@@ -51,7 +51,7 @@ func (t *Tenant) Explain(r Request) Trace {
 	tr := Trace{
 		Tenant: t.ID, Mode: t.Mode, Method: r.Method, Host: r.Host, Port: r.Port, Path: r.Path, Tunnel: r.Tunnel,
 		Identity: t.identity(),
-		Network:  "the address is checked against network safety (SPEC §4) when it is dialled, after DNS",
+		Network:  "every address the host resolves to is checked when it is dialled: private, loopback, link-local, metadata and the gateway's own addresses are refused unless network.allow_cidrs lists them",
 		Quota:    t.Quota.String(),
 		Hooks:    "none",
 		Redact:   "none",
