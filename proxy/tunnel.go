@@ -52,10 +52,25 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
 		_ = client.Close()
 		return
 	}
-	t := &tunnel{ex: ex, client: client, upstream: upstream}
+	g.runTunnel(&tunnel{ex: ex, client: client, upstream: upstream}, func(t *tunnel) {
+		t.relay(g.baseCtx, ex.rt.dialer.idleTimeout)
+	})
+}
+
+// inspectedTunnel accepts the CONNECT and serves what is inside it; the
+// upstream is dialled per inner request by the transport, through the same
+// checked dialer.
+func (g *Gateway) inspectedTunnel(ex *exchange, client net.Conn) {
+	g.runTunnel(&tunnel{ex: ex, client: client}, func(t *tunnel) { g.inspect(ex, t) })
+}
+
+// runTunnel registers an open tunnel (for revocation and shutdown) and
+// counts it, answers 200, runs serve until the tunnel ends, and records a
+// revocation in its audit line.
+func (g *Gateway) runTunnel(t *tunnel, serve func(*tunnel)) {
+	ex := t.ex
 	if !g.tunnels.add(t) {
-		_ = client.Close()
-		_ = upstream.Close()
+		t.close()
 		return
 	}
 	defer g.tunnels.remove(t)
@@ -66,35 +81,11 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
 	defer open.Dec()
 
 	ex.status = http.StatusOK
-	if _, err := io.WriteString(client, connectEstablished(ex)); err != nil {
+	if _, err := io.WriteString(t.client, connectEstablished(ex)); err != nil {
 		t.close()
 		return
 	}
-	t.relay(g.baseCtx, ex.rt.dialer.idleTimeout)
-	if reason := t.revoked.Load(); reason != nil {
-		ex.fail(policy.CodeDestinationNotAllowed, true, "tunnel closed by a policy reload: "+*reason)
-	}
-}
-
-// inspectedTunnel accepts the CONNECT and serves what is inside it; the
-// upstream is dialled per inner request by the transport, through the same
-// checked dialer.
-func (g *Gateway) inspectedTunnel(ex *exchange, client net.Conn) {
-	t := &tunnel{ex: ex, client: client}
-	if !g.tunnels.add(t) {
-		_ = client.Close()
-		return
-	}
-	defer g.tunnels.remove(t)
-	open := g.metrics.activeTunnels.WithLabelValues(g.metrics.tenantLabel(ex.tenantID()))
-	open.Inc()
-	defer open.Dec()
-	ex.status = http.StatusOK
-	if _, err := io.WriteString(client, connectEstablished(ex)); err != nil {
-		t.close()
-		return
-	}
-	g.inspect(ex, t)
+	serve(t)
 	t.close()
 	if reason := t.revoked.Load(); reason != nil {
 		ex.fail(policy.CodeDestinationNotAllowed, true, "tunnel closed by a policy reload: "+*reason)
