@@ -105,17 +105,21 @@ func (ex *exchange) setRateHeaders(h http.Header) {
 	h.Set("RateLimit-Reset", strconv.Itoa(ex.rate.ResetSeconds()))
 }
 
-// shapers returns the tenant's bandwidth shapers, nil where unlimited.
+// shapers returns the tenant's bandwidth shapers, nil where unlimited,
+// looked up once per exchange: a plain request needs them twice (its body,
+// then the response's), and a lookup takes the shapers' registry lock.
 func (ex *exchange) shapers() (egress, ingress *quota.Shaper) {
-	q := ex.tenant.Quota
-	bw := ex.gw.bandwidth
-	// An unlimited direction needs no lookup at all: a shaper left from
-	// an earlier limit was already set unlimited by the reload.
-	if q.EgressBytes > 0 {
-		egress = bw.Shaper(bandwidthKey(ex.tenant.ID, "egress"), q.EgressBytes)
-	}
-	if q.IngressBytes > 0 {
-		ingress = bw.Shaper(bandwidthKey(ex.tenant.ID, "ingress"), q.IngressBytes)
-	}
-	return egress, ingress
+	ex.shapersOnce.Do(func() {
+		q := ex.tenant.Quota
+		bw := ex.gw.bandwidth
+		// An unlimited direction needs no lookup at all: a shaper left
+		// from an earlier limit was already set unlimited by the reload.
+		if q.EgressBytes > 0 {
+			ex.egress = bw.Shaper(bandwidthKey(ex.tenant.ID, "egress"), q.EgressBytes)
+		}
+		if q.IngressBytes > 0 {
+			ex.ingress = bw.Shaper(bandwidthKey(ex.tenant.ID, "ingress"), q.IngressBytes)
+		}
+	})
+	return ex.egress, ex.ingress
 }

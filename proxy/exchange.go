@@ -48,8 +48,11 @@ type exchange struct {
 	rate       quota.Result // the rate decision, for the RateLimit headers
 	slot       quota.Slot   // the concurrency slot, released by finish
 	retryAfter int          // seconds, for a rate_limited refusal
-	hooks      []string     // scripts run, for the audit line
-	redactions []string     // profile:detector=count, for the audit line
+
+	shapersOnce     sync.Once
+	egress, ingress *quota.Shaper // the tenant's bandwidth shapers, nil where unlimited
+	hooks           []string      // scripts run, for the audit line
+	redactions      []string      // profile:detector=count, for the audit line
 
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64

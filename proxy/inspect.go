@@ -179,7 +179,8 @@ func (exchangeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return ex.rt.transport.RoundTrip(r)
 }
 
-// writeError sends the gateway's JSON error for ex on a ResponseWriter.
+// writeError sends the gateway's JSON error for ex on a ResponseWriter;
+// closing the reply closes the exchange's books.
 func writeError(w http.ResponseWriter, ex *exchange) {
 	resp := errorResponse(ex, nil)
 	for k, v := range resp.Header {
@@ -188,6 +189,7 @@ func writeError(w http.ResponseWriter, ex *exchange) {
 	w.Header().Del("Content-Length")
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
+	_ = resp.Body.Close()
 }
 
 // scrubResponse removes the connector's injected secrets from what goes

@@ -113,13 +113,7 @@ func (g *Gateway) onResponse(resp *http.Response, pctx *goproxy.ProxyCtx) *http.
 func (g *Gateway) nonProxyHandler(w http.ResponseWriter, r *http.Request) {
 	ex := g.begin(r, false)
 	ex.fail(policy.CodeBadRequest, true, "this is an egress gateway: send requests through it as a proxy (HTTP_PROXY / HTTPS_PROXY), with an absolute URL")
-	resp := errorResponse(ex, r)
-	for k, v := range resp.Header {
-		w.Header()[k] = v
-	}
-	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
-	_ = resp.Body.Close()
+	writeError(w, ex)
 }
 
 // hopByHop are the headers that describe one connection, not the message

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -87,7 +88,7 @@ func (ex *exchange) requestHook(r *http.Request) *refusal {
 		Method: r.Method, Scheme: ex.scheme, Host: ex.host, Port: int(ex.port),
 		Path: ex.path, Query: r.URL.RawQuery, Headers: headers, Body: body,
 	}
-	in.URL = in.Scheme + "://" + hostPortString(ex.host, ex.port) + in.Path
+	in.URL = in.Scheme + "://" + net.JoinHostPort(ex.host, itoa(ex.port)) + in.Path
 	if in.Query != "" {
 		in.URL += "?" + in.Query
 	}
@@ -120,12 +121,7 @@ func (ex *exchange) requestHook(r *http.Request) *refusal {
 	r.Method = in.Method
 	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = target.Path, target.RawPath, target.RawQuery
 	r.Header = in.Headers
-	r.Body = io.NopCloser(bytes.NewReader(in.Body))
-	r.ContentLength = int64(len(in.Body))
-	r.Header.Del("Content-Length")
-	if len(in.Body) == 0 && outcome.BodyChanged {
-		r.Body = http.NoBody
-	}
+	setRequestBody(r, in.Body)
 	return nil
 }
 
@@ -162,10 +158,7 @@ func (ex *exchange) responseHook(resp *http.Response) error {
 	}
 	resp.StatusCode, resp.Status = in.Status, strconv.Itoa(in.Status)+" "+http.StatusText(in.Status)
 	resp.Header = in.Headers
-	resp.Body = io.NopCloser(bytes.NewReader(in.Body))
-	resp.ContentLength = int64(len(in.Body))
-	resp.Header.Set("Content-Length", strconv.Itoa(len(in.Body)))
-	resp.Header.Del("Transfer-Encoding")
+	setResponseBody(resp, in.Body)
 	return nil
 }
 
@@ -221,13 +214,6 @@ func queryPart(q string) string {
 		return ""
 	}
 	return "?" + q
-}
-
-func hostPortString(host string, port uint16) string {
-	if strings.Contains(host, ":") {
-		return "[" + host + "]:" + itoa(port)
-	}
-	return host + ":" + itoa(port)
 }
 
 // inject sets the allowing connector's credentials on an outgoing request,
@@ -290,9 +276,7 @@ func (ex *exchange) redactRequest(r *http.Request) *refusal {
 		return &refusal{policy.CodeBodyTooLarge, err.Error()}
 	}
 	ex.recordRedactions(rep)
-	r.Body = io.NopCloser(bytes.NewReader(out))
-	r.ContentLength = int64(len(out))
-	r.Header.Del("Content-Length")
+	setRequestBody(r, out)
 	return nil
 }
 
@@ -322,11 +306,26 @@ func (ex *exchange) redactResponse(resp *http.Response) error {
 		return &refusal{policy.CodeBodyTooLarge, err.Error()}
 	}
 	ex.recordRedactions(rep)
-	resp.Body = io.NopCloser(bytes.NewReader(out))
-	resp.ContentLength = int64(len(out))
-	resp.Header.Set("Content-Length", strconv.Itoa(len(out)))
-	resp.Header.Del("Transfer-Encoding")
+	setResponseBody(resp, out)
 	return nil
+}
+
+// setRequestBody replaces a request's body with b, which the transport
+// frames itself: no header of the old body's length survives.
+func setRequestBody(r *http.Request, b []byte) {
+	r.Body, r.ContentLength = http.NoBody, 0
+	if len(b) > 0 {
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
+	}
+	r.Header.Del("Content-Length")
+}
+
+// setResponseBody replaces a response's body with b, framed by its length.
+func setResponseBody(resp *http.Response, b []byte) {
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	resp.ContentLength = int64(len(b))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(b)))
+	resp.Header.Del("Transfer-Encoding")
 }
 
 func (ex *exchange) recordRedactions(rep redaction.Report) {
