@@ -232,21 +232,9 @@ func (w *workerState) readRequest(o tengo.Object, run *runFrame, view jsonView) 
 	rb.readOnlyStr("scheme", in.Scheme)
 	rb.readOnlyStr("host", in.Host)
 	rb.readOnlyInt("port", in.Port)
-	if reply.headers, err = rb.headers(in.Headers); err != nil {
+	if err := w.readMessage(rb, reply, in.Headers, in.Body, view, run.limits.MaxBodyBytes); err != nil {
 		return nil, err
 	}
-	body, changed, reencoded, err := rb.body(in.Body, view, w.hasher, run.limits.MaxBodyBytes)
-	if err != nil {
-		return nil, err
-	}
-	if reencoded {
-		reply.headers = markJSON(reply.headers)
-	}
-	reply.bodyChanged = changed
-	if changed {
-		reply.body = body
-	}
-	reply.dropped = rb.dropped
 	return reply, nil
 }
 
@@ -267,22 +255,33 @@ func (w *workerState) readResponse(o tengo.Object, run *runFrame, view jsonView)
 		}
 		reply.code = int(n.Value)
 	}
-	if reply.headers, err = rb.headers(in.Headers); err != nil {
+	if err := w.readMessage(rb, reply, in.Headers, in.Body, view, run.limits.MaxBodyBytes); err != nil {
 		return nil, err
 	}
-	body, changed, reencoded, err := rb.body(in.Body, view, w.hasher, run.limits.MaxBodyBytes)
+	return reply, nil
+}
+
+// readMessage reads back what requests and responses share: headers and
+// body (re-encoded from json when the script assigned it), and the edits
+// the gateway dropped.
+func (w *workerState) readMessage(rb *readBack, reply *replyFrame, headers map[string][]string, body []byte, view jsonView, maxBody int64) error {
+	var err error
+	if reply.headers, err = rb.headers(headers); err != nil {
+		return err
+	}
+	out, changed, reencoded, err := rb.body(body, view, w.hasher, maxBody)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if reencoded {
 		reply.headers = markJSON(reply.headers)
 	}
 	reply.bodyChanged = changed
 	if changed {
-		reply.body = body
+		reply.body = out
 	}
 	reply.dropped = rb.dropped
-	return reply, nil
+	return nil
 }
 
 // runVM runs the program once in a fresh VM. A fresh VM per run costs

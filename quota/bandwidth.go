@@ -50,23 +50,8 @@ type Bandwidth struct {
 
 // NewBandwidth returns an empty Bandwidth.
 func NewBandwidth(opts BandwidthOptions) *Bandwidth {
-	maxKeys := opts.MaxKeys
-	if maxKeys <= 0 {
-		maxKeys = DefaultMaxKeys
-	}
-	idle := opts.IdleTTL
-	if idle <= 0 {
-		idle = DefaultIdleTTL
-	}
-	clock := opts.Clock
-	if clock == nil {
-		clock = time.Now
-	}
-	shapers, err := simplelru.NewLRU[string, *Shaper](maxKeys, nil)
-	if err != nil {
-		// NewLRU fails only for a size below 1, excluded above.
-		panic(fmt.Sprintf("quota: %v", err))
-	}
+	maxKeys, idle, clock := stateDefaults(opts.MaxKeys, opts.IdleTTL, opts.Clock)
+	shapers := newLRU[*Shaper](maxKeys)
 	return &Bandwidth{
 		replicas: int64(max(opts.Replicas, 1)),
 		idle:     idle,

@@ -2,7 +2,6 @@ package quota
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -64,23 +63,8 @@ var _ Limiter = (*Memory)(nil)
 
 // NewMemory returns an empty Memory.
 func NewMemory(opts MemoryOptions) *Memory {
-	maxKeys := opts.MaxKeys
-	if maxKeys <= 0 {
-		maxKeys = DefaultMaxKeys
-	}
-	idle := opts.IdleTTL
-	if idle <= 0 {
-		idle = DefaultIdleTTL
-	}
-	clock := opts.Clock
-	if clock == nil {
-		clock = time.Now
-	}
-	buckets, err := simplelru.NewLRU[string, *bucket](maxKeys, nil)
-	if err != nil {
-		// NewLRU fails only for a size below 1, excluded above.
-		panic(fmt.Sprintf("quota: %v", err))
-	}
+	maxKeys, idle, clock := stateDefaults(opts.MaxKeys, opts.IdleTTL, opts.Clock)
+	buckets := newLRU[*bucket](maxKeys)
 	return &Memory{
 		clock:   clock,
 		epoch:   clock(),

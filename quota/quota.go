@@ -3,8 +3,11 @@ package quota
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // Limit is a request-rate limit: a token bucket that refills at Rate tokens
@@ -177,3 +180,28 @@ const (
 	// with FailedOpen set.
 	FailOpen OnError = "allow"
 )
+
+// stateDefaults fills the bounds of per-key state that a backend's options
+// leave unset.
+func stateDefaults(maxKeys int, idle time.Duration, clock func() time.Time) (int, time.Duration, func() time.Time) {
+	if maxKeys <= 0 {
+		maxKeys = DefaultMaxKeys
+	}
+	if idle <= 0 {
+		idle = DefaultIdleTTL
+	}
+	if clock == nil {
+		clock = time.Now
+	}
+	return maxKeys, idle, clock
+}
+
+// newLRU makes the bounded map per-key state lives in; size is at least 1.
+func newLRU[V any](size int) *simplelru.LRU[string, V] {
+	lru, err := simplelru.NewLRU[string, V](size, nil)
+	if err != nil {
+		// NewLRU fails only for a size below 1, which stateDefaults excludes.
+		panic(fmt.Sprintf("quota: %v", err))
+	}
+	return lru
+}
