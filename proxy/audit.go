@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"encoding/json"
 	"io"
 	"strconv"
 	"sync"
@@ -12,27 +11,28 @@ import (
 )
 
 // auditRecord is one line of the audit log (SPEC §8). It never holds a
-// body, a credential or a query string: Path is the path alone.
+// body, a credential or a query string: Path is the path alone. The tags
+// document the line; appendJSON writes what json.Marshal would.
 type auditRecord struct {
-	Time       string   `json:"time"`
-	RequestID  string   `json:"request_id"`
-	Tenant     string   `json:"tenant"`
-	Client     string   `json:"client"`
-	Method     string   `json:"method"`
-	Scheme     string   `json:"scheme"`
-	Host       string   `json:"host"`
-	Port       uint16   `json:"port"`
-	Path       string   `json:"path"`
-	Decision   string   `json:"decision"`
-	Code       string   `json:"code"`
-	Rule       string   `json:"rule"`
-	Status     int      `json:"status"`
-	BytesUp    int64    `json:"bytes_up"`
-	BytesDown  int64    `json:"bytes_down"`
-	DurationMS float64  `json:"duration_ms"`
-	Hooks      []string `json:"hooks"`
-	Redactions []string `json:"redactions"`
-	Reason     string   `json:"reason,omitempty"`
+	Time       time.Time `json:"time"`
+	RequestID  string    `json:"request_id"`
+	Tenant     string    `json:"tenant"`
+	Client     string    `json:"client"`
+	Method     string    `json:"method"`
+	Scheme     string    `json:"scheme"`
+	Host       string    `json:"host"`
+	Port       uint16    `json:"port"`
+	Path       string    `json:"path"`
+	Decision   string    `json:"decision"`
+	Code       string    `json:"code"`
+	Rule       string    `json:"rule"`
+	Status     int       `json:"status"`
+	BytesUp    int64     `json:"bytes_up"`
+	BytesDown  int64     `json:"bytes_down"`
+	DurationMS float64   `json:"duration_ms"`
+	Hooks      []string  `json:"hooks"`
+	Redactions []string  `json:"redactions"`
+	Reason     string    `json:"reason,omitempty"`
 }
 
 // auditFlushInterval bounds how long a line may wait in the buffer: the
@@ -40,9 +40,14 @@ type auditRecord struct {
 // was the largest single cost on the request path.
 const auditFlushInterval = 100 * time.Millisecond
 
+// auditLineReuse is the largest line buffer kept for reuse: a rare line
+// with a huge path is not worth pinning memory for.
+const auditLineReuse = 16 << 10
+
 // auditLog writes whole lines into a buffer, so concurrent records never
 // interleave, and flushes it every auditFlushInterval and on close.
 type auditLog struct {
+	lines   sync.Pool // *[]byte: lines are encoded outside the lock
 	mu      sync.Mutex
 	w       *bufio.Writer
 	pending bool
@@ -53,20 +58,29 @@ type auditLog struct {
 
 func newAuditLog(w io.Writer) *auditLog {
 	a := &auditLog{w: bufio.NewWriterSize(w, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
+	a.lines.New = func() any { b := make([]byte, 0, 1024); return &b }
 	go a.flushLoop()
 	return a
 }
 
 func (a *auditLog) write(rec *auditRecord) error {
-	line, err := json.Marshal(rec)
-	if err != nil {
-		return err
+	buf := a.lines.Get().(*[]byte)
+	line := append(rec.appendJSON((*buf)[:0]), '\n')
+	err := a.writeLine(line)
+	if cap(line) <= auditLineReuse {
+		*buf = line
+		a.lines.Put(buf)
 	}
-	line = append(line, '\n')
+	return err
+}
+
+// writeLine copies one whole line into the buffer; the caller may reuse
+// line once it returns.
+func (a *auditLog) writeLine(line []byte) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.pending = true
-	if _, err = a.w.Write(line); err != nil || !a.closed {
+	if _, err := a.w.Write(line); err != nil || !a.closed {
 		return err
 	}
 	a.pending = false
@@ -111,7 +125,7 @@ func (a *auditLog) close() error {
 func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 	decision := ex.decisionLabel()
 	rec := auditRecord{
-		Time:       ex.start.UTC().Format(time.RFC3339Nano),
+		Time:       ex.start.UTC(),
 		RequestID:  ex.id,
 		Tenant:     ex.tenantID(),
 		Client:     ex.client,
@@ -127,8 +141,10 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 		BytesUp:    ex.bytesUp.Load(),
 		BytesDown:  ex.bytesDown.Load(),
 		DurationMS: float64(elapsed.Microseconds()) / 1000,
-		Hooks:      append([]string{}, ex.hooks...),
-		Redactions: append([]string{}, ex.redactions...),
+		// Not copied: rec is encoded before write returns, and an
+		// exchange runs no hook or redaction once it is finished.
+		Hooks:      orEmpty(ex.hooks),
+		Redactions: orEmpty(ex.redactions),
 	}
 	switch {
 	case ex.decision.Report && ex.code == policy.CodeOK:
@@ -149,6 +165,14 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 	if rec.BytesDown > 0 {
 		g.metrics.bytes.WithLabelValues(tenant, "ingress").Add(float64(rec.BytesDown))
 	}
+}
+
+// orEmpty keeps an empty list [] rather than null in the audit line.
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 func itoa(n uint16) string { return strconv.Itoa(int(n)) }
