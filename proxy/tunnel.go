@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/quota"
 	"github.com/elazarl/goproxy"
 )
 
@@ -120,9 +121,9 @@ func (t *tunnel) close() {
 	})
 }
 
-// relay copies both ways. Each direction reads through the tenant's
-// shaper for it (nil, and so nothing, when unlimited); the shapers wait on
-// a context of the tunnel's own, since the CONNECT request's is done.
+// relay copies both ways, each direction paced by the tenant's shaper for
+// it (nil, and so nothing, when unlimited); the shapers wait on a context
+// of the tunnel's own, since the CONNECT request's is done.
 func (t *tunnel) relay(parent context.Context, idle time.Duration) {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
@@ -133,9 +134,9 @@ func (t *tunnel) relay(parent context.Context, idle time.Duration) {
 	upstreamDone := make(chan struct{})
 	go func() {
 		defer close(upstreamDone)
-		t.copyDirection(t.upstream, t.client, egress.Reader(ctx, t.client), &t.ex.bytesUp, idle)
+		t.copyDirection(ctx, t.upstream, t.client, egress, &t.ex.bytesUp, idle)
 	}()
-	t.copyDirection(t.client, t.upstream, ingress.Reader(ctx, t.upstream), &t.ex.bytesDown, idle)
+	t.copyDirection(ctx, t.client, t.upstream, ingress, &t.ex.bytesDown, idle)
 	<-upstreamDone
 	t.close()
 }
@@ -148,49 +149,93 @@ var relayBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return
 // thousand idle tunnels must cost little memory.
 const idleReadBuffer = 2 << 10
 
-// spliceChunk is how much one splice call may move before the idle
-// deadlines are renewed.
-const spliceChunk = 1 << 20
+// unshapedSpliceStep is the most one splice call may move for an unlimited
+// tenant: a kernel pipe's default capacity, so asking for more moves no more.
+const unshapedSpliceStep = 64 << 10
 
-// copyDirection moves src to dst for one direction of the tunnel. Without
-// a bandwidth shaper, and between two TCP connections, the kernel copies
-// (splice): no buffer in the gateway at all. Otherwise pipe copies through
-// the shaper.
-func (t *tunnel) copyDirection(dst, src net.Conn, shaped io.Reader, counter *atomic.Int64, idle time.Duration) {
-	dstTCP, srcTCP := tcpConn(dst), tcpConn(src)
-	if shaped == io.Reader(src) && dstTCP != nil && srcTCP != nil {
-		t.splice(dstTCP, srcTCP, counter, idle)
+// copyDirection moves src to dst for one direction of the tunnel. Between
+// two TCP connections the kernel copies (splice) and the shaper, if any,
+// is paid for each step; otherwise pipe copies through a buffer.
+func (t *tunnel) copyDirection(ctx context.Context, dst, src net.Conn, shaper *quota.Shaper, counter *atomic.Int64, idle time.Duration) {
+	if dstTCP, srcTCP := tcpConn(dst), tcpConn(src); canSplice && dstTCP != nil && srcTCP != nil {
+		t.splice(ctx, dstTCP, srcTCP, shaper, counter, idle)
 		return
 	}
-	t.pipe(dst, src, shaped, counter, idle)
+	t.pipe(dst, src, shaper.Reader(ctx, src), counter, idle)
 }
 
-// splice copies in chunks so that the idle deadlines are renewed while
-// data flows; a chunk cut short by a deadline is fine as long as either
-// direction moved a byte within idle.
-func (t *tunnel) splice(dst, src *net.TCPConn, counter *atomic.Int64, idle time.Duration) {
-	for {
-		now := time.Now()
-		_ = src.SetReadDeadline(now.Add(idle))
-		_ = dst.SetWriteDeadline(now.Add(idle))
-		n, err := dst.ReadFrom(&io.LimitedReader{R: src, N: spliceChunk})
-		if n > 0 {
-			t.lastActivity.Store(time.Now().UnixNano())
-			counter.Add(n)
-		}
-		switch {
-		case err == nil && n == spliceChunk:
-			continue
-		case err == nil: // src reached EOF: let the other direction finish
-			if dst.CloseWrite() == nil {
-				return
-			}
-		case isTimeout(err) && time.Since(time.Unix(0, t.lastActivity.Load())) < idle:
-			continue
-		}
+// splice relays with splice(2): each step waits for src to be readable,
+// moves what has arrived (at most one shaper step) into a kernel pipe,
+// pays the shaper for it and writes it out. Deadlines are renewed at most
+// every eighth of idle; one that fires ends the tunnel only if neither
+// direction moved a byte for idle.
+func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quota.Shaper, counter *atomic.Int64, idle time.Duration) {
+	rawSrc, err1 := src.SyscallConn()
+	rawDst, err2 := dst.SyscallConn()
+	if err1 != nil || err2 != nil {
 		t.close()
 		return
 	}
+	step := unshapedSpliceStep
+	var renewed time.Time
+	var p *kernelPipe // held only while it holds bytes
+	defer func() {
+		if p != nil {
+			p.release()
+		}
+	}()
+	for {
+		if now := time.Now(); now.Sub(renewed) >= idle/8 {
+			renewed = now
+			_ = src.SetReadDeadline(now.Add(idle))
+			_ = dst.SetWriteDeadline(now.Add(idle))
+		}
+		if p == nil {
+			if shaper != nil {
+				step = shaper.Step()
+			}
+			var n int
+			var err error
+			p, n, err = spliceIn(rawSrc, step)
+			switch {
+			case err != nil:
+				if t.stillActive(err, idle) {
+					continue
+				}
+				t.close()
+				return
+			case n == 0: // src reached EOF: let the other direction finish
+				if dst.CloseWrite() != nil {
+					t.close()
+				}
+				return
+			}
+			if shaper.Pass(ctx, n) != nil {
+				t.close()
+				return
+			}
+		}
+		n, err := spliceOut(rawDst, p)
+		if n > 0 {
+			t.lastActivity.Store(time.Now().UnixNano())
+			counter.Add(int64(n))
+		}
+		if err != nil {
+			if t.stillActive(err, idle) {
+				continue // p keeps what is left
+			}
+			t.close()
+			return
+		}
+		p.release()
+		p = nil
+	}
+}
+
+// stillActive says whether err is a deadline that fired while the tunnel
+// is still in use: either direction moved a byte within idle.
+func (t *tunnel) stillActive(err error, idle time.Duration) bool {
+	return isTimeout(err) && time.Since(time.Unix(0, t.lastActivity.Load())) < idle
 }
 
 // tcpConn finds the TCP connection under the gateway's wrappers, nil if
@@ -249,7 +294,7 @@ func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, 
 		if err == nil {
 			continue
 		}
-		if isTimeout(err) && time.Since(time.Unix(0, t.lastActivity.Load())) < idle {
+		if t.stillActive(err, idle) {
 			continue
 		}
 		if errors.Is(err, io.EOF) {

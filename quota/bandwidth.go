@@ -231,6 +231,27 @@ func (s *Shaper) step() int {
 	return min(s.limiter.Burst(), maxShaperStep)
 }
 
+// Step returns the most bytes a caller that moves bytes itself (a kernel
+// splice, with no reader to wrap) should move before it calls Pass: one
+// turn, as a shaped Reader takes. On a nil Shaper it returns 0: no limit.
+func (s *Shaper) Step() int {
+	if s == nil {
+		return 0
+	}
+	return s.step()
+}
+
+// Pass records n bytes just moved and waits until they may pass; the
+// caller holds them back until it returns. ctx bounds the waiting, as for
+// Reader. On a nil Shaper it returns at once.
+func (s *Shaper) Pass(ctx context.Context, n int) error {
+	if s == nil || n <= 0 {
+		return nil
+	}
+	s.count(n)
+	return s.wait(ctx, n)
+}
+
 // wait blocks until n bytes may pass.
 func (s *Shaper) wait(ctx context.Context, n int) error {
 	for n > 0 {
@@ -309,11 +330,8 @@ func (sr *shapedReader) Read(p []byte) (int, error) {
 // must not cost a whole step.
 func (sr *shapedReader) readStep(p []byte) (int, error) {
 	n, err := sr.r.Read(p)
-	if n > 0 {
-		sr.shaper.count(n)
-		if werr := sr.shaper.wait(sr.ctx, n); werr != nil {
-			return n, werr
-		}
+	if perr := sr.shaper.Pass(sr.ctx, n); perr != nil {
+		return n, perr
 	}
 	return n, err
 }

@@ -310,3 +310,42 @@ func TestShaperReaderSmallBuffersKeepData(t *testing.T) {
 		})
 	}
 }
+
+// A caller moving bytes itself (the tunnel's splice) asks for a step,
+// moves at most that, and pays with Pass: the rate holds as for a Reader.
+func TestShaperStepAndPassAchieveRate(t *testing.T) {
+	t.Parallel()
+	var unlimited *Shaper
+	if unlimited.Step() != 0 || unlimited.Pass(context.Background(), 1<<20) != nil {
+		t.Fatal("a nil shaper must have no step and never wait")
+	}
+	minute := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC) // a fixed clock: one minute's count
+	bw := NewBandwidth(BandwidthOptions{Clock: func() time.Time { return minute }})
+	s := bw.Shaper("acme/egress", testRate)
+	if step := s.Step(); step <= 0 || step > shaperBurst(testRate) || step > maxShaperStep {
+		t.Fatalf("Step() = %d, want within (0, min(burst %d, %d)]", step, shaperBurst(testRate), maxShaperStep)
+	}
+	const size = 2 * testRate
+	start := time.Now()
+	for moved := 0; moved < size; {
+		n := min(s.Step(), size-moved)
+		if err := s.Pass(context.Background(), n); err != nil {
+			t.Fatalf("pass: %v", err)
+		}
+		moved += n
+	}
+	got := float64(size) / time.Since(start).Seconds()
+	if !within(got, testRate, 0.15) {
+		t.Errorf("achieved %.0f B/s, want %d ±15%%", got, testRate)
+	}
+	if counted := s.BytesThisMinute(); counted != size {
+		t.Errorf("counted %d bytes this minute, want %d", counted, size)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for s.Pass(ctx, s.Step()) == nil { // spend what the bucket holds
+	}
+	if err := s.Pass(ctx, s.Step()); !errors.Is(err, context.Canceled) {
+		t.Errorf("pass with a cancelled context: %v, want context.Canceled", err)
+	}
+}
