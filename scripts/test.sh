@@ -40,6 +40,7 @@ fuzz ./allowlist FuzzParsePattern
 fuzz ./allowlist FuzzAddressCheck
 fuzz ./policy FuzzLoad
 fuzz ./proxy FuzzParseBasic
+fuzz ./proxy FuzzAuditLine
 fuzz ./redaction FuzzRedactJSON
 fuzz ./redaction FuzzRedactText
 fuzz ./redaction FuzzRedactURLEncoded
