@@ -47,6 +47,9 @@ func SplitTarget(authority string, defaultPort uint16) (string, uint16, error) {
 // also percent-encoded or with backslash separators, which some servers
 // treat as "/". Such a path could slip past a paths prefix.
 func CheckPath(escapedPath string) error {
+	if !strings.ContainsAny(escapedPath, ".%\\") {
+		return nil // no dot, escape or backslash: no dot segment, as written or decoded
+	}
 	lower := strings.ToLower(escapedPath)
 	for _, sep := range []string{"%2f", "%5c", "\\"} {
 		lower = strings.ReplaceAll(lower, sep, "/")

@@ -39,6 +39,7 @@ fuzz ./allowlist FuzzNormalizeHost
 fuzz ./allowlist FuzzParsePattern
 fuzz ./allowlist FuzzAddressCheck
 fuzz ./policy FuzzLoad
+fuzz ./policy FuzzCheckPath
 fuzz ./proxy FuzzParseBasic
 fuzz ./proxy FuzzAuditLine
 fuzz ./redaction FuzzRedactJSON
