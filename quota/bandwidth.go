@@ -44,9 +44,14 @@ type Bandwidth struct {
 
 	// mu guards shapers; it is taken once per connection or request (when
 	// the caller asks for a shaper), never per byte.
-	mu      sync.Mutex
-	shapers *simplelru.LRU[string, *Shaper]
+	mu        sync.Mutex
+	shapers   *simplelru.LRU[string, *Shaper]
+	lastSweep time.Time
 }
+
+// sweepEvery spaces the sweeps for idle shapers: once per call would cost
+// every request two LRU probes, for shapers that expire in minutes.
+const sweepEvery = 100 * time.Millisecond
 
 // NewBandwidth returns an empty Bandwidth.
 func NewBandwidth(opts BandwidthOptions) *Bandwidth {
@@ -73,7 +78,10 @@ func (bw *Bandwidth) Shaper(key string, bytesPerSecond int64) *Shaper {
 	now := bw.clock()
 	bw.mu.Lock()
 	defer bw.mu.Unlock()
-	bw.sweep(now)
+	if now.Sub(bw.lastSweep) >= sweepEvery {
+		bw.lastSweep = now
+		bw.sweep(now)
+	}
 	s, ok := bw.shapers.Get(key)
 	if bytesPerSecond <= 0 {
 		if ok {
@@ -101,19 +109,17 @@ func (bw *Bandwidth) Lookup(key string) *Shaper {
 	return s
 }
 
-// sweep drops up to two least recently used shapers that moved no byte for
-// the idle TTL. A shaper in use keeps moving bytes without touching the LRU
-// (that would take bw.mu per byte), so an oldest shaper that turns out to be
-// busy is moved to the front instead. The caller holds bw.mu.
+// sweep looks at up to four least recently used shapers and drops those
+// that moved no byte for the idle TTL. A shaper in use keeps moving bytes
+// without touching the LRU (that would take bw.mu per byte), so an oldest
+// shaper that turns out to be busy is moved to the front instead. The
+// caller holds bw.mu.
 func (bw *Bandwidth) sweep(now time.Time) {
-	for range 2 {
-		key, s, ok := bw.shapers.GetOldest()
-		if !ok {
-			return
-		}
+	for range min(4, bw.shapers.Len()) {
+		key, s, _ := bw.shapers.GetOldest()
 		if now.Sub(time.Unix(0, s.lastUsed.Load())) < bw.idle {
 			bw.shapers.Get(key)
-			return
+			continue
 		}
 		bw.shapers.Remove(key)
 	}
