@@ -11,12 +11,6 @@ import (
 	"github.com/egressgw/egressgw/quota"
 )
 
-// Quota keys. The connector's name, not its version, keys its bucket, so
-// moving a tenant to a new version hands out no fresh burst.
-func tenantKey(tenant string) string               { return "t:" + tenant }
-func connectorKey(tenant, connector string) string { return "t:" + tenant + "|c:" + connector }
-func bandwidthKey(tenant, direction string) string { return "t:" + tenant + "|bw:" + direction }
-
 // admit is the quota step of the request path: a token from the tenant's
 // and the connector's buckets, then, for requests and tunnels that hold a
 // connection open (not requests inside an inspected tunnel, which its
@@ -38,10 +32,10 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
 	switch {
 	case !connectorLimit.Unlimited():
 		res, err = limiter.AllowBoth(ctx,
-			quota.Bucket{Key: tenantKey(tenant.ID), Limit: tenantLimit},
+			quota.Bucket{Key: ex.ts.rateKey, Limit: tenantLimit},
 			quota.Bucket{Key: connectorKey(tenant.ID, connector.Name), Limit: connectorLimit})
 	case !tenantLimit.Unlimited():
-		res, err = limiter.Allow(ctx, tenantKey(tenant.ID), tenantLimit)
+		res, err = limiter.Allow(ctx, ex.ts.rateKey, tenantLimit)
 	}
 	if !ex.quotaOutcome(res.FailedOpen, err) {
 		return false
@@ -49,7 +43,7 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
 	if res.Limit > 0 && !res.Allowed {
 		ex.retryAfter = res.RetryAfterSeconds()
 		which := "tenant"
-		if res.Key != tenantKey(tenant.ID) {
+		if res.Key != ex.ts.rateKey {
 			which = "connector " + connector.Name
 		}
 		ex.fail(policy.CodeRateLimited, true, fmt.Sprintf(
@@ -60,7 +54,7 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
 	ex.rate = res
 
 	if holdsSlot && tenant.Quota.MaxConcurrent > 0 {
-		slot, err := limiter.Acquire(ctx, tenantKey(tenant.ID), tenant.Quota.MaxConcurrent)
+		slot, err := limiter.Acquire(ctx, ex.ts.rateKey, tenant.Quota.MaxConcurrent)
 		ex.slot = slot // released by finish, on every path
 		if !ex.quotaOutcome(slot.FailedOpen, err) {
 			return false
@@ -100,9 +94,12 @@ func (ex *exchange) setRateHeaders(h http.Header) {
 	if ex.rate.Limit <= 0 {
 		return
 	}
-	h.Set("RateLimit-Limit", strconv.Itoa(ex.rate.Limit))
-	h.Set("RateLimit-Remaining", strconv.Itoa(ex.rate.Remaining))
-	h.Set("RateLimit-Reset", strconv.Itoa(ex.rate.ResetSeconds()))
+	// Canonical keys written directly (as Set would, without canonicalising
+	// per call), and one backing array for the three values.
+	values := []string{strconv.Itoa(ex.rate.Limit), strconv.Itoa(ex.rate.Remaining), strconv.Itoa(ex.rate.ResetSeconds())}
+	h["Ratelimit-Limit"] = values[0:1:1]
+	h["Ratelimit-Remaining"] = values[1:2:2]
+	h["Ratelimit-Reset"] = values[2:3:3]
 }
 
 // shapers returns the tenant's bandwidth shapers, nil where unlimited,
@@ -115,10 +112,10 @@ func (ex *exchange) shapers() (egress, ingress *quota.Shaper) {
 		// An unlimited direction needs no lookup at all: a shaper left
 		// from an earlier limit was already set unlimited by the reload.
 		if q.EgressBytes > 0 {
-			ex.egress = bw.Shaper(bandwidthKey(ex.tenant.ID, "egress"), q.EgressBytes)
+			ex.egress = bw.Shaper(ex.ts.egressKey, q.EgressBytes)
 		}
 		if q.IngressBytes > 0 {
-			ex.ingress = bw.Shaper(bandwidthKey(ex.tenant.ID, "ingress"), q.IngressBytes)
+			ex.ingress = bw.Shaper(ex.ts.ingressKey, q.IngressBytes)
 		}
 	})
 	return ex.egress, ex.ingress

@@ -156,14 +156,22 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 	if err := g.audit.write(&rec); err != nil {
 		g.log.Error("audit log write failed", "error", err)
 	}
-	tenant := g.metrics.tenantLabel(rec.Tenant)
-	g.metrics.requests.WithLabelValues(tenant, decision, rec.Code).Inc()
-	g.metrics.duration.WithLabelValues(decision).Observe(elapsed.Seconds())
+	g.metrics.observeDuration(decision, elapsed)
+	if ex.ts == nil { // refused before the tenant was known
+		g.metrics.requests.WithLabelValues(g.metrics.tenantLabel(rec.Tenant), decision, rec.Code).Inc()
+		return
+	}
+	series := ex.ts.seriesFor(g.metrics, rec.Tenant)
+	if decision == "allow" && rec.Code == string(policy.CodeOK) {
+		series.allowedOK.Inc()
+	} else {
+		g.metrics.requests.WithLabelValues(series.label, decision, rec.Code).Inc()
+	}
 	if rec.BytesUp > 0 {
-		g.metrics.bytes.WithLabelValues(tenant, "egress").Add(float64(rec.BytesUp))
+		series.egress.Add(float64(rec.BytesUp))
 	}
 	if rec.BytesDown > 0 {
-		g.metrics.bytes.WithLabelValues(tenant, "ingress").Add(float64(rec.BytesDown))
+		series.ingress.Add(float64(rec.BytesDown))
 	}
 }
 

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -37,6 +38,7 @@ type exchange struct {
 	path   string
 
 	tenant   *policy.Tenant
+	ts       *tenantState      // the tenant's keys and series in this generation
 	tokenSum [sha256.Size]byte // how the tenant was identified: a token's hash,
 	source   netip.Addr        // or, when no token was sent, the client address
 	decision policy.Decision
@@ -60,11 +62,12 @@ type exchange struct {
 }
 
 func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
+	now := g.now()
 	return &exchange{
 		gw:     g,
 		rt:     g.runtime.Load(),
-		id:     newRequestID(g.now()),
-		start:  g.now(),
+		id:     newRequestID(now),
+		start:  now,
 		client: r.RemoteAddr,
 		tunnel: tunnel,
 		method: r.Method,
@@ -91,6 +94,12 @@ func (ex *exchange) upstreamFailed(err error) {
 	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", code, "error", err)
 }
 
+// setTenant records who the exchange is for, with the tenant's state in
+// the exchange's generation.
+func (ex *exchange) setTenant(t *policy.Tenant) {
+	ex.tenant, ex.ts = t, ex.rt.tenantState(t)
+}
+
 func (ex *exchange) tenantID() string {
 	if ex.tenant == nil {
 		return ""
@@ -103,10 +112,13 @@ func (ex *exchange) tenantID() string {
 func (ex *exchange) identify(r *http.Request) bool {
 	snap := ex.rt.live.Snapshot
 	if header := r.Header.Get("Proxy-Authorization"); header != "" {
-		if user, token, ok := parseBasic(header); ok {
-			sum := sha256.Sum256([]byte(token))
-			if t, ok := snap.AuthenticateSum(user, sum); ok {
-				ex.tenant, ex.tokenSum = t, sum
+		var buf [basicBuffer]byte
+		if user, token, ok := parseBasic(header, buf[:0]); ok {
+			sum := sha256.Sum256(token)
+			clear(token) // needed no longer than its hash
+			if t, ok := snap.AuthenticateSum(string(user), sum); ok {
+				ex.setTenant(t)
+				ex.tokenSum = sum
 				return true
 			}
 		}
@@ -116,7 +128,8 @@ func (ex *exchange) identify(r *http.Request) bool {
 	}
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		if t := snap.TenantBySource(ap.Addr()); t != nil {
-			ex.tenant, ex.source = t, ap.Addr()
+			ex.setTenant(t)
+			ex.source = ap.Addr()
 			return true
 		}
 	}
@@ -125,16 +138,22 @@ func (ex *exchange) identify(r *http.Request) bool {
 	return false
 }
 
-func parseBasic(header string) (user, password string, ok bool) {
+// basicBuffer is room for the decoded credentials of a typical client, so
+// that identifying one allocates nothing; longer ones still work.
+const basicBuffer = 192
+
+// parseBasic decodes Basic credentials into buf (appending, so it may
+// outgrow it) and splits them at the first colon.
+func parseBasic(header string, buf []byte) (user, password []byte, ok bool) {
 	scheme, encoded, found := strings.Cut(header, " ")
 	if !found || !strings.EqualFold(scheme, "Basic") {
-		return "", "", false
+		return nil, nil, false
 	}
-	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(encoded))
+	raw, err := base64.StdEncoding.AppendDecode(buf, []byte(strings.TrimSpace(encoded)))
 	if err != nil {
-		return "", "", false
+		return nil, nil, false
 	}
-	return strings.Cut(string(raw), ":")
+	return bytes.Cut(raw, []byte{':'})
 }
 
 // reidentify finds, in snap, the tenant this exchange was identified as,

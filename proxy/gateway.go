@@ -74,6 +74,7 @@ type runtimeState struct {
 	live      *policy.Live
 	dialer    *dialer
 	transport *http.Transport
+	tenants   map[*policy.Tenant]*tenantState
 }
 
 // New builds a gateway; it serves nothing until Apply has given it a policy
@@ -150,7 +151,7 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	})
 	g.updateLeafCache(snap.Gateway)
 	d := newDialer(snap.Gateway, addresses)
-	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway)}
+	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway), tenants: newTenantStates(snap)}
 	rt.live = g.holder.Swap(snap)
 	prev := g.runtime.Swap(rt)
 	if prev != nil {

@@ -117,7 +117,7 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			writeError(w, ex)
 			return
 		}
-		ex.tenant = tenant
+		ex.setTenant(tenant)
 		if !ex.innerTarget(r, tunnelEx) || !ex.admit(r.Context(), false) {
 			writeError(w, ex)
 			return

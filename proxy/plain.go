@@ -98,7 +98,7 @@ func (g *Gateway) onResponse(resp *http.Response, pctx *goproxy.ProxyCtx) *http.
 	}
 	ex.status = resp.StatusCode
 	removeHopByHop(resp.Header, isUpgrade(resp.Header))
-	resp.Header.Set("X-Request-Id", ex.id)
+	resp.Header["X-Request-Id"] = []string{ex.id}
 	ex.setRateHeaders(resp.Header)
 	if resp.ContentLength < 0 && !isUpgrade(resp.Header) {
 		// goproxy buffers a response unless it sees a chunked header; an

@@ -1,0 +1,79 @@
+package proxy
+
+import (
+	"sync/atomic"
+
+	"github.com/egressgw/egressgw/policy"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Quota keys. The connector's name, not its version, keys its bucket, so
+// moving a tenant to a new version hands out no fresh burst.
+func tenantKey(tenant string) string               { return "t:" + tenant }
+func connectorKey(tenant, connector string) string { return "t:" + tenant + "|c:" + connector }
+func bandwidthKey(tenant, direction string) string { return "t:" + tenant + "|bw:" + direction }
+
+// tenantState is what the request path derives from a tenant once per
+// policy generation rather than once per request: its quota keys and its
+// metric series. The series are looked up on first use, so tenant labels
+// are still handed out in the order tenants are seen.
+type tenantState struct {
+	rateKey    string // the tenant's request bucket and concurrency key
+	egressKey  string // its bandwidth shapers
+	ingressKey string
+	series     atomic.Pointer[tenantSeries]
+}
+
+// tenantSeries are the metric children every allowed exchange of a tenant
+// touches, resolved once instead of hashing label values per request.
+type tenantSeries struct {
+	label           string
+	allowedOK       prometheus.Counter // requests_total{decision=allow,code=ok}
+	egress, ingress prometheus.Counter // bytes_total by direction
+}
+
+// newTenantStates derives the state of every tenant of snap.
+func newTenantStates(snap *policy.Snapshot) map[*policy.Tenant]*tenantState {
+	states := make(map[*policy.Tenant]*tenantState, len(snap.TenantIDs()))
+	for _, id := range snap.TenantIDs() {
+		t, _ := snap.Tenant(id)
+		states[t] = &tenantState{
+			rateKey:    tenantKey(id),
+			egressKey:  bandwidthKey(id, "egress"),
+			ingressKey: bandwidthKey(id, "ingress"),
+		}
+	}
+	return states
+}
+
+// tenantState returns the state of t, which must be a tenant of this
+// generation's snapshot.
+func (rt *runtimeState) tenantState(t *policy.Tenant) *tenantState {
+	if s := rt.tenants[t]; s != nil {
+		return s
+	}
+	// Not of this snapshot (cannot happen on the request path): derive it
+	// on the spot rather than fail.
+	return &tenantState{rateKey: tenantKey(t.ID), egressKey: bandwidthKey(t.ID, "egress"), ingressKey: bandwidthKey(t.ID, "ingress")}
+}
+
+// seriesFor returns the tenant's metric children, resolving them on first
+// use. A reload that removes the tenant deletes its series from the
+// registry; exchanges of the old generation that finish later then count
+// into children no longer exported, rather than bringing the series back.
+func (s *tenantState) seriesFor(m *metrics, id string) *tenantSeries {
+	if ts := s.series.Load(); ts != nil {
+		return ts
+	}
+	label := m.tenantLabel(id)
+	ts := &tenantSeries{
+		label:     label,
+		allowedOK: m.requests.WithLabelValues(label, "allow", string(policy.CodeOK)),
+		egress:    m.bytes.WithLabelValues(label, "egress"),
+		ingress:   m.bytes.WithLabelValues(label, "ingress"),
+	}
+	if !s.series.CompareAndSwap(nil, ts) {
+		return s.series.Load()
+	}
+	return ts
+}
