@@ -200,7 +200,9 @@ func (m *Memory) Acquire(_ context.Context, key string, max int) (Slot, error) {
 		return Slot{}, nil
 	}
 	m.slots[key]++
-	return Slot{Acquired: true, lease: &memoryLease{memory: m, key: key}}, nil
+	l := memoryLeases.Get().(*memoryLease)
+	l.memory, l.key = m, key
+	return Slot{Acquired: true, lease: l, ticket: l.use.Load()}, nil
 }
 
 // InUse returns the number of key's slots held now.
@@ -214,27 +216,35 @@ func (m *Memory) InUse(_ context.Context, key string) (int, error) {
 // exists so that Memory is a [Limiter].
 func (m *Memory) Close() error { return nil }
 
-// memoryLease is one slot held in a Memory.
+// memoryLease is one slot held in a Memory. Leases are recycled, so that
+// admitting a request allocates nothing: each use of a lease has its own
+// number, and only a Slot holding the current one releases it, so that
+// releasing a Slot again after its lease went to another request is still
+// harmless.
 type memoryLease struct {
-	memory   *Memory
-	key      string
-	released atomic.Bool
+	memory *Memory
+	key    string
+	use    atomic.Uint64
 }
 
-func (l *memoryLease) release() {
-	if l.released.Swap(true) {
+var memoryLeases = sync.Pool{New: func() any { return new(memoryLease) }}
+
+func (l *memoryLease) release(ticket uint64) {
+	if !l.use.CompareAndSwap(ticket, ticket+1) {
 		return
 	}
-	m := l.memory
+	m, key := l.memory, l.key
+	l.memory, l.key = nil, ""
+	memoryLeases.Put(l)
 	m.slotsMu.Lock()
 	defer m.slotsMu.Unlock()
 	// While this lease was held the key's count was at least 1, so the
 	// entry exists; it is deleted with its last slot.
-	if m.slots[l.key] <= 1 {
-		delete(m.slots, l.key)
+	if m.slots[key] <= 1 {
+		delete(m.slots, key)
 		return
 	}
-	m.slots[l.key]--
+	m.slots[key]--
 }
 
 // bucket is a token bucket kept as a GCRA "theoretical arrival time", the

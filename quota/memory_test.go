@@ -415,6 +415,12 @@ func TestMemoryAcquire(t *testing.T) {
 	if again, _ := m.Acquire(ctx, "acme", 3); again.Acquired {
 		t.Fatal("double release freed an extra slot")
 	}
+	// Leases are recycled: the slot just taken may hold slots[0]'s lease.
+	// Releasing the old copy once more must still free nothing.
+	slots[0].Release()
+	if got := inUse("acme"); got != 3 {
+		t.Fatalf("a stale release freed a slot another request holds: InUse = %d, want 3", got)
+	}
 
 	// A reload that lowers the max applies to the next Acquire.
 	if s, _ := m.Acquire(ctx, "acme", 2); s.Acquired {

@@ -129,18 +129,20 @@ type Slot struct {
 	// was granted anyway because the backend was configured with FailOpen.
 	FailedOpen bool
 
-	lease lease
+	lease  lease
+	ticket uint64 // which use of a recycled lease this slot holds
 }
 
 // Release gives the slot back. It is idempotent.
 func (s Slot) Release() {
 	if s.lease != nil {
-		s.lease.release()
+		s.lease.release(s.ticket)
 	}
 }
 
-// lease is what a backend needs to give one slot back.
-type lease interface{ release() }
+// lease is what a backend needs to give one slot back. A backend may
+// recycle its leases: ticket tells the use a Slot holds from later ones.
+type lease interface{ release(ticket uint64) }
 
 // Limiter admits requests: request-rate buckets and concurrency slots, per
 // key, with the limit given on each call. [Memory] and [Redis] implement it.

@@ -369,7 +369,7 @@ type redisLease struct {
 // release removes the lease. It runs when a request ends, often because its
 // context was cancelled, so it has a context of its own. If Redis cannot be
 // reached the lease is only dropped from refreshing and expires by itself.
-func (l *redisLease) release() {
+func (l *redisLease) release(uint64) {
 	if l.released.Swap(true) {
 		return
 	}
