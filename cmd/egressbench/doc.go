@@ -22,7 +22,7 @@
 //
 // Every load is bounded in time and operation count, and every byte goes
 // to 127.0.0.1. It does not measure the policy decision in isolation: that
-// is a micro-benchmark next to the code (go test -bench ./policy).
+// is a micro-benchmark next to the code (go test -bench PolicyDecision ./proxy).
 //
 // --smoke runs every scenario for a moment and checks that the figures are
 // sane, without judging timing; smoke_test.go runs it.

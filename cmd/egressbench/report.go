@@ -351,7 +351,7 @@ func evaluateGoals(r *benchResult) []goalResult {
 		{
 			Goal:   "policy decision (auth + match + quota admit) ≤ 2 µs and 0 allocs with 10,000 rules",
 			Status: goalNotMeasured,
-			Detail: "a micro-benchmark, not load: go test -run '^$' -bench 'Decide|Match' ./policy ./allowlist",
+			Detail: "a micro-benchmark, not load: go test -run '^$' -bench PolicyDecision -benchmem ./proxy",
 		},
 		atLeast("egressgw inspected + hook + redaction ≥ 0.5 × plain inspected", gw(figInspectedHooked), gw(figInspectedRPS), 0.5),
 	}
