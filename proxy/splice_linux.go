@@ -39,90 +39,113 @@ func closePipeFDs(fds [2]int) {
 	_ = syscall.Close(fds[1])
 }
 
-// release gives an empty pipe back for reuse; one that still holds bytes
-// (its direction failed mid-step) is left to its cleanup, since its
-// contents belong to no one now.
-func (p *kernelPipe) release() {
-	if p.buffered == 0 {
-		kernelPipes.Put(p)
-	}
-}
-
 const spliceFlags = 0x1 | 0x2 // SPLICE_F_MOVE | SPLICE_F_NONBLOCK
 
-// spliceIn waits until src is readable, then moves at most max bytes from
-// it into a pipe taken from the pool, in one splice call: whatever has
+// splicer moves one direction of a tunnel, src to dst, through a kernel
+// pipe. Its callbacks for the raw connections are bound once, so that a
+// step allocates nothing.
+type splicer struct {
+	src, dst syscall.RawConn
+	pipe     *kernelPipe // held only while it holds bytes
+	max      int         // the most one fill may move
+	moved    int         // what the last callback moved
+	err      error       // what the last callback failed with
+	fill     func(fd uintptr) bool
+	drain    func(fd uintptr) bool
+}
+
+func newSplicer(src, dst syscall.RawConn) *splicer {
+	s := &splicer{src: src, dst: dst}
+	s.fill, s.drain = s.fillPipe, s.drainPipe
+	return s
+}
+
+// holding reports whether the pipe holds bytes not yet written out.
+func (s *splicer) holding() bool { return s.pipe != nil }
+
+// in waits until src is readable, then moves at most max bytes from it
+// into a pipe taken from the pool, in one splice call: whatever has
 // arrived, so an interactive exchange is never held back waiting for more.
 // It returns 0 bytes and no error at end of stream. While waiting it holds
 // no pipe.
-func spliceIn(src syscall.RawConn, max int) (*kernelPipe, int, error) {
-	var (
-		p    *kernelPipe
-		n    int
-		serr error
-	)
-	err := src.Read(func(fd uintptr) bool {
-		if p == nil {
-			if p, _ = kernelPipes.Get().(*kernelPipe); p == nil {
-				serr = syscall.EMFILE
-				return true
-			}
-		}
-		for {
-			var moved int64
-			moved, serr = syscall.Splice(int(fd), nil, p.w, nil, max, spliceFlags)
-			n = int(moved)
-			if serr != syscall.EINTR {
-				break
-			}
-		}
-		if serr == syscall.EAGAIN {
-			p.release() // nothing there yet: wait without holding a pipe
-			p = nil
-			return false
-		}
-		return true
-	})
+func (s *splicer) in(max int) (int, error) {
+	s.max, s.moved, s.err = max, 0, nil
+	err := s.src.Read(s.fill)
 	if err == nil {
-		err = serr
+		err = s.err
 	}
-	if err != nil || n <= 0 {
-		if p != nil {
-			p.release()
-		}
-		return nil, 0, err
+	if err != nil || s.moved <= 0 {
+		s.release()
+		return 0, err
 	}
-	p.buffered = n
-	return p, n, nil
+	s.pipe.buffered = s.moved
+	return s.moved, nil
 }
 
-// spliceOut writes what p holds to dst, waiting for dst to take it. It
-// returns how much it wrote; on an error the rest stays in p.
-func spliceOut(dst syscall.RawConn, p *kernelPipe) (int, error) {
-	written := 0
-	var serr error
-	err := dst.Write(func(fd uintptr) bool {
-		for p.buffered > 0 {
-			n, e := syscall.Splice(p.r, nil, int(fd), nil, p.buffered, spliceFlags)
-			switch {
-			case e == syscall.EINTR:
-				continue
-			case e == syscall.EAGAIN:
-				return false
-			case e != nil:
-				serr = e
-				return true
-			case n == 0:
-				serr = io.ErrShortWrite
-				return true
-			}
-			p.buffered -= int(n)
-			written += int(n)
+func (s *splicer) fillPipe(fd uintptr) bool {
+	if s.pipe == nil {
+		if s.pipe, _ = kernelPipes.Get().(*kernelPipe); s.pipe == nil {
+			s.err = syscall.EMFILE
+			return true
 		}
-		return true
-	})
-	if err == nil {
-		err = serr
 	}
-	return written, err
+	for {
+		n, err := syscall.Splice(int(fd), nil, s.pipe.w, nil, s.max, spliceFlags)
+		switch err {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			s.release() // nothing there yet: wait without holding a pipe
+			return false
+		}
+		s.moved, s.err = int(n), err
+		return true
+	}
+}
+
+// out writes what the pipe holds to dst, waiting for dst to take it, and
+// returns how much it wrote. On an error the rest stays in the pipe, for
+// another try.
+func (s *splicer) out() (int, error) {
+	s.moved, s.err = 0, nil
+	err := s.dst.Write(s.drain)
+	if err == nil {
+		err = s.err
+	}
+	if err == nil {
+		s.release()
+	}
+	return s.moved, err
+}
+
+func (s *splicer) drainPipe(fd uintptr) bool {
+	p := s.pipe
+	for p.buffered > 0 {
+		n, err := syscall.Splice(p.r, nil, int(fd), nil, p.buffered, spliceFlags)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return false
+		case err != nil:
+			s.err = err
+			return true
+		case n == 0:
+			s.err = io.ErrShortWrite
+			return true
+		}
+		p.buffered -= int(n)
+		s.moved += int(n)
+	}
+	return true
+}
+
+// release gives an empty pipe back for reuse; one that still holds bytes
+// (its direction ended mid-step) is left to its cleanup, since its
+// contents belong to no one now.
+func (s *splicer) release() {
+	if s.pipe != nil && s.pipe.buffered == 0 {
+		kernelPipes.Put(s.pipe)
+	}
+	s.pipe = nil
 }

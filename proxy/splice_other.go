@@ -10,10 +10,10 @@ import (
 // canSplice is false: elsewhere tunnels are copied through the gateway.
 const canSplice = false
 
-type kernelPipe struct{ buffered int }
+type splicer struct{}
 
-func (p *kernelPipe) release() {}
-
-func spliceIn(syscall.RawConn, int) (*kernelPipe, int, error) { return nil, 0, errors.ErrUnsupported }
-
-func spliceOut(syscall.RawConn, *kernelPipe) (int, error) { return 0, errors.ErrUnsupported }
+func newSplicer(src, dst syscall.RawConn) *splicer { return &splicer{} }
+func (s *splicer) holding() bool                   { return false }
+func (s *splicer) in(int) (int, error)             { return 0, errors.ErrUnsupported }
+func (s *splicer) out() (int, error)               { return 0, errors.ErrUnsupported }
+func (s *splicer) release()                        {}

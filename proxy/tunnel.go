@@ -178,25 +178,19 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 	}
 	step := unshapedSpliceStep
 	var renewed time.Time
-	var p *kernelPipe // held only while it holds bytes
-	defer func() {
-		if p != nil {
-			p.release()
-		}
-	}()
+	sp := newSplicer(rawSrc, rawDst)
+	defer sp.release()
 	for {
 		if now := time.Now(); now.Sub(renewed) >= idle/8 {
 			renewed = now
 			_ = src.SetReadDeadline(now.Add(idle))
 			_ = dst.SetWriteDeadline(now.Add(idle))
 		}
-		if p == nil {
+		if !sp.holding() {
 			if shaper != nil {
 				step = shaper.Step()
 			}
-			var n int
-			var err error
-			p, n, err = spliceIn(rawSrc, step)
+			n, err := sp.in(step)
 			switch {
 			case err != nil:
 				if t.stillActive(err, idle) {
@@ -215,20 +209,15 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 				return
 			}
 		}
-		n, err := spliceOut(rawDst, p)
+		n, err := sp.out()
 		if n > 0 {
 			t.lastActivity.Store(time.Now().UnixNano())
 			counter.Add(int64(n))
 		}
-		if err != nil {
-			if t.stillActive(err, idle) {
-				continue // p keeps what is left
-			}
+		if err != nil && !t.stillActive(err, idle) {
 			t.close()
 			return
 		}
-		p.release()
-		p = nil
 	}
 }
 
