@@ -28,7 +28,11 @@ func (g *Gateway) onConnect(authority string, pctx *goproxy.ProxyCtx) (*goproxy.
 	}
 	return &goproxy.ConnectAction{
 		Action: goproxy.ConnectHijack,
-		Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) { g.tunnel(ex, client) },
+		// The tunnel runs in a goroutine of its own so that the HTTP
+		// server's connection goroutine returns at once, and with it its
+		// read and write buffers and its deep stack: an idle tunnel then
+		// costs little more than its two relay goroutines.
+		Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) { go g.tunnel(ex, client) },
 	}, authority
 }
 
