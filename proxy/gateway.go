@@ -224,11 +224,13 @@ func (g *Gateway) Live() *policy.Live { return g.holder.Load() }
 
 func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 	return &http.Transport{
-		Proxy:                 nil,
-		DialContext:           d.DialContext,
-		TLSClientConfig:       upstreamTLS(gw.UpstreamRoots),
-		TLSHandshakeTimeout:   gw.DialTimeout,
-		ResponseHeaderTimeout: gw.IdleTimeout,
+		Proxy:               nil,
+		DialContext:         d.DialContext,
+		TLSClientConfig:     upstreamTLS(gw.UpstreamRoots),
+		TLSHandshakeTimeout: gw.DialTimeout,
+		// No ResponseHeaderTimeout: the read deadline idleConn keeps on
+		// every upstream connection already ends a silent upstream after
+		// idle_timeout, without a timer per request.
 		ExpectContinueTimeout: time.Second,
 		// A pooled connection's pending read carries the deadline it was
 		// parked with; retire it well before that deadline can cut a
