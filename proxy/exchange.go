@@ -247,23 +247,3 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.n.Add(int64(n))
 	return n, err
 }
-
-// finishingBody is a response body that counts what the client receives
-// and closes the exchange when the proxy is done with it; goproxy closes
-// every response body it sends, on success and on client error alike.
-type finishingBody struct {
-	io.ReadCloser
-	ex *exchange
-}
-
-func (b *finishingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.ex.bytesDown.Add(int64(n))
-	return n, err
-}
-
-func (b *finishingBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.ex.finish()
-	return err
-}

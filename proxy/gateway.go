@@ -40,8 +40,9 @@ type Options struct {
 	Now       func() time.Time
 }
 
-// Gateway is the egress proxy: a goproxy server whose every step (identify,
-// decide, dial, relay, account) is the gateway's own.
+// Gateway is the egress proxy: an HTTP proxy server whose every step
+// (identify, decide, dial, relay, account) is its own; goproxy parses
+// CONNECT and hands the connection over.
 type Gateway struct {
 	log       *slog.Logger
 	audit     *auditLog
@@ -60,6 +61,7 @@ type Gateway struct {
 	runtime atomic.Pointer[runtimeState]
 	leaves  atomic.Pointer[leafCache] // nil without an inspection CA
 	tunnels *tunnelSet
+	connect *goproxy.ProxyHttpServer // CONNECT only
 	server  *http.Server
 
 	baseCtx    context.Context
@@ -105,8 +107,9 @@ func New(opts Options) (*Gateway, error) {
 		cancelBase: cancel,
 	}
 	g.metrics.setMaxTenants(opts.Settings.MaxTenantLabels)
+	g.connect = g.newConnectProxy()
 	g.server = &http.Server{
-		Handler:           g.newProxy(),
+		Handler:           g,
 		MaxHeaderBytes:    opts.Settings.MaxHeaderBytes,
 		ReadHeaderTimeout: min(opts.Settings.IdleTimeout, 30*time.Second),
 		IdleTimeout:       opts.Settings.IdleTimeout,
@@ -116,11 +119,13 @@ func New(opts Options) (*Gateway, error) {
 	return g, nil
 }
 
-// newProxy wires goproxy so that nothing of its defaults is left on the
-// request path: its transport and CONNECT dialer would follow the process's
-// own proxy variables and bypass the address check, so they refuse to work,
-// and every allowed request is forwarded by the exchange itself.
-func (g *Gateway) newProxy() *goproxy.ProxyHttpServer {
+// newConnectProxy wires goproxy for CONNECT, so that nothing of its
+// defaults is left on the tunnel path: its transport and CONNECT dialer
+// would follow the process's own proxy variables and bypass the address
+// check, so they refuse to work, and every allowed tunnel is dialled and
+// relayed by the gateway itself (onConnect). Plain requests never reach it
+// (ServeHTTP).
+func (g *Gateway) newConnectProxy() *goproxy.ProxyHttpServer {
 	gp := goproxy.NewProxyHttpServer()
 	gp.Logger = log.New(io.Discard, "", 0)
 	gp.KeepAcceptEncoding = true // pass compression through untouched
@@ -135,8 +140,6 @@ func (g *Gateway) newProxy() *goproxy.ProxyHttpServer {
 	gp.ConnectDialWithReq = func(*http.Request, string, string) (net.Conn, error) { return nil, refuse }
 	gp.NonproxyHandler = http.HandlerFunc(g.nonProxyHandler)
 	gp.OnRequest().HandleConnectFunc(g.onConnect)
-	gp.OnRequest().DoFunc(g.onRequest)
-	gp.OnResponse().DoFunc(g.onResponse)
 	return gp
 }
 

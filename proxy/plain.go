@@ -7,25 +7,85 @@ import (
 	"strings"
 
 	"github.com/egressgw/egressgw/policy"
-	"github.com/elazarl/goproxy"
 )
 
-// onRequest is the request path for plain HTTP, top to bottom:
-// identify the tenant, decide, then hand the request to the exchange's
-// RoundTrip, which forwards it through the safe dialer.
-func (g *Gateway) onRequest(r *http.Request, pctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+// ServeHTTP is the gateway's front door. CONNECT opens a tunnel: goproxy
+// parses it and hands the connection to onConnect. A request with an
+// absolute URL is a plain proxy request, which the gateway forwards itself
+// (servePlain), from the decision to the last byte. Anything else was
+// meant for a web server.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.Method == http.MethodConnect:
+		g.connect.ServeHTTP(w, r)
+	case r.URL.IsAbs():
+		g.servePlain(w, r)
+	default:
+		g.nonProxyHandler(w, r)
+	}
+}
+
+// servePlain is the request path for plain HTTP, top to bottom: decide
+// (admitPlain), forward through the safe dialer, send the response back
+// through the tenant's shaper, and write the audit line when it is done.
+func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 	ex := g.begin(r, false)
 	ex.scheme = r.URL.Scheme
-	pctx.UserData = ex
+	defer ex.finish()
+	if !ex.admitPlain(r) {
+		writeError(w, ex)
+		return
+	}
+	r.RequestURI = "" // a server's request, sent on as a client's
+	resp, err := ex.forward(r)
+	if err != nil {
+		ex.upstreamFailed(err)
+		writeError(w, ex)
+		return
+	}
+	defer resp.Body.Close()
+	ex.status = resp.StatusCode
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		ex.relayUpgrade(w, resp)
+		return
+	}
+	removeHopByHop(resp.Header, false)
+	h := w.Header()
+	for k, v := range resp.Header {
+		h[k] = v
+	}
+	h["X-Request-Id"] = []string{ex.id}
+	ex.setRateHeaders(h)
+	announceTrailers(h, resp.Trailer)
+	w.WriteHeader(resp.StatusCode)
+	_, ingress := ex.shapers()
+	body := ingress.Reader(r.Context(), resp.Body)
+	// A body of unknown length is a stream (server-sent events, a long
+	// poll, a chunked download): each piece goes out as it arrives.
+	stream := resp.ContentLength < 0
+	if err := ex.copyResponse(w, body, stream); err != nil {
+		// The upstream failed mid-body: end the client's connection
+		// rather than let a chunked body end as if it were complete.
+		panic(http.ErrAbortHandler)
+	}
+	for k, v := range resp.Trailer {
+		h[http.TrailerPrefix+k] = v
+	}
+}
+
+// admitPlain identifies the tenant, checks and decides the request, takes
+// its quota and applies the connector's request transforms. On refusal it
+// records why and the caller answers with the error.
+func (ex *exchange) admitPlain(r *http.Request) bool {
 	if !ex.identify(r) {
-		return r, errorResponse(ex, r)
+		return false
 	}
 	defaultPort := uint16(80)
 	if r.URL.Scheme == "https" {
 		defaultPort = 443
 	} else if r.URL.Scheme != "http" {
 		ex.fail(policy.CodeBadRequest, true, "only http:// URLs can be sent as plain proxy requests; use CONNECT (HTTPS_PROXY) for https")
-		return r, errorResponse(ex, r)
+		return false
 	}
 	path := r.URL.EscapedPath()
 	if path == "" {
@@ -34,78 +94,119 @@ func (g *Gateway) onRequest(r *http.Request, pctx *goproxy.ProxyCtx) (*http.Requ
 	if err := policy.CheckPath(path); err != nil {
 		ex.host = hostOnly(r.URL.Host)
 		ex.fail(policy.CodeBadRequest, true, "the request is ambiguous: "+err.Error())
-		return r, errorResponse(ex, r)
+		return false
 	}
-	if !ex.target(r.URL.Host, defaultPort, path) {
-		return r, errorResponse(ex, r)
-	}
-	if !ex.admit(r.Context(), true) {
-		return r, errorResponse(ex, r)
+	if !ex.target(r.URL.Host, defaultPort, path) || !ex.admit(r.Context(), true) {
+		return false
 	}
 	removeHopByHop(r.Header, isUpgrade(r.Header))
 	if refused := ex.transformRequest(r); refused != nil {
 		ex.fail(refused.code, true, refused.message)
-		return r, errorResponse(ex, r)
+		return false
 	}
 	ex.inject(r.Header)
 	if r.Body != nil && r.Body != http.NoBody {
 		egress, _ := ex.shapers()
 		r.Body = &countingReader{ReadCloser: egress.ReadCloser(r.Context(), r.Body), n: &ex.bytesUp}
 	}
-	pctx.RoundTripper = ex
-	return r, nil
+	return true
 }
 
-// RoundTrip forwards an allowed plain request with the transport of the
-// exchange's policy generation. The response body is wrapped here, before
-// goproxy sees it, so that goproxy keeps the upstream's Content-Length.
-func (ex *exchange) RoundTrip(r *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
+// forward sends an allowed plain request with the transport of the
+// exchange's policy generation and applies the connector's response
+// transforms.
+func (ex *exchange) forward(r *http.Request) (*http.Response, error) {
 	resp, err := ex.rt.transport.RoundTrip(r)
 	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
-			// goproxy relays an upgraded connection through the body's
-			// Write and Read; count both, and close the books at the end.
-			ex.status = resp.StatusCode
-			resp.Body = &upgradedBody{rwc: rwc, ex: ex}
-			return resp, nil
-		}
+		return resp, nil // no body to transform: the connection changes hands
 	}
 	if err := ex.transformResponse(resp); err != nil {
 		_ = resp.Body.Close()
 		return nil, err
 	}
-	_, ingress := ex.shapers()
-	resp.Body = &finishingBody{ReadCloser: ingress.ReadCloser(r.Context(), resp.Body), ex: ex}
 	return resp, nil
 }
 
-// onResponse turns upstream failures into the gateway's JSON errors and
-// cleans what the upstream sends back.
-func (g *Gateway) onResponse(resp *http.Response, pctx *goproxy.ProxyCtx) *http.Response {
-	ex, ok := pctx.UserData.(*exchange)
+// copyResponse sends body to the client, counting it, through a pooled
+// buffer. It returns an error only when reading the upstream failed; a
+// client that went away just ends the copy.
+func (ex *exchange) copyResponse(w http.ResponseWriter, body io.Reader, stream bool) error {
+	buf := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(buf)
+	rc := http.NewResponseController(w)
+	for {
+		n, err := body.Read(*buf)
+		if n > 0 {
+			ex.bytesDown.Add(int64(n))
+			if _, werr := w.Write((*buf)[:n]); werr != nil {
+				return nil
+			}
+			if stream {
+				_ = rc.Flush()
+			}
+		}
+		switch {
+		case err == io.EOF:
+			return nil
+		case err != nil:
+			return err
+		}
+	}
+}
+
+// announceTrailers declares the trailers the upstream announced, so that
+// the server sends the body chunked and the trailers after it.
+func announceTrailers(h http.Header, trailer http.Header) {
+	if len(trailer) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(trailer))
+	for k := range trailer {
+		keys = append(keys, k)
+	}
+	h["Trailer"] = []string{strings.Join(keys, ", ")}
+}
+
+// relayUpgrade completes a protocol switch (WebSocket): it takes over the
+// client's connection, passes the upstream's 101 on and relays both ways,
+// counting, until either side ends.
+func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) {
+	upstream, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
-		return resp
+		ex.fail(policy.CodeUpstreamUnreachable, false, "the upstream switched protocols on a connection the gateway cannot take over")
+		writeError(w, ex)
+		return
 	}
-	if resp == nil {
-		ex.upstreamFailed(pctx.Error)
-		return errorResponse(ex, pctx.Req)
+	client, buffered, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		ex.fail(policy.CodeUpstreamUnreachable, false, "the client connection cannot be taken over for the protocol switch")
+		writeError(w, ex)
+		return
 	}
-	if ex.code != policy.CodeOK {
-		return resp // the gateway's own refusal, already complete
-	}
-	ex.status = resp.StatusCode
-	removeHopByHop(resp.Header, isUpgrade(resp.Header))
+	defer client.Close()
+	removeHopByHop(resp.Header, true)
 	resp.Header["X-Request-Id"] = []string{ex.id}
 	ex.setRateHeaders(resp.Header)
-	if resp.ContentLength < 0 && !isUpgrade(resp.Header) {
-		// goproxy buffers a response unless it sees a chunked header; an
-		// unknown length means a stream, which must flow as it arrives.
-		resp.Header.Set("Transfer-Encoding", "chunked")
+	resp.Body = nil // Write sends the status line and headers only
+	if err := resp.Write(buffered); err != nil || buffered.Flush() != nil {
+		return
 	}
-	return resp
+	toUpstream := make(chan struct{})
+	go func() {
+		defer close(toUpstream)
+		// What the client sent right behind its request is in buffered.
+		n, _ := io.Copy(upstream, buffered)
+		ex.bytesUp.Add(n)
+		_ = upstream.Close()
+	}()
+	n, _ := io.Copy(client, upstream)
+	ex.bytesDown.Add(n)
+	_ = client.Close()
+	_ = upstream.Close()
+	<-toUpstream
 }
 
 // nonProxyHandler answers requests sent to the gateway as if it were a web
@@ -156,29 +257,4 @@ func isUpgrade(h http.Header) bool {
 		}
 	}
 	return false
-}
-
-// upgradedBody is the two-way stream of a connection that switched
-// protocols (WebSocket), counted in both directions.
-type upgradedBody struct {
-	rwc io.ReadWriteCloser
-	ex  *exchange
-}
-
-func (b *upgradedBody) Read(p []byte) (int, error) {
-	n, err := b.rwc.Read(p)
-	b.ex.bytesDown.Add(int64(n))
-	return n, err
-}
-
-func (b *upgradedBody) Write(p []byte) (int, error) {
-	n, err := b.rwc.Write(p)
-	b.ex.bytesUp.Add(int64(n))
-	return n, err
-}
-
-func (b *upgradedBody) Close() error {
-	err := b.rwc.Close()
-	b.ex.finish()
-	return err
 }

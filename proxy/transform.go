@@ -20,7 +20,7 @@ import (
 
 // refusal is a transform step refusing an exchange after it was allowed:
 // a hook that denied or failed, a body too large to inspect. It travels as
-// an error through the transport and goproxy to where the reply is made.
+// an error from the transform to where the reply is made.
 type refusal struct {
 	code    policy.Code
 	message string
