@@ -128,7 +128,6 @@ func New(opts Options) (*Gateway, error) {
 func (g *Gateway) newConnectProxy() *goproxy.ProxyHttpServer {
 	gp := goproxy.NewProxyHttpServer()
 	gp.Logger = log.New(io.Discard, "", 0)
-	gp.KeepAcceptEncoding = true // pass compression through untouched
 	refuse := errors.New("egressgw: dial outside the gateway's dialer")
 	gp.Tr = &http.Transport{
 		Proxy: nil,
