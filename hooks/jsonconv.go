@@ -14,6 +14,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/d5/tengo/v2"
+
+	"github.com/egressgw/egressgw/internal/jsonstr"
 )
 
 // maxJSONDepth is encoding/json's nesting limit, which decodeJSON relies
@@ -442,7 +444,7 @@ func (e *jsonEncoder) value(o tengo.Object, depth int) error {
 	case *tengo.ImmutableArray:
 		return e.array(o.Value, depth)
 	case *tengo.String:
-		e.buf = appendJSONString(e.buf, o.Value)
+		e.buf = jsonstr.Append(e.buf, o.Value, false)
 	case *tengo.Int:
 		e.buf = strconv.AppendInt(e.buf, o.Value, 10)
 	case *tengo.Float:
@@ -483,7 +485,7 @@ func (e *jsonEncoder) object(m map[string]tengo.Object, depth int) error {
 		}
 		// Index, not a range over a subslice: nested maps may grow e.keys.
 		k := e.keys[i]
-		e.buf = appendJSONString(e.buf, k)
+		e.buf = jsonstr.Append(e.buf, k, false)
 		e.buf = append(e.buf, ':')
 		if err := e.value(m[k], depth+1); err != nil {
 			return err
@@ -528,58 +530,6 @@ func (e *jsonEncoder) float(f float64) error {
 		}
 	}
 	return nil
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString quotes s as encoding/json does (invalid UTF-8 becomes
-// U+FFFD; U+2028 and U+2029 are escaped for JavaScript consumers) but
-// leaves <, > and & alone.
-func appendJSONString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		if c := s[i]; c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
 
 // valueHasher fingerprints a Tengo value so a run can tell whether the

@@ -4,7 +4,8 @@ import (
 	"math"
 	"strconv"
 	"time"
-	"unicode/utf8"
+
+	"github.com/egressgw/egressgw/internal/jsonstr"
 )
 
 // appendJSON appends rec to b as the object json.Marshal(rec) gives, byte
@@ -70,62 +71,10 @@ func appendJSONStrings(b []byte, s []string) []byte {
 	return append(b, ']')
 }
 
-// appendJSONString appends s quoted as encoding/json does by default.
-// Path, host and method come from the client: every control character is
-// escaped, so no value can end the line or forge another record, and
-// U+2028/U+2029 are escaped for readers that treat them as line breaks.
-// <, > and & are escaped as HTML-safe encoding/json does; invalid UTF-8
-// becomes U+FFFD.
-func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-		case r == '\u2028' || r == '\u2029':
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xF])
-		default:
-			i += size
-			continue
-		}
-		i += size
-		start = i
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
-}
+// appendJSONString appends s quoted as json.Marshal does (HTML characters
+// escaped too). Path, host and method come from the client: no value can
+// end the line or forge another record.
+func appendJSONString(b []byte, s string) []byte { return jsonstr.Append(b, s, true) }
 
 // appendJSONFloat appends f as encoding/json formats a float64: like ES6,
 // plain decimals except below 1e-6 or from 1e21 up, with exponents not
