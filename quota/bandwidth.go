@@ -131,12 +131,13 @@ func (bw *Bandwidth) sweep(now time.Time) {
 type Shaper struct {
 	limiter  *rate.Limiter
 	rate     atomic.Int64 // bytes per second on this replica; 0 means no limit
+	burst    atomic.Int64 // the limiter's burst, readable without its lock
 	clock    func() time.Time
 	lastUsed atomic.Int64 // clock time of the last byte, in Unix nanoseconds
-
-	minuteMu    sync.Mutex
-	minute      int64 // Unix minute that minuteBytes counts
-	minuteBytes int64
+	// minute is the bytes moved in the current minute of the clock and
+	// which minute that is, in one word (see packMinute), so that counting
+	// a step takes no lock.
+	minute atomic.Uint64
 }
 
 func newShaper(bytesPerSecond int64, clock func() time.Time) *Shaper {
@@ -145,8 +146,25 @@ func newShaper(bytesPerSecond int64, clock func() time.Time) *Shaper {
 		clock:   clock,
 	}
 	s.rate.Store(bytesPerSecond)
+	s.burst.Store(int64(shaperBurst(bytesPerSecond)))
 	return s
 }
+
+// A minute count is packed as the Unix minute modulo 2^20 (two years, and
+// only compared with the current minute) above 44 bits of bytes (16 TiB,
+// far above what a minute can move).
+const minuteBytesBits = 44
+
+func packMinute(minute int64, bytes uint64) uint64 {
+	return uint64(minute)<<minuteBytesBits | bytes&(1<<minuteBytesBits-1)
+}
+
+func unpackMinute(v uint64) (minute int64, bytes uint64) {
+	return int64(v >> minuteBytesBits), v & (1<<minuteBytesBits - 1)
+}
+
+// clockMinute is the minute of t as packMinute keeps it.
+func clockMinute(t time.Time) int64 { return t.Unix() / 60 % (1 << 20) }
 
 // shaperBurst returns the bucket size for a rate: a tenth of a second's
 // worth. That is what an idle tenant may send at once, small against the
@@ -169,6 +187,7 @@ func (s *Shaper) setRate(bytesPerSecond int64) {
 	}
 	s.limiter.SetLimit(rate.Limit(bytesPerSecond))
 	s.limiter.SetBurst(shaperBurst(bytesPerSecond))
+	s.burst.Store(int64(shaperBurst(bytesPerSecond)))
 }
 
 // Rate returns the bytes per second this replica lets through, 0 for no
@@ -186,13 +205,11 @@ func (s *Shaper) BytesThisMinute() int64 {
 	if s == nil {
 		return 0
 	}
-	minute := s.clock().Unix() / 60
-	s.minuteMu.Lock()
-	defer s.minuteMu.Unlock()
-	if s.minute != minute {
+	minute, bytes := unpackMinute(s.minute.Load())
+	if minute != clockMinute(s.clock()) {
 		return 0
 	}
-	return s.minuteBytes
+	return int64(bytes)
 }
 
 // Reader returns r with its reads shaped: each read of r asks for at most one
@@ -234,7 +251,7 @@ func (s *Shaper) Writer(ctx context.Context, w io.Writer) io.Writer {
 // step returns the most bytes one wait may cover. WaitN refuses an n above
 // the burst outright, so no caller may ask for more.
 func (s *Shaper) step() int {
-	return min(s.limiter.Burst(), maxShaperStep)
+	return int(min(s.burst.Load(), maxShaperStep))
 }
 
 // Step returns the most bytes a caller that moves bytes itself (a kernel
@@ -279,13 +296,17 @@ func (s *Shaper) wait(ctx context.Context, n int) error {
 func (s *Shaper) count(n int) {
 	now := s.clock()
 	s.lastUsed.Store(now.UnixNano())
-	minute := now.Unix() / 60
-	s.minuteMu.Lock()
-	defer s.minuteMu.Unlock()
-	if s.minute != minute {
-		s.minute, s.minuteBytes = minute, 0
+	current := clockMinute(now)
+	for {
+		old := s.minute.Load()
+		minute, bytes := unpackMinute(old)
+		if minute != current {
+			bytes = 0 // a new minute starts from nothing
+		}
+		if s.minute.CompareAndSwap(old, packMinute(current, bytes+uint64(n))) {
+			return
+		}
 	}
-	s.minuteBytes += int64(n)
 }
 
 // shapedReader pays for each step before returning it. Every step is as

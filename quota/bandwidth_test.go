@@ -349,3 +349,31 @@ func TestShaperStepAndPassAchieveRate(t *testing.T) {
 		t.Errorf("pass with a cancelled context: %v, want context.Canceled", err)
 	}
 }
+
+// The per-minute count takes no lock: concurrent steps all count, and a
+// new minute of the clock starts from nothing.
+func TestShaperCountsBytesPerMinute(t *testing.T) {
+	clock := newFakeClock()
+	bw := NewBandwidth(BandwidthOptions{Clock: clock.Now})
+	s := bw.Shaper("acme/egress", 1<<40)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 1000 {
+				s.count(1500)
+			}
+		})
+	}
+	wg.Wait()
+	if got, want := s.BytesThisMinute(), int64(8*1000*1500); got != want {
+		t.Fatalf("BytesThisMinute = %d, want %d", got, want)
+	}
+	clock.Advance(time.Minute)
+	if got := s.BytesThisMinute(); got != 0 {
+		t.Fatalf("a minute later BytesThisMinute = %d, want 0", got)
+	}
+	s.count(7)
+	if got := s.BytesThisMinute(); got != 7 {
+		t.Fatalf("after counting 7 in the new minute: %d", got)
+	}
+}
