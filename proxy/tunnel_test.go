@@ -130,6 +130,11 @@ func TestTunnelRelaysConversations(t *testing.T) {
 				}
 				sent += int64(len(ping))
 			}
+			// A direction counts what it wrote after the write returns:
+			// read the counters once the relay is over.
+			_ = r.client.CloseWrite()
+			_ = r.upstream.CloseWrite()
+			<-r.done
 			if r.up.Load() != sent {
 				t.Errorf("counted %d bytes up, want %d", r.up.Load(), sent)
 			}
