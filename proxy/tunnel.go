@@ -145,8 +145,9 @@ func (t *tunnel) relay(parent context.Context, idle time.Duration) {
 	t.close()
 }
 
-// relayBuffers hold the 32 KiB buffers of directions that are moving
-// data; an idle direction gives its buffer back (see pipe).
+// relayBuffers hold the 32 KiB buffers of copies in progress: plain
+// response bodies, and tunnel directions that cannot splice (an idle one
+// gives its buffer back, see pipe).
 var relayBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // idleReadBuffer is what a waiting direction holds: small, since a
