@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"io"
 	"strconv"
 	"sync"
@@ -35,29 +34,54 @@ type auditRecord struct {
 	Reason     string    `json:"reason,omitempty"`
 }
 
-// auditFlushInterval bounds how long a line may wait in the buffer: the
-// log is written in blocks rather than a system call per request, which
-// was the largest single cost on the request path.
+// auditFlushInterval bounds how long a line may wait in memory: the log is
+// written in blocks rather than a system call per request.
 const auditFlushInterval = 100 * time.Millisecond
+
+// auditFlushSize is how much waiting text makes the writer flush before
+// its interval is up.
+const auditFlushSize = 256 << 10
+
+// auditBacklog bounds the text waiting for a slow disk: past it, requests
+// wait for the writer rather than the gateway's memory growing or lines
+// being dropped.
+const auditBacklog = 8 << 20
 
 // auditLineReuse is the largest line buffer kept for reuse: a rare line
 // with a huge path is not worth pinning memory for.
 const auditLineReuse = 16 << 10
 
-// auditLog writes whole lines into a buffer, so concurrent records never
-// interleave, and flushes it every auditFlushInterval and on close.
+// auditLog collects whole lines in memory, so concurrent records never
+// interleave, and one goroutine writes them out every auditFlushInterval
+// (sooner past auditFlushSize) and on close. A request only appends under
+// the lock: no request waits on the disk unless the backlog is full.
 type auditLog struct {
-	lines   sync.Pool // *[]byte: lines are encoded outside the lock
+	lines sync.Pool // *[]byte: lines are encoded outside the lock
+	out   io.Writer
+	// onError hears of a failed write, once per run of failures.
+	onError func(error)
+
 	mu      sync.Mutex
-	w       *bufio.Writer
-	pending bool
-	closed  bool // after close, every line is flushed at once
+	room    *sync.Cond // signalled when the writer has taken the backlog
+	pending []byte     // lines not yet handed to the writer
+	spare   []byte     // the writer's last buffer, for reuse
+	closed  bool       // after close, every line is written at once
+	kick    chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
 }
 
-func newAuditLog(w io.Writer) *auditLog {
-	a := &auditLog{w: bufio.NewWriterSize(w, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
+func newAuditLog(out io.Writer, onError func(error)) *auditLog {
+	a := &auditLog{
+		out:     out,
+		onError: onError,
+		pending: make([]byte, 0, 2*auditFlushSize),
+		spare:   make([]byte, 0, 2*auditFlushSize),
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	a.room = sync.NewCond(&a.mu)
 	a.lines.New = func() any { b := make([]byte, 0, 1024); return &b }
 	go a.flushLoop()
 	return a
@@ -74,51 +98,98 @@ func (a *auditLog) write(rec *auditRecord) error {
 	return err
 }
 
-// writeLine copies one whole line into the buffer; the caller may reuse
-// line once it returns.
+// writeLine appends one whole line; the caller may reuse line once it
+// returns.
 func (a *auditLog) writeLine(line []byte) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.pending = true
-	if _, err := a.w.Write(line); err != nil || !a.closed {
+	if a.closed {
+		// No writer any more: write through, behind anything a failed
+		// last flush left.
+		a.pending = append(a.pending, line...)
+		n, err := a.out.Write(a.pending)
+		a.pending = a.pending[:copy(a.pending, a.pending[n:])]
 		return err
 	}
-	a.pending = false
-	return a.w.Flush()
+	for len(a.pending) >= auditBacklog && !a.closed {
+		a.room.Wait()
+	}
+	a.pending = append(a.pending, line...)
+	if len(a.pending) >= auditFlushSize {
+		select {
+		case a.kick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }
 
+// flush writes out what is pending, outside the lock.
 func (a *auditLog) flush() error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !a.pending {
+	batch := a.pending
+	a.pending, a.spare = a.spare[:0], nil
+	a.room.Broadcast()
+	a.mu.Unlock()
+	if len(batch) == 0 {
+		a.giveBack(batch)
 		return nil
 	}
-	a.pending = false
-	return a.w.Flush()
+	n, err := a.out.Write(batch)
+	if err != nil {
+		// Keep what was not written, ahead of newer lines, for the next
+		// try: a full disk that recovers loses nothing.
+		a.mu.Lock()
+		a.pending = append(append(make([]byte, 0, len(batch)-n+len(a.pending)), batch[n:]...), a.pending...)
+		a.mu.Unlock()
+		return err
+	}
+	a.giveBack(batch)
+	return nil
+}
+
+// giveBack keeps the written buffer for the next swap, unless a burst
+// made it large.
+func (a *auditLog) giveBack(batch []byte) {
+	if cap(batch) > 4*auditFlushSize {
+		batch = make([]byte, 0, 2*auditFlushSize)
+	}
+	a.mu.Lock()
+	a.spare = batch[:0]
+	a.mu.Unlock()
 }
 
 func (a *auditLog) flushLoop() {
 	defer close(a.done)
 	tick := time.NewTicker(auditFlushInterval)
 	defer tick.Stop()
+	failing := false
 	for {
 		select {
 		case <-tick.C:
-			_ = a.flush()
+		case <-a.kick:
 		case <-a.stop:
 			return
 		}
+		err := a.flush()
+		if err != nil && !failing && a.onError != nil {
+			a.onError(err)
+		}
+		failing = err != nil
 	}
 }
 
-// close stops the flusher and writes out what is buffered.
+// close stops the writer and writes out what is pending; lines recorded
+// after it are written at once.
 func (a *auditLog) close() error {
 	close(a.stop)
 	<-a.done
+	err := a.flush()
 	a.mu.Lock()
 	a.closed = true
+	a.room.Broadcast()
 	a.mu.Unlock()
-	return a.flush()
+	return err
 }
 
 // record closes the books on an exchange: audit line, then metrics.
