@@ -22,21 +22,17 @@ import (
 // against: half exact hosts, half wildcards, in one tenant.
 const decisionRules = 10_000
 
-// decisionGateway is a gateway with one tenant of decisionRules rules and
-// quotas on but far from binding, as a production tenant would have.
-func decisionGateway(tb testing.TB) *Gateway {
+// benchToken is the token of the tenant "acme" in benchGateway's policies.
+const benchToken = "bench-token"
+
+// benchGateway is a gateway serving one tenant, acme (token benchToken),
+// whose quota and rules follow in tenantYAML; gatewayYAML is gateway.yaml.
+func benchGateway(tb testing.TB, gatewayYAML, tenantYAML string) *Gateway {
 	tb.Helper()
-	sum := sha256.Sum256([]byte("bench-token"))
-	var rules strings.Builder
-	for i := range decisionRules / 2 {
-		fmt.Fprintf(&rules, "  - { name: exact%d, hosts: [\"host%d.example.com\"], ports: [443] }\n", i, i)
-		fmt.Fprintf(&rules, "  - { name: wild%d, hosts: [\"*.zone%d.example.net\"], ports: [443] }\n", i, i)
-	}
+	sum := sha256.Sum256([]byte(benchToken))
 	fsys := fstest.MapFS{
-		"gateway.yaml": {Data: []byte("listen: \"127.0.0.1:3128\"\n")},
-		"tenants/acme.yaml": {Data: []byte("id: acme\nauth: { token_sha256: \"" + hex.EncodeToString(sum[:]) + "\" }\n" +
-			"quota: { requests_per_second: 1000000000, burst: 1000000000, max_concurrent: 1000000 }\n" +
-			"rules:\n" + rules.String())},
+		"gateway.yaml":      {Data: []byte(gatewayYAML)},
+		"tenants/acme.yaml": {Data: []byte("id: acme\nauth: { token_sha256: \"" + hex.EncodeToString(sum[:]) + "\" }\n" + tenantYAML)},
 	}
 	snap, err := policy.Load(fsys, time.Now())
 	if err != nil {
@@ -57,6 +53,19 @@ func decisionGateway(tb testing.TB) *Gateway {
 	return g
 }
 
+// decisionGateway is a gateway with one tenant of decisionRules rules and
+// quotas on but far from binding, as a production tenant would have.
+func decisionGateway(tb testing.TB) *Gateway {
+	tb.Helper()
+	var rules strings.Builder
+	for i := range decisionRules / 2 {
+		fmt.Fprintf(&rules, "  - { name: exact%d, hosts: [\"host%d.example.com\"], ports: [443] }\n", i, i)
+		fmt.Fprintf(&rules, "  - { name: wild%d, hosts: [\"*.zone%d.example.net\"], ports: [443] }\n", i, i)
+	}
+	return benchGateway(tb, "listen: \"127.0.0.1:3128\"\n",
+		"quota: { requests_per_second: 1000000000, burst: 1000000000, max_concurrent: 1000000 }\nrules:\n"+rules.String())
+}
+
 // BenchmarkPolicyDecision is the gateway's decision for one CONNECT:
 // identify the tenant from its Basic credentials (decode, SHA-256,
 // constant-time compare), match the target against 10,000 rules, and
@@ -66,7 +75,7 @@ func BenchmarkPolicyDecision(b *testing.B) {
 	g := decisionGateway(b)
 	r, _ := http.NewRequest(http.MethodConnect, "", nil)
 	r.RemoteAddr = "10.0.0.7:40000"
-	r.Header.Set("Proxy-Authorization", "Basic "+basicEncode("acme", "bench-token"))
+	r.Header.Set("Proxy-Authorization", "Basic "+basicEncode("acme", benchToken))
 	ctx := context.Background()
 	rt := g.runtime.Load()
 	for _, target := range []struct{ name, authority string }{
@@ -104,7 +113,7 @@ func TestPolicyDecisionAtScale(t *testing.T) {
 		}
 		return ex
 	}
-	good := basicEncode("acme", "bench-token")
+	good := basicEncode("acme", benchToken)
 	for _, tc := range []struct {
 		name, credentials, authority string
 		want                         policy.Code

@@ -4,21 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"testing"
-	"testing/fstest"
-	"time"
-
-	"github.com/egressgw/egressgw/policy"
-	"github.com/egressgw/egressgw/quota"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // cannedUpstream answers every request on its keep-alive connections with
@@ -80,31 +70,11 @@ func (d *discardResponse) WriteHeader(status int)      { d.status = status }
 func BenchmarkServePlain(b *testing.B) {
 	upstream := cannedUpstream(b)
 	host, port, _ := net.SplitHostPort(upstream)
-	sum := sha256.Sum256([]byte("bench-token"))
-	fsys := fstest.MapFS{
-		"gateway.yaml": {Data: []byte("listen: \"127.0.0.1:3128\"\nnetwork: { allow_cidrs: [\"127.0.0.1/32\"] }\n")},
-		"tenants/acme.yaml": {Data: []byte("id: acme\nauth: { token_sha256: \"" + hex.EncodeToString(sum[:]) + "\" }\n" +
-			"quota: { requests_per_second: 1000000000, burst: 1000000000, max_concurrent: 1000000, bandwidth: { egress: 64GiB, ingress: 64GiB } }\n" +
-			"rules:\n  - { name: upstream, hosts: [\"" + host + "\"], ports: [" + port + "] }\n")},
-	}
-	snap, err := policy.Load(fsys, time.Now())
-	if err != nil {
-		b.Fatal(err)
-	}
-	g, err := New(Options{
-		Logger:    slog.New(slog.DiscardHandler),
-		Audit:     io.Discard,
-		Registry:  prometheus.NewRegistry(),
-		Quota:     quota.NewMemory(quota.MemoryOptions{}),
-		Bandwidth: quota.NewBandwidth(quota.BandwidthOptions{}),
-		Settings:  snap.Gateway,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	g.Apply(snap)
+	g := benchGateway(b, "listen: \"127.0.0.1:3128\"\nnetwork: { allow_cidrs: [\"127.0.0.1/32\"] }\n",
+		"quota: { requests_per_second: 1000000000, burst: 1000000000, max_concurrent: 1000000, bandwidth: { egress: 64GiB, ingress: 64GiB } }\n"+
+			"rules:\n  - { name: upstream, hosts: [\""+host+"\"], ports: ["+port+"] }\n")
 	target, _ := url.Parse("http://" + upstream + "/small")
-	authorization := "Basic " + basicEncode("acme", "bench-token")
+	authorization := "Basic " + basicEncode("acme", benchToken)
 	w := &discardResponse{header: http.Header{}}
 	b.ReportAllocs()
 	for b.Loop() {
