@@ -92,3 +92,76 @@ func TestUpgradeRefusedWhereResponsesAreScrubbed(t *testing.T) {
 		t.Error("the upgrade reached the upstream")
 	}
 }
+
+// An upgraded connection is idle only when neither side sends: a client
+// that keeps talking to an upstream that only listens keeps it open past
+// idle_timeout, as a tunnel is.
+func TestUpgradeOneSidedTrafficIsNotIdle(t *testing.T) {
+	t.Parallel()
+	listener := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		fmt.Fprint(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		rw.Flush()
+		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+		// Listen silently until the client says it is done, then answer.
+		for {
+			line, err := rw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if line == "done\n" {
+				fmt.Fprint(rw, "bye\n")
+				rw.Flush()
+				return
+			}
+		}
+	})
+	origin := startHTTPUpstream(t, "127.0.0.1", listener)
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			limits:
+			  idle_timeout: 1s
+		`)),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("ws", []string{hostAPI}, origin.port)),
+	})
+	conn := g.dial(t)
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+		origin.url(hostAPI, "/listen"), origin.authority(hostAPI), acme.header())
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v, %v", resp, err)
+	}
+	// Talk for three idle timeouts while the upstream says nothing.
+	_ = conn.SetDeadline(time.Now().Add(scaled(20 * time.Second)))
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if _, err := io.WriteString(conn, "still here\n"); err != nil {
+			t.Fatalf("the gateway closed a connection the client kept busy: %v", err)
+		}
+	}
+	if _, err := io.WriteString(conn, "done\n"); err != nil {
+		t.Fatal(err)
+	}
+	if answer, err := br.ReadString('\n'); err != nil || answer != "bye\n" {
+		t.Fatalf("after %v of one-sided traffic: read %q, %v; want the upstream's answer", 3*time.Second, answer, err)
+	}
+
+	// When neither side sends, the connection is idle and is closed.
+	quiet := g.dial(t)
+	defer quiet.Close()
+	fmt.Fprintf(quiet, "GET %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+		origin.url(hostAPI, "/quiet"), origin.authority(hostAPI), acme.header())
+	qr := bufio.NewReader(quiet)
+	if resp, err := http.ReadResponse(qr, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v, %v", resp, err)
+	}
+	_ = quiet.SetDeadline(time.Now().Add(scaled(15 * time.Second)))
+	if n, err := qr.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("a silent upgraded connection: read %d, %v; want the gateway to close it after idle_timeout", n, err)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/textproto"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/egressgw/egressgw/policy"
 )
@@ -194,19 +196,43 @@ func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) {
 	if err := resp.Write(buffered); err != nil || buffered.Flush() != nil {
 		return
 	}
+	var lastActivity atomic.Int64 // unix nanoseconds of the last byte either way
+	lastActivity.Store(time.Now().UnixNano())
+	idle := ex.rt.dialer.idleTimeout
 	toUpstream := make(chan struct{})
 	go func() {
 		defer close(toUpstream)
 		// What the client sent right behind its request is in buffered.
-		n, _ := io.Copy(upstream, buffered)
-		ex.bytesUp.Add(n)
+		relayUpgraded(upstream, buffered, &ex.bytesUp, &lastActivity, idle)
 		_ = upstream.Close()
 	}()
-	n, _ := io.Copy(client, upstream)
-	ex.bytesDown.Add(n)
+	relayUpgraded(client, upstream, &ex.bytesDown, &lastActivity, idle)
 	_ = client.Close()
 	_ = upstream.Close()
 	<-toUpstream
+}
+
+// relayUpgraded copies one direction of an upgraded connection. The
+// upstream's side carries the idle read deadline of every upstream
+// connection; a read it cuts short ends the relay only if neither
+// direction moved a byte for idle, so a stream where one side does all
+// the talking stays open.
+func relayUpgraded(dst io.Writer, src io.Reader, counter, lastActivity *atomic.Int64, idle time.Duration) {
+	buf := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(buf)
+	for {
+		n, err := src.Read(*buf)
+		if n > 0 {
+			lastActivity.Store(time.Now().UnixNano())
+			if _, werr := dst.Write((*buf)[:n]); werr != nil {
+				return
+			}
+			counter.Add(int64(n))
+		}
+		if err != nil && !(isTimeout(err) && time.Since(time.Unix(0, lastActivity.Load())) < idle) {
+			return
+		}
+	}
 }
 
 // nonProxyHandler answers requests sent to the gateway as if it were a web
