@@ -5,30 +5,56 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 )
 
-// upgradeEcho accepts an Upgrade handshake (the WebSocket shape, without
-// framing: the test only needs the bytes after the 101 to flow) and then
-// echoes whatever arrives.
+// acceptUpgrade answers an Upgrade handshake (the WebSocket shape, without
+// framing: the tests only need the bytes after the 101 to flow) and hands
+// over the connection, which lives for at most lifetime.
+func acceptUpgrade(w http.ResponseWriter, lifetime time.Duration) (net.Conn, *bufio.ReadWriter, bool) {
+	conn, rw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil, nil, false
+	}
+	fmt.Fprint(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	rw.Flush()
+	_ = conn.SetDeadline(time.Now().Add(lifetime))
+	return conn, rw, true
+}
+
+// upgradeEcho accepts an upgrade and echoes whatever arrives.
 var upgradeEcho = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		http.Error(w, "want an upgrade", http.StatusBadRequest)
 		return
 	}
-	conn, rw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
+	conn, rw, ok := acceptUpgrade(w, 10*time.Second)
+	if !ok {
 		return
 	}
 	defer conn.Close()
-	fmt.Fprint(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-	rw.Flush()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	io.Copy(conn, rw)
 })
+
+// upgrade opens a connection to the gateway and asks, as acme, to switch
+// protocols at origin's path; it returns the connection once the 101 came.
+func (g *gateway) upgrade(t *testing.T, origin *upstream, path string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn := g.dial(t)
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+		origin.url(hostAPI, path), origin.authority(hostAPI), acme.header())
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade at %s: %v, %v; want 101", path, resp, err)
+	}
+	return conn, br
+}
 
 // TestUpgradePassesThrough: a plain-HTTP request that upgrades is decided
 // like any other, then its bytes flow both ways and are counted.
@@ -39,18 +65,7 @@ func TestUpgradePassesThrough(t *testing.T) {
 		"gateway.yaml":      gatewayYAML(""),
 		"tenants/acme.yaml": tenantYAML(acme, allowRule("ws", []string{hostAPI}, origin.port)),
 	})
-	conn := g.dial(t)
-	defer conn.Close()
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-		origin.url(hostAPI, "/socket"), origin.authority(hostAPI), acme.header())
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("status %d, want 101", resp.StatusCode)
-	}
+	conn, br := g.upgrade(t, origin, "/socket")
 	_ = conn.SetDeadline(time.Now().Add(scaled(5 * time.Second)))
 	for _, msg := range []string{"hello", "through the gateway"} {
 		if _, err := io.WriteString(conn, msg); err != nil {
@@ -99,14 +114,11 @@ func TestUpgradeRefusedWhereResponsesAreScrubbed(t *testing.T) {
 func TestUpgradeOneSidedTrafficIsNotIdle(t *testing.T) {
 	t.Parallel()
 	listener := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, rw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
+		conn, rw, ok := acceptUpgrade(w, 30*time.Second)
+		if !ok {
 			return
 		}
 		defer conn.Close()
-		fmt.Fprint(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		rw.Flush()
-		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 		// Listen silently until the client says it is done, then answer.
 		for {
 			line, err := rw.ReadString('\n')
@@ -128,15 +140,7 @@ func TestUpgradeOneSidedTrafficIsNotIdle(t *testing.T) {
 		`)),
 		"tenants/acme.yaml": tenantYAML(acme, allowRule("ws", []string{hostAPI}, origin.port)),
 	})
-	conn := g.dial(t)
-	defer conn.Close()
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-		origin.url(hostAPI, "/listen"), origin.authority(hostAPI), acme.header())
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade: %v, %v", resp, err)
-	}
+	conn, br := g.upgrade(t, origin, "/listen")
 	// Talk for three idle timeouts while the upstream says nothing.
 	_ = conn.SetDeadline(time.Now().Add(scaled(20 * time.Second)))
 	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
@@ -152,14 +156,7 @@ func TestUpgradeOneSidedTrafficIsNotIdle(t *testing.T) {
 	}
 
 	// When neither side sends, the connection is idle and is closed.
-	quiet := g.dial(t)
-	defer quiet.Close()
-	fmt.Fprintf(quiet, "GET %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-		origin.url(hostAPI, "/quiet"), origin.authority(hostAPI), acme.header())
-	qr := bufio.NewReader(quiet)
-	if resp, err := http.ReadResponse(qr, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade: %v, %v", resp, err)
-	}
+	quiet, qr := g.upgrade(t, origin, "/quiet")
 	_ = quiet.SetDeadline(time.Now().Add(scaled(15 * time.Second)))
 	if n, err := qr.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("a silent upgraded connection: read %d, %v; want the gateway to close it after idle_timeout", n, err)
