@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/egressgw/egressgw/internal/freeport"
 )
 
 // Package-wide fixtures, set up once by TestMain.
@@ -369,15 +371,15 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
-// freeAddr returns 127.0.0.1:P for a port that was free a moment ago.
+// freeAddr returns 127.0.0.1:P for a port that was free a moment ago and
+// that a process the test starts binds later (see freeport).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Loopback()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 func portOf(t *testing.T, addr string) int {

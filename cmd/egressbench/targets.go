@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/egressgw/egressgw/internal/freeport"
 )
 
 // Target names, as they appear in flags, tables and JSON.
@@ -320,14 +321,14 @@ LogLevel Critical
 `, port, maxClients, tlsPort)
 }
 
-// freeLoopbackAddr returns 127.0.0.1:P for a port that was free a moment ago.
+// freeLoopbackAddr returns 127.0.0.1:P for a port that was free a moment
+// ago, for a proxy the harness starts to bind (see freeport).
 func freeLoopbackAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Loopback()
 	if err != nil {
 		return "", fmt.Errorf("find a free port: %w", err)
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return addr, nil
 }
 
 // expectOK GETs url directly (never through a proxy) and fails unless the
