@@ -32,16 +32,16 @@ type tenantSeries struct {
 	egress, ingress prometheus.Counter // bytes_total by direction
 }
 
+func newTenantState(id string) *tenantState {
+	return &tenantState{rateKey: tenantKey(id), egressKey: bandwidthKey(id, "egress"), ingressKey: bandwidthKey(id, "ingress")}
+}
+
 // newTenantStates derives the state of every tenant of snap.
 func newTenantStates(snap *policy.Snapshot) map[*policy.Tenant]*tenantState {
 	states := make(map[*policy.Tenant]*tenantState, len(snap.TenantIDs()))
 	for _, id := range snap.TenantIDs() {
 		t, _ := snap.Tenant(id)
-		states[t] = &tenantState{
-			rateKey:    tenantKey(id),
-			egressKey:  bandwidthKey(id, "egress"),
-			ingressKey: bandwidthKey(id, "ingress"),
-		}
+		states[t] = newTenantState(id)
 	}
 	return states
 }
@@ -54,7 +54,7 @@ func (rt *runtimeState) tenantState(t *policy.Tenant) *tenantState {
 	}
 	// Not of this snapshot (cannot happen on the request path): derive it
 	// on the spot rather than fail.
-	return &tenantState{rateKey: tenantKey(t.ID), egressKey: bandwidthKey(t.ID, "egress"), ingressKey: bandwidthKey(t.ID, "ingress")}
+	return newTenantState(t.ID)
 }
 
 // seriesFor returns the tenant's metric children, resolving them on first
