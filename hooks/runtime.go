@@ -99,12 +99,9 @@ func (rt *Runtime) MaxConcurrent() int { return len(rt.slots) }
 // lim's zero fields come from the runtime's defaults. meta.Tenant decides
 // the turn in the queue when all workers are busy.
 func (rt *Runtime) RunRequest(ctx context.Context, s *Script, meta Meta, req Request, lim Limits) (Request, Outcome, error) {
-	lim = lim.Or(rt.defaults)
-	if err := lim.Validate(); err != nil {
-		return req, Outcome{}, &RunError{Script: s.name, Kind: FailUnavailable, Message: "invalid limits: " + err.Error(), Err: err}
-	}
-	if int64(len(req.Body)) > lim.MaxBodyBytes {
-		return req, Outcome{}, &BodyTooLargeError{Script: s.name, Size: int64(len(req.Body)), Limit: lim.MaxBodyBytes}
+	lim, err := rt.limitsFor(s, lim, len(req.Body))
+	if err != nil {
+		return req, Outcome{}, err
 	}
 	reply, err := rt.run(ctx, s, &runFrame{meta: meta, req: req, limits: lim})
 	if err != nil {
@@ -130,12 +127,9 @@ func (rt *Runtime) RunRequest(ctx context.Context, s *Script, meta Meta, req Req
 // the proxy no longer has it). Errors and the outcome mean what they mean
 // for RunRequest; a body over max_body_bytes is resp.Body's.
 func (rt *Runtime) RunResponse(ctx context.Context, s *Script, meta Meta, req Request, resp Response, lim Limits) (Response, Outcome, error) {
-	lim = lim.Or(rt.defaults)
-	if err := lim.Validate(); err != nil {
-		return resp, Outcome{}, &RunError{Script: s.name, Kind: FailUnavailable, Message: "invalid limits: " + err.Error(), Err: err}
-	}
-	if int64(len(resp.Body)) > lim.MaxBodyBytes {
-		return resp, Outcome{}, &BodyTooLargeError{Script: s.name, Size: int64(len(resp.Body)), Limit: lim.MaxBodyBytes}
+	lim, err := rt.limitsFor(s, lim, len(resp.Body))
+	if err != nil {
+		return resp, Outcome{}, err
 	}
 	if int64(len(req.Body)) > lim.MaxBodyBytes {
 		req.Body = nil // context only; not worth a 413
@@ -154,6 +148,19 @@ func (rt *Runtime) RunResponse(ctx context.Context, s *Script, meta Meta, req Re
 		out.Body = reply.body
 	}
 	return out, Outcome{BodyChanged: reply.bodyChanged, DroppedEdits: reply.dropped}, nil
+}
+
+// limitsFor completes lim with the runtime's defaults and checks it, and
+// refuses a body over its max_body_bytes before the script runs.
+func (rt *Runtime) limitsFor(s *Script, lim Limits, body int) (Limits, error) {
+	lim = lim.Or(rt.defaults)
+	if err := lim.Validate(); err != nil {
+		return lim, &RunError{Script: s.name, Kind: FailUnavailable, Message: "invalid limits: " + err.Error(), Err: err}
+	}
+	if int64(body) > lim.MaxBodyBytes {
+		return lim, &BodyTooLargeError{Script: s.name, Size: int64(body), Limit: lim.MaxBodyBytes}
+	}
+	return lim, nil
 }
 
 // run waits for a slot in the tenant's turn, runs the frame there and
