@@ -229,7 +229,7 @@ func relayUpgraded(dst io.Writer, src io.Reader, counter, lastActivity *atomic.I
 			}
 			counter.Add(int64(n))
 		}
-		if err != nil && !(isTimeout(err) && time.Since(time.Unix(0, lastActivity.Load())) < idle) {
+		if err != nil && !deadlineWhileActive(err, lastActivity, idle) {
 			return
 		}
 	}

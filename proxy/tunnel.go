@@ -229,7 +229,14 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 // stillActive says whether err is a deadline that fired while the tunnel
 // is still in use: either direction moved a byte within idle.
 func (t *tunnel) stillActive(err error, idle time.Duration) bool {
-	return isTimeout(err) && time.Since(time.Unix(0, t.lastActivity.Load())) < idle
+	return deadlineWhileActive(err, &t.lastActivity, idle)
+}
+
+// deadlineWhileActive says whether err is a deadline that fired although
+// a byte moved, either way, within idle (lastActivity holds Unix
+// nanoseconds): a one-way stream is not idle, so it must not end there.
+func deadlineWhileActive(err error, lastActivity *atomic.Int64, idle time.Duration) bool {
+	return isTimeout(err) && time.Since(time.Unix(0, lastActivity.Load())) < idle
 }
 
 // tcpConn finds the TCP connection under the gateway's wrappers, nil if
