@@ -255,12 +255,6 @@ func encodeRunHead(buf []byte, f *runFrame, bodyLen int) []byte {
 	return w.buf
 }
 
-// encodeRunFrame is head and body in one buffer.
-func encodeRunFrame(buf []byte, f *runFrame) []byte {
-	body := encodeRunBody(nil, f)
-	return append(encodeRunHead(buf, f, len(body)), body...)
-}
-
 func decodeRunFrame(payload []byte) (*runFrame, error) {
 	r := wireReader{buf: payload}
 	f := &runFrame{flags: r.u8()}

@@ -52,3 +52,9 @@ func FuzzDecodeReplyFrame(f *testing.F) {
 		_, _ = decodeReplyFrame(payload)
 	})
 }
+
+// encodeRunFrame is head and body in one buffer, as the runtime sends them.
+func encodeRunFrame(buf []byte, f *runFrame) []byte {
+	body := encodeRunBody(nil, f)
+	return append(encodeRunHead(buf, f, len(body)), body...)
+}

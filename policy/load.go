@@ -262,17 +262,6 @@ func (b *builder) listenAddr(doc *yamlDoc, key, addr string) {
 	}
 }
 
-func (b *builder) unsupported(doc *yamlDoc, present bool, path ...string) {
-	if !present {
-		return
-	}
-	steps := make([]any, len(path))
-	for i, p := range path {
-		steps[i] = p
-	}
-	b.errorf(doc, doc.line(steps...), "%s: not supported by this version of egressgw yet; remove it", strings.Join(path, "."))
-}
-
 func (b *builder) positive(doc *yamlDoc, v int, path ...any) {
 	if v <= 0 {
 		b.errorf(doc, doc.line(path...), "%s: must be greater than zero", path[len(path)-1])
