@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -412,4 +413,52 @@ func configGenerationAtLeast(config string, n int) bool {
 	}
 	fmt.Sscanf(strings.TrimSpace(config[i+len(`"generation":`):]), "%d", &generation)
 	return generation >= n
+}
+
+// Editing a file the YAML refers to — here a hook script — is a change to
+// the policy like editing the YAML: the new script is live within the
+// reload bound.
+func TestReloadOnHookScriptEdit(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", jsonEcho)
+	stamp := func(v string) string { return `request.headers["X-Stamp"] = ["` + v + `"]` + "\n" }
+	dir := writeConfig(t, configFiles{
+		"gateway.yaml":      gatewayYAML(""),
+		"hooks/stamp.tengo": stamp("first"),
+		"connectors/crm.yaml": yamlf(`
+			name: crm
+			hosts: [%q]
+			ports: [%d]
+			hooks: { request: hooks/stamp.tengo }
+		`, hostAPI, origin.port),
+		"tenants/hooker.yaml": tenantYAML(hooker, "connectors: [crm]\n"),
+	})
+	g := newGateway(t)
+	g.start(t, "--config", dir, "--log-format", "json")
+	client := g.client(t, hooker)
+	stamped := func() string {
+		resp, err := client.Get(origin.url(hostAPI, "/v1/items"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var got map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+			t.Fatal(err)
+		}
+		s, _ := got["stamp"].(string)
+		return s
+	}
+	if got := stamped(); got != "first" {
+		t.Fatalf("stamp %q before the edit, want first", got)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hooks", "stamp.tengo"), []byte(stamp("second")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, reloadWindow, func() error {
+		if got := stamped(); got != "second" {
+			return fmt.Errorf("stamp %q, want the edited script's second", got)
+		}
+		return nil
+	})
 }

@@ -8,8 +8,8 @@
 // Explain traces rule by rule.
 //
 // Watch reports when the config directory may have changed (fsnotify on
-// the directories, debounced, with a periodic resync); Fingerprint tells
-// cheaply whether anything did. Reloading is Load again, then publishing
+// the directories, debounced, with a periodic resync); Snapshot.Unchanged
+// tells cheaply whether anything did. Reloading is Load again, then publishing
 // the new snapshot: the caller decides, the package never swaps by itself.
 //
 // The package does not dial, resolve names or serve HTTP.

@@ -47,7 +47,6 @@ func Load(fsys fs.FS, now time.Time) (*Snapshot, error) {
 	}
 	b := &builder{fsys: fsys, snap: &Snapshot{
 		LoadedAt: now,
-		Hash:     hashFiles(files),
 		tenants:  map[string]*Tenant{},
 	}}
 	b.gateway(files)
@@ -55,6 +54,10 @@ func Load(fsys fs.FS, now time.Time) (*Snapshot, error) {
 	b.tenants(files, connectors)
 	if len(b.errs) > 0 {
 		return nil, &LoadError{Errors: b.errs}
+	}
+	b.snap.Hash = hashFiles(files, b.referenced)
+	for _, f := range b.referenced {
+		b.snap.referenced = append(b.snap.referenced, f.name)
 	}
 	b.snap.Warnings = b.warns
 	b.snap.indexSources()
@@ -126,7 +129,7 @@ func readYAMLDir(fsys fs.FS, dir string) ([]configFile, error) {
 	return out, nil
 }
 
-func hashFiles(cf configFiles) string {
+func hashFiles(cf configFiles, referenced []configFile) string {
 	h := sha256.New()
 	write := func(f configFile) {
 		fmt.Fprintf(h, "%s\x00%d\x00", f.name, len(f.data))
@@ -141,6 +144,9 @@ func hashFiles(cf configFiles) string {
 	for _, f := range cf.connectors {
 		write(f)
 	}
+	for _, f := range referenced {
+		write(f)
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -152,6 +158,7 @@ type builder struct {
 	snap            *Snapshot
 	errs            []ConfigError
 	warns           []ConfigError
+	referenced      []configFile // files the YAML refers to, as read
 }
 
 func (b *builder) errorf(doc *yamlDoc, line int, format string, args ...any) {
@@ -247,13 +254,24 @@ func (b *builder) upstreamRoots(doc *yamlDoc, files []string) *x509.CertPool {
 	return pool
 }
 
-// readFile reads a file a config refers to: an absolute path as it is, a
-// relative one inside the config directory.
+// readFile reads a file a config refers to (a hook script, a secret, the
+// CA, upstream roots) and keeps it for the snapshot's hash, so that
+// editing it is a change like editing the YAML.
 func (b *builder) readFile(name string) ([]byte, error) {
+	data, err := readReferenced(b.fsys, name)
+	if err == nil {
+		b.referenced = append(b.referenced, configFile{name: name, data: data})
+	}
+	return data, err
+}
+
+// readReferenced reads a file a config refers to: an absolute path as it
+// is, a relative one inside the config directory.
+func readReferenced(fsys fs.FS, name string) ([]byte, error) {
 	if filepath.IsAbs(name) {
 		return os.ReadFile(name)
 	}
-	return fs.ReadFile(b.fsys, path.Clean(filepath.ToSlash(name)))
+	return fs.ReadFile(fsys, path.Clean(filepath.ToSlash(name)))
 }
 
 func (b *builder) listenAddr(doc *yamlDoc, key, addr string) {

@@ -17,10 +17,14 @@ import (
 // connectors with their compiled matchers. It is immutable once built; a
 // request holds one snapshot from start to end, and a reload builds a new one.
 type Snapshot struct {
-	Gateway  Gateway
-	Hash     string // sha256 over every file's path and content
+	Gateway Gateway
+	// Hash is a sha256 over the path and content of every file the load
+	// read: the YAML files and the files they refer to.
+	Hash     string
 	LoadedAt time.Time
 	Warnings []ConfigError // problems that do not stop the load (shown by check)
+
+	referenced []string // the files the YAML refers to, in the order read
 
 	tenants    map[string]*Tenant
 	tenantIDs  []string // sorted

@@ -106,12 +106,23 @@ func watchDirs(w *fsnotify.Watcher, dir string, log *slog.Logger) {
 	}
 }
 
-// Fingerprint hashes the files a Load would read, without decoding them:
-// a cheap way to tell whether a reload would change anything.
-func Fingerprint(fsys fs.FS) (string, error) {
+// Unchanged reports whether fsys still holds the files s was loaded from —
+// the YAML files and every file they refer to (hook scripts, secrets, the
+// CA, upstream roots) — reading them without decoding anything: a cheap way
+// to tell whether a reload would change anything. A file that cannot be
+// read counts as a change, so that the reload that follows reports it.
+func (s *Snapshot) Unchanged(fsys fs.FS) bool {
 	files, err := readConfigFiles(fsys)
 	if err != nil {
-		return "", err
+		return false
 	}
-	return hashFiles(files), nil
+	referenced := make([]configFile, 0, len(s.referenced))
+	for _, name := range s.referenced {
+		data, err := readReferenced(fsys, name)
+		if err != nil {
+			return false
+		}
+		referenced = append(referenced, configFile{name: name, data: data})
+	}
+	return hashFiles(files, referenced) == s.Hash
 }

@@ -117,19 +117,46 @@ func TestWatchResyncs(t *testing.T) {
 	waitFor(t, "periodic resyncs", func() bool { return resyncs.Load() >= 2 })
 }
 
-func TestFingerprintMatchesLoadHash(t *testing.T) {
+// A snapshot is unchanged only while every file its load read is: the
+// YAML and the files it refers to, such as a hook script.
+func TestSnapshotUnchanged(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "gateway.yaml"), "listen: \":3128\"\n")
-	sum, err := Fingerprint(os.DirFS(dir))
+	if err := os.MkdirAll(filepath.Join(dir, "connectors"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "hooks"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(dir, "connectors", "crm.yaml"), "name: crm\nhosts: [\"crm.example\"]\nhooks: { request: hooks/tag.tengo }\n")
+	script := filepath.Join(dir, "hooks", "tag.tengo")
+	write(t, script, "request.headers[\"X-Tag\"] = [\"a\"]\n")
+	fsys := os.DirFS(dir)
+	snap, err := Load(fsys, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap, err := Load(os.DirFS(dir), time.Now())
-	if err != nil {
+	if !snap.Unchanged(fsys) {
+		t.Fatal("a snapshot differs from the files it was just loaded from")
+	}
+	write(t, script, "request.headers[\"X-Tag\"] = [\"b\"]\n")
+	if snap.Unchanged(fsys) {
+		t.Error("an edited hook script went unnoticed: the reload would be skipped")
+	}
+	write(t, script, "request.headers[\"X-Tag\"] = [\"a\"]\n")
+	if !snap.Unchanged(fsys) {
+		t.Error("the script's original content counts as a change")
+	}
+	write(t, filepath.Join(dir, "gateway.yaml"), "listen: \":3129\"\n")
+	if snap.Unchanged(fsys) {
+		t.Error("an edited gateway.yaml went unnoticed")
+	}
+	write(t, filepath.Join(dir, "gateway.yaml"), "listen: \":3128\"\n")
+	if err := os.Remove(script); err != nil {
 		t.Fatal(err)
 	}
-	if sum != snap.Hash {
-		t.Errorf("Fingerprint %s != Load hash %s", sum, snap.Hash)
+	if snap.Unchanged(fsys) {
+		t.Error("a removed hook script went unnoticed")
 	}
 }
 

@@ -264,7 +264,7 @@ func (r *reloader) reload(trigger string) {
 	r.mu.Lock() // the watcher and SIGHUP may ask at once
 	defer r.mu.Unlock()
 	if live := r.gw.Live(); live != nil {
-		if sum, err := policy.Fingerprint(r.source.fsys); err == nil && sum == live.Hash {
+		if live.Unchanged(r.source.fsys) {
 			return // nothing changed: keep the generation, and the quota state with it
 		}
 	}
