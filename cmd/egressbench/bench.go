@@ -28,6 +28,7 @@ type benchEnv struct {
 	clientTLS        *tls.Config // trusts both CAs, nothing else
 	loadTenants      []credentials
 	profiler         *gatewayProfiler // nil without --gateway-pprof
+	pinning          *cpuPinning      // nil without --proxy-cpus
 
 	notesMu sync.Mutex
 	notes   []string
@@ -52,6 +53,17 @@ func newBenchEnv(opts options, progress io.Writer) (env *benchEnv, closeEnv func
 		return nil, nil, fmt.Errorf("temporary directory: %w", err)
 	}
 	env = &benchEnv{opts: opts, dir: dir, progress: progress}
+	if opts.proxyCPUs != "" {
+		if env.pinning, err = newCPUPinning(opts.proxyCPUs); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, nil, err
+		}
+		if err := env.pinning.pinHarness(); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, nil, err
+		}
+		env.addNote(env.pinning.describe())
+	}
 	closeEnv = func() {
 		if env.up != nil {
 			_ = env.up.Close()

@@ -38,6 +38,7 @@ type options struct {
 	egressgwBinary   string
 	tinyproxyBinary  string
 	gatewayPprof     string
+	proxyCPUs        string
 	pprofOut         string
 	timeout          time.Duration
 	keepTemp         bool
@@ -114,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (options, outputFormat, error) 
 	fs.StringVar(&o.egressgwBinary, "egressgw", "", "egressgw binary (default: go build ./cmd/egressgw of this module)")
 	fs.StringVar(&o.tinyproxyBinary, "tinyproxy", "", "tinyproxy binary (default: tinyproxy on PATH; left out when missing)")
 	fs.StringVar(&o.gatewayPprof, "gateway-pprof", "", `base URL of egressgw's /debug/pprof/ endpoints, or "admin" for its admin listener; fetches a CPU profile during the first small-request window and a heap profile with the idle tunnels open`)
+	fs.StringVar(&o.proxyCPUs, "proxy-cpus", "", `CPUs (e.g. "1" or "2-3") for the proxies under test; the harness, clients and upstreams, runs on the others. Default: no pinning, everything shares every CPU`)
 	fs.StringVar(&o.pprofOut, "pprof-out", ".", "directory for the profiles --gateway-pprof fetches")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "the whole benchmark stops after this long")
 	fs.BoolVar(&o.keepTemp, "keep-temp", false, "keep the temporary directory (configs, audit log) for inspection")
@@ -193,6 +195,11 @@ func (o options) validate() error {
 	for _, s := range o.scenarios {
 		if !slices.Contains(allScenarioIDs(), s) {
 			return fmt.Errorf("--scenarios: unknown scenario %q (known: %s)", s, strings.Join(allScenarioIDs(), ", "))
+		}
+	}
+	if o.proxyCPUs != "" {
+		if _, err := parseCPUList(o.proxyCPUs); err != nil {
+			return fmt.Errorf("--proxy-cpus: %w", err)
 		}
 	}
 	if slices.Contains(o.scenarios, scenarioHalfLoad) && !slices.Contains(o.scenarios, scenarioSmall) {

@@ -26,17 +26,17 @@ type childProcess struct {
 	waitErr error // valid once exited is closed
 }
 
-// startChild starts cmd. Unless the caller set them, its environment is
-// the harness's without proxy variables, and its output is kept (the last
-// few KiB) for error messages.
-func startChild(name string, cmd *exec.Cmd) (*childProcess, error) {
+// startChild starts cmd, on the proxies' CPUs when pin is not nil. Unless
+// the caller set them, its environment is the harness's without proxy
+// variables, and its output is kept (the last few KiB) for error messages.
+func startChild(name string, cmd *exec.Cmd, pin *cpuPinning) (*childProcess, error) {
 	if cmd.Env == nil {
 		cmd.Env = childEnv()
 	}
 	c := &childProcess{name: name, cmd: cmd, stdout: newOutputTail(), stderr: newOutputTail(), exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = c.stdout, c.stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := pin.start(cmd, c.exited); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	go func() {

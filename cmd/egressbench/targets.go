@@ -122,7 +122,7 @@ func probeThrough(ctx context.Context, env *benchEnv, t *runningTarget) error {
 // waits until it forwards a request (and, if given, until ready succeeds)
 // and returns it as a running target.
 func startProxy(ctx context.Context, env *benchEnv, name string, cmd *exec.Cmd, addrOf func(*childProcess) (string, error), ready func(ctx context.Context) error) (*runningTarget, error) {
-	proc, err := startChild(name, cmd)
+	proc, err := startChild(name, cmd, env.pinning)
 	if err != nil {
 		return nil, err
 	}
