@@ -112,6 +112,12 @@ func (ex *exchange) tenantID() string {
 func (ex *exchange) identify(r *http.Request) bool {
 	snap := ex.rt.live.Snapshot
 	if header := r.Header.Get("Proxy-Authorization"); header != "" {
+		memo := authMemoOf(r.Context())
+		if t, sum, ok := memo.recall(ex.rt, header); ok {
+			ex.setTenant(t)
+			ex.tokenSum = sum
+			return true
+		}
 		var buf [basicBuffer]byte
 		if user, token, ok := parseBasic(header, buf[:0]); ok {
 			sum := sha256.Sum256(token)
@@ -119,9 +125,11 @@ func (ex *exchange) identify(r *http.Request) bool {
 			if t, ok := snap.AuthenticateSum(string(user), sum); ok {
 				ex.setTenant(t)
 				ex.tokenSum = sum
+				memo.remember(ex.rt, header, t, sum)
 				return true
 			}
 		}
+		memo.forget()
 		ex.fail(policy.CodeProxyAuthRequired, true,
 			"the proxy credentials were not accepted; send Proxy-Authorization: Basic base64(TENANT:TOKEN), e.g. HTTP_PROXY=http://TENANT:TOKEN@gateway:3128")
 		return false

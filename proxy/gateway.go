@@ -117,6 +117,7 @@ func New(opts Options) (*Gateway, error) {
 		IdleTimeout:       opts.Settings.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ConnContext:       withAuthMemo,
 	}
 	return g, nil
 }

@@ -42,6 +42,7 @@ fuzz ./policy FuzzLoad
 fuzz ./policy FuzzCheckPath
 fuzz ./proxy FuzzParseBasic
 fuzz ./proxy FuzzAuditLine
+fuzz ./proxy FuzzSameSecret
 fuzz ./internal/jsonstr FuzzAppend
 fuzz ./redaction FuzzRedactJSON
 fuzz ./redaction FuzzRedactText

@@ -1,0 +1,75 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"net"
+
+	"github.com/egressgw/egressgw/policy"
+)
+
+// authMemo remembers the Proxy-Authorization a client connection last
+// proved and whom it identified, so that the later requests of a
+// keep-alive connection cost a comparison instead of a base64 decode, a
+// SHA-256 and a table lookup. It is checked against one policy generation:
+// after a reload, the first request proves its credentials again. A
+// connection's requests are served one after another by one goroutine, so
+// the memo needs no lock.
+type authMemo struct {
+	rt     *runtimeState
+	header string
+	tenant *policy.Tenant
+	sum    [sha256.Size]byte
+}
+
+type authMemoKey struct{}
+
+// withAuthMemo is the server's ConnContext: every client connection gets
+// its own empty memo.
+func withAuthMemo(ctx context.Context, _ net.Conn) context.Context {
+	return context.WithValue(ctx, authMemoKey{}, new(authMemo))
+}
+
+// authMemoOf is the memo of the connection ctx belongs to, or nil where
+// requests do not come from the gateway's own listener.
+func authMemoOf(ctx context.Context) *authMemo {
+	memo, _ := ctx.Value(authMemoKey{}).(*authMemo)
+	return memo
+}
+
+// recall returns the tenant header identified under rt, if it is the
+// header this memo holds.
+func (m *authMemo) recall(rt *runtimeState, header string) (*policy.Tenant, [sha256.Size]byte, bool) {
+	if m == nil || m.rt != rt || m.tenant == nil || !sameSecret(m.header, header) {
+		return nil, [sha256.Size]byte{}, false
+	}
+	return m.tenant, m.sum, true
+}
+
+func (m *authMemo) remember(rt *runtimeState, header string, tenant *policy.Tenant, sum [sha256.Size]byte) {
+	if m != nil {
+		*m = authMemo{rt: rt, header: header, tenant: tenant, sum: sum}
+	}
+}
+
+// forget clears the memo once a connection sends credentials that fail,
+// so that it keeps nothing of a credential the gateway no longer accepts.
+func (m *authMemo) forget() {
+	if m != nil {
+		*m = authMemo{}
+	}
+}
+
+// sameSecret compares two credentials in time that depends only on their
+// lengths, so a client cannot learn a remembered header a byte at a time
+// (as crypto/subtle.ConstantTimeCompare, without converting to []byte).
+func sameSecret(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	var diff byte
+	for i := 0; i < len(a); i++ {
+		diff |= a[i] ^ b[i]
+	}
+	return diff == 0
+}
