@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -25,6 +26,14 @@ import (
 	"github.com/egressgw/egressgw/proxy"
 	"github.com/egressgw/egressgw/quota"
 )
+
+// defaultGCPercent is the collector's target when GOGC is not set. The
+// gateway's live heap is mostly its policy, metrics and trust roots: a few
+// MB that every collection marks again, while what requests allocate dies
+// young. Collecting when the heap reaches 3× the live heap rather than 2×
+// halves that marking per request (about 5% of the gateway's instructions
+// on a small request) for a few MB more heap. GOGC, when set, wins.
+const defaultGCPercent = 200
 
 func serve(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("serve", stderr)
@@ -40,6 +49,9 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "egressgw:", err)
 		return exitUsage
+	}
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(defaultGCPercent)
 	}
 	source, err := openConfig(*configPath)
 	if err != nil {
