@@ -14,7 +14,7 @@ import (
 func (rec *auditRecord) appendJSON(b []byte) []byte {
 	// Time.MarshalJSON writes RFC3339Nano too; its digits need no escaping.
 	b = append(b, `{"time":"`...)
-	b = rec.Time.AppendFormat(b, time.RFC3339Nano)
+	b = appendTimestamp(b, rec.Time)
 	b = append(b, `","request_id":`...)
 	b = appendJSONString(b, rec.RequestID)
 	b = append(b, `,"tenant":`...)
@@ -54,6 +54,52 @@ func (rec *auditRecord) appendJSON(b []byte) []byte {
 		b = appendJSONString(b, rec.Reason)
 	}
 	return append(b, '}')
+}
+
+// appendTimestamp appends t as t.AppendFormat(b, time.RFC3339Nano) does,
+// without interpreting the layout on every line: for a UTC time of years
+// 0-9999 (the audit log's), the fields directly; otherwise through
+// AppendFormat.
+func appendTimestamp(b []byte, t time.Time) []byte {
+	year, month, day := t.Date()
+	if year < 0 || year > 9999 || t.Location() != time.UTC {
+		return t.AppendFormat(b, time.RFC3339Nano)
+	}
+	hour, minute, second := t.Clock()
+	n := len(b)
+	b = append(b, "0000-00-00T00:00:00"...)
+	d := b[n:]
+	put2(d[0:], year/100)
+	put2(d[2:], year%100)
+	put2(d[5:], int(month))
+	put2(d[8:], day)
+	put2(d[11:], hour)
+	put2(d[14:], minute)
+	put2(d[17:], second)
+	if ns := t.Nanosecond(); ns != 0 {
+		// Nine digits with the trailing zeros dropped, as ".999999999".
+		var frac [10]byte
+		frac[0] = '.'
+		frac[1] = byte('0' + ns/100_000_000)
+		put2(frac[2:], ns/1_000_000%100)
+		put2(frac[4:], ns/10_000%100)
+		put2(frac[6:], ns/100%100)
+		put2(frac[8:], ns%100)
+		end := len(frac)
+		for frac[end-1] == '0' {
+			end--
+		}
+		b = append(b, frac[:end]...)
+	}
+	return append(b, 'Z')
+}
+
+// twoDigits holds "00" to "99" back to back.
+const twoDigits = "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899"
+
+// put2 writes v, 0 <= v < 100, as two digits at d[0:2].
+func put2(d []byte, v int) {
+	d[0], d[1] = twoDigits[2*v], twoDigits[2*v+1]
 }
 
 // appendJSONStrings appends s as encoding/json does: a nil slice is null.

@@ -248,3 +248,22 @@ func FuzzAuditLine(f *testing.F) {
 		}
 	})
 }
+
+// FuzzTimestamp holds appendTimestamp to time's own RFC3339Nano, for
+// every time the audit log could carry and some it never will.
+func FuzzTimestamp(f *testing.F) {
+	f.Add(int64(1741944413589793000), false)
+	f.Add(int64(1741944413000000000), false)
+	f.Add(int64(1741944413100000000), true)
+	f.Add(int64(-62135596800000000), false) // year 1
+	f.Add(int64(0), true)
+	f.Fuzz(func(t *testing.T, unixNano int64, local bool) {
+		at := time.Unix(0, unixNano).UTC()
+		if local {
+			at = at.In(time.FixedZone("X", 5*3600+30*60))
+		}
+		if got, want := string(appendTimestamp([]byte("x"), at)), "x"+at.Format(time.RFC3339Nano); got != want {
+			t.Fatalf("appendTimestamp(%v) = %q, want %q", at, got, want)
+		}
+	})
+}

@@ -1,8 +1,7 @@
 package proxy
 
 import (
-	"crypto/rand"
-	"encoding/binary"
+	"math/rand/v2"
 	"time"
 )
 
@@ -10,15 +9,16 @@ import (
 const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 // newRequestID returns a ULID: 48 bits of milliseconds then 80 random
-// bits, so ids sort by time in logs and never collide in practice.
+// bits, so ids sort by time in logs and never collide in practice. An id
+// names a request and grants nothing, so its bits come from the runtime's
+// per-thread ChaCha8 generator (seeded by the OS) rather than a
+// getrandom per request.
 func newRequestID(now time.Time) string {
-	var raw [16]byte
-	binary.BigEndian.PutUint64(raw[:8], uint64(now.UnixMilli())<<16)
-	_, _ = rand.Read(raw[6:]) // crypto/rand.Read never fails (Go 1.24+)
+	random := rand.Uint64()
+	hi := uint64(now.UnixMilli())<<16 | random>>48
+	lo := random<<16 | rand.Uint64()>>48
 	var out [26]byte
 	// 128 bits as 26 base32 digits, the first digit carrying 3 bits.
-	hi := binary.BigEndian.Uint64(raw[:8])
-	lo := binary.BigEndian.Uint64(raw[8:])
 	for i := 25; i >= 0; i-- {
 		out[i] = crockford[lo&31]
 		lo = lo>>5 | hi<<59

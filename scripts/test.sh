@@ -43,6 +43,7 @@ fuzz ./policy FuzzCheckPath
 fuzz ./proxy FuzzParseBasic
 fuzz ./proxy FuzzAuditLine
 fuzz ./proxy FuzzSameSecret
+fuzz ./proxy FuzzTimestamp
 fuzz ./internal/jsonstr FuzzAppend
 fuzz ./redaction FuzzRedactJSON
 fuzz ./redaction FuzzRedactText
