@@ -29,6 +29,10 @@ var kernelPipes = sync.Pool{New: func() any {
 	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
 		return nil
 	}
+	// A pipe holds 64 KiB unless asked for more; a fast tunnel moves up to
+	// a shaper step (1 MiB) per splice. Where the system refuses (a limit on
+	// pipe memory), the pipe keeps its default and steps are just smaller.
+	_, _ = fcntl(fds[0], syscall.F_SETPIPE_SZ, pipeCapacity)
 	p := &kernelPipe{r: fds[0], w: fds[1]}
 	runtime.AddCleanup(p, closePipeFDs, fds)
 	return p
@@ -40,6 +44,18 @@ func closePipeFDs(fds [2]int) {
 }
 
 const spliceFlags = 0x1 | 0x2 // SPLICE_F_MOVE | SPLICE_F_NONBLOCK
+
+// pipeCapacity is what the gateway asks its kernel pipes to hold: as much
+// as one splice of an unlimited or fast tunnel moves.
+const pipeCapacity = 1 << 20
+
+func fcntl(fd, cmd, arg int) (int, error) {
+	r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), uintptr(cmd), uintptr(arg))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
+}
 
 // splicer moves one direction of a tunnel, src to dst, through a kernel
 // pipe. Its callbacks for the raw connections are bound once, so that a

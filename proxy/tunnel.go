@@ -155,8 +155,8 @@ var relayBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return
 const idleReadBuffer = 2 << 10
 
 // unshapedSpliceStep is the most one splice call may move for an unlimited
-// tenant: a kernel pipe's default capacity, so asking for more moves no more.
-const unshapedSpliceStep = 64 << 10
+// tenant: the capacity the gateway's kernel pipes ask for.
+const unshapedSpliceStep = pipeCapacity
 
 // copyDirection moves src to dst for one direction of the tunnel. Between
 // two TCP connections the kernel copies (splice) and the shaper, if any,

@@ -254,14 +254,26 @@ func (s *Shaper) step() int {
 	return int(min(s.burst.Load(), maxShaperStep))
 }
 
+// maxSpliceStep caps Step: what one splice(2) into a kernel pipe moves at
+// most, the pipe's capacity.
+const maxSpliceStep = 1 << 20
+
 // Step returns the most bytes a caller that moves bytes itself (a kernel
-// splice, with no reader to wrap) should move before it calls Pass: one
-// turn, as a shaped Reader takes. On a nil Shaper it returns 0: no limit.
+// splice, with no reader to wrap) should move before it calls Pass: about
+// a millisecond of the rate, at least one turn (maxShaperStep) and at most
+// maxSpliceStep, never above the burst. Pass pays for what was moved in
+// turns of maxShaperStep, so connections still take turns of equal size;
+// a fast tenant's tunnels just make fewer system calls per byte. On a nil
+// Shaper it returns 0: no limit.
 func (s *Shaper) Step() int {
 	if s == nil {
 		return 0
 	}
-	return s.step()
+	perMillisecond := s.rate.Load() / 1000
+	if perMillisecond <= 0 && s.rate.Load() <= 0 {
+		perMillisecond = maxSpliceStep // no limit now (a reload lifted it)
+	}
+	return int(min(max(perMillisecond, maxShaperStep), maxSpliceStep, s.burst.Load()))
 }
 
 // Pass records n bytes just moved and waits until they may pass; the

@@ -325,6 +325,19 @@ func TestShaperStepAndPassAchieveRate(t *testing.T) {
 	if step := s.Step(); step <= 0 || step > shaperBurst(testRate) || step > maxShaperStep {
 		t.Fatalf("Step() = %d, want within (0, min(burst %d, %d)]", step, shaperBurst(testRate), maxShaperStep)
 	}
+	for _, tc := range []struct {
+		rate int64
+		want int
+	}{
+		{100 << 10, shaperBurst(100 << 10)}, // the burst (10 KiB) bounds it
+		{1 << 20, maxShaperStep},            // at least one turn
+		{100 << 20, 100 << 20 / 1000},       // a millisecond of the rate
+		{64 << 30, maxSpliceStep},           // at most a pipe's worth
+	} {
+		if got := bw.Shaper(fmt.Sprintf("step/%d", tc.rate), tc.rate).Step(); got != tc.want {
+			t.Errorf("Step() at %d B/s = %d, want %d", tc.rate, got, tc.want)
+		}
+	}
 	const size = 2 * testRate
 	start := time.Now()
 	for moved := 0; moved < size; {
