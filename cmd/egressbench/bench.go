@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -29,6 +30,7 @@ type benchEnv struct {
 	loadTenants      []credentials
 	profiler         *gatewayProfiler // nil without --gateway-pprof
 	pinning          *cpuPinning      // nil without --proxy-cpus
+	wrapChild        func(*exec.Cmd)  // rewrites a proxy's command before it starts (--callgrind); may be nil
 
 	notesMu sync.Mutex
 	notes   []string

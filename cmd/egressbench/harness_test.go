@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -160,6 +161,10 @@ func TestFlagsAreBounded(t *testing.T) {
 		{"--scenarios", "half-load"},
 		{"--rules", "5", "--tenants", "100"},
 		{"--json", "--markdown"},
+		{"--proxy-cpus", "1-0"},
+		{"--proxy-cpus", "x"},
+		{"--callgrind", "10"},
+		{"--callgrind", "2000", "--smoke"},
 	} {
 		if _, _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q) accepted", args)
@@ -171,5 +176,32 @@ func TestFlagsAreBounded(t *testing.T) {
 	}
 	if opts.runs != 1 || opts.window.total() > time.Second {
 		t.Errorf("--smoke: %d runs of %v; want one short run", opts.runs, opts.window.total())
+	}
+}
+
+func TestParseCPUList(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []int
+	}{
+		{"1", []int{1}},
+		{"3,1", []int{1, 3}},
+		{"0-2,2,5", []int{0, 1, 2, 5}},
+		{" 4 - 5 ", nil},
+		{"", nil},
+		{"-1", nil},
+		{"2-1", nil},
+		{"1024", nil},
+	} {
+		got, err := parseCPUList(tc.in)
+		if tc.want == nil {
+			if err == nil {
+				t.Errorf("parseCPUList(%q) = %v, want an error", tc.in, got)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("parseCPUList(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
 	}
 }

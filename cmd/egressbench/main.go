@@ -39,6 +39,7 @@ type options struct {
 	tinyproxyBinary  string
 	gatewayPprof     string
 	proxyCPUs        string
+	callgrind        int // requests per callgrind measurement; 0: the load benchmark instead
 	pprofOut         string
 	timeout          time.Duration
 	keepTemp         bool
@@ -116,6 +117,7 @@ func parseFlags(args []string, stderr io.Writer) (options, outputFormat, error) 
 	fs.StringVar(&o.tinyproxyBinary, "tinyproxy", "", "tinyproxy binary (default: tinyproxy on PATH; left out when missing)")
 	fs.StringVar(&o.gatewayPprof, "gateway-pprof", "", `base URL of egressgw's /debug/pprof/ endpoints, or "admin" for its admin listener; fetches a CPU profile during the first small-request window and a heap profile with the idle tunnels open`)
 	fs.StringVar(&o.proxyCPUs, "proxy-cpus", "", `CPUs (e.g. "1" or "2-3") for the proxies under test; the harness, clients and upstreams, runs on the others. Default: no pinning, everything shares every CPU`)
+	fs.IntVar(&o.callgrind, "callgrind", 0, "instead of the load benchmark: count bare goproxy's and egressgw's user-space instructions per small request under valgrind's callgrind, over this many requests (e.g. 2000), three times")
 	fs.StringVar(&o.pprofOut, "pprof-out", ".", "directory for the profiles --gateway-pprof fetches")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "the whole benchmark stops after this long")
 	fs.BoolVar(&o.keepTemp, "keep-temp", false, "keep the temporary directory (configs, audit log) for inspection")
@@ -197,6 +199,14 @@ func (o options) validate() error {
 			return fmt.Errorf("--scenarios: unknown scenario %q (known: %s)", s, strings.Join(allScenarioIDs(), ", "))
 		}
 	}
+	if o.callgrind != 0 {
+		if err := check("callgrind", int64(o.callgrind), 100, 1_000_000); err != nil {
+			return err
+		}
+		if o.smoke {
+			return errors.New("--callgrind and --smoke exclude each other")
+		}
+	}
 	if o.proxyCPUs != "" {
 		if _, err := parseCPUList(o.proxyCPUs); err != nil {
 			return fmt.Errorf("--proxy-cpus: %w", err)
@@ -240,6 +250,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if opts.callgrind > 0 {
+		opts.targets = slices.DeleteFunc(opts.targets, func(t string) bool { return !slices.Contains(callgrindTargets, t) })
+		if err := runCallgrind(ctx, opts, stdout, stderr); err != nil {
+			fmt.Fprintln(stderr, "egressbench:", err)
+			return exitFail
+		}
+		return exitOK
+	}
 	result, err := runBenchmark(ctx, opts, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "egressbench:", err)

@@ -122,6 +122,9 @@ func probeThrough(ctx context.Context, env *benchEnv, t *runningTarget) error {
 // waits until it forwards a request (and, if given, until ready succeeds)
 // and returns it as a running target.
 func startProxy(ctx context.Context, env *benchEnv, name string, cmd *exec.Cmd, addrOf func(*childProcess) (string, error), ready func(ctx context.Context) error) (*runningTarget, error) {
+	if env.wrapChild != nil {
+		env.wrapChild(cmd)
+	}
 	proc, err := startChild(name, cmd, env.pinning)
 	if err != nil {
 		return nil, err
