@@ -31,7 +31,7 @@ import (
 // gateway's live heap is mostly its policy, metrics and trust roots: a few
 // MB that every collection marks again, while what requests allocate dies
 // young. Collecting when the heap reaches 3× the live heap rather than 2×
-// halves that marking per request (about 5% of the gateway's instructions
+// halves that marking per request (3.5% of the gateway's instructions
 // on a small request) for a few MB more heap. GOGC, when set, wins.
 const defaultGCPercent = 200
 
