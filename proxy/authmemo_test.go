@@ -8,21 +8,16 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/egressgw/egressgw/policy"
-	"github.com/egressgw/egressgw/quota"
 )
 
 func TestSameSecret(t *testing.T) {
@@ -73,24 +68,6 @@ func memoPolicy(t *testing.T, host, port string, tokens map[string]string) *poli
 	return snap
 }
 
-// syncBuffer is an audit sink the test reads while the gateway writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
 // A keep-alive connection proves its credentials once per policy
 // generation; whatever else it sends is checked afresh, and a reload that
 // revokes its token refuses its next request.
@@ -104,19 +81,8 @@ func TestAuthMemoOnKeepAliveConnection(t *testing.T) {
 	host, port, _ := net.SplitHostPort(strings.TrimPrefix(upstream.URL, "http://"))
 
 	snap := memoPolicy(t, host, port, map[string]string{"acme": "acme-token-1", "bob": "bob-token"})
-	audit := &syncBuffer{}
-	g, err := New(Options{
-		Logger:    slog.New(slog.DiscardHandler),
-		Audit:     audit,
-		Registry:  prometheus.NewRegistry(),
-		Quota:     quota.NewMemory(quota.MemoryOptions{}),
-		Bandwidth: quota.NewBandwidth(quota.BandwidthOptions{}),
-		Settings:  snap.Gateway,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.Apply(snap)
+	audit := &flakyWriter{} // one that never fails: a buffer safe to read while written
+	g := testGateway(t, snap, audit)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -38,9 +38,16 @@ func benchGateway(tb testing.TB, gatewayYAML, tenantYAML string) *Gateway {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return testGateway(tb, snap, io.Discard)
+}
+
+// testGateway is a gateway serving snap, with memory quotas, writing its
+// audit lines to audit and its logs nowhere.
+func testGateway(tb testing.TB, snap *policy.Snapshot, audit io.Writer) *Gateway {
+	tb.Helper()
 	g, err := New(Options{
 		Logger:    slog.New(slog.DiscardHandler),
-		Audit:     io.Discard,
+		Audit:     audit,
 		Registry:  prometheus.NewRegistry(),
 		Quota:     quota.NewMemory(quota.MemoryOptions{}),
 		Bandwidth: quota.NewBandwidth(quota.BandwidthOptions{}),
