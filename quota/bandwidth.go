@@ -183,6 +183,7 @@ func (s *Shaper) setRate(bytesPerSecond int64) {
 	}
 	if bytesPerSecond <= 0 {
 		s.limiter.SetLimit(rate.Inf)
+		s.burst.Store(maxSpliceStep) // steps are bounded by nothing but a pipe now
 		return
 	}
 	s.limiter.SetLimit(rate.Limit(bytesPerSecond))
@@ -270,8 +271,8 @@ func (s *Shaper) Step() int {
 		return 0
 	}
 	perMillisecond := s.rate.Load() / 1000
-	if perMillisecond <= 0 && s.rate.Load() <= 0 {
-		perMillisecond = maxSpliceStep // no limit now (a reload lifted it)
+	if s.rate.Load() <= 0 {
+		perMillisecond = maxSpliceStep // no limit now: a reload lifted it
 	}
 	return int(min(max(perMillisecond, maxShaperStep), maxSpliceStep, s.burst.Load()))
 }

@@ -338,6 +338,11 @@ func TestShaperStepAndPassAchieveRate(t *testing.T) {
 			t.Errorf("Step() at %d B/s = %d, want %d", tc.rate, got, tc.want)
 		}
 	}
+	lifted := bw.Shaper("step/lifted", 100<<10)
+	bw.Shaper("step/lifted", 0) // a reload removes the limit; tunnels keep the shaper
+	if got := lifted.Step(); got != maxSpliceStep {
+		t.Errorf("Step() once the limit is lifted = %d, want %d", got, maxSpliceStep)
+	}
 	const size = 2 * testRate
 	start := time.Now()
 	for moved := 0; moved < size; {
