@@ -88,13 +88,21 @@ func startInspectFixture(t *testing.T) *inspectFixture {
 			inject:
 			  headers: { Authorization: "Bearer ${secret:api_token}" }
 		`, hostAPI, fx.origin.port),
+		"connectors/stamped.yaml": yamlf(`
+			name: stamped
+			hosts: [%q]
+			ports: [%d]
+			inspect: true
+			hooks: { request: hooks/stamp.tengo }
+		`, hostOther, fx.origin.port),
+		"hooks/stamp.tengo": "request.headers[\"X-Stamp\"] = [\"stamped\"]\n",
 		"connectors/untrusted.yaml": yamlf(`
 			name: untrusted
 			hosts: ["127.0.0.1"]
 			ports: [%d]
 			inspect: true
 		`, badPort),
-		"tenants/inspector.yaml": tenantYAML(inspector, "connectors: [api, untrusted]\n"),
+		"tenants/inspector.yaml": tenantYAML(inspector, "connectors: [api, stamped, untrusted]\n"),
 	}
 	for name, content := range files {
 		path := filepath.Join(dir, filepath.FromSlash(name))
@@ -209,6 +217,24 @@ func TestInspectedTunnel(t *testing.T) {
 		e := assertGatewayError(t, resp, http.StatusBadGateway, "upstream_unreachable")
 		if !strings.Contains(e.Message, "certificate") {
 			t.Errorf("message %q does not say the certificate failed", e.Message)
+		}
+	})
+
+	t.Run("a body a hook held goes out whole and is counted", func(t *testing.T) {
+		body := strings.Repeat("held body ", 300)
+		resp, err := fx.client(t).Post(fx.origin.url(hostOther, "/v1/held"), "text/plain", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		seen := fx.origin.requestsTo("/v1/held")
+		if resp.StatusCode != http.StatusOK || len(seen) != 1 || seen[0].Header.Get("X-Stamp") != "stamped" {
+			t.Fatalf("status %d, upstream saw %+v", resp.StatusCode, seen)
+		}
+		rec := g.waitAudit(t, auditWith("tenant", inspector.tenant, "path", "/v1/held"))
+		if got := auditNumber(rec, "bytes_up"); got != float64(len(body)) {
+			t.Errorf("audit bytes_up %v, want the %d body bytes sent", got, len(body))
 		}
 	})
 

@@ -54,6 +54,7 @@ type exchange struct {
 	shapersOnce     sync.Once
 	egress, ingress *quota.Shaper // the tenant's bandwidth shapers, nil where unlimited
 	hooks           []string      // scripts run, for the audit line
+	bodyHeld        bool          // a hook or redaction replaced the request body with one held whole
 	redactions      []string      // profile:detector=count, for the audit line
 
 	bytesUp   atomic.Int64

@@ -127,7 +127,10 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			writeError(w, ex)
 			return
 		}
-		if r.Body != nil && r.Body != http.NoBody {
+		if r.Body != nil && r.Body != http.NoBody && !ex.bodyHeld {
+			// A body held whole stays unwrapped: the transport then knows
+			// it is in memory and sends it with the head in one TLS
+			// record, and exchangeTransport counts it.
 			r.Body = &countingReader{ReadCloser: r.Body, n: &ex.bytesUp}
 		}
 		cw := &countingWriter{ResponseWriter: w, n: &ex.bytesDown}
@@ -176,7 +179,11 @@ type exchangeTransport struct{}
 
 func (exchangeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	ex := r.Context().Value(exchangeKey{}).(*exchange)
-	return ex.rt.transport.RoundTrip(r)
+	resp, err := ex.rt.transport.RoundTrip(r)
+	if err == nil && ex.bodyHeld {
+		ex.bytesUp.Add(r.ContentLength) // sent: the upstream answered it
+	}
+	return resp, err
 }
 
 // writeError sends the gateway's JSON error for ex on a ResponseWriter;

@@ -121,7 +121,7 @@ func (ex *exchange) requestHook(r *http.Request) *refusal {
 	r.Method = in.Method
 	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = target.Path, target.RawPath, target.RawQuery
 	r.Header = in.Headers
-	setRequestBody(r, in.Body)
+	ex.setRequestBody(r, in.Body)
 	return nil
 }
 
@@ -276,7 +276,7 @@ func (ex *exchange) redactRequest(r *http.Request) *refusal {
 		return &refusal{policy.CodeBodyTooLarge, err.Error()}
 	}
 	ex.recordRedactions(rep)
-	setRequestBody(r, out)
+	ex.setRequestBody(r, out)
 	return nil
 }
 
@@ -312,12 +312,13 @@ func (ex *exchange) redactResponse(resp *http.Response) error {
 
 // setRequestBody replaces a request's body with b, which the transport
 // frames itself: no header of the old body's length survives.
-func setRequestBody(r *http.Request, b []byte) {
+func (ex *exchange) setRequestBody(r *http.Request, b []byte) {
 	r.Body, r.ContentLength = http.NoBody, 0
 	if len(b) > 0 {
 		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
 	}
 	r.Header.Del("Content-Length")
+	ex.bodyHeld = true
 }
 
 // setResponseBody replaces a response's body with b, framed by its length.
