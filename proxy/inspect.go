@@ -83,6 +83,14 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			pr.Out.URL.Scheme = "https"
 			pr.Out.URL.Host = authority
 			pr.Out.Host = authority
+			if ex.bodyHeld {
+				// ReverseProxy wraps the body so that a failed dial cannot
+				// close the client's. A held body has nothing to close, and
+				// unwrapped the transport sees it is in memory and sends it
+				// with the head in one write instead of flushing the head
+				// first.
+				pr.Out.Body = pr.In.Body
+			}
 			ex.inject(pr.Out.Header)
 		},
 		Transport: exchangeTransport{},
@@ -128,9 +136,8 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			return
 		}
 		if r.Body != nil && r.Body != http.NoBody && !ex.bodyHeld {
-			// A body held whole stays unwrapped: the transport then knows
-			// it is in memory and sends it with the head in one TLS
-			// record, and exchangeTransport counts it.
+			// A body held whole stays unwrapped (see Rewrite), and
+			// exchangeTransport counts it.
 			r.Body = &countingReader{ReadCloser: r.Body, n: &ex.bytesUp}
 		}
 		cw := &countingWriter{ResponseWriter: w, n: &ex.bytesDown}
