@@ -24,6 +24,12 @@
 // to 127.0.0.1. It does not measure the policy decision in isolation: that
 // is a micro-benchmark next to the code (go test -bench PolicyDecision ./proxy).
 //
+// --proxy-cpus pins the proxies to some CPUs and the harness to the rest,
+// so that a proxy's cost shows as its own CPU rather than as CPU taken
+// from the load. --callgrind N counts, instead of timing, the user-space
+// instructions bare goproxy and egressgw spend per small request, under
+// valgrind: a figure this shared machine's noise does not move.
+//
 // --smoke runs every scenario for a moment and checks that the figures are
 // sane, without judging timing; smoke_test.go runs it.
 package main
