@@ -129,6 +129,11 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		Handler:           gw.AdminHandler(&proxy.ConfigStatus{LastError: rl.lastError, Source: source.name}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
+	// Loading the config (YAML, certificates, scripts) leaves megabytes of
+	// garbage that, at GOGC=200, would sit in the resident set until a
+	// collection and the scavenger got round to it under load. Hand it back
+	// before serving, once.
+	debug.FreeOSMemory()
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- gw.Serve(proxyLn) }()
 	go func() {
