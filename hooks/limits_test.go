@@ -68,7 +68,10 @@ func TestHardDeadlineKillsWorker(t *testing.T) {
 	s := mustCompile(t, "hooks/regexp.tengo", `text := import("text")
 s := text.repeat("x", 1000000)
 m := text.re_match(text.repeat("x?", 1000) + text.repeat("x", 1000) + "y", s)`)
-	lim := Limits{MaxMemory: 256 << 20, MaxAllocs: 1 << 40, Timeout: 10 * time.Millisecond}
+	// The timeout must not pass before re_match starts (building its
+	// arguments takes milliseconds, more on a loaded machine), while the
+	// call itself outlasts the hard deadline (2 × timeout + 2s).
+	lim := Limits{MaxMemory: 256 << 20, MaxAllocs: 1 << 40, Timeout: 100 * time.Millisecond}
 	start := time.Now()
 	_, _, err := rt.RunRequest(context.Background(), s, sampleMeta, sampleRequest(), lim)
 	took := time.Since(start)
