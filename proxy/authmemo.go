@@ -12,9 +12,10 @@ import (
 // proved and whom it identified, so that the later requests of a
 // keep-alive connection cost a comparison instead of a base64 decode, a
 // SHA-256 and a table lookup. It is checked against one policy generation:
-// after a reload, the first request proves its credentials again. A
-// connection's requests are served one after another by one goroutine, so
-// the memo needs no lock.
+// after a reload, the first request proves its credentials again. The
+// proxy listener speaks HTTP/1.1 only, whose requests on a connection are
+// served one after another by one goroutine, so the memo needs no lock
+// (HTTP/2 on that listener would need one).
 type authMemo struct {
 	rt     *runtimeState
 	header string
