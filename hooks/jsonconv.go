@@ -515,20 +515,7 @@ func (e *jsonEncoder) float(f float64) error {
 	if math.IsInf(f, 0) || math.IsNaN(f) {
 		return fmt.Errorf("json: cannot encode %v", f)
 	}
-	format := byte('f')
-	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
-		format = 'e'
-	}
-	start := len(e.buf)
-	e.buf = strconv.AppendFloat(e.buf, f, format, -1, 64)
-	if format == 'e' {
-		// e-09 → e-9
-		n := len(e.buf) - start
-		if n >= 4 && e.buf[len(e.buf)-4] == 'e' && e.buf[len(e.buf)-3] == '-' && e.buf[len(e.buf)-2] == '0' {
-			e.buf[len(e.buf)-2] = e.buf[len(e.buf)-1]
-			e.buf = e.buf[:len(e.buf)-1]
-		}
-	}
+	e.buf = jsonstr.AppendFloat(e.buf, f)
 	return nil
 }
 

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"math"
 	"strconv"
 	"time"
 
@@ -44,7 +43,7 @@ func (rec *auditRecord) appendJSON(b []byte) []byte {
 	b = append(b, `,"bytes_down":`...)
 	b = strconv.AppendInt(b, rec.BytesDown, 10)
 	b = append(b, `,"duration_ms":`...)
-	b = appendJSONFloat(b, rec.DurationMS)
+	b = jsonstr.AppendFloat(b, rec.DurationMS) // finite: whole microseconds
 	b = append(b, `,"hooks":`...)
 	b = appendJSONStrings(b, rec.Hooks)
 	b = append(b, `,"redactions":`...)
@@ -121,24 +120,3 @@ func appendJSONStrings(b []byte, s []string) []byte {
 // escaped too). Path, host and method come from the client: no value can
 // end the line or forge another record.
 func appendJSONString(b []byte, s string) []byte { return jsonstr.Append(b, s, true) }
-
-// appendJSONFloat appends f as encoding/json formats a float64: like ES6,
-// plain decimals except below 1e-6 or from 1e21 up, with exponents not
-// padded. f must be finite, which a duration in whole microseconds is;
-// json.Marshal refuses NaN and infinities.
-func appendJSONFloat(b []byte, f float64) []byte {
-	format := byte('f')
-	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
-		format = 'e'
-	}
-	b = strconv.AppendFloat(b, f, format, -1, 64)
-	if format == 'e' {
-		// e-07 becomes e-7.
-		n := len(b)
-		if n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
-			b[n-2] = b[n-1]
-			b = b[:n-1]
-		}
-	}
-	return b
-}

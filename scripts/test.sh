@@ -45,6 +45,7 @@ fuzz ./proxy FuzzAuditLine
 fuzz ./proxy FuzzSameSecret
 fuzz ./proxy FuzzTimestamp
 fuzz ./internal/jsonstr FuzzAppend
+fuzz ./internal/jsonstr FuzzAppendFloat
 fuzz ./redaction FuzzRedactJSON
 fuzz ./redaction FuzzRedactText
 fuzz ./redaction FuzzRedactURLEncoded

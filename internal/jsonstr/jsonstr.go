@@ -1,9 +1,13 @@
-// Package jsonstr appends Go strings as JSON string literals without
-// reflection, for the places that write JSON on a hot path: the audit log
-// and the hooks' body encoder.
+// Package jsonstr appends Go strings and floats as JSON exactly as
+// encoding/json writes them, without reflection, for the places that write
+// JSON on a hot path: the audit log and the hooks' body encoder.
 package jsonstr
 
-import "unicode/utf8"
+import (
+	"math"
+	"strconv"
+	"unicode/utf8"
+)
 
 const hexDigits = "0123456789abcdef"
 
@@ -75,4 +79,25 @@ func Append(dst []byte, s string, escapeHTML bool) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// AppendFloat appends f as encoding/json formats a float64, like
+// ECMAScript: plain decimals except below 1e-6 or from 1e21 up, with
+// exponents not padded. f must be finite; encoding/json refuses NaN and
+// infinities, and so must the caller.
+func AppendFloat(dst []byte, f float64) []byte {
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	dst = strconv.AppendFloat(dst, f, format, -1, 64)
+	if format == 'e' {
+		// e-07 becomes e-7.
+		n := len(dst)
+		if n >= 4 && dst[n-4] == 'e' && dst[n-3] == '-' && dst[n-2] == '0' {
+			dst[n-2] = dst[n-1]
+			dst = dst[:n-1]
+		}
+	}
+	return dst
 }

@@ -3,6 +3,7 @@ package jsonstr
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"testing"
 )
 
@@ -46,6 +47,26 @@ func FuzzAppend(f *testing.F) {
 		}
 		if bytes.ContainsAny(got, "\n\r") {
 			t.Fatalf("Append(%q) holds a line break: %s", s, got)
+		}
+	})
+}
+
+// FuzzAppendFloat holds AppendFloat to encoding/json for every finite
+// float64.
+func FuzzAppendFloat(f *testing.F) {
+	for _, v := range []float64{0, math.Copysign(0, -1), 1, -2.5, 12.345, 1e-6, 9.99e-7, 1e-7, 1e20, 1e21, 123456789e15, math.MaxFloat64, math.SmallestNonzeroFloat64} {
+		f.Add(v)
+	}
+	f.Fuzz(func(t *testing.T, v float64) {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			t.Skip("encoding/json refuses it, and so do AppendFloat's callers")
+		}
+		want, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := AppendFloat(nil, v); !bytes.Equal(got, want) {
+			t.Fatalf("AppendFloat(%v) = %s, want %s", v, got, want)
 		}
 	})
 }
