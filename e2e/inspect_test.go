@@ -238,6 +238,23 @@ func TestInspectedTunnel(t *testing.T) {
 		}
 	})
 
+	t.Run("a body passed through as it streams is counted too", func(t *testing.T) {
+		body := strings.Repeat("streamed body ", 300)
+		resp, err := fx.client(t).Post(fx.origin.url(hostAPI, "/v1/streamed"), "text/plain", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || len(fx.origin.requestsTo("/v1/streamed")) != 1 {
+			t.Fatalf("status %d, upstream saw %d requests", resp.StatusCode, len(fx.origin.requestsTo("/v1/streamed")))
+		}
+		rec := g.waitAudit(t, auditWith("tenant", inspector.tenant, "path", "/v1/streamed"))
+		if got := auditNumber(rec, "bytes_up"); got != float64(len(body)) {
+			t.Errorf("audit bytes_up %v, want the %d body bytes sent", got, len(body))
+		}
+	})
+
 	t.Run("every inner request is audited, the secret nowhere in the logs", func(t *testing.T) {
 		rec := g.waitAudit(t, auditWith("tenant", inspector.tenant, "path", "/v1/echo", "scheme", "https"))
 		if rec["decision"] != "allow" || !ruleIs(rec["rule"], "api") {

@@ -54,9 +54,9 @@ type exchange struct {
 	shapersOnce     sync.Once
 	egress, ingress *quota.Shaper // the tenant's bandwidth shapers, nil where unlimited
 	hooks           []string      // scripts run, for the audit line
-	bodyHeld        bool          // a hook or redaction replaced the request body with one held whole
 	redactions      []string      // profile:detector=count, for the audit line
 
+	bodyHeld  bool // a hook or redaction replaced the request body with one held whole
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
 	finished  sync.Once

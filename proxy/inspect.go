@@ -83,13 +83,16 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			pr.Out.URL.Scheme = "https"
 			pr.Out.URL.Host = authority
 			pr.Out.Host = authority
-			if ex.bodyHeld {
+			switch {
+			case ex.bodyHeld:
 				// ReverseProxy wraps the body so that a failed dial cannot
 				// close the client's. A held body has nothing to close, and
 				// unwrapped the transport sees it is in memory and sends it
 				// with the head in one write instead of flushing the head
-				// first.
+				// first; exchangeTransport counts it.
 				pr.Out.Body = pr.In.Body
+			case pr.Out.Body != nil && pr.Out.Body != http.NoBody:
+				pr.Out.Body = &countingReader{ReadCloser: pr.Out.Body, n: &ex.bytesUp}
 			}
 			ex.inject(pr.Out.Header)
 		},
@@ -134,11 +137,6 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			ex.fail(refused.code, true, refused.message)
 			writeError(w, ex)
 			return
-		}
-		if r.Body != nil && r.Body != http.NoBody && !ex.bodyHeld {
-			// A body held whole stays unwrapped (see Rewrite), and
-			// exchangeTransport counts it.
-			r.Body = &countingReader{ReadCloser: r.Body, n: &ex.bytesUp}
 		}
 		cw := &countingWriter{ResponseWriter: w, n: &ex.bytesDown}
 		rp.ServeHTTP(cw, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
