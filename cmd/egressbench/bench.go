@@ -48,25 +48,15 @@ func (e *benchEnv) progressf(format string, args ...any) {
 }
 
 // newBenchEnv makes the temporary directory, the CAs and the upstreams.
-// close removes all of it (the directory unless --keep-temp).
-func newBenchEnv(opts options, progress io.Writer) (env *benchEnv, closeEnv func(), err error) {
+// close removes all of it (the directory unless --keep-temp); on an error
+// newBenchEnv has removed it already.
+func newBenchEnv(opts options, progress io.Writer) (*benchEnv, func(), error) {
 	dir, err := os.MkdirTemp("", "egressbench-")
 	if err != nil {
 		return nil, nil, fmt.Errorf("temporary directory: %w", err)
 	}
-	env = &benchEnv{opts: opts, dir: dir, progress: progress}
-	if opts.proxyCPUs != "" {
-		if env.pinning, err = newCPUPinning(opts.proxyCPUs); err != nil {
-			_ = os.RemoveAll(dir)
-			return nil, nil, err
-		}
-		if err := env.pinning.pinHarness(); err != nil {
-			_ = os.RemoveAll(dir)
-			return nil, nil, err
-		}
-		env.addNote(env.pinning.describe())
-	}
-	closeEnv = func() {
+	env := &benchEnv{opts: opts, dir: dir, progress: progress}
+	closeEnv := func() {
 		if env.up != nil {
 			_ = env.up.Close()
 		}
@@ -76,27 +66,44 @@ func newBenchEnv(opts options, progress io.Writer) (env *benchEnv, closeEnv func
 		}
 		_ = os.RemoveAll(dir)
 	}
-	defer func() {
+	if err := env.setUp(); err != nil {
+		closeEnv()
+		return nil, nil, err
+	}
+	return env, closeEnv, nil
+}
+
+// setUp pins the harness (--proxy-cpus), makes the CAs and starts the
+// upstreams, in env's directory.
+func (env *benchEnv) setUp() error {
+	opts, dir := env.opts, env.dir
+	if opts.proxyCPUs != "" {
+		pinning, err := newCPUPinning(opts.proxyCPUs)
 		if err != nil {
-			closeEnv()
+			return err
 		}
-	}()
+		if err := pinning.pinHarness(); err != nil {
+			return err
+		}
+		env.pinning = pinning
+		env.addNote(pinning.describe())
+	}
 
 	upstreamCA, err := newAuthority("egressbench upstream CA")
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	interceptCA, err := newAuthority(interceptCAName)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	env.upstreamCAFile = filepath.Join(dir, "upstream-ca.pem")
 	if err := upstreamCA.writeFiles(env.upstreamCAFile, filepath.Join(dir, "upstream-ca-key.pem")); err != nil {
-		return nil, nil, err
+		return err
 	}
 	env.interceptCAFile, env.interceptKeyFile = filepath.Join(dir, "intercept-ca.pem"), filepath.Join(dir, "intercept-ca-key.pem")
 	if err := interceptCA.writeFiles(env.interceptCAFile, env.interceptKeyFile); err != nil {
-		return nil, nil, err
+		return err
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(upstreamCA.cert)
@@ -104,7 +111,7 @@ func newBenchEnv(opts options, progress io.Writer) (env *benchEnv, closeEnv func
 	env.clientTLS = &tls.Config{RootCAs: roots, NextProtos: []string{"http/1.1"}}
 
 	if env.up, err = startUpstreams(upstreamCA); err != nil {
-		return nil, nil, err
+		return err
 	}
 	for i := range min(loadTenantCount, opts.tenants) {
 		env.loadTenants = append(env.loadTenants, tenantCredentials(i))
@@ -112,7 +119,7 @@ func newBenchEnv(opts options, progress io.Writer) (env *benchEnv, closeEnv func
 	if opts.gatewayPprof != "" {
 		env.profiler = &gatewayProfiler{base: opts.gatewayPprof, outDir: opts.pprofOut}
 	}
-	return env, closeEnv, nil
+	return nil
 }
 
 // runBenchmark prepares the selected targets, then runs every selected

@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"math"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -203,5 +204,23 @@ func TestParseCPUList(t *testing.T) {
 		if err != nil || !slices.Equal(got, tc.want) {
 			t.Errorf("parseCPUList(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
 		}
+	}
+}
+
+// A setup that fails returns its error and leaves no temporary directory
+// behind (its cleanup once ran on results the failure had cleared).
+func TestBenchEnvFailureCleansUp(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	opts, _, err := parseFlags([]string{"--proxy-cpus", "1000"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env, closeEnv, err := newBenchEnv(opts, io.Discard); err == nil {
+		closeEnv()
+		t.Fatalf("newBenchEnv pinned to CPU 1000: %+v", env)
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
 	}
 }
