@@ -270,9 +270,9 @@ func (s *Shaper) Step() int {
 	if s == nil {
 		return 0
 	}
-	perMillisecond := s.rate.Load() / 1000
-	if s.rate.Load() <= 0 {
-		perMillisecond = maxSpliceStep // no limit now: a reload lifted it
+	perMillisecond := int64(maxSpliceStep) // no limit now: a reload lifted it
+	if rate := s.rate.Load(); rate > 0 {
+		perMillisecond = rate / 1000
 	}
 	return int(min(max(perMillisecond, maxShaperStep), maxSpliceStep, s.burst.Load()))
 }
