@@ -213,7 +213,10 @@ func runOnce(ctx context.Context, env *benchEnv, run int, targets []*preparedTar
 		}
 		running = append(running, t)
 	}
-	s := &session{env: env, run: run, smallRPS: map[string]float64{}}
+	s := &session{env: env, run: run, targets: map[string]*runningTarget{}, smallRPS: map[string]float64{}}
+	for _, t := range running {
+		s.targets[t.name] = t
+	}
 	order := rotate(running, run)
 	for _, sc := range plan {
 		for _, t := range order {

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"io"
 	"math"
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -222,5 +224,35 @@ func TestBenchEnvFailureCleansUp(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(tmp); len(left) != 0 {
 		t.Errorf("left behind: %v", left)
+	}
+}
+
+// TestSliceLetsOperationsInFlightFinish checks that a slice counts only
+// what ended inside it and never cancels an operation in flight: a
+// cancelled request would close its keep-alive connection, which the next
+// slice would pay for.
+func TestSliceLetsOperationsInFlightFinish(t *testing.T) {
+	var finished, cancelled atomic.Int64
+	op := func(ctx context.Context, worker int, m *meter) error {
+		select {
+		case <-time.After(30 * time.Millisecond):
+			finished.Add(1)
+			return nil
+		case <-ctx.Done():
+			cancelled.Add(1)
+			return ctx.Err()
+		}
+	}
+	r := runSlice(context.Background(), 3, 100*time.Millisecond, op)
+	if cancelled.Load() != 0 {
+		t.Errorf("%d operations were cancelled", cancelled.Load())
+	}
+	// Every worker's last operation ends after the slice: finished but
+	// not counted.
+	if r.ops <= 0 || r.ops >= finished.Load() {
+		t.Errorf("counted %d of %d finished operations; want some, and fewer than all", r.ops, finished.Load())
+	}
+	if r.errors != 0 || r.elapsed != 100*time.Millisecond {
+		t.Errorf("errors %d, elapsed %v", r.errors, r.elapsed)
 	}
 }

@@ -340,9 +340,22 @@ func evaluateGoals(r *benchResult) []goalResult {
 		}
 		return goalResult{Goal: goal, Status: status, Detail: formatValue(v) + " " + unit}
 	}
+	// atLeastValue: a ≥ want, for a figure that is a ratio already.
+	atLeastValue := func(goal string, a operand, want float64, unit string) goalResult {
+		v, ok := r.medianOf(a.figure, a.target)
+		if !ok {
+			return goalResult{Goal: goal, Status: goalNotMeasured, Detail: orDefault(r.unavailableOf(a.figure, a.target), "needs "+a.figure+" of "+a.target)}
+		}
+		status := goalNotMet
+		if v >= want {
+			status = goalMet
+		}
+		return goalResult{Goal: goal, Status: status, Detail: fmt.Sprintf("%.3f%s (median over runs)", v, unit)}
+	}
 	gw := func(figure string) operand { return operand{figure, targetEgressgw} }
 	return []goalResult{
 		atLeast("egressgw small-request throughput ≥ 0.9 × bare goproxy", gw(figSmallRPS), operand{figSmallRPS, targetBareGoproxy}, 0.9),
+		atLeastValue("the same, per pair of alternating "+pairedSlice.String()+" slices (median over pairs; outside load falls on both sides of a pair)", gw(figSmallPairedRatio), 0.9, "×"),
 		atMostRatio("the same, read as CPU (machine-independent): egressgw CPU per small request ≤ 1/0.9 × bare goproxy's", gw(figSmallCPU), operand{figSmallCPU, targetBareGoproxy}, 1/0.9),
 		atLeast("egressgw small-request throughput ≥ 1.0 × tinyproxy", gw(figSmallRPS), operand{figSmallRPS, targetTinyproxy}, 1.0),
 		atMost("egressgw p99 latency added over direct ≤ 1 ms at half of its maximum throughput", gw(figHalfLoadAdded), 1, "ms"),

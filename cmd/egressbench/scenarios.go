@@ -17,6 +17,7 @@ import (
 const (
 	scenarioIdleTunnels     = "idle-tunnels"
 	scenarioSmall           = "small"
+	scenarioSmallPaired     = "small-paired"
 	scenarioLarge           = "large"
 	scenarioTunnel          = "tunnel"
 	scenarioNewTunnels      = "new-tunnels"
@@ -27,21 +28,22 @@ const (
 
 // Figure ids: the keys of the JSON output and of every table row.
 const (
-	figSmallRPS        = "small_rps"
-	figSmallP50        = "small_p50_ms"
-	figSmallP99        = "small_p99_ms"
-	figSmallCPU        = "small_proxy_cpu_us_per_request"
-	figLargeMiBps      = "large_mib_per_s"
-	figTunnelMiBps     = "tunnel_mib_per_s"
-	figTunnelCPU       = "tunnel_proxy_cpu_us_per_mib"
-	figNewTunnels      = "new_tunnels_per_s"
-	figIdleTunnelKiB   = "idle_tunnel_rss_kib"
-	figHalfLoadRate    = "half_load_rate"
-	figHalfLoadP99     = "half_load_p99_ms"
-	figHalfLoadAdded   = "half_load_p99_added_ms"
-	figHalfLoadSliced  = "half_load_p99_added_sliced_ms"
-	figInspectedRPS    = "inspected_rps"
-	figInspectedHooked = "inspected_hooked_rps"
+	figSmallRPS         = "small_rps"
+	figSmallP50         = "small_p50_ms"
+	figSmallP99         = "small_p99_ms"
+	figSmallCPU         = "small_proxy_cpu_us_per_request"
+	figSmallPairedRatio = "small_rps_vs_bare_goproxy_paired"
+	figLargeMiBps       = "large_mib_per_s"
+	figTunnelMiBps      = "tunnel_mib_per_s"
+	figTunnelCPU        = "tunnel_proxy_cpu_us_per_mib"
+	figNewTunnels       = "new_tunnels_per_s"
+	figIdleTunnelKiB    = "idle_tunnel_rss_kib"
+	figHalfLoadRate     = "half_load_rate"
+	figHalfLoadP99      = "half_load_p99_ms"
+	figHalfLoadAdded    = "half_load_p99_added_ms"
+	figHalfLoadSliced   = "half_load_p99_added_sliced_ms"
+	figInspectedRPS     = "inspected_rps"
+	figInspectedHooked  = "inspected_hooked_rps"
 )
 
 // figureSpec says what a figure is and which way is better.
@@ -102,6 +104,16 @@ func scenarios(o options) []scenario {
 			run: runSmallRequests,
 		},
 		{
+			id: scenarioSmallPaired,
+			figures: []figureSpec{{
+				id:    figSmallPairedRatio,
+				title: "small requests: req/s ÷ bare goproxy's, median over pairs of alternating slices of " + pairedSlice.String(),
+				unit:  "×", higherIsBetter: true, difference: true,
+			}},
+			only: []string{targetEgressgw},
+			run:  runSmallPaired,
+		},
+		{
 			id:      scenarioLarge,
 			figures: []figureSpec{{id: figLargeMiBps, title: fmt.Sprintf("1 MiB bodies, plain HTTP, %d streams", o.streams), unit: "MiB/s", higherIsBetter: true}},
 			run:     runLargeBodies,
@@ -153,6 +165,7 @@ func scenarios(o options) []scenario {
 type session struct {
 	env      *benchEnv
 	run      int
+	targets  map[string]*runningTarget // every target running in this run, by name
 	mu       sync.Mutex
 	smallRPS map[string]float64 // target → this run's small req/s
 }

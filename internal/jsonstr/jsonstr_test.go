@@ -36,6 +36,23 @@ func TestAppendMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
+// TestAppendEveryByteEverywhere puts each byte value at each position of
+// a plain string, at its start, middle and end, against encoding/json.
+func TestAppendEveryByteEverywhere(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		for pos := 0; pos < 19; pos++ {
+			b := bytes.Repeat([]byte("a"), 19)
+			b[pos] = byte(c)
+			s := string(b)
+			for _, escapeHTML := range []bool{false, true} {
+				if got, want := Append(nil, s, escapeHTML), encodingJSON(t, s, escapeHTML); !bytes.Equal(got, want) {
+					t.Fatalf("Append(%q, escapeHTML=%v) = %s, want %s", s, escapeHTML, got, want)
+				}
+			}
+		}
+	}
+}
+
 func FuzzAppend(f *testing.F) {
 	for _, s := range samples {
 		f.Add(s, true)
