@@ -106,7 +106,9 @@
 // field of a 64 KiB JSON body (BenchmarkJSONEdit64K) about 3 ms, 0.25 ms
 // of CPU in the gateway and 1.8 ms in the worker, mostly decoding,
 // fingerprinting and re-encoding the JSON. A worker costs about 7 MiB
-// resident when idle and 6–15 ms to start.
+// resident when idle and 6–15 ms to start; workers idle for a minute are
+// stopped, all but the one runs take first, so a burst does not hold its
+// workers' memory afterwards.
 //
 // # What it does not do
 //

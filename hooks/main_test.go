@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,10 +23,17 @@ func TestMain(m *testing.M) {
 // and only the timeout tests are about timeouts.
 func newTestRuntime(t testing.TB, cfg RuntimeConfig) *Runtime {
 	t.Helper()
+	return newTestRuntimeIdle(t, cfg, workerIdleTTL)
+}
+
+// newTestRuntimeIdle is newTestRuntime whose idle workers stop after
+// idleTTL.
+func newTestRuntimeIdle(t testing.TB, cfg RuntimeConfig, idleTTL time.Duration) *Runtime {
+	t.Helper()
 	if cfg.Defaults.Timeout == 0 {
 		cfg.Defaults.Timeout = 10 * time.Second
 	}
-	rt, err := NewRuntime(cfg)
+	rt, err := newRuntime(cfg, idleTTL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,21 +71,38 @@ func holdingAllSlots(t testing.TB, rt *Runtime, f func()) {
 		held = append(held, sl)
 	}
 	defer func() {
-		for _, sl := range held {
+		// In reverse, so that the idle stack is as it was.
+		for _, sl := range slices.Backward(held) {
 			rt.sched.release(sl)
 		}
 	}()
 	f()
 }
 
-// workerPID is the process id of the first slot's worker, 0 if none.
+// workerPID is the process id of the worker in the first slot that has
+// one, 0 if none.
 func workerPID(t testing.TB, rt *Runtime) (pid int) {
 	holdingAllSlots(t, rt, func() {
-		if p := rt.slots[0].proc; p != nil {
-			pid = p.cmd.Process.Pid
+		for _, sl := range rt.slots {
+			if sl.proc != nil {
+				pid = sl.proc.cmd.Process.Pid
+				return
+			}
 		}
 	})
 	return pid
+}
+
+// workerPIDs are the process ids of every running worker.
+func workerPIDs(t testing.TB, rt *Runtime) (pids []int) {
+	holdingAllSlots(t, rt, func() {
+		for _, sl := range rt.slots {
+			if sl.proc != nil {
+				pids = append(pids, sl.proc.cmd.Process.Pid)
+			}
+		}
+	})
+	return pids
 }
 
 func mustCompile(tb testing.TB, name, src string) *Script {

@@ -9,7 +9,9 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // RuntimeConfig is gateway.yaml's hooks section (SPEC §2).
@@ -36,13 +38,32 @@ type Runtime struct {
 	// diagnostics.
 	peakWorkerRSS atomic.Int64
 	retired       atomic.Int64
+
+	reaped atomic.Int64 // idle workers stopped, for tests
+
+	// idleTTL is how long a worker may sit idle before it is stopped,
+	// all but the warmest keepWarm; reaperDone ends the reaper.
+	idleTTL    time.Duration
+	reaperStop chan struct{}
+	reaperDone sync.WaitGroup
 }
 
+// Idle workers: after a burst has started max_concurrent workers (about
+// 7 MiB each), those idle for workerIdleTTL are stopped, all but the
+// keepWarmWorkers most recently used, so memory follows the load; a run
+// that needs a stopped slot starts a worker again (6–15 ms).
+const (
+	workerIdleTTL   = time.Minute
+	keepWarmWorkers = 1
+)
+
 // slot is one place in the pool: the worker process in it, if started.
-// Only the run holding the slot touches it.
+// Only the run holding the slot touches it, or the reaper while it has
+// taken the slot out of the idle stack.
 type slot struct {
-	proc   *workerProcess
-	tenant string // whose run holds the slot; the scheduler's to set
+	proc      *workerProcess
+	tenant    string    // whose run holds the slot; the scheduler's to set
+	idleSince time.Time // when it last became idle; the scheduler's to set
 }
 
 // NewRuntime builds a runtime and starts its first worker, so a program
@@ -50,6 +71,10 @@ type slot struct {
 // does not allow the memory limit) fails at start-up, not on the first
 // request. Other workers start when first needed.
 func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
+	return newRuntime(cfg, workerIdleTTL)
+}
+
+func newRuntime(cfg RuntimeConfig, idleTTL time.Duration) (*Runtime, error) {
 	if os.Getenv(workerEnvVar) != "" {
 		return nil, errors.New("hooks: this process is a hook worker but ran main: call hooks.WorkerMain first in main (and in TestMain)")
 	}
@@ -68,7 +93,7 @@ func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hooks: finding the executable to start workers from: %w", err)
 	}
-	rt := &Runtime{defaults: defaults, exe: exe, slots: make([]*slot, n)}
+	rt := &Runtime{defaults: defaults, exe: exe, slots: make([]*slot, n), idleTTL: idleTTL, reaperStop: make(chan struct{})}
 	for i := range rt.slots {
 		rt.slots[i] = &slot{}
 	}
@@ -76,9 +101,41 @@ func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt.slots[0].proc = first
+	rt.slots[n-1].proc = first // on top of the idle stack: the first run takes it
 	rt.sched = newScheduler(rt.slots)
+	rt.reaperDone.Add(1)
+	go rt.reapIdleWorkers()
 	return rt, nil
+}
+
+// reapIdleWorkers stops, every quarter of idleTTL, the workers idle for
+// longer than idleTTL, until Close.
+func (rt *Runtime) reapIdleWorkers() {
+	defer rt.reaperDone.Done()
+	tick := time.NewTicker(rt.idleTTL / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-rt.reaperStop:
+			return
+		case now := <-tick.C:
+			stale := rt.sched.takeStale(now.Add(-rt.idleTTL), keepWarmWorkers)
+			if len(stale) == 0 {
+				continue
+			}
+			// The slots go back at once, empty; their workers are
+			// stopped after, so no run waits on an exit.
+			procs := make([]*workerProcess, len(stale))
+			for i, sl := range stale {
+				procs[i], sl.proc = sl.proc, nil
+			}
+			rt.sched.returnStale(stale)
+			for _, p := range procs {
+				p.finish() // an idle worker exits at end of input
+				rt.reaped.Add(1)
+			}
+		}
+	}
 }
 
 // MaxConcurrent is the number of runs that may execute at once.
@@ -277,6 +334,8 @@ func (rt *Runtime) Close() error {
 	if !rt.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	close(rt.reaperStop)
+	rt.reaperDone.Wait()
 	rt.sched.close()
 	for _, sl := range rt.sched.waitIdle() {
 		if sl.proc != nil {

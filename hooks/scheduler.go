@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"time"
 )
 
 var errRuntimeClosed = errors.New("hooks: runtime closed")
@@ -37,9 +38,13 @@ type waiter struct {
 }
 
 func newScheduler(slots []*slot) *scheduler {
+	now := time.Now()
+	for _, sl := range slots {
+		sl.idleSince = now
+	}
 	s := &scheduler{
 		total:   len(slots),
-		idle:    slices.Clone(slots),
+		idle:    slices.Clone(slots), // the last is handed out first
 		queues:  make(map[string]*tenantQueue),
 		holding: make(map[string]int),
 	}
@@ -112,7 +117,14 @@ func (s *scheduler) release(sl *slot) {
 	if s.holding[sl.tenant]--; s.holding[sl.tenant] <= 0 {
 		delete(s.holding, sl.tenant)
 	}
+	s.handOff(sl, time.Now())
+}
+
+// handOff gives a free slot to the waiting run whose turn it is, or puts
+// it on top of the idle stack, noting since when it is idle. s.mu is held.
+func (s *scheduler) handOff(sl *slot, now time.Time) {
 	if len(s.turns) == 0 {
+		sl.idleSince = now
 		s.idle = append(s.idle, sl)
 		if s.closed {
 			s.allIdle.Broadcast()
@@ -137,6 +149,64 @@ func (s *scheduler) release(sl *slot) {
 	}
 	s.hold(sl, tenant)
 	w.granted <- sl
+}
+
+// takeStale takes out of the idle stack the slots whose worker has been
+// idle since before cutoff, except the keep workers nearest the top (the
+// ones acquire hands out next), whatever their age. Nobody can acquire a
+// taken slot until returnStale; the caller may stop its worker meanwhile.
+func (s *scheduler) takeStale(cutoff time.Time, keep int) []*slot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	var stale []*slot
+	warm := 0
+	for i := len(s.idle) - 1; i >= 0; i-- {
+		switch sl := s.idle[i]; {
+		case sl.proc == nil:
+		case warm < keep:
+			warm++
+		case sl.idleSince.Before(cutoff):
+			stale = append(stale, sl)
+		}
+	}
+	s.idle = slices.DeleteFunc(s.idle, func(sl *slot) bool { return slices.Contains(stale, sl) })
+	return stale
+}
+
+// returnStale gives back slots takeStale took: to runs that queued
+// meanwhile, else to the bottom of the idle stack, below the slots whose
+// workers still run, so that acquire prefers those.
+func (s *scheduler) returnStale(slots []*slot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	for len(slots) > 0 && len(s.turns) > 0 {
+		s.handOff(slots[0], now)
+		slots = slots[1:]
+	}
+	for _, sl := range slots {
+		sl.idleSince = now
+	}
+	s.idle = append(slices.Clone(slots), s.idle...)
+	if s.closed {
+		s.allIdle.Broadcast()
+	}
+}
+
+// idleWorkers counts the idle slots whose worker is running.
+func (s *scheduler) idleWorkers() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, sl := range s.idle {
+		if sl.proc != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // close fails every waiting run and every later acquire.
