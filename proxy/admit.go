@@ -89,17 +89,28 @@ func (ex *exchange) quotaOutcome(failedOpen bool, err error) bool {
 	return false
 }
 
-// setRateHeaders adds the RateLimit headers of an allowed response.
-func (ex *exchange) setRateHeaders(h http.Header) {
+// setAllowedHeaders adds to an allowed response its X-Request-Id and,
+// when it passed a request-rate quota, the RateLimit headers (SPEC §3).
+// Canonical keys are written directly (as Set would, without
+// canonicalising per call); the values share one backing array and the
+// numbers one string.
+func (ex *exchange) setAllowedHeaders(h http.Header) {
 	if ex.rate.Limit <= 0 {
+		h["X-Request-Id"] = []string{ex.id}
 		return
 	}
-	// Canonical keys written directly (as Set would, without canonicalising
-	// per call), and one backing array for the three values.
-	values := []string{strconv.Itoa(ex.rate.Limit), strconv.Itoa(ex.rate.Remaining), strconv.Itoa(ex.rate.ResetSeconds())}
-	h["Ratelimit-Limit"] = values[0:1:1]
-	h["Ratelimit-Remaining"] = values[1:2:2]
-	h["Ratelimit-Reset"] = values[2:3:3]
+	var buf [3 * 20]byte
+	digits := strconv.AppendInt(buf[:0], int64(ex.rate.Limit), 10)
+	limitEnd := len(digits)
+	digits = strconv.AppendInt(digits, int64(ex.rate.Remaining), 10)
+	remainingEnd := len(digits)
+	digits = strconv.AppendInt(digits, int64(ex.rate.ResetSeconds()), 10)
+	numbers := string(digits)
+	values := []string{ex.id, numbers[:limitEnd], numbers[limitEnd:remainingEnd], numbers[remainingEnd:]}
+	h["X-Request-Id"] = values[0:1:1]
+	h["Ratelimit-Limit"] = values[1:2:2]
+	h["Ratelimit-Remaining"] = values[2:3:3]
+	h["Ratelimit-Reset"] = values[3:4:4]
 }
 
 // shapers returns the tenant's bandwidth shapers, nil where unlimited,

@@ -112,7 +112,10 @@ func (ex *exchange) tenantID() string {
 // any (and then they must be right), else the client's source address.
 func (ex *exchange) identify(r *http.Request) bool {
 	snap := ex.rt.live.Snapshot
-	if header := r.Header.Get("Proxy-Authorization"); header != "" {
+	// The server has canonicalised the keys: a direct lookup, the first
+	// value as Get would return.
+	if values := r.Header["Proxy-Authorization"]; len(values) > 0 && values[0] != "" {
+		header := values[0]
 		memo := authMemoOf(r.Context())
 		if t, sum, ok := memo.recall(ex.rt, header); ok {
 			ex.setTenant(t)

@@ -99,8 +99,7 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 		Transport: exchangeTransport{},
 		ModifyResponse: func(resp *http.Response) error {
 			ex := resp.Request.Context().Value(exchangeKey{}).(*exchange)
-			resp.Header.Set("X-Request-Id", ex.id)
-			ex.setRateHeaders(resp.Header)
+			ex.setAllowedHeaders(resp.Header)
 			return ex.transformResponse(resp)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {

@@ -56,8 +56,7 @@ func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 	for k, v := range resp.Header {
 		h[k] = v
 	}
-	h["X-Request-Id"] = []string{ex.id}
-	ex.setRateHeaders(h)
+	ex.setAllowedHeaders(h)
 	announceTrailers(h, resp.Trailer)
 	w.WriteHeader(resp.StatusCode)
 	_, ingress := ex.shapers()
@@ -190,8 +189,7 @@ func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) {
 	}
 	defer client.Close()
 	removeHopByHop(resp.Header, true)
-	resp.Header["X-Request-Id"] = []string{ex.id}
-	ex.setRateHeaders(resp.Header)
+	ex.setAllowedHeaders(resp.Header)
 	resp.Body = nil // Write sends the status line and headers only
 	if err := resp.Write(buffered); err != nil || buffered.Flush() != nil {
 		return

@@ -383,8 +383,7 @@ func (s *tunnelSet) drain(ctx context.Context) {
 // headers of the token the CONNECT took.
 func connectEstablished(ex *exchange) string {
 	h := http.Header{}
-	ex.setRateHeaders(h)
-	h.Set("X-Request-Id", ex.id)
+	ex.setAllowedHeaders(h)
 	var b strings.Builder
 	b.WriteString("HTTP/1.1 200 Connection established\r\n")
 	_ = h.Write(&b)
