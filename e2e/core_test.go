@@ -388,9 +388,16 @@ func TestAuditLog(t *testing.T) {
 	}
 
 	t.Run("allowed request", func(t *testing.T) {
-		g.expectAllowedGET(t, acme, origin.url(hostAPI, "/forecast"))
+		resp := g.get(t, acme.header(), origin.url(hostAPI, "/forecast"))
+		if body := readBody(t, resp); resp.StatusCode != http.StatusOK || body != greeting("/forecast") {
+			t.Fatalf("status %d, body %q; want 200 and the upstream's greeting", resp.StatusCode, body)
+		}
 		rec := g.waitAudit(t, auditWith("path", "/forecast"))
 		assertFields(t, rec)
+		// The id an allowed response carries finds its audit line.
+		if id := resp.Header.Get("X-Request-Id"); id == "" || rec["request_id"] != id {
+			t.Errorf("X-Request-Id %q, audit request_id %v; want the same id", id, rec["request_id"])
+		}
 		want := auditWith("tenant", acme.tenant, "method", "GET", "scheme", "http", "host", hostAPI, "port", origin.port,
 			"decision", "allow", "code", "ok", "status", 200)
 		if !want(rec) || !ruleIs(rec["rule"], "weather") {
