@@ -27,6 +27,19 @@ func startAllWorkers(t *testing.T, rt *Runtime) {
 	})
 }
 
+// idleWorkers counts the idle slots whose worker is running.
+func (s *scheduler) idleWorkers() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, sl := range s.idle {
+		if sl.proc != nil {
+			n++
+		}
+	}
+	return n
+}
+
 func processExists(pid int) bool {
 	return !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }

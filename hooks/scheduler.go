@@ -196,19 +196,6 @@ func (s *scheduler) returnStale(slots []*slot) {
 	}
 }
 
-// idleWorkers counts the idle slots whose worker is running.
-func (s *scheduler) idleWorkers() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, sl := range s.idle {
-		if sl.proc != nil {
-			n++
-		}
-	}
-	return n
-}
-
 // close fails every waiting run and every later acquire.
 func (s *scheduler) close() {
 	s.mu.Lock()
