@@ -119,9 +119,8 @@ func measureInstructions(ctx context.Context, env *benchEnv, tools callgrindTool
 	}
 	defer t.stop()
 	workers := env.opts.concurrency
-	clients := newClientGroup(t, env.loadTenants, env.clientTLS, perTenant(workers, len(env.loadTenants)), keepAlive)
+	clients, op := smallLoad(env, t, workers)
 	defer clients.close()
-	op := fetchOp(clients, newBodyBuffers(workers), "GET", env.up.plainURL(pathSmall), nil, smallBodySize, nil)
 	if err := runCount(ctx, workers, callgrindWarmup, op); err != nil {
 		return fig, fmt.Errorf("warm-up: %w", err)
 	}

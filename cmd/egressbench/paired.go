@@ -35,8 +35,8 @@ func runSmallPaired(ctx context.Context, s *session, t *runningTarget) (outcome,
 		first   string
 	}
 	newSide := func(target *runningTarget) *side {
-		clients := newClientGroup(target, env.loadTenants, env.clientTLS, perTenant(c, len(env.loadTenants)), keepAlive)
-		return &side{clients: clients, op: fetchOp(clients, newBodyBuffers(c), "GET", env.up.plainURL(pathSmall), nil, smallBodySize, nil)}
+		clients, op := smallLoad(env, target, c)
+		return &side{clients: clients, op: op}
 	}
 	sides := [2]*side{newSide(t), newSide(bare)}
 	defer func() {

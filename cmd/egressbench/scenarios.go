@@ -302,11 +302,19 @@ func stillOpen(c net.Conn) bool {
 	return errors.As(err, &netErr) && netErr.Timeout()
 }
 
+// smallLoad is the small-request load on t that several scenarios share:
+// 200 B plain GETs from workers spread over the load tenants' keep-alive
+// clients. The caller closes the clients.
+func smallLoad(env *benchEnv, t *runningTarget, workers int) (*clientGroup, operation) {
+	clients := newClientGroup(t, env.loadTenants, env.clientTLS, perTenant(workers, len(env.loadTenants)), keepAlive)
+	return clients, fetchOp(clients, newBodyBuffers(workers), "GET", env.up.plainURL(pathSmall), nil, smallBodySize, nil)
+}
+
 // runSmallRequests measures throughput and latency of 200 B GETs over
 // keep-alive connections at fixed concurrency.
 func runSmallRequests(ctx context.Context, s *session, t *runningTarget) (outcome, error) {
 	env, c := s.env, s.env.opts.concurrency
-	clients := newClientGroup(t, env.loadTenants, env.clientTLS, perTenant(c, len(env.loadTenants)), keepAlive)
+	clients, op := smallLoad(env, t, c)
 	defer clients.close()
 	var profile sync.WaitGroup
 	if s.profileGateway(t) {
@@ -321,7 +329,7 @@ func runSmallRequests(ctx context.Context, s *session, t *runningTarget) (outcom
 			}
 		}()
 	}
-	r := runClosedLoop(ctx, c, s.window(), processCPU(t), fetchOp(clients, newBodyBuffers(c), "GET", env.up.plainURL(pathSmall), nil, smallBodySize, nil))
+	r := runClosedLoop(ctx, c, s.window(), processCPU(t), op)
 	profile.Wait()
 	rps := r.opsPerSecond()
 	s.mu.Lock()
@@ -411,8 +419,8 @@ func runHalfLoad(ctx context.Context, s *session, t *runningTarget) (outcome, er
 		sliceP99 []float64
 	}
 	newSide := func(target *runningTarget) *side {
-		clients := newClientGroup(target, env.loadTenants, env.clientTLS, perTenant(inFlight, len(env.loadTenants)), keepAlive)
-		return &side{clients: clients, op: fetchOp(clients, newBodyBuffers(inFlight), "GET", env.up.plainURL(pathSmall), nil, smallBodySize, nil)}
+		clients, op := smallLoad(env, target, inFlight)
+		return &side{clients: clients, op: op}
 	}
 	sides := []*side{newSide(t)}
 	if t.proxied() {
