@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+
+	"github.com/egressgw/egressgw/quota"
 )
 
 // canSplice says whether tunnels between two TCP connections are relayed
@@ -32,7 +34,7 @@ var kernelPipes = sync.Pool{New: func() any {
 	// A pipe holds 64 KiB unless asked for more; a fast tunnel moves up to
 	// a shaper step (1 MiB) per splice. Where the system refuses (a limit on
 	// pipe memory), the pipe keeps its default and steps are just smaller.
-	_, _ = fcntl(fds[0], syscall.F_SETPIPE_SZ, pipeCapacity)
+	_, _ = fcntl(fds[0], syscall.F_SETPIPE_SZ, quota.MaxSpliceStep)
 	p := &kernelPipe{r: fds[0], w: fds[1]}
 	runtime.AddCleanup(p, closePipeFDs, fds)
 	return p
@@ -44,10 +46,6 @@ func closePipeFDs(fds [2]int) {
 }
 
 const spliceFlags = 0x1 | 0x2 // SPLICE_F_MOVE | SPLICE_F_NONBLOCK
-
-// pipeCapacity is what the gateway asks its kernel pipes to hold: as much
-// as one splice of an unlimited or fast tunnel moves.
-const pipeCapacity = 1 << 20
 
 func fcntl(fd, cmd, arg int) (int, error) {
 	r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), uintptr(cmd), uintptr(arg))

@@ -10,9 +10,6 @@ import (
 // canSplice is false: elsewhere tunnels are copied through the gateway.
 const canSplice = false
 
-// pipeCapacity sizes the unshaped splice step, which is never taken here.
-const pipeCapacity = 1 << 20
-
 type splicer struct{}
 
 func newSplicer(src, dst syscall.RawConn) *splicer { return &splicer{} }

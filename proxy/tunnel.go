@@ -155,8 +155,9 @@ var relayBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return
 const idleReadBuffer = 2 << 10
 
 // unshapedSpliceStep is the most one splice call may move for an unlimited
-// tenant: the capacity the gateway's kernel pipes ask for.
-const unshapedSpliceStep = pipeCapacity
+// tenant: as much as a shaped one at most, which the gateway's kernel
+// pipes are asked to hold.
+const unshapedSpliceStep = quota.MaxSpliceStep
 
 // copyDirection moves src to dst for one direction of the tunnel. Between
 // two TCP connections the kernel copies (splice) and the shaper, if any,

@@ -183,7 +183,7 @@ func (s *Shaper) setRate(bytesPerSecond int64) {
 	}
 	if bytesPerSecond <= 0 {
 		s.limiter.SetLimit(rate.Inf)
-		s.burst.Store(maxSpliceStep) // steps are bounded by nothing but a pipe now
+		s.burst.Store(MaxSpliceStep) // steps are bounded by nothing but a pipe now
 		return
 	}
 	s.limiter.SetLimit(rate.Limit(bytesPerSecond))
@@ -255,14 +255,14 @@ func (s *Shaper) step() int {
 	return int(min(s.burst.Load(), maxShaperStep))
 }
 
-// maxSpliceStep caps Step: what one splice(2) into a kernel pipe moves at
-// most, the pipe's capacity.
-const maxSpliceStep = 1 << 20
+// MaxSpliceStep caps Step: what one splice(2) into a kernel pipe moves at
+// most. Callers that splice size their pipes to hold it.
+const MaxSpliceStep = 1 << 20
 
 // Step returns the most bytes a caller that moves bytes itself (a kernel
 // splice, with no reader to wrap) should move before it calls Pass: about
 // a millisecond of the rate, at least one turn (maxShaperStep) and at most
-// maxSpliceStep, never above the burst. Pass pays for what was moved in
+// MaxSpliceStep, never above the burst. Pass pays for what was moved in
 // turns of maxShaperStep, so connections still take turns of equal size;
 // a fast tenant's tunnels just make fewer system calls per byte. On a nil
 // Shaper it returns 0: no limit.
@@ -270,11 +270,11 @@ func (s *Shaper) Step() int {
 	if s == nil {
 		return 0
 	}
-	perMillisecond := int64(maxSpliceStep) // no limit now: a reload lifted it
+	perMillisecond := int64(MaxSpliceStep) // no limit now: a reload lifted it
 	if rate := s.rate.Load(); rate > 0 {
 		perMillisecond = rate / 1000
 	}
-	return int(min(max(perMillisecond, maxShaperStep), maxSpliceStep, s.burst.Load()))
+	return int(min(max(perMillisecond, maxShaperStep), MaxSpliceStep, s.burst.Load()))
 }
 
 // Pass records n bytes just moved and waits until they may pass; the

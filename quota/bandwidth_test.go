@@ -332,7 +332,7 @@ func TestShaperStepAndPassAchieveRate(t *testing.T) {
 		{100 << 10, shaperBurst(100 << 10)}, // the burst (10 KiB) bounds it
 		{1 << 20, maxShaperStep},            // at least one turn
 		{100 << 20, 100 << 20 / 1000},       // a millisecond of the rate
-		{64 << 30, maxSpliceStep},           // at most a pipe's worth
+		{64 << 30, MaxSpliceStep},           // at most a pipe's worth
 	} {
 		if got := bw.Shaper(fmt.Sprintf("step/%d", tc.rate), tc.rate).Step(); got != tc.want {
 			t.Errorf("Step() at %d B/s = %d, want %d", tc.rate, got, tc.want)
@@ -340,8 +340,8 @@ func TestShaperStepAndPassAchieveRate(t *testing.T) {
 	}
 	lifted := bw.Shaper("step/lifted", 100<<10)
 	bw.Shaper("step/lifted", 0) // a reload removes the limit; tunnels keep the shaper
-	if got := lifted.Step(); got != maxSpliceStep {
-		t.Errorf("Step() once the limit is lifted = %d, want %d", got, maxSpliceStep)
+	if got := lifted.Step(); got != MaxSpliceStep {
+		t.Errorf("Step() once the limit is lifted = %d, want %d", got, MaxSpliceStep)
 	}
 	const size = 2 * testRate
 	start := time.Now()
