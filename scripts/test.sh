@@ -34,22 +34,27 @@ go vet ./...
 go test -race -count=1 -timeout 20m ./...
 
 # Short fuzz runs; the checked-in seed corpora already ran above as tests.
-fuzz() { go test -run='^$' -fuzz="^$2\$" -fuzztime="${FUZZTIME:-10s}" "$1"; }
-fuzz ./allowlist FuzzNormalizeHost
-fuzz ./allowlist FuzzParsePattern
-fuzz ./allowlist FuzzAddressCheck
-fuzz ./policy FuzzLoad
-fuzz ./policy FuzzCheckPath
-fuzz ./proxy FuzzParseBasic
-fuzz ./proxy FuzzAuditLine
-fuzz ./proxy FuzzSameSecret
-fuzz ./proxy FuzzTimestamp
-fuzz ./internal/jsonstr FuzzAppend
-fuzz ./internal/jsonstr FuzzAppendFloat
-fuzz ./redaction FuzzRedactJSON
-fuzz ./redaction FuzzRedactText
-fuzz ./redaction FuzzRedactURLEncoded
-fuzz ./redaction FuzzSecretScrubber
-fuzz ./hooks FuzzConvertJSON
-fuzz ./hooks FuzzDecodeReplyFrame
+# Each run is a count of executions, about ten seconds' worth on a 2-core
+# machine. A wall-clock -fuzztime can fail with a bare "context deadline
+# exceeded" when its deadline races a worker in Go 1.26's fuzz coordinator,
+# which a count cannot. FUZZTIME (a count like 1000000x, or a duration)
+# overrides every target's budget for longer runs by hand.
+fuzz() { go test -run='^$' -fuzz="^$2\$" -fuzztime="${FUZZTIME:-$3}" "$1"; }
+fuzz ./allowlist FuzzNormalizeHost 300000x
+fuzz ./allowlist FuzzParsePattern 100000x
+fuzz ./allowlist FuzzAddressCheck 300000x
+fuzz ./policy FuzzLoad 50000x
+fuzz ./policy FuzzCheckPath 150000x
+fuzz ./proxy FuzzParseBasic 50000x
+fuzz ./proxy FuzzAuditLine 40000x
+fuzz ./proxy FuzzSameSecret 100000x
+fuzz ./proxy FuzzTimestamp 100000x
+fuzz ./internal/jsonstr FuzzAppend 500000x
+fuzz ./internal/jsonstr FuzzAppendFloat 600000x
+fuzz ./redaction FuzzRedactJSON 150000x
+fuzz ./redaction FuzzRedactText 200000x
+fuzz ./redaction FuzzRedactURLEncoded 200000x
+fuzz ./redaction FuzzSecretScrubber 150000x
+fuzz ./hooks FuzzConvertJSON 50000x
+fuzz ./hooks FuzzDecodeReplyFrame 400000x
 echo "all tests passed"
