@@ -232,9 +232,32 @@ func TestReportMode(t *testing.T) {
 	t.Parallel()
 	origin := startHTTPUpstream(t, "127.0.0.1", nil)
 	victim := startHTTPUpstream(t, victimAddress, nil)
-	g := startGateway(t, configFiles{
-		"gateway.yaml":         gatewayYAML(""),
-		"tenants/lenient.yaml": tenantYAML(lenient, "mode: report\n"+allowRule("api", []string{hostAPI}, origin.port)),
+	crm := startHTTPUpstream(t, "127.0.0.1", jsonEcho)
+	const crmKey = "report-mode-crm-key-5d1c"
+	g := newGateway(t)
+	g.env = append(g.env, "E2E_CRM_KEY="+crmKey)
+	g.serve(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			secrets:
+			  crm_key: { env: E2E_CRM_KEY }
+			redaction:
+			  profiles:
+			    pii: { detectors: [email], action: mask }
+		`)),
+		// Reads only, with credentials, redaction and a connector quota of
+		// three requests.
+		"connectors/crm.yaml": yamlf(`
+			name: crm
+			hosts: [%q]
+			ports: [%d]
+			methods: [GET]
+			inject:
+			  headers: { Authorization: "Bearer ${secret:crm_key}" }
+			  allow_plaintext: true
+			redact: { request: [pii] }
+			quota: { requests_per_second: 0.001, burst: 3 }
+		`, hostReadOnly, crm.port),
+		"tenants/lenient.yaml": tenantYAML(lenient, "mode: report\nconnectors: [crm]\n"+allowRule("api", []string{hostAPI}, origin.port)),
 	})
 
 	t.Run("policy denial is reported and let through", func(t *testing.T) {
@@ -249,6 +272,51 @@ func TestReportMode(t *testing.T) {
 	})
 	t.Run("network safety is never relaxed", func(t *testing.T) {
 		g.expectRefused(t, http.MethodGet, lenient.header(), victim.url(hostRebind, "/"), http.StatusForbidden, "destination_ip_denied", victim)
+	})
+
+	client := g.client(t, lenient)
+	t.Run("allowed read gets the connector's credentials", func(t *testing.T) {
+		if status, body := fetch(t, client, crm.url(hostReadOnly, "/allowed-read")); status != http.StatusOK {
+			t.Fatalf("status %d: %s", status, body)
+		}
+		if seen := crm.requestsTo("/allowed-read"); len(seen) != 1 || seen[0].Header.Get("Authorization") != "Bearer "+crmKey {
+			t.Fatalf("upstream saw %+v, want one request with the injected credential", seen)
+		}
+	})
+	postReported := func(t *testing.T, path string) *http.Response {
+		resp, err := client.Post(crm.url(hostReadOnly, path), "text/plain", strings.NewReader("write to alice@example.com"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	t.Run("method denial keeps redaction and never gets credentials", func(t *testing.T) {
+		resp := postReported(t, "/reported-write")
+		body := readBody(t, resp)
+		if resp.StatusCode != http.StatusOK || strings.Contains(body, "alice@example.com") || !strings.Contains(body, "[REDACTED:email]") {
+			t.Fatalf("status %d, upstream echoed %s; want the body redacted", resp.StatusCode, body)
+		}
+		seen := crm.requestsTo("/reported-write")
+		if len(seen) != 1 || seen[0].Header.Get("Authorization") != "" {
+			t.Fatalf("upstream saw %+v, want one request without credentials", seen)
+		}
+		rec := g.waitAudit(t, auditWith("tenant", lenient.tenant, "path", "/reported-write"))
+		if rec["decision"] != "report" || rec["code"] != "destination_not_allowed" {
+			t.Errorf("audit decision %v code %v, want report destination_not_allowed; line %v", rec["decision"], rec["code"], rec)
+		}
+	})
+	t.Run("connector quota is never relaxed", func(t *testing.T) {
+		// The burst of three: the read and the write above, and this one.
+		if resp := postReported(t, "/reported-third"); readBody(t, resp) == "" || resp.StatusCode != http.StatusOK {
+			t.Fatalf("third request: status %d", resp.StatusCode)
+		}
+		g.expectRefused(t, http.MethodPost, lenient.header(), crm.url(hostReadOnly, "/over-quota"), http.StatusTooManyRequests, "rate_limited", crm)
+	})
+	t.Run("tunnel the gateway cannot read stays refused", func(t *testing.T) {
+		e := g.expectRefusedCONNECT(t, lenient.header(), crm.authority(hostReadOnly), http.StatusForbidden, "destination_not_allowed", crm)
+		if !strings.Contains(e.Message, "inspect: true") {
+			t.Errorf("message %q does not say what to change", e.Message)
+		}
 	})
 }
 

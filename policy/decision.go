@@ -48,21 +48,45 @@ type Decision struct {
 	Allow bool
 	// Report is set when the request is let through only because the tenant
 	// is in report mode; Code and Reason then say what enforce would do.
-	Report    bool
-	Code      Code
-	Reason    string
-	Rule      string     // the deciding rule's name; empty when none matched
-	Connector *Connector // the allowing connector, if a connector allowed it
+	Report bool
+	Code   Code
+	Reason string
+	Rule   string // the deciding rule's name; empty when none matched
+	// Connector is the allowing connector, if a connector allowed it. On a
+	// report-mode pass it is the connector whose hosts cover the request,
+	// so its quota, hooks and redaction still apply (but not its
+	// credentials: see Report).
+	Connector *Connector
+	// unreadable marks a refusal because the gateway could not check the
+	// request (an uninspected tunnel, credentials over plain HTTP), which
+	// report mode never relaxes.
+	unreadable bool
 }
 
 // Decide applies the tenant's rules to r: a matching deny rule wins, then
 // the first allowing connector or rule; nothing matching is a denial.
+//
+// Report mode lets host, port, method and path denials through, and only
+// those: a request the gateway cannot read (an uninspected tunnel to a
+// connector that needs inspection) is refused in report mode too, so
+// nothing passes unchecked.
 func (t *Tenant) Decide(r Request) Decision {
 	res := t.set.Match(allowlist.Query{Host: r.Host, Port: r.Port, Method: r.Method, Path: r.Path, Tunnel: r.Tunnel})
 	d := t.verdict(r, res)
-	if !d.Allow && t.Mode == ModeReport {
-		d.Allow, d.Report = true, true
+	if d.Allow || d.unreadable || t.Mode != ModeReport {
+		return d
 	}
+	// The connector whose hosts and ports cover r, whatever its methods and
+	// paths or a deny rule say: its quota, hooks and redaction still apply.
+	var c *Connector
+	if res := t.set.Match(allowlist.Query{Host: r.Host, Port: r.Port, Tunnel: true}); res.Allow >= 0 {
+		rule := t.rules[res.Allow]
+		if c = rule.Connector; r.Tunnel && c != nil && c.NeedsInspection() && !c.Inspect {
+			return t.unreadable(r, rule.Name, fmt.Sprintf(
+				"connector %q injects credentials, runs hooks, redacts or restricts methods or paths, which an HTTPS tunnel hides; the connector needs inspect: true", rule.Name))
+		}
+	}
+	d.Allow, d.Report, d.Connector = true, true, c
 	return d
 }
 
@@ -78,7 +102,7 @@ func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
 		case !r.Tunnel || !rule.Match.Conditional():
 			return t.deny(r, rule.Name, fmt.Sprintf("denied by rule %q", rule.Name))
 		case !inspected:
-			return t.deny(r, rule.Name, fmt.Sprintf(
+			return t.unreadable(r, rule.Name, fmt.Sprintf(
 				"rule %q denies some methods or paths on this host, which cannot be checked inside an uninspected tunnel", rule.Name))
 		}
 		// An inspected tunnel: its inner requests meet the deny rule one by one.
@@ -97,13 +121,13 @@ func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
 	c := allow.Connector
 	switch {
 	case r.Tunnel && allow.Match.Conditional() && !inspected:
-		return t.deny(r, allow.Name, fmt.Sprintf(
+		return t.unreadable(r, allow.Name, fmt.Sprintf(
 			"%s %q restricts methods or paths, which an HTTPS tunnel hides; the connector needs inspect: true", allow.Kind, allow.Name))
 	case r.Tunnel && c != nil && c.NeedsInspection() && !c.Inspect:
-		return t.deny(r, allow.Name, fmt.Sprintf(
+		return t.unreadable(r, allow.Name, fmt.Sprintf(
 			"connector %q injects credentials or runs hooks, which an HTTPS tunnel hides; the connector needs inspect: true", allow.Name))
 	case !r.Tunnel && !r.TLS && c != nil && len(c.Inject) > 0 && !c.AllowPlaintext:
-		return t.deny(r, allow.Name, fmt.Sprintf(
+		return t.unreadable(r, allow.Name, fmt.Sprintf(
 			"connector %q injects credentials and is refused over plain HTTP so they never cross the network in clear text; use https://", allow.Name))
 	}
 	return Decision{Allow: true, Code: CodeOK, Rule: allow.Name, Connector: c}
@@ -115,6 +139,13 @@ func (t *Tenant) deny(r Request, rule, why string) Decision {
 		Rule:   rule,
 		Reason: fmt.Sprintf("tenant %q may not reach %s: %s", t.ID, hostPort(r.Host, r.Port), why),
 	}
+}
+
+// unreadable is a refusal that report mode keeps (see Decide).
+func (t *Tenant) unreadable(r Request, rule, why string) Decision {
+	d := t.deny(r, rule, why)
+	d.unreadable = true
+	return d
 }
 
 func hostPort(host string, port uint16) string {

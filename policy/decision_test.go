@@ -1,9 +1,17 @@
 package policy
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 func decisionFixture(t testing.TB) *Snapshot {
@@ -165,4 +173,97 @@ func TestRequestForURL(t *testing.T) {
 			t.Errorf("RequestForURL(%q, %q) = %+v, %v; want %+v ok=%v", c.method, c.url, got, err, c.want, c.ok)
 		}
 	}
+}
+
+// Report mode lets host, port, method and path denials through with the
+// connector that covers the host, so its quota and redaction still apply;
+// what the gateway cannot read stays refused.
+func TestReportModeRelaxesOnlyWhatItMay(t *testing.T) {
+	caCert, caKey := testCA(t)
+	snap := mustLoad(t, map[string]string{
+		"gateway.yaml":          "tls: { ca_cert: ca.pem, ca_key: ca-key.pem }\nsecrets:\n  vault_key: { file: vault.key }\n",
+		"ca.pem":                caCert,
+		"ca-key.pem":            caKey,
+		"vault.key":             "s3cret-value\n",
+		"connectors/crm.yaml":   "name: crm\nhosts: [\"*.crm.example\"]\nports: [80]\nmethods: [GET]\npaths: [\"/v1/\"]\n",
+		"connectors/vault.yaml": "name: vault\nhosts: [\"vault.example\"]\nmethods: [GET]\ninspect: true\ninject:\n  headers: { Authorization: \"Bearer ${secret:vault_key}\" }\n",
+		"tenants/watcher.yaml": `id: watcher
+mode: report
+auth: { source_cidrs: ["10.20.0.0/16"] }
+connectors: [crm, vault]
+rules:
+  - name: no-blocked
+    action: deny
+    hosts: ["blocked.crm.example"]
+  - name: no-vault-tls
+    action: deny
+    hosts: ["vault.example"]
+    ports: [443]
+`,
+	})
+	tenant, ok := snap.Tenant("watcher")
+	if !ok {
+		t.Fatal("no tenant watcher")
+	}
+	cases := []struct {
+		name      string
+		req       Request
+		allow     bool
+		rule      string
+		connector string // the connector the decision carries
+		inReason  string
+	}{
+		{"unknown host is reported", Request{Host: "evil.example", Port: 443, Tunnel: true}, true, "", "", "no connector or rule matches"},
+		{"path denial keeps the connector", Request{Host: "x.crm.example", Port: 80, Method: "GET", Path: "/admin"}, true, "crm", "crm", "GET /admin is not among"},
+		{"deny rule on plain HTTP keeps the connector", Request{Host: "blocked.crm.example", Port: 80, Method: "GET", Path: "/v1/"}, true, "no-blocked", "crm", `denied by rule "no-blocked"`},
+		{"uninspected tunnel to a conditional connector stays refused", Request{Host: "x.crm.example", Port: 80, Tunnel: true}, false, "crm", "", "needs inspect: true"},
+		{"denied host behind an uninspected connector stays refused", Request{Host: "blocked.crm.example", Port: 80, Tunnel: true}, false, "crm", "", "needs inspect: true"},
+		{"credentials over plain HTTP stay refused", Request{Host: "vault.example", Port: 80, Method: "GET", Path: "/"}, false, "vault", "", "plain HTTP"},
+		{"inspected tunnel to a denied host is reported", Request{Host: "vault.example", Port: 443, Tunnel: true}, true, "no-vault-tls", "vault", `denied by rule "no-vault-tls"`},
+		{"inner method denial keeps the connector", Request{Host: "vault.example", Port: 443, Method: "DELETE", Path: "/x", TLS: true}, true, "no-vault-tls", "vault", `denied by rule "no-vault-tls"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := tenant.Decide(c.req)
+			var connector string
+			if d.Connector != nil {
+				connector = d.Connector.Name
+			}
+			if d.Allow != c.allow || d.Report != c.allow || !strings.HasPrefix(d.Rule, c.rule) || connector != c.connector || !strings.Contains(d.Reason, c.inReason) {
+				t.Errorf("got allow=%v report=%v rule=%q connector=%q reason=%q\nwant allow=report=%v rule %q connector %q reason containing %q",
+					d.Allow, d.Report, d.Rule, connector, d.Reason, c.allow, c.rule, c.connector, c.inReason)
+			}
+			if d.Code != CodeDestinationNotAllowed {
+				t.Errorf("code %q, want the code enforce answers", d.Code)
+			}
+		})
+	}
+}
+
+// testCA returns a fresh signing CA, PEM-encoded, for configs that inspect.
+func testCA(t testing.TB) (certPEM, keyPEM string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "policy test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
 }

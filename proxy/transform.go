@@ -112,6 +112,11 @@ func (ex *exchange) requestHook(r *http.Request) *refusal {
 		if !d.Allow {
 			return &refusal{policy.CodeDestinationNotAllowed, "after hook " + script.Name() + ": " + d.Reason}
 		}
+		if d.Report && !ex.decision.Report {
+			// Report mode lets the edited request through, as what enforce
+			// would deny: without credentials.
+			ex.decision.Report, ex.decision.Code, ex.decision.Reason = true, d.Code, "after hook "+script.Name()+": "+d.Reason
+		}
 		ex.method, ex.path = in.Method, in.Path
 	}
 	target, err2 := url.ParseRequestURI(in.Path + queryPart(in.Query))
@@ -217,16 +222,20 @@ func queryPart(q string) string {
 }
 
 // inject sets the allowing connector's credentials on an outgoing request,
-// after the request hook, so no script ever sees them. Compression is not
-// requested: what comes back is scrubbed of the secrets, and transformed,
-// which a compressed body would hide.
+// after the request hook, so no script ever sees them. A request that only
+// report mode lets through gets none: the connector's credentials cover
+// what its rules allow, nothing more. Compression is not requested: what
+// comes back is scrubbed of the secrets, and transformed, which a
+// compressed body would hide.
 func (ex *exchange) inject(h http.Header) {
 	c := ex.decision.Connector
 	if c == nil {
 		return
 	}
-	for _, ih := range c.Inject {
-		h.Set(ih.Name, ih.Value)
+	if !ex.decision.Report {
+		for _, ih := range c.Inject {
+			h.Set(ih.Name, ih.Value)
+		}
 	}
 	if len(c.Inject) > 0 || c.Hooks != nil || c.Redact != nil {
 		h.Del("Accept-Encoding")
