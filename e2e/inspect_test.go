@@ -33,12 +33,19 @@ type inspectFixture struct {
 }
 
 // echoSecrets answers with the Authorization header it received, in a
-// header and in the body, gzip-compressed under /v1/gzip: an upstream that
-// echoes credentials, the case scrubbing exists for.
+// header and in the body, gzip-compressed under /v1/gzip and in a trailer
+// too under /v1/trailer: an upstream that echoes credentials, the case
+// scrubbing exists for.
 var echoSecrets = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	auth := r.Header.Get("Authorization")
 	w.Header().Set("X-Echo-Authorization", auth)
 	body := fmt.Sprintf("you sent %q to %s %s", auth, r.Method, r.URL.Path)
+	if r.URL.Path == "/v1/trailer" {
+		w.Header().Set("Trailer", "X-Echo-Trailer")
+		io.WriteString(w, body)
+		w.Header().Set("X-Echo-Trailer", auth)
+		return
+	}
 	if r.URL.Path == "/v1/gzip" {
 		w.Header().Set("Content-Encoding", "gzip")
 		zw := gzip.NewWriter(w)
@@ -171,6 +178,10 @@ func TestInspectedTunnel(t *testing.T) {
 		}
 	})
 
+	t.Run("trailers are scrubbed too", func(t *testing.T) {
+		assertTrailerScrubbed(t, fx.client(t), fx.origin.url(hostAPI, "/v1/trailer"))
+	})
+
 	t.Run("methods and paths apply inside the tunnel", func(t *testing.T) {
 		client := fx.client(t)
 		for _, c := range []struct{ method, path string }{{http.MethodDelete, "/v1/items"}, {http.MethodGet, "/v2/items"}} {
@@ -259,6 +270,48 @@ func TestInspectedTunnel(t *testing.T) {
 			}
 		}
 	})
+}
+
+// assertTrailerScrubbed fetches a /v1/trailer URL of echoSecrets and checks
+// that the echoed credential comes back scrubbed in the trailer.
+func assertTrailerScrubbed(t *testing.T, client *http.Client, target string) {
+	t.Helper()
+	resp, err := client.Get(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readBody(t, resp) // trailers arrive after the body
+	trailer := resp.Trailer.Get("X-Echo-Trailer")
+	if resp.StatusCode != http.StatusOK || strings.Contains(body, injectedSecret) || trailer != "Bearer [REDACTED:secret]" {
+		t.Errorf("status %d, body %q, trailer %q; want the trailer scrubbed", resp.StatusCode, body, trailer)
+	}
+}
+
+// TestPlaintextInjectionScrubsResponses: a connector that opts into plain
+// HTTP gets its credential injected and scrubbed from every part of the
+// response, trailers included.
+func TestPlaintextInjectionScrubsResponses(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", echoSecrets)
+	g := newGateway(t)
+	g.env = append(g.env, "E2E_API_TOKEN="+injectedSecret)
+	g.serve(t, configFiles{
+		"gateway.yaml": gatewayYAML("secrets:\n  api_token: { env: E2E_API_TOKEN }\n"),
+		"connectors/api.yaml": yamlf(`
+			name: api
+			hosts: [%q]
+			ports: [%d]
+			inject:
+			  headers: { Authorization: "Bearer ${secret:api_token}" }
+			  allow_plaintext: true
+		`, hostAPI, origin.port),
+		"tenants/inspector.yaml": tenantYAML(inspector, "connectors: [api]\n"),
+	})
+	assertTrailerScrubbed(t, g.client(t, inspector), origin.url(hostAPI, "/v1/trailer"))
+	seen := origin.requestsTo("/v1/trailer")
+	if len(seen) != 1 || seen[0].Header.Get("Authorization") != "Bearer "+injectedSecret {
+		t.Fatalf("upstream did not get the injected credential: %+v", seen)
+	}
 }
 
 // TestInjectingConnectorRefusesPlainHTTP: a connector that injects is

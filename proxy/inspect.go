@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/redaction"
 )
 
 // inspect terminates the sandbox's TLS with a leaf signed by the gateway's
@@ -205,8 +206,9 @@ func writeError(w http.ResponseWriter, ex *exchange) {
 
 // scrubResponse removes the connector's injected secrets from what goes
 // back to the sandbox: header values at once, the body as it streams (its
-// plain, JSON-escaped and URL-escaped forms). A gzip body is decoded
-// first; other encodings cannot be scrubbed and fail closed.
+// plain, JSON-escaped and URL-escaped forms), trailers when the body ends.
+// A gzip body is decoded first; other encodings cannot be scrubbed and
+// fail closed.
 func scrubResponse(resp *http.Response, c *policy.Connector) error {
 	if c == nil || c.Scrubber == nil {
 		return nil
@@ -220,8 +222,27 @@ func scrubResponse(resp *http.Response, c *policy.Connector) error {
 	resp.Body = struct {
 		io.Reader
 		io.Closer
-	}{c.Scrubber.Reader(resp.Body), resp.Body}
+	}{&trailerScrubber{body: c.Scrubber.Reader(resp.Body), resp: resp, scrubber: c.Scrubber}, resp.Body}
 	return nil
+}
+
+// trailerScrubber scrubs a response's trailers once its body has been read
+// to the end, which is when the HTTP client fills them in, and before
+// anything copies them on to the sandbox.
+type trailerScrubber struct {
+	body     io.Reader
+	resp     *http.Response
+	scrubber *redaction.SecretScrubber
+	done     bool
+}
+
+func (t *trailerScrubber) Read(p []byte) (int, error) {
+	n, err := t.body.Read(p)
+	if err == io.EOF && !t.done {
+		t.done = true
+		t.scrubber.Headers(t.resp.Trailer)
+	}
+	return n, err
 }
 
 // decodeBody undoes a gzip Content-Encoding so the body can be read by
