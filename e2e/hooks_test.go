@@ -39,6 +39,12 @@ if response.json != undefined { response.json = {keep: response.json, internal_i
 if response.json != undefined { response.json = response.json.keep }
 if is_map(response.json) { delete(response.json, "internal_id") }
 response.headers["X-Filtered"] = ["yes"]
+text := import("text")
+seen := request.method + " " + request.url + " q=" + request.query
+if request.headers["X-Stamp"] != undefined { seen += " stamp=" + request.headers["X-Stamp"][0] }
+if request.headers["Proxy-Authorization"] != undefined { seen += " proxy-credentials-visible" }
+if request.body != undefined && text.contains(string(request.body), "widget") { seen += " body=widget" }
+response.headers["X-Seen-Request"] = [seen]
 `
 
 func TestHooksThroughTheGateway(t *testing.T) {
@@ -91,6 +97,14 @@ func TestHooksThroughTheGateway(t *testing.T) {
 		}
 		if _, leaked := got["internal_id"]; leaked || resp.Header.Get("X-Filtered") != "yes" {
 			t.Errorf("the response hook's edits did not reach the client: %v %v", got, resp.Header)
+		}
+	})
+
+	t.Run("response hook sees the request that left", func(t *testing.T) {
+		resp, _ := post("/v1/items?src=e2e", `{"name":"widget"}`)
+		want := "POST " + origin.url(hostAPI, "/v1/items?src=e2e") + " q=src=e2e stamp=tenant hooker via crm body=widget"
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Seen-Request") != want {
+			t.Errorf("status %d, response hook saw %q, want %q", resp.StatusCode, resp.Header.Get("X-Seen-Request"), want)
 		}
 	})
 

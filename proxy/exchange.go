@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
 )
@@ -56,7 +57,10 @@ type exchange struct {
 	hooks           []string      // scripts run, for the audit line
 	redactions      []string      // profile:detector=count, for the audit line
 
-	bodyHeld  bool // a hook or redaction replaced the request body with one held whole
+	bodyHeld bool // a hook or redaction replaced the request body with one held whole
+	// answered is the request as the connector's response hook sees it:
+	// what left, before injection. Set only where there is such a hook.
+	answered  *hooks.Request
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
 	finished  sync.Once

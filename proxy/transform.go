@@ -60,7 +60,52 @@ func (ex *exchange) transformRequest(r *http.Request) *refusal {
 	if refused := ex.requestHook(r); refused != nil {
 		return refused
 	}
-	return ex.redactRequest(r)
+	if refused := ex.redactRequest(r); refused != nil {
+		return refused
+	}
+	if c := ex.decision.Connector; c != nil && c.Hooks != nil && c.Hooks.Response != nil {
+		ex.answered = ex.keepForResponseHook(r, c.Hooks.Limits.MaxBodyBytes)
+	}
+	return nil
+}
+
+// keepForResponseHook records what leaves for the response hook, body
+// included when it fits the hook's max_body_bytes (a larger one is only
+// context, not worth holding), and leaves r able to send it all.
+func (ex *exchange) keepForResponseHook(r *http.Request, limit int64) *hooks.Request {
+	body, tooLarge := readBounded(r.Body, limit)
+	switch {
+	case tooLarge:
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(body), r.Body), r.Body}
+		body = nil
+	case body != nil:
+		ex.setRequestBody(r, body)
+	}
+	req := ex.hookRequest(r, body)
+	return &req
+}
+
+// hookRequest is r as a script sees it: without the proxy credentials and
+// before injection.
+func (ex *exchange) hookRequest(r *http.Request, body []byte) hooks.Request {
+	headers := r.Header.Clone()
+	for name := range headers {
+		if strings.HasPrefix(name, "Proxy-") {
+			delete(headers, name)
+		}
+	}
+	in := hooks.Request{
+		Method: r.Method, Scheme: ex.scheme, Host: ex.host, Port: int(ex.port),
+		Path: ex.path, Query: r.URL.RawQuery, Headers: headers, Body: body,
+	}
+	in.URL = in.Scheme + "://" + net.JoinHostPort(ex.host, itoa(ex.port)) + in.Path
+	if in.Query != "" {
+		in.URL += "?" + in.Query
+	}
+	return in
 }
 
 // requestHook runs the allowing connector's request hook on r and applies
@@ -78,20 +123,7 @@ func (ex *exchange) requestHook(r *http.Request) *refusal {
 		ex.gw.metrics.hookRun(c.Name, "body_too_large", 0)
 		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name)}
 	}
-	headers := r.Header.Clone()
-	for name := range headers {
-		if strings.HasPrefix(name, "Proxy-") {
-			delete(headers, name)
-		}
-	}
-	in := hooks.Request{
-		Method: r.Method, Scheme: ex.scheme, Host: ex.host, Port: int(ex.port),
-		Path: ex.path, Query: r.URL.RawQuery, Headers: headers, Body: body,
-	}
-	in.URL = in.Scheme + "://" + net.JoinHostPort(ex.host, itoa(ex.port)) + in.Path
-	if in.Query != "" {
-		in.URL += "?" + in.Query
-	}
+	in := ex.hookRequest(r, body)
 	outcome, err := ex.runHook(r.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
 		var err error
 		var oc hooks.Outcome
@@ -148,6 +180,9 @@ func (ex *exchange) responseHook(resp *http.Response) error {
 		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name)}
 	}
 	req := hooks.Request{Method: ex.method, Scheme: ex.scheme, Host: ex.host, Port: int(ex.port), Path: ex.path}
+	if ex.answered != nil {
+		req = *ex.answered
+	}
 	in := hooks.Response{Status: resp.StatusCode, Headers: resp.Header, Body: body}
 	outcome, err := ex.runHook(resp.Request.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
 		var err error
