@@ -164,7 +164,7 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 		// policy; new requests use the new transport, so retire them.
 		prev.transport.CloseIdleConnections()
 		g.metrics.forgetRemovedTenants(prev.live.Snapshot, snap)
-		g.revokeTunnels(rt.live)
+		g.revokeTunnels(rt)
 		g.updateBandwidth(prev.live.Snapshot, snap)
 	}
 	g.metrics.generation.Set(float64(rt.live.Generation))
@@ -202,14 +202,15 @@ func (g *Gateway) updateBandwidth(prev, next *policy.Snapshot) {
 	}
 }
 
-// revokeTunnels closes the open tunnels that live no longer allows, each
-// with an audit line saying so. Plain requests need no such pass: each one
-// is identified and decided afresh under the policy of its arrival.
-func (g *Gateway) revokeTunnels(live *policy.Live) {
+// revokeTunnels closes the open tunnels and upgraded connections that rt's
+// policy no longer allows, each with an audit line saying so. Plain
+// requests need no such pass: each one is identified and decided afresh
+// under the policy of its arrival.
+func (g *Gateway) revokeTunnels(rt *runtimeState) {
 	for _, t := range g.tunnels.snapshot() {
-		if reason := t.ex.recheck(live.Snapshot); reason != "" {
+		if reason := t.recheck(rt); reason != "" {
 			g.log.Info("tunnel revoked by policy reload", "request_id", t.ex.id, "tenant", t.ex.tenantID(),
-				"generation", live.Generation, "reason", reason)
+				"generation", rt.live.Generation, "reason", reason)
 			t.revoke(reason)
 		}
 	}

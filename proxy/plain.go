@@ -188,6 +188,24 @@ func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) {
 		return
 	}
 	defer client.Close()
+	// Registered like a tunnel, so that a reload can revoke it and
+	// shutdown close it.
+	g := ex.gw
+	t := &tunnel{ex: ex, client: client, upgraded: upstream}
+	if !g.tunnels.add(t) {
+		return
+	}
+	defer g.tunnels.remove(t)
+	if reason := g.reloadedMeanwhile(t); reason != "" {
+		ex.fail(policy.CodeDestinationNotAllowed, true, "the policy changed while the connection was upgrading: "+reason)
+		g.replyHijacked(ex, client)
+		return
+	}
+	defer func() {
+		if reason := t.revoked.Load(); reason != nil {
+			ex.fail(policy.CodeDestinationNotAllowed, true, "upgraded connection closed by a policy reload: "+*reason)
+		}
+	}()
 	removeHopByHop(resp.Header, true)
 	ex.setAllowedHeaders(resp.Header)
 	resp.Body = nil // Write sends the status line and headers only

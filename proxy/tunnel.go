@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,15 +52,25 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
 	cancel()
 	if err != nil {
 		ex.upstreamFailed(err)
-		resp := errorResponse(ex, nil)
-		_ = client.SetWriteDeadline(g.now().Add(5 * time.Second))
-		_ = resp.Write(client)
-		_ = client.Close()
+		g.replyHijacked(ex, client)
 		return
 	}
-	g.runTunnel(&tunnel{ex: ex, client: client, upstream: upstream}, func(t *tunnel) {
+	t := &tunnel{ex: ex, client: client, upstream: upstream}
+	if addr, ok := upstream.RemoteAddr().(*net.TCPAddr); ok {
+		t.dialled = addr.AddrPort()
+	}
+	g.runTunnel(t, func(t *tunnel) {
 		t.relay(g.baseCtx, ex.rt.dialer.idleTimeout)
 	})
+}
+
+// replyHijacked sends ex's error on a connection taken over from the HTTP
+// server, and closes it.
+func (g *Gateway) replyHijacked(ex *exchange, client net.Conn) {
+	resp := errorResponse(ex, nil)
+	_ = client.SetWriteDeadline(g.now().Add(5 * time.Second))
+	_ = resp.Write(client)
+	_ = client.Close()
 }
 
 // inspectedTunnel accepts the CONNECT and serves what is inside it; the
@@ -79,6 +90,12 @@ func (g *Gateway) runTunnel(t *tunnel, serve func(*tunnel)) {
 		return
 	}
 	defer g.tunnels.remove(t)
+	if reason := g.reloadedMeanwhile(t); reason != "" {
+		ex.fail(policy.CodeDestinationNotAllowed, true, "the policy changed while the tunnel was opening: "+reason)
+		g.replyHijacked(ex, t.client)
+		t.close()
+		return
+	}
 	// Hold the gauge itself: if a reload removes the tenant and its series,
 	// the decrement must not bring the series back.
 	open := g.metrics.activeTunnels.WithLabelValues(g.metrics.tenantLabel(ex.tenantID()))
@@ -97,12 +114,40 @@ func (g *Gateway) runTunnel(t *tunnel, serve func(*tunnel)) {
 	}
 }
 
-// tunnel is one open CONNECT relay.
+// reloadedMeanwhile rechecks a tunnel just registered when a reload came
+// between its decision and its registration, which revokeTunnels could not
+// see; it returns why the tunnel may no longer open, or "".
+func (g *Gateway) reloadedMeanwhile(t *tunnel) string {
+	current := g.runtime.Load()
+	if current == t.ex.rt {
+		return ""
+	}
+	return t.recheck(current)
+}
+
+// recheck asks whether rt's policy still allows the tunnel: its tenant,
+// destination and, once dialled, the address it reached.
+func (t *tunnel) recheck(rt *runtimeState) string {
+	if reason := t.ex.recheck(rt.live.Snapshot); reason != "" {
+		return reason
+	}
+	if t.dialled.IsValid() {
+		if err := rt.dialer.addresses.Check(t.dialled); err != nil {
+			return "the network policy no longer allows the address it reached"
+		}
+	}
+	return ""
+}
+
+// tunnel is one open CONNECT relay, or a plain request's upgraded
+// (WebSocket) connection.
 type tunnel struct {
 	ex           *exchange
 	client       net.Conn
 	upstream     net.Conn
-	lastActivity atomic.Int64 // unix nanoseconds of the last byte in either direction
+	upgraded     io.Closer      // the upstream of an upgraded plain request
+	dialled      netip.AddrPort // the address reached, when the gateway dialled it
+	lastActivity atomic.Int64   // unix nanoseconds of the last byte in either direction
 	closeOnce    sync.Once
 	revoked      atomic.Pointer[string] // why a policy reload closed it
 	// inner serves the requests of an inspected tunnel; shutdown asks it to
@@ -121,6 +166,9 @@ func (t *tunnel) close() {
 		_ = t.client.Close()
 		if t.upstream != nil { // nil for an inspected tunnel
 			_ = t.upstream.Close()
+		}
+		if t.upgraded != nil {
+			_ = t.upgraded.Close()
 		}
 	})
 }
