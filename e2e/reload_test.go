@@ -417,48 +417,110 @@ func configGenerationAtLeast(config string, n int) bool {
 
 // Editing a file the YAML refers to — here a hook script — is a change to
 // the policy like editing the YAML: the new script is live within the
-// reload bound.
+// reload bound, wherever the script is kept.
 func TestReloadOnHookScriptEdit(t *testing.T) {
 	t.Parallel()
 	origin := startHTTPUpstream(t, "127.0.0.1", jsonEcho)
 	stamp := func(v string) string { return `request.headers["X-Stamp"] = ["` + v + `"]` + "\n" }
-	dir := writeConfig(t, configFiles{
-		"gateway.yaml":      gatewayYAML(""),
-		"hooks/stamp.tengo": stamp("first"),
-		"connectors/crm.yaml": yamlf(`
-			name: crm
-			hosts: [%q]
-			ports: [%d]
-			hooks: { request: hooks/stamp.tengo }
-		`, hostAPI, origin.port),
-		"tenants/hooker.yaml": tenantYAML(hooker, "connectors: [crm]\n"),
+	places := []struct{ name, script string }{
+		{"in hooks/", "hooks/stamp.tengo"},
+		{"in another subdirectory", "scripts/stamp.tengo"},
+		{"outside the config directory", filepath.Join(t.TempDir(), "stamp.tengo")},
+	}
+	for _, place := range places {
+		t.Run(place.name, func(t *testing.T) {
+			t.Parallel()
+			files := configFiles{
+				"gateway.yaml": gatewayYAML(""),
+				"connectors/crm.yaml": yamlf(`
+					name: crm
+					hosts: [%q]
+					ports: [%d]
+					hooks: { request: %q }
+				`, hostAPI, origin.port, place.script),
+				"tenants/hooker.yaml": tenantYAML(hooker, "connectors: [crm]\n"),
+			}
+			if !filepath.IsAbs(place.script) {
+				files[place.script] = stamp("first")
+			}
+			dir := writeConfig(t, files)
+			script := place.script
+			if !filepath.IsAbs(script) {
+				script = filepath.Join(dir, script)
+			} else {
+				writeFile(t, script, stamp("first"))
+			}
+			g := newGateway(t)
+			g.start(t, "--config", dir, "--log-format", "json")
+			client := g.client(t, hooker)
+			stamped := func() string {
+				resp, err := client.Get(origin.url(hostAPI, "/v1/items"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				var got map[string]any
+				if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+					t.Fatal(err)
+				}
+				s, _ := got["stamp"].(string)
+				return s
+			}
+			if got := stamped(); got != "first" {
+				t.Fatalf("stamp %q before the edit, want first", got)
+			}
+			writeFile(t, script, stamp("second"))
+			eventually(t, reloadWindow, func() error {
+				if got := stamped(); got != "second" {
+					return fmt.Errorf("stamp %q, want the edited script's second", got)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// TestRevertedBrokenEditClearsError saves a broken tenant file and then its
+// original bytes again: the files match the live policy once more, so
+// /v1/config must stop reporting the error, without a new generation.
+func TestRevertedBrokenEditClearsError(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	original := tenantYAML(editor, allowRule("api", []string{hostAPI}, origin.port))
+	g, dir := startReloadable(t, configFiles{
+		"gateway.yaml":        gatewayYAML(""),
+		"tenants/editor.yaml": original,
 	})
-	g := newGateway(t)
-	g.start(t, "--config", dir, "--log-format", "json")
-	client := g.client(t, hooker)
-	stamped := func() string {
-		resp, err := client.Get(origin.url(hostAPI, "/v1/items"))
-		if err != nil {
+	type configView struct {
+		Generation uint64 `json:"generation"`
+		LastError  string `json:"last_error"`
+	}
+	config := func() configView {
+		var v configView
+		if err := json.Unmarshal([]byte(g.admin(t, "/v1/config")), &v); err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		var got map[string]any
-		if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
-			t.Fatal(err)
-		}
-		s, _ := got["stamp"].(string)
-		return s
+		return v
 	}
-	if got := stamped(); got != "first" {
-		t.Fatalf("stamp %q before the edit, want first", got)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "hooks", "stamp.tengo"), []byte(stamp("second")), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	before := config()
+	path := filepath.Join(dir, "tenants", "editor.yaml")
+	writeFile(t, path, original+"qouta: {}\n")
 	eventually(t, reloadWindow, func() error {
-		if got := stamped(); got != "second" {
-			return fmt.Errorf("stamp %q, want the edited script's second", got)
+		if v := config(); !strings.Contains(v.LastError, "tenants/editor.yaml") {
+			return fmt.Errorf("/v1/config does not report the broken file: %+v", v)
 		}
 		return nil
 	})
+
+	writeFile(t, path, original)
+	eventually(t, reloadWindow, func() error {
+		if v := config(); v.LastError != "" {
+			return fmt.Errorf("/v1/config still reports an error after the revert: %q", v.LastError)
+		}
+		return nil
+	})
+	if after := config(); after.Generation != before.Generation {
+		t.Errorf("reverting to the live files made generation %d, want %d kept", after.Generation, before.Generation)
+	}
+	g.expectAllowedGET(t, editor, origin.url(hostAPI, "/"))
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -169,6 +170,11 @@ func (s *Snapshot) TenantIDs() []string { return s.tenantIDs }
 
 // Connectors counts connector definitions (every version of every name).
 func (s *Snapshot) Connectors() int { return s.connectors }
+
+// Referenced lists the files the YAML refers to (hook scripts, secret
+// files, the CA, upstream roots) as written: relative to the config
+// directory, or absolute. A watcher needs them to see those files change.
+func (s *Snapshot) Referenced() []string { return slices.Clone(s.referenced) }
 
 // dummyTokenHash is compared against when a tenant is unknown or has no
 // token, so that answering takes as long as a wrong token would.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -21,16 +22,22 @@ type WatchOptions struct {
 	// lost events. Default 30s. The reload is skipped cheaply when the
 	// files' fingerprint is unchanged.
 	Resync time.Duration
+	// Files returns the files the live policy refers to besides its YAML
+	// (Snapshot.Referenced): relative to dir, or absolute. Their
+	// directories are watched too, and asked for again after every reload,
+	// since a new config may refer to other files. Nil watches only dir
+	// and its policy subdirectories.
+	Files  func() []string
 	Logger *slog.Logger
 }
 
 // Watch calls reload whenever something in the config directory dir may
-// have changed, until ctx is done. It watches the directory and its
-// tenants/, connectors/ and hooks/ subdirectories rather than files, and
-// never filters by file name: editors save by rename, and Kubernetes
-// ConfigMap volumes swap a "..data" symlink without ever naming the files.
-// Watches are renewed after each reload, since such a swap replaces the
-// directories being watched.
+// have changed, until ctx is done. It watches the directory, its tenants/,
+// connectors/ and hooks/ subdirectories and the directories of
+// opts.Files rather than files, and never filters by file name: editors
+// save by rename, and Kubernetes ConfigMap volumes swap a "..data" symlink
+// without ever naming the files. Watches are renewed after each reload,
+// since such a swap replaces the directories being watched.
 func Watch(ctx context.Context, dir string, opts WatchOptions, reload func(reason string)) error {
 	if opts.Debounce <= 0 {
 		opts.Debounce = 150 * time.Millisecond
@@ -47,7 +54,14 @@ func Watch(ctx context.Context, dir string, opts WatchOptions, reload func(reaso
 		return err
 	}
 	defer w.Close()
-	watchDirs(w, dir, log)
+	rewatch := func() {
+		var files []string
+		if opts.Files != nil {
+			files = opts.Files()
+		}
+		watchDirs(w, watchedDirs(dir, files), log)
+	}
+	rewatch()
 
 	// The timer starts at the first event of a burst and is not pushed back
 	// by later ones: a steady stream of edits still reloads every Debounce,
@@ -84,23 +98,65 @@ func Watch(ctx context.Context, dir string, opts WatchOptions, reload func(reaso
 		case <-debounce.C:
 			pending = false
 			reload("file change")
-			watchDirs(w, dir, log)
+			rewatch()
 		case <-resync.C:
 			reload("periodic resync")
-			watchDirs(w, dir, log)
+			rewatch()
 		}
 	}
 }
 
-// watchDirs (re)adds watches on the config directory and its policy
-// subdirectories, following symlinks to where they point now.
-func watchDirs(w *fsnotify.Watcher, dir string, log *slog.Logger) {
-	for _, d := range []string{dir, filepath.Join(dir, TenantsDir), filepath.Join(dir, ConnectorsDir), filepath.Join(dir, "hooks")} {
-		info, err := os.Stat(d)
-		if err != nil || !info.IsDir() {
+// watchedDirs lists the directories to watch: dir and its policy
+// subdirectories, and the directory of each file the policy refers to
+// (relative to dir, or absolute). A referenced file's directory that is
+// missing (removed after the load, or a dangling symlink) is stood in for
+// by its nearest existing parent, where its return shows as an event;
+// the standard subdirectories need no stand-in, as dir is always watched.
+func watchedDirs(dir string, files []string) []string {
+	dir = filepath.Clean(dir)
+	dirs := []string{dir}
+	for _, sub := range []string{TenantsDir, ConnectorsDir, "hooks"} {
+		if isDir(filepath.Join(dir, sub)) {
+			dirs = append(dirs, filepath.Join(dir, sub))
+		}
+	}
+	for _, f := range files {
+		if !filepath.IsAbs(f) {
+			f = filepath.Join(dir, filepath.FromSlash(f))
+		}
+		d := filepath.Dir(f)
+		for !isDir(d) && filepath.Dir(d) != d {
+			d = filepath.Dir(d)
+		}
+		if !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
+func isDir(path string) bool {
+	info, err := os.Stat(path) // follows symlinks: watch where they point now
+	return err == nil && info.IsDir()
+}
+
+// watchDirs makes dirs the watched set: it drops watches on directories
+// no longer wanted, then (re)adds every one so that each follows its
+// symlinks to where they point now. Dropping first matters: two names for
+// one directory share a single inotify watch, which must not be removed
+// on behalf of the name that is going.
+func watchDirs(w *fsnotify.Watcher, dirs []string, log *slog.Logger) {
+	for _, d := range w.WatchList() {
+		if slices.Contains(dirs, d) {
 			continue
 		}
-		if err := w.Add(d); err != nil {
+		// A directory deleted since has lost its watch already.
+		if err := w.Remove(d); err != nil && !errors.Is(err, fsnotify.ErrNonExistentWatch) {
+			log.Debug("cannot drop config directory watch", "dir", d, "error", err)
+		}
+	}
+	for _, d := range dirs {
+		if err := w.Add(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			log.Warn("cannot watch config directory", "dir", d, "error", err)
 		}
 	}

@@ -2,11 +2,16 @@ package policy
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fsnotify/fsnotify"
 )
 
 // watchCounting runs Watch on dir and counts reloads by reason.
@@ -165,4 +170,253 @@ func write(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// watchLoading runs Watch on dir the way serve does: each reload loads the
+// directory and, when it validates, makes it the live snapshot whose
+// referenced files are watched. It counts the reloads due to events.
+func watchLoading(t *testing.T, dir string) *atomic.Int64 {
+	t.Helper()
+	var live atomic.Pointer[Snapshot]
+	snap, err := Load(os.DirFS(dir), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	live.Store(snap)
+	changes := new(atomic.Int64)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	// The resync interval is far beyond the test's deadlines: only events
+	// can make the test pass.
+	opts := WatchOptions{Debounce: 20 * time.Millisecond, Resync: time.Hour, Files: func() []string {
+		return live.Load().Referenced()
+	}}
+	go func() {
+		done <- Watch(ctx, dir, opts, func(reason string) {
+			if snap, err := Load(os.DirFS(dir), time.Now()); err == nil {
+				live.Store(snap)
+			}
+			if reason == "file change" {
+				changes.Add(1)
+			}
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Watch: %v", err)
+		}
+	})
+	return changes
+}
+
+// editUntilReload repeats edit until a reload follows it: the watches are
+// (re)registered asynchronously, so an edit made just before may go unseen.
+func editUntilReload(t *testing.T, what string, changes *atomic.Int64, edit func()) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		before := changes.Load()
+		edit()
+		retry := time.Now().Add(250 * time.Millisecond)
+		for changes.Load() == before && time.Now().Before(retry) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if changes.Load() > before {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for a reload after %s", what)
+		}
+	}
+}
+
+func secretsYAML(file string) string {
+	return "secrets:\n  token: { file: " + file + " }\n"
+}
+
+// A file the config refers to outside tenants/, connectors/ and hooks/ is
+// watched like the YAML, wherever it lives, and the watched set follows
+// the config as it changes.
+func TestWatchReloadsOnReferencedFileChange(t *testing.T) {
+	type env struct{ dir, outside string }
+	mkdir := func(t *testing.T, path string) {
+		t.Helper()
+		if err := os.MkdirAll(path, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rename := func(t *testing.T, from, to string) {
+		t.Helper()
+		if err := os.Rename(from, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		name  string
+		setup func(t *testing.T, e env)
+		steps []struct {
+			what string
+			edit func(t *testing.T, e env, i int)
+		}
+	}{
+		{
+			name: "secret in its own subdirectory, written in place",
+			setup: func(t *testing.T, e env) {
+				mkdir(t, filepath.Join(e.dir, "secrets"))
+				write(t, filepath.Join(e.dir, "secrets", "token"), "token-value-0")
+				write(t, filepath.Join(e.dir, "gateway.yaml"), secretsYAML("secrets/token"))
+			},
+			steps: []struct {
+				what string
+				edit func(t *testing.T, e env, i int)
+			}{
+				{"an in-place write", func(t *testing.T, e env, i int) {
+					write(t, filepath.Join(e.dir, "secrets", "token"), fmt.Sprintf("token-value-%d", i))
+				}},
+			},
+		},
+		{
+			name: "absolute path outside the config directory, saved by rename",
+			setup: func(t *testing.T, e env) {
+				write(t, filepath.Join(e.outside, "token"), "token-value-0")
+				write(t, filepath.Join(e.dir, "gateway.yaml"), secretsYAML(filepath.Join(e.outside, "token")))
+			},
+			steps: []struct {
+				what string
+				edit func(t *testing.T, e env, i int)
+			}{
+				{"a save by rename", func(t *testing.T, e env, i int) {
+					write(t, filepath.Join(e.outside, "token.tmp"), fmt.Sprintf("token-value-%d", i))
+					rename(t, filepath.Join(e.outside, "token.tmp"), filepath.Join(e.outside, "token"))
+				}},
+			},
+		},
+		{
+			name: "symlinked directory swapped",
+			setup: func(t *testing.T, e env) {
+				mkdir(t, filepath.Join(e.dir, "secrets-v1"))
+				write(t, filepath.Join(e.dir, "secrets-v1", "token"), "token-value-0")
+				if err := os.Symlink("secrets-v1", filepath.Join(e.dir, "secrets")); err != nil {
+					t.Fatal(err)
+				}
+				write(t, filepath.Join(e.dir, "gateway.yaml"), secretsYAML("secrets/token"))
+			},
+			steps: []struct {
+				what string
+				edit func(t *testing.T, e env, i int)
+			}{
+				{"the swap", func(t *testing.T, e env, i int) {
+					v := fmt.Sprintf("secrets-v%d", i+2)
+					mkdir(t, filepath.Join(e.dir, v))
+					write(t, filepath.Join(e.dir, v, "token"), "token-value-swapped")
+					if err := os.Symlink(v, filepath.Join(e.dir, "secrets.tmp")); err != nil {
+						t.Fatal(err)
+					}
+					rename(t, filepath.Join(e.dir, "secrets.tmp"), filepath.Join(e.dir, "secrets"))
+				}},
+				// The watch must have moved to the directory the link points to now.
+				{"a write in the new directory", func(t *testing.T, e env, i int) {
+					write(t, filepath.Join(e.dir, "secrets", "token"), fmt.Sprintf("token-value-%d", i))
+				}},
+			},
+		},
+		{
+			name: "reference added by a reload",
+			setup: func(t *testing.T, e env) {
+				write(t, filepath.Join(e.outside, "token"), "token-value-0")
+				write(t, filepath.Join(e.dir, "gateway.yaml"), "")
+			},
+			steps: []struct {
+				what string
+				edit func(t *testing.T, e env, i int)
+			}{
+				{"the config refers to a new file", func(t *testing.T, e env, i int) {
+					write(t, filepath.Join(e.dir, "gateway.yaml"), secretsYAML(filepath.Join(e.outside, "token")))
+				}},
+				{"a write to the new file", func(t *testing.T, e env, i int) {
+					write(t, filepath.Join(e.outside, "token"), fmt.Sprintf("token-value-%d", i))
+				}},
+			},
+		},
+		{
+			name: "directory removed and recreated",
+			setup: func(t *testing.T, e env) {
+				mkdir(t, filepath.Join(e.outside, "sub"))
+				write(t, filepath.Join(e.outside, "sub", "token"), "token-value-0")
+				write(t, filepath.Join(e.dir, "gateway.yaml"), secretsYAML(filepath.Join(e.outside, "sub", "token")))
+			},
+			steps: []struct {
+				what string
+				edit func(t *testing.T, e env, i int)
+			}{
+				// Touching gateway.yaml makes the reload certain even if
+				// the removal came before the watches were registered.
+				{"the removal", func(t *testing.T, e env, i int) {
+					if err := os.RemoveAll(filepath.Join(e.outside, "sub")); err != nil {
+						t.Fatal(err)
+					}
+					write(t, filepath.Join(e.dir, "gateway.yaml"), secretsYAML(filepath.Join(e.outside, "sub", "token")))
+				}},
+				// The live policy still refers to the missing directory:
+				// its parent is watched until it comes back.
+				{"the directory's return", func(t *testing.T, e env, i int) {
+					if err := os.RemoveAll(filepath.Join(e.outside, "sub")); err != nil {
+						t.Fatal(err)
+					}
+					mkdir(t, filepath.Join(e.outside, "sub"))
+					write(t, filepath.Join(e.outside, "sub", "token"), fmt.Sprintf("token-value-%d", i))
+				}},
+			},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := env{dir: t.TempDir(), outside: t.TempDir()}
+			c.setup(t, e)
+			changes := watchLoading(t, e.dir)
+			for _, s := range c.steps {
+				i := 0
+				editUntilReload(t, s.what, changes, func() {
+					i++
+					s.edit(t, e, i)
+				})
+			}
+		})
+	}
+}
+
+// The watched set follows the config: a directory no longer referred to
+// stops being watched, the config directory and its policy subdirectories
+// always are, and a missing directory is stood in for by its nearest
+// existing parent.
+func TestWatchDirsFollowReferences(t *testing.T) {
+	dir, outside := t.TempDir(), t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "tenants"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	log := slog.New(slog.DiscardHandler)
+	check := func(want ...string) {
+		t.Helper()
+		got := w.WatchList()
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("watching %q, want %q", got, want)
+		}
+	}
+
+	watchDirs(w, watchedDirs(dir, []string{filepath.Join(outside, "token"), "ca/ca.pem"}), log)
+	check(dir, filepath.Join(dir, "tenants"), outside)
+
+	watchDirs(w, watchedDirs(dir, []string{filepath.Join(outside, "gone", "deeper", "token")}), log)
+	check(dir, filepath.Join(dir, "tenants"), outside)
+
+	watchDirs(w, watchedDirs(dir, nil), log)
+	check(dir, filepath.Join(dir, "tenants"))
 }

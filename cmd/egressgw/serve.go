@@ -145,7 +145,13 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	defer stopWatching()
 	if source.dir != "" && *watch {
 		go func() {
-			err := policy.Watch(watchCtx, source.dir, policy.WatchOptions{Logger: logger}, rl.reload)
+			opts := policy.WatchOptions{Logger: logger, Files: func() []string {
+				if live := gw.Live(); live != nil {
+					return live.Referenced()
+				}
+				return nil
+			}}
+			err := policy.Watch(watchCtx, source.dir, opts, rl.reload)
 			if err != nil {
 				logger.Error("config watching stopped; SIGHUP still reloads", "error", err)
 			}
@@ -282,7 +288,11 @@ func (r *reloader) reload(trigger string) {
 	defer r.mu.Unlock()
 	if live := r.gw.Live(); live != nil {
 		if live.Unchanged(r.source.fsys) {
-			return // nothing changed: keep the generation, and the quota state with it
+			// Nothing changed: keep the generation, and the quota state
+			// with it. The files are the live policy's again (a broken
+			// edit reverted), so an earlier error no longer describes them.
+			r.lastErr = ""
+			return
 		}
 	}
 	snap, err := r.source.load()
