@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -136,7 +137,9 @@ func hasLineWithPrefix(output, prefix string) bool {
 func TestExplain(t *testing.T) {
 	t.Parallel()
 	dir := writeConfig(t, configFiles{
-		"gateway.yaml": gatewayYAML(""),
+		"gateway.yaml": gatewayYAML(yamlf(`
+			tls: { ca_cert: ca/ca.pem, ca_key: ca/ca-key.pem }
+		`)),
 		"connectors/weather.yaml": yamlf(`
 			name: weather
 			version: 1
@@ -147,41 +150,60 @@ func TestExplain(t *testing.T) {
 			version: 1
 			hosts: [%q]
 		`, hostPaste),
+		"connectors/readonly.yaml": yamlf(`
+			name: readonly
+			version: 1
+			hosts: [%q]
+			methods: [GET]
+			paths: ["/v1/"]
+			inspect: true
+		`, hostReadOnly),
 		"tenants/acme.yaml": tenantYAML(acme, yamlf(`
-			connectors: [weather, paste]
+			connectors: [weather, paste, readonly]
 			rules:
 			  - name: no-paste
 			    action: deny
 			    hosts: [%q]
 		`, hostPaste)),
 	})
+	if res := egressgw(t, "ca", "init", "--out", filepath.Join(dir, "ca")); res.exitCode != 0 {
+		t.Fatalf("ca init: exit %d\n%s", res.exitCode, res.stderr)
+	}
 	cases := []struct {
-		name, url            string
+		name, method, url    string
 		decision, code, rule string
+		reason               string // exact, when set: the gateway's message
 	}{
-		{"allowed by a connector", "https://" + hostAPI + "/v1/today", "allow", "ok", "weather"},
-		{"denied by a rule", "https://" + hostPaste + "/raw/1", "deny", "destination_not_allowed", "no-paste"},
+		{"allowed by a connector", "GET", "https://" + hostAPI + "/v1/today", "allow", "ok", "weather", ""},
+		{"denied by a rule", "GET", "https://" + hostPaste + "/raw/1", "deny", "destination_not_allowed", "no-paste", ""},
+		{"inspected tunnel, method allowed", "GET", "https://" + hostReadOnly + "/v1/items", "allow", "ok", "readonly", ""},
+		{"inspected tunnel, method not allowed", "DELETE", "https://" + hostReadOnly + "/v1/items", "deny", "destination_not_allowed", "readonly",
+			`tenant "acme" may not reach ` + hostReadOnly + `:443: DELETE /v1/items is not among the methods and paths that connector "readonly@1" allows`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name+"/text", func(t *testing.T) {
 			t.Parallel()
-			res := egressgw(t, "explain", "--config", dir, "--tenant", acme.tenant, "--method", "GET", tc.url)
+			res := egressgw(t, "explain", "--config", dir, "--tenant", acme.tenant, "--method", tc.method, tc.url)
 			assertExplainExit(t, res, tc.decision)
 			lower := strings.ToLower(res.stdout)
-			if !strings.Contains(res.stdout, tc.rule) || !strings.Contains(lower, tc.decision) {
+			if !strings.Contains(res.stdout, tc.rule) || !strings.Contains(lower, "decision: "+tc.decision) {
 				t.Errorf("explain output does not name rule %q and decision %q:\n%s", tc.rule, tc.decision, res.output())
+			}
+			if tc.reason != "" && !strings.Contains(res.stdout, "reason:   "+tc.reason+"\n") {
+				t.Errorf("explain output does not give the reason %q:\n%s", tc.reason, res.output())
 			}
 		})
 		t.Run(tc.name+"/json", func(t *testing.T) {
 			t.Parallel()
-			res := egressgw(t, "explain", "--config", dir, "--tenant", acme.tenant, "--method", "GET", "--json", tc.url)
+			res := egressgw(t, "explain", "--config", dir, "--tenant", acme.tenant, "--method", tc.method, "--json", tc.url)
 			assertExplainExit(t, res, tc.decision)
-			var got struct{ Decision, Code, Rule string }
+			var got struct{ Decision, Code, Rule, Reason string }
 			if err := json.Unmarshal([]byte(res.stdout), &got); err != nil {
 				t.Fatalf("explain --json: %v; output:\n%s", err, res.output())
 			}
-			if got.Decision != tc.decision || got.Code != tc.code || !ruleIs(got.Rule, tc.rule) {
-				t.Errorf("explain --json: decision %q, code %q, rule %q; want %q, %q, %q", got.Decision, got.Code, got.Rule, tc.decision, tc.code, tc.rule)
+			if got.Decision != tc.decision || got.Code != tc.code || !ruleIs(got.Rule, tc.rule) || (tc.reason != "" && got.Reason != tc.reason) {
+				t.Errorf("explain --json: decision %q, code %q, rule %q, reason %q; want %q, %q, %q, %q",
+					got.Decision, got.Code, got.Rule, got.Reason, tc.decision, tc.code, tc.rule, tc.reason)
 			}
 		})
 	}

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -191,9 +192,16 @@ func TestInspectedTunnel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			assertGatewayError(t, resp, http.StatusForbidden, "destination_not_allowed")
+			e := assertGatewayError(t, resp, http.StatusForbidden, "destination_not_allowed")
 			if after := len(fx.origin.requestsTo(c.path)); after != before {
 				t.Errorf("%s %s reached the upstream", c.method, c.path)
+			}
+			// explain, asked about the same URL, says what the gateway did.
+			query := url.Values{"tenant": {inspector.tenant}, "method": {c.method}, "url": {fx.origin.url(hostAPI, c.path)}}
+			var trace struct{ Decision, Code, Reason string }
+			if body := g.admin(t, "/v1/explain?"+query.Encode()); json.Unmarshal([]byte(body), &trace) != nil ||
+				trace.Decision != "deny" || trace.Code != "destination_not_allowed" || trace.Reason != e.Message {
+				t.Errorf("/v1/explain for %s %s: %s\nwant deny, destination_not_allowed, %q", c.method, c.path, body, e.Message)
 			}
 		}
 	})

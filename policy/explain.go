@@ -13,27 +13,52 @@ import (
 // Trace is the full reasoning behind one decision, for `egressgw explain`
 // and /v1/explain. It is computed rule by rule, apart from the indexed
 // matcher, and its Decision is the matcher's own, so the two cannot drift.
+//
+// An https URL takes up to two steps, as through the gateway: the CONNECT,
+// and, when a connector with inspect: true lets the tunnel through, the
+// request inside it. The top-level Rules and decision are those of the last
+// step, which is what the client gets.
 type Trace struct {
-	Tenant   string      `json:"tenant"`
-	Identity string      `json:"identity"`
-	Mode     Mode        `json:"mode"`
-	Method   string      `json:"method,omitempty"`
-	Host     string      `json:"host"`
-	Port     uint16      `json:"port"`
-	Path     string      `json:"path,omitempty"`
-	Tunnel   bool        `json:"tunnel"`
-	Rules    []RuleTrace `json:"rules"`
-	Network  string      `json:"network"`
-	Quota    string      `json:"quota"`
-	Hooks    string      `json:"hooks"`
-	Redact   string      `json:"redaction"`
-	Inspect  string      `json:"inspect,omitempty"`
-	Inject   []string    `json:"inject_headers,omitempty"`
+	Tenant   string `json:"tenant"`
+	Identity string `json:"identity"`
+	Mode     Mode   `json:"mode"`
+	Method   string `json:"method,omitempty"` // for an https URL, of the request inside the tunnel
+	Host     string `json:"host"`
+	Port     uint16 `json:"port"`
+	Path     string `json:"path,omitempty"` // for an https URL, of the request inside the tunnel
+	// Tunnel is set when the request goes through a CONNECT tunnel.
+	Tunnel bool        `json:"tunnel"`
+	Rules  []RuleTrace `json:"rules"` // of the last step
+	// Steps are the requests the gateway decides, in order; the last one's
+	// decision is the trace's.
+	Steps   []Step   `json:"steps"`
+	Network string   `json:"network"`
+	Quota   string   `json:"quota"`
+	Hooks   string   `json:"hooks"`
+	Redact  string   `json:"redaction"`
+	Inspect string   `json:"inspect,omitempty"`
+	Inject  []string `json:"inject_headers,omitempty"`
+	// Unchecked says what the gateway lets through without reading it: the
+	// method and path inside a tunnel that is not inspected.
+	Unchecked string `json:"unchecked,omitempty"`
 
 	Decision string `json:"decision"` // allow, deny or report
 	Code     Code   `json:"code"`
 	Rule     string `json:"rule,omitempty"`
 	Reason   string `json:"reason,omitempty"`
+}
+
+// Step is one request the gateway decides on the way to a URL.
+type Step struct {
+	Request  string      `json:"request"` // "CONNECT api.github.com:443" or "GET api.github.com:443/repos/"
+	Tunnel   bool        `json:"tunnel"`  // a CONNECT: decided on host and port alone
+	Method   string      `json:"method,omitempty"`
+	Path     string      `json:"path,omitempty"`
+	Rules    []RuleTrace `json:"rules"`
+	Decision string      `json:"decision"` // allow, deny or report
+	Code     Code        `json:"code"`
+	Rule     string      `json:"rule,omitempty"`
+	Reason   string      `json:"reason,omitempty"`
 }
 
 // RuleTrace says whether one rule of the tenant's list matched, and if not,
@@ -46,9 +71,58 @@ type RuleTrace struct {
 	Detail  string   `json:"detail"`
 }
 
-// Explain traces how the tenant's policy decides r.
+// Explain traces how the tenant's policy decides the one request r.
 func (t *Tenant) Explain(r Request) Trace {
-	tr := Trace{
+	tr := t.newTrace(r)
+	tr.finish(r, tr.step(t, r))
+	return tr
+}
+
+// ExplainURL traces what the gateway decides when a client asks for rawURL
+// with method: for an http URL, the one request; for https, the CONNECT
+// and, if a connector with inspect: true lets the tunnel through, the
+// request inside it, which then decides. A tunnel let through uninspected
+// is the final word: the method and path inside it are never checked, and
+// the trace says so. The error is a malformed URL (ErrBadTarget).
+func (t *Tenant) ExplainURL(method, rawURL string) (Trace, error) {
+	outer, inner, err := requestsForURL(method, rawURL)
+	if err != nil {
+		return Trace{}, err
+	}
+	if !outer.Tunnel {
+		return t.Explain(outer), nil
+	}
+	tr := t.newTrace(outer)
+	tr.Method, tr.Path = inner.Method, inner.Path
+	d := tr.step(t, outer)
+	last := outer
+	// As the proxy's tunnel does: the tunnel's decision says whether it is
+	// inspected, and an inspected tunnel's requests are decided one by one.
+	switch c := d.Connector; {
+	case !d.Allow:
+		// Refused: nothing is sent inside.
+	case c == nil || !c.Inspect:
+		tr.Unchecked = fmt.Sprintf("%s %s is sent inside a tunnel the gateway does not inspect: no method or path is checked", inner.Method, inner.Path)
+	default:
+		last = inner
+		if err := CheckPath(inner.Path); err != nil {
+			// The proxy refuses such an inner request before deciding it.
+			d = Decision{Code: CodeBadRequest, Reason: "the request is ambiguous: " + err.Error()}
+			tr.Steps = append(tr.Steps, Step{
+				Request: requestLine(inner), Method: inner.Method, Path: inner.Path,
+				Decision: "deny", Code: d.Code, Reason: d.Reason,
+			})
+			tr.Rules = nil
+			break
+		}
+		d = tr.step(t, inner)
+	}
+	tr.finish(last, d)
+	return tr, nil
+}
+
+func (t *Tenant) newTrace(r Request) Trace {
+	return Trace{
 		Tenant: t.ID, Mode: t.Mode, Method: r.Method, Host: r.Host, Port: r.Port, Path: r.Path, Tunnel: r.Tunnel,
 		Identity: t.identity(),
 		Network:  "every address the host resolves to is checked when it is dialled: private, loopback, link-local, metadata and the gateway's own addresses are refused unless network.allow_cidrs lists them",
@@ -56,25 +130,41 @@ func (t *Tenant) Explain(r Request) Trace {
 		Hooks:    "none",
 		Redact:   "none",
 	}
+}
+
+// step decides r, rule by rule for the trace and with Decide for the
+// verdict, and appends it to the trace's steps.
+func (tr *Trace) step(t *Tenant, r Request) Decision {
+	s := Step{Request: requestLine(r), Tunnel: r.Tunnel, Method: r.Method, Path: r.Path}
 	for _, rule := range t.rules {
 		matched, detail := explainRule(rule, r)
 		action := "allow"
 		if rule.Match.Action == allowlist.Deny {
 			action = "deny"
 		}
-		tr.Rules = append(tr.Rules, RuleTrace{Name: rule.Name, Kind: rule.Kind, Action: action, Matched: matched, Detail: detail})
+		s.Rules = append(s.Rules, RuleTrace{Name: rule.Name, Kind: rule.Kind, Action: action, Matched: matched, Detail: detail})
 	}
 	d := t.Decide(r)
-	tr.Code, tr.Rule, tr.Reason = d.Code, d.Rule, d.Reason
+	s.Decision, s.Code, s.Rule, s.Reason = decisionWord(d), d.Code, d.Rule, d.Reason
+	if c := d.Connector; c != nil && d.Allow && r.Tunnel && c.Inspect {
+		tr.Inspect = "the tunnel is inspected with the gateway's CA; each request inside is decided on its own method and path"
+	}
+	tr.Steps = append(tr.Steps, s)
+	tr.Rules = s.Rules
+	return d
+}
+
+// finish fills in what the final decision d on r sets in motion.
+func (tr *Trace) finish(r Request, d Decision) {
+	tr.Decision, tr.Code, tr.Rule, tr.Reason = decisionWord(d), d.Code, d.Rule, d.Reason
 	if c := d.Connector; c != nil && c.Rate != nil {
 		tr.Quota = fmt.Sprintf("tenant: %s; connector %s: %g requests/s, burst %d", tr.Quota, c.Name, c.Rate.PerSecond, c.Rate.Burst)
 	}
 	if c := d.Connector; c != nil && d.Allow {
-		if r.Tunnel && c.Inspect {
-			tr.Inspect = "the tunnel is inspected with the gateway's CA; each request inside is decided on its own method and path"
-		}
-		for _, h := range c.Inject {
-			tr.Inject = append(tr.Inject, h.Name) // names only: values hold secrets
+		if !d.Report { // a request only report mode lets through gets no credentials
+			for _, h := range c.Inject {
+				tr.Inject = append(tr.Inject, h.Name) // names only: values hold secrets
+			}
 		}
 		if rd := c.Redact; rd != nil && (!r.Tunnel || c.Inspect) {
 			tr.Redact = fmt.Sprintf("request %v, response %v", chainNames(rd.Request), chainNames(rd.Response))
@@ -91,15 +181,25 @@ func (t *Tenant) Explain(r Request) Trace {
 				strings.Join(names, ", "), h.Limits.Timeout, h.Limits.MaxMemory, h.Limits.MaxAllocs, h.Limits.MaxBodyBytes)
 		}
 	}
+}
+
+func decisionWord(d Decision) string {
 	switch {
 	case d.Report:
-		tr.Decision = "report"
+		return "report"
 	case d.Allow:
-		tr.Decision = "allow"
+		return "allow"
 	default:
-		tr.Decision = "deny"
+		return "deny"
 	}
-	return tr
+}
+
+// requestLine names a request as the text trace prints it.
+func requestLine(r Request) string {
+	if r.Tunnel {
+		return "CONNECT " + hostPort(r.Host, r.Port)
+	}
+	return r.Method + " " + hostPort(r.Host, r.Port) + r.Path
 }
 
 func (t *Tenant) identity() string {
@@ -146,24 +246,39 @@ func explainRule(rule Rule, r Request) (bool, string) {
 
 // WriteText prints the trace for a person.
 func (tr Trace) WriteText(w io.Writer) error {
+	steps := tr.Steps
+	if len(steps) == 0 { // a Trace not made by Explain
+		r := Request{Host: tr.Host, Port: tr.Port, Method: tr.Method, Path: tr.Path, Tunnel: tr.Tunnel}
+		steps = []Step{{Request: requestLine(r), Tunnel: tr.Tunnel, Rules: tr.Rules}}
+	}
 	var b strings.Builder
-	target := hostPort(tr.Host, tr.Port)
-	if tr.Tunnel {
-		fmt.Fprintf(&b, "request:  CONNECT %s\n", target)
-	} else {
-		fmt.Fprintf(&b, "request:  %s %s%s\n", tr.Method, target, tr.Path)
+	fmt.Fprintf(&b, "request:  %s\n", steps[0].Request)
+	for _, s := range steps[1:] {
+		fmt.Fprintf(&b, "then:     %s, inside the inspected tunnel\n", s.Request)
 	}
 	fmt.Fprintf(&b, "tenant:   %s, mode %s\n", tr.Identity, tr.Mode)
-	fmt.Fprintf(&b, "rules (a matching deny wins, then the first matching allow):\n")
-	if len(tr.Rules) == 0 {
-		fmt.Fprintf(&b, "  (none)\n")
-	}
-	for _, r := range tr.Rules {
-		mark := "  no match"
-		if r.Matched {
-			mark = "  MATCH   "
+	for i, s := range steps {
+		if len(steps) == 1 {
+			fmt.Fprintf(&b, "rules (a matching deny wins, then the first matching allow):\n")
+		} else {
+			fmt.Fprintf(&b, "rules for %s (a matching deny wins, then the first matching allow):\n", s.Request)
 		}
-		fmt.Fprintf(&b, "%s %s %s %q: %s\n", mark, r.Action, r.Kind, r.Name, r.Detail)
+		switch {
+		case s.Code == CodeBadRequest:
+			fmt.Fprintf(&b, "  (none considered: the request is refused before the rules)\n")
+		case len(s.Rules) == 0:
+			fmt.Fprintf(&b, "  (none)\n")
+		}
+		for _, r := range s.Rules {
+			mark := "  no match"
+			if r.Matched {
+				mark = "  MATCH   "
+			}
+			fmt.Fprintf(&b, "%s %s %s %q: %s\n", mark, r.Action, r.Kind, r.Name, r.Detail)
+		}
+		if i < len(steps)-1 {
+			fmt.Fprintf(&b, "  step decision: %s\n", outcome(s.Decision, s.Code, s.Rule))
+		}
 	}
 	fmt.Fprintf(&b, "network:  %s\n", tr.Network)
 	fmt.Fprintf(&b, "quota:    %s\n", tr.Quota)
@@ -175,16 +290,24 @@ func (tr Trace) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "hooks:    %s\n", tr.Hooks)
 	fmt.Fprintf(&b, "redaction: %s\n", tr.Redact)
-	fmt.Fprintf(&b, "decision: %s (%s)", strings.ToUpper(tr.Decision), tr.Code)
-	if tr.Rule != "" {
-		fmt.Fprintf(&b, " by %q", tr.Rule)
+	if tr.Unchecked != "" {
+		fmt.Fprintf(&b, "unchecked: %s\n", tr.Unchecked)
 	}
-	b.WriteString("\n")
+	fmt.Fprintf(&b, "decision: %s\n", outcome(tr.Decision, tr.Code, tr.Rule))
 	if tr.Reason != "" {
 		fmt.Fprintf(&b, "reason:   %s\n", tr.Reason)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// outcome prints a decision as `ALLOW (ok) by "github@2"`.
+func outcome(decision string, code Code, rule string) string {
+	s := fmt.Sprintf("%s (%s)", strings.ToUpper(decision), code)
+	if rule != "" {
+		s += fmt.Sprintf(" by %q", rule)
+	}
+	return s
 }
 
 func chainNames(c redaction.Chain) []string {

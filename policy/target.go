@@ -63,13 +63,22 @@ func CheckPath(escapedPath string) error {
 	return nil
 }
 
-// RequestForURL builds the Request a client would make for rawURL: an
-// http URL is a plain request the gateway reads in full, an https URL a
-// tunnel, since inspection is not available.
+// RequestForURL builds the Request the gateway decides first when a client
+// asks for rawURL: for an http URL the plain request, read in full; for an
+// https URL the CONNECT, decided on host and port alone. Tenant.ExplainURL
+// also decides the request inside an inspected tunnel.
 func RequestForURL(method, rawURL string) (Request, error) {
+	outer, _, err := requestsForURL(method, rawURL)
+	return outer, err
+}
+
+// requestsForURL returns, for an http URL, the plain request; for an https
+// URL, the CONNECT and the request sent inside the tunnel, as an inspected
+// tunnel decides it (TLS set; its path is checked only if it is decided).
+func requestsForURL(method, rawURL string) (outer, inner Request, err error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return Request{}, fmt.Errorf("%w: %v", ErrBadTarget, err)
+		return Request{}, Request{}, fmt.Errorf("%w: %v", ErrBadTarget, err)
 	}
 	var defaultPort uint16
 	switch u.Scheme {
@@ -78,25 +87,26 @@ func RequestForURL(method, rawURL string) (Request, error) {
 	case "https":
 		defaultPort = 443
 	default:
-		return Request{}, fmt.Errorf("%w: want an http:// or https:// URL, got %q", ErrBadTarget, rawURL)
+		return Request{}, Request{}, fmt.Errorf("%w: want an http:// or https:// URL, got %q", ErrBadTarget, rawURL)
 	}
 	host, port, err := SplitTarget(u.Host, defaultPort)
 	if err != nil {
-		return Request{}, err
+		return Request{}, Request{}, err
 	}
-	r := Request{Host: host, Port: port, Tunnel: u.Scheme == "https"}
-	if !r.Tunnel {
-		r.Method = strings.ToUpper(method)
-		if r.Method == "" {
-			r.Method = "GET"
-		}
-		r.Path = u.EscapedPath()
-		if r.Path == "" {
-			r.Path = "/"
-		}
-		if err := CheckPath(r.Path); err != nil {
-			return Request{}, err
-		}
+	r := Request{Host: host, Port: port, Method: strings.ToUpper(method), Path: u.EscapedPath()}
+	if r.Method == "" {
+		r.Method = "GET"
 	}
-	return r, nil
+	if r.Path == "" {
+		r.Path = "/"
+	}
+	if u.Scheme == "https" {
+		inner = r
+		inner.TLS = true
+		return Request{Host: host, Port: port, Tunnel: true}, inner, nil
+	}
+	if err := CheckPath(r.Path); err != nil {
+		return Request{}, Request{}, err
+	}
+	return r, Request{}, nil
 }

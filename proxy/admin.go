@@ -58,12 +58,12 @@ func (g *Gateway) explainHandler(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "unknown tenant " + q.Get("tenant")})
 		return
 	}
-	req, err := policy.RequestForURL(q.Get("method"), q.Get("url"))
+	trace, err := tenant.ExplainURL(q.Get("method"), q.Get("url"))
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, tenant.Explain(req))
+	writeJSON(w, http.StatusOK, trace)
 }
 
 // usage is a tenant's quota state (/v1/tenants/ID/usage).

@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-
-	"github.com/egressgw/egressgw/policy"
 )
 
 // check loads and validates a config directory without serving it.
@@ -61,12 +59,11 @@ func explain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "egressgw: no tenant %q in %s (tenants: %v)\n", *tenantID, source.name, snap.TenantIDs())
 		return exitFail
 	}
-	req, err := policy.RequestForURL(*method, positional[0])
+	trace, err := tenant.ExplainURL(*method, positional[0])
 	if err != nil {
 		fmt.Fprintln(stderr, "egressgw:", err)
 		return exitFail
 	}
-	trace := tenant.Explain(req)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
