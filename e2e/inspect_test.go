@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // injectedSecret is what the gateway injects; the sandbox must never see it.
@@ -347,5 +348,37 @@ func TestInjectingConnectorRefusesPlainHTTP(t *testing.T) {
 	e = g.expectRefusedCONNECT(t, inspector.header(), origin.authority(hostAPI), http.StatusForbidden, "destination_not_allowed", origin)
 	if !strings.Contains(e.Message, "inspect") {
 		t.Errorf("message %q does not say the connector needs inspect", e.Message)
+	}
+}
+
+// TestInspectedBytesCountedOnce: the bytes of an inspected tunnel are
+// counted once in egressgw_bytes_total, as those that crossed the tunnel,
+// not again for each request inside it.
+func TestInspectedBytesCountedOnce(t *testing.T) {
+	t.Parallel()
+	fx := startInspectFixture(t)
+	client := fx.client(t)
+	if status, body := fetch(t, client, fx.origin.url(hostAPI, "/v1/counted")); status != http.StatusOK {
+		t.Fatalf("status %d: %s", status, body)
+	}
+	client.CloseIdleConnections() // ends the tunnel, which writes its line
+	inner := fx.g.waitAudit(t, auditWith("tenant", inspector.tenant, "path", "/v1/counted"))
+	tunnel := fx.g.waitAudit(t, auditWith("tenant", inspector.tenant, "method", "CONNECT"))
+	if auditNumber(inner, "bytes_down") == 0 || auditNumber(tunnel, "bytes_down") == 0 {
+		t.Fatalf("audit lines count no bytes: inner %v, tunnel %v", inner, tunnel)
+	}
+	for direction, field := range map[string]string{"egress": "bytes_up", "ingress": "bytes_down"} {
+		want := auditNumber(tunnel, field)
+		eventually(t, 5*time.Second, func() error {
+			samples, err := fx.g.metrics()
+			if err != nil {
+				return err
+			}
+			got, _ := sumMetric(samples, "egressgw_bytes_total", map[string]string{"tenant": inspector.tenant, "direction": direction})
+			if got != want {
+				return fmt.Errorf("bytes_total{direction=%s} = %v, want the tunnel's %s %v", direction, got, field, want)
+			}
+			return nil
+		})
 	}
 }

@@ -238,6 +238,9 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 	} else {
 		g.metrics.requests.WithLabelValues(series.label, decision, rec.Code).Inc()
 	}
+	if ex.inner {
+		return // counted by the tunnel, as the bytes that crossed it
+	}
 	if rec.BytesUp > 0 {
 		series.egress.Add(float64(rec.BytesUp))
 	}

@@ -31,6 +31,9 @@ type exchange struct {
 	start  time.Time
 	client string
 	tunnel bool
+	// inner marks a request inside an inspected tunnel, whose bytes the
+	// tunnel's own line already counts.
+	inner bool
 
 	method string
 	scheme string

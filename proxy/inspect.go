@@ -118,7 +118,7 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 		// Each inner request is a request of its own, decided under the
 		// policy live now, for the tenant the tunnel was opened as.
 		ex := g.begin(r, false)
-		ex.scheme = "https"
+		ex.scheme, ex.inner = "https", true
 		ex.tokenSum, ex.source = tunnelEx.tokenSum, tunnelEx.source
 		defer ex.finish()
 		tenant, why := ex.reidentify(ex.rt.live.Snapshot, tunnelEx.tenant.ID)
