@@ -867,3 +867,26 @@ func TestGatewayIgnoresProxyEnvironment(t *testing.T) {
 		t.Errorf("the proxy named in the gateway's environment received %d connection(s)", n)
 	}
 }
+
+// TestNotAProxyRequest: requests that are not proxy requests (origin form,
+// OPTIONS *) get the gateway's JSON refusal and reach nothing.
+func TestNotAProxyRequest(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	g := startGateway(t, configFiles{
+		"gateway.yaml":      gatewayYAML(""),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("api", []string{hostAPI}, origin.port)),
+	})
+	for _, c := range []struct{ name, method, requestLine string }{
+		{"origin form", http.MethodGet, "GET /padded HTTP/1.1"},
+		{"OPTIONS asterisk", http.MethodOptions, "OPTIONS * HTTP/1.1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := snapshotReach(origin)
+			raw := fmt.Sprintf("%s\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: close\r\n\r\n", c.requestLine, origin.authority(hostAPI), acme.header())
+			resp, _ := g.exchange(t, c.method, []byte(raw))
+			assertGatewayError(t, resp, http.StatusBadRequest, "bad_request")
+			before.assertUnchanged(t)
+		})
+	}
+}

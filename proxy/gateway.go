@@ -111,13 +111,16 @@ func New(opts Options) (*Gateway, error) {
 	g.metrics.setMaxTenants(opts.Settings.MaxTenantLabels)
 	g.connect = g.newConnectProxy()
 	g.server = &http.Server{
-		Handler:           g,
-		MaxHeaderBytes:    opts.Settings.MaxHeaderBytes,
-		ReadHeaderTimeout: min(opts.Settings.IdleTimeout, 30*time.Second),
-		IdleTimeout:       opts.Settings.IdleTimeout,
-		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-		ConnContext:       withAuthMemo,
+		Handler: g,
+		// OPTIONS * is no proxy request: it gets the gateway's JSON
+		// refusal like any other, not net/http's empty 200.
+		DisableGeneralOptionsHandler: true,
+		MaxHeaderBytes:               opts.Settings.MaxHeaderBytes,
+		ReadHeaderTimeout:            min(opts.Settings.IdleTimeout, 30*time.Second),
+		IdleTimeout:                  opts.Settings.IdleTimeout,
+		ErrorLog:                     slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+		BaseContext:                  func(net.Listener) context.Context { return ctx },
+		ConnContext:                  withAuthMemo,
 	}
 	return g, nil
 }
