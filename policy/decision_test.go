@@ -143,7 +143,7 @@ func TestTenantBySource(t *testing.T) {
 	}
 }
 
-func TestRequestForURL(t *testing.T) {
+func TestRequestsForURL(t *testing.T) {
 	cases := []struct {
 		method, url string
 		want        Request
@@ -168,9 +168,9 @@ func TestRequestForURL(t *testing.T) {
 		{"GET", "http://exa mple.com/", Request{}, false},
 	}
 	for _, c := range cases {
-		got, err := RequestForURL(c.method, c.url)
+		got, _, err := requestsForURL(c.method, c.url)
 		if (err == nil) != c.ok || got != c.want {
-			t.Errorf("RequestForURL(%q, %q) = %+v, %v; want %+v ok=%v", c.method, c.url, got, err, c.want, c.ok)
+			t.Errorf("requestsForURL(%q, %q) = %+v, %v; want %+v ok=%v", c.method, c.url, got, err, c.want, c.ok)
 		}
 	}
 }

@@ -161,7 +161,7 @@ func TestExplainURL(t *testing.T) {
 			}
 			if strings.HasPrefix(c.url, "http:") {
 				// Plain HTTP is one request, traced as Explain always has.
-				r, err := RequestForURL(c.method, c.url)
+				r, _, err := requestsForURL(c.method, c.url)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -63,18 +63,11 @@ func CheckPath(escapedPath string) error {
 	return nil
 }
 
-// RequestForURL builds the Request the gateway decides first when a client
-// asks for rawURL: for an http URL the plain request, read in full; for an
-// https URL the CONNECT, decided on host and port alone. Tenant.ExplainURL
-// also decides the request inside an inspected tunnel.
-func RequestForURL(method, rawURL string) (Request, error) {
-	outer, _, err := requestsForURL(method, rawURL)
-	return outer, err
-}
-
-// requestsForURL returns, for an http URL, the plain request; for an https
-// URL, the CONNECT and the request sent inside the tunnel, as an inspected
-// tunnel decides it (TLS set; its path is checked only if it is decided).
+// requestsForURL builds the requests a client makes for rawURL: for an http
+// URL, the plain request, read in full; for an https URL, the CONNECT,
+// decided on host and port alone, and the request sent inside the tunnel,
+// as an inspected tunnel decides it (TLS set; its path is checked only if
+// it is decided).
 func requestsForURL(method, rawURL string) (outer, inner Request, err error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
