@@ -32,6 +32,7 @@ type inspectFixture struct {
 	caFile  string    // the gateway's inspection CA, for clients to trust
 	caPool  *x509.CertPool
 	badCert *httptest.Server // TLS with a certificate the gateway does not trust
+	victim  *upstream        // TLS on a denied address, behind an inspected connector
 }
 
 // echoSecrets answers with the Authorization header it received, in a
@@ -60,7 +61,10 @@ var echoSecrets = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) 
 
 func startInspectFixture(t *testing.T) *inspectFixture {
 	t.Helper()
-	fx := &inspectFixture{origin: startTLSUpstream(t, "127.0.0.1", echoSecrets)}
+	fx := &inspectFixture{
+		origin: startTLSUpstream(t, "127.0.0.1", echoSecrets),
+		victim: startTLSUpstream(t, victimAddress, echoSecrets),
+	}
 	fx.badCert = httptest.NewTLSServer(echoSecrets) // Go's own test certificate
 	t.Cleanup(fx.badCert.Close)
 	badPort := portOf(t, fx.badCert.Listener.Addr().String())
@@ -111,7 +115,13 @@ func startInspectFixture(t *testing.T) *inspectFixture {
 			ports: [%d]
 			inspect: true
 		`, badPort),
-		"tenants/inspector.yaml": tenantYAML(inspector, "connectors: [api, stamped, untrusted]\n"),
+		"connectors/rebound.yaml": yamlf(`
+			name: rebound
+			hosts: [%q]
+			ports: [%d]
+			inspect: true
+		`, hostRebind, fx.victim.port),
+		"tenants/inspector.yaml": tenantYAML(inspector, "connectors: [api, stamped, untrusted, rebound]\n"),
 	}
 	for name, content := range files {
 		path := filepath.Join(dir, filepath.FromSlash(name))
@@ -178,6 +188,18 @@ func TestInspectedTunnel(t *testing.T) {
 			!strings.Contains(res.stdout, `you sent "Bearer [REDACTED:secret]"`) {
 			t.Errorf("curl saw:\n%s", res.stdout)
 		}
+	})
+
+	t.Run("requests inside are dialled under the network policy", func(t *testing.T) {
+		// The CONNECT dials nothing; each request inside is checked on
+		// the address it is dialled to, as a plain request is.
+		before := snapshotReach(fx.victim)
+		resp, err := fx.client(t).Get(fx.victim.url(hostRebind, "/v1/rebound"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertGatewayError(t, resp, http.StatusForbidden, "destination_ip_denied")
+		before.assertUnchanged(t)
 	})
 
 	t.Run("trailers are scrubbed too", func(t *testing.T) {
