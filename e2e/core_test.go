@@ -890,3 +890,37 @@ func TestNotAProxyRequest(t *testing.T) {
 		})
 	}
 }
+
+// TestTenantLabelCap: past metrics.max_tenant_labels distinct tenants, the
+// rest are counted under tenant="_other", so tenant churn cannot grow the
+// metrics without bound.
+func TestTenantLabelCap(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	rule := allowRule("api", []string{hostAPI}, origin.port)
+	g := startGateway(t, configFiles{
+		"gateway.yaml":           gatewayYAML("metrics:\n  max_tenant_labels: 1\n"),
+		"tenants/acme.yaml":      tenantYAML(acme, rule),
+		"tenants/bystander.yaml": tenantYAML(bystander, rule),
+	})
+	g.expectAllowedGET(t, acme, origin.url(hostAPI, "/first"))
+	g.expectAllowedGET(t, bystander, origin.url(hostAPI, "/second"))
+	g.expectAllowedGET(t, bystander, origin.url(hostAPI, "/third"))
+	eventually(t, 5*time.Second, func() error {
+		samples, err := g.metrics()
+		if err != nil {
+			return err
+		}
+		allowed := map[string]string{"decision": "allow", "code": "ok"}
+		tenants := map[string]float64{}
+		for _, s := range samples {
+			if s.name == "egressgw_requests_total" && s.labels["decision"] == allowed["decision"] && s.labels["code"] == allowed["code"] {
+				tenants[s.labels["tenant"]] += s.value
+			}
+		}
+		if want := map[string]float64{acme.tenant: 1, "_other": 2}; fmt.Sprint(tenants) != fmt.Sprint(want) {
+			return fmt.Errorf("allowed requests by tenant label: %v, want %v", tenants, want)
+		}
+		return nil
+	})
+}
