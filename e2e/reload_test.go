@@ -524,3 +524,27 @@ func TestRevertedBrokenEditClearsError(t *testing.T) {
 	}
 	g.expectAllowedGET(t, editor, origin.url(hostAPI, "/"))
 }
+
+// TestReloadWarnsOfRestartOnlySettings: a listener address changed in
+// gateway.yaml is not applied by a reload, but said so in the log, and the
+// gateway keeps serving where it listens.
+func TestReloadWarnsOfRestartOnlySettings(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	g, dir := startReloadable(t, configFiles{
+		"gateway.yaml":        gatewayYAML(""),
+		"tenants/editor.yaml": tenantYAML(editor, allowRule("api", []string{hostAPI}, origin.port)),
+	})
+	writeFile(t, filepath.Join(dir, "gateway.yaml"), gatewayYAML(yamlf(`
+		listen: %q
+	`, freeAddr(t))))
+	eventually(t, scaled(reloadWindow+time.Second), func() error {
+		for _, line := range strings.Split(g.stderr.String(), "\n") {
+			if strings.Contains(line, "takes effect after a restart") && strings.Contains(line, `"setting":"listen"`) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no restart warning for listen in the log:\n%s", g.stderr.String())
+	})
+	g.expectAllowedGET(t, editor, origin.url(hostAPI, "/still-here"))
+}
