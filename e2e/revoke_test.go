@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -86,4 +88,59 @@ func TestReloadClosesTunnelsToNewlyDeniedAddresses(t *testing.T) {
 		t.Errorf("audit line of the revoked tunnel does not say why: %v", rec)
 	}
 	g.expectRefusedCONNECT(t, acme.header(), echoServer.authority(hostAPI), 403, "destination_ip_denied", echoServer)
+}
+
+// TestInFlightRequestFinishesUnderItsPolicy: a plain request already
+// forwarded when a reload takes its permission away still completes; the
+// next one is refused.
+func TestInFlightRequestFinishesUnderItsPolicy(t *testing.T) {
+	t.Parallel()
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	origin := startHTTPUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, greeting(r.URL.Path))
+	}))
+	var releaseOnce sync.Once
+	releaseSlow := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(releaseSlow) // before the upstream's own cleanup waits for it
+	g, dir := startReloadable(t, configFiles{
+		"gateway.yaml":        gatewayYAML(""),
+		"tenants/editor.yaml": tenantYAML(editor, allowRule("api", []string{hostAPI}, origin.port)),
+	})
+	type result struct {
+		status int
+		body   string
+		err    error
+	}
+	done := make(chan result, 1)
+	client := g.client(t, editor)
+	go func() {
+		resp, err := client.Get(origin.url(hostAPI, "/slow"))
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{resp.StatusCode, string(body), err}
+	}()
+	select {
+	case <-arrived:
+	case <-time.After(scaled(5 * time.Second)):
+		t.Fatal("the request never reached the upstream")
+	}
+	writeFile(t, filepath.Join(dir, "tenants", "editor.yaml"), tenantYAML(editor, allowRule("api", []string{hostOther}, origin.port)))
+	g.expectStatusWithin(t, editor, origin.url(hostAPI, "/after-reload"), http.StatusForbidden)
+	releaseSlow()
+	select {
+	case r := <-done:
+		if r.err != nil || r.status != http.StatusOK || r.body != greeting("/slow") {
+			t.Errorf("in-flight request: status %d, body %q, %v; want it to finish under the policy it started with", r.status, r.body, r.err)
+		}
+	case <-time.After(scaled(5 * time.Second)):
+		t.Fatal("the in-flight request never finished")
+	}
 }
