@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +54,7 @@ func TestCheckReportsErrorsWithFileAndLine(t *testing.T) {
 		name  string
 		files configFiles // merged over the valid config
 		want  string      // FILE:LINE: prefix of the expected error line
+		every []string    // when set: every line check prints, in any order
 	}{
 		{
 			name:  "unknown key in a tenant file",
@@ -97,6 +99,28 @@ func TestCheckReportsErrorsWithFileAndLine(t *testing.T) {
 			files: configFiles{"tenants/acme.yaml": tenantHead + allowRule("everything", []string{"*.com"}, 443)},
 			want:  "tenants/acme.yaml:6:",
 		},
+		{
+			// An unknown key in gateway.yaml neither hides its other
+			// errors nor leaves hooks without limits; two bad hook limits
+			// are two lines, each with its file and line.
+			name: "several problems, one line each",
+			files: configFiles{
+				"gateway.yaml":    validGatewayYAML + "colour: blue\nnetwork:\n  deny_cidrs: [\"10.0.0.0/33\"]\n",
+				"hooks/tag.tengo": "request.headers[\"X-Tag\"] = [\"a\"]\n",
+				"connectors/weather.yaml": weatherConnectorYAML + yamlf(`
+					hooks:
+					  request: hooks/tag.tengo
+					  max_memory: 1024
+				`),
+			},
+			want: "connectors/weather.yaml:5:",
+			every: []string{
+				`gateway.yaml:2: unknown key "colour"`,
+				`gateway.yaml:4: invalid CIDR "10.0.0.0/33": want an address or a prefix such as 10.0.0.0/8`,
+				`connectors/weather.yaml:5: hooks: max_memory 1024: must be between 4MiB and 16GiB`,
+				`connectors/weather.yaml:5: hooks: max_body_bytes 1048576: must be between 1 and a quarter of max_memory (256)`,
+			},
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -116,12 +140,27 @@ func TestCheckReportsErrorsWithFileAndLine(t *testing.T) {
 			if !hasLineWithPrefix(res.output(), tc.want) {
 				t.Errorf("check output has no line starting with %q followed by a message:\n%s", tc.want, res.output())
 			}
+			lines := strings.Split(strings.TrimSuffix(res.stdout, "\n"), "\n")
+			for _, line := range lines {
+				if !fileLineMessage.MatchString(line) {
+					t.Errorf("check printed %q, which is not FILE:LINE: message; output:\n%s", line, res.output())
+				}
+			}
+			if tc.every != nil {
+				slices.Sort(lines)
+				if want := slices.Sorted(slices.Values(tc.every)); !slices.Equal(lines, want) {
+					t.Errorf("check printed:\n%s\nwant exactly these lines, in any order:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+				}
+			}
 			if strings.Contains(res.stdout, "ok:") {
 				t.Errorf("check printed ok for a broken config:\n%s", res.stdout)
 			}
 		})
 	}
 }
+
+// fileLineMessage is a line of check's error list (SPEC §1).
+var fileLineMessage = regexp.MustCompile(`^[^\s:]+:[1-9][0-9]*: \S`)
 
 // hasLineWithPrefix reports whether a line of output starts with prefix and
 // goes on with a message.

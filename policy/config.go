@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -25,6 +26,22 @@ type gatewayFile struct {
 	Redaction   redactionFile               `yaml:"redaction"`
 	Audit       auditFile                   `yaml:"audit"`
 	Metrics     metricsFile                 `yaml:"metrics"`
+}
+
+// reset sets the given top-level sections (by YAML key) back to their
+// zero value, which means their defaults; "" stands for every section.
+func (g *gatewayFile) reset(sections map[string]bool) {
+	if sections[""] {
+		*g = gatewayFile{}
+		return
+	}
+	v := reflect.ValueOf(g).Elem()
+	for i := range v.NumField() {
+		key, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")
+		if sections[key] {
+			v.Field(i).SetZero()
+		}
+	}
 }
 
 type networkFile struct {

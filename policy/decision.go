@@ -122,7 +122,7 @@ func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
 	switch {
 	case r.Tunnel && allow.Match.Conditional() && !inspected:
 		return t.unreadable(r, allow.Name, fmt.Sprintf(
-			"%s %q restricts methods or paths, which an HTTPS tunnel hides; the connector needs inspect: true", allow.Kind, allow.Name))
+			"%s %q restricts methods or paths, which an HTTPS tunnel hides; %s", allow.Kind, allow.Name, tunnelAdvice(allow.Kind)))
 	case r.Tunnel && c != nil && c.NeedsInspection() && !c.Inspect:
 		return t.unreadable(r, allow.Name, fmt.Sprintf(
 			"connector %q injects credentials or runs hooks, which an HTTPS tunnel hides; the connector needs inspect: true", allow.Name))

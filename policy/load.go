@@ -15,12 +15,14 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/redaction"
 )
 
@@ -155,13 +157,40 @@ type builder struct {
 	secrets map[string]string // resolved values by name; never printed
 	// declaredSecrets are the names gateway.yaml lists, resolved or not.
 	declaredSecrets map[string]bool
-	snap            *Snapshot
-	errs            []ConfigError
-	warns           []ConfigError
-	referenced      []configFile // files the YAML refers to, as read
+	// undecoded holds the top-level sections of gateway.yaml that did not
+	// decode ("" for the whole file): what they declare (secrets, the CA,
+	// redaction profiles) is unknown, so references to it are not judged.
+	undecoded map[string]bool
+	// caFailed: tls.ca_cert or tls.ca_key is set but could not be loaded,
+	// which gateway.yaml's own errors say.
+	caFailed bool
+	// brokenConnectors names the connectors whose files have errors: a
+	// tenant's reference to one is not another error.
+	brokenConnectors map[string]bool
+	snap             *Snapshot
+	errs             []ConfigError
+	warns            []ConfigError
+	referenced       []configFile // files the YAML refers to, as read
 }
 
+// errorf records one problem at doc:line. An argument that joins several
+// errors into lines (errors.Join, as hooks.Limits.Validate returns) is
+// recorded once per joined error, with the same format, so that every
+// problem is its own FILE:LINE: message.
 func (b *builder) errorf(doc *yamlDoc, line int, format string, args ...any) {
+	for i, arg := range args {
+		err, isErr := arg.(error)
+		joined, isJoin := arg.(interface{ Unwrap() []error })
+		if !isErr || !isJoin || !strings.Contains(err.Error(), "\n") {
+			continue
+		}
+		for _, err := range joined.Unwrap() {
+			one := slices.Clone(args)
+			one[i] = err
+			b.errorf(doc, line, format, one...)
+		}
+		return
+	}
 	b.errs = append(b.errs, ConfigError{File: doc.file, Line: line, Msg: fmt.Sprintf(format, args...)})
 }
 
@@ -177,13 +206,34 @@ func (b *builder) decode(f configFile, out any) (*yamlDoc, bool) {
 	return doc, len(errs) == 0
 }
 
+// gatewayUndecoded reports whether gateway.yaml's section (a top-level
+// key) may hold more than was decoded from it.
+func (b *builder) gatewayUndecoded(section string) bool {
+	return b.undecoded[section] || b.undecoded[""]
+}
+
 func (b *builder) gateway(files configFiles) {
 	var gf gatewayFile
 	doc := &yamlDoc{file: GatewayFileName}
+	b.undecoded = map[string]bool{}
 	if files.gateway != nil {
+		before := len(b.errs)
 		var ok bool
 		if doc, ok = b.decode(*files.gateway, &gf); !ok {
-			return
+			// The config is refused, but the list of its problems should
+			// be whole and true. So the checks go on: a section that did
+			// not decode takes its defaults (rather than the zero values
+			// the decoder may have left in it) and what it would have
+			// declared is unknown (see undecoded); the other sections
+			// decoded in full and are checked as usual. An unknown key
+			// leaves the rest of its section decoded, and a second
+			// document the first.
+			for _, ce := range b.errs[before:] {
+				if !ce.decodedRest {
+					b.undecoded[doc.section(ce.Line)] = true
+				}
+			}
+			gf.reset(b.undecoded)
 		}
 	}
 	g := &b.snap.Gateway
@@ -222,6 +272,11 @@ func (b *builder) gateway(files configFiles) {
 	// rather than accepted and ignored: a policy that says more than the
 	// gateway does would be a silent hole.
 	g.Hooks = b.hooksSettings(doc, gf.Hooks)
+	if g.Hooks.Defaults.Validate() != nil {
+		// Reported above, at gateway.yaml. Connectors' hooks are checked
+		// against the built-in defaults instead of repeating it for each.
+		g.Hooks.Defaults = hooks.DefaultLimits()
+	}
 	b.secrets = b.resolveSecrets(doc, gf.Secrets)
 	b.loadCA(doc, gf.TLS)
 
@@ -266,12 +321,36 @@ func (b *builder) readFile(name string) ([]byte, error) {
 }
 
 // readReferenced reads a file a config refers to: an absolute path as it
-// is, a relative one inside the config directory.
+// is, a relative one relative to the config directory (SPEC §2). A path
+// that climbs out of the directory ("../ca/ca.pem") is read from disk
+// when the config is a directory on disk (DirFS); a config with no
+// directory behind it, such as the embedded quickstart, refuses it.
 func readReferenced(fsys fs.FS, name string) ([]byte, error) {
 	if filepath.IsAbs(name) {
 		return os.ReadFile(name)
 	}
-	return fs.ReadFile(fsys, path.Clean(filepath.ToSlash(name)))
+	rel := path.Clean(filepath.ToSlash(name))
+	if fs.ValidPath(rel) {
+		return fs.ReadFile(fsys, rel)
+	}
+	if d, ok := fsys.(diskDir); ok {
+		return os.ReadFile(filepath.Join(d.dir, filepath.FromSlash(rel)))
+	}
+	return nil, fmt.Errorf("%s leaves the config directory, and this config has no directory on disk to resolve it against: use a path inside it or an absolute one", name)
+}
+
+// DirFS returns the config directory dir, on disk, as the file system Load
+// and Snapshot.Unchanged read. Unlike os.DirFS alone, it lets a relative
+// path in the config leave the directory ("../shared/roots.pem"), which is
+// then relative to dir like any other.
+func DirFS(dir string) fs.FS {
+	return diskDir{FS: os.DirFS(dir), dir: dir}
+}
+
+// diskDir is a config directory that has a path on disk.
+type diskDir struct {
+	fs.FS
+	dir string
 }
 
 func (b *builder) listenAddr(doc *yamlDoc, key, addr string) {
@@ -326,14 +405,17 @@ type connectorSet map[string][]*Connector // versions sorted ascending
 func (b *builder) connectors(files configFiles) connectorSet {
 	set := connectorSet{}
 	seen := map[string]string{} // name@version -> file
+	b.brokenConnectors = map[string]bool{}
 	for _, f := range files.connectors {
 		var cf connectorFile
 		doc, ok := b.decode(f, &cf)
 		if !ok {
+			b.brokenConnectors[cf.Name] = true
 			continue
 		}
 		c, ok := b.connector(doc, cf)
 		if !ok {
+			b.brokenConnectors[cf.Name] = true
 			continue
 		}
 		key := fmt.Sprintf("%s@%d", c.Name, c.Version)
@@ -364,7 +446,7 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 		}
 	}
 	rule := b.matchRule(doc, allowlist.Allow, cf.Hosts, cf.Ports, cf.Methods, cf.Paths)
-	if cf.Inspect && b.snap.Gateway.CA == nil {
+	if cf.Inspect && b.snap.Gateway.CA == nil && !b.caFailed && !b.gatewayUndecoded("tls") {
 		b.errorf(doc, doc.line("inspect"), "inspect: true needs tls.ca_cert and tls.ca_key in %s; create them with: egressgw ca init --out DIR", GatewayFileName)
 	}
 	var inject []InjectedHeader
@@ -374,7 +456,13 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 		allowPlaintext = cf.Inject.AllowPlaintext
 	}
 	connectorHooks := b.connectorHooks(doc, cf.Hooks)
+	beforeRedact := len(b.errs)
 	redact := b.connectorRedaction(doc, cf.Redact)
+	if b.gatewayUndecoded("redaction") {
+		// Its only errors are profiles missing from gateway.yaml, which
+		// may well be in the part that did not decode.
+		b.errs = b.errs[:beforeRedact]
+	}
 	var rate *Rate
 	if cf.Quota != nil {
 		rate = b.rate(doc, cf.Quota.RequestsPerSecond, cf.Quota.Burst, "quota")
@@ -512,8 +600,15 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 	t.Quota = b.tenantQuota(doc, tf.Quota)
 
 	used := map[string]bool{}
+	brokenRef := false
 	for i, ref := range tf.Connectors {
 		c, err := connectors.resolve(ref)
+		if name, _, _ := strings.Cut(ref, "@"); err != nil && b.brokenConnectors[name] {
+			// The connector's file has errors, reported there (the
+			// version this tenant pins may be the broken one).
+			brokenRef = true
+			continue
+		}
 		if err != nil {
 			b.errorf(doc, doc.line("connectors", i), "%v", err)
 			continue
@@ -545,11 +640,14 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 		}
 		m := b.matchRule(doc, action, rf.Hosts, rf.Ports, rf.Methods, rf.Paths, "rules", i)
 		t.rules = append(t.rules, Rule{Name: name, Kind: KindRule, Match: m})
+		if action == allowlist.Allow && m.Conditional() && tunnelable(m) {
+			b.warnf(doc, doc.line("rules", i), "rule %q restricts methods or paths, which an HTTPS tunnel (CONNECT) hides and a tenant rule cannot inspect: tunnels to its hosts are refused; %s", name, moveToConnector)
+		}
 	}
-	if len(t.rules) == 0 && len(b.errs) == before {
+	if len(t.rules) == 0 && len(b.errs) == before && !brokenRef {
 		b.warnf(doc, doc.line("id"), "tenant %q has no connectors or rules: every request will be denied", tf.ID)
 	}
-	if len(b.errs) > before {
+	if len(b.errs) > before || brokenRef {
 		return nil, false
 	}
 	matchRules := make([]allowlist.Rule, len(t.rules))
@@ -558,6 +656,26 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 	}
 	t.set = allowlist.NewSet(matchRules)
 	return t, true
+}
+
+// moveToConnector is what to do with a tenant rule whose methods or paths
+// must apply to HTTPS: only a connector can inspect a tunnel.
+const moveToConnector = "move the restriction into a connector with inspect: true"
+
+// tunnelAdvice says how to make a rule's methods and paths checkable inside
+// an HTTPS tunnel, for the message that refuses the tunnel.
+func tunnelAdvice(kind RuleKind) string {
+	if kind == KindConnector {
+		return "the connector needs inspect: true"
+	}
+	return "a tenant rule cannot inspect tunnels: " + moveToConnector
+}
+
+// tunnelable reports whether clients would reach r's ports through CONNECT:
+// any port but 80, where plain HTTP is sent as it is. No ports means the
+// defaults, 80 and 443.
+func tunnelable(r allowlist.Rule) bool {
+	return len(r.Ports) == 0 || slices.ContainsFunc(r.Ports, func(p uint16) bool { return p != 80 })
 }
 
 var (
@@ -657,7 +775,7 @@ func (b *builder) injectHeaders(doc *yamlDoc, headers map[string]string) []Injec
 			switch {
 			case !ok && b.declaredSecrets[secret]:
 				b.errorf(doc, line, "inject header %q: secret %q could not be resolved (see %s)", name, secret, GatewayFileName)
-			case !ok:
+			case !ok && !b.gatewayUndecoded("secrets"):
 				b.errorf(doc, line, "inject header %q: secret %q is not defined in %s", name, secret, GatewayFileName)
 			}
 			if !ok {
@@ -692,6 +810,7 @@ func (b *builder) loadCA(doc *yamlDoc, t tlsFile) {
 	if t.CACert == "" && t.CAKey == "" {
 		return
 	}
+	b.caFailed = true // until it loads
 	line := doc.line("tls", "ca_cert")
 	if t.CACert == "" || t.CAKey == "" {
 		b.errorf(doc, doc.line("tls"), "tls: set both ca_cert and ca_key")
@@ -717,6 +836,7 @@ func (b *builder) loadCA(doc *yamlDoc, t tlsFile) {
 		b.errorf(doc, line, "ca_cert: not a CA certificate allowed to sign certificates")
 		return
 	}
+	b.caFailed = false
 	ca.Leaf = leaf
 	sum := sha256.Sum256(ca.Certificate[0])
 	b.snap.Gateway.CA = &ca

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -147,5 +148,299 @@ func TestHiddenAndForeignFilesAreIgnored(t *testing.T) {
 	}
 	if len(snap.Warnings) != 1 || !strings.Contains(snap.Warnings[0].Msg, "every request will be denied") {
 		t.Errorf("warnings = %v, want the no-rules warning", snap.Warnings)
+	}
+}
+
+// TestLoadReportsEveryProblemOnItsOwnLine asserts the exact errors of
+// configs where one problem used to hide others, fold several into one
+// multi-line message, or drag bogus follow-on errors into other files.
+func TestLoadReportsEveryProblemOnItsOwnLine(t *testing.T) {
+	const script = "request.headers[\"X-Tag\"] = [\"a\"]\n"
+	hooked := "name: c\nhosts: [\"c.example\"]\nhooks: { request: hooks/x.tengo }\n"
+	cases := []struct {
+		name  string
+		files map[string]string
+		want  []string // every error line, in any order
+	}{
+		{
+			name: "two bad hook limits on a connector a tenant uses",
+			files: map[string]string{
+				"hooks/x.tengo":     script,
+				"connectors/c.yaml": "name: c\nhosts: [\"c.example\"]\nhooks:\n  request: hooks/x.tengo\n  max_memory: 1024\n",
+				"tenants/t.yaml":    "id: t\nauth: { token_sha256: \"" + testTokenHash + "\" }\nconnectors: [c@1]\n",
+			},
+			want: []string{
+				"connectors/c.yaml:4: hooks: max_memory 1024: must be between 4MiB and 16GiB",
+				"connectors/c.yaml:4: hooks: max_body_bytes 1048576: must be between 1 and a quarter of max_memory (256)",
+			},
+		},
+		{
+			name: "bad hook defaults are reported once, at gateway.yaml",
+			files: map[string]string{
+				"gateway.yaml":      "hooks:\n  defaults: { max_memory: 1KiB }\n",
+				"hooks/x.tengo":     script,
+				"connectors/c.yaml": hooked,
+			},
+			want: []string{
+				"gateway.yaml:2: hooks.defaults: max_memory 1024: must be between 4MiB and 16GiB",
+				"gateway.yaml:2: hooks.defaults: max_body_bytes 1048576: must be between 1 and a quarter of max_memory (256)",
+			},
+		},
+		{
+			name: "a decode error in gateway.yaml hides neither its other errors nor sets bogus hook limits",
+			files: map[string]string{
+				"gateway.yaml":      "colour: blue\nnetwork:\n  deny_cidrs: [\"10.0.0.0/33\"]\nsecrets:\n  k: { env: EGRESSGW_TEST_NEVER_SET }\n",
+				"hooks/x.tengo":     script,
+				"connectors/c.yaml": hooked,
+				"tenants/t.yaml":    "id: t\nauth: { token_sha256: \"" + testTokenHash + "\" }\nconnectors: [c]\n",
+			},
+			want: []string{
+				`gateway.yaml:1: unknown key "colour"`,
+				`gateway.yaml:3: invalid CIDR "10.0.0.0/33": want an address or a prefix such as 10.0.0.0/8`,
+				`gateway.yaml:5: secret "k": environment variable EGRESSGW_TEST_NEVER_SET is not set`,
+			},
+		},
+		{
+			name: "a syntax error in gateway.yaml blames no connector for what it may define",
+			files: map[string]string{
+				"gateway.yaml":      "listen: \":3128\"\nsecrets: {\n",
+				"hooks/x.tengo":     script,
+				"connectors/c.yaml": "name: c\nhosts: [\"c.example\"]\ninspect: true\ninject:\n  headers: { Authorization: \"Bearer ${secret:k}\" }\nhooks: { request: hooks/x.tengo }\nredact: { request: [pii] }\n",
+				"tenants/t.yaml":    "id: t\nauth: { token_sha256: \"" + testTokenHash + "\" }\nconnectors: [c]\n",
+			},
+			want: []string{
+				"gateway.yaml:2: did not find expected node content",
+			},
+		},
+		{
+			name: "a wrong type in one gateway.yaml section excuses only what depends on it",
+			files: map[string]string{
+				"gateway.yaml":      "secrets: [k]\n",
+				"connectors/c.yaml": "name: c\nhosts: [\"c.example\"]\ninspect: true\ninject:\n  headers: { Authorization: \"Bearer ${secret:k}\" }\n",
+			},
+			want: []string{
+				"gateway.yaml:1: wrong type: got a list, want a mapping",
+				"connectors/c.yaml:3: inspect: true needs tls.ca_cert and tls.ca_key in gateway.yaml; create them with: egressgw ca init --out DIR",
+			},
+		},
+		{
+			name: "a value that does not decode takes its default, not zero",
+			files: map[string]string{
+				"gateway.yaml":      "limits:\n  max_header_bytes: 64 kilobytes\nhooks:\n  defaults: { timeout: soon }\n",
+				"hooks/x.tengo":     script,
+				"connectors/c.yaml": hooked,
+			},
+			want: []string{
+				`gateway.yaml:2: invalid size "64 kilobytes": want a whole number of bytes with an optional unit (B, KiB, MiB, GiB)`,
+				`gateway.yaml:4: invalid duration "soon": want e.g. 250ms, 2s, 1m`,
+			},
+		},
+		{
+			name: "a second document leaves the first one checked",
+			files: map[string]string{
+				"gateway.yaml":      "network:\n  allow_cidrs: [\"10.0.0.1/8\"]\n---\nlisten: x\n",
+				"connectors/c.yaml": "name: c\nhosts: [\"c.example\"]\ninspect: true\n",
+			},
+			want: []string{
+				"gateway.yaml:3: only one YAML document per file",
+				`gateway.yaml:2: invalid CIDR "10.0.0.1/8": host bits are set; did you mean 10.0.0.0/8?`,
+				"connectors/c.yaml:3: inspect: true needs tls.ca_cert and tls.ca_key in gateway.yaml; create them with: egressgw ca init --out DIR",
+			},
+		},
+		{
+			name: "a flow-style gateway.yaml does not tell its sections apart",
+			files: map[string]string{
+				"gateway.yaml":      "{ listen: \":3128\", secrets: [k] }\n",
+				"connectors/c.yaml": "name: c\nhosts: [\"c.example\"]\ninspect: true\n",
+			},
+			want: []string{
+				"gateway.yaml:1: wrong type: got a list, want a mapping",
+			},
+		},
+		{
+			name: "a misspelt CA key is reported once",
+			files: map[string]string{
+				"gateway.yaml":      "tls:\n  ca_cert: ca.pem\n  ca_kye: ca-key.pem\n",
+				"connectors/c.yaml": "name: c\nhosts: [\"c.example\"]\ninspect: true\n",
+			},
+			want: []string{
+				`gateway.yaml:3: unknown key "ca_kye"`,
+				"gateway.yaml:2: tls: set both ca_cert and ca_key",
+			},
+		},
+		{
+			name: "an unrelated decode error in gateway.yaml keeps cross-file checks",
+			files: map[string]string{
+				"gateway.yaml":      "colour: blue\n",
+				"connectors/c.yaml": "name: c\nhosts: [\"c.example\"]\ninject:\n  headers: { Authorization: \"Bearer ${secret:k}\" }\n",
+			},
+			want: []string{
+				`gateway.yaml:1: unknown key "colour"`,
+				`connectors/c.yaml:4: inject header "Authorization": secret "k" is not defined in gateway.yaml`,
+			},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			fsys := fstest.MapFS{}
+			for name, body := range c.files {
+				fsys[name] = &fstest.MapFile{Data: []byte(body)}
+			}
+			_, err := Load(fsys, time.Now())
+			var le *LoadError
+			if !errors.As(err, &le) {
+				t.Fatalf("Load: %v, want a *LoadError", err)
+			}
+			got := strings.Split(le.Error(), "\n")
+			slices.Sort(got)
+			want := slices.Sorted(slices.Values(c.want))
+			if !slices.Equal(got, want) {
+				t.Errorf("errors differ\n got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
+
+// Relative paths are relative to the config directory (SPEC §2), also
+// when they climb out of it, and a reload sees those files change.
+func TestRelativePathsOutsideTheConfigDirectory(t *testing.T) {
+	caCert, caKey := testCA(t)
+	root := t.TempDir()
+	files := map[string]string{
+		"config/gateway.yaml": `tls:
+  ca_cert: ../ca/ca.pem
+  ca_key: ../ca/ca-key.pem
+  upstream_roots: ["../roots.pem"]
+secrets:
+  k: { file: ../secrets/k }
+`,
+		"config/connectors/c.yaml": `name: c
+hosts: ["c.example"]
+inspect: true
+inject:
+  headers: { Authorization: "Bearer ${secret:k}" }
+hooks: { request: ../shared/tag.tengo }
+`,
+		"ca/ca.pem":        caCert,
+		"ca/ca-key.pem":    caKey,
+		"roots.pem":        caCert,
+		"secrets/k":        "s3cret-value\n",
+		"shared/tag.tengo": "request.headers[\"X-Tag\"] = [\"a\"]\n",
+	}
+	for name, body := range files {
+		p := filepath.Join(root, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		write(t, p, body)
+	}
+	dir := filepath.Join(root, "config")
+	fsys := DirFS(dir)
+	snap, err := Load(fsys, time.Now())
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	if snap.Gateway.CA == nil || snap.Gateway.UpstreamRoots == nil {
+		t.Errorf("CA %v, upstream roots %v: want both loaded", snap.Gateway.CA, snap.Gateway.UpstreamRoots)
+	}
+	referenced := snap.Referenced()
+	if watched := watchedDirs(dir, referenced); !slices.Contains(referenced, "../shared/tag.tengo") || !slices.Contains(watched, filepath.Join(root, "shared")) {
+		t.Errorf("referenced %v, watched %v: want ../shared/tag.tengo, watched in %s", referenced, watched, filepath.Join(root, "shared"))
+	}
+
+	for _, name := range []string{"shared/tag.tengo", "secrets/k", "roots.pem", "ca/ca.pem"} {
+		t.Run("an edit of "+name+" is a change", func(t *testing.T) {
+			p := filepath.Join(root, filepath.FromSlash(name))
+			if !snap.Unchanged(fsys) {
+				t.Fatal("a snapshot differs from the files it was just loaded from")
+			}
+			write(t, p, files[name]+"\n")
+			if snap.Unchanged(fsys) {
+				t.Errorf("an edit of %s went unnoticed: the reload would be skipped", name)
+			}
+			write(t, p, files[name])
+		})
+	}
+
+	// A config with no directory on disk behind it cannot leave it.
+	mapFS := fstest.MapFS{}
+	for name, body := range files {
+		if rel, ok := strings.CutPrefix(name, "config/"); ok {
+			mapFS[rel] = &fstest.MapFile{Data: []byte(body)}
+		}
+	}
+	_, err = Load(mapFS, time.Now())
+	if err == nil || !strings.Contains(err.Error(), `gateway.yaml:2: ca_cert: ../ca/ca.pem leaves the config directory, and this config has no directory on disk`) {
+		t.Errorf("load from a file system with no directory: %v; want ca_cert refused with the reason", err)
+	}
+}
+
+// A tenant rule is never inspected, so its methods and paths cannot apply
+// to an HTTPS tunnel: check warns, and the refusal of a CONNECT says to
+// move them into a connector, which can inspect.
+func TestTenantRuleMethodsOverHTTPS(t *testing.T) {
+	const (
+		moveAdvice    = "move the restriction into a connector with inspect: true"
+		inspectAdvice = "the connector needs inspect: true"
+	)
+	cases := []struct {
+		name    string
+		rules   string // the tenant file's rules
+		warning string // the tenant file's expected warning; "" for none
+		port    uint16 // a CONNECT to api.example on this port is refused with:
+		advice  string
+	}{
+		{
+			name:    "methods on the default ports",
+			rules:   "  - name: read-only\n    hosts: [\"api.example\"]\n    methods: [GET]\n",
+			warning: `tenants/t.yaml:4: rule "read-only" restricts methods or paths, which an HTTPS tunnel (CONNECT) hides and a tenant rule cannot inspect: tunnels to its hosts are refused; ` + moveAdvice,
+			port:    443, advice: moveAdvice,
+		},
+		{
+			name:    "paths on another port",
+			rules:   "  - name: v1\n    hosts: [\"api.example\"]\n    ports: [80, 8443]\n    paths: [\"/v1/\"]\n",
+			warning: `tenants/t.yaml:4: rule "v1" restricts methods or paths, which an HTTPS tunnel (CONNECT) hides and a tenant rule cannot inspect: tunnels to its hosts are refused; ` + moveAdvice,
+			port:    8443, advice: moveAdvice,
+		},
+		{
+			name:  "plain HTTP only",
+			rules: "  - name: v1\n    hosts: [\"api.example\"]\n    ports: [80]\n    paths: [\"/v1/\"]\n",
+			port:  80, advice: moveAdvice,
+		},
+		{
+			name:  "no methods or paths",
+			rules: "  - name: all\n    hosts: [\"api.example\"]\n",
+		},
+		{
+			name:  "a connector says to inspect",
+			rules: "  - name: all\n    hosts: [\"other.example\"]\n",
+			port:  443, advice: inspectAdvice,
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			snap := mustLoad(t, map[string]string{
+				"connectors/api.yaml": "name: api\nhosts: [\"api.example\"]\nmethods: [GET]\n",
+				"tenants/t.yaml": "id: t\nauth: { token_sha256: \"" + testTokenHash + "\" }\n" +
+					map[bool]string{true: "connectors: [api]\n", false: ""}[c.advice == inspectAdvice] + "rules:\n" + c.rules,
+			})
+			var warnings []string
+			for _, w := range snap.Warnings {
+				if w.File == "tenants/t.yaml" {
+					warnings = append(warnings, w.Error())
+				}
+			}
+			if want := []string{c.warning}; (c.warning == "" && warnings != nil) || (c.warning != "" && !slices.Equal(warnings, want)) {
+				t.Errorf("warnings %q, want %q", warnings, c.warning)
+			}
+			if c.port == 0 {
+				return
+			}
+			tenant, _ := snap.Tenant("t")
+			d := tenant.Decide(Request{Host: "api.example", Port: c.port, Tunnel: true})
+			if d.Allow || !strings.HasSuffix(d.Reason, c.advice) {
+				t.Errorf("CONNECT api.example:%d: allow=%v, reason %q; want refused, ending %q", c.port, d.Allow, d.Reason, c.advice)
+			}
+		})
 	}
 }

@@ -18,6 +18,10 @@ type ConfigError struct {
 	File string
 	Line int
 	Msg  string
+	// decodedRest marks a decoding error that skipped only what it is
+	// about (an unknown key, a second document) and left the rest of the
+	// file decoded in full.
+	decodedRest bool
 }
 
 func (e ConfigError) Error() string {
@@ -56,7 +60,7 @@ var (
 	yamlSyntaxLine  = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 	yamlUnknownKey  = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
 	yamlDuplicate   = regexp.MustCompile(`^mapping key "(.*)" already defined at line (\d+)$`)
-	yamlWrongType   = regexp.MustCompile("^cannot unmarshal !!(\\w+) `(.*)` into (.+)$")
+	yamlWrongType   = regexp.MustCompile("^cannot unmarshal !!(\\w+)(?: `(.*)`)? into (.+)$") // no value for a list or mapping
 	goTypeToEnglish = map[string]string{
 		"int": "a whole number", "int64": "a whole number", "uint16": "a whole number",
 		"float64": "a number", "string": "a string", "bool": "true or false",
@@ -77,7 +81,7 @@ func decodeStrict(file string, data []byte, out any) (*yamlDoc, []ConfigError) {
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return doc, []ConfigError{{File: file, Line: extra.Line, Msg: "only one YAML document per file"}}
+		return doc, []ConfigError{{File: file, Line: extra.Line, Msg: "only one YAML document per file", decodedRest: true}}
 	}
 	return doc, nil
 }
@@ -105,6 +109,7 @@ func parseYAMLMessage(file, msg string, linePattern *regexp.Regexp) ConfigError 
 	switch {
 	case yamlUnknownKey.MatchString(ce.Msg):
 		ce.Msg = fmt.Sprintf("unknown key %q", yamlUnknownKey.FindStringSubmatch(ce.Msg)[1])
+		ce.decodedRest = true
 	case yamlDuplicate.MatchString(ce.Msg):
 		m := yamlDuplicate.FindStringSubmatch(ce.Msg)
 		ce.Msg = fmt.Sprintf("duplicate key %q (first set at line %s)", m[1], m[2])
@@ -131,13 +136,7 @@ func parseYAMLMessage(file, msg string, linePattern *regexp.Regexp) ConfigError 
 // indices as ints), or of the deepest ancestor that exists, so an error about
 // a missing key points at the mapping that lacks it.
 func (d *yamlDoc) line(path ...any) int {
-	if !d.parsed {
-		d.parsed = true
-		var root yaml.Node
-		if yaml.Unmarshal(d.data, &root) == nil && len(root.Content) > 0 {
-			d.root = root.Content[0]
-		}
-	}
+	d.parse()
 	n := d.root
 	if n == nil {
 		return 0
@@ -150,6 +149,36 @@ func (d *yamlDoc) line(path ...any) int {
 		n = next
 	}
 	return n.Line
+}
+
+// section returns the top-level key whose value holds line, or "" when
+// that is unknown: the file does not parse (a syntax error), its top-level
+// mapping is written in flow style ({...}, several keys to a line), or the
+// line is not inside it.
+func (d *yamlDoc) section(line int) string {
+	d.parse()
+	if d.root == nil || d.root.Kind != yaml.MappingNode || d.root.Style&yaml.FlowStyle != 0 || line <= 0 {
+		return ""
+	}
+	section := ""
+	for i := 0; i+1 < len(d.root.Content); i += 2 {
+		if d.root.Content[i].Line > line {
+			break
+		}
+		section = d.root.Content[i].Value
+	}
+	return section
+}
+
+func (d *yamlDoc) parse() {
+	if d.parsed {
+		return
+	}
+	d.parsed = true
+	var root yaml.Node
+	if yaml.Unmarshal(d.data, &root) == nil && len(root.Content) > 0 {
+		d.root = root.Content[0]
+	}
 }
 
 func child(n *yaml.Node, step any) *yaml.Node {

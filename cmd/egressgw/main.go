@@ -139,7 +139,7 @@ func openConfig(path string) (configSource, error) {
 		}
 		dir = filepath.Dir(path)
 	}
-	return configSource{fsys: os.DirFS(dir), name: dir, dir: dir}, nil
+	return configSource{fsys: policy.DirFS(dir), name: dir, dir: dir}, nil
 }
 
 func (c configSource) load() (*policy.Snapshot, error) {
