@@ -668,11 +668,42 @@ func TestHeaderSizeLimit(t *testing.T) {
 	}
 
 	before := snapshotReach(origin)
-	resp := g.send(t, withHeader(8<<10))
-	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge && resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("request with an 8 KiB header: status %d, want 431 or 400", resp.StatusCode)
+	e := assertGatewayError(t, g.send(t, withHeader(8<<10)), http.StatusBadRequest, "bad_request")
+	if !strings.Contains(e.Message, "max_header_bytes") {
+		t.Errorf("message %q does not say which limit", e.Message)
 	}
 	before.assertUnchanged(t)
+}
+
+// TestMalformedRequests: requests net/http cannot parse get the gateway's
+// JSON bad_request and an audit line, and reach nothing.
+func TestMalformedRequests(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	g := startGateway(t, configFiles{
+		"gateway.yaml":      gatewayYAML(""),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("api", []string{hostAPI}, origin.port)),
+	})
+	target := origin.url(hostAPI, "/malformed")
+	for _, c := range []struct{ name, head, inMessage string }{
+		{"missing Host", "GET " + target + " HTTP/1.1\r\n", "Host"},
+		{"conflicting Content-Length", "POST " + target + " HTTP/1.1\r\nHost: " + origin.authority(hostAPI) + "\r\nContent-Length: 1\r\nContent-Length: 2\r\n", "malformed"},
+		{"unknown Transfer-Encoding", "POST " + target + " HTTP/1.1\r\nHost: " + origin.authority(hostAPI) + "\r\nTransfer-Encoding: xchunked\r\n", "Transfer-Encoding"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := snapshotReach(origin)
+			resp, _ := g.exchange(t, http.MethodGet, []byte(c.head+"Proxy-Authorization: "+acme.header()+"\r\n\r\n"))
+			e := assertGatewayError(t, resp, http.StatusBadRequest, "bad_request")
+			if !strings.Contains(e.Message, c.inMessage) {
+				t.Errorf("message %q does not mention %q", e.Message, c.inMessage)
+			}
+			rec := g.waitAudit(t, auditWith("request_id", e.RequestID))
+			if rec["code"] != "bad_request" || rec["decision"] != "deny" {
+				t.Errorf("audit line %v, want a bad_request denial", rec)
+			}
+			before.assertUnchanged(t)
+		})
+	}
 }
 
 func TestIdleTunnelClosed(t *testing.T) {

@@ -25,7 +25,7 @@ type authMemo struct {
 
 type authMemoKey struct{}
 
-// withAuthMemo is the server's ConnContext: every client connection gets
+// withAuthMemo gives every client connection (see connContext)
 // its own empty memo.
 func withAuthMemo(ctx context.Context, _ net.Conn) context.Context {
 	return context.WithValue(ctx, authMemoKey{}, new(authMemo))

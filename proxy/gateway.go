@@ -120,7 +120,8 @@ func New(opts Options) (*Gateway, error) {
 		IdleTimeout:                  opts.Settings.IdleTimeout,
 		ErrorLog:                     slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
 		BaseContext:                  func(net.Listener) context.Context { return ctx },
-		ConnContext:                  withAuthMemo,
+		ConnContext:                  connContext,
+		ConnState:                    connState,
 	}
 	return g, nil
 }
@@ -256,7 +257,7 @@ func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 // max_connections are closed at once rather than queued, so a flood cannot
 // grow the gateway's memory or hide behind slow accepts.
 func (g *Gateway) Serve(ln net.Listener) error {
-	err := g.server.Serve(newLimitListener(ln, g.settings.MaxConnections, g.log))
+	err := g.server.Serve(newLimitListener(ln, g.settings.MaxConnections, g.log, g.malformedReply))
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

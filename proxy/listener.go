@@ -12,14 +12,15 @@ import (
 // client over the limit learns at once.
 type limitListener struct {
 	net.Listener
-	max     int64
-	open    atomic.Int64
-	log     *slog.Logger
-	refused atomic.Int64
+	max       int64
+	open      atomic.Int64
+	log       *slog.Logger
+	refused   atomic.Int64
+	malformed func(client net.Addr, status int, detail string) []byte
 }
 
-func newLimitListener(ln net.Listener, max int, log *slog.Logger) *limitListener {
-	return &limitListener{Listener: ln, max: int64(max), log: log}
+func newLimitListener(ln net.Listener, max int, log *slog.Logger, malformed func(net.Addr, int, string) []byte) *limitListener {
+	return &limitListener{Listener: ln, max: int64(max), log: log, malformed: malformed}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -36,15 +37,33 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			}
 			continue
 		}
-		return &countedConn{Conn: c, release: func() { l.open.Add(-1) }}, nil
+		return &countedConn{Conn: c, release: func() { l.open.Add(-1) }, malformed: l.malformed}, nil
 	}
 }
 
-// countedConn gives its slot back once, on the first Close.
+// countedConn gives its slot back once, on the first Close, and replaces
+// net/http's own plain-text error replies with the gateway's (see
+// malformed.go).
 type countedConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+
+	malformed func(client net.Addr, status int, detail string) []byte
+	handling  atomic.Bool // a handler runs: writes are its response
+	hijacked  atomic.Bool // a tunnel owns the connection
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	if c.malformed != nil && !c.handling.Load() && !c.hijacked.Load() {
+		if status, detail, ok := parseServerError(p); ok {
+			if _, err := c.Conn.Write(c.malformed(c.RemoteAddr(), status, detail)); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
+	}
+	return c.Conn.Write(p)
 }
 
 func (c *countedConn) Close() error {

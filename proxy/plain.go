@@ -17,6 +17,7 @@ import (
 // (servePlain), from the decision to the last byte. Anything else was
 // meant for a web server.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	markHandling(r)
 	switch {
 	case r.Method == http.MethodConnect:
 		g.connect.ServeHTTP(w, r)

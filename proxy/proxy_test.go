@@ -163,7 +163,7 @@ func TestLimitListenerClosesConnectionsPastTheLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := newLimitListener(inner, 2, discardLogger())
+	ln := newLimitListener(inner, 2, discardLogger(), nil)
 	defer ln.Close()
 	accepted := make(chan net.Conn, 3)
 	go func() {

@@ -49,6 +49,7 @@ fuzz ./proxy FuzzParseBasic 50000x
 fuzz ./proxy FuzzAuditLine 40000x
 fuzz ./proxy FuzzSameSecret 100000x
 fuzz ./proxy FuzzTimestamp 100000x
+fuzz ./proxy FuzzParseServerError 60000x
 fuzz ./internal/jsonstr FuzzAppend 500000x
 fuzz ./internal/jsonstr FuzzAppendFloat 600000x
 fuzz ./redaction FuzzRedactJSON 150000x
