@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -27,17 +28,25 @@ type WatchOptions struct {
 	// directories are watched too, and asked for again after every reload,
 	// since a new config may refer to other files. Nil watches only dir
 	// and its policy subdirectories.
-	Files  func() []string
+	Files func() []string
+	// Ignore lists files whose changes never call for a reload: what the
+	// gateway itself writes, such as an audit log kept in a watched
+	// directory, which would otherwise trigger a check on every line.
+	Ignore []string
 	Logger *slog.Logger
 }
 
 // Watch calls reload whenever something in the config directory dir may
 // have changed, until ctx is done. It watches the directory, its tenants/,
 // connectors/ and hooks/ subdirectories and the directories of
-// opts.Files rather than files, and never filters by file name: editors
-// save by rename, and Kubernetes ConfigMap volumes swap a "..data" symlink
-// without ever naming the files. Watches are renewed after each reload,
-// since such a swap replaces the directories being watched.
+// opts.Files rather than files. In the config's own directories it never
+// filters by file name (only opts.Ignore): editors save by rename, and
+// Kubernetes ConfigMap volumes swap a "..data" symlink without ever naming
+// the files. In the directories of referenced files, which may be busy
+// (/run/secrets, a shared certificate directory), only events naming a
+// referenced file, a directory on the way to one, or a ".." entry of such
+// a swap count. Watches are renewed after each reload, since a swap
+// replaces the directories being watched.
 func Watch(ctx context.Context, dir string, opts WatchOptions, reload func(reason string)) error {
 	if opts.Debounce <= 0 {
 		opts.Debounce = 150 * time.Millisecond
@@ -49,17 +58,22 @@ func Watch(ctx context.Context, dir string, opts WatchOptions, reload func(reaso
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs // event names then compare with absolute paths
+	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return err
 	}
 	defer w.Close()
+	var relevant eventFilter
 	rewatch := func() {
 		var files []string
 		if opts.Files != nil {
 			files = opts.Files()
 		}
 		watchDirs(w, watchedDirs(dir, files), log)
+		relevant = newEventFilter(dir, files, opts.Ignore)
 	}
 	rewatch()
 
@@ -81,11 +95,13 @@ func Watch(ctx context.Context, dir string, opts WatchOptions, reload func(reaso
 		select {
 		case <-ctx.Done():
 			return nil
-		case _, ok := <-w.Events:
+		case ev, ok := <-w.Events:
 			if !ok {
 				return errors.New("config watcher closed")
 			}
-			schedule()
+			if relevant.counts(ev.Name) {
+				schedule()
+			}
 		case err, ok := <-w.Errors:
 			if !ok {
 				return errors.New("config watcher closed")
@@ -133,6 +149,46 @@ func watchedDirs(dir string, files []string) []string {
 		}
 	}
 	return dirs
+}
+
+// eventFilter tells which watch events may change the policy.
+type eventFilter struct {
+	configDirs map[string]bool // dir and its policy subdirectories: any entry counts
+	referenced map[string]bool // referenced files and every directory above them
+	ignore     map[string]bool
+}
+
+func newEventFilter(dir string, files, ignore []string) eventFilter {
+	f := eventFilter{configDirs: map[string]bool{dir: true}, referenced: map[string]bool{}, ignore: map[string]bool{}}
+	for _, sub := range []string{TenantsDir, ConnectorsDir, "hooks"} {
+		f.configDirs[filepath.Join(dir, sub)] = true
+	}
+	for _, name := range files {
+		if !filepath.IsAbs(name) {
+			name = filepath.Join(dir, filepath.FromSlash(name))
+		}
+		for p := filepath.Clean(name); !f.referenced[p]; p = filepath.Dir(p) {
+			f.referenced[p] = true
+		}
+	}
+	for _, name := range ignore {
+		if abs, err := filepath.Abs(name); err == nil {
+			f.ignore[abs] = true
+		}
+	}
+	return f
+}
+
+// counts reports whether an event naming path may change the policy.
+func (f eventFilter) counts(path string) bool {
+	path = filepath.Clean(path)
+	switch {
+	case f.ignore[path]:
+		return false
+	case f.configDirs[path], f.configDirs[filepath.Dir(path)], f.referenced[path]:
+		return true
+	}
+	return strings.HasPrefix(filepath.Base(path), "..") // a ConfigMap-style swap
 }
 
 func isDir(path string) bool {

@@ -420,3 +420,54 @@ func TestWatchDirsFollowReferences(t *testing.T) {
 	watchDirs(w, watchedDirs(dir, nil), log)
 	check(dir, filepath.Join(dir, "tenants"))
 }
+
+// Noise is no edit: the gateway's own audit log in the config directory,
+// and unrelated files next to a referenced one, never trigger a reload; the
+// referenced file still does.
+func TestWatchIgnoresNoise(t *testing.T) {
+	dir, shared := t.TempDir(), t.TempDir()
+	write(t, filepath.Join(dir, "gateway.yaml"), "# empty\n")
+	secret, neighbour, audit := filepath.Join(shared, "token"), filepath.Join(shared, "busy.log"), filepath.Join(dir, "audit.log")
+	write(t, secret, "one")
+	changes, _ := watchCounting(t, dir, WatchOptions{
+		Debounce: 20 * time.Millisecond, Resync: time.Hour,
+		Files:  func() []string { return []string{secret} },
+		Ignore: []string{audit},
+	})
+	editUntilReload(t, "a referenced file's write", changes, func() { write(t, secret, "two") })
+
+	before := changes.Load()
+	for i := range 20 {
+		write(t, audit, fmt.Sprintf("line %d\n", i))
+		write(t, neighbour, fmt.Sprintf("line %d\n", i))
+		time.Sleep(5 * time.Millisecond) // spread over several debounce windows
+	}
+	time.Sleep(200 * time.Millisecond) // ten debounce windows for a wrong reload to show
+	if n := changes.Load() - before; n != 0 {
+		t.Errorf("%d reloads from the audit log and a neighbouring file", n)
+	}
+	editUntilReload(t, "a referenced file's second write", changes, func() { write(t, secret, "three") })
+}
+
+func TestEventFilter(t *testing.T) {
+	f := newEventFilter("/etc/egw", []string{"ca/ca.pem", "/run/secrets/token"}, []string{"/etc/egw/audit.log"})
+	for path, want := range map[string]bool{
+		"/etc/egw/gateway.yaml":         true,
+		"/etc/egw/anything":             true, // the config's own directory: never filtered by name
+		"/etc/egw/tenants/a.yaml":       true,
+		"/etc/egw/audit.log":            false,
+		"/etc/egw/ca/ca.pem":            true,
+		"/etc/egw/ca/notes.txt":         false,
+		"/etc/egw/ca":                   true, // the directory on the way, recreated
+		"/run/secrets/token":            true,
+		"/run/secrets/other":            false,
+		"/run/secrets/..data":           true, // a ConfigMap-style swap
+		"/run/secrets/..2026_11_23_tmp": true,
+		"/run":                          true,
+		"/tmp/x":                        false,
+	} {
+		if got := f.counts(path); got != want {
+			t.Errorf("counts(%q) = %v, want %v", path, got, want)
+		}
+	}
+}

@@ -83,7 +83,8 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		logger.Error("cannot listen", "admin_listen", settings.AdminListen, "error", err)
 		return exitFail
 	}
-	audit, closeAudit, err := openAudit(settings.AuditOutput, *configPath, stdout)
+	auditPath := auditFile(settings.AuditOutput, *configPath)
+	audit, closeAudit, err := openAudit(auditPath, stdout)
 	if err != nil {
 		proxyLn.Close()
 		adminLn.Close()
@@ -151,6 +152,9 @@ func serve(args []string, stdout, stderr io.Writer) int {
 				}
 				return nil
 			}}
+			if auditPath != "" {
+				opts.Ignore = []string{auditPath} // its own writes are no edit
+			}
 			err := policy.Watch(watchCtx, source.dir, opts, rl.reload)
 			if err != nil {
 				logger.Error("config watching stopped; SIGHUP still reloads", "error", err)
@@ -230,19 +234,27 @@ func addrPort(ln net.Listener) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// openAudit opens the audit destination: stdout, or a file appended to
-// (relative to the config directory, like every path in the config).
-func openAudit(output, configPath string, stdout io.Writer) (io.Writer, func(), error) {
+// auditFile is the file audit.output names, relative to the config
+// directory like every path in the config; "" for stdout.
+func auditFile(output, configPath string) string {
 	if output == "stdout" {
-		return stdout, func() {}, nil
+		return ""
 	}
-	path := output
-	if !filepath.IsAbs(path) {
-		dir := configPath
-		if info, err := os.Stat(configPath); err == nil && !info.IsDir() {
-			dir = filepath.Dir(configPath)
-		}
-		path = filepath.Join(dir, path)
+	if filepath.IsAbs(output) {
+		return output
+	}
+	dir := configPath
+	if info, err := os.Stat(configPath); err == nil && !info.IsDir() {
+		dir = filepath.Dir(configPath)
+	}
+	return filepath.Join(dir, output)
+}
+
+// openAudit opens the audit destination: stdout when path is "", else the
+// file, appended to.
+func openAudit(path string, stdout io.Writer) (io.Writer, func(), error) {
+	if path == "" {
+		return stdout, func() {}, nil
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
