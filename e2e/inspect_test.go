@@ -250,6 +250,20 @@ func TestInspectedTunnel(t *testing.T) {
 		}
 	})
 
+	t.Run("an inner request net/http cannot parse gets the gateway's reply", func(t *testing.T) {
+		tunnel := g.tunnel(t, inspector, fx.origin.authority(hostAPI))
+		tlsConn := tls.Client(tunnel, &tls.Config{ServerName: hostAPI, RootCAs: fx.caPool})
+		fmt.Fprintf(tlsConn, "POST /v1/malformed HTTP/1.1\r\nHost: %s\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", fx.origin.authority(hostAPI))
+		resp, err := http.ReadResponse(bufio.NewReader(tlsConn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertGatewayError(t, resp, http.StatusBadRequest, "bad_request")
+		if seen := fx.origin.requestsTo("/v1/malformed"); len(seen) != 0 {
+			t.Errorf("the upstream was reached: %+v", seen)
+		}
+	})
+
 	t.Run("an upstream certificate the gateway does not trust", func(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodGet, fx.badCert.URL+"/v1/x", nil)
 		resp, err := fx.client(t).Do(req)

@@ -54,7 +54,9 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	}
 	_ = tlsConn.SetDeadline(time.Time{})
 
-	ln := newOneConnListener(tlsConn)
+	// Requests inside that net/http cannot parse get the gateway's reply,
+	// as on the listener (malformed.go).
+	ln := newOneConnListener(&countedConn{Conn: tlsConn, malformed: g.malformedReply})
 	inner := &http.Server{
 		Handler:           g.innerHandler(ex),
 		MaxHeaderBytes:    g.settings.MaxHeaderBytes,
@@ -62,7 +64,9 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 		IdleTimeout:       idle,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return g.baseCtx },
-		ConnState: func(_ net.Conn, state http.ConnState) {
+		ConnContext:       connContext,
+		ConnState: func(c net.Conn, state http.ConnState) {
+			connState(c, state)
 			if state == http.StateClosed || state == http.StateHijacked {
 				ln.Close()
 			}
@@ -115,6 +119,7 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		markHandling(r)
 		// Each inner request is a request of its own, decided under the
 		// policy live now, for the tenant the tunnel was opened as.
 		ex := g.begin(r, false)

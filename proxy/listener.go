@@ -68,7 +68,9 @@ func (c *countedConn) Write(p []byte) (int, error) {
 
 func (c *countedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.release)
+	if c.release != nil { // nil where no listener slot is held (inspected tunnels)
+		c.once.Do(c.release)
+	}
 	return err
 }
 
