@@ -43,6 +43,28 @@ var echoSecrets = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) 
 	auth := r.Header.Get("Authorization")
 	w.Header().Set("X-Echo-Authorization", auth)
 	body := fmt.Sprintf("you sent %q to %s %s", auth, r.Method, r.URL.Path)
+	switch r.URL.Path {
+	case "/v1/switch": // a 101 nobody asked for, with the credential behind it
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		fmt.Fprintf(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Echo-Authorization: %s\r\n\r\nauth=%s\n", auth, auth)
+		rw.Flush()
+		return
+	case "/v1/early": // the credential in an informational response
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("X-Echo-Authorization")
+		io.WriteString(w, "after early hints")
+		return
+	case "/v1/double-encoding": // gzip, declared over two header lines
+		w.Header()["Content-Encoding"] = []string{"identity", "gzip"}
+		zw := gzip.NewWriter(w)
+		io.WriteString(zw, body)
+		zw.Close()
+		return
+	}
 	if r.URL.Path == "/v1/trailer" {
 		w.Header().Set("Trailer", "X-Echo-Trailer")
 		io.WriteString(w, body)
@@ -206,6 +228,38 @@ func TestInspectedTunnel(t *testing.T) {
 		assertTrailerScrubbed(t, fx.client(t), fx.origin.url(hostAPI, "/v1/trailer"))
 	})
 
+	t.Run("informational responses never reach the sandbox", func(t *testing.T) {
+		res := run(t, nil, "", "curl", "-sS", "-i",
+			"-x", "http://"+g.proxyAddr, "--proxy-user", inspector.tenant+":"+inspector.token,
+			"--cacert", fx.caFile, fx.origin.url(hostAPI, "/v1/early"))
+		if res.exitCode != 0 {
+			t.Fatalf("curl: exit %d: %s", res.exitCode, res.stderr)
+		}
+		if strings.Contains(res.stdout, injectedSecret) || strings.Contains(res.stdout, " 103 ") || !strings.Contains(res.stdout, "after early hints") {
+			t.Errorf("curl saw:\n%s", res.stdout)
+		}
+	})
+
+	t.Run("an encoding over several header lines is not taken for the first", func(t *testing.T) {
+		status, body := fetch(t, fx.client(t), fx.origin.url(hostAPI, "/v1/double-encoding"))
+		if strings.Contains(body, injectedSecret) || status != http.StatusBadGateway {
+			t.Errorf("status %d, body %q; want 502, the body refused rather than passed unscrubbed", status, body)
+		}
+	})
+
+	t.Run("a client cannot name a hook's header hop-by-hop", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, fx.origin.url(hostOther, "/v1/named-away"), nil)
+		req.Header.Set("Connection", "X-Stamp")
+		resp, err := fx.client(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readBody(t, resp)
+		if seen := fx.origin.requestsTo("/v1/named-away"); len(seen) != 1 || seen[0].Header.Get("X-Stamp") != "stamped" {
+			t.Errorf("upstream saw %+v, want the hook's X-Stamp", seen)
+		}
+	})
+
 	t.Run("methods and paths apply inside the tunnel", func(t *testing.T) {
 		client := fx.client(t)
 		for _, c := range []struct{ method, path string }{{http.MethodDelete, "/v1/items"}, {http.MethodGet, "/v2/items"}} {
@@ -356,6 +410,17 @@ func TestPlaintextInjectionScrubsResponses(t *testing.T) {
 	seen := origin.requestsTo("/v1/trailer")
 	if len(seen) != 1 || seen[0].Header.Get("Authorization") != "Bearer "+injectedSecret {
 		t.Fatalf("upstream did not get the injected credential: %+v", seen)
+	}
+
+	// An upstream that switches protocols unasked would hand the sandbox
+	// raw bytes no scrubbing sees.
+	resp := g.get(t, inspector.header(), origin.url(hostAPI, "/v1/switch"))
+	body := readBody(t, resp)
+	if strings.Contains(body, injectedSecret) || strings.Contains(fmt.Sprint(resp.Header), injectedSecret) {
+		t.Errorf("the credential reached the client: %v %q", resp.Header, body)
+	}
+	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get("X-Egressgw-Error") != "upstream_unreachable" {
+		t.Errorf("unsolicited 101: status %d, error %q; want 502 upstream_unreachable", resp.StatusCode, resp.Header.Get("X-Egressgw-Error"))
 	}
 }
 

@@ -97,6 +97,10 @@ func (ex *exchange) upstreamFailed(err error) {
 		return
 	}
 	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
+	if errors.Is(err, errUnsolicitedUpgrade) {
+		ex.fail(policy.CodeUpstreamUnreachable, false, target+" answered 101 Switching Protocols to a request that asked for no such switch; the gateway does not relay it")
+		return
+	}
 	code, msg := classify(err, ex.tenantID(), target)
 	ex.fail(code, code == policy.CodeDestinationIPDenied || code == policy.CodeBadRequest, msg)
 	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", code, "error", err)

@@ -138,6 +138,9 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			writeError(w, ex)
 			return
 		}
+		// As on plain HTTP: the headers the client named hop-by-hop go
+		// before the hook runs, so none the hook adds can be named away.
+		removeHopByHop(r.Header, isUpgrade(r.Header))
 		if refused := ex.transformRequest(r); refused != nil {
 			ex.fail(refused.code, true, refused.message)
 			writeError(w, ex)
@@ -253,7 +256,9 @@ func (t *trailerScrubber) Read(p []byte) (int, error) {
 // decodeBody undoes a gzip Content-Encoding so the body can be read by
 // the gateway; an encoding it cannot decode fails closed.
 func decodeBody(resp *http.Response) error {
-	switch enc := strings.ToLower(resp.Header.Get("Content-Encoding")); enc {
+	// Every Content-Encoding line counts: "identity" then "gzip" is gzip.
+	enc := strings.ToLower(strings.Join(resp.Header.Values("Content-Encoding"), ","))
+	switch enc {
 	case "", "identity":
 		return nil
 	case "gzip", "x-gzip":
@@ -288,6 +293,11 @@ type countingWriter struct {
 }
 
 func (w *countingWriter) WriteHeader(status int) {
+	if status >= 100 && status < 200 && status != http.StatusSwitchingProtocols {
+		// An informational response (103 Early Hints) that ReverseProxy
+		// would pass on as it arrives, before any scrubbing: dropped.
+		return
+	}
 	if w.status == 0 {
 		w.status = status
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"net/textproto"
@@ -123,6 +124,12 @@ func (ex *exchange) forward(r *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if !sameUpgrade(r.Header, resp.Header) {
+			// Relayed, it would hand the sandbox raw bytes that no scrubbing,
+			// redaction or hook ever sees.
+			_ = resp.Body.Close()
+			return nil, errUnsolicitedUpgrade
+		}
 		return resp, nil // no body to transform: the connection changes hands
 	}
 	if err := ex.transformResponse(resp); err != nil {
@@ -297,6 +304,17 @@ func removeHopByHop(h http.Header, upgrade bool) {
 			delete(h, name)
 		}
 	}
+}
+
+// errUnsolicitedUpgrade is an upstream switching protocols when the client
+// asked for no such switch.
+var errUnsolicitedUpgrade = errors.New("the upstream switched protocols without being asked to")
+
+// sameUpgrade reports whether a 101 answers the upgrade the request asked
+// for: the request is an upgrade, and to the protocol the response names.
+func sameUpgrade(request, response http.Header) bool {
+	return isUpgrade(request) && isUpgrade(response) &&
+		strings.EqualFold(request.Get("Upgrade"), response.Get("Upgrade"))
 }
 
 func isUpgrade(h http.Header) bool {

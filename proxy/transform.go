@@ -53,9 +53,9 @@ func (h *hookRuntime) close() {
 // sees what the sandbox sent, then redaction scrubs what will leave.
 func (ex *exchange) transformRequest(r *http.Request) *refusal {
 	if c := ex.decision.Connector; c != nil && isUpgrade(r.Header) &&
-		(c.Scrubber != nil || c.Hooks != nil || (c.Redact != nil && len(c.Redact.Response) > 0)) {
+		(c.Scrubber != nil || c.Hooks != nil || c.Redact != nil) {
 		return &refusal{policy.CodeDestinationNotAllowed, fmt.Sprintf(
-			"connector %q scrubs, redacts or transforms responses, which an upgraded (WebSocket) connection would bypass; upgrades through it are refused", c.Name)}
+			"connector %q scrubs, redacts or transforms what it carries, which an upgraded (WebSocket) connection would bypass; upgrades through it are refused", c.Name)}
 	}
 	if refused := ex.requestHook(r); refused != nil {
 		return refused
