@@ -35,9 +35,11 @@ type Rule struct {
 	Ports   []uint16 // empty: 80 and 443 for an allow rule, every port for a deny rule
 	Methods []string // upper-case; empty: every method
 	// Paths are path prefixes ("/repos/"); empty: every path. A prefix
-	// matches the request path if strings.HasPrefix(path, prefix). The
-	// caller passes the path as the upstream will read it (dot segments
-	// removed, percent-encoding settled): no cleaning happens here.
+	// matches the request path if strings.HasPrefix(path, prefix); a deny
+	// rule's also ignoring case and path parameters (see
+	// denyMatchesAsServersRead). The caller refuses paths an upstream could
+	// read otherwise (dot or empty segments, needless percent-encoding:
+	// policy.CheckPath); no cleaning happens here.
 	Paths []string
 }
 
@@ -285,5 +287,38 @@ func (r *compiledRule) matchesPath(path string) bool {
 			return true
 		}
 	}
+	return r.action == Deny && r.denyMatchesAsServersRead(path)
+}
+
+// denyMatchesAsServersRead matches a deny rule's prefixes as servers that
+// ignore case or strip path parameters read the path, so that neither
+// "/Admin/users" nor "/admin;x=1/users" gets past a deny of "/admin/". A
+// deny reaching too far fails closed; an allow rule stays exact.
+func (r *compiledRule) denyMatchesAsServersRead(path string) bool {
+	if strings.IndexByte(path, ';') >= 0 {
+		path = StripPathParams(path)
+	}
+	for _, p := range r.paths {
+		if len(path) >= len(p) && strings.EqualFold(path[:len(p)], p) {
+			return true
+		}
+	}
 	return false
+}
+
+// StripPathParams removes the parameters of each path segment
+// ("/a;x=1/b;y" is "/a/b"), as some servers do before routing.
+func StripPathParams(path string) string {
+	var b strings.Builder
+	b.Grow(len(path))
+	for path != "" {
+		segment, rest, more := strings.Cut(path, "/")
+		segment, _, _ = strings.Cut(segment, ";")
+		b.WriteString(segment)
+		if more {
+			b.WriteByte('/')
+		}
+		path = rest
+	}
+	return b.String()
 }

@@ -220,6 +220,21 @@ func TestSetMatch(t *testing.T) {
 			want:  Result{Deny: -1, Allow: -1},
 		},
 		{
+			name: "deny path ignores case and path parameters",
+			rules: []Rule{
+				{Action: Deny, Hosts: patterns(t, "x.example.com"), Paths: []string{"/admin/"}},
+				{Hosts: patterns(t, "x.example.com")},
+			},
+			query: query{Host: "x.example.com", Port: 443, Method: "GET", Path: "/ADMIN;jsessionid=1/users"},
+			want:  Result{Deny: 0, Allow: 1},
+		},
+		{
+			name:  "allow path stays exact",
+			rules: []Rule{{Hosts: patterns(t, "x.example.com"), Paths: []string{"/v1/"}}},
+			query: query{Host: "x.example.com", Port: 443, Method: "GET", Path: "/V1;x/items"},
+			want:  Result{Deny: -1, Allow: -1},
+		},
+		{
 			name: "tunnel prefers unconditional deny",
 			rules: []Rule{
 				{Action: Deny, Hosts: patterns(t, "*.example.com"), Methods: []string{"DELETE"}},
@@ -386,6 +401,10 @@ func naiveMatch(rules []Rule, q Query) Result {
 		}
 		pathMatches := len(r.Paths) == 0 || q.Tunnel
 		for _, p := range r.Paths {
+			if r.Action == Deny {
+				loose := StripPathParams(q.Path)
+				pathMatches = pathMatches || strings.HasPrefix(strings.ToLower(loose), strings.ToLower(p))
+			}
 			pathMatches = pathMatches || strings.HasPrefix(q.Path, p)
 		}
 		if !hostMatches || !portMatches || !methodMatches || !pathMatches {
@@ -426,7 +445,7 @@ func TestSetMatchAgainstNaive(t *testing.T) {
 		"2001:db8::/32", "203.0.113.9",
 	}
 	methods := []string{"GET", "POST", "DELETE", "get"}
-	paths := []string{"/", "/repos/x", "/user", "/admin/x"}
+	paths := []string{"/", "/repos/x", "/user", "/admin/x", "/Admin/x", "/admin;v=1/x", "/REPOS;a/x"}
 	pick := func(pool []string, n int) []string {
 		out := make([]string, n)
 		for i := range out {
@@ -558,5 +577,21 @@ func BenchmarkMatchMiss10k(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		set.Match(q)
+	}
+}
+
+func TestStripPathParams(t *testing.T) {
+	for in, want := range map[string]string{
+		"/":                     "/",
+		"/a/b":                  "/a/b",
+		"/a;x=1/b;y":            "/a/b",
+		"/admin;jsessionid=9/u": "/admin/u",
+		"/..;/admin":            "/../admin",
+		";x/y":                  "/y",
+		"/a/;b":                 "/a/",
+	} {
+		if got := StripPathParams(in); got != want {
+			t.Errorf("StripPathParams(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

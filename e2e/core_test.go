@@ -166,7 +166,12 @@ func TestDestinationPolicy(t *testing.T) {
 			  - name: no-paste
 			    action: deny
 			    hosts: [%q]
-		`, hostPaste)),
+			  - name: no-admin
+			    action: deny
+			    hosts: [%q]
+			    ports: [%d]
+			    paths: ["/admin/"]
+		`, hostPaste, hostAPI, origin.port)),
 		"tenants/wild.yaml":   tenantYAML(wild, allowRule("wildcard", []string{"*." + hostApex}, origin.port)),
 		"tenants/pinned.yaml": tenantYAML(pinned, "connectors: [versioned@1]\n"),
 	})
@@ -207,6 +212,15 @@ func TestDestinationPolicy(t *testing.T) {
 	t.Run("dot segments cannot walk out of an allowed path", func(t *testing.T) {
 		for _, path := range []string{"/v1/../admin", "/v1/%2e%2e/admin", "/v1/..%2fadmin"} {
 			g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostReadOnly, path), http.StatusBadRequest, "bad_request", origin)
+		}
+	})
+	t.Run("a path deny holds however the path is written", func(t *testing.T) {
+		g.expectAllowedGET(t, acme, origin.url(hostAPI, "/administrators"))
+		for _, path := range []string{"/admin/users", "/ADMIN/users", "/Admin;jsessionid=1/users"} {
+			g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostAPI, path), http.StatusForbidden, notAllowed, origin)
+		}
+		for _, path := range []string{"/%61dmin/users", "//admin/users", "/x/..;/admin/users", "/%2Fadmin/users"} {
+			g.expectRefused(t, http.MethodGet, acme.header(), origin.url(hostAPI, path), http.StatusBadRequest, "bad_request", origin)
 		}
 	})
 	t.Run("tenant deny rule without ports beats an allowing connector on every port", func(t *testing.T) {

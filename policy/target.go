@@ -43,24 +43,71 @@ func SplitTarget(authority string, defaultPort uint16) (string, uint16, error) {
 }
 
 // CheckPath refuses a request path that an upstream could resolve to a
-// different path than the one matched: dot segments ("/v1/../admin"),
-// also percent-encoded or with backslash separators, which some servers
-// treat as "/". Such a path could slip past a paths prefix.
+// different path than the one matched, since such a path could slip past a
+// paths prefix (a deny rule's above all):
+//   - dot segments ("/v1/../admin"), also percent-encoded, with backslash
+//     separators, which some servers treat as "/", or with path parameters
+//     ("/..;/admin"), which some servers strip;
+//   - empty segments ("//admin"), which many servers merge;
+//   - percent-encoded characters that need no encoding ("/%61dmin"), which
+//     every server decodes.
 func CheckPath(escapedPath string) error {
+	if strings.Contains(escapedPath, "//") {
+		return fmt.Errorf("%w: the path has an empty segment (%q); send it without the doubled slash", ErrBadTarget, escapedPath)
+	}
 	if !strings.ContainsAny(escapedPath, ".%\\") {
-		return nil // no dot, escape or backslash: no dot segment, as written or decoded
+		return nil // no dot, escape or backslash: nothing more to resolve
+	}
+	if c, ok := encodedUnreserved(escapedPath); ok {
+		return fmt.Errorf("%w: the path percent-encodes %q, which needs no encoding (%q); send it as is", ErrBadTarget, string(rune(c)), escapedPath)
 	}
 	lower := strings.ToLower(escapedPath)
 	for _, sep := range []string{"%2f", "%5c", "\\"} {
 		lower = strings.ReplaceAll(lower, sep, "/")
 	}
+	if strings.Contains(lower, "//") {
+		return fmt.Errorf("%w: the path has an empty segment once its encoded or backslash separators are read as slashes (%q)", ErrBadTarget, escapedPath)
+	}
 	lower = strings.ReplaceAll(lower, "%2e", ".")
 	for _, segment := range strings.Split(lower, "/") {
+		segment, _, _ = strings.Cut(segment, ";")
 		if segment == "." || segment == ".." {
 			return fmt.Errorf("%w: the path has a dot segment (%q); send the resolved path", ErrBadTarget, escapedPath)
 		}
 	}
 	return nil
+}
+
+// encodedUnreserved finds a percent-encoded unreserved character (RFC 3986
+// §2.3: letters, digits, "-", "_", "~"; "." is a dot-segment matter).
+func encodedUnreserved(path string) (byte, bool) {
+	for i := strings.IndexByte(path, '%'); i >= 0 && i+2 < len(path); {
+		hi, lo := unhex(path[i+1]), unhex(path[i+2])
+		if hi < 16 && lo < 16 {
+			c := hi<<4 | lo
+			if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '~' {
+				return c, true
+			}
+		}
+		next := strings.IndexByte(path[i+1:], '%')
+		if next < 0 {
+			break
+		}
+		i += 1 + next
+	}
+	return 0, false
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10
+	}
+	return 255
 }
 
 // requestsForURL builds the requests a client makes for rawURL: for an http
