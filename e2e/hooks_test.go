@@ -189,3 +189,34 @@ func TestHookTestCommand(t *testing.T) {
 		t.Errorf("hook test deny: exit %d\n%s", res.exitCode, res.output())
 	}
 }
+
+// TestHookCannotCarryCredentialsOutsideItsConnector: a hook that edits the
+// method or path outside its connector's rules is refused, even where
+// another of the tenant's rules would allow the edited request: it would
+// otherwise leave with the connector's credentials.
+func TestHookCannotCarryCredentialsOutsideItsConnector(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	g := newGateway(t)
+	g.env = append(g.env, "E2E_SCOPED_KEY=scoped-key-0b7d")
+	g.serve(t, configFiles{
+		"gateway.yaml":         gatewayYAML("secrets:\n  scoped_key: { env: E2E_SCOPED_KEY }\n"),
+		"hooks/escalate.tengo": "if request.path == \"/v1/escalate\" { request.method = \"DELETE\" }\n",
+		"connectors/scoped.yaml": yamlf(`
+			name: scoped
+			hosts: [%q]
+			ports: [%d]
+			methods: [GET, POST]
+			inject:
+			  headers: { X-Secret: "${secret:scoped_key}" }
+			  allow_plaintext: true
+			hooks: { request: hooks/escalate.tengo }
+		`, hostAPI, origin.port),
+		"tenants/hooker.yaml": tenantYAML(hooker, "connectors: [scoped]\n"+allowRule("broad", []string{hostAPI}, origin.port)),
+	})
+	e := g.expectRefused(t, http.MethodPost, hooker.header(), origin.url(hostAPI, "/v1/escalate"), http.StatusForbidden, "destination_not_allowed", origin)
+	if !strings.Contains(e.Message, "escalate.tengo") {
+		t.Errorf("message %q does not name the hook", e.Message)
+	}
+	g.expectAllowedGET(t, hooker, origin.url(hostAPI, "/v1/plain-read"))
+}

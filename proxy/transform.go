@@ -144,6 +144,12 @@ func (ex *exchange) requestHook(r *http.Request) *refusal {
 		if !d.Allow {
 			return &refusal{policy.CodeDestinationNotAllowed, "after hook " + script.Name() + ": " + d.Reason}
 		}
+		if d.Connector != c {
+			// Another rule would allow the edit, but the request carries this
+			// connector's credentials, which cover only what it allows.
+			return &refusal{policy.CodeDestinationNotAllowed, fmt.Sprintf(
+				"after hook %s: %s %s is not among the methods and paths that connector %q allows", script.Name(), in.Method, in.Path, c.Name)}
+		}
 		if d.Report && !ex.decision.Report {
 			// Report mode lets the edited request through, as what enforce
 			// would deny: without credentials.
