@@ -324,6 +324,10 @@ func (r *Redis) Acquire(ctx context.Context, key string, max int) (Slot, error) 
 	id := r.owner + ":" + strconv.FormatUint(r.leaseSeq.Add(1), 36)
 	granted, err := r.acquireScript.Run(ctx, r.client, []string{setKey}, max, id, r.leaseTTL.Milliseconds()).Int()
 	if err != nil {
+		// The script may still run after this call gave up on it (a slow
+		// server, a cancelled request), leaving a lease nobody releases or
+		// refreshes that holds a slot until it expires: take it back.
+		go r.withdraw(setKey, id)
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return Slot{}, fmt.Errorf("quota: redis acquire %q: %w", key, ctxErr)
 		}
@@ -340,6 +344,28 @@ func (r *Redis) Acquire(ctx context.Context, key string, max int) (Slot, error) 
 	r.leases[l] = struct{}{}
 	r.mu.Unlock()
 	return Slot{Acquired: true, lease: l}, nil
+}
+
+// withdraw removes a lease that Acquire gave up on. Redis runs commands in
+// the order they arrive, so a removal sent after the acquire undoes it;
+// while Redis stays unreachable it tries again a few times, and failing
+// that the lease expires after LeaseTTL.
+func (r *Redis) withdraw(setKey, id string) {
+	wait := r.timeout
+	for range 4 {
+		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		err := r.client.ZRem(ctx, setKey, id).Err()
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-r.stop:
+			return
+		case <-time.After(wait):
+			wait *= 2
+		}
+	}
 }
 
 // InUse returns the number of key's slots held now by all replicas.

@@ -20,11 +20,12 @@ import (
 // redisServer is a real redis-server on a free loopback port, private to
 // one test, without persistence.
 type redisServer struct {
-	tb   testing.TB
-	bin  string
-	dir  string
-	port int
-	addr string
+	tb    testing.TB
+	bin   string
+	dir   string
+	port  int
+	addr  string
+	extra []string // more redis-server arguments
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -33,7 +34,7 @@ type redisServer struct {
 
 // startRedis starts a redis-server for tb and stops it at the end. It skips
 // only when the binary is not installed.
-func startRedis(tb testing.TB) *redisServer {
+func startRedis(tb testing.TB, extra ...string) *redisServer {
 	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -47,7 +48,7 @@ func startRedis(tb testing.TB) *redisServer {
 	if err := l.Close(); err != nil {
 		tb.Fatal(err)
 	}
-	s := &redisServer{tb: tb, bin: bin, dir: tb.TempDir(), port: port, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+	s := &redisServer{tb: tb, bin: bin, dir: tb.TempDir(), port: port, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), extra: extra}
 	s.start()
 	tb.Cleanup(s.stop)
 	return s
@@ -58,9 +59,9 @@ func (s *redisServer) start() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.out = &bytes.Buffer{}
-	s.cmd = exec.Command(s.bin,
+	s.cmd = exec.Command(s.bin, append([]string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir)
+		"--save", "", "--appendonly", "no", "--dir", s.dir}, s.extra...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {
 		s.tb.Fatalf("starting redis-server: %v", err)
@@ -437,4 +438,41 @@ func TestRedisUnavailable(t *testing.T) {
 		t.Fatalf("Acquire after recovery: %+v, %v", s, err)
 	}
 	s.Release()
+}
+
+// A slow Redis, not a down one: the acquire script times out on the
+// gateway's side but runs on Redis afterwards. The lease it adds must not
+// be left to hold a slot until it expires.
+func TestRedisSlowAcquireLeavesNoLease(t *testing.T) {
+	srv := startRedis(t, "--enable-debug-command", "yes")
+	r := newTestRedis(t, srv, RedisOptions{Prefix: uniquePrefix(t), Timeout: 100 * time.Millisecond, LeaseTTL: time.Minute, OnError: FailOpen})
+	ctx := context.Background()
+	// Load the script first, as a running gateway has: otherwise the
+	// stalled call is an EVALSHA that finds no script and adds nothing.
+	warm, err := r.Acquire(ctx, "acme", 2)
+	if err != nil || !warm.Acquired {
+		t.Fatalf("warm-up Acquire: %+v, %v", warm, err)
+	}
+	warm.Release()
+	stall := redis.NewClient(&redis.Options{Addr: srv.addr, DisableIdentity: true})
+	defer stall.Close()
+	slept := make(chan error, 1)
+	go func() { slept <- stall.Do(ctx, "DEBUG", "SLEEP", "0.8").Err() }()
+	time.Sleep(100 * time.Millisecond) // the sleep has begun: Redis answers nothing until it ends
+
+	s, err := r.Acquire(ctx, "acme", 2)
+	if err != nil || !s.Acquired || !s.FailedOpen {
+		t.Fatalf("Acquire against a stalled Redis: %+v, %v; want failed open", s, err)
+	}
+	s.Release()
+	if err := <-slept; err != nil {
+		t.Fatalf("DEBUG SLEEP: %v", err)
+	}
+	eventually(t, 5*time.Second, "no lease left once Redis answers again", func() bool {
+		n, err := r.InUse(ctx, "acme")
+		return err == nil && n == 0
+	})
+	if s, err := r.Acquire(ctx, "acme", 2); err != nil || !s.Acquired || s.FailedOpen {
+		t.Fatalf("Acquire after the stall: %+v, %v; want a real slot", s, err)
+	}
 }
