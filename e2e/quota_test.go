@@ -355,6 +355,36 @@ func TestQuotaBandwidth(t *testing.T) {
 		})
 	})
 
+	t.Run("download through an upgraded connection", func(t *testing.T) {
+		t.Parallel()
+		origin := startHTTPUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			conn, rw, ok := acceptUpgrade(w, time.Minute)
+			if !ok {
+				return
+			}
+			defer conn.Close()
+			io.Copy(rw, io.LimitReader(zeros{}, downloadSize))
+			rw.Flush()
+		}))
+		g := start(t, origin)
+		measureBandwidth(t, "download through a WebSocket-style upgrade", func() transfer {
+			conn := g.dial(t)
+			defer conn.Close()
+			fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+				origin.url(hostAPI, "/stream"), origin.authority(hostAPI), shaped.header())
+			br := bufio.NewReader(conn)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("upgrade: %v, %v; want 101", resp, err)
+			}
+			got, err := timedRead(br, nil)
+			if err != nil || got.bytes != downloadSize {
+				t.Fatalf("read %d bytes after the upgrade, %v; want %d", got.bytes, err, downloadSize)
+			}
+			return got
+		})
+	})
+
 	t.Run("concurrent downloads share the limit", func(t *testing.T) {
 		t.Parallel()
 		origin := startHTTPUpstream(t, "127.0.0.1", bulkHandler(nil))

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -223,16 +224,21 @@ func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) {
 	var lastActivity atomic.Int64 // unix nanoseconds of the last byte either way
 	lastActivity.Store(time.Now().UnixNano())
 	idle := ex.rt.dialer.idleTimeout
+	// Paced by the tenant's shapers, as a tunnel is, on a context of the
+	// relay's own: the request's ends with the handler.
+	egress, ingress := ex.shapers()
+	ctx, cancel := context.WithCancel(ex.gw.baseCtx)
 	toUpstream := make(chan struct{})
 	go func() {
 		defer close(toUpstream)
 		// What the client sent right behind its request is in buffered.
-		relayUpgraded(upstream, buffered, &ex.bytesUp, &lastActivity, idle)
+		relayUpgraded(upstream, egress.Reader(ctx, buffered), &ex.bytesUp, &lastActivity, idle)
 		_ = upstream.Close()
 	}()
-	relayUpgraded(client, upstream, &ex.bytesDown, &lastActivity, idle)
+	relayUpgraded(client, ingress.Reader(ctx, upstream), &ex.bytesDown, &lastActivity, idle)
 	_ = client.Close()
 	_ = upstream.Close()
+	cancel() // a direction waiting on its shaper stops waiting
 	<-toUpstream
 }
 
