@@ -33,6 +33,7 @@ type inspectFixture struct {
 	caPool  *x509.CertPool
 	badCert *httptest.Server // TLS with a certificate the gateway does not trust
 	victim  *upstream        // TLS on a denied address, behind an inspected connector
+	dir     string           // the config directory
 }
 
 // echoSecrets answers with the Authorization header it received, in a
@@ -92,6 +93,7 @@ func startInspectFixture(t *testing.T) *inspectFixture {
 	badPort := portOf(t, fx.badCert.Listener.Addr().String())
 
 	dir := t.TempDir()
+	fx.dir = dir
 	res := egressgw(t, "ca", "init", "--out", filepath.Join(dir, "ca"))
 	if res.exitCode != 0 {
 		t.Fatalf("ca init: exit %d\n%s", res.exitCode, res.stderr)
@@ -481,5 +483,56 @@ func TestInspectedBytesCountedOnce(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// TestCARotationAppliesOnReload: a new inspection CA saved over the old
+// one is used for the next tunnels within the reload window, no restart.
+func TestCARotationAppliesOnReload(t *testing.T) {
+	t.Parallel()
+	fx := startInspectFixture(t)
+	clientTrusting := func(caPEM []byte) *http.Client {
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(caPEM)
+		proxyURL, _ := url.Parse(fx.g.proxyURL(inspector))
+		return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL), TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}}
+	}
+	readFile := func(path string) []byte {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	target := fx.origin.url(hostAPI, "/v1/rotated")
+	oldCA := readFile(fx.caFile)
+	if _, err := clientTrusting(oldCA).Get(target); err != nil {
+		t.Fatalf("with the first CA: %v", err)
+	}
+
+	next := filepath.Join(t.TempDir(), "ca")
+	if res := egressgw(t, "ca", "init", "--out", next); res.exitCode != 0 {
+		t.Fatalf("ca init: exit %d\n%s", res.exitCode, res.stderr)
+	}
+	for _, name := range []string{"ca-key.pem", "ca.pem"} { // saved by rename, as tools do
+		staged := filepath.Join(fx.dir, "ca", name+".new")
+		if err := os.WriteFile(staged, readFile(filepath.Join(next, name)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(staged, filepath.Join(fx.dir, "ca", name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rotated := clientTrusting(readFile(filepath.Join(next, "ca.pem")))
+	eventually(t, scaled(reloadWindow+time.Second), func() error {
+		resp, err := rotated.Get(target)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	if _, err := clientTrusting(oldCA).Get(target); err == nil {
+		t.Error("a client trusting only the old CA still got through after the rotation")
 	}
 }

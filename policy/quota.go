@@ -56,6 +56,15 @@ func (b *builder) quotaBackend(doc *yamlDoc, f quotaBackendFile) QuotaBackend {
 	return q
 }
 
+// The bounds of a request rate: beyond them a limit means nothing a token
+// bucket can hold (a token a year, more requests than a gateway serves)
+// and arithmetic on it overflows.
+const (
+	minRequestsPerSecond = 0.001
+	maxRequestsPerSecond = 1_000_000
+	maxBurst             = 1_000_000_000
+)
+
 // rate validates a requests_per_second / burst pair; burst defaults to the
 // rate rounded up, so one second's worth can arrive at once.
 func (b *builder) rate(doc *yamlDoc, perSecond *float64, burst *int, path ...any) *Rate {
@@ -65,14 +74,15 @@ func (b *builder) rate(doc *yamlDoc, perSecond *float64, burst *int, path ...any
 		}
 		return nil
 	}
-	if *perSecond <= 0 || math.IsInf(*perSecond, 0) || math.IsNaN(*perSecond) {
-		b.errorf(doc, doc.line(append(path, "requests_per_second")...), "requests_per_second: must be greater than zero")
+	if !(*perSecond >= minRequestsPerSecond && *perSecond <= maxRequestsPerSecond) { // NaN too
+		b.errorf(doc, doc.line(append(path, "requests_per_second")...), "requests_per_second: %v is outside %g to %d",
+			*perSecond, minRequestsPerSecond, maxRequestsPerSecond)
 		return nil
 	}
 	r := &Rate{PerSecond: *perSecond, Burst: int(math.Ceil(*perSecond))}
 	if burst != nil {
-		if *burst < 1 {
-			b.errorf(doc, doc.line(append(path, "burst")...), "burst: must be 1 or more")
+		if *burst < 1 || *burst > maxBurst {
+			b.errorf(doc, doc.line(append(path, "burst")...), "burst: %d is outside 1 to %d", *burst, maxBurst)
 			return nil
 		}
 		r.Burst = *burst

@@ -335,6 +335,7 @@ func (r *reloader) warnRestartOnly(next policy.Gateway) {
 		"audit.output":              next.AuditOutput != prev.AuditOutput,
 		"metrics.max_tenant_labels": next.MaxTenantLabels != prev.MaxTenantLabels,
 		"quota (backend)":           next.Quota != prev.Quota,
+		"hooks.max_concurrent":      next.Hooks.MaxConcurrent != prev.Hooks.MaxConcurrent,
 	}
 	for key, differs := range changed {
 		if differs {
