@@ -487,6 +487,9 @@ func TestQuotaRedisBackend(t *testing.T) {
 		if v, _ := sumMetric(samples, "egressgw_quota_fail_open_total", map[string]string{"tenant": replicated.tenant}); v != 1 {
 			t.Errorf("egressgw_quota_fail_open_total{tenant=%q} is %v, want 1", replicated.tenant, v)
 		}
+		if log := failOpen.stderr.String(); !strings.Contains(log, "requests pass without a quota check") {
+			t.Errorf("no warning in the log that requests pass unchecked:\n%s", tail(log, 20))
+		}
 	})
 
 	redis.start(t)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync/atomic"
+	"time"
 
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
@@ -74,6 +76,7 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
 func (ex *exchange) quotaOutcome(failedOpen bool, err error) bool {
 	if failedOpen {
 		ex.gw.metrics.quotaFailedOpen(ex.tenant.ID)
+		ex.gw.failOpen.note(ex.gw, ex.id)
 	}
 	if err == nil {
 		return true
@@ -130,4 +133,25 @@ func (ex *exchange) shapers() (egress, ingress *quota.Shaper) {
 		}
 	})
 	return ex.egress, ex.ingress
+}
+
+// failOpenWarning says in the log, at most every failOpenWarnEvery, that
+// requests are let through without a quota check (quota.redis.on_error:
+// allow): the metric counts them, but an operator reads the log first.
+type failOpenWarning struct {
+	lastWarned atomic.Int64 // unix seconds
+	unwarned   atomic.Int64
+}
+
+const failOpenWarnEvery = 10 * time.Second
+
+func (w *failOpenWarning) note(g *Gateway, requestID string) {
+	n := w.unwarned.Add(1)
+	now, last := g.now().Unix(), w.lastWarned.Load()
+	if now-last < int64(failOpenWarnEvery/time.Second) || !w.lastWarned.CompareAndSwap(last, now) {
+		return
+	}
+	w.unwarned.Add(-n)
+	g.log.Warn("quota backend unreachable: requests pass without a quota check (quota.redis.on_error: allow)",
+		"request_id", requestID, "unchecked_since_last_warning", n)
 }

@@ -67,6 +67,8 @@ type Gateway struct {
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
 	draining   atomic.Bool
+	// failOpen paces the warning that requests pass a quota unchecked.
+	failOpen failOpenWarning
 }
 
 // runtimeState is everything derived from one policy generation that the
