@@ -61,7 +61,7 @@ func (b *builder) quotaBackend(doc *yamlDoc, f quotaBackendFile) QuotaBackend {
 // and arithmetic on it overflows.
 const (
 	minRequestsPerSecond = 0.001
-	maxRequestsPerSecond = 1_000_000
+	maxRequestsPerSecond = 1_000_000_000
 	maxBurst             = 1_000_000_000
 )
 
