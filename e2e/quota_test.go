@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -836,4 +837,63 @@ func redisPing(addr string) error {
 		return fmt.Errorf("redis answered PING with %q", line)
 	}
 	return nil
+}
+
+// TestReloadedBandwidthIsNotUndoneByOlderRequests: a request that began
+// under the old bandwidth limit does not set the tenant's shared shaper
+// back to it when its response arrives after a reload lowered the limit.
+func TestReloadedBandwidthIsNotUndoneByOlderRequests(t *testing.T) {
+	t.Parallel()
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	var releaseOnce sync.Once
+	releaseSlow := func() { releaseOnce.Do(func() { close(release) }) }
+	origin := startHTTPUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, greeting(r.URL.Path))
+	}))
+	t.Cleanup(releaseSlow)
+	tenant := func(ingressKiB int) string {
+		return tenantYAML(shaped, yamlf(`
+			quota:
+			  bandwidth: { ingress: %dKiB }
+		`, ingressKiB)+allowRule("api", []string{hostAPI}, origin.port))
+	}
+	g, dir := startReloadable(t, configFiles{"gateway.yaml": gatewayYAML(""), "tenants/shaped.yaml": tenant(1024)})
+	ingressLimit := func() int64 {
+		for _, b := range quotaUsageOf(t, g, shaped.tenant).Bandwidth {
+			if b.Direction == "ingress" {
+				return b.BytesPerSecond
+			}
+		}
+		return 0
+	}
+	g.expectAllowedGET(t, shaped, origin.url(hostAPI, "/first")) // the shaper exists
+	client := g.client(t, shaped)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := client.Get(origin.url(hostAPI, "/slow"))
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	<-arrived
+	writeFile(t, filepath.Join(dir, "tenants", "shaped.yaml"), tenant(64))
+	eventually(t, scaled(reloadWindow+time.Second), func() error {
+		if got := ingressLimit(); got != 64<<10 {
+			return fmt.Errorf("ingress limit %d, want %d after the reload", got, 64<<10)
+		}
+		return nil
+	})
+	releaseSlow()
+	if err := <-done; err != nil {
+		t.Fatalf("the older request: %v", err)
+	}
+	if got := ingressLimit(); got != 64<<10 {
+		t.Errorf("ingress limit %d after the older request finished, want the reloaded %d", got, 64<<10)
+	}
 }

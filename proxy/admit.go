@@ -122,6 +122,14 @@ func (ex *exchange) setAllowedHeaders(h http.Header) {
 func (ex *exchange) shapers() (egress, ingress *quota.Shaper) {
 	ex.shapersOnce.Do(func() {
 		q := ex.tenant.Quota
+		if rt := ex.gw.runtime.Load(); rt != ex.rt {
+			// A reload came since this exchange began: the shapers are the
+			// tenant's, shared with newer exchanges, so they take the live
+			// limit, never set back to an older one.
+			if live, ok := rt.live.Tenant(ex.tenant.ID); ok {
+				q = live.Quota
+			}
+		}
 		bw := ex.gw.bandwidth
 		// An unlimited direction needs no lookup at all: a shaper left
 		// from an earlier limit was already set unlimited by the reload.
