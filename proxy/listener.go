@@ -7,20 +7,27 @@ import (
 	"sync/atomic"
 )
 
-// limitListener closes connections accepted past max open ones. Unlike a
-// blocking limit it never lets a backlog of waiting clients build up: the
-// client over the limit learns at once.
+// limitListener holds at most max connections open. At the limit it first
+// closes the connection idle the longest between keep-alive requests, so
+// that clients parking idle connections cannot lock others out; with none
+// idle it closes the new one. Unlike a blocking limit it never lets a
+// backlog of waiting clients build up: the client over the limit learns at
+// once.
 type limitListener struct {
 	net.Listener
 	max       int64
 	open      atomic.Int64
 	log       *slog.Logger
 	refused   atomic.Int64
+	evicted   atomic.Int64
 	malformed func(client net.Addr, status int, detail string) []byte
+
+	mu    sync.Mutex
+	conns map[*countedConn]struct{}
 }
 
 func newLimitListener(ln net.Listener, max int, log *slog.Logger, malformed func(net.Addr, int, string) []byte) *limitListener {
-	return &limitListener{Listener: ln, max: int64(max), log: log, malformed: malformed}
+	return &limitListener{Listener: ln, max: int64(max), log: log, malformed: malformed, conns: map[*countedConn]struct{}{}}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -31,14 +38,55 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		if l.open.Add(1) > l.max {
 			l.open.Add(-1)
-			_ = c.Close()
-			if n := l.refused.Add(1); n == 1 || n%1000 == 0 {
-				l.log.Warn("connection refused: max_connections reached", "max_connections", l.max, "refused_so_far", n)
+			if !l.closeLongestIdle() {
+				_ = c.Close()
+				if n := l.refused.Add(1); n == 1 || n%1000 == 0 {
+					l.log.Warn("connection refused: max_connections reached", "max_connections", l.max, "refused_so_far", n)
+				}
+				continue
 			}
-			continue
+			// The closed one gave its slot back (Close runs forget), and
+			// only this loop takes slots.
+			l.open.Add(1)
 		}
-		return &countedConn{Conn: c, release: func() { l.open.Add(-1) }, malformed: l.malformed}, nil
+		cc := &countedConn{Conn: c, malformed: l.malformed}
+		cc.release = func() { l.forget(cc) }
+		l.mu.Lock()
+		l.conns[cc] = struct{}{}
+		l.mu.Unlock()
+		return cc, nil
 	}
+}
+
+// forget gives a closed connection's slot back.
+func (l *limitListener) forget(cc *countedConn) {
+	l.mu.Lock()
+	delete(l.conns, cc)
+	l.mu.Unlock()
+	l.open.Add(-1)
+}
+
+// closeLongestIdle closes the connection that has waited longest for its
+// next request, and reports whether there was one.
+func (l *limitListener) closeLongestIdle() bool {
+	l.mu.Lock()
+	var oldest *countedConn
+	var oldestSince int64
+	for cc := range l.conns {
+		if since := cc.idleSince.Load(); since != 0 && (oldest == nil || since < oldestSince) {
+			oldest, oldestSince = cc, since
+		}
+	}
+	l.mu.Unlock()
+	// A connection whose next request began meanwhile is left alone.
+	if oldest == nil || !oldest.idleSince.CompareAndSwap(oldestSince, 0) {
+		return false
+	}
+	_ = oldest.Close()
+	if n := l.evicted.Add(1); n == 1 || n%1000 == 0 {
+		l.log.Warn("max_connections reached: closing idle keep-alive connections to make room", "max_connections", l.max, "closed_so_far", n)
+	}
+	return true
 }
 
 // countedConn gives its slot back once, on the first Close, and replaces
@@ -50,8 +98,9 @@ type countedConn struct {
 	release func()
 
 	malformed func(client net.Addr, status int, detail string) []byte
-	handling  atomic.Bool // a handler runs: writes are its response
-	hijacked  atomic.Bool // a tunnel owns the connection
+	handling  atomic.Bool  // a handler runs: writes are its response
+	hijacked  atomic.Bool  // a tunnel owns the connection
+	idleSince atomic.Int64 // unix nanoseconds it began waiting for a request; 0 when busy
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {

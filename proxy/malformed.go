@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/egressgw/egressgw/policy"
 )
@@ -99,7 +100,8 @@ func markHandling(r *http.Request) {
 
 // connState is the server's ConnState hook: an idle connection waits for
 // its next request, so a reply written before a handler runs again is
-// net/http's; a hijacked one carries a tunnel's bytes from now on.
+// net/http's, and it may be closed to make room (limitListener); a
+// hijacked one carries a tunnel's bytes from now on.
 func connState(c net.Conn, state http.ConnState) {
 	cc, ok := c.(*countedConn)
 	if !ok {
@@ -108,7 +110,11 @@ func connState(c net.Conn, state http.ConnState) {
 	switch state {
 	case http.StateIdle:
 		cc.handling.Store(false)
+		cc.idleSince.Store(time.Now().UnixNano())
+	case http.StateActive:
+		cc.idleSince.Store(0)
 	case http.StateHijacked:
 		cc.hijacked.Store(true)
+		cc.idleSince.Store(0)
 	}
 }

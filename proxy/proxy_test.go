@@ -1,14 +1,17 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -211,3 +214,85 @@ func TestLimitListenerClosesConnectionsPastTheLimit(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// At max_connections, the connection idle the longest between keep-alive
+// requests is closed to make room; busy ones never are.
+func TestLimitListenerMakesRoomFromIdleConnections(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := newLimitListener(inner, 2, discardLogger(), nil)
+	hold := make(chan struct{})
+	srv := &http.Server{
+		ConnContext: connContext,
+		ConnState:   connState,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			markHandling(r)
+			if r.URL.Path == "/hold" {
+				<-hold
+			}
+			io.WriteString(w, "ok")
+		}),
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { close(hold); srv.Close() })
+
+	get := func(conn net.Conn, br *bufio.Reader, path string) error {
+		if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return err
+	}
+	dial := func() (net.Conn, *bufio.Reader) {
+		conn, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn, bufio.NewReader(conn)
+	}
+
+	idle, idleReader := dial()
+	if err := get(idle, idleReader, "/"); err != nil {
+		t.Fatal(err)
+	}
+	busy, _ := dial()
+	fmt.Fprintf(busy, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitUntil(t, func() bool { return ln.open.Load() == 2 })
+
+	third, thirdReader := dial()
+	if err := get(third, thirdReader, "/"); err != nil {
+		t.Fatalf("a new connection at the limit: %v; want the idle one closed for it", err)
+	}
+	_ = idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := idle.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the idle connection was not closed: %v", err)
+	}
+	// Now the third is idle and the held one busy: a fourth takes the
+	// third's place, never the busy one's.
+	fourth, fourthReader := dial()
+	if err := get(fourth, fourthReader, "/"); err != nil {
+		t.Fatalf("a fourth connection: %v", err)
+	}
+	if n := ln.evicted.Load(); n != 2 {
+		t.Errorf("%d idle connections closed, want 2", n)
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
