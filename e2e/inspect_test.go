@@ -388,12 +388,11 @@ func assertTrailerScrubbed(t *testing.T, client *http.Client, target string) {
 	}
 }
 
-// TestPlaintextInjectionScrubsResponses: a connector that opts into plain
-// HTTP gets its credential injected and scrubbed from every part of the
-// response, trailers included.
-func TestPlaintextInjectionScrubsResponses(t *testing.T) {
-	t.Parallel()
-	origin := startHTTPUpstream(t, "127.0.0.1", echoSecrets)
+// startInjectingGateway serves inspector a connector "api" on origin that
+// injects injectedSecret, not inspecting; extraInject adds to its inject
+// section ("allow_plaintext: true").
+func startInjectingGateway(t *testing.T, origin *upstream, extraInject string) *gateway {
+	t.Helper()
 	g := newGateway(t)
 	g.env = append(g.env, "E2E_API_TOKEN="+injectedSecret)
 	g.serve(t, configFiles{
@@ -404,10 +403,20 @@ func TestPlaintextInjectionScrubsResponses(t *testing.T) {
 			ports: [%d]
 			inject:
 			  headers: { Authorization: "Bearer ${secret:api_token}" }
-			  allow_plaintext: true
-		`, hostAPI, origin.port),
+			  %s
+		`, hostAPI, origin.port, extraInject),
 		"tenants/inspector.yaml": tenantYAML(inspector, "connectors: [api]\n"),
 	})
+	return g
+}
+
+// TestPlaintextInjectionScrubsResponses: a connector that opts into plain
+// HTTP gets its credential injected and scrubbed from every part of the
+// response, trailers included.
+func TestPlaintextInjectionScrubsResponses(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", echoSecrets)
+	g := startInjectingGateway(t, origin, "allow_plaintext: true")
 	assertTrailerScrubbed(t, g.client(t, inspector), origin.url(hostAPI, "/v1/trailer"))
 	seen := origin.requestsTo("/v1/trailer")
 	if len(seen) != 1 || seen[0].Header.Get("Authorization") != "Bearer "+injectedSecret {
@@ -431,19 +440,7 @@ func TestPlaintextInjectionScrubsResponses(t *testing.T) {
 func TestInjectingConnectorRefusesPlainHTTP(t *testing.T) {
 	t.Parallel()
 	origin := startHTTPUpstream(t, "127.0.0.1", nil)
-	g := newGateway(t)
-	g.env = append(g.env, "E2E_API_TOKEN="+injectedSecret)
-	g.serve(t, configFiles{
-		"gateway.yaml": gatewayYAML("secrets:\n  api_token: { env: E2E_API_TOKEN }\n"),
-		"connectors/api.yaml": yamlf(`
-			name: api
-			hosts: [%q]
-			ports: [%d]
-			inject:
-			  headers: { Authorization: "Bearer ${secret:api_token}" }
-		`, hostAPI, origin.port),
-		"tenants/inspector.yaml": tenantYAML(inspector, "connectors: [api]\n"),
-	})
+	g := startInjectingGateway(t, origin, "")
 	e := g.expectRefused(t, http.MethodGet, inspector.header(), origin.url(hostAPI, "/"), http.StatusForbidden, "destination_not_allowed", origin)
 	if !strings.Contains(e.Message, "plain HTTP") {
 		t.Errorf("message %q does not say why", e.Message)
