@@ -67,43 +67,59 @@ func TestServerErrorsReplacedHandlerResponsesNot(t *testing.T) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 
-	exchange := func(conn net.Conn, br *bufio.Reader, raw string) (int, string) {
+	exchange := func(c *rawConn, raw string) (int, string) {
 		t.Helper()
-		if _, err := io.WriteString(conn, raw); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(br, nil)
+		status, body, err := c.exchange(raw)
 		if err != nil {
 			t.Fatal(err)
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode, string(body)
+		return status, body
 	}
-	dial := func() (net.Conn, *bufio.Reader) {
-		conn, err := net.Dial("tcp", inner.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn, bufio.NewReader(conn)
-	}
+	addr := inner.Addr().String()
 
-	conn, br := dial()
-	if status, body := exchange(conn, br, "GET /refuse HTTP/1.1\r\nHost: x\r\n\r\n"); status != 400 || body != "the handler refuses\n" {
+	if status, body := exchange(dialRaw(t, addr), "GET /refuse HTTP/1.1\r\nHost: x\r\n\r\n"); status != 400 || body != "the handler refuses\n" {
 		t.Errorf("handler's error: %d %q, want it untouched", status, body)
 	}
-	conn, br = dial()
-	if _, body := exchange(conn, br, "GET / HTTP/1.1\r\n\r\n"); body != "replaced" {
+	if _, body := exchange(dialRaw(t, addr), "GET / HTTP/1.1\r\n\r\n"); body != "replaced" {
 		t.Errorf("missing Host on a fresh connection: %q, want the replacement", body)
 	}
-	conn, br = dial()
-	if _, body := exchange(conn, br, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); body != "fine" {
+	kept := dialRaw(t, addr)
+	if _, body := exchange(kept, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); body != "fine" {
 		t.Fatalf("kept-alive request: %q", body)
 	}
-	if _, body := exchange(conn, br, "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\nHost: x\r\n\r\n"); body != "replaced" {
+	if _, body := exchange(kept, "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\nHost: x\r\n\r\n"); body != "replaced" {
 		t.Errorf("conflicting Content-Length after a kept-alive request: %q, want the replacement", body)
 	}
+}
+
+// rawConn is a client connection for raw HTTP/1.1 exchanges.
+type rawConn struct {
+	net.Conn
+	reader *bufio.Reader
+}
+
+func dialRaw(t testing.TB, addr string) *rawConn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &rawConn{Conn: conn, reader: bufio.NewReader(conn)}
+}
+
+// exchange writes raw and reads the response to it, body and all.
+func (c *rawConn) exchange(raw string) (int, string, error) {
+	if _, err := io.WriteString(c, raw); err != nil {
+		return 0, "", err
+	}
+	resp, err := http.ReadResponse(c.reader, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(body), err
 }
 
 func FuzzParseServerError(f *testing.F) {

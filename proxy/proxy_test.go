@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -238,37 +237,21 @@ func TestLimitListenerMakesRoomFromIdleConnections(t *testing.T) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { close(hold); srv.Close() })
 
-	get := func(conn net.Conn, br *bufio.Reader, path string) error {
-		if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path); err != nil {
-			return err
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+	addr := inner.Addr().String()
+	get := func(c *rawConn, path string) error {
+		_, _, err := c.exchange("GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n")
 		return err
 	}
-	dial := func() (net.Conn, *bufio.Reader) {
-		conn, err := net.Dial("tcp", inner.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn, bufio.NewReader(conn)
-	}
 
-	idle, idleReader := dial()
-	if err := get(idle, idleReader, "/"); err != nil {
+	idle := dialRaw(t, addr)
+	if err := get(idle, "/"); err != nil {
 		t.Fatal(err)
 	}
-	busy, _ := dial()
+	busy := dialRaw(t, addr)
 	fmt.Fprintf(busy, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
 	waitUntil(t, func() bool { return ln.open.Load() == 2 })
 
-	third, thirdReader := dial()
-	if err := get(third, thirdReader, "/"); err != nil {
+	if err := get(dialRaw(t, addr), "/"); err != nil {
 		t.Fatalf("a new connection at the limit: %v; want the idle one closed for it", err)
 	}
 	_ = idle.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -277,8 +260,7 @@ func TestLimitListenerMakesRoomFromIdleConnections(t *testing.T) {
 	}
 	// Now the third is idle and the held one busy: a fourth takes the
 	// third's place, never the busy one's.
-	fourth, fourthReader := dial()
-	if err := get(fourth, fourthReader, "/"); err != nil {
+	if err := get(dialRaw(t, addr), "/"); err != nil {
 		t.Fatalf("a fourth connection: %v", err)
 	}
 	if n := ln.evicted.Load(); n != 2 {
