@@ -82,8 +82,7 @@ func (t *Tenant) Decide(r Request) Decision {
 	if res := t.set.Match(allowlist.Query{Host: r.Host, Port: r.Port, Tunnel: true}); res.Allow >= 0 {
 		rule := t.rules[res.Allow]
 		if c = rule.Connector; r.Tunnel && c != nil && c.NeedsInspection() && !c.Inspect {
-			return t.unreadable(r, rule.Name, fmt.Sprintf(
-				"connector %q injects credentials, runs hooks, redacts or restricts methods or paths, which an HTTPS tunnel hides; the connector needs inspect: true", rule.Name))
+			return t.needsInspect(r, rule.Name)
 		}
 	}
 	d.Allow, d.Report, d.Connector = true, true, c
@@ -124,8 +123,7 @@ func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
 		return t.unreadable(r, allow.Name, fmt.Sprintf(
 			"%s %q restricts methods or paths, which an HTTPS tunnel hides; %s", allow.Kind, allow.Name, tunnelAdvice(allow.Kind)))
 	case r.Tunnel && c != nil && c.NeedsInspection() && !c.Inspect:
-		return t.unreadable(r, allow.Name, fmt.Sprintf(
-			"connector %q injects credentials or runs hooks, which an HTTPS tunnel hides; the connector needs inspect: true", allow.Name))
+		return t.needsInspect(r, allow.Name)
 	case !r.Tunnel && !r.TLS && c != nil && len(c.Inject) > 0 && !c.AllowPlaintext:
 		return t.unreadable(r, allow.Name, fmt.Sprintf(
 			"connector %q injects credentials and is refused over plain HTTP so they never cross the network in clear text; use https://", allow.Name))
@@ -146,6 +144,13 @@ func (t *Tenant) unreadable(r Request, rule, why string) Decision {
 	d := t.deny(r, rule, why)
 	d.unreadable = true
 	return d
+}
+
+// needsInspect refuses a tunnel through a connector that must read what
+// it carries (Connector.NeedsInspection) but does not inspect.
+func (t *Tenant) needsInspect(r Request, connector string) Decision {
+	return t.unreadable(r, connector, fmt.Sprintf(
+		"connector %q injects credentials, runs hooks, redacts or restricts methods or paths, which an HTTPS tunnel hides; the connector needs inspect: true", connector))
 }
 
 func hostPort(host string, port uint16) string {
