@@ -130,17 +130,14 @@ func Watch(ctx context.Context, dir string, opts WatchOptions, reload func(reaso
 // the standard subdirectories need no stand-in, as dir is always watched.
 func watchedDirs(dir string, files []string) []string {
 	dir = filepath.Clean(dir)
-	dirs := []string{dir}
-	for _, sub := range []string{TenantsDir, ConnectorsDir, "hooks"} {
-		if isDir(filepath.Join(dir, sub)) {
-			dirs = append(dirs, filepath.Join(dir, sub))
+	var dirs []string
+	for i, d := range configDirs(dir) {
+		if i == 0 || isDir(d) {
+			dirs = append(dirs, d)
 		}
 	}
 	for _, f := range files {
-		if !filepath.IsAbs(f) {
-			f = filepath.Join(dir, filepath.FromSlash(f))
-		}
-		d := filepath.Dir(f)
+		d := filepath.Dir(referencedPath(dir, f))
 		for !isDir(d) && filepath.Dir(d) != d {
 			d = filepath.Dir(d)
 		}
@@ -159,15 +156,12 @@ type eventFilter struct {
 }
 
 func newEventFilter(dir string, files, ignore []string) eventFilter {
-	f := eventFilter{configDirs: map[string]bool{dir: true}, referenced: map[string]bool{}, ignore: map[string]bool{}}
-	for _, sub := range []string{TenantsDir, ConnectorsDir, "hooks"} {
-		f.configDirs[filepath.Join(dir, sub)] = true
+	f := eventFilter{configDirs: map[string]bool{}, referenced: map[string]bool{}, ignore: map[string]bool{}}
+	for _, d := range configDirs(dir) {
+		f.configDirs[d] = true
 	}
 	for _, name := range files {
-		if !filepath.IsAbs(name) {
-			name = filepath.Join(dir, filepath.FromSlash(name))
-		}
-		for p := filepath.Clean(name); !f.referenced[p]; p = filepath.Dir(p) {
+		for p := referencedPath(dir, name); !f.referenced[p]; p = filepath.Dir(p) {
 			f.referenced[p] = true
 		}
 	}
@@ -189,6 +183,21 @@ func (f eventFilter) counts(path string) bool {
 		return true
 	}
 	return strings.HasPrefix(filepath.Base(path), "..") // a ConfigMap-style swap
+}
+
+// configDirs lists the config directory dir first, then its policy
+// subdirectories, whether they exist or not.
+func configDirs(dir string) []string {
+	return []string{dir, filepath.Join(dir, TenantsDir), filepath.Join(dir, ConnectorsDir), filepath.Join(dir, "hooks")}
+}
+
+// referencedPath is where a file the config names lies: name relative to
+// dir, or absolute.
+func referencedPath(dir, name string) string {
+	if filepath.IsAbs(name) {
+		return filepath.Clean(name)
+	}
+	return filepath.Join(dir, filepath.FromSlash(name))
 }
 
 func isDir(path string) bool {
