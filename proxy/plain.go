@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/textproto"
 	"strings"
@@ -196,58 +197,46 @@ func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) {
 		writeError(w, ex)
 		return
 	}
-	defer client.Close()
-	// Registered like a tunnel, so that a reload can revoke it and
-	// shutdown close it.
-	g := ex.gw
-	t := &tunnel{ex: ex, client: client, upgraded: upstream}
-	if !g.tunnels.add(t) {
-		return
-	}
-	defer g.tunnels.remove(t)
-	if reason := g.reloadedMeanwhile(t); reason != "" {
-		ex.fail(policy.CodeDestinationNotAllowed, true, "the policy changed while the connection was upgrading: "+reason)
-		g.replyHijacked(ex, client)
-		return
-	}
-	defer func() {
-		if reason := t.revoked.Load(); reason != nil {
-			ex.fail(policy.CodeDestinationNotAllowed, true, "upgraded connection closed by a policy reload: "+*reason)
+	ex.gw.keepOpen(&tunnel{ex: ex, client: client, upgraded: upstream}, "upgraded connection", func() {
+		removeHopByHop(resp.Header, true)
+		ex.setAllowedHeaders(resp.Header)
+		resp.Body = nil // Write sends the status line and headers only
+		if err := resp.Write(buffered); err != nil || buffered.Flush() != nil {
+			return
 		}
-	}()
-	removeHopByHop(resp.Header, true)
-	ex.setAllowedHeaders(resp.Header)
-	resp.Body = nil // Write sends the status line and headers only
-	if err := resp.Write(buffered); err != nil || buffered.Flush() != nil {
-		return
-	}
+		ex.relayUpgraded(client, buffered, upstream)
+	})
+}
+
+// relayUpgraded relays an upgraded connection both ways until either side
+// ends, paced by the tenant's shapers as a tunnel is, on a context of the
+// relay's own: the request's ends with the handler. What the client sent
+// right behind its request is in buffered.
+func (ex *exchange) relayUpgraded(client net.Conn, buffered io.Reader, upstream io.ReadWriteCloser) {
 	var lastActivity atomic.Int64 // unix nanoseconds of the last byte either way
 	lastActivity.Store(time.Now().UnixNano())
 	idle := ex.rt.dialer.idleTimeout
-	// Paced by the tenant's shapers, as a tunnel is, on a context of the
-	// relay's own: the request's ends with the handler.
 	egress, ingress := ex.shapers()
 	ctx, cancel := context.WithCancel(ex.gw.baseCtx)
 	toUpstream := make(chan struct{})
 	go func() {
 		defer close(toUpstream)
-		// What the client sent right behind its request is in buffered.
-		relayUpgraded(upstream, egress.Reader(ctx, buffered), &ex.bytesUp, &lastActivity, idle)
+		copyUpgraded(upstream, egress.Reader(ctx, buffered), &ex.bytesUp, &lastActivity, idle)
 		_ = upstream.Close()
 	}()
-	relayUpgraded(client, ingress.Reader(ctx, upstream), &ex.bytesDown, &lastActivity, idle)
+	copyUpgraded(client, ingress.Reader(ctx, upstream), &ex.bytesDown, &lastActivity, idle)
 	_ = client.Close()
 	_ = upstream.Close()
 	cancel() // a direction waiting on its shaper stops waiting
 	<-toUpstream
 }
 
-// relayUpgraded copies one direction of an upgraded connection. The
+// copyUpgraded copies one direction of an upgraded connection. The
 // upstream's side carries the idle read deadline of every upstream
 // connection; a read it cuts short ends the relay only if neither
 // direction moved a byte for idle, so a stream where one side does all
 // the talking stays open.
-func relayUpgraded(dst io.Writer, src io.Reader, counter, lastActivity *atomic.Int64, idle time.Duration) {
+func copyUpgraded(dst io.Writer, src io.Reader, counter, lastActivity *atomic.Int64, idle time.Duration) {
 	buf := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(buf)
 	for {

@@ -80,10 +80,31 @@ func (g *Gateway) inspectedTunnel(ex *exchange, client net.Conn) {
 	g.runTunnel(&tunnel{ex: ex, client: client}, func(t *tunnel) { g.inspect(ex, t) })
 }
 
-// runTunnel registers an open tunnel (for revocation and shutdown) and
-// counts it, answers 200, runs serve until the tunnel ends, and records a
-// revocation in its audit line.
+// runTunnel counts an open tunnel, answers 200 and runs serve until the
+// tunnel ends, held open by keepOpen.
 func (g *Gateway) runTunnel(t *tunnel, serve func(*tunnel)) {
+	g.keepOpen(t, "tunnel", func() {
+		ex := t.ex
+		// Hold the gauge itself: if a reload removes the tenant and its
+		// series, the decrement must not bring the series back.
+		open := g.metrics.activeTunnels.WithLabelValues(g.metrics.tenantLabel(ex.tenantID()))
+		open.Inc()
+		defer open.Dec()
+
+		ex.status = http.StatusOK
+		if _, err := io.WriteString(t.client, connectEstablished(ex)); err != nil {
+			return
+		}
+		serve(t)
+	})
+}
+
+// keepOpen holds a tunnel or upgraded connection open while serve runs:
+// registered, so that a reload can revoke it and shutdown close it;
+// refused with the gateway's error if a reload came between its decision
+// and its registration; closed afterwards, with a revocation recorded in
+// its audit line. what names it in those messages.
+func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 	ex := t.ex
 	if !g.tunnels.add(t) {
 		t.close()
@@ -91,26 +112,15 @@ func (g *Gateway) runTunnel(t *tunnel, serve func(*tunnel)) {
 	}
 	defer g.tunnels.remove(t)
 	if reason := g.reloadedMeanwhile(t); reason != "" {
-		ex.fail(policy.CodeDestinationNotAllowed, true, "the policy changed while the tunnel was opening: "+reason)
+		ex.fail(policy.CodeDestinationNotAllowed, true, "the policy changed while the "+what+" was opening: "+reason)
 		g.replyHijacked(ex, t.client)
 		t.close()
 		return
 	}
-	// Hold the gauge itself: if a reload removes the tenant and its series,
-	// the decrement must not bring the series back.
-	open := g.metrics.activeTunnels.WithLabelValues(g.metrics.tenantLabel(ex.tenantID()))
-	open.Inc()
-	defer open.Dec()
-
-	ex.status = http.StatusOK
-	if _, err := io.WriteString(t.client, connectEstablished(ex)); err != nil {
-		t.close()
-		return
-	}
-	serve(t)
+	serve()
 	t.close()
 	if reason := t.revoked.Load(); reason != nil {
-		ex.fail(policy.CodeDestinationNotAllowed, true, "tunnel closed by a policy reload: "+*reason)
+		ex.fail(policy.CodeDestinationNotAllowed, true, what+" closed by a policy reload: "+*reason)
 	}
 }
 
