@@ -247,9 +247,22 @@ func TestLimitListenerMakesRoomFromIdleConnections(t *testing.T) {
 	if err := get(idle, "/"); err != nil {
 		t.Fatal(err)
 	}
+	// The server marks a connection idle after the client may already have
+	// read its response: wait for it, not for the read.
+	idleConns := func() int {
+		ln.mu.Lock()
+		defer ln.mu.Unlock()
+		n := 0
+		for cc := range ln.conns {
+			if cc.idleSince.Load() != 0 {
+				n++
+			}
+		}
+		return n
+	}
 	busy := dialRaw(t, addr)
 	fmt.Fprintf(busy, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-	waitUntil(t, func() bool { return ln.open.Load() == 2 })
+	waitUntil(t, func() bool { return ln.open.Load() == 2 && idleConns() == 1 })
 
 	if err := get(dialRaw(t, addr), "/"); err != nil {
 		t.Fatalf("a new connection at the limit: %v; want the idle one closed for it", err)
@@ -260,6 +273,7 @@ func TestLimitListenerMakesRoomFromIdleConnections(t *testing.T) {
 	}
 	// Now the third is idle and the held one busy: a fourth takes the
 	// third's place, never the busy one's.
+	waitUntil(t, func() bool { return idleConns() == 1 })
 	if err := get(dialRaw(t, addr), "/"); err != nil {
 		t.Fatalf("a fourth connection: %v", err)
 	}
