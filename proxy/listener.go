@@ -15,19 +15,18 @@ import (
 // once.
 type limitListener struct {
 	net.Listener
-	max       int64
-	open      atomic.Int64
+	max       int
 	log       *slog.Logger
 	refused   atomic.Int64
 	evicted   atomic.Int64
 	malformed func(client net.Addr, status int, detail string) []byte
 
 	mu    sync.Mutex
-	conns map[*countedConn]struct{}
+	conns map[*countedConn]struct{} // open: their number is what max bounds
 }
 
 func newLimitListener(ln net.Listener, max int, log *slog.Logger, malformed func(net.Addr, int, string) []byte) *limitListener {
-	return &limitListener{Listener: ln, max: int64(max), log: log, malformed: malformed, conns: map[*countedConn]struct{}{}}
+	return &limitListener{Listener: ln, max: max, log: log, malformed: malformed, conns: map[*countedConn]struct{}{}}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -36,18 +35,15 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.open.Add(1) > l.max {
-			l.open.Add(-1)
-			if !l.closeLongestIdle() {
-				_ = c.Close()
-				if n := l.refused.Add(1); n == 1 || n%1000 == 0 {
-					l.log.Warn("connection refused: max_connections reached", "max_connections", l.max, "refused_so_far", n)
-				}
-				continue
+		// At the limit the longest-idle connection makes room (its Close
+		// runs forget); only this loop adds connections, so none can take
+		// the room meanwhile.
+		if l.openConns() >= l.max && !l.closeLongestIdle() {
+			_ = c.Close()
+			if n := l.refused.Add(1); n == 1 || n%1000 == 0 {
+				l.log.Warn("connection refused: max_connections reached", "max_connections", l.max, "refused_so_far", n)
 			}
-			// The closed one gave its slot back (Close runs forget), and
-			// only this loop takes slots.
-			l.open.Add(1)
+			continue
 		}
 		cc := &countedConn{Conn: c, malformed: l.malformed}
 		cc.release = func() { l.forget(cc) }
@@ -58,12 +54,18 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	}
 }
 
+// openConns counts the connections accepted and not yet closed.
+func (l *limitListener) openConns() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
+}
+
 // forget gives a closed connection's slot back.
 func (l *limitListener) forget(cc *countedConn) {
 	l.mu.Lock()
 	delete(l.conns, cc)
 	l.mu.Unlock()
-	l.open.Add(-1)
 }
 
 // closeLongestIdle closes the connection that has waited longest for its

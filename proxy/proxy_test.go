@@ -207,7 +207,7 @@ func TestLimitListenerClosesConnectionsPastTheLimit(t *testing.T) {
 		t.Fatal("a freed slot was not reused")
 	}
 	second.Close()
-	if n := ln.open.Load(); n != 0 {
+	if n := ln.openConns(); n != 0 {
 		t.Errorf("open = %d after closing everything", n)
 	}
 }
@@ -262,7 +262,7 @@ func TestLimitListenerMakesRoomFromIdleConnections(t *testing.T) {
 	}
 	busy := dialRaw(t, addr)
 	fmt.Fprintf(busy, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-	waitUntil(t, func() bool { return ln.open.Load() == 2 && idleConns() == 1 })
+	waitUntil(t, func() bool { return ln.openConns() == 2 && idleConns() == 1 })
 
 	if err := get(dialRaw(t, addr), "/"); err != nil {
 		t.Fatalf("a new connection at the limit: %v; want the idle one closed for it", err)
