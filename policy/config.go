@@ -45,18 +45,22 @@ func (g *gatewayFile) reset(sections map[string]bool) {
 }
 
 type networkFile struct {
-	DenyCIDRs   []string  `yaml:"deny_cidrs"`
-	AllowCIDRs  []string  `yaml:"allow_cidrs"`
-	DNSServers  []string  `yaml:"dns_servers"`
-	DNSTimeout  *Duration `yaml:"dns_timeout"`
-	DialTimeout *Duration `yaml:"dial_timeout"`
+	DenyCIDRs             []string  `yaml:"deny_cidrs"`
+	AllowCIDRs            []string  `yaml:"allow_cidrs"`
+	DNSServers            []string  `yaml:"dns_servers"`
+	DNSTimeout            *Duration `yaml:"dns_timeout"`
+	DialTimeout           *Duration `yaml:"dial_timeout"`
+	ResponseHeaderTimeout *Duration `yaml:"response_header_timeout"`
 }
 
 type limitsFile struct {
-	MaxHeaderBytes *Size     `yaml:"max_header_bytes"`
-	IdleTimeout    *Duration `yaml:"idle_timeout"`
-	MaxConnections *int      `yaml:"max_connections"`
-	ShutdownGrace  *Duration `yaml:"shutdown_grace"`
+	MaxHeaderBytes       *Size     `yaml:"max_header_bytes"`
+	IdleTimeout          *Duration `yaml:"idle_timeout"`
+	MaxConnections       *int      `yaml:"max_connections"`
+	ShutdownGrace        *Duration `yaml:"shutdown_grace"`
+	RequestBodyTimeout   *Duration `yaml:"request_body_timeout"`
+	ResponseWriteTimeout *Duration `yaml:"response_write_timeout"`
+	MaxUnauthenticated   *int      `yaml:"max_unauthenticated"`
 }
 
 type tlsFile struct {

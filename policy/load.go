@@ -251,16 +251,24 @@ func (b *builder) gateway(files configFiles) {
 	g.DNSServers = gf.Network.DNSServers
 	g.DNSTimeout = durationOr(gf.Network.DNSTimeout, 2*time.Second)
 	g.DialTimeout = durationOr(gf.Network.DialTimeout, 5*time.Second)
+	g.ResponseHeaderTimeout = durationOr(gf.Network.ResponseHeaderTimeout, 30*time.Second)
 
 	g.MaxHeaderBytes = int(sizeOr(gf.Limits.MaxHeaderBytes, 64<<10))
 	g.IdleTimeout = durationOr(gf.Limits.IdleTimeout, 120*time.Second)
 	g.MaxConnections = intOr(gf.Limits.MaxConnections, 10000)
 	g.ShutdownGrace = durationOr(gf.Limits.ShutdownGrace, 20*time.Second)
+	g.RequestBodyTimeout = durationOr(gf.Limits.RequestBodyTimeout, 30*time.Second)
+	g.ResponseWriteTimeout = durationOr(gf.Limits.ResponseWriteTimeout, 60*time.Second)
+	g.MaxUnauthenticated = intOr(gf.Limits.MaxUnauthenticated, 1000)
 	b.positive(doc, g.MaxHeaderBytes, "limits", "max_header_bytes")
 	b.positive(doc, int(g.IdleTimeout), "limits", "idle_timeout")
 	b.positive(doc, g.MaxConnections, "limits", "max_connections")
+	b.positive(doc, int(g.RequestBodyTimeout), "limits", "request_body_timeout")
+	b.positive(doc, int(g.ResponseWriteTimeout), "limits", "response_write_timeout")
+	b.positive(doc, g.MaxUnauthenticated, "limits", "max_unauthenticated")
 	b.positive(doc, int(g.DNSTimeout), "network", "dns_timeout")
 	b.positive(doc, int(g.DialTimeout), "network", "dial_timeout")
+	b.positive(doc, int(g.ResponseHeaderTimeout), "network", "response_header_timeout")
 
 	g.UpstreamRoots = b.upstreamRoots(doc, gf.TLS.UpstreamRoots)
 

@@ -139,11 +139,21 @@ type Gateway struct {
 	DNSServers  []string
 	DNSTimeout  time.Duration
 	DialTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for an upstream's response
+	// head once the request is sent; a silent upstream gets 504.
+	ResponseHeaderTimeout time.Duration
 
 	MaxHeaderBytes int
 	IdleTimeout    time.Duration
 	MaxConnections int
 	ShutdownGrace  time.Duration
+	// RequestBodyTimeout is the longest pause while reading a request
+	// body; ResponseWriteTimeout the longest a client may leave a
+	// response unread; MaxUnauthenticated bounds the connections that
+	// have not completed an authenticated request (docs/reference.md).
+	RequestBodyTimeout   time.Duration
+	ResponseWriteTimeout time.Duration
+	MaxUnauthenticated   int
 
 	UpstreamRoots *x509.CertPool // nil: the system roots
 	// CA signs the leaf certificates of inspected tunnels; nil when
