@@ -24,6 +24,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"go.uber.org/goleak"
 	"time"
 
 	"github.com/egressgw/egressgw/internal/freeport"
@@ -45,6 +47,7 @@ func TestMain(m *testing.M) {
 }
 
 func runSuite(m *testing.M) int {
+	before := goleak.IgnoreCurrent()
 	workDir, err := os.MkdirTemp("", "egressgw-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -64,8 +67,18 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: starting test DNS server:", err)
 		return 1
 	}
-	defer testDNS.Close()
-	return m.Run()
+	code := m.Run()
+	testDNS.Close()
+	if code == 0 {
+		// The tests' own goroutines (upstreams, relays, clients) must be
+		// gone once every test has cleaned up; the gateway's are checked
+		// through its metrics where a test needs it (TestFaultSoak).
+		if err := goleak.Find(before); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: goroutines left behind:", err)
+			return 1
+		}
+	}
+	return code
 }
 
 // buildGateway compiles cmd/egressgw into dir. When the tests themselves run

@@ -56,6 +56,14 @@ func testGateway(tb testing.TB, snap *policy.Snapshot, audit io.Writer) *Gateway
 	if err != nil {
 		tb.Fatal(err)
 	}
+	tb.Cleanup(func() {
+		if g.draining.Load() {
+			return // the test shut it down itself
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		g.Shutdown(ctx) // stops the audit flusher and hook workers
+	})
 	g.Apply(snap)
 	return g
 }

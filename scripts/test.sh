@@ -50,6 +50,7 @@ fuzz ./proxy FuzzAuditLine 40000x
 fuzz ./proxy FuzzSameSecret 100000x
 fuzz ./proxy FuzzTimestamp 100000x
 fuzz ./proxy FuzzParseServerError 60000x
+fuzz ./proxy FuzzRawRequest 15000x
 fuzz ./internal/jsonstr FuzzAppend 500000x
 fuzz ./internal/jsonstr FuzzAppendFloat 600000x
 fuzz ./redaction FuzzRedactJSON 150000x

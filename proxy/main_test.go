@@ -1,0 +1,14 @@
+package proxy
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package's tests when they leave goroutines behind: a
+// tunnel relay, hook worker or timer that outlives its gateway is a leak
+// in production too, where gateways are rebuilt on every reload test.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
