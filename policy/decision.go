@@ -29,6 +29,11 @@ const (
 	CodeUpstreamTimeout       Code = "upstream_timeout"
 )
 
+// CodeTunnelSNIMismatch is audit-only (the client already had its 200):
+// an opaque tunnel closed because its TLS ClientHello asked for another
+// server than the CONNECT named, or could not be read.
+const CodeTunnelSNIMismatch Code = "tunnel_sni_mismatch"
+
 // Request is what the allowlist decides on. Host must already be normalised
 // (allowlist.NormalizeHost).
 type Request struct {

@@ -14,16 +14,15 @@ import (
 	"github.com/egressgw/egressgw/policy"
 )
 
-// ServeHTTP is the gateway's front door. CONNECT opens a tunnel: goproxy
-// parses it and hands the connection to onConnect. A request with an
-// absolute URL is a plain proxy request, which the gateway forwards itself
-// (servePlain), from the decision to the last byte. Anything else was
-// meant for a web server.
+// ServeHTTP is the gateway's front door. CONNECT opens a tunnel
+// (serveConnect). A request with an absolute URL is a plain proxy request,
+// which the gateway forwards itself (servePlain), from the decision to the
+// last byte. Anything else was meant for a web server.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	markHandling(r)
 	switch {
 	case r.Method == http.MethodConnect:
-		g.connect.ServeHTTP(w, r)
+		g.serveConnect(w, r)
 	case r.URL.IsAbs():
 		g.servePlain(w, r)
 	default:
