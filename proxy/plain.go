@@ -100,6 +100,9 @@ func (ex *exchange) admitPlain(r *http.Request) bool {
 		ex.fail(policy.CodeBadRequest, true, "the request is ambiguous: "+err.Error())
 		return false
 	}
+	// The policy decides an upgrade on its own terms: nothing after the
+	// 101 is read (docs/admins.md, upgrade: true).
+	ex.upgrade = isUpgrade(r.Header)
 	if !ex.target(r.URL.Host, defaultPort, path) || !ex.admit(r.Context(), true) {
 		return false
 	}
@@ -131,7 +134,6 @@ func (ex *exchange) forward(r *http.Request) (*http.Response, error) {
 			_ = resp.Body.Close()
 			return nil, errUnsolicitedUpgrade
 		}
-		return resp, nil // no body to transform: the connection changes hands
 	}
 	if err := ex.transformResponse(resp); err != nil {
 		_ = resp.Body.Close()
