@@ -231,3 +231,25 @@ func TestOpaqueTunnelServerNameMustMatch(t *testing.T) {
 		})
 	}
 }
+
+// TestTunnelServerSpeaksFirst: the first-bytes check waits for the client
+// without holding back the upstream, so a protocol where the server
+// speaks first (SSH, SMTP) works through a tunnel to a host name.
+func TestTunnelServerSpeaksFirst(t *testing.T) {
+	t.Parallel()
+	const banner = "SSH-2.0-egressgw-test\r\n"
+	server := startTCPServer(t, "127.0.0.1", func(c net.Conn) {
+		io.WriteString(c, banner)
+		echo(c)
+	})
+	g := startGateway(t, configFiles{
+		"gateway.yaml":      gatewayYAML(""),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("ssh", []string{hostAPI}, server.port)),
+	})
+	conn := g.tunnel(t, acme, server.authority(hostAPI))
+	got := make([]byte, len(banner))
+	if _, err := io.ReadFull(conn, got); err != nil || string(got) != banner {
+		t.Fatalf("the server's greeting before the client sent anything: %q, %v", got, err)
+	}
+	pingThroughTunnel(t, conn)
+}
