@@ -160,6 +160,7 @@ type ruleFile struct {
 	Ports   []int    `yaml:"ports"`
 	Methods []string `yaml:"methods"`
 	Paths   []string `yaml:"paths"`
+	Upgrade bool     `yaml:"upgrade"`
 }
 
 type connectorFile struct {
@@ -170,6 +171,7 @@ type connectorFile struct {
 	Methods []string            `yaml:"methods"`
 	Paths   []string            `yaml:"paths"`
 	Inspect bool                `yaml:"inspect"`
+	Upgrade bool                `yaml:"upgrade"`
 	Inject  *injectFile         `yaml:"inject"`
 	Hooks   *connectorHooksFile `yaml:"hooks"`
 	Redact  *redactRefsFile     `yaml:"redact"`

@@ -29,6 +29,11 @@ const (
 	CodeUpstreamTimeout       Code = "upstream_timeout"
 )
 
+// CodeTunnelSNIMismatch is audit-only (the client already had its 200):
+// an opaque tunnel closed because its TLS ClientHello asked for another
+// server than the CONNECT named, or could not be read.
+const CodeTunnelSNIMismatch Code = "tunnel_sni_mismatch"
+
 // Request is what the allowlist decides on. Host must already be normalised
 // (allowlist.NormalizeHost).
 type Request struct {
@@ -40,6 +45,9 @@ type Request struct {
 	// TLS marks a request read inside an inspected tunnel, as opposed to
 	// plain HTTP, where an injected secret would travel in clear text.
 	TLS bool
+	// Upgrade marks a request that asks to switch protocols (Connection:
+	// Upgrade): after a 101 the gateway reads nothing more of it.
+	Upgrade bool
 }
 
 // Decision is the allowlist's verdict on one request. The same value feeds
@@ -84,6 +92,10 @@ func (t *Tenant) Decide(r Request) Decision {
 		if c = rule.Connector; r.Tunnel && c != nil && c.NeedsInspection() && !c.Inspect {
 			return t.needsInspect(r, rule.Name)
 		}
+		// Its hooks and redaction still apply, and cannot after a 101.
+		if why := rule.upgradeRefusal(); r.Upgrade && c != nil && why != "" {
+			return t.unreadable(r, rule.Name, why)
+		}
 	}
 	d.Allow, d.Report, d.Connector = true, true, c
 	return d
@@ -127,8 +139,31 @@ func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
 	case !r.Tunnel && !r.TLS && c != nil && len(c.Inject) > 0 && !c.AllowPlaintext:
 		return t.unreadable(r, allow.Name, fmt.Sprintf(
 			"connector %q injects credentials and is refused over plain HTTP so they never cross the network in clear text; use https://", allow.Name))
+	case r.Upgrade && !r.Tunnel:
+		if d, refused := t.refuseUpgrade(r, allow); refused {
+			return d
+		}
 	}
 	return Decision{Allow: true, Code: CodeOK, Rule: allow.Name, Connector: c}
+}
+
+// refuseUpgrade returns the refusal of an Upgrade request r that allow
+// lets through, if it must be refused: after the 101 the gateway reads
+// nothing more, so neither the allowing rule's methods, paths and
+// transforms nor a deny rule's methods and paths on the same host could
+// apply, unless the rule concerned says upgrade: true.
+func (t *Tenant) refuseUpgrade(r Request, allow *Rule) (Decision, bool) {
+	if why := allow.upgradeRefusal(); why != "" {
+		return t.unreadable(r, allow.Name, why), true
+	}
+	if t.upgradeDenies != nil {
+		if res := t.upgradeDenies.Match(allowlist.Query{Host: r.Host, Port: r.Port, Tunnel: true}); res.Deny >= 0 {
+			rule := t.rules[t.upgradeDenyRules[res.Deny]]
+			return t.unreadable(r, rule.Name, fmt.Sprintf(
+				"rule %q denies some methods or paths on this host, which cannot be enforced on the bytes after a protocol switch (101); upgrades to this host are refused unless that rule sets upgrade: true", rule.Name)), true
+		}
+	}
+	return Decision{}, false
 }
 
 func (t *Tenant) deny(r Request, rule, why string) Decision {

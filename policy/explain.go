@@ -41,6 +41,9 @@ type Trace struct {
 	// Unchecked says what the gateway lets through without reading it: the
 	// method and path inside a tunnel that is not inspected.
 	Unchecked string `json:"unchecked,omitempty"`
+	// Upgrade says, for an allowed request, whether the same request with
+	// Connection: Upgrade (WebSocket, h2c) would be let through, and why.
+	Upgrade string `json:"upgrade,omitempty"`
 
 	Decision string `json:"decision"` // allow, deny or report
 	Code     Code   `json:"code"`
@@ -74,7 +77,9 @@ type RuleTrace struct {
 // Explain traces how the tenant's policy decides the one request r.
 func (t *Tenant) Explain(r Request) Trace {
 	tr := t.newTrace(r)
-	tr.finish(r, tr.step(t, r))
+	d := tr.step(t, r)
+	tr.finish(r, d)
+	tr.explainUpgrade(t, r, d)
 	return tr
 }
 
@@ -118,7 +123,27 @@ func (t *Tenant) ExplainURL(method, rawURL string) (Trace, error) {
 		d = tr.step(t, inner)
 	}
 	tr.finish(last, d)
+	tr.explainUpgrade(t, last, d)
 	return tr, nil
+}
+
+// explainUpgrade says whether an upgrade by the request r, which d
+// allowed, would pass too: Decide answers for the same request with
+// Upgrade set.
+func (tr *Trace) explainUpgrade(t *Tenant, r Request, d Decision) {
+	switch {
+	case !d.Allow || r.Upgrade:
+	case r.Tunnel:
+		tr.Upgrade = "not seen: the gateway reads nothing inside a tunnel it does not inspect"
+	default:
+		up := r
+		up.Upgrade = true
+		if u := t.Decide(up); u.Allow {
+			tr.Upgrade = "allowed: this request may switch protocols (WebSocket, h2c); nothing after the 101 is read"
+		} else {
+			tr.Upgrade = "refused: " + u.Reason
+		}
+	}
 }
 
 func (t *Tenant) newTrace(r Request) Trace {
@@ -292,6 +317,9 @@ func (tr Trace) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "redaction: %s\n", tr.Redact)
 	if tr.Unchecked != "" {
 		fmt.Fprintf(&b, "unchecked: %s\n", tr.Unchecked)
+	}
+	if tr.Upgrade != "" {
+		fmt.Fprintf(&b, "upgrade:  %s\n", tr.Upgrade)
 	}
 	fmt.Fprintf(&b, "decision: %s\n", outcome(tr.Decision, tr.Code, tr.Rule))
 	if tr.Reason != "" {

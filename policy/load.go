@@ -480,7 +480,7 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 	}
 	c := &Connector{
 		Name: cf.Name, Version: version, File: doc.file,
-		Inspect: cf.Inspect, Inject: inject, AllowPlaintext: allowPlaintext,
+		Inspect: cf.Inspect, Upgrade: cf.Upgrade, Inject: inject, AllowPlaintext: allowPlaintext,
 		Rate: rate, Hooks: connectorHooks, Redact: redact, rule: rule,
 	}
 	if secrets := c.SecretValues(); len(secrets) > 0 {
@@ -626,7 +626,7 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 			continue
 		}
 		used[c.Name] = true
-		t.rules = append(t.rules, Rule{Name: fmt.Sprintf("%s@%d", c.Name, c.Version), Kind: KindConnector, Match: c.rule, Connector: c})
+		t.rules = append(t.rules, Rule{Name: fmt.Sprintf("%s@%d", c.Name, c.Version), Kind: KindConnector, Match: c.rule, Connector: c, Upgrade: c.Upgrade})
 	}
 	names := map[string]bool{}
 	for i, rf := range tf.Rules {
@@ -647,7 +647,7 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 			b.errorf(doc, doc.line("rules", i, "action"), "action: want allow or deny, got %q", rf.Action)
 		}
 		m := b.matchRule(doc, action, rf.Hosts, rf.Ports, rf.Methods, rf.Paths, "rules", i)
-		t.rules = append(t.rules, Rule{Name: name, Kind: KindRule, Match: m})
+		t.rules = append(t.rules, Rule{Name: name, Kind: KindRule, Match: m, Upgrade: rf.Upgrade})
 		if action == allowlist.Allow && m.Conditional() && tunnelable(m) {
 			b.warnf(doc, doc.line("rules", i), "rule %q restricts methods or paths, which an HTTPS tunnel (CONNECT) hides and a tenant rule cannot inspect: tunnels to its hosts are refused; %s", name, moveToConnector)
 		}
@@ -663,7 +663,26 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 		matchRules[i] = r.Match
 	}
 	t.set = allowlist.NewSet(matchRules)
+	t.indexUpgradeDenies()
 	return t, true
+}
+
+// indexUpgradeDenies builds upgradeDenies: each deny rule that restricts
+// methods or paths and does not say upgrade: true, as a rule on its hosts
+// and ports alone, since after a protocol switch any method and path may
+// follow.
+func (t *Tenant) indexUpgradeDenies() {
+	var denies []allowlist.Rule
+	for i, r := range t.rules {
+		if r.Match.Action != allowlist.Deny || !r.Match.Conditional() || r.Upgrade {
+			continue
+		}
+		denies = append(denies, allowlist.Rule{Action: allowlist.Deny, Hosts: r.Match.Hosts, Ports: r.Match.Ports})
+		t.upgradeDenyRules = append(t.upgradeDenyRules, i)
+	}
+	if len(denies) > 0 {
+		t.upgradeDenies = allowlist.NewSet(denies)
+	}
 }
 
 // moveToConnector is what to do with a tenant rule whose methods or paths

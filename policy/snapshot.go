@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net/netip"
 	"slices"
 	"sort"
@@ -60,6 +61,12 @@ type Tenant struct {
 	hasToken  bool
 	rules     []Rule // connectors first, in the tenant's order, then the tenant's own rules
 	set       *allowlist.Set
+	// upgradeDenies holds, as host and port rules, the deny rules that
+	// restrict methods or paths and do not say upgrade: true; index i of a
+	// match is rules[upgradeDenyRules[i]]. A protocol switch to a host they
+	// cover is refused (see verdict).
+	upgradeDenies    *allowlist.Set
+	upgradeDenyRules []int
 }
 
 // RuleKind tells a connector from a tenant's own rule.
@@ -77,6 +84,27 @@ type Rule struct {
 	Kind      RuleKind
 	Match     allowlist.Rule
 	Connector *Connector // set for KindConnector
+	// Upgrade (upgrade: true) lets a protocol switch (WebSocket, h2c)
+	// through although the rule restricts methods or paths, or its
+	// connector runs hooks, injects or redacts: none of that applies to
+	// the bytes after a 101 (docs/admins.md).
+	Upgrade bool
+}
+
+// upgradeRefusal says why an Upgrade request that r allows must be
+// refused, or "" when r lets upgrades through: a rule with no method or
+// path restriction, whose connector (if any) transforms nothing, or one
+// that says upgrade: true.
+func (r *Rule) upgradeRefusal() string {
+	switch {
+	case r.Upgrade:
+		return ""
+	case r.Connector != nil && r.Connector.NeedsInspection():
+		return fmt.Sprintf("connector %q restricts methods or paths, runs hooks, injects credentials or redacts, none of which applies to the bytes after a protocol switch (101); upgrades through it are refused unless the connector sets upgrade: true", r.Connector.Name)
+	case r.Match.Conditional():
+		return fmt.Sprintf("%s %q restricts methods or paths, which cannot be enforced on the bytes after a protocol switch (101); upgrades through it are refused unless the rule sets upgrade: true", r.Kind, r.Name)
+	}
+	return ""
 }
 
 // Connector is one version of a connector definition.
@@ -87,6 +115,9 @@ type Connector struct {
 	// Inspect: tunnels to the connector are intercepted with the gateway's
 	// CA, so its methods, paths and injection apply inside them.
 	Inspect bool
+	// Upgrade (upgrade: true) lets protocol switches through although the
+	// connector needs to read what it carries (NeedsInspection).
+	Upgrade bool
 	// Inject holds headers set on every request the connector allows, with
 	// their secrets resolved; never logged, never shown to the sandbox.
 	Inject []InjectedHeader

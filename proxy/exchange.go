@@ -40,6 +40,9 @@ type exchange struct {
 	host   string
 	port   uint16
 	path   string
+	// upgrade marks a request that asks to switch protocols, which the
+	// policy decides on its own terms (policy.Request.Upgrade).
+	upgrade bool
 
 	tenant   *policy.Tenant
 	ts       *tenantState      // the tenant's keys and series in this generation
@@ -202,7 +205,7 @@ func (ex *exchange) recheck(snap *policy.Snapshot) string {
 	if tenant == nil {
 		return why
 	}
-	d := tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: ex.method, Path: ex.path, Tunnel: ex.tunnel})
+	d := tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: ex.method, Path: ex.path, Tunnel: ex.tunnel, Upgrade: ex.upgrade})
 	if !d.Allow {
 		return d.Reason
 	}
@@ -219,7 +222,7 @@ func (ex *exchange) target(authority string, defaultPort uint16, path string) bo
 	}
 	ex.host, ex.port, ex.path = host, port, path
 	ex.decision = ex.tenant.Decide(policy.Request{
-		Host: host, Port: port, Method: ex.method, Path: path, Tunnel: ex.tunnel,
+		Host: host, Port: port, Method: ex.method, Path: path, Tunnel: ex.tunnel, Upgrade: ex.upgrade,
 	})
 	if !ex.decision.Allow {
 		ex.fail(ex.decision.Code, true, ex.decision.Reason)

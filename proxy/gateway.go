@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/elazarl/goproxy"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/egressgw/egressgw/allowlist"
@@ -41,8 +39,7 @@ type Options struct {
 }
 
 // Gateway is the egress proxy: an HTTP proxy server whose every step
-// (identify, decide, dial, relay, account) is its own; goproxy parses
-// CONNECT and hands the connection over.
+// (identify, decide, dial, relay, account) is its own, CONNECT included.
 type Gateway struct {
 	log       *slog.Logger
 	audit     *auditLog
@@ -61,7 +58,6 @@ type Gateway struct {
 	runtime atomic.Pointer[runtimeState]
 	leaves  atomic.Pointer[leafCache] // nil without an inspection CA
 	tunnels *tunnelSet
-	connect *goproxy.ProxyHttpServer // CONNECT only
 	server  *http.Server
 
 	baseCtx    context.Context
@@ -111,7 +107,6 @@ func New(opts Options) (*Gateway, error) {
 		cancelBase: cancel,
 	}
 	g.metrics.setMaxTenants(opts.Settings.MaxTenantLabels)
-	g.connect = g.newConnectProxy()
 	g.server = &http.Server{
 		Handler: g,
 		// OPTIONS * is no proxy request: it gets the gateway's JSON
@@ -126,29 +121,6 @@ func New(opts Options) (*Gateway, error) {
 		ConnState:                    connState,
 	}
 	return g, nil
-}
-
-// newConnectProxy wires goproxy for CONNECT, so that nothing of its
-// defaults is left on the tunnel path: its transport and CONNECT dialer
-// would follow the process's own proxy variables and bypass the address
-// check, so they refuse to work, and every allowed tunnel is dialled and
-// relayed by the gateway itself (onConnect). Plain requests never reach it
-// (ServeHTTP).
-func (g *Gateway) newConnectProxy() *goproxy.ProxyHttpServer {
-	gp := goproxy.NewProxyHttpServer()
-	gp.Logger = log.New(io.Discard, "", 0)
-	refuse := errors.New("egressgw: dial outside the gateway's dialer")
-	gp.Tr = &http.Transport{
-		Proxy: nil,
-		DialContext: func(context.Context, string, string) (net.Conn, error) {
-			return nil, refuse
-		},
-	}
-	gp.ConnectDial = nil
-	gp.ConnectDialWithReq = func(*http.Request, string, string) (net.Conn, error) { return nil, refuse }
-	gp.NonproxyHandler = http.HandlerFunc(g.nonProxyHandler)
-	gp.OnRequest().HandleConnectFunc(g.onConnect)
-	return gp
 }
 
 // Apply publishes snap as the live policy. Requests already running keep

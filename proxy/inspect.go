@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/egressgw/egressgw/policy"
@@ -57,8 +58,20 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	// Requests inside that net/http cannot parse get the gateway's reply,
 	// as on the listener (malformed.go).
 	ln := newOneConnListener(&countedConn{Conn: tlsConn, malformed: g.malformedReply})
+	// ReverseProxy hijacks the connection for an upgrade (WebSocket, h2c)
+	// and relays it in the handler: the tunnel ends when that handler
+	// does, not when the connection changes hands.
+	var hijacked atomic.Bool
+	serveInner := g.innerHandler(ex)
 	inner := &http.Server{
-		Handler:           g.innerHandler(ex),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() {
+				if hijacked.Load() {
+					ln.Close()
+				}
+			}()
+			serveInner.ServeHTTP(w, r)
+		}),
 		MaxHeaderBytes:    g.settings.MaxHeaderBytes,
 		ReadHeaderTimeout: min(idle, 30*time.Second),
 		IdleTimeout:       idle,
@@ -67,8 +80,11 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 		ConnContext:       connContext,
 		ConnState: func(c net.Conn, state http.ConnState) {
 			connState(c, state)
-			if state == http.StateClosed || state == http.StateHijacked {
+			switch state {
+			case http.StateClosed:
 				ln.Close()
+			case http.StateHijacked:
+				hijacked.Store(true)
 			}
 		},
 	}
@@ -175,8 +191,8 @@ func (ex *exchange) innerTarget(r *http.Request, tunnelEx *exchange) bool {
 		ex.fail(policy.CodeBadRequest, true, "the request is ambiguous: "+err.Error())
 		return false
 	}
-	ex.host, ex.port, ex.path = host, port, path
-	ex.decision = ex.tenant.Decide(policy.Request{Host: host, Port: port, Method: r.Method, Path: path, TLS: true})
+	ex.host, ex.port, ex.path, ex.upgrade = host, port, path, isUpgrade(r.Header)
+	ex.decision = ex.tenant.Decide(policy.Request{Host: host, Port: port, Method: r.Method, Path: path, TLS: true, Upgrade: ex.upgrade})
 	if !ex.decision.Allow {
 		ex.fail(ex.decision.Code, true, ex.decision.Reason)
 		return false

@@ -14,16 +14,15 @@ import (
 	"github.com/egressgw/egressgw/policy"
 )
 
-// ServeHTTP is the gateway's front door. CONNECT opens a tunnel: goproxy
-// parses it and hands the connection to onConnect. A request with an
-// absolute URL is a plain proxy request, which the gateway forwards itself
-// (servePlain), from the decision to the last byte. Anything else was
-// meant for a web server.
+// ServeHTTP is the gateway's front door. CONNECT opens a tunnel
+// (serveConnect). A request with an absolute URL is a plain proxy request,
+// which the gateway forwards itself (servePlain), from the decision to the
+// last byte. Anything else was meant for a web server.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	markHandling(r)
 	switch {
 	case r.Method == http.MethodConnect:
-		g.connect.ServeHTTP(w, r)
+		g.serveConnect(w, r)
 	case r.URL.IsAbs():
 		g.servePlain(w, r)
 	default:
@@ -101,6 +100,9 @@ func (ex *exchange) admitPlain(r *http.Request) bool {
 		ex.fail(policy.CodeBadRequest, true, "the request is ambiguous: "+err.Error())
 		return false
 	}
+	// The policy decides an upgrade on its own terms: nothing after the
+	// 101 is read (docs/admins.md, upgrade: true).
+	ex.upgrade = isUpgrade(r.Header)
 	if !ex.target(r.URL.Host, defaultPort, path) || !ex.admit(r.Context(), true) {
 		return false
 	}
@@ -132,7 +134,6 @@ func (ex *exchange) forward(r *http.Request) (*http.Response, error) {
 			_ = resp.Body.Close()
 			return nil, errUnsolicitedUpgrade
 		}
-		return resp, nil // no body to transform: the connection changes hands
 	}
 	if err := ex.transformResponse(resp); err != nil {
 		_ = resp.Body.Close()

@@ -52,11 +52,6 @@ func (h *hookRuntime) close() {
 // transformRequest is the request side of the transform step: the hook
 // sees what the sandbox sent, then redaction scrubs what will leave.
 func (ex *exchange) transformRequest(r *http.Request) *refusal {
-	if c := ex.decision.Connector; c != nil && isUpgrade(r.Header) &&
-		(c.Scrubber != nil || c.Hooks != nil || c.Redact != nil) {
-		return &refusal{policy.CodeDestinationNotAllowed, fmt.Sprintf(
-			"connector %q scrubs, redacts or transforms what it carries, which an upgraded (WebSocket) connection would bypass; upgrades through it are refused", c.Name)}
-	}
 	if refused := ex.requestHook(r); refused != nil {
 		return refused
 	}
@@ -287,6 +282,14 @@ func (ex *exchange) inject(h http.Header) {
 // secrets scrubbed first, so neither redaction nor the response hook ever
 // sees them, then the connector's response redaction, then the hook.
 func (ex *exchange) transformResponse(resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// Only the head is still HTTP: the policy let the switch through
+		// (upgrade: true), and the connection changes hands after it.
+		if c := ex.decision.Connector; c != nil && c.Scrubber != nil {
+			c.Scrubber.Headers(resp.Header)
+		}
+		return nil
+	}
 	if err := scrubResponse(resp, ex.decision.Connector); err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -14,36 +15,54 @@ import (
 
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
-	"github.com/elazarl/goproxy"
 )
 
-// onConnect is the request path for CONNECT: identify, decide, and either
-// reject with the JSON error or take the connection over as a tunnel.
-func (g *Gateway) onConnect(authority string, pctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
-	r := pctx.Req
+// serveConnect is the request path for CONNECT: identify, decide, and
+// either refuse with the JSON error or take the connection over as a
+// tunnel. The gateway takes the connection from the HTTP server itself:
+// what the client sent right behind its CONNECT head is already in the
+// server's read buffer, and goes first into the tunnel, never dropped.
+func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	ex := g.begin(r, true)
 	ex.scheme = "tunnel"
-	if !ex.identify(r) || !ex.target(authority, 0, "") || !ex.admit(r.Context(), true) {
-		pctx.Resp = errorResponse(ex, r)
-		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, authority
+	admitted := ex.identify(r) && ex.target(r.URL.Host, 0, "") && ex.admit(r.Context(), true)
+	client, buffered, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		// Not on the gateway's HTTP/1 listener; nothing to tunnel with.
+		if admitted {
+			ex.fail(policy.CodeBadRequest, true, "a tunnel needs an HTTP/1.1 CONNECT")
+		}
+		writeError(w, ex)
+		ex.finish()
+		return
 	}
-	return &goproxy.ConnectAction{
-		Action: goproxy.ConnectHijack,
-		// The tunnel runs in a goroutine of its own so that the HTTP
-		// server's connection goroutine returns at once, and with it its
-		// read and write buffers and its deep stack: an idle tunnel then
-		// costs little more than its two relay goroutines.
-		Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) { go g.tunnel(ex, client) },
-	}, authority
+	if !admitted {
+		g.replyHijacked(ex, client)
+		ex.finish()
+		return
+	}
+	var early []byte
+	if n := buffered.Reader.Buffered(); n > 0 {
+		peeked, _ := buffered.Reader.Peek(n)
+		early = bytes.Clone(peeked) // the server's buffer is not kept
+	}
+	// The tunnel runs in a goroutine of its own so that the HTTP server's
+	// connection goroutine returns at once, and with it its deep stack: an
+	// idle tunnel then costs little more than its two relay goroutines.
+	go g.tunnel(ex, client, early)
 }
 
 // tunnel dials the destination through the safe dialer and relays bytes
-// until either side is done or the tunnel has been idle for idle_timeout.
-// The gateway owns the relay, rather than goproxy, so that every tunnel is
-// counted, bounded in idleness and closable on shutdown.
-func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
+// until either side is done or the tunnel has been idle for idle_timeout;
+// early is what the client sent behind its CONNECT head. The gateway owns
+// the relay so that every tunnel is counted, bounded in idleness and
+// closable on shutdown.
+func (g *Gateway) tunnel(ex *exchange, client net.Conn, early []byte) {
 	defer ex.finish()
 	if c := ex.decision.Connector; c != nil && c.Inspect {
+		if len(early) > 0 {
+			client = &earlyConn{Conn: client, early: early}
+		}
 		g.inspectedTunnel(ex, client)
 		return
 	}
@@ -55,13 +74,38 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn) {
 		g.replyHijacked(ex, client)
 		return
 	}
-	t := &tunnel{ex: ex, client: client, upstream: upstream}
+	t := &tunnel{ex: ex, client: client, upstream: upstream, early: early}
 	if addr, ok := upstream.RemoteAddr().(*net.TCPAddr); ok {
 		t.dialled = addr.AddrPort()
 	}
 	g.runTunnel(t, func(t *tunnel) {
 		t.relay(g.baseCtx, ex.rt.dialer.idleTimeout)
 	})
+}
+
+// earlyConn reads early before the connection itself: the bytes the HTTP
+// server had read past a CONNECT head. It hides the connection underneath
+// (no NetConn), so that nothing reads around early.
+type earlyConn struct {
+	net.Conn
+	early []byte
+}
+
+func (c *earlyConn) Read(p []byte) (int, error) {
+	if len(c.early) > 0 {
+		n := copy(p, c.early)
+		c.early = c.early[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite keeps half-close working through the wrapper.
+func (c *earlyConn) CloseWrite() error {
+	if hc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return hc.CloseWrite()
+	}
+	return nil
 }
 
 // replyHijacked sends ex's error on a connection taken over from the HTTP
@@ -155,6 +199,7 @@ type tunnel struct {
 	ex           *exchange
 	client       net.Conn
 	upstream     net.Conn
+	early        []byte         // what an opaque tunnel's client sent behind its CONNECT head
 	upgraded     io.Closer      // the upstream of an upgraded plain request
 	dialled      netip.AddrPort // the address reached, when the gateway dialled it
 	lastActivity atomic.Int64   // unix nanoseconds of the last byte in either direction
@@ -196,7 +241,9 @@ func (t *tunnel) relay(parent context.Context, idle time.Duration) {
 	upstreamDone := make(chan struct{})
 	go func() {
 		defer close(upstreamDone)
-		t.copyDirection(ctx, t.upstream, t.client, egress, &t.ex.bytesUp, idle)
+		if t.sendFirstBytes(ctx, egress, idle) {
+			t.copyDirection(ctx, t.upstream, t.client, egress, &t.ex.bytesUp, idle)
+		}
 	}()
 	t.copyDirection(ctx, t.client, t.upstream, ingress, &t.ex.bytesDown, idle)
 	<-upstreamDone
