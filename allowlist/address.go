@@ -180,7 +180,8 @@ func (p *AddressPolicy) isListener(addr netip.Addr, port uint16) bool {
 type AddressError struct {
 	Addr netip.AddrPort // as given to Check
 	// Reason names the rule that refused the address, such as "in
-	// special-purpose range 127.0.0.0/8", "operator deny_cidrs
+	// special-purpose range 127.0.0.0/8, loopback (RFC 1122)", "outside
+	// IPv6 global unicast 2000::/3 ...", "operator deny_cidrs
 	// 10.1.0.0/16", "address of the gateway host" or "the gateway's own
 	// listener".
 	Reason string
