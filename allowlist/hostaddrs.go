@@ -9,7 +9,8 @@ import (
 
 // HostAddrsRefresh is how often a running gateway lists its host's
 // addresses again: an address that an interface gains (DHCP, a new
-// container network, a VPN) is refused within this time.
+// container network, a VPN) is refused within this time at the latest,
+// and at once where the kernel announces the change (see Run).
 const HostAddrsRefresh = 30 * time.Second
 
 // HostAddrs is the set of the gateway host's own addresses that an
@@ -64,19 +65,22 @@ func (h *HostAddrs) store(addrs []netip.Addr) {
 	h.set.Store(&set)
 }
 
-// Run calls Refresh every interval until ctx is done, passing each
-// failure to onError (which may be nil).
+// Run calls Refresh every interval, and as soon as the kernel announces an
+// address change where it can (rtnetlink on Linux), until ctx is done,
+// passing each failure to onError (which may be nil).
 func (h *HostAddrs) Run(ctx context.Context, interval time.Duration, onError func(error)) {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
+	changes := addressChanges(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
-			if err := h.Refresh(); err != nil && onError != nil {
-				onError(err)
-			}
+		case <-changes:
+		}
+		if err := h.Refresh(); err != nil && onError != nil {
+			onError(err)
 		}
 	}
 }

@@ -63,7 +63,7 @@ var specialTargets = []string{
 // namespace cannot be made.
 func TestAdversarialAddresses(t *testing.T) {
 	t.Parallel()
-	const canaryPort = 8080
+	const canaryPort, probePort = 8080, 8081
 	gwNS, netNS := newNetns(t, "egwadr-gw-"), newNetns(t, "egwadr-net-")
 	linkNamespaces(t, gwNS, netNS, specialTargets)
 
@@ -106,7 +106,7 @@ func TestAdversarialAddresses(t *testing.T) {
 			network:
 			  dns_servers: [%q]
 		`, dns.Addr()),
-		"tenants/acme.yaml": tenantYAML(acme, allowRule("everything", []string{"0.0.0.0/0", "::/0", "*.special.test"}, canaryPort)),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("everything", []string{"0.0.0.0/0", "::/0", "*.special.test"}, canaryPort, probePort)),
 	})
 
 	authority := func(host string) string { return net.JoinHostPort(host, strconv.Itoa(canaryPort)) }
@@ -146,6 +146,35 @@ func TestAdversarialAddresses(t *testing.T) {
 			refused(t, http.MethodGet, "http://"+host+":"+strconv.Itoa(canaryPort)+"/", http.StatusBadRequest, "bad_request")
 			refused(t, http.MethodConnect, authority(host), http.StatusBadRequest, "bad_request")
 		}
+	})
+	t.Run("an address the gateway host gains is refused", func(t *testing.T) {
+		// An ordinary address, in no special range, appears on the
+		// gateway's host after it started: from then on it is the
+		// gateway's own. Nothing listens on probePort, so until the
+		// gateway has listed it again a probe fails to connect (502) and
+		// reaches nothing; the wait is far below the 30 s periodic
+		// refresh, so this passes because the gateway heard of the change.
+		const gained = "93.184.215.99"
+		local := startCanary(t, client, canaryPort)
+		if res := run(t, nil, "", "ip", "-n", gwNS, "addr", "add", gained+"/32", "dev", "lo"); res.exitCode != 0 {
+			t.Fatalf("ip addr add: %s", res.output())
+		}
+		probe := "http://" + gained + ":" + strconv.Itoa(probePort) + "/"
+		eventually(t, 10*time.Second, func() error {
+			raw := "GET " + probe + " HTTP/1.1\r\nHost: " + hostOfURL(probe) + "\r\nProxy-Authorization: " + acme.header() + "\r\nConnection: close\r\n\r\n"
+			resp, err := client.exchange(g.proxyAddr, http.MethodGet, raw)
+			if err != nil {
+				return err
+			}
+			if code := resp.Header.Get("X-Egressgw-Error"); code != "destination_ip_denied" {
+				return fmt.Errorf("%s: status %d %s; the gateway does not yet refuse its new address", probe, resp.StatusCode, code)
+			}
+			return nil
+		})
+		before := snapshotReach(local)
+		refused(t, http.MethodGet, "http://"+gained+":"+strconv.Itoa(canaryPort)+"/", http.StatusForbidden, "destination_ip_denied")
+		refused(t, http.MethodConnect, authority(gained), http.StatusForbidden, "destination_ip_denied")
+		before.assertUnchanged(t)
 	})
 	if canary.reached() != int64(len(specialTargets)) {
 		t.Errorf("the canary was reached %d times; want only the %d direct checks", canary.reached(), len(specialTargets))
