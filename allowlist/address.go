@@ -12,11 +12,17 @@ type AddressConfig struct {
 	// Allow.
 	Deny []netip.Prefix
 	// Allow is the operator's network.allow_cidrs: exceptions to the
-	// built-in ranges and to Local.
+	// built-in table and to Local. A prefix opens exactly the addresses it
+	// contains: an IPv4 prefix never opens an IPv6 address that embeds
+	// one of its addresses (other than the IPv4-mapped ::ffff:a.b.c.d,
+	// which is that IPv4 address), and an IPv6 address outside 2000::/3
+	// is opened only by an IPv6 prefix that contains it.
 	Allow []netip.Prefix
-	// Local holds the addresses of the gateway host's own interfaces
-	// (see LocalAddrs): denied unless in Allow.
-	Local []netip.Addr
+	// Local holds the addresses of the gateway host's own interfaces,
+	// denied unless in Allow. It is read on every Check, so a HostAddrs
+	// that is refreshed takes effect without a new AddressPolicy. Nil
+	// means none.
+	Local *HostAddrs
 	// Listeners are the gateway's own listeners: never allowed, not even via
 	// Allow. A listener on an unspecified address (0.0.0.0 or ::) with port P
 	// blocks every Local address, every loopback address and the unspecified
@@ -24,18 +30,21 @@ type AddressConfig struct {
 	Listeners []netip.AddrPort
 }
 
-// AddressPolicy decides whether the gateway may dial an address (SPEC §4,
-// network safety). It is immutable and safe for concurrent use.
+// AddressPolicy decides whether the gateway may dial an address (network
+// safety, see docs/admins.md). It is immutable, apart from the host's own
+// addresses it reads from its HostAddrs, and safe for concurrent use.
 //
 // IPv4-mapped IPv6 addresses are read as the IPv4 address they hold, on both
 // sides: a prefix of Deny or Allow written as ::ffff:a.b.c.d/n with n >= 96 is
 // the IPv4 prefix a.b.c.d/(n-96), and the address ::ffff:127.0.0.1 is checked
-// as 127.0.0.1.
+// as 127.0.0.1. No other IPv6 form is read as IPv4: the IPv4-translated
+// ::ffff:0:a.b.c.d, the IPv4-compatible ::a.b.c.d and the NAT64, 6to4 and
+// Teredo ranges route as IPv6 (to a translator, or nowhere), so they are
+// rows of the built-in table, denied whatever they embed.
 type AddressPolicy struct {
 	deny      []addressRange
 	allow     []netip.Prefix
-	builtin   []addressRange
-	local     map[netip.Addr]struct{}
+	local     *HostAddrs
 	listeners []netip.AddrPort
 }
 
@@ -46,10 +55,14 @@ type addressRange struct {
 	reason string
 }
 
-// NewAddressPolicy builds an AddressPolicy from c. It copies what it keeps.
-// Invalid (zero) prefixes and addresses in c are ignored.
+// NewAddressPolicy builds an AddressPolicy from c. It copies what it keeps,
+// except c.Local, which it reads on every Check. Invalid (zero) prefixes
+// and addresses in c are ignored.
 func NewAddressPolicy(c AddressConfig) *AddressPolicy {
-	p := &AddressPolicy{local: make(map[netip.Addr]struct{}, len(c.Local))}
+	p := &AddressPolicy{local: c.Local}
+	if p.local == nil {
+		p.local = StaticHostAddrs()
+	}
 	for _, prefix := range c.Deny {
 		if prefix.IsValid() {
 			prefix = unmapPrefix(prefix)
@@ -61,14 +74,6 @@ func NewAddressPolicy(c AddressConfig) *AddressPolicy {
 			p.allow = append(p.allow, unmapPrefix(prefix))
 		}
 	}
-	for _, prefix := range BuiltinDenied() {
-		p.builtin = append(p.builtin, addressRange{prefix: prefix, reason: "in special-purpose range " + prefix.String()})
-	}
-	for _, addr := range c.Local {
-		if addr.IsValid() {
-			p.local[unmapAddr(addr)] = struct{}{}
-		}
-	}
 	for _, l := range c.Listeners {
 		if l.Addr().IsValid() {
 			p.listeners = append(p.listeners, netip.AddrPortFrom(unmapAddr(l.Addr()), l.Port()))
@@ -77,56 +82,14 @@ func NewAddressPolicy(c AddressConfig) *AddressPolicy {
 	return p
 }
 
-// BuiltinDenied returns the built-in special-purpose ranges of SPEC §4, as a
-// fresh slice the caller may modify.
-//
-// IPv4-mapped addresses (::ffff:0:0/96) are not in the list because Check
-// reads them as the IPv4 address they hold. The deprecated IPv4-compatible
-// range ::/96 is, because some network stacks route ::a.b.c.d to a.b.c.d, as
-// with the NAT64, 6to4 and Teredo ranges, which are denied whatever they
-// embed.
-func BuiltinDenied() []netip.Prefix {
-	return []netip.Prefix{
-		// IPv4
-		netip.MustParsePrefix("0.0.0.0/8"),
-		netip.MustParsePrefix("10.0.0.0/8"),
-		netip.MustParsePrefix("100.64.0.0/10"),
-		netip.MustParsePrefix("127.0.0.0/8"),
-		netip.MustParsePrefix("169.254.0.0/16"),
-		netip.MustParsePrefix("172.16.0.0/12"),
-		netip.MustParsePrefix("192.0.0.0/24"),
-		netip.MustParsePrefix("192.0.2.0/24"),
-		netip.MustParsePrefix("192.168.0.0/16"),
-		netip.MustParsePrefix("198.18.0.0/15"),
-		netip.MustParsePrefix("198.51.100.0/24"),
-		netip.MustParsePrefix("203.0.113.0/24"),
-		netip.MustParsePrefix("224.0.0.0/4"),
-		netip.MustParsePrefix("240.0.0.0/4"),
-		netip.MustParsePrefix("168.63.129.16/32"), // cloud metadata outside the private ranges
-		// IPv6; the exact ::/128 and ::1/128 come before ::/96 so that the
-		// reason names them.
-		netip.MustParsePrefix("::/128"),
-		netip.MustParsePrefix("::1/128"),
-		netip.MustParsePrefix("::/96"), // IPv4-compatible (deprecated), embeds IPv4
-		netip.MustParsePrefix("100::/64"),
-		netip.MustParsePrefix("2001:db8::/32"),
-		netip.MustParsePrefix("fc00::/7"),
-		netip.MustParsePrefix("fe80::/10"),
-		netip.MustParsePrefix("ff00::/8"),
-		netip.MustParsePrefix("64:ff9b::/96"),   // NAT64
-		netip.MustParsePrefix("64:ff9b:1::/48"), // NAT64, local use
-		netip.MustParsePrefix("2002::/16"),      // 6to4
-		netip.MustParsePrefix("2001::/32"),      // Teredo
-	}
-}
-
 // Check returns nil when ap may be dialled, else an *AddressError saying why
 // not. In order:
 //
 //  1. the gateway's own listeners are refused, whatever Allow says;
 //  2. addresses in Deny are refused;
 //  3. addresses in Allow are accepted;
-//  4. addresses in a built-in range (BuiltinDenied) are refused;
+//  4. addresses in a row of the built-in table (SpecialRanges), and IPv6
+//     addresses outside global unicast 2000::/3, are refused;
 //  5. addresses of the gateway host (Local) are refused;
 //  6. everything else is accepted.
 //
@@ -153,15 +116,41 @@ func (p *AddressPolicy) Check(ap netip.AddrPort) error {
 			return nil
 		}
 	}
-	for _, r := range p.builtin {
-		if r.prefix.Contains(addr) {
-			return &AddressError{Addr: ap, Reason: r.reason}
-		}
+	if reason, denied := builtin.denies(addr); denied {
+		return &AddressError{Addr: ap, Reason: reason}
 	}
-	if _, ok := p.local[addr]; ok {
+	if p.local.Contains(addr) {
 		return &AddressError{Addr: ap, Reason: "address of the gateway host"}
 	}
 	return nil
+}
+
+// RefusesAll reports whether Check refuses every address of prefix on
+// every port because of Deny or of the built-in table (with no address of
+// it reopened by Allow), and names the row that does. The host's own
+// addresses and the listeners are not considered: they change while the
+// gateway runs. It is meant for configuration checks, not the request path.
+func (p *AddressPolicy) RefusesAll(prefix netip.Prefix) (reason string, refused bool) {
+	if !prefix.IsValid() {
+		return "", false
+	}
+	prefix = unmapPrefix(prefix)
+	for _, r := range p.deny {
+		if covers(r.prefix, prefix) {
+			return r.reason, true
+		}
+	}
+	for _, a := range p.allow {
+		if a.Overlaps(prefix) {
+			return "", false
+		}
+	}
+	return builtin.refusesAll(prefix)
+}
+
+// covers reports whether outer contains every address of inner.
+func covers(outer, inner netip.Prefix) bool {
+	return outer.Bits() <= inner.Bits() && outer.Contains(inner.Addr())
 }
 
 // isListener reports whether dialling addr:port would reach one of the
@@ -179,7 +168,7 @@ func (p *AddressPolicy) isListener(addr netip.Addr, port uint16) bool {
 			return true
 		case l.Addr().IsUnspecified():
 			// A wildcard listener answers on every address of this host.
-			if _, local := p.local[addr]; local || addr.IsLoopback() {
+			if p.local.Contains(addr) || addr.IsLoopback() {
 				return true
 			}
 		}
@@ -191,7 +180,8 @@ func (p *AddressPolicy) isListener(addr netip.Addr, port uint16) bool {
 type AddressError struct {
 	Addr netip.AddrPort // as given to Check
 	// Reason names the rule that refused the address, such as "in
-	// special-purpose range 127.0.0.0/8", "operator deny_cidrs
+	// special-purpose range 127.0.0.0/8, loopback (RFC 1122)", "outside
+	// IPv6 global unicast 2000::/3 ...", "operator deny_cidrs
 	// 10.1.0.0/16", "address of the gateway host" or "the gateway's own
 	// listener".
 	Reason string

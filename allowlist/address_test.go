@@ -3,6 +3,7 @@ package allowlist
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -69,7 +70,8 @@ func TestCheckBuiltinRanges(t *testing.T) {
 	policy := NewAddressPolicy(AddressConfig{})
 	runCheckCases(t, policy, []checkCase{
 		// Each IPv4 range with its first and last address and both neighbours.
-		{"0.0.0.0:80", "0.0.0.0/8"},
+		{"0.0.0.0:80", "0.0.0.0/32"},
+		{"0.0.0.1:80", "0.0.0.0/8"},
 		{"0.255.255.255:80", "0.0.0.0/8"},
 		{"1.0.0.0:80", ""},
 		{"9.255.255.255:80", ""},
@@ -98,7 +100,9 @@ func TestCheckBuiltinRanges(t *testing.T) {
 		{"172.31.255.255:80", "172.16.0.0/12"},
 		{"172.32.0.0:80", ""},
 		{"191.255.255.255:80", ""},
-		{"192.0.0.0:80", "192.0.0.0/24"},
+		{"192.0.0.0:80", "192.0.0.0/29"},
+		{"192.0.0.9:80", "192.0.0.9/32"},
+		{"192.0.0.11:80", "192.0.0.0/24"},
 		{"192.0.0.255:80", "192.0.0.0/24"},
 		{"192.0.1.0:80", ""},
 		{"192.0.2.0:80", "192.0.2.0/24"},
@@ -124,31 +128,42 @@ func TestCheckBuiltinRanges(t *testing.T) {
 		{"224.0.0.0:80", "224.0.0.0/4"},
 		{"239.255.255.255:80", "224.0.0.0/4"},
 		{"240.0.0.0:80", "240.0.0.0/4"},
-		{"255.255.255.255:80", "240.0.0.0/4"},
+		{"255.255.255.254:80", "240.0.0.0/4"},
+		{"255.255.255.255:80", "255.255.255.255/32"},
 
 		// IPv6.
 		{"[::]:80", "::/128"},
 		{"[::1]:80", "::1/128"},
 		{"[::2]:80", "::/96"},
-		{"[::7f00:1]:80", "::/96"}, // IPv4-compatible ::127.0.0.1
-		{"[::1:0:0]:80", ""},
+		{"[::7f00:1]:80", "::/96"},                     // IPv4-compatible ::127.0.0.1
+		{"[::a9fe:a9fe]:80", "::/96"},                  // IPv4-compatible ::169.254.169.254
+		{"[::5db8:d70e]:80", "::/96"},                  // IPv4-compatible, public IPv4
+		{"[::ffff:0:a9fe:a9fe]:80", "::ffff:0:0:0/96"}, // IPv4-translated, not IPv4-mapped
+		{"[::ffff:0:5db8:d70e]:80", "::ffff:0:0:0/96"},
+		{"[::ffff:0:0:0]:80", "::ffff:0:0:0/96"},
+		{"[::ffff:0:ffff:ffff]:80", "::ffff:0:0:0/96"},
+		{"[::fffe:ffff:ffff]:80", "2000::/3"},
+		{"[::1:0:0:0]:80", "2000::/3"},
+		{"[::1:0:0]:80", "2000::/3"},
 		{"[100::]:80", "100::/64"},
 		{"[100::ffff:ffff:ffff:ffff]:80", "100::/64"},
-		{"[100:0:0:1::]:80", ""},
+		{"[100:0:0:1::]:80", "100:0:0:1::/64"},
+		{"[100:0:0:2::]:80", "2000::/3"},
 		{"[2001:db7:ffff:ffff:ffff:ffff:ffff:ffff]:80", ""},
 		{"[2001:db8::]:80", "2001:db8::/32"},
 		{"[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:80", "2001:db8::/32"},
 		{"[2001:db9::]:80", ""},
-		{"[fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80", ""},
+		{"[fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80", "2000::/3"},
 		{"[fc00::]:80", "fc00::/7"},
 		{"[fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80", "fc00::/7"},
-		{"[fe00::]:80", ""},
-		{"[fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80", ""},
+		{"[fe00::]:80", "2000::/3"},
+		{"[fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80", "2000::/3"},
 		{"[fe80::]:80", "fe80::/10"},
 		{"[fe80::1%eth0]:80", "fe80::/10"},
 		{"[febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80", "fe80::/10"},
-		{"[fec0::]:80", ""},
-		{"[feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80", ""},
+		{"[fec0::]:80", "fec0::/10"},
+		{"[fec0::1]:80", "fec0::/10"},
+		{"[feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80", "fec0::/10"},
 		{"[ff00::]:80", "ff00::/8"},
 		{"[ff02::1]:80", "ff00::/8"},
 		{"[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80", "ff00::/8"},
@@ -158,10 +173,10 @@ func TestCheckBuiltinRanges(t *testing.T) {
 		{"[64:ff9b::7f00:1]:80", "64:ff9b::/96"},
 		{"[64:ff9b::5db8:d70e]:80", "64:ff9b::/96"}, // 93.184.215.14, a public address
 		{"[64:ff9b::ffff:ffff]:80", "64:ff9b::/96"},
-		{"[64:ff9b::1:0:0]:80", ""},
+		{"[64:ff9b::1:0:0]:80", "2000::/3"},
 		{"[64:ff9b:1::]:80", "64:ff9b:1::/48"},
 		{"[64:ff9b:1:ffff::5db8:d70e]:80", "64:ff9b:1::/48"},
-		{"[64:ff9b:2::]:80", ""},
+		{"[64:ff9b:2::]:80", "2000::/3"},
 		{"[2002::]:80", "2002::/16"},
 		{"[2002:5db8:d70e::1]:80", "2002::/16"},
 		{"[2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80", "2002::/16"},
@@ -169,13 +184,14 @@ func TestCheckBuiltinRanges(t *testing.T) {
 		{"[2001::]:80", "2001::/32"},
 		{"[2001:0:5db8:d70e::1]:80", "2001::/32"},
 		{"[2001:0:ffff:ffff:ffff:ffff:ffff:ffff]:80", "2001::/32"},
-		{"[2001:1::]:80", ""},
+		{"[2001:1::]:80", "2001::/23"},
+		{"[2001:200::]:80", ""},
 
 		// IPv4-mapped addresses are checked as the IPv4 address.
 		{"[::ffff:127.0.0.1]:80", "127.0.0.0/8"},
 		{"[::ffff:10.0.0.1]:80", "10.0.0.0/8"},
 		{"[::ffff:169.254.169.254]:80", "169.254.0.0/16"},
-		{"[::ffff:0.0.0.0]:80", "0.0.0.0/8"},
+		{"[::ffff:0.0.0.0]:80", "0.0.0.0/32"},
 		{"[::ffff:93.184.215.14]:443", ""},
 
 		// Public addresses.
@@ -271,7 +287,7 @@ func TestCheckOperatorLists(t *testing.T) {
 	})
 	t.Run("local addresses", func(t *testing.T) {
 		policy := NewAddressPolicy(AddressConfig{
-			Local: addrs("93.184.215.99", "2606:4700::99", "::ffff:93.184.215.98", "fe80::1%eth0"),
+			Local: StaticHostAddrs(addrs("93.184.215.99", "2606:4700::99", "::ffff:93.184.215.98", "fe80::1%eth0")...),
 		})
 		runCheckCases(t, policy, []checkCase{
 			{"93.184.215.99:443", "address of the gateway host"},
@@ -283,7 +299,7 @@ func TestCheckOperatorLists(t *testing.T) {
 	})
 	t.Run("allow lifts local", func(t *testing.T) {
 		policy := NewAddressPolicy(AddressConfig{
-			Local: addrs("93.184.215.99"),
+			Local: StaticHostAddrs(addrs("93.184.215.99")...),
 			Allow: prefixes("93.184.215.99/32"),
 		})
 		runCheckCases(t, policy, []checkCase{{"93.184.215.99:443", ""}})
@@ -292,7 +308,7 @@ func TestCheckOperatorLists(t *testing.T) {
 		policy := NewAddressPolicy(AddressConfig{
 			Deny:      []netip.Prefix{{}},
 			Allow:     []netip.Prefix{{}},
-			Local:     []netip.Addr{{}},
+			Local:     StaticHostAddrs(netip.Addr{}),
 			Listeners: []netip.AddrPort{{}},
 		})
 		runCheckCases(t, policy, []checkCase{{"93.184.215.14:443", ""}, {"10.0.0.1:443", "10.0.0.0/8"}})
@@ -319,7 +335,7 @@ func TestCheckListeners(t *testing.T) {
 	t.Run("unspecified listener", func(t *testing.T) {
 		policy := NewAddressPolicy(AddressConfig{
 			Allow:     prefixes("127.0.0.0/8", "::1/128", "0.0.0.0/8", "10.0.0.0/8"),
-			Local:     addrs("10.0.0.5", "93.184.215.99", "127.0.0.1", "::1"),
+			Local:     StaticHostAddrs(addrs("10.0.0.5", "93.184.215.99", "127.0.0.1", "::1")...),
 			Listeners: []netip.AddrPort{addrPort(t, "0.0.0.0:3128")},
 		})
 		runCheckCases(t, policy, []checkCase{
@@ -368,7 +384,7 @@ func TestCheckInvalidAddress(t *testing.T) {
 
 func TestAddressErrorMessage(t *testing.T) {
 	err := NewAddressPolicy(AddressConfig{}).Check(addrPort(t, "[::ffff:127.0.0.1]:80"))
-	want := "destination address [::ffff:127.0.0.1]:80 is not allowed: in special-purpose range 127.0.0.0/8"
+	want := "destination address [::ffff:127.0.0.1]:80 is not allowed: in special-purpose range 127.0.0.0/8, loopback (RFC 1122)"
 	if err == nil || err.Error() != want {
 		t.Errorf("error = %v; want %q", err, want)
 	}
@@ -403,28 +419,62 @@ func FuzzAddressCheck(f *testing.F) {
 	for _, seed := range []string{
 		"127.0.0.1", "::ffff:127.0.0.1", "93.184.215.14", "2606:4700::1111", "64:ff9b::5db8:d70e",
 		"fe80::1", "::", "168.63.129.16", "2002:5db8:d70e::1", "10.1.2.3",
+		"::ffff:0:a9fe:a9fe", "::a9fe:a9fe", "fec0::1", "2001:0:5db8:d70e::1", "64:ff9b:1::a9fe:a9fe",
+		"3fff::1", "2620:4f:8000::1", "5f00::1", "4000::1", "2001:200::1",
 	} {
 		b := netip.MustParseAddr(seed).As16()
 		f.Add(b[:], uint16(443))
 	}
 	empty := NewAddressPolicy(AddressConfig{})
+	cfg := struct {
+		deny, allow []netip.Prefix
+		local       []netip.Addr
+		listeners   []netip.AddrPort
+	}{
+		deny:      prefixes("10.1.0.0/16", "2606:4700::/32"),
+		allow:     prefixes("10.0.0.0/8", "127.0.0.1/32", "64:ff9b::/96", "fec0::/16"),
+		local:     addrs("93.184.215.99", "10.0.0.5"),
+		listeners: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:3128"), netip.MustParseAddrPort("10.0.0.5:9128")},
+	}
 	configured := NewAddressPolicy(AddressConfig{
-		Deny:      prefixes("10.1.0.0/16", "2606:4700::/32"),
-		Allow:     prefixes("10.0.0.0/8", "127.0.0.1/32", "64:ff9b::/96"),
-		Local:     addrs("93.184.215.99", "10.0.0.5"),
-		Listeners: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:3128"), netip.MustParseAddrPort("10.0.0.5:9128")},
+		Deny: cfg.deny, Allow: cfg.allow, Local: StaticHostAddrs(cfg.local...), Listeners: cfg.listeners,
 	})
-	builtin := BuiltinDenied()
+	contract := prefixes(contractRanges...)
+	globalUnicast := netip.MustParsePrefix("2000::/3")
+	// configuredOracle is Check's order of rules written out plainly for
+	// the configured policy; addr is unmapped.
+	configuredOracle := func(addr netip.Addr, port uint16) bool {
+		for _, l := range cfg.listeners {
+			if l.Port() == port && (l.Addr() == addr || addr.IsUnspecified() ||
+				l.Addr().IsUnspecified() && (addr.IsLoopback() || slices.Contains(cfg.local, addr))) {
+				return true
+			}
+		}
+		if slices.ContainsFunc(cfg.deny, func(p netip.Prefix) bool { return p.Contains(addr) }) {
+			return true
+		}
+		if slices.ContainsFunc(cfg.allow, func(p netip.Prefix) bool { return p.Contains(addr) }) {
+			return false
+		}
+		return oracleDenied(addr) || slices.Contains(cfg.local, addr)
+	}
 	f.Fuzz(func(t *testing.T, raw []byte, port uint16) {
 		var b [16]byte
 		copy(b[:], raw)
 		addr := netip.AddrFrom16(b)
+		unmapped := addr.Unmap()
 		ap := netip.AddrPortFrom(addr, port)
 		emptyErr := empty.Check(ap)
-		for _, p := range builtin {
-			if p.Contains(addr.Unmap()) && emptyErr == nil {
+		for _, p := range contract {
+			if p.Contains(unmapped) && emptyErr == nil {
 				t.Fatalf("Check(%s) allowed with no configuration; it is in %s", ap, p)
 			}
+		}
+		if unmapped.Is6() && !globalUnicast.Contains(unmapped) && emptyErr == nil {
+			t.Fatalf("Check(%s) allowed with no configuration; it is IPv6 outside 2000::/3", ap)
+		}
+		if want := oracleDenied(unmapped); want != (emptyErr != nil) {
+			t.Fatalf("Check(%s) = %v with no configuration; want denied=%v", ap, emptyErr, want)
 		}
 		if emptyErr != nil {
 			var addrErr *AddressError
@@ -432,12 +482,15 @@ func FuzzAddressCheck(f *testing.F) {
 				t.Fatalf("Check(%s) = %#v; want an *AddressError for it", ap, emptyErr)
 			}
 		}
+		if err := configured.Check(ap); configuredOracle(unmapped, port) != (err != nil) {
+			t.Fatalf("configured Check(%s) = %v; want denied=%v", ap, err, configuredOracle(unmapped, port))
+		}
 		if addr.Is4In6() {
-			unmapped := netip.AddrPortFrom(addr.Unmap(), port)
+			unmappedAP := netip.AddrPortFrom(unmapped, port)
 			for _, policy := range []*AddressPolicy{empty, configured} {
-				mappedOK, unmappedOK := policy.Check(ap) == nil, policy.Check(unmapped) == nil
+				mappedOK, unmappedOK := policy.Check(ap) == nil, policy.Check(unmappedAP) == nil
 				if mappedOK != unmappedOK {
-					t.Fatalf("Check(%s) allowed=%v but Check(%s) allowed=%v", ap, mappedOK, unmapped, unmappedOK)
+					t.Fatalf("Check(%s) allowed=%v but Check(%s) allowed=%v", ap, mappedOK, unmappedAP, unmappedOK)
 				}
 			}
 		}
@@ -448,7 +501,7 @@ func benchmarkPolicy() *AddressPolicy {
 	return NewAddressPolicy(AddressConfig{
 		Deny:      prefixes("10.1.0.0/16", "198.51.100.0/24", "2001:db8:1::/48"),
 		Allow:     prefixes("10.0.0.0/8"),
-		Local:     addrs("10.0.0.5", "93.184.215.99", "127.0.0.1", "::1", "fe80::1"),
+		Local:     StaticHostAddrs(addrs("10.0.0.5", "93.184.215.99", "127.0.0.1", "::1", "fe80::1")...),
 		Listeners: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:3128"), netip.MustParseAddrPort("127.0.0.1:9128")},
 	})
 }

@@ -516,6 +516,7 @@ func (b *builder) matchRule(doc *yamlDoc, action allowlist.Action, hosts []strin
 		}
 		r.Hosts = append(r.Hosts, p)
 	}
+	b.lintAddresses(doc, action, hosts, at)
 	for i, port := range ports {
 		if port < 1 || port > 65535 {
 			b.errorf(doc, at("ports", i), "port %d: want 1 to 65535", port)

@@ -91,8 +91,7 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 			}
 			continue
 		}
-		nd := net.Dialer{Timeout: d.dialTimeout, ControlContext: d.control}
-		c, err := nd.DialContext(ctx, network, ap.String())
+		c, err := d.dialAddr(ctx, network, ap)
 		if err == nil {
 			return &idleConn{Conn: c, idle: d.idleTimeout}, nil
 		}
@@ -105,6 +104,14 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		return nil, &dialError{code: policy.CodeUpstreamTimeout, err: lastErr}
 	}
 	return nil, &dialError{code: policy.CodeUpstreamUnreachable, err: lastErr}
+}
+
+// dialAddr connects to ap with control as the socket's last check, so
+// that no caller can connect to an address the policy denies, whatever it
+// checked before.
+func (d *dialer) dialAddr(ctx context.Context, network string, ap netip.AddrPort) (net.Conn, error) {
+	nd := net.Dialer{Timeout: d.dialTimeout, ControlContext: d.control}
+	return nd.DialContext(ctx, network, ap.String())
 }
 
 // control re-checks the address the socket is about to connect to. The

@@ -51,7 +51,7 @@ type Gateway struct {
 	now       func() time.Time
 
 	listeners []netip.AddrPort
-	localAddr []netip.Addr
+	hostAddrs *allowlist.HostAddrs // refreshed until Shutdown
 	settings  policy.Gateway
 
 	holder  policy.Holder
@@ -83,11 +83,16 @@ func New(opts Options) (*Gateway, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	local, err := allowlist.LocalAddrs()
+	hostAddrs, err := allowlist.NewHostAddrs(allowlist.LocalAddrs)
 	if err != nil {
 		return nil, fmt.Errorf("list the host's addresses: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	// Interfaces gain addresses while the gateway runs; Shutdown's
+	// cancelBase ends the refresh (docs/admins.md, network safety).
+	go hostAddrs.Run(ctx, allowlist.HostAddrsRefresh, func(err error) {
+		opts.Logger.Warn("refreshing the host's addresses failed; the last list stays denied", "error", err)
+	})
 	g := &Gateway{
 		log: opts.Logger,
 		audit: newAuditLog(opts.Audit, func(err error) {
@@ -100,7 +105,7 @@ func New(opts Options) (*Gateway, error) {
 		metrics:    newMetrics(opts.Registry),
 		now:        opts.Now,
 		listeners:  opts.Listeners,
-		localAddr:  local,
+		hostAddrs:  hostAddrs,
 		settings:   opts.Settings,
 		tunnels:    newTunnelSet(),
 		baseCtx:    ctx,
@@ -129,7 +134,7 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	addresses := allowlist.NewAddressPolicy(allowlist.AddressConfig{
 		Deny:      snap.Gateway.DenyCIDRs,
 		Allow:     snap.Gateway.AllowCIDRs,
-		Local:     g.localAddr,
+		Local:     g.hostAddrs,
 		Listeners: g.listeners,
 	})
 	g.updateLeafCache(snap.Gateway)
