@@ -210,3 +210,17 @@ hooks: { request: hooks/secret.tengo, response: hooks/shadow.tengo }
 	}
 	t.Logf("errors:\n%s", all)
 }
+
+// A mistake elsewhere in gateway.yaml leaves config.allow_paths in force:
+// the one error is reported, not a refusal of every allowed file on top.
+func TestAllowPathsSurviveAnErrorElsewhere(t *testing.T) {
+	root := t.TempDir()
+	writeTree(t, root, map[string]string{
+		"secrets/k":           "token-value-0123\n",
+		"config/gateway.yaml": "listen: [1]\nconfig: { allow_paths: [../secrets] }\nsecrets:\n  k: { file: ../secrets/k }\n",
+	})
+	_, err := Load(DirFS(filepath.Join(root, "config")), time.Now())
+	if want := "gateway.yaml:1: wrong type: got a list, want a string"; err == nil || err.Error() != want {
+		t.Errorf("load: %v; want only %s", err, want)
+	}
+}
