@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 )
 
@@ -222,5 +223,29 @@ func TestAllowPathsSurviveAnErrorElsewhere(t *testing.T) {
 	_, err := Load(DirFS(filepath.Join(root, "config")), time.Now())
 	if want := "gateway.yaml:1: wrong type: got a list, want a string"; err == nil || err.Error() != want {
 		t.Errorf("load: %v; want only %s", err, want)
+	}
+}
+
+func TestResolveInFS(t *testing.T) {
+	fsys := fstest.MapFS{
+		"..2026/tenants/a.yaml": {Data: []byte("id: a\n")},
+		"..data":                {Mode: fs.ModeSymlink, Data: []byte("..2026")},
+		"tenants":               {Mode: fs.ModeSymlink, Data: []byte("..data/tenants")},
+		"up":                    {Mode: fs.ModeSymlink, Data: []byte("../outside")},
+		"abs":                   {Mode: fs.ModeSymlink, Data: []byte("/etc/passwd")},
+		"loop":                  {Mode: fs.ModeSymlink, Data: []byte("loop")},
+	}
+	cases := []struct{ name, want, err string }{
+		{"tenants/a.yaml", "..2026/tenants/a.yaml", ""},
+		{"tenants/../tenants/a.yaml", "..2026/tenants/a.yaml", ""},
+		{"up", "", "leaves the config directory"},
+		{"abs", "", "absolute path /etc/passwd"},
+		{"loop", "", "too many levels of symbolic links"},
+	}
+	for _, c := range cases {
+		got, err := resolveInFS(fsys, c.name)
+		if got != c.want || (c.err == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), c.err) {
+			t.Errorf("resolveInFS(%q) = %q, %v; want %q, %q", c.name, got, err, c.want, c.err)
+		}
 	}
 }
