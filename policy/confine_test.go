@@ -249,3 +249,21 @@ func TestResolveInFS(t *testing.T) {
 		}
 	}
 }
+
+// The CA's private key cannot be named as a hook script: the compiler's
+// message would quote its text.
+func TestCAKeyIsNoScript(t *testing.T) {
+	cert, key := testCA(t)
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{
+		"gateway.yaml":      "tls: { ca_cert: ca/ca.pem, ca_key: ca/ca-key.pem }\n",
+		"ca/ca.pem":         cert,
+		"ca/ca-key.pem":     key,
+		"connectors/c.yaml": "name: c\nhosts: [\"c.example\"]\ninspect: true\nhooks: { request: ca/../ca/ca-key.pem }\n",
+	})
+	_, err := Load(DirFS(dir), time.Now())
+	want := "connectors/c.yaml:4: hooks.request: ca/../ca/ca-key.pem is a secret's or the CA key's file (see gateway.yaml), not a script"
+	if err == nil || err.Error() != want {
+		t.Errorf("load: %v; want %s", err, want)
+	}
+}

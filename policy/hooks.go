@@ -78,7 +78,7 @@ func (b *builder) compileHook(doc *yamlDoc, path, key string) *hooks.Script {
 		return nil
 	}
 	if b.secretFiles[loc] {
-		b.errorf(doc, doc.line("hooks", key), "hooks.%s: %s is a secret's file (see %s), not a script", key, path, GatewayFileName)
+		b.errorf(doc, doc.line("hooks", key), "hooks.%s: %s is a secret's or the CA key's file (see %s), not a script", key, path, GatewayFileName)
 		return nil
 	}
 	script, err := hooks.Compile(path, src)

@@ -908,11 +908,12 @@ func (b *builder) loadCA(doc *yamlDoc, t tlsFile) {
 		b.errorf(doc, line, "ca_cert: %v", err)
 		return
 	}
-	keyPEM, err := b.readFile(t.CAKey)
+	keyPEM, keyAt, err := b.readFileAt(t.CAKey)
 	if err != nil {
 		b.errorf(doc, doc.line("tls", "ca_key"), "ca_key: %v", err)
 		return
 	}
+	b.secretFiles[keyAt] = true // a private key: no script either
 	ca, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		b.errorf(doc, line, "ca_cert/ca_key: %v", err)
