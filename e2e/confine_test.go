@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // fakeShadowHash is a password-hash line such as /etc/shadow holds; it
@@ -39,10 +40,13 @@ func TestConfigLinkOutOfTheDirectoryIsRefusedUnquoted(t *testing.T) {
 	}
 
 	g, dir := startReloadable(t, files)
-	if err := os.Symlink(outside, filepath.Join(dir, "tenants", "evil.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, reloadWindow, func() error {
+	link := filepath.Join(dir, "tenants", "evil.yaml")
+	editUntil(t, func() {
+		_ = os.Remove(link)
+		if err := os.Symlink(outside, link); err != nil {
+			t.Fatal(err)
+		}
+	}, func() error {
 		if config := g.admin(t, "/v1/config"); !strings.Contains(config, "tenants/evil.yaml: resolves to") {
 			return fmt.Errorf("/v1/config does not report the link: %s", config)
 		}
@@ -68,11 +72,12 @@ func TestOversizedTenantFileIsRefusedUnread(t *testing.T) {
 	})
 	before := vmRSS(t, g.cmd.Process.Pid)
 	big := filepath.Join(dir, "tenants", "big.yaml")
-	writeFile(t, big, "id: big\n")
-	if err := os.Truncate(big, 101<<20); err != nil { // sparse: costs no disk
-		t.Fatal(err)
-	}
-	eventually(t, reloadWindow, func() error {
+	editUntil(t, func() {
+		writeFile(t, big, "id: big\n")
+		if err := os.Truncate(big, 101<<20); err != nil { // sparse: costs no disk
+			t.Fatal(err)
+		}
+	}, func() error {
 		if config := g.admin(t, "/v1/config"); !strings.Contains(config, "tenants/big.yaml: is 105906176 bytes, over config.max_file_bytes (4194304 bytes)") {
 			return fmt.Errorf("/v1/config does not report the oversized file: %s", config)
 		}
@@ -84,6 +89,24 @@ func TestOversizedTenantFileIsRefusedUnread(t *testing.T) {
 	if after := vmRSS(t, g.cmd.Process.Pid); after-before > 32<<10 {
 		t.Errorf("VmRSS grew from %d kB to %d kB on refusing a 101 MB file", before, after)
 	}
+}
+
+// editUntil makes an edit and waits, within the reload window, until
+// cond holds. The gateway starts its watcher beside its readiness, so an
+// edit made at once may come before the watch: while cond does not hold,
+// the edit is made anew every half second.
+func editUntil(t *testing.T, edit func(), cond func() error) {
+	t.Helper()
+	edit()
+	last := time.Now()
+	eventually(t, 2*reloadWindow, func() error {
+		err := cond()
+		if err != nil && time.Since(last) > 500*time.Millisecond {
+			edit()
+			last = time.Now()
+		}
+		return err
+	})
 }
 
 // vmRSS returns the resident memory of process pid in kB.
