@@ -526,7 +526,7 @@ func TestExamplesCRMThroughGateway(t *testing.T) {
 	}
 	rewrite("connectors/crm.yaml", `hosts: ["api.crm.example.com"]`, fmt.Sprintf("hosts: [%q]", hostAPI))
 	rewrite("connectors/crm.yaml", "ports: [443]", fmt.Sprintf("ports: [%d]", origin.port))
-	rewrite("gateway.yaml", "\ntls:\n", fmt.Sprintf("\ntls:\n  upstream_roots: [%q]\n", testPKI.caFile))
+	rewrite("gateway.yaml", "\ntls:\n", fmt.Sprintf("\nconfig: { allow_paths: [%q] }\ntls:\n  upstream_roots: [%q]\n", filepath.Dir(testPKI.caFile), testPKI.caFile))
 	raw, err := os.ReadFile(filepath.Join(dir, "gateway.yaml"))
 	if err != nil {
 		t.Fatal(err)

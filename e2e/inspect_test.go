@@ -108,13 +108,14 @@ func startInspectFixture(t *testing.T) *inspectFixture {
 
 	files := configFiles{
 		"gateway.yaml": gatewayYAML(yamlf(`
+			config: { allow_paths: [%q] }
 			tls:
 			  ca_cert: ca/ca.pem
 			  ca_key: ca/ca-key.pem
 			  upstream_roots: [%q]
 			secrets:
 			  api_token: { env: E2E_API_TOKEN }
-		`, testPKI.caFile)),
+		`, filepath.Dir(testPKI.caFile), testPKI.caFile)),
 		"connectors/api.yaml": yamlf(`
 			name: api
 			hosts: [%q]

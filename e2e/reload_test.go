@@ -418,8 +418,12 @@ func TestReloadOnHookScriptEdit(t *testing.T) {
 	for _, place := range places {
 		t.Run(place.name, func(t *testing.T) {
 			t.Parallel()
+			gateway := gatewayYAML("")
+			if filepath.IsAbs(place.script) {
+				gateway += fmt.Sprintf("config: { allow_paths: [%q] }\n", filepath.Dir(place.script))
+			}
 			files := configFiles{
-				"gateway.yaml": gatewayYAML(""),
+				"gateway.yaml": gateway,
 				"connectors/crm.yaml": yamlf(`
 					name: crm
 					hosts: [%q]

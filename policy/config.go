@@ -26,6 +26,20 @@ type gatewayFile struct {
 	Redaction   redactionFile               `yaml:"redaction"`
 	Audit       auditFile                   `yaml:"audit"`
 	Metrics     metricsFile                 `yaml:"metrics"`
+	// TenantDefaults apply to every tenant, field by field, where its own
+	// file is silent.
+	TenantDefaults tenantDefaultsFile `yaml:"tenant_defaults"`
+	Config         configSectionFile  `yaml:"config"`
+}
+
+type tenantDefaultsFile struct {
+	Quota *tenantQuotaFile `yaml:"quota"`
+}
+
+// configSectionFile bounds the reading of the config directory itself.
+type configSectionFile struct {
+	MaxFileBytes *Size    `yaml:"max_file_bytes"`
+	AllowPaths   []string `yaml:"allow_paths"`
 }
 
 // reset sets the given top-level sections (by YAML key) back to their
@@ -239,7 +253,13 @@ func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 	}
 	v, err := ParseSize(n.Value)
 	if err != nil {
-		return lineError(n, err.Error())
+		// The value is not quoted: the file it is in did not decode, and
+		// may not be config at all (docs/admins.md).
+		msg := "invalid size: want a whole number of bytes with an optional unit (B, KiB, MiB, GiB)"
+		if strings.HasSuffix(err.Error(), "too large") {
+			msg = "invalid size: too large"
+		}
+		return lineError(n, msg)
 	}
 	*s = v
 	return nil
@@ -255,7 +275,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil || v < 0 {
-		return lineError(n, fmt.Sprintf("invalid duration %q: want e.g. 250ms, 2s, 1m", n.Value))
+		return lineError(n, "invalid duration: want e.g. 250ms, 2s, 1m")
 	}
 	*d = Duration(v)
 	return nil

@@ -3,6 +3,8 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"path"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -100,4 +102,71 @@ func BenchmarkDecide(b *testing.B) {
 			b.Fatal("denied")
 		}
 	}
+}
+
+// FuzzResolveInFS follows arbitrary links inside a file system with no
+// directory on disk: resolving never panics, and whatever it returns is a
+// path inside the file system with no link on the way.
+func FuzzResolveInFS(f *testing.F) {
+	f.Add("tenants/a.yaml", "..data/tenants/a.yaml", "..2026_01_01")
+	f.Add("tenants/a.yaml", "../../etc/passwd", "x")
+	f.Add("tenants/a.yaml", "/etc/passwd", "..data")
+	f.Add("tenants/a.yaml", "a.yaml", "..data/../..data")
+	f.Add("tenants/a.yaml", "./../tenants/a.yaml", "")
+	f.Fuzz(func(t *testing.T, name, link, dataLink string) {
+		if !fs.ValidPath(name) {
+			return
+		}
+		fsys := fstest.MapFS{
+			"tenants/a.yaml":                   {Mode: fs.ModeSymlink, Data: []byte(link)},
+			"..data":                           {Mode: fs.ModeSymlink, Data: []byte(dataLink)},
+			"..2026_01_01/tenants/a.yaml":      {Data: []byte("id: a\n")},
+			"..2026_01_01/tenants/loop.yaml":   {Mode: fs.ModeSymlink, Data: []byte("loop.yaml")},
+			"..2026_01_01/tenants/b/c.yaml":    {Data: []byte("id: c\n")},
+			"..2026_01_01/tenants/up.yaml":     {Mode: fs.ModeSymlink, Data: []byte("../../..")},
+			"..2026_01_01/tenants/inside.yaml": {Mode: fs.ModeSymlink, Data: []byte("b/c.yaml")},
+		}
+		resolved, err := resolveInFS(fsys, name)
+		if err != nil {
+			return
+		}
+		if !fs.ValidPath(resolved) {
+			t.Fatalf("resolveInFS(%q) = %q, outside the file system", name, resolved)
+		}
+		for p := resolved; p != "."; p = path.Dir(p) {
+			if info, err := fsys.Lstat(p); err == nil && info.Mode()&fs.ModeSymlink != 0 {
+				t.Fatalf("resolveInFS(%q) = %q, which goes through the link %s", name, resolved, p)
+			}
+		}
+	})
+}
+
+// FuzzDecodeErrorsQuoteNoValue puts a value where a YAML document says
+// VALUE (a scalar, a key, an anchor, a tag...) and decodes it as a tenant
+// and as gateway.yaml: no error may quote the value, since a file that
+// does not decode may be anything (docs/admins.md).
+func FuzzDecodeErrorsQuoteNoValue(f *testing.F) {
+	for _, doc := range []string{
+		"id: VALUE\n", "VALUE\n", "mode: [VALUE]\n", "quota: { burst: VALUE }\n", "VALUE: 1\n",
+		"auth: *VALUE\n", "auth: !VALUE {}\n", "rules: [{ ports: [VALUE] }]\n", "id: &VALUE a\nmode: *VALUE\n",
+		"limits: { max_header_bytes: VALUE, idle_timeout: VALUE }\n", "? VALUE\n: x\n", "id: \"VALUE\n", "VALUE: 1\nVALUE: 2\n",
+		"secrets: { VALUE: { file: x } }\n", "quota: { requests_per_second: VALUE }\n",
+	} {
+		f.Add(doc, "$6$SALT$HASHVALUE0123")
+	}
+	f.Fuzz(func(t *testing.T, doc, value string) {
+		// Upper case or symbols: no message of ours holds such a run of 8.
+		if len(value) < 8 || len(value) > 64 || strings.ToLower(value) == value || strings.ContainsAny(value, " \t\r\n:#{}[],&*!|>'\"%@`") {
+			return
+		}
+		data := []byte(strings.ReplaceAll(doc, "VALUE", value))
+		for _, out := range []any{&tenantFile{}, &gatewayFile{}, &connectorFile{}} {
+			_, errs := decodeStrict("f.yaml", data, out)
+			for _, ce := range errs {
+				if strings.Contains(ce.Msg, value) {
+					t.Fatalf("decoding %q as %T: error %q quotes the value", data, out, ce.Msg)
+				}
+			}
+		}
+	})
 }

@@ -72,14 +72,23 @@ func (b *builder) compileHook(doc *yamlDoc, path, key string) *hooks.Script {
 	if path == "" {
 		return nil
 	}
-	src, err := b.readFile(path)
+	src, loc, err := b.readFileAt(path)
 	if err != nil {
 		b.errorf(doc, doc.line("hooks", key), "hooks.%s: %v", key, err)
+		return nil
+	}
+	if b.secretFiles[loc] {
+		b.errorf(doc, doc.line("hooks", key), "hooks.%s: %s is a secret's or the CA key's file (see %s), not a script", key, path, GatewayFileName)
 		return nil
 	}
 	script, err := hooks.Compile(path, src)
 	var ce *hooks.CompileError
 	switch {
+	case errors.As(err, &ce) && loc.allowed:
+		// A file in config.allow_paths lies beside secrets the config
+		// does not name; the compiler's message would quote its text.
+		b.errs = append(b.errs, ConfigError{File: ce.File, Line: ce.Line, Msg: "does not compile (the compiler's message is withheld: the file is outside the config directory)"})
+		return nil
 	case errors.As(err, &ce):
 		b.errs = append(b.errs, ConfigError{File: ce.File, Line: ce.Line, Msg: ce.Message})
 		return nil

@@ -44,16 +44,21 @@ var (
 // its file and line, and no snapshot: a policy is used whole or not at all.
 func Load(fsys fs.FS, now time.Time) (*Snapshot, error) {
 	files, err := readConfigFiles(fsys)
-	if err != nil {
+	var refused *LoadError
+	if err != nil && !errors.As(err, &refused) {
 		return nil, err
 	}
-	b := &builder{fsys: fsys, snap: &Snapshot{
+	b := &builder{reader: files.reader, secretFiles: map[location]bool{}, snap: &Snapshot{
 		LoadedAt: now,
 		tenants:  map[string]*Tenant{},
 	}}
+	if refused != nil {
+		b.errs = append(b.errs, refused.Errors...)
+	}
 	b.gateway(files)
 	connectors := b.connectors(files)
 	b.tenants(files, connectors)
+	b.scrubSecrets()
 	if len(b.errs) > 0 {
 		return nil, &LoadError{Errors: b.errs}
 	}
@@ -77,31 +82,65 @@ type configFiles struct {
 	gateway    *configFile
 	tenants    []configFile
 	connectors []configFile
+	// gatewayRefused: gateway.yaml exists but was refused unread.
+	gatewayRefused bool
+	// reader reads the files the YAML refers to, under gateway.yaml's rules.
+	reader *reader
 }
 
+// readConfigFiles reads gateway.yaml, then every YAML file of tenants/ and
+// connectors/ under the rules gateway.yaml sets (docs/admins.md, "Where
+// config files may live"). A file refused unread (outside the directory,
+// too large, not a regular file) makes the error a *LoadError, returned
+// with everything else that was read, so that Load can report the rest of
+// the config's problems too.
 func readConfigFiles(fsys fs.FS) (configFiles, error) {
 	var cf configFiles
-	data, err := fs.ReadFile(fsys, GatewayFileName)
+	var refused []ConfigError
+	refuse := func(name string, err error) {
+		msg := strings.TrimPrefix(err.Error(), name+" ")
+		refused = append(refused, ConfigError{File: name, Msg: msg, wholeFile: true})
+	}
+	// gateway.yaml sets config.max_file_bytes, so it is read under the
+	// default, and under its own setting when that is lower.
+	rules := fileRules{maxBytes: defaultMaxFileBytes}
+	data, _, err := newReader(fsys, rules).read(GatewayFileName)
 	switch {
 	case err == nil:
+		rules = peekFileRules(data)
+		if int64(len(data)) > rules.maxBytes {
+			refuse(GatewayFileName, &tooLargeError{name: GatewayFileName, size: int64(len(data)), max: rules.maxBytes})
+			cf.gatewayRefused = true
+			break
+		}
 		cf.gateway = &configFile{name: GatewayFileName, data: data}
 	case !errors.Is(err, fs.ErrNotExist):
-		return cf, fmt.Errorf("read %s: %w", GatewayFileName, err)
+		refuse(GatewayFileName, err)
+		cf.gatewayRefused = true
 	}
-	if cf.tenants, err = readYAMLDir(fsys, TenantsDir); err != nil {
-		return cf, err
+	cf.reader = newReader(fsys, rules)
+	for _, dir := range []struct {
+		name string
+		out  *[]configFile
+	}{{TenantsDir, &cf.tenants}, {ConnectorsDir, &cf.connectors}} {
+		files, err := cf.reader.readYAMLDir(dir.name, refuse)
+		if err != nil {
+			return cf, err
+		}
+		*dir.out = files
 	}
-	if cf.connectors, err = readYAMLDir(fsys, ConnectorsDir); err != nil {
-		return cf, err
+	if len(refused) > 0 {
+		return cf, &LoadError{Errors: refused}
 	}
 	return cf, nil
 }
 
-// readYAMLDir reads every *.yaml and *.yml file of dir, in name order.
-// Hidden names are skipped: they are editors' temporary files and the
-// "..data" machinery of Kubernetes volumes, never policy.
-func readYAMLDir(fsys fs.FS, dir string) ([]configFile, error) {
-	entries, err := fs.ReadDir(fsys, dir)
+// readYAMLDir reads every *.yaml and *.yml file of dir, in name order;
+// files it cannot read go to refuse. Hidden names are skipped: they are
+// editors' temporary files and the "..data" machinery of Kubernetes
+// volumes, never policy.
+func (r *reader) readYAMLDir(dir string, refuse func(name string, err error)) ([]configFile, error) {
+	entries, err := fs.ReadDir(r.fsys, dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -115,16 +154,17 @@ func readYAMLDir(fsys fs.FS, dir string) ([]configFile, error) {
 			continue
 		}
 		p := path.Join(dir, name)
-		info, err := fs.Stat(fsys, p) // follows symlinks, as ConfigMap volumes need
+		info, err := fs.Stat(r.fsys, p) // follows symlinks, as ConfigMap volumes need
 		if err != nil {
 			return nil, fmt.Errorf("stat %s: %w", p, err)
 		}
 		if info.IsDir() {
 			continue
 		}
-		data, err := fs.ReadFile(fsys, p)
+		data, _, err := r.read(p)
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", p, err)
+			refuse(p, err)
+			continue
 		}
 		out = append(out, configFile{name: p, data: data})
 	}
@@ -153,7 +193,7 @@ func hashFiles(cf configFiles, referenced []configFile) string {
 }
 
 type builder struct {
-	fsys    fs.FS
+	reader  *reader
 	secrets map[string]string // resolved values by name; never printed
 	// declaredSecrets are the names gateway.yaml lists, resolved or not.
 	declaredSecrets map[string]bool
@@ -171,6 +211,29 @@ type builder struct {
 	errs             []ConfigError
 	warns            []ConfigError
 	referenced       []configFile // files the YAML refers to, as read
+	// secretFiles are where the secrets read from files lie: no other key
+	// may name them (a hook script's compile error would quote one).
+	secretFiles map[location]bool
+}
+
+// scrubSecrets replaces any secret value found in an error or a warning:
+// every message is built to name secrets, never to hold them, and this
+// keeps it so whatever a file held (docs/admins.md).
+func (b *builder) scrubSecrets() {
+	if len(b.secrets) == 0 {
+		return
+	}
+	scrub := func(list []ConfigError) {
+		for i := range list {
+			for name, v := range b.secrets {
+				if strings.Contains(list[i].Msg, v) {
+					list[i].Msg = strings.ReplaceAll(list[i].Msg, v, "[secret "+name+"]")
+				}
+			}
+		}
+	}
+	scrub(b.errs)
+	scrub(b.warns)
 }
 
 // errorf records one problem at doc:line. An argument that joins several
@@ -236,7 +299,11 @@ func (b *builder) gateway(files configFiles) {
 			gf.reset(b.undecoded)
 		}
 	}
+	if files.gatewayRefused {
+		b.undecoded[""] = true // its problem is reported; what it says is unknown
+	}
 	g := &b.snap.Gateway
+	b.configSection(doc, gf.Config)
 	g.Listen = orDefault(gf.Listen, ":3128")
 	g.AdminListen = orDefault(gf.AdminListen, "127.0.0.1:9128")
 	b.listenAddr(doc, "listen", g.Listen)
@@ -290,6 +357,25 @@ func (b *builder) gateway(files configFiles) {
 
 	g.Quota = b.quotaBackend(doc, gf.Quota)
 	g.Redaction = b.redactionSettings(doc, gf.Redaction)
+	g.TenantDefaults = b.tenantDefaults(doc, gf.TenantDefaults)
+}
+
+// configSection checks gateway.yaml's config section, which the file
+// reader has already applied (peekFileRules) where it is valid.
+func (b *builder) configSection(doc *yamlDoc, f configSectionFile) {
+	if s := f.MaxFileBytes; s != nil && (*s < 1 || *s > maxMaxFileBytes) {
+		b.errorf(doc, doc.line("config", "max_file_bytes"), "config.max_file_bytes: want 1B to %dMiB", maxMaxFileBytes>>20)
+	}
+	_, onDisk := b.reader.fsys.(diskDir)
+	for i, p := range f.AllowPaths {
+		line := doc.line("config", "allow_paths", i)
+		switch {
+		case !validAllowPath(p):
+			b.errorf(doc, line, "config.allow_paths: %q would allow every file; list the directories files may be read from", p)
+		case !filepath.IsAbs(p) && !onDisk:
+			b.errorf(doc, line, "config.allow_paths: %q is relative, and this config has no directory on disk to resolve it against", p)
+		}
+	}
 }
 
 // upstreamRoots builds the pool upstream certificates are verified
@@ -319,38 +405,27 @@ func (b *builder) upstreamRoots(doc *yamlDoc, files []string) *x509.CertPool {
 
 // readFile reads a file a config refers to (a hook script, a secret, the
 // CA, upstream roots) and keeps it for the snapshot's hash, so that
-// editing it is a change like editing the YAML.
+// editing it is a change like editing the YAML. A relative name is
+// relative to the config directory; wherever it points, it must resolve
+// inside the directory or config.allow_paths (docs/admins.md).
 func (b *builder) readFile(name string) ([]byte, error) {
-	data, err := readReferenced(b.fsys, name)
-	if err == nil {
-		b.referenced = append(b.referenced, configFile{name: name, data: data})
-	}
+	data, _, err := b.readFileAt(name)
 	return data, err
 }
 
-// readReferenced reads a file a config refers to: an absolute path as it
-// is, a relative one relative to the config directory (SPEC §2). A path
-// that climbs out of the directory ("../ca/ca.pem") is read from disk
-// when the config is a directory on disk (DirFS); a config with no
-// directory behind it, such as the embedded quickstart, refuses it.
-func readReferenced(fsys fs.FS, name string) ([]byte, error) {
-	if filepath.IsAbs(name) {
-		return os.ReadFile(name)
+// readFileAt is readFile that also tells where the file was found.
+func (b *builder) readFileAt(name string) ([]byte, location, error) {
+	data, loc, err := b.reader.read(name)
+	if err == nil {
+		b.referenced = append(b.referenced, configFile{name: name, data: data})
 	}
-	rel := path.Clean(filepath.ToSlash(name))
-	if fs.ValidPath(rel) {
-		return fs.ReadFile(fsys, rel)
-	}
-	if d, ok := fsys.(diskDir); ok {
-		return os.ReadFile(filepath.Join(d.dir, filepath.FromSlash(rel)))
-	}
-	return nil, fmt.Errorf("%s leaves the config directory, and this config has no directory on disk to resolve it against: use a path inside it or an absolute one", name)
+	return data, loc, err
 }
 
 // DirFS returns the config directory dir, on disk, as the file system Load
-// and Snapshot.Unchanged read. Unlike os.DirFS alone, it lets a relative
-// path in the config leave the directory ("../shared/roots.pem"), which is
-// then relative to dir like any other.
+// and Snapshot.Unchanged read. Unlike os.DirFS, it lets Load check where
+// every file resolves on disk: inside dir, or in a directory listed in
+// config.allow_paths.
 func DirFS(dir string) fs.FS {
 	return diskDir{FS: os.DirFS(dir), dir: dir}
 }
@@ -606,7 +681,10 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 	default:
 		b.errorf(doc, doc.line("mode"), "mode: want enforce or report, got %q", tf.Mode)
 	}
-	t.Quota = b.tenantQuota(doc, tf.Quota)
+	t.Quota = b.tenantQuota(doc, tf.Quota, "quota").withDefaults(tf.Quota, b.snap.Gateway.TenantDefaults)
+	if max := b.snap.Gateway.MaxConnections; t.Quota.MaxConcurrent >= max {
+		b.warnf(doc, doc.line("quota", "max_concurrent"), "tenant %q may hold %d concurrent requests and tunnels, which is at least limits.max_connections (%d): it alone could take every connection", tf.ID, t.Quota.MaxConcurrent, max)
+	}
 
 	used := map[string]bool{}
 	brokenRef := false
@@ -757,11 +835,12 @@ func (b *builder) resolveSecret(doc *yamlDoc, line int, what string, src secretS
 		}
 		value = v
 	case src.File != "":
-		data, err := b.readFile(src.File)
+		data, loc, err := b.readFileAt(src.File)
 		if err != nil {
 			b.errorf(doc, line, "%s: %v", what, err)
 			return "", false
 		}
+		b.secretFiles[loc] = true
 		value = strings.TrimRight(string(data), "\r\n")
 	default:
 		b.errorf(doc, line, "%s: set env or file", what)
@@ -849,11 +928,12 @@ func (b *builder) loadCA(doc *yamlDoc, t tlsFile) {
 		b.errorf(doc, line, "ca_cert: %v", err)
 		return
 	}
-	keyPEM, err := b.readFile(t.CAKey)
+	keyPEM, keyAt, err := b.readFileAt(t.CAKey)
 	if err != nil {
 		b.errorf(doc, doc.line("tls", "ca_key"), "ca_key: %v", err)
 		return
 	}
+	b.secretFiles[keyAt] = true // a private key: no script either
 	ca, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		b.errorf(doc, line, "ca_cert/ca_key: %v", err)

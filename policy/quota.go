@@ -90,31 +90,74 @@ func (b *builder) rate(doc *yamlDoc, perSecond *float64, burst *int, path ...any
 	return r
 }
 
-func (b *builder) tenantQuota(doc *yamlDoc, f *tenantQuotaFile) TenantQuota {
+// defaultMaxConcurrent is tenant_defaults.quota.max_concurrent when
+// gateway.yaml does not set it: no tenant is unbounded unless its own file
+// says so, so one tenant cannot hold every connection (docs/admins.md).
+const defaultMaxConcurrent = 256
+
+// tenantQuota validates a quota mapping at path (a tenant's "quota", or
+// gateway.yaml's "tenant_defaults", "quota").
+func (b *builder) tenantQuota(doc *yamlDoc, f *tenantQuotaFile, path ...any) TenantQuota {
 	var q TenantQuota
 	if f == nil {
 		return q
 	}
-	q.Rate = b.rate(doc, f.RequestsPerSecond, f.Burst, "quota")
+	at := func(steps ...any) []any { return append(append([]any{}, path...), steps...) }
+	q.Rate = b.rate(doc, f.RequestsPerSecond, f.Burst, path...)
 	if f.MaxConcurrent != nil {
 		if *f.MaxConcurrent < 1 {
-			b.errorf(doc, doc.line("quota", "max_concurrent"), "max_concurrent: must be 1 or more")
+			b.errorf(doc, doc.line(at("max_concurrent")...), "max_concurrent: must be 1 or more")
 		}
 		q.MaxConcurrent = *f.MaxConcurrent
 	}
 	if bw := f.Bandwidth; bw != nil {
-		q.EgressBytes = b.bandwidth(doc, bw.Egress, "egress")
-		q.IngressBytes = b.bandwidth(doc, bw.Ingress, "ingress")
+		q.EgressBytes = b.bandwidth(doc, bw.Egress, "egress", path)
+		q.IngressBytes = b.bandwidth(doc, bw.Ingress, "ingress", path)
 	}
 	return q
 }
 
-func (b *builder) bandwidth(doc *yamlDoc, s *Size, direction string) int64 {
+// tenantDefaults validates tenant_defaults; its max_concurrent defaults
+// to defaultMaxConcurrent.
+func (b *builder) tenantDefaults(doc *yamlDoc, f tenantDefaultsFile) TenantQuota {
+	q := b.tenantQuota(doc, f.Quota, "tenant_defaults", "quota")
+	if f.Quota == nil || f.Quota.MaxConcurrent == nil {
+		q.MaxConcurrent = defaultMaxConcurrent
+	}
+	return q
+}
+
+// withDefaults fills in, from d, each field that the tenant's quota file f
+// does not set. The rate is one field: requests_per_second with its burst.
+func (q TenantQuota) withDefaults(f *tenantQuotaFile, d TenantQuota) TenantQuota {
+	if f == nil {
+		f = &tenantQuotaFile{}
+	}
+	if f.RequestsPerSecond == nil {
+		q.Rate = d.Rate
+	}
+	if f.MaxConcurrent == nil {
+		q.MaxConcurrent = d.MaxConcurrent
+	}
+	var bw bandwidthFile
+	if f.Bandwidth != nil {
+		bw = *f.Bandwidth
+	}
+	if bw.Egress == nil {
+		q.EgressBytes = d.EgressBytes
+	}
+	if bw.Ingress == nil {
+		q.IngressBytes = d.IngressBytes
+	}
+	return q
+}
+
+func (b *builder) bandwidth(doc *yamlDoc, s *Size, direction string, path []any) int64 {
 	if s == nil {
 		return 0
 	}
 	if *s < 1024 {
-		b.errorf(doc, doc.line("quota", "bandwidth", direction), "bandwidth.%s: %d bytes a second is below the 1KiB minimum", direction, *s)
+		b.errorf(doc, doc.line(append(append([]any{}, path...), "bandwidth", direction)...), "bandwidth.%s: %d bytes a second is below the 1KiB minimum", direction, *s)
 		return 0
 	}
 	return int64(*s)

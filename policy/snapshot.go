@@ -192,9 +192,12 @@ type Gateway struct {
 	CA            *tls.Certificate
 	CAFingerprint string
 
-	Quota     QuotaBackend
-	Hooks     Hooks
-	Redaction Redaction
+	Quota QuotaBackend
+	// TenantDefaults is tenant_defaults.quota: what each tenant gets
+	// where its own quota is silent, field by field.
+	TenantDefaults TenantQuota
+	Hooks          Hooks
+	Redaction      Redaction
 
 	AuditOutput     string
 	MaxTenantLabels int

@@ -239,7 +239,7 @@ func (s *Snapshot) Unchanged(fsys fs.FS) bool {
 	}
 	referenced := make([]configFile, 0, len(s.referenced))
 	for _, name := range s.referenced {
-		data, err := readReferenced(fsys, name)
+		data, _, err := files.reader.read(name)
 		if err != nil {
 			return false
 		}

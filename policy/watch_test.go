@@ -232,7 +232,13 @@ func editUntilReload(t *testing.T, what string, changes *atomic.Int64, edit func
 }
 
 func secretsYAML(file string) string {
-	return "secrets:\n  token: { file: " + file + " }\n"
+	allow := ""
+	if filepath.IsAbs(file) {
+		// Outside the config directory: its test directory (t.TempDir's
+		// own) must be allowed, and may lose the file's directory.
+		allow = "config: { allow_paths: [" + filepath.Dir(filepath.Dir(file)) + "] }\n"
+	}
+	return allow + "secrets:\n  token: { file: " + file + " }\n"
 }
 
 // A file the config refers to outside tenants/, connectors/ and hooks/ is

@@ -22,6 +22,9 @@ type ConfigError struct {
 	// about (an unknown key, a second document) and left the rest of the
 	// file decoded in full.
 	decodedRest bool
+	// wholeFile marks a problem with the file as a whole (refused
+	// unread), which has no line.
+	wholeFile bool
 }
 
 func (e ConfigError) Error() string {
@@ -100,6 +103,10 @@ func yamlErrors(file string, err error) []ConfigError {
 	return []ConfigError{parseYAMLMessage(file, err.Error(), yamlSyntaxLine)}
 }
 
+// parseYAMLMessage words one decoder message. A file that fails to decode
+// may be anything (a secret, or a system file a link led to), so the result
+// quotes at most a key name, never a value: the decoder's own messages that
+// would quote more are replaced by their kind (docs/admins.md).
 func parseYAMLMessage(file, msg string, linePattern *regexp.Regexp) ConfigError {
 	ce := ConfigError{File: file, Msg: strings.TrimPrefix(msg, "yaml: ")}
 	if m := linePattern.FindStringSubmatch(msg); m != nil {
@@ -108,11 +115,11 @@ func parseYAMLMessage(file, msg string, linePattern *regexp.Regexp) ConfigError 
 	}
 	switch {
 	case yamlUnknownKey.MatchString(ce.Msg):
-		ce.Msg = fmt.Sprintf("unknown key %q", yamlUnknownKey.FindStringSubmatch(ce.Msg)[1])
+		ce.Msg = "unknown key" + quoteKey(yamlUnknownKey.FindStringSubmatch(ce.Msg)[1])
 		ce.decodedRest = true
 	case yamlDuplicate.MatchString(ce.Msg):
 		m := yamlDuplicate.FindStringSubmatch(ce.Msg)
-		ce.Msg = fmt.Sprintf("duplicate key %q (first set at line %s)", m[1], m[2])
+		ce.Msg = fmt.Sprintf("duplicate key%s (first set at line %s)", quoteKey(m[1]), m[2])
 	case yamlWrongType.MatchString(ce.Msg):
 		m := yamlWrongType.FindStringSubmatch(ce.Msg)
 		want, ok := goTypeToEnglish[m[3]]
@@ -123,13 +130,35 @@ func parseYAMLMessage(file, msg string, linePattern *regexp.Regexp) ConfigError 
 		default:
 			want = "a mapping"
 		}
-		if m[1] == "seq" || m[1] == "map" {
-			ce.Msg = fmt.Sprintf("wrong type: got a %s, want %s", map[string]string{"seq": "list", "map": "mapping"}[m[1]], want)
-		} else {
-			ce.Msg = fmt.Sprintf("wrong type: %q is not %s", m[2], want)
+		got := map[string]string{"seq": "a list", "map": "a mapping", "str": "a string", "int": "a whole number",
+			"float": "a number", "bool": "true or false", "null": "nothing", "binary": "binary data", "timestamp": "a timestamp"}[m[1]]
+		if got == "" {
+			got = "a value"
 		}
+		ce.Msg = fmt.Sprintf("wrong type: got %s, want %s", got, want)
+	case ownDecodeMessage(ce.Msg):
+	case strings.ContainsAny(ce.Msg, "`'\"") || strings.HasPrefix(ce.Msg, "cannot unmarshal"):
+		// Anchors, tags, map keys: the decoder would quote the file.
+		ce.Msg = "not valid here (the value is not quoted: this file did not decode)"
 	}
 	return ce
+}
+
+// quoteKey quotes a key name for a message when it looks like one of ours,
+// and leaves out anything else a file could hold in a key's place.
+func quoteKey(key string) string {
+	if keyName.MatchString(key) {
+		return fmt.Sprintf(" %q", key)
+	}
+	return ""
+}
+
+var keyName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,39}$`)
+
+// ownDecodeMessage reports whether msg is one this package's decoders
+// (Size, Duration) wrote, which quote no value.
+func ownDecodeMessage(msg string) bool {
+	return strings.HasPrefix(msg, "invalid size:") || strings.HasPrefix(msg, "invalid duration:") || strings.HasPrefix(msg, "want a ")
 }
 
 // line returns the line of the value at path (map keys as strings, list

@@ -74,7 +74,8 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
 // quotaOutcome handles the quota backend failing: with on_error: deny
 // the request is refused with 503, with allow it passes and is counted.
 func (ex *exchange) quotaOutcome(failedOpen bool, err error) bool {
-	if failedOpen {
+	if failedOpen && !ex.failedOpen {
+		ex.failedOpen = true
 		ex.gw.metrics.quotaFailedOpen(ex.tenant.ID)
 		ex.gw.failOpen.note(ex.gw, ex.id)
 	}

@@ -58,6 +58,10 @@ type exchange struct {
 	slot       quota.Slot   // the concurrency slot, released by finish
 	retryAfter int          // seconds, for a rate_limited refusal
 
+	// failedOpen: a quota check passed unchecked, counted once per request
+	// however many checks (rate, concurrency) did.
+	failedOpen bool
+
 	shapersOnce     sync.Once
 	egress, ingress *quota.Shaper // the tenant's bandwidth shapers, nil where unlimited
 	hooks           []string      // scripts run, for the audit line

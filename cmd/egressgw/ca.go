@@ -40,7 +40,7 @@ func caInit(args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	fmt.Fprintf(stdout, "wrote %s (give it to the sandboxes to trust) and %s (mode 0600; the gateway's only)\n", certPath, keyPath)
-	fmt.Fprintf(stdout, "in gateway.yaml (paths may also be relative to the config directory):\ntls:\n  ca_cert: %s\n  ca_key: %s\n", certPath, keyPath)
+	fmt.Fprintf(stdout, "in gateway.yaml (paths may also be relative to the config directory; outside it, list the directory in config.allow_paths):\ntls:\n  ca_cert: %s\n  ca_key: %s\n", certPath, keyPath)
 	return exitOK
 }
 

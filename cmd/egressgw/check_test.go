@@ -8,16 +8,17 @@ import (
 )
 
 // A config on disk may refer to files beside its directory with relative
-// paths (SPEC §2: relative to the config directory), whether check is given
-// the directory or its gateway.yaml.
-func TestCheckReadsRelativePathsOutsideTheConfigDirectory(t *testing.T) {
+// paths (relative to the config directory) when their directories are in
+// config.allow_paths (docs/admins.md), whether check is given the
+// directory or its gateway.yaml.
+func TestCheckReadsRelativePathsInAllowedDirectories(t *testing.T) {
 	root := t.TempDir()
 	var out bytes.Buffer
 	if code := run([]string{"ca", "init", "--out", filepath.Join(root, "ca")}, &out, &out); code != exitOK {
 		t.Fatalf("ca init: exit %d\n%s", code, out.String())
 	}
 	files := map[string]string{
-		"config/gateway.yaml": "tls:\n  ca_cert: ../ca/ca.pem\n  ca_key: ../ca/ca-key.pem\n  upstream_roots: [\"../ca/ca.pem\"]\n" +
+		"config/gateway.yaml": "config: { allow_paths: [../ca, ../secrets, ../shared] }\n" + "tls:\n  ca_cert: ../ca/ca.pem\n  ca_key: ../ca/ca-key.pem\n  upstream_roots: [\"../ca/ca.pem\"]\n" +
 			"secrets:\n  k: { file: ../secrets/k }\n",
 		"config/connectors/c.yaml": "name: c\nhosts: [\"c.example\"]\ninspect: true\n" +
 			"inject:\n  headers: { Authorization: \"Bearer ${secret:k}\" }\nhooks: { request: ../shared/tag.tengo }\n",
