@@ -476,3 +476,95 @@ func TestRedisSlowAcquireLeavesNoLease(t *testing.T) {
 		t.Fatalf("Acquire after the stall: %+v, %v; want a real slot", s, err)
 	}
 }
+
+// A Redis restart without persistence loses every lease: the renewal
+// re-creates those still held, so the cap holds again right after.
+func TestRedisRestartRecreatesLeases(t *testing.T) {
+	srv := startRedis(t)
+	prefix := uniquePrefix(t)
+	// Renewals every 2 s: the re-creation after the restart must come from
+	// the reconnect, or from the first renewal at the latest.
+	holder := newTestRedis(t, srv, RedisOptions{Prefix: prefix, LeaseTTL: 6 * time.Second})
+	other := newTestRedis(t, srv, RedisOptions{Prefix: prefix, LeaseTTL: 6 * time.Second})
+	ctx := context.Background()
+	const max = 20
+	for i := range max {
+		if s, err := holder.Acquire(ctx, "acme", max); err != nil || !s.Acquired {
+			t.Fatalf("slot %d: %+v, %v", i, s, err)
+		}
+	}
+
+	srv.stop()
+	srv.start()
+
+	eventually(t, 5*time.Second, "the held leases are counted again after the restart", func() bool {
+		n, err := other.InUse(ctx, "acme")
+		return err == nil && n == max
+	})
+	for i := range 5 {
+		for _, r := range []*Redis{holder, other} {
+			if s, err := r.Acquire(ctx, "acme", max); err != nil || s.Acquired {
+				t.Fatalf("acquire %d beyond the cap after the restart: %+v, %v; want refused", i, s, err)
+			}
+		}
+	}
+}
+
+// After Redis hangs, no request is refused for slots that are not in use:
+// releases that failed during the hang and acquires given up on (which
+// Redis still runs when it wakes) leave no lease behind.
+func TestRedisHangLeavesNoStaleLeases(t *testing.T) {
+	srv := startRedis(t, "--enable-debug-command", "yes")
+	r := newTestRedis(t, srv, RedisOptions{Prefix: uniquePrefix(t), Timeout: 100 * time.Millisecond, LeaseTTL: time.Minute})
+	ctx := context.Background()
+	const max = 10
+	var held []Slot
+	for i := range 6 {
+		s, err := r.Acquire(ctx, "acme", max)
+		if err != nil || !s.Acquired {
+			t.Fatalf("slot %d: %+v, %v", i, s, err)
+		}
+		held = append(held, s)
+	}
+
+	stall := redis.NewClient(&redis.Options{Addr: srv.addr, DisableIdentity: true})
+	defer stall.Close()
+	slept := make(chan error, 1)
+	go func() { slept <- stall.Do(ctx, "DEBUG", "SLEEP", "1.5").Err() }()
+	time.Sleep(100 * time.Millisecond) // the sleep has begun
+
+	// During the hang: four requests end, and four more try to start.
+	var wg sync.WaitGroup
+	for _, s := range held[2:] {
+		wg.Go(s.Release)
+	}
+	for range 4 {
+		wg.Go(func() {
+			if s, err := r.Acquire(ctx, "acme", max); err == nil || s.Acquired {
+				t.Errorf("Acquire against a hung Redis: %+v, %v; want quota unavailable", s, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := <-slept; err != nil {
+		t.Fatalf("DEBUG SLEEP: %v", err)
+	}
+
+	// Two slots are in use: eight more must be granted at once, the ninth
+	// refused.
+	for i := range max - 2 {
+		s, err := r.Acquire(ctx, "acme", max)
+		if err != nil || !s.Acquired {
+			n, _ := r.InUse(ctx, "acme")
+			t.Fatalf("acquire %d after the hang with 2 of %d slots in use: %+v, %v (Redis counts %d)", i+1, max, s, err, n)
+		}
+	}
+	if s, err := r.Acquire(ctx, "acme", max); err != nil || s.Acquired {
+		t.Fatalf("acquire beyond the cap: %+v, %v; want refused", s, err)
+	}
+	// Nothing the hang left behind comes back later either.
+	time.Sleep(300 * time.Millisecond)
+	if n, err := r.InUse(ctx, "acme"); err != nil || n != max {
+		t.Errorf("InUse %d, %v; want %d", n, err, max)
+	}
+}
