@@ -36,6 +36,12 @@ const leaseRefreshBatch = 256
 // answer (see Redis.orphans); past it, a lease is left to expire by itself.
 const maxOrphans = 1 << 16
 
+// leaseHeartbeat is how often a replica that holds leases checks its
+// connection to Redis: a Redis that restarted is reconnected to, which
+// re-creates the leases (OnConnect), within this time even while the
+// replica has no other traffic.
+const leaseHeartbeat = time.Second
+
 // orphansPerAcquire bounds the orphans of its key an Acquire voids in its
 // own script call.
 const orphansPerAcquire = 32
@@ -177,10 +183,10 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	}
 	var r *Redis
 	// A new connection may follow a Redis restart that lost every lease:
-	// renew (re-create) them now rather than at the next tick.
-	clientOpts.OnConnect = func(context.Context, *redis.Conn) error {
-		r.poke()
-		return nil
+	// re-create them on it before it carries anything else, so that no
+	// Acquire of this replica is decided on a count without them.
+	clientOpts.OnConnect = func(_ context.Context, cn *redis.Conn) error {
+		return r.refreshOnce(cn)
 	}
 	client := redis.NewClient(clientOpts)
 	r = &Redis{
@@ -505,10 +511,10 @@ func (r *Redis) void(setKeys, ids []string) error {
 	return nil
 }
 
-// sweepOrphans voids the orphans; false if Redis did not answer. An orphan
+// sweepOrphans voids the orphans. An orphan
 // older than twice LeaseTTL is dropped unvoided: its lease has expired,
 // unless a hang kept its command waiting in Redis for that long.
-func (r *Redis) sweepOrphans() bool {
+func (r *Redis) sweepOrphans() error {
 	r.mu.Lock()
 	var setKeys, ids []string
 	old := time.Now().Add(-2 * r.leaseTTL)
@@ -527,11 +533,10 @@ func (r *Redis) sweepOrphans() bool {
 	}
 	r.mu.Unlock()
 	if len(ids) == 0 {
-		return true
+		return nil
 	}
 	if err := r.void(setKeys, ids); err != nil {
-		r.logger.Debug("quota: releasing concurrency slots failed; retrying", "leases", len(ids), "err", err)
-		return false
+		return fmt.Errorf("quota: releasing %d concurrency slots: %w", len(ids), err)
 	}
 	r.mu.Lock()
 	for i, id := range ids {
@@ -547,7 +552,7 @@ func (r *Redis) sweepOrphans() bool {
 	}
 	r.lostNoted = false
 	r.mu.Unlock()
-	return true
+	return nil
 }
 
 // redisLease is one slot held in Redis.
@@ -582,8 +587,9 @@ func (l *redisLease) release(uint64) {
 		cancel()
 	}
 	if err != nil {
-		r.logger.Warn("quota: releasing a concurrency slot failed; retrying until Redis answers",
-			"key", l.setKey, "lease_ttl", r.leaseTTL, "err", err)
+		// Retried in the background, which logs a run of failures once.
+		r.logger.Debug("quota: releasing a concurrency slot failed; retrying until Redis answers",
+			"key", l.setKey, "err", err)
 		r.addOrphan(l.setKey, l.id)
 	}
 }
@@ -597,31 +603,65 @@ func (r *Redis) refreshLeases() {
 	defer close(r.stopped)
 	ticker := time.NewTicker(r.leaseTTL / 3)
 	defer ticker.Stop()
+	heartbeat := time.NewTicker(min(leaseHeartbeat, r.leaseTTL/3))
+	defer heartbeat.Stop()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
+	failing := false
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-ticker.C:
 		case <-r.wake:
+			if failing {
+				continue // the retry is due within Timeout anyway
+			}
 		case <-retry.C:
+		case <-heartbeat.C:
+			r.heartbeat()
+			continue
 		}
-		ok := r.refreshOnce()
-		if !r.sweepOrphans() {
-			ok = false
+		err := r.refreshOnce(r.client)
+		if serr := r.sweepOrphans(); err == nil {
+			err = serr
 		}
-		if ok {
-			retry.Stop()
-		} else {
+		switch {
+		case err != nil && !failing:
+			r.logger.Warn("quota: renewing or releasing concurrency slots failed; retrying until Redis answers",
+				"lease_ttl", r.leaseTTL, "retry_every", r.timeout, "err", err)
+		case err == nil && failing:
+			r.logger.Info("quota: concurrency slots renewed and released again")
+		}
+		failing = err != nil
+		if failing {
 			retry.Reset(r.timeout)
+		} else {
+			retry.Stop()
 		}
 	}
 }
 
-// refreshOnce renews every held lease, re-creating those Redis lost; false
-// if Redis did not answer.
-func (r *Redis) refreshOnce() bool {
+// heartbeat pings Redis while this replica holds leases: a restarted
+// Redis is then reconnected to, and OnConnect re-creates the leases. A
+// failure is left to the renewals and their retries to report.
+func (r *Redis) heartbeat() {
+	r.mu.Lock()
+	held := len(r.leases)
+	r.mu.Unlock()
+	if held == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	if err := r.client.Ping(ctx).Err(); err != nil {
+		r.logger.Debug("quota: redis heartbeat failed", "err", err)
+	}
+}
+
+// refreshOnce renews every held lease through s, re-creating those Redis
+// lost.
+func (r *Redis) refreshOnce(s redis.Scripter) error {
 	r.mu.Lock()
 	held := make([]*redisLease, 0, len(r.leases))
 	for l := range r.leases {
@@ -638,7 +678,7 @@ func (r *Redis) refreshOnce() bool {
 			args = append(args, l.id)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-		err := r.refreshScript.Run(ctx, r.client, keys, args...).Err()
+		err := r.refreshScript.Run(ctx, s, keys, args...).Err()
 		cancel()
 		for _, l := range batch {
 			if err != nil {
@@ -653,12 +693,10 @@ func (r *Redis) refreshOnce() bool {
 			}
 		}
 		if err != nil {
-			r.logger.Warn("quota: renewing concurrency slots failed; retrying until Redis answers",
-				"leases", len(batch), "lease_ttl", r.leaseTTL, "err", err)
-			return false
+			return fmt.Errorf("quota: renewing %d concurrency slots: %w", len(batch), err)
 		}
 	}
-	return true
+	return nil
 }
 
 // The lease scripts read Redis's own clock (TIME, in milliseconds), so that
