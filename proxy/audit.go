@@ -272,7 +272,10 @@ func (a *auditLog) writeCarry() error {
 	}
 	var dropped int64
 	ended := false
-	if err == nil && a.shedding {
+	// Shedding ends once a write worked and half the backlog is free, so
+	// that a disk that is only behind does not flip it (and the log) on
+	// every write.
+	if err == nil && a.shedding && len(a.pending)+a.carried <= auditBacklog/2 {
 		a.shedding, ended = false, true
 		dropped, a.nDropped = a.nDropped, 0
 	}
