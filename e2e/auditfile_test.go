@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -209,15 +210,40 @@ func TestAuditOutputSwitchOnReload(t *testing.T) {
 		}
 		return fmt.Errorf("stdout does not hold the line of %s", last)
 	})
+
+	// A destination that cannot be opened leaves the log where it is; once
+	// it can be, SIGHUP switches to it although the config is unchanged.
+	later := filepath.Join(t.TempDir(), "not-yet", "audit.log")
+	writeFile(t, filepath.Join(dir, "gateway.yaml"), gatewayYAML(fmt.Sprintf("audit:\n  output: %q\n", later)))
+	eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(g.stderr.String(), "cannot open the new audit output") {
+			return fmt.Errorf("no error logged for an audit output that cannot be opened")
+		}
+		return nil
+	})
+	stayed := traffic.send(t)
+	eventually(t, 5*time.Second, func() error {
+		if !slices.Contains(pathsOfLines(t, g.stdout.String()), stayed) {
+			return fmt.Errorf("the line of %s, sent while the new output could not be opened, is not on stdout", stayed)
+		}
+		return nil
+	})
+	if err := os.Mkdir(filepath.Dir(later), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	g.signal(t, syscall.SIGHUP)
+	traffic.sendUntilIn(t, later)
+
 	seen := map[string]int{}
 	eventually(t, 5*time.Second, func() error {
 		clear(seen)
-		for _, p := range append(pathsOfLines(t, g.stdout.String()), auditedPaths(t, file)...) {
+		stdout := pathsOfLines(t, g.stdout.String())
+		for _, p := range append(append(stdout, auditedPaths(t, file)...), auditedPaths(t, later)...) {
 			seen[p]++
 		}
 		for _, p := range traffic.sent {
 			if seen[p] != 1 {
-				return fmt.Errorf("request %s has %d audit lines on stdout and in the file, want 1", p, seen[p])
+				return fmt.Errorf("request %s has %d audit lines on stdout and in the files, want 1", p, seen[p])
 			}
 		}
 		return nil

@@ -397,6 +397,9 @@ func (r *reloader) reload(trigger string) {
 			// with it. The files are the live policy's again (a broken
 			// edit reverted), so an earlier error no longer describes them.
 			r.lastErr = ""
+			// An audit output that could not be opened last time is
+			// tried again (after its directory was fixed, say).
+			r.audit.apply(r.gw, live.Gateway.AuditOutput, r.log)
 			return
 		}
 	}
