@@ -352,13 +352,15 @@ func TestReloadSoak(t *testing.T) {
 		}()
 	}
 	path := filepath.Join(dir, "tenants", "editor.yaml")
-	const rewrites = 50
+	const rewrites = 25
 	for i := 1; i <= rewrites; i++ {
 		writeFile(t, path+".tmp", tenant(i))
 		if err := os.Rename(path+".tmp", path); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(60 * time.Millisecond) // paces the edits like a busy admin; not a synchronisation
+		// Paces the edits like a busy admin, each past the watcher's
+		// quiet window so that most of them reload; not a synchronisation.
+		time.Sleep(200 * time.Millisecond)
 	}
 	// Let the last edit land, then stop the clients.
 	eventually(t, reloadWindow, func() error {

@@ -16,9 +16,15 @@ import (
 
 // WatchOptions tune Watch; zero values take the defaults.
 type WatchOptions struct {
-	// Debounce collects a burst of events (an editor's save is several)
-	// into one reload. Default 150ms.
+	// Debounce is the quiet window: a reload waits until no event has
+	// arrived for this long, so a file written slowly in place is read
+	// once the writer has finished, never half-written, and a burst of
+	// events (an editor's save is several) is one reload. Default 150ms.
 	Debounce time.Duration
+	// MaxWait bounds how long a steady stream of events can put a reload
+	// off, counted from the first event of the stream: a file that is
+	// written to for ever is still read. Default 2s.
+	MaxWait time.Duration
 	// Resync reloads periodically whatever the events said: a backstop for
 	// lost events. Default 30s. The reload is skipped cheaply when the
 	// files' fingerprint is unchanged.
@@ -54,6 +60,10 @@ func Watch(ctx context.Context, dir string, opts WatchOptions, reload func(reaso
 	if opts.Resync <= 0 {
 		opts.Resync = 30 * time.Second
 	}
+	if opts.MaxWait <= 0 {
+		opts.MaxWait = 2 * time.Second
+	}
+	opts.MaxWait = max(opts.MaxWait, opts.Debounce)
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -77,17 +87,21 @@ func Watch(ctx context.Context, dir string, opts WatchOptions, reload func(reaso
 	}
 	rewatch()
 
-	// The timer starts at the first event of a burst and is not pushed back
-	// by later ones: a steady stream of edits still reloads every Debounce,
+	// Every event pushes the reload back to Debounce after it, so a file is
+	// read only once the directory has been quiet that long: a save that
+	// writes in chunks with pauses shorter than Debounce is read whole (a
+	// file cut after its first rule may validate, and would be applied).
+	// A stream that never pauses is read MaxWait after its first event,
 	// rather than never.
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
-	pending := false
+	var deadline time.Time // of the pending reload; zero when none is pending
 	schedule := func() {
-		if !pending {
-			pending = true
-			debounce.Reset(opts.Debounce)
+		now := time.Now()
+		if deadline.IsZero() {
+			deadline = now.Add(opts.MaxWait)
 		}
+		debounce.Reset(min(opts.Debounce, deadline.Sub(now)))
 	}
 	resync := time.NewTicker(opts.Resync)
 	defer resync.Stop()
@@ -112,7 +126,7 @@ func Watch(ctx context.Context, dir string, opts WatchOptions, reload func(reaso
 			}
 			log.Warn("config watcher error", "error", err)
 		case <-debounce.C:
-			pending = false
+			deadline = time.Time{}
 			reload("file change")
 			rewatch()
 		case <-resync.C:

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -108,13 +110,90 @@ func TestWatchCollapsesBurstsButNeverStarves(t *testing.T) {
 	if n := changes.Load(); n > 2 {
 		t.Errorf("a burst of 10 writes caused %d reloads", n)
 	}
-	// A steady stream of edits longer than the debounce still reloads.
-	before := changes.Load()
-	for i := range 20 {
-		write(t, filepath.Join(dir, "gateway.yaml"), string(rune('a'+i)))
-		time.Sleep(30 * time.Millisecond)
+}
+
+// A stream of edits that never pauses for the debounce window still
+// reloads, MaxWait after it began, and again while it goes on.
+func TestWatchStreamReloadsAfterMaxWait(t *testing.T) {
+	dir := t.TempDir()
+	changes, _ := watchCounting(t, dir, WatchOptions{Debounce: 200 * time.Millisecond, MaxWait: 300 * time.Millisecond, Resync: time.Hour})
+	time.Sleep(200 * time.Millisecond) // let the watches be registered
+	stop := time.Now().Add(3 * time.Second)
+	for i := 0; time.Now().Before(stop); i++ {
+		write(t, filepath.Join(dir, "gateway.yaml"), string(rune('a'+i%26)))
+		time.Sleep(20 * time.Millisecond)
+		if changes.Load() >= 2 {
+			return // reloaded twice while the stream never paused
+		}
 	}
-	waitFor(t, "reloads during a steady stream", func() bool { return changes.Load()-before >= 3 })
+	t.Fatalf("%d reloads during 3 s of edits 20 ms apart with MaxWait 300ms, want at least 2", changes.Load())
+}
+
+// A file written in place in chunks, with pauses shorter than the debounce
+// window, is read once, whole: never while it is half-written.
+func TestWatchWaitsForSlowWrite(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "gateway.yaml")
+	var chunks []string
+	for i := range 10 {
+		chunks = append(chunks, fmt.Sprintf("# chunk %d of a slow save\n", i))
+	}
+	whole := strings.Join(chunks, "")
+	write(t, path, "# before\n")
+	var mu sync.Mutex
+	var seen []string
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Watch(ctx, dir, WatchOptions{Debounce: 400 * time.Millisecond, MaxWait: 5 * time.Second, Resync: time.Hour}, func(string) {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			seen = append(seen, string(data))
+			mu.Unlock()
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Watch: %v", err)
+		}
+	})
+	time.Sleep(200 * time.Millisecond) // let the watches be registered
+
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range chunks {
+		if i > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if _, err := f.WriteString(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reload after the save", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) > 0
+	})
+	time.Sleep(time.Second) // two debounce windows for a late second reload to show
+	mu.Lock()
+	defer mu.Unlock()
+	for i, got := range seen {
+		if got != whole {
+			t.Errorf("reload %d read %d of %d bytes: a half-written file", i+1, len(got), len(whole))
+		}
+	}
+	if len(seen) != 1 {
+		t.Errorf("%d reloads for one save, want 1", len(seen))
+	}
 }
 
 func TestWatchResyncs(t *testing.T) {

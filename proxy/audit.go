@@ -1,10 +1,14 @@
 package proxy
 
 import (
+	"cmp"
 	"io"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/egressgw/egressgw/policy"
 )
@@ -35,56 +39,116 @@ type auditRecord struct {
 }
 
 // auditFlushInterval bounds how long a line may wait in memory: the log is
-// written in blocks rather than a system call per request.
+// written in blocks rather than a system call per request. It is also how
+// often a failed write is tried again.
 const auditFlushInterval = 100 * time.Millisecond
 
 // auditFlushSize is how much waiting text makes the writer flush before
 // its interval is up.
 const auditFlushSize = 256 << 10
 
-// auditBacklog bounds the text waiting for a slow disk: past it, requests
-// wait for the writer rather than the gateway's memory growing or lines
-// being dropped.
+// auditBacklog bounds the text held for a slow or failing disk: lines not
+// yet handed to the writer plus what a failed write left. Past it, a
+// request waits for room, up to auditMaxWait.
 const auditBacklog = 8 << 20
+
+// auditMaxWait is the longest a request waits for room in a full backlog.
+// A disk that is only slow frees room well within it; one that refuses
+// writes (full, read-only, gone) would otherwise hold every request, and
+// its connection, for as long as the disk stays broken. Past it the line
+// is dropped, counted in egressgw_audit_dropped_lines_total and logged;
+// until the writer makes room again, further lines that do not fit are
+// dropped at once instead of each waiting (docs/operators.md).
+const auditMaxWait = time.Second
 
 // auditLineReuse is the largest line buffer kept for reuse: a rare line
 // with a huge path is not worth pinning memory for.
 const auditLineReuse = 16 << 10
 
+// auditOptions are what an auditLog reports to besides its output.
+type auditOptions struct {
+	// onError hears of a failed write, once per run of failures.
+	onError func(error)
+	// onDrop hears when lines start being dropped (dropped 0) and, when
+	// the writer has room again, how many were (ended).
+	onDrop func(dropped int64, ended bool)
+	// registry gets the audit metrics; nil leaves them unregistered.
+	registry prometheus.Registerer
+	// maxWait overrides auditMaxWait (tests).
+	maxWait time.Duration
+}
+
 // auditLog collects whole lines in memory, so concurrent records never
 // interleave, and one goroutine writes them out every auditFlushInterval
 // (sooner past auditFlushSize) and on close. A request only appends under
 // the lock: no request waits on the disk unless the backlog is full.
+//
+// What a failed write leaves (carry) is written first next time, resliced
+// rather than copied; the backlog bound counts it, so a disk that refuses
+// writes holds at most auditBacklog bytes of text, however long it lasts.
 type auditLog struct {
-	lines sync.Pool // *[]byte: lines are encoded outside the lock
-	out   io.Writer
-	// onError hears of a failed write, once per run of failures.
-	onError func(error)
+	lines   sync.Pool // *[]byte: lines are encoded outside the lock
+	opts    auditOptions
+	maxWait time.Duration
 
-	mu      sync.Mutex
-	room    *sync.Cond // signalled when the writer has taken the backlog
-	pending []byte     // lines not yet handed to the writer
-	spare   []byte     // the writer's last buffer, for reuse
-	closed  bool       // after close, every line is written at once
-	kick    chan struct{}
-	stop    chan struct{}
-	done    chan struct{}
+	dropped     prometheus.Counter
+	writeErrors prometheus.Counter
+
+	// wmu serialises writing out (flush loop, close, output switches);
+	// it is taken before mu, never after.
+	wmu   sync.Mutex
+	out   io.Writer
+	batch []byte // the buffer being written, for reuse
+	carry []byte // the part of batch a failed write left
+
+	mu       sync.Mutex
+	room     chan struct{} // closed, and replaced, when text leaves the backlog
+	pending  []byte        // lines not yet handed to the writer
+	spare    []byte        // the writer's last buffer, for reuse
+	carried  int           // len(carry), for writers to read under mu
+	shedding bool          // a line was dropped; no waiting until there is room
+	nDropped int64         // lines dropped since shedding began
+	closed   bool          // after close, every line is written at once
+	kick     chan struct{}
+	stop     chan struct{}
+	done     chan struct{}
 }
 
-func newAuditLog(out io.Writer, onError func(error)) *auditLog {
+func newAuditLog(out io.Writer, opts auditOptions) *auditLog {
 	a := &auditLog{
 		out:     out,
-		onError: onError,
+		opts:    opts,
+		maxWait: cmp.Or(opts.maxWait, auditMaxWait),
+		room:    make(chan struct{}),
 		pending: make([]byte, 0, 2*auditFlushSize),
 		spare:   make([]byte, 0, 2*auditFlushSize),
 		kick:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
-	a.room = sync.NewCond(&a.mu)
+	f := promauto.With(opts.registry)
+	a.dropped = f.NewCounter(prometheus.CounterOpts{
+		Name: "egressgw_audit_dropped_lines_total",
+		Help: "Audit lines dropped because the backlog stayed full (the audit output refused or stalled writes).",
+	})
+	a.writeErrors = f.NewCounter(prometheus.CounterOpts{
+		Name: "egressgw_audit_write_errors_total",
+		Help: "Failed writes to the audit output; each is retried every 100 ms.",
+	})
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "egressgw_audit_backlog_bytes",
+		Help: "Audit text held in memory, not yet written out.",
+	}, func() float64 { return float64(a.backlog()) })
 	a.lines.New = func() any { b := make([]byte, 0, 1024); return &b }
 	go a.flushLoop()
 	return a
+}
+
+// backlog is the text held: pending and what a failed write left.
+func (a *auditLog) backlog() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.pending) + a.carried
 }
 
 func (a *auditLog) write(rec *auditRecord) error {
@@ -99,20 +163,52 @@ func (a *auditLog) write(rec *auditRecord) error {
 }
 
 // writeLine appends one whole line; the caller may reuse line once it
-// returns.
+// returns. A line the backlog has no room for within maxWait is dropped
+// and counted, not returned as an error: the log says so once per run.
 func (a *auditLog) writeLine(line []byte) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	var timeout <-chan time.Time
+	for !a.closed && a.full(len(line)) {
+		if a.shedding {
+			a.dropLocked()
+			return nil
+		}
+		if timeout == nil {
+			t := time.NewTimer(a.maxWait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		room := a.room
+		a.mu.Unlock()
+		select {
+		case <-room:
+			a.mu.Lock()
+		case <-timeout:
+			a.mu.Lock()
+			if a.full(len(line)) && !a.closed {
+				a.shedding = true
+				if a.opts.onDrop != nil {
+					a.opts.onDrop(0, false)
+				}
+				a.dropLocked()
+				return nil
+			}
+		}
+	}
 	if a.closed {
 		// No writer any more: write through, behind anything a failed
 		// last flush left.
+		if a.full(len(line)) {
+			a.dropLocked()
+			return nil
+		}
 		a.pending = append(a.pending, line...)
-		n, err := a.out.Write(a.pending)
-		a.pending = a.pending[:copy(a.pending, a.pending[n:])]
-		return err
-	}
-	for len(a.pending) >= auditBacklog && !a.closed {
-		a.room.Wait()
+		a.mu.Unlock()
+		for {
+			if err := a.flush(); err != nil || a.backlog() == 0 {
+				return err
+			}
+		}
 	}
 	a.pending = append(a.pending, line...)
 	if len(a.pending) >= auditFlushSize {
@@ -121,42 +217,95 @@ func (a *auditLog) writeLine(line []byte) error {
 		default:
 		}
 	}
+	a.mu.Unlock()
 	return nil
 }
 
-// flush writes out what is pending, outside the lock.
-func (a *auditLog) flush() error {
-	a.mu.Lock()
-	batch := a.pending
-	a.pending, a.spare = a.spare[:0], nil
-	a.room.Broadcast()
+// full reports whether a line of n bytes finds no room; an empty backlog
+// always has room, so a line longer than the bound is written, not lost.
+func (a *auditLog) full(n int) bool {
+	held := len(a.pending) + a.carried
+	return held > 0 && held+n > auditBacklog
+}
+
+// dropLocked counts a dropped line and unlocks.
+func (a *auditLog) dropLocked() {
+	a.nDropped++
 	a.mu.Unlock()
-	if len(batch) == 0 {
-		a.giveBack(batch)
+	a.dropped.Inc()
+}
+
+// flush writes out what a failed write left, then what is pending.
+func (a *auditLog) flush() error {
+	a.wmu.Lock()
+	defer a.wmu.Unlock()
+	if len(a.carry) > 0 {
+		if err := a.writeCarry(); err != nil {
+			return err
+		}
+	}
+	a.mu.Lock()
+	if len(a.pending) == 0 {
+		a.mu.Unlock()
 		return nil
 	}
-	n, err := a.out.Write(batch)
-	if err != nil {
-		// Keep what was not written, ahead of newer lines, for the next
-		// try: a full disk that recovers loses nothing.
-		a.mu.Lock()
-		a.pending = append(append(make([]byte, 0, len(batch)-n+len(a.pending)), batch[n:]...), a.pending...)
-		a.mu.Unlock()
-		return err
-	}
-	a.giveBack(batch)
-	return nil
+	// The text stays counted in the backlog (carried) until it is written:
+	// requests waiting for room wait for the disk, not for this swap.
+	a.batch, a.pending, a.spare = a.pending, a.spare[:0], nil
+	a.carried = len(a.batch)
+	a.mu.Unlock()
+	a.carry = a.batch
+	return a.writeCarry()
 }
 
-// giveBack keeps the written buffer for the next swap, unless a burst
-// made it large.
-func (a *auditLog) giveBack(batch []byte) {
-	if cap(batch) > 4*auditFlushSize {
-		batch = make([]byte, 0, 2*auditFlushSize)
-	}
+// writeCarry writes a.carry out once; a.wmu is held.
+func (a *auditLog) writeCarry() error {
+	n, err := a.out.Write(a.carry)
+	// Keep what was not written, ahead of newer lines, for the next try:
+	// a full disk that recovers loses nothing.
+	a.carry = a.carry[n:]
 	a.mu.Lock()
-	a.spare = batch[:0]
+	a.carried = len(a.carry)
+	if n > 0 || err == nil {
+		close(a.room)
+		a.room = make(chan struct{})
+	}
+	var dropped int64
+	ended := false
+	// Shedding ends once a write worked and half the backlog is free, so
+	// that a disk that is only behind does not flip it (and the log) on
+	// every write.
+	if err == nil && a.shedding && len(a.pending)+a.carried <= auditBacklog/2 {
+		a.shedding, ended = false, true
+		dropped, a.nDropped = a.nDropped, 0
+	}
+	if err == nil {
+		a.spare = a.batch[:0]
+		if cap(a.spare) > 4*auditFlushSize {
+			a.spare = make([]byte, 0, 2*auditFlushSize)
+		}
+		a.batch = nil
+	}
 	a.mu.Unlock()
+	if ended && a.opts.onDrop != nil {
+		a.opts.onDrop(dropped, true)
+	}
+	if err != nil {
+		a.writeErrors.Inc()
+	}
+	return err
+}
+
+// setOutput sends every line not yet written to w from now on; once it
+// returns, the previous output gets no more writes and may be closed.
+func (a *auditLog) setOutput(w io.Writer) {
+	a.wmu.Lock()
+	a.out = w
+	a.wmu.Unlock()
+	select { // lines waiting behind a failed output may go now
+	case a.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (a *auditLog) flushLoop() {
@@ -172,8 +321,8 @@ func (a *auditLog) flushLoop() {
 			return
 		}
 		err := a.flush()
-		if err != nil && !failing && a.onError != nil {
-			a.onError(err)
+		if err != nil && !failing && a.opts.onError != nil {
+			a.opts.onError(err)
 		}
 		failing = err != nil
 	}
@@ -187,7 +336,8 @@ func (a *auditLog) close() error {
 	err := a.flush()
 	a.mu.Lock()
 	a.closed = true
-	a.room.Broadcast()
+	close(a.room)
+	a.room = make(chan struct{})
 	a.mu.Unlock()
 	return err
 }

@@ -136,7 +136,7 @@ func TestAuditAppendJSONAllocs(t *testing.T) {
 
 func TestAuditLogWholeLines(t *testing.T) {
 	var out bytes.Buffer
-	a := newAuditLog(&out, nil)
+	a := newAuditLog(&out, auditOptions{})
 	rec := sampleAuditRecord()
 	rec.Path = "/" + strings.Repeat("p", auditLineReuse) // not pooled
 	if err := a.write(&rec); err != nil {
@@ -185,7 +185,7 @@ func BenchmarkAuditAppendJSON(b *testing.B) {
 
 // BenchmarkAuditWrite is a whole line's way into the buffered log.
 func BenchmarkAuditWrite(b *testing.B) {
-	a := newAuditLog(io.Discard, nil)
+	a := newAuditLog(io.Discard, auditOptions{})
 	defer func() {
 		if err := a.close(); err != nil {
 			b.Error(err)

@@ -95,9 +95,8 @@ func New(opts Options) (*Gateway, error) {
 	})
 	g := &Gateway{
 		log: opts.Logger,
-		audit: newAuditLog(opts.Audit, func(err error) {
-			opts.Logger.Error("audit log write failed; retrying every 100 ms, requests wait once 8 MiB of lines are pending", "error", err)
-		}),
+		audit: newAuditLog(opts.Audit,
+			auditReports(opts.Logger, opts.Registry)),
 		quota:      opts.Quota,
 		hooks:      &hookRuntime{cfg: hooks.RuntimeConfig{MaxConcurrent: opts.Settings.Hooks.MaxConcurrent, Defaults: opts.Settings.Hooks.Defaults}},
 		bandwidth:  opts.Bandwidth,

@@ -28,9 +28,23 @@ const (
 	DefaultLeaseTTL = 30 * time.Second
 )
 
-// leaseRefreshBatch bounds the leases renewed by one script call, so that a
-// replica with many open tunnels never blocks Redis for long.
+// leaseRefreshBatch bounds the leases renewed (or voided) by one script
+// call, so that a replica with many open tunnels never blocks Redis for long.
 const leaseRefreshBatch = 256
+
+// maxOrphans bounds the leases waiting to be voided while Redis does not
+// answer (see Redis.orphans); past it, a lease is left to expire by itself.
+const maxOrphans = 1 << 16
+
+// leaseHeartbeat is how often a replica that holds leases checks its
+// connection to Redis: a Redis that restarted is reconnected to, which
+// re-creates the leases (OnConnect), within this time even while the
+// replica has no other traffic.
+const leaseHeartbeat = time.Second
+
+// orphansPerAcquire bounds the orphans of its key an Acquire voids in its
+// own script call.
+const orphansPerAcquire = 32
 
 // RedisOptions configures a Redis backend (gateway.yaml quota.redis).
 type RedisOptions struct {
@@ -69,6 +83,12 @@ type RedisOptions struct {
 // a script decides in one round trip, where MULTI/WATCH would retry under
 // contention. A background goroutine renews the leases this replica holds;
 // a replica that dies stops renewing and its slots come free after LeaseTTL.
+//
+// Renewal re-creates a held lease that Redis lost (a restart without
+// persistence): within one renewal, or at once on reconnecting, the open
+// slots count again. A lease that must go but whose removal may not have
+// reached Redis (a release or a given-up acquire while Redis hung or was
+// down) is an orphan, voided again until Redis confirms: see orphans.
 type Redis struct {
 	client   *redis.Client
 	rates    *redis_rate.Limiter
@@ -81,6 +101,7 @@ type Redis struct {
 	acquireScript *redis.Script
 	inUseScript   *redis.Script
 	refreshScript *redis.Script
+	voidScript    *redis.Script
 
 	// owner starts every lease id of this backend; with leaseSeq it makes
 	// ids unique across replicas without asking Redis.
@@ -92,7 +113,22 @@ type Redis struct {
 	// open requests and tunnels.
 	mu     sync.Mutex
 	leases map[*redisLease]struct{}
+	// orphans are leases to void, by set key and lease id, with when they
+	// became orphans. A command that timed out on our side may still run
+	// when Redis wakes from a hang: go-redis gives up on the connection,
+	// not the command, and even retries it once. So a release or an
+	// acquire that failed leaves a lease that can count against the cap
+	// for LeaseTTL after the hang (this is what refused requests right
+	// after a hang ended, although fewer slots were in use than the cap).
+	// Voiding removes the lease and leaves a tombstone for LeaseTTL that
+	// makes a late run of its acquire or renewal add nothing. Guarded by mu.
+	orphans   map[string]map[string]time.Time
+	nOrphans  int
+	lostNoted bool // an orphan was dropped since the last successful sweep
 
+	// wake asks the background goroutine to renew and sweep now: on a new
+	// connection (Redis may have restarted) and on a new orphan.
+	wake      chan struct{}
 	stop      chan struct{}
 	stopped   chan struct{}
 	closeOnce sync.Once
@@ -145,8 +181,15 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	var r *Redis
+	// A new connection may follow a Redis restart that lost every lease:
+	// re-create them on it before it carries anything else, so that no
+	// Acquire of this replica is decided on a count without them.
+	clientOpts.OnConnect = func(_ context.Context, cn *redis.Conn) error {
+		return r.refreshOnce(cn)
+	}
 	client := redis.NewClient(clientOpts)
-	r := &Redis{
+	r = &Redis{
 		client:        client,
 		rates:         redis_rate.NewLimiter(prefixedScripter{client: client, prefix: opts.Prefix}),
 		prefix:        opts.Prefix,
@@ -157,8 +200,11 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		acquireScript: redis.NewScript(acquireLua),
 		inUseScript:   redis.NewScript(inUseLua),
 		refreshScript: redis.NewScript(refreshLua),
+		voidScript:    redis.NewScript(voidLua),
 		owner:         hex.EncodeToString(owner),
 		leases:        make(map[*redisLease]struct{}),
+		orphans:       make(map[string]map[string]time.Time),
+		wake:          make(chan struct{}, 1),
 		stop:          make(chan struct{}),
 		stopped:       make(chan struct{}),
 	}
@@ -322,12 +368,22 @@ func (r *Redis) Acquire(ctx context.Context, key string, max int) (Slot, error) 
 	}
 	setKey := r.slotsKey(key)
 	id := r.owner + ":" + strconv.FormatUint(r.leaseSeq.Add(1), 36)
-	granted, err := r.acquireScript.Run(ctx, r.client, []string{setKey}, max, id, r.leaseTTL.Milliseconds()).Int()
+	// This replica's orphans of the key go first, in the same script: a
+	// slot that a hang kept from being released never refuses a request
+	// once Redis answers again.
+	keys := []string{setKey, r.voidKey(id)}
+	args := []any{max, id, r.leaseTTL.Milliseconds()}
+	orphans := r.orphansOf(setKey, orphansPerAcquire)
+	for _, o := range orphans {
+		keys = append(keys, r.voidKey(o))
+		args = append(args, o)
+	}
+	granted, err := r.acquireScript.Run(ctx, r.client, keys, args...).Int()
 	if err != nil {
 		// The script may still run after this call gave up on it (a slow
 		// server, a cancelled request), leaving a lease nobody releases or
-		// refreshes that holds a slot until it expires: take it back.
-		go r.withdraw(setKey, id)
+		// refreshes that holds a slot until it expires: void it.
+		r.addOrphan(setKey, id)
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return Slot{}, fmt.Errorf("quota: redis acquire %q: %w", key, ctxErr)
 		}
@@ -336,6 +392,7 @@ func (r *Redis) Acquire(ctx context.Context, key string, max int) (Slot, error) 
 		}
 		return Slot{}, fmt.Errorf("quota: redis acquire %q: %w: %w", key, ErrUnavailable, err)
 	}
+	r.dropOrphans(setKey, orphans)
 	if granted == 0 {
 		return Slot{}, nil
 	}
@@ -344,28 +401,6 @@ func (r *Redis) Acquire(ctx context.Context, key string, max int) (Slot, error) 
 	r.leases[l] = struct{}{}
 	r.mu.Unlock()
 	return Slot{Acquired: true, lease: l}, nil
-}
-
-// withdraw removes a lease that Acquire gave up on. Redis runs commands in
-// the order they arrive, so a removal sent after the acquire undoes it;
-// while Redis stays unreachable it tries again a few times, and failing
-// that the lease expires after LeaseTTL.
-func (r *Redis) withdraw(setKey, id string) {
-	wait := r.timeout
-	for range 4 {
-		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-		err := r.client.ZRem(ctx, setKey, id).Err()
-		cancel()
-		if err == nil {
-			return
-		}
-		select {
-		case <-r.stop:
-			return
-		case <-time.After(wait):
-			wait *= 2
-		}
-	}
 }
 
 // InUse returns the number of key's slots held now by all replicas.
@@ -384,17 +419,157 @@ func (r *Redis) slotsKey(key string) string {
 	return r.prefix + "slots:" + key
 }
 
+// voidKey is the tombstone of a voided lease id.
+func (r *Redis) voidKey(id string) string {
+	return r.prefix + "void:" + id
+}
+
+// poke wakes the background goroutine, without waiting.
+func (r *Redis) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// addOrphan records a lease to void, and wakes the sweeper.
+func (r *Redis) addOrphan(setKey, id string) {
+	r.mu.Lock()
+	ids := r.orphans[setKey]
+	switch {
+	case ids[id] != (time.Time{}):
+	case r.nOrphans >= maxOrphans:
+		if !r.lostNoted {
+			r.lostNoted = true
+			r.logger.Warn("quota: too many concurrency slots waiting to be released; the rest expire by themselves",
+				"max", maxOrphans, "lease_ttl", r.leaseTTL)
+		}
+	default:
+		if ids == nil {
+			ids = make(map[string]time.Time)
+			r.orphans[setKey] = ids
+		}
+		ids[id] = time.Now()
+		r.nOrphans++
+	}
+	r.mu.Unlock()
+	r.poke()
+}
+
+// orphansOf returns up to n orphan ids of setKey.
+func (r *Redis) orphansOf(setKey string, n int) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for id := range r.orphans[setKey] {
+		if len(out) == n {
+			break
+		}
+		out = append(out, id)
+	}
+	return out
+}
+
+// dropOrphans forgets orphans of setKey that Redis has voided.
+func (r *Redis) dropOrphans(setKey string, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	set := r.orphans[setKey]
+	for _, id := range ids {
+		if _, ok := set[id]; ok {
+			delete(set, id)
+			r.nOrphans--
+		}
+	}
+	if len(set) == 0 {
+		delete(r.orphans, setKey)
+	}
+}
+
+// void removes leases and leaves their tombstones, in one script call per
+// leaseRefreshBatch leases.
+func (r *Redis) void(setKeys, ids []string) error {
+	for start := 0; start < len(ids); start += leaseRefreshBatch {
+		end := min(start+leaseRefreshBatch, len(ids))
+		keys := make([]string, 0, 2*(end-start))
+		args := make([]any, 0, 1+end-start)
+		args = append(args, r.leaseTTL.Milliseconds())
+		for i := start; i < end; i++ {
+			keys = append(keys, setKeys[i], r.voidKey(ids[i]))
+			args = append(args, ids[i])
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		err := r.voidScript.Run(ctx, r.client, keys, args...).Err()
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sweepOrphans voids the orphans. An orphan
+// older than twice LeaseTTL is dropped unvoided: its lease has expired,
+// unless a hang kept its command waiting in Redis for that long.
+func (r *Redis) sweepOrphans() error {
+	r.mu.Lock()
+	var setKeys, ids []string
+	old := time.Now().Add(-2 * r.leaseTTL)
+	for setKey, set := range r.orphans {
+		for id, since := range set {
+			if since.Before(old) {
+				delete(set, id)
+				r.nOrphans--
+				continue
+			}
+			setKeys, ids = append(setKeys, setKey), append(ids, id)
+		}
+		if len(set) == 0 {
+			delete(r.orphans, setKey)
+		}
+	}
+	r.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := r.void(setKeys, ids); err != nil {
+		return fmt.Errorf("quota: releasing %d concurrency slots: %w", len(ids), err)
+	}
+	r.mu.Lock()
+	for i, id := range ids {
+		if set := r.orphans[setKeys[i]]; set != nil {
+			if _, ok := set[id]; ok {
+				delete(set, id)
+				r.nOrphans--
+			}
+			if len(set) == 0 {
+				delete(r.orphans, setKeys[i])
+			}
+		}
+	}
+	r.lostNoted = false
+	r.mu.Unlock()
+	return nil
+}
+
 // redisLease is one slot held in Redis.
 type redisLease struct {
 	backend  *Redis
 	setKey   string
 	id       string
 	released atomic.Bool
+	// inDoubt: a renewal of it failed on our side and may still run in
+	// Redis, re-creating it after a plain removal; it is voided instead.
+	inDoubt atomic.Bool
 }
 
 // release removes the lease. It runs when a request ends, often because its
-// context was cancelled, so it has a context of its own. If Redis cannot be
-// reached the lease is only dropped from refreshing and expires by itself.
+// context was cancelled, so it has a context of its own. If Redis does not
+// answer, the lease becomes an orphan, voided in the background as soon as
+// Redis answers again (and first thing by an Acquire of the same key).
 func (l *redisLease) release(uint64) {
 	if l.released.Swap(true) {
 		return
@@ -403,52 +578,125 @@ func (l *redisLease) release(uint64) {
 	r.mu.Lock()
 	delete(r.leases, l)
 	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-	defer cancel()
-	if err := r.client.ZRem(ctx, l.setKey, l.id).Err(); err != nil {
-		r.logger.Warn("quota: releasing a concurrency slot failed; it expires by itself",
-			"key", l.setKey, "lease_ttl", r.leaseTTL, "err", err)
+	var err error
+	if l.inDoubt.Load() {
+		err = r.void([]string{l.setKey}, []string{l.id})
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		err = r.client.ZRem(ctx, l.setKey, l.id).Err()
+		cancel()
+	}
+	if err != nil {
+		// Retried in the background, which logs a run of failures once.
+		r.logger.Debug("quota: releasing a concurrency slot failed; retrying until Redis answers",
+			"key", l.setKey, "err", err)
+		r.addOrphan(l.setKey, l.id)
 	}
 }
 
 // refreshLeases renews the held leases every LeaseTTL/3 until Close, so a
-// lease misses two renewals before it can expire.
+// lease misses two renewals before it can expire, and voids orphans. When
+// woken (a new connection, a new orphan) it does both at once; while Redis
+// does not answer it tries again every Timeout, so that leases are counted
+// again and orphans voided right after Redis comes back.
 func (r *Redis) refreshLeases() {
 	defer close(r.stopped)
 	ticker := time.NewTicker(r.leaseTTL / 3)
 	defer ticker.Stop()
+	heartbeat := time.NewTicker(min(leaseHeartbeat, r.leaseTTL/3))
+	defer heartbeat.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	failing := false
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-ticker.C:
-			r.refreshOnce()
+		case <-r.wake:
+			if failing {
+				continue // the retry is due within Timeout anyway
+			}
+		case <-retry.C:
+		case <-heartbeat.C:
+			r.heartbeat()
+			continue
+		}
+		err := r.refreshOnce(r.client)
+		if serr := r.sweepOrphans(); err == nil {
+			err = serr
+		}
+		switch {
+		case err != nil && !failing:
+			r.logger.Warn("quota: renewing or releasing concurrency slots failed; retrying until Redis answers",
+				"lease_ttl", r.leaseTTL, "retry_every", r.timeout, "err", err)
+		case err == nil && failing:
+			r.logger.Info("quota: concurrency slots renewed and released again")
+		}
+		failing = err != nil
+		if failing {
+			retry.Reset(r.timeout)
+		} else {
+			retry.Stop()
 		}
 	}
 }
 
-func (r *Redis) refreshOnce() {
+// heartbeat pings Redis while this replica holds leases: a restarted
+// Redis is then reconnected to, and OnConnect re-creates the leases. A
+// failure is left to the renewals and their retries to report.
+func (r *Redis) heartbeat() {
 	r.mu.Lock()
-	keys := make([]string, 0, len(r.leases))
-	args := make([]any, 1, len(r.leases)+1)
-	args[0] = r.leaseTTL.Milliseconds()
+	held := len(r.leases)
+	r.mu.Unlock()
+	if held == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	if err := r.client.Ping(ctx).Err(); err != nil {
+		r.logger.Debug("quota: redis heartbeat failed", "err", err)
+	}
+}
+
+// refreshOnce renews every held lease through s, re-creating those Redis
+// lost.
+func (r *Redis) refreshOnce(s redis.Scripter) error {
+	r.mu.Lock()
+	held := make([]*redisLease, 0, len(r.leases))
 	for l := range r.leases {
-		keys = append(keys, l.setKey)
-		args = append(args, l.id)
+		held = append(held, l)
 	}
 	r.mu.Unlock()
-	for start := 0; start < len(keys); start += leaseRefreshBatch {
-		end := min(start+leaseRefreshBatch, len(keys))
-		batchArgs := append([]any{args[0]}, args[1+start:1+end]...)
+	for start := 0; start < len(held); start += leaseRefreshBatch {
+		batch := held[start:min(start+leaseRefreshBatch, len(held))]
+		keys := make([]string, 0, 2*len(batch))
+		args := make([]any, 0, 1+len(batch))
+		args = append(args, r.leaseTTL.Milliseconds())
+		for _, l := range batch {
+			keys = append(keys, l.setKey, r.voidKey(l.id))
+			args = append(args, l.id)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-		err := r.refreshScript.Run(ctx, r.client, keys[start:end], batchArgs...).Err()
+		err := r.refreshScript.Run(ctx, s, keys, args...).Err()
 		cancel()
+		for _, l := range batch {
+			if err != nil {
+				// The renewal may still run in Redis later, after a
+				// plain release: only a tombstone stops it.
+				l.inDoubt.Store(true)
+			}
+			if l.released.Load() {
+				// Released while being renewed: the renewal may have
+				// re-created it after the release removed it.
+				r.addOrphan(l.setKey, l.id)
+			}
+		}
 		if err != nil {
-			r.logger.Warn("quota: renewing concurrency slots failed; they expire unless a later renewal succeeds",
-				"leases", end-start, "lease_ttl", r.leaseTTL, "err", err)
-			return
+			return fmt.Errorf("quota: renewing %d concurrency slots: %w", len(batch), err)
 		}
 	}
+	return nil
 }
 
 // The lease scripts read Redis's own clock (TIME, in milliseconds), so that
@@ -457,17 +705,30 @@ func (r *Redis) refreshOnce() {
 // LeaseTTL after its last change, so a key whose holders all died leaves no
 // trace.
 const (
-	// KEYS[1] lease set; ARGV[1] max, ARGV[2] lease id, ARGV[3] TTL in ms.
-	// Returns 1 if the lease was added, 0 if max leases are live.
+	// KEYS[1] lease set, KEYS[2] tombstone of ARGV[2]; ARGV[1] max,
+	// ARGV[2] lease id, ARGV[3] TTL in ms; ARGV[3+i] (tombstone KEYS[2+i])
+	// orphans to void first. Returns 1 if the lease is held, 0 if max
+	// leases are live or the lease was voided (a late run of an acquire
+	// given up on). An earlier try of the same call (go-redis retries a
+	// timed-out one) may have added the lease already: it is kept, not
+	// counted twice.
 	acquireLua = `
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+local ttl = tonumber(ARGV[3])
+for i = 4, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('SET', KEYS[i - 1], '1', 'PX', ttl)
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
 `
 	// KEYS[1] lease set. Returns the number of live leases.
@@ -476,16 +737,30 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 `
-	// KEYS[i] lease set of ARGV[i+1]; ARGV[1] TTL in ms. Extends leases
-	// that still exist; XX never brings back one released meanwhile.
+	// KEYS[2i-1] lease set of ARGV[i+1], KEYS[2i] its tombstone; ARGV[1]
+	// TTL in ms. Extends the leases, re-creating those Redis lost (a
+	// restart), unless voided: a lease released meanwhile is voided by
+	// the caller (see refreshOnce).
 	refreshLua = `
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  if redis.call('ZADD', key, 'XX', 'CH', now + ttl, ARGV[i + 1]) == 1 then
-    redis.call('PEXPIRE', key, ttl)
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    redis.call('ZADD', KEYS[i], now + ttl, ARGV[(i + 1) / 2 + 1])
+    redis.call('PEXPIRE', KEYS[i], ttl)
   end
+end
+return 0
+`
+	// KEYS[2i-1] lease set of ARGV[i+1], KEYS[2i] its tombstone; ARGV[1]
+	// TTL in ms. Removes the leases and keeps their tombstones for the
+	// TTL, so that a late acquire or renewal of them adds nothing.
+	voidLua = `
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS, 2 do
+  redis.call('ZREM', KEYS[i], ARGV[(i + 1) / 2 + 1])
+  redis.call('SET', KEYS[i + 1], '1', 'PX', ttl)
 end
 return 0
 `

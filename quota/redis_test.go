@@ -476,3 +476,107 @@ func TestRedisSlowAcquireLeavesNoLease(t *testing.T) {
 		t.Fatalf("Acquire after the stall: %+v, %v; want a real slot", s, err)
 	}
 }
+
+// A Redis restart without persistence loses every lease: the replica
+// that holds them re-creates them as it reconnects, before its first
+// command on the new connection, and reconnects within a second even if
+// it has nothing else to send, so the cap holds across replicas.
+func TestRedisRestartRecreatesLeases(t *testing.T) {
+	srv := startRedis(t)
+	prefix := uniquePrefix(t)
+	// Renewals every 20 s: within this test only the reconnect can bring
+	// the leases back.
+	holder := newTestRedis(t, srv, RedisOptions{Prefix: prefix, LeaseTTL: time.Minute})
+	other := newTestRedis(t, srv, RedisOptions{Prefix: prefix, LeaseTTL: time.Minute})
+	ctx := context.Background()
+	const max = 20
+	for i := range max {
+		if s, err := holder.Acquire(ctx, "acme", max); err != nil || !s.Acquired {
+			t.Fatalf("slot %d: %+v, %v", i, s, err)
+		}
+	}
+	refused := func(who string, r *Redis) {
+		t.Helper()
+		s, err := r.Acquire(ctx, "acme", max)
+		if err != nil || s.Acquired {
+			n, _ := other.InUse(ctx, "acme")
+			t.Fatalf("%s: acquire beyond the cap after the restart: %+v, %v; want refused (Redis counts %d)", who, s, err, n)
+		}
+	}
+
+	srv.stop()
+	srv.start()
+	// The holder's own next acquire is decided with its leases back.
+	refused("holder, at once", holder)
+	refused("other", other)
+
+	srv.stop()
+	srv.start()
+	// Another replica finds them back within the heartbeat, although the
+	// holder sends nothing meanwhile.
+	eventually(t, 5*time.Second, "the held leases are counted again without the holder's traffic", func() bool {
+		n, err := other.InUse(ctx, "acme")
+		return err == nil && n == max
+	})
+	refused("other", other)
+	refused("holder", holder)
+}
+
+// After Redis hangs, no request is refused for slots that are not in use:
+// releases that failed during the hang and acquires given up on (which
+// Redis still runs when it wakes) leave no lease behind.
+func TestRedisHangLeavesNoStaleLeases(t *testing.T) {
+	srv := startRedis(t, "--enable-debug-command", "yes")
+	r := newTestRedis(t, srv, RedisOptions{Prefix: uniquePrefix(t), Timeout: 100 * time.Millisecond, LeaseTTL: time.Minute})
+	ctx := context.Background()
+	const max = 10
+	var held []Slot
+	for i := range 6 {
+		s, err := r.Acquire(ctx, "acme", max)
+		if err != nil || !s.Acquired {
+			t.Fatalf("slot %d: %+v, %v", i, s, err)
+		}
+		held = append(held, s)
+	}
+
+	stall := redis.NewClient(&redis.Options{Addr: srv.addr, DisableIdentity: true})
+	defer stall.Close()
+	slept := make(chan error, 1)
+	go func() { slept <- stall.Do(ctx, "DEBUG", "SLEEP", "1.5").Err() }()
+	time.Sleep(100 * time.Millisecond) // the sleep has begun
+
+	// During the hang: four requests end, and four more try to start.
+	var wg sync.WaitGroup
+	for _, s := range held[2:] {
+		wg.Go(s.Release)
+	}
+	for range 4 {
+		wg.Go(func() {
+			if s, err := r.Acquire(ctx, "acme", max); err == nil || s.Acquired {
+				t.Errorf("Acquire against a hung Redis: %+v, %v; want quota unavailable", s, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := <-slept; err != nil {
+		t.Fatalf("DEBUG SLEEP: %v", err)
+	}
+
+	// Two slots are in use: eight more must be granted at once, the ninth
+	// refused.
+	for i := range max - 2 {
+		s, err := r.Acquire(ctx, "acme", max)
+		if err != nil || !s.Acquired {
+			n, _ := r.InUse(ctx, "acme")
+			t.Fatalf("acquire %d after the hang with 2 of %d slots in use: %+v, %v (Redis counts %d)", i+1, max, s, err, n)
+		}
+	}
+	if s, err := r.Acquire(ctx, "acme", max); err != nil || s.Acquired {
+		t.Fatalf("acquire beyond the cap: %+v, %v; want refused", s, err)
+	}
+	// Nothing the hang left behind comes back later either.
+	time.Sleep(300 * time.Millisecond)
+	if n, err := r.InUse(ctx, "acme"); err != nil || n != max {
+		t.Errorf("InUse %d, %v; want %d", n, err, max)
+	}
+}

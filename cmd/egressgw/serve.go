@@ -83,15 +83,15 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		logger.Error("cannot listen", "admin_listen", settings.AdminListen, "error", err)
 		return exitFail
 	}
-	auditPath := auditFile(settings.AuditOutput, *configPath)
-	audit, closeAudit, err := openAudit(auditPath, stdout)
-	if err != nil {
+	audit := &auditOutput{stdout: stdout, configPath: *configPath}
+	if err := audit.open(settings.AuditOutput); err != nil {
 		proxyLn.Close()
 		adminLn.Close()
 		logger.Error("cannot open audit output", "output", settings.AuditOutput, "error", err)
 		return exitFail
 	}
-	defer closeAudit()
+	defer audit.close(logger)
+	auditPath := audit.path()
 
 	limiter, err := newLimiter(settings.Quota, logger)
 	if err != nil {
@@ -106,7 +106,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gw, err := proxy.New(proxy.Options{
 		Logger:    logger,
-		Audit:     audit,
+		Audit:     audit.writer(),
 		Registry:  registry,
 		Listeners: []netip.AddrPort{addrPort(proxyLn), addrPort(adminLn)},
 		Settings:  settings,
@@ -117,7 +117,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		logger.Error("cannot start", "error", err)
 		return exitFail
 	}
-	rl := &reloader{gw: gw, source: source, loaded: snap.Gateway, log: logger}
+	rl := &reloader{gw: gw, source: source, loaded: snap.Gateway, log: logger, audit: audit}
 	gw.RecordReload(true)
 	live := gw.Apply(snap)
 	logger.Info("policy loaded", "source", source.name, "generation", live.Generation,
@@ -176,6 +176,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			return exitFail
 		case sig := <-signals:
 			if sig == syscall.SIGHUP {
+				audit.reopen(logger)
 				rl.reload("SIGHUP")
 				continue
 			}
@@ -250,17 +251,108 @@ func auditFile(output, configPath string) string {
 	return filepath.Join(dir, output)
 }
 
-// openAudit opens the audit destination: stdout when path is "", else the
-// file, appended to.
-func openAudit(path string, stdout io.Writer) (io.Writer, func(), error) {
-	if path == "" {
-		return stdout, func() {}, nil
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+// auditOutput is where the audit log goes: stdout, or a file that is
+// reopened on SIGHUP and when renamed or removed (proxy.AuditFile), and
+// switched when a reload changes audit.output.
+type auditOutput struct {
+	stdout     io.Writer
+	configPath string
+
+	mu     sync.Mutex
+	output string           // audit.output now in use
+	file   *proxy.AuditFile // nil for stdout
+}
+
+// open opens output as the first destination.
+func (o *auditOutput) open(output string) error {
+	file, err := o.openFile(output)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	return f, func() { _ = f.Close() }, nil
+	o.output, o.file = output, file
+	return nil
+}
+
+func (o *auditOutput) openFile(output string) (*proxy.AuditFile, error) {
+	path := auditFile(output, o.configPath)
+	if path == "" {
+		return nil, nil
+	}
+	return proxy.OpenAuditFile(path)
+}
+
+// path is the audit file's path; "" for stdout.
+func (o *auditOutput) path() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.file == nil {
+		return ""
+	}
+	return o.file.Path()
+}
+
+func (o *auditOutput) writer() io.Writer {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.file == nil {
+		return o.stdout
+	}
+	return o.file
+}
+
+// reopen reopens the audit file at its path (SIGHUP: logrotate's
+// postrotate); if the path cannot be opened, the open file stays in use.
+func (o *auditOutput) reopen(log *slog.Logger) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.file == nil {
+		return
+	}
+	if err := o.file.Reopen(); err != nil {
+		log.Error("cannot reopen the audit file; writing on to the open one", "path", o.file.Path(), "error", err)
+		return
+	}
+	log.Info("audit file reopened", "path", o.file.Path())
+}
+
+// apply switches the gateway's audit log to output if it changed: lines
+// not yet written go to the new destination, none is lost or written
+// twice. If output cannot be opened, the current destination stays.
+func (o *auditOutput) apply(gw *proxy.Gateway, output string, log *slog.Logger) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if output == o.output {
+		return
+	}
+	file, err := o.openFile(output)
+	if err != nil {
+		log.Error("cannot open the new audit output; the audit log stays where it was", "output", output, "error", err)
+		return
+	}
+	var w io.Writer = o.stdout
+	if file != nil {
+		w = file
+	}
+	gw.SetAuditOutput(w)
+	if o.file != nil {
+		if err := o.file.Close(); err != nil {
+			log.Error("closing the previous audit file failed", "path", o.file.Path(), "error", err)
+		}
+	}
+	log.Info("audit output switched", "from", o.output, "to", output)
+	o.output, o.file = output, file
+}
+
+// close closes the audit file, once the gateway has written its last line.
+func (o *auditOutput) close(log *slog.Logger) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.file == nil {
+		return
+	}
+	if err := o.file.Close(); err != nil {
+		log.Error("closing the audit file failed", "path", o.file.Path(), "error", err)
+	}
 }
 
 func printQuickstart(w io.Writer, listen string) {
@@ -289,6 +381,7 @@ type reloader struct {
 	source configSource
 	loaded policy.Gateway // as first loaded, before flags override it
 	log    *slog.Logger
+	audit  *auditOutput
 
 	mu        sync.Mutex
 	lastErr   string
@@ -304,6 +397,9 @@ func (r *reloader) reload(trigger string) {
 			// with it. The files are the live policy's again (a broken
 			// edit reverted), so an earlier error no longer describes them.
 			r.lastErr = ""
+			// An audit output that could not be opened last time is
+			// tried again (after its directory was fixed, say).
+			r.audit.apply(r.gw, live.Gateway.AuditOutput, r.log)
 			return
 		}
 	}
@@ -317,6 +413,7 @@ func (r *reloader) reload(trigger string) {
 	r.warnRestartOnly(snap.Gateway)
 	r.gw.RecordReload(true)
 	live := r.gw.Apply(snap)
+	r.audit.apply(r.gw, snap.Gateway.AuditOutput, r.log)
 	r.lastErr = ""
 	r.log.Info("policy reloaded", "trigger", trigger, "generation", live.Generation, "hash", live.Hash,
 		"tenants", len(live.TenantIDs()), "connectors", live.Connectors())
@@ -332,7 +429,6 @@ func (r *reloader) warnRestartOnly(next policy.Gateway) {
 		"limits.max_header_bytes":   next.MaxHeaderBytes != prev.MaxHeaderBytes,
 		"limits.max_connections":    next.MaxConnections != prev.MaxConnections,
 		"limits.shutdown_grace":     next.ShutdownGrace != prev.ShutdownGrace,
-		"audit.output":              next.AuditOutput != prev.AuditOutput,
 		"metrics.max_tenant_labels": next.MaxTenantLabels != prev.MaxTenantLabels,
 		"quota (backend)":           next.Quota != prev.Quota,
 		"hooks.max_concurrent":      next.Hooks.MaxConcurrent != prev.Hooks.MaxConcurrent,
