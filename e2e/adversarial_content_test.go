@@ -1,0 +1,212 @@
+package e2e
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var spelled = credentials{tenant: "spelled", token: "spelled-token-0c4e19a6b3"}
+
+// contentFixture is a gateway with an inspection CA and a tenant whose
+// paths rules guard a plain and an inspected upstream.
+type contentFixture struct {
+	g      *gateway
+	caPool *x509.CertPool
+}
+
+// startContentGateway writes files plus an inspection CA made by `egressgw
+// ca init` (tls: in gateway.yaml must name ca/ca.pem and ca/ca-key.pem) and
+// starts the gateway with env.
+func startContentGateway(t *testing.T, files configFiles, env ...string) *contentFixture {
+	t.Helper()
+	dir := writeConfig(t, files)
+	if res := egressgw(t, "ca", "init", "--out", filepath.Join(dir, "ca")); res.exitCode != 0 {
+		t.Fatalf("ca init: exit %d\n%s", res.exitCode, res.stderr)
+	}
+	pem, err := os.ReadFile(filepath.Join(dir, "ca", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx := &contentFixture{g: newGateway(t), caPool: x509.NewCertPool()}
+	fx.caPool.AppendCertsFromPEM(pem)
+	fx.g.env = append(fx.g.env, env...)
+	fx.g.start(t, "--config", dir, "--log-format", "json")
+	return fx
+}
+
+// rawInTunnel opens an inspected tunnel to authority as c, sends raw (a
+// request head whose target is written byte for byte) inside it and
+// returns the gateway's or upstream's response, body buffered.
+func (fx *contentFixture) rawInTunnel(t *testing.T, c credentials, authority, raw string) *http.Response {
+	t.Helper()
+	tunnel := fx.g.tunnel(t, c, authority)
+	host, _, _ := strings.Cut(authority, ":")
+	conn := tls.Client(tunnel, &tls.Config{ServerName: host, RootCAs: fx.caPool, NextProtos: []string{"http/1.1"}})
+	if _, err := conn.Write([]byte(raw)); err != nil {
+		t.Fatalf("writing inside the tunnel: %v", err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: http.MethodGet})
+	if err != nil {
+		t.Fatalf("reading the response inside the tunnel: %v", err)
+	}
+	body := readBody(t, resp)
+	resp.Body = readCloser(body)
+	return resp
+}
+
+func readCloser(s string) *stringBody { return &stringBody{strings.NewReader(s)} }
+
+type stringBody struct{ *strings.Reader }
+
+func (*stringBody) Close() error { return nil }
+
+// assertRefusedSpelling checks a refusal of a path spelling: 400
+// bad_request or 403 destination_not_allowed, made by the gateway (JSON
+// with X-Egressgw-Error).
+func assertRefusedSpelling(t *testing.T, resp *http.Response, spelling string) {
+	t.Helper()
+	switch code := resp.Header.Get("X-Egressgw-Error"); {
+	case resp.StatusCode == http.StatusBadRequest && code == "bad_request":
+		assertGatewayError(t, resp, http.StatusBadRequest, "bad_request")
+	case resp.StatusCode == http.StatusForbidden && code == "destination_not_allowed":
+		assertGatewayError(t, resp, http.StatusForbidden, "destination_not_allowed")
+	default:
+		t.Errorf("%q: status %d, X-Egressgw-Error %q; want the gateway's 400 bad_request or 403 destination_not_allowed (body %q)",
+			spelling, resp.StatusCode, code, readBody(t, resp))
+	}
+}
+
+// TestPathSpellingsCannotPassADeny sends spellings of a denied path that
+// upstreams read as that path (overlong UTF-8, fullwidth letters, double
+// or IIS encoding, control characters, encoded or back slashes, trailing
+// dots and spaces, parameters, case), as plain HTTP and inside an
+// inspected tunnel: each is refused by the gateway and the canary
+// upstream behind the deny sees none of them.
+func TestPathSpellingsCannotPassADeny(t *testing.T) {
+	t.Parallel()
+	plain := startHTTPUpstream(t, "127.0.0.1", nil)
+	secure := startTLSUpstream(t, "127.0.0.1", nil)
+	fx := startContentGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			tls:
+			  ca_cert: ca/ca.pem
+			  ca_key: ca/ca-key.pem
+			  upstream_roots: [%q]
+		`, testPKI.caFile)),
+		"connectors/plain.yaml": yamlf(`
+			name: plain
+			hosts: [%q]
+			ports: [%d]
+		`, hostAPI, plain.port),
+		"connectors/secure.yaml": yamlf(`
+			name: secure
+			hosts: [%q]
+			ports: [%d]
+			inspect: true
+			paths: ["/"]
+		`, hostAPI, secure.port),
+		"connectors/open.yaml": yamlf(`
+			name: open
+			hosts: [%q]
+			ports: [%d]
+		`, hostOther, plain.port),
+		"tenants/spelled.yaml": tenantYAML(spelled, yamlf(`
+			connectors: [plain, secure, open]
+			rules:
+			  - name: no-admin
+			    action: deny
+			    hosts: [%q]
+			    paths: ["/admin"]
+		`, hostAPI)),
+	})
+	g := fx.g
+	spellings := []string{
+		"/%C0%AE%C0%AE/admin",   // overlong UTF-8 for ".."
+		"/x/%C0%AE%C0%AE/admin", //
+		"/%C0%AFadmin",          // overlong "/"
+		"/\xef\xbd\x81dmin",     // fullwidth a, raw
+		"/%EF%BD%81dmin",        // fullwidth a, encoded
+		"/%EF%BC%8Fadmin",       // fullwidth solidus
+		"/\xf0\x9d\x97\xaedmin", // mathematical sans-serif a, NFKC "a"
+		"/%ED%A0%80admin",       // a surrogate
+		"/%E2%82admin",          // a cut-off sequence
+		"/%252e%252e/admin",     // double encoding
+		"/x/%252e%252e/admin",   //
+		"/%2541dmin",            //
+		"/%u002e%u002e/admin",   // IIS encoding
+		"/%u0061dmin",           //
+		"/x/%2E%2e/admin",       // mixed-case hex
+		"/%41dmin",              // needless encoding
+		"/adm%69n",              //
+		"/admin%20",             // trailing space
+		"/admin%20/users",       //
+		"/admin.",               // trailing dot
+		"/admin./users",         //
+		"/admin%2e/users",       //
+		"/admin;x=1/users",      // parameters
+		"/admin%3Bx=1/users",    //
+		"/ADMIN/users",          // case
+		"/Admin",                //
+		"/admin%00",             // NUL
+		"/admin%00.json",        //
+		"/admin%09",             // tab
+		"/admin%0A",             // line feed
+		"/x%2F..%2Fadmin",       // encoded slash
+		"/x%2f%2e%2e%2fadmin",   //
+		"/x%5C..%5Cadmin",       // encoded backslash
+		"/x\\..\\admin",         // raw backslash
+		"/x/..;/admin",          // dot segment with parameters
+		"//admin",               // empty segment
+	}
+	t.Run("plain", func(t *testing.T) {
+		for _, path := range spellings {
+			before := snapshotReach(plain)
+			raw := fmt.Sprintf("GET http://%s:%d%s HTTP/1.1\r\nHost: %s:%d\r\nProxy-Authorization: %s\r\nConnection: close\r\n\r\n",
+				hostAPI, plain.port, path, hostAPI, plain.port, spelled.header())
+			resp, _ := g.exchange(t, http.MethodGet, []byte(raw))
+			assertRefusedSpelling(t, resp, path)
+			before.assertUnchanged(t)
+		}
+	})
+	t.Run("inspected tunnel", func(t *testing.T) {
+		for _, path := range spellings {
+			before := snapshotReach(secure)
+			raw := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n", path, hostAPI, secure.port)
+			assertRefusedSpelling(t, fx.rawInTunnel(t, spelled, secure.authority(hostAPI), raw), path)
+			// The tunnel itself reached the upstream only if the gateway
+			// dialled it for the inner request, which it must not.
+			before.assertUnchanged(t)
+		}
+	})
+	get := func(host, path string) *http.Response {
+		raw := fmt.Sprintf("GET http://%s:%d%s HTTP/1.1\r\nHost: %s:%d\r\nProxy-Authorization: %s\r\nConnection: close\r\n\r\n",
+			host, plain.port, path, host, plain.port, spelled.header())
+		resp, _ := g.exchange(t, http.MethodGet, []byte(raw))
+		return resp
+	}
+	t.Run("clean paths still pass", func(t *testing.T) {
+		for _, path := range []string{"/v1/users", "/a%20b", "/v1/users%3Abatch", "/file.tar.gz"} {
+			if resp := get(hostAPI, path); resp.StatusCode != http.StatusOK {
+				t.Errorf("%s: status %d, want 200 (body %q)", path, resp.StatusCode, readBody(t, resp))
+			}
+		}
+		assertGatewayError(t, get(hostAPI, "/administrator-guide"), http.StatusForbidden, "destination_not_allowed") // under the /admin prefix
+	})
+	t.Run("spellings only rules naming paths care about", func(t *testing.T) {
+		for _, path := range []string{"/caf%C3%A9", "/repos/group%2Fproject", "/\xef\xbd\x81dmin", "/v1/.../x"} {
+			before := snapshotReach(plain)
+			assertGatewayError(t, get(hostAPI, path), http.StatusBadRequest, "bad_request")
+			before.assertUnchanged(t)
+			if resp := get(hostOther, path); resp.StatusCode != http.StatusOK {
+				t.Errorf("%s on a host whose rules name no paths: status %d, want 200 (body %q)", path, resp.StatusCode, readBody(t, resp))
+			}
+		}
+	})
+}
