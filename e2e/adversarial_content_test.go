@@ -6,10 +6,12 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 var spelled = credentials{tenant: "spelled", token: "spelled-token-0c4e19a6b3"}
@@ -209,4 +211,103 @@ func TestPathSpellingsCannotPassADeny(t *testing.T) {
 			}
 		}
 	})
+}
+
+var queried = credentials{tenant: "queried", token: "queried-token-93d2a7e1f0"}
+
+// queryMarker stands for a token in a query string: it must never reach
+// the audit log, a client's error message or the gateway's log.
+const queryMarker = "qv-marker-4b8e2d"
+
+// queryHook moves requests around on their query, the way a hook that
+// signs or rewrites URLs does, and fails in each way that could quote it.
+const queryHook = `
+text := import("text")
+if request.path == "/v1/bad-query" { request.query = "token=` + queryMarker + ` x" }
+if request.path == "/v1/query-in-path" { request.path = "/v1/x?token=` + queryMarker + `" }
+if request.path == "/v1/moved" { request.path = "/admin/x"; request.query = "token=` + queryMarker + `" }
+if request.path == "/v1/signed" { request.query = "sig=` + queryMarker + `" }
+`
+
+// TestQueryValuesStayOutOfMessages drives every path where a URL with a
+// query could reach a message (a hook's edits, refusals after a hook, an
+// upstream failure, explain, the audit line of an allowed request) with a
+// query holding a marker, and asserts the marker is absent from the
+// client's error, the audit log and the gateway's log.
+func TestQueryValuesStayOutOfMessages(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	closedPort := portOf(t, freeAddr(t)) // nothing listens there
+	g := newGateway(t)
+	g.serve(t, configFiles{
+		"gateway.yaml":      gatewayYAML(""),
+		"hooks/query.tengo": queryHook,
+		"connectors/crm.yaml": yamlf(`
+			name: crm
+			hosts: [%q]
+			ports: [%d]
+			paths: ["/v1/"]
+			hooks: { request: hooks/query.tengo }
+		`, hostAPI, origin.port),
+		"connectors/gone.yaml": yamlf(`
+			name: gone
+			hosts: [%q]
+			ports: [%d]
+		`, hostOther, closedPort),
+		"tenants/queried.yaml": tenantYAML(queried, "connectors: [crm, gone]\n"),
+	})
+	noMarker := func(t *testing.T, what, text string) {
+		t.Helper()
+		if strings.Contains(text, queryMarker) {
+			t.Errorf("%s holds the query value:\n%s", what, text)
+		}
+	}
+	for _, tc := range []struct {
+		name, url string
+		status    int
+		code      string
+	}{
+		{"a hook sets an invalid query", origin.url(hostAPI, "/v1/bad-query"), http.StatusBadGateway, "hook_failed"},
+		{"a hook puts a query in the path", origin.url(hostAPI, "/v1/query-in-path"), http.StatusBadGateway, "hook_failed"},
+		{"a hook moves the request outside its connector", origin.url(hostAPI, "/v1/moved?token="+queryMarker), http.StatusForbidden, "destination_not_allowed"},
+		{"a path not allowed, with a query", origin.url(hostAPI, "/v2/x?token="+queryMarker), http.StatusForbidden, "destination_not_allowed"},
+		{"an ambiguous path, with a query", origin.url(hostAPI, "/v1/%C0%AE?token="+queryMarker), http.StatusBadRequest, "bad_request"},
+		{"the upstream is unreachable", fmt.Sprintf("http://%s:%d/v1/x?token=%s", hostOther, closedPort, queryMarker), http.StatusBadGateway, "upstream_unreachable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := snapshotReach(origin)
+			resp := g.get(t, queried.header(), tc.url)
+			body := readBody(t, resp)
+			resp.Body = readCloser(body)
+			assertGatewayError(t, resp, tc.status, tc.code)
+			noMarker(t, "the client's error body", body)
+			before.assertUnchanged(t)
+		})
+	}
+	t.Run("an allowed request's audit line", func(t *testing.T) {
+		g.expectAllowedGET(t, queried, origin.url(hostAPI, "/v1/signed?token="+queryMarker))
+		g.waitAudit(t, auditWith("tenant", queried.tenant, "path", "/v1/signed"))
+	})
+	t.Run("explain", func(t *testing.T) {
+		for _, u := range []string{
+			"http://" + hostAPI + "/%zz?token=" + queryMarker,
+			"ftp://" + hostAPI + "/x?token=" + queryMarker,
+		} {
+			status, body, err := directGet("http://" + g.adminAddr + "/v1/explain?tenant=" + queried.tenant + "&url=" + url.QueryEscape(u))
+			if err != nil || status != http.StatusBadRequest {
+				t.Fatalf("explain %q: status %d, %v; want 400 (body %q)", u, status, err, body)
+			}
+			noMarker(t, "explain's error", body)
+		}
+	})
+	// Every line written for the requests above: the audit log and the
+	// gateway's own log.
+	eventually(t, 5*time.Second, func() error {
+		if n := len(g.auditRecords()); n < 7 {
+			return fmt.Errorf("%d audit lines, want at least 7", n)
+		}
+		return nil
+	})
+	noMarker(t, "the audit log", g.stdout.String())
+	noMarker(t, "the gateway's log", g.stderr.String())
 }

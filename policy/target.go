@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/redaction"
 )
 
 // ErrBadTarget marks a request target that is malformed or ambiguous
@@ -210,7 +211,8 @@ func unhex(c byte) byte {
 func requestsForURL(method, rawURL string) (outer, inner Request, err error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return Request{}, Request{}, fmt.Errorf("%w: %v", ErrBadTarget, err)
+		// The trace goes back to whoever asked, and to logs: no query.
+		return Request{}, Request{}, fmt.Errorf("%w: %s", ErrBadTarget, redaction.ErrorForMessage(err))
 	}
 	var defaultPort uint16
 	switch u.Scheme {
@@ -219,7 +221,7 @@ func requestsForURL(method, rawURL string) (outer, inner Request, err error) {
 	case "https":
 		defaultPort = 443
 	default:
-		return Request{}, Request{}, fmt.Errorf("%w: want an http:// or https:// URL, got %q", ErrBadTarget, rawURL)
+		return Request{}, Request{}, fmt.Errorf("%w: want an http:// or https:// URL, got %q", ErrBadTarget, redaction.URLForMessage(rawURL))
 	}
 	host, port, err := SplitTarget(u.Host, defaultPort)
 	if err != nil {
