@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -310,4 +313,156 @@ func TestQueryValuesStayOutOfMessages(t *testing.T) {
 	})
 	noMarker(t, "the audit log", g.stdout.String())
 	noMarker(t, "the gateway's log", g.stderr.String())
+}
+
+var echoed = credentials{tenant: "echoed", token: "echoed-token-7a41c9e2d0"}
+
+// echoEncoding is a spelling an upstream may echo a credential in, with
+// the decoding that reads it back.
+type echoEncoding struct {
+	encode func(string) string
+	decode func(string) string // "" when it cannot be decoded
+}
+
+func percentEvery(s, format string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		fmt.Fprintf(&b, format, s[i])
+	}
+	return b.String()
+}
+
+func jsonEvery(s string, every int) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if i%every == 0 {
+			fmt.Fprintf(&b, `\u%04x`, s[i])
+		} else {
+			b.WriteByte(s[i])
+		}
+	}
+	return b.String()
+}
+
+func decodeWith(f func(string) ([]byte, error)) func(string) string {
+	return func(s string) string {
+		b, err := f(s)
+		if err != nil {
+			return ""
+		}
+		return string(b)
+	}
+}
+
+func unescapeJSON(s string) string {
+	var out string
+	if json.Unmarshal([]byte(`"`+s+`"`), &out) != nil {
+		return ""
+	}
+	return out
+}
+
+var echoEncodings = map[string]echoEncoding{
+	"plain":      {func(s string) string { return s }, func(s string) string { return s }},
+	"upper":      {strings.ToUpper, strings.ToLower},
+	"lower":      {strings.ToLower, func(s string) string { return s }},
+	"hex":        {func(s string) string { return hex.EncodeToString([]byte(s)) }, decodeWith(hex.DecodeString)},
+	"HEX":        {func(s string) string { return strings.ToUpper(hex.EncodeToString([]byte(s))) }, decodeWith(hex.DecodeString)},
+	"base64":     {func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }, decodeWith(base64.StdEncoding.DecodeString)},
+	"base64-raw": {func(s string) string { return base64.RawStdEncoding.EncodeToString([]byte(s)) }, decodeWith(base64.RawStdEncoding.DecodeString)},
+	"base64url":  {func(s string) string { return base64.URLEncoding.EncodeToString([]byte(s)) }, decodeWith(base64.URLEncoding.DecodeString)},
+	"base64url-raw-in-blob": {
+		func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(`{"auth":"` + s + `"}`)) },
+		decodeWith(base64.RawURLEncoding.DecodeString),
+	},
+	"base64-in-blob-2": {
+		func(s string) string { return base64.StdEncoding.EncodeToString([]byte("u:" + s)) },
+		decodeWith(base64.StdEncoding.DecodeString),
+	},
+	"percent":       {url.QueryEscape, func(s string) string { u, _ := url.QueryUnescape(s); return u }},
+	"percent-every": {func(s string) string { return percentEvery(s, "%%%02x") }, func(s string) string { u, _ := url.PathUnescape(s); return u }},
+	"json-every":    {func(s string) string { return jsonEvery(s, 1) }, unescapeJSON},
+	"json-mixed":    {func(s string) string { return jsonEvery(s, 3) }, unescapeJSON},
+}
+
+// echoEncoded answers /enc/NAME with the Authorization header it received
+// in encoding NAME, in a header and in a JSON string.
+var echoEncoded = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	e, ok := echoEncodings[strings.TrimPrefix(r.URL.Path, "/enc/")]
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	encoded := e.encode(r.Header.Get("Authorization"))
+	w.Header().Set("X-Echo", encoded)
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"echo":"%s"}`, encoded)
+})
+
+// TestSecretEchoesInOtherSpellings: an upstream behind an inspected,
+// injecting connector echoes the injected Authorization value in each
+// common encoding, in a header and in the body; the sandbox reads none of
+// them back, whatever decoding it tries.
+func TestSecretEchoesInOtherSpellings(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cr3t-echoed-8d2f6b1a9c4e"
+	origin := startTLSUpstream(t, "127.0.0.1", echoEncoded)
+	fx := startContentGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			tls:
+			  ca_cert: ca/ca.pem
+			  ca_key: ca/ca-key.pem
+			  upstream_roots: [%q]
+			secrets:
+			  api_token: { env: E2E_ECHO_TOKEN }
+		`, testPKI.caFile)),
+		"connectors/api.yaml": yamlf(`
+			name: api
+			hosts: [%q]
+			ports: [%d]
+			inspect: true
+			inject:
+			  headers: { Authorization: "Bearer ${secret:api_token}" }
+		`, hostAPI, origin.port),
+		"tenants/echoed.yaml": tenantYAML(echoed, "connectors: [api]\n"),
+	}, "E2E_ECHO_TOKEN="+secret)
+	proxyURL, err := url.Parse(fx.g.proxyURL(echoed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{
+		Proxy:           http.ProxyURL(proxyURL),
+		TLSClientConfig: &tls.Config{RootCAs: fx.caPool},
+	}}
+	mid := strings.ToLower(secret[2 : len(secret)-2]) // an encoding's edges may keep a byte
+	for name, e := range echoEncodings {
+		t.Run(name, func(t *testing.T) {
+			// The upstream got the secret and encoded it: the test is real.
+			if got := e.decode(e.encode("Bearer " + secret)); !strings.Contains(got, secret) {
+				t.Fatalf("the test's own decoding gives %q", got)
+			}
+			resp, err := client.Get(origin.url(hostAPI, "/enc/"+name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := readBody(t, resp)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			var fields struct{ Echo string }
+			if err := json.Unmarshal([]byte(body), &fields); err != nil {
+				t.Fatalf("body %q: %v", body, err)
+			}
+			for what, seen := range map[string]string{"header": resp.Header.Get("X-Echo"), "body": fields.Echo, "raw body": body} {
+				if !strings.Contains(seen, "[REDACTED:secret]") {
+					t.Errorf("%s %q: the echo was not scrubbed", what, seen)
+				}
+				for _, reading := range []string{seen, e.decode(seen), unescapeJSON(seen)} {
+					if strings.Contains(strings.ToLower(reading), mid) {
+						t.Errorf("%s %q reads back as %q, which holds the secret", what, seen, reading)
+					}
+				}
+			}
+		})
+	}
 }
