@@ -36,10 +36,12 @@ type Rule struct {
 	Methods []string // upper-case; empty: every method
 	// Paths are path prefixes ("/repos/"); empty: every path. A prefix
 	// matches the request path if strings.HasPrefix(path, prefix); a deny
-	// rule's also ignoring case and path parameters (see
-	// denyMatchesAsServersRead). The caller refuses paths an upstream could
-	// read otherwise (dot or empty segments, needless percent-encoding:
-	// policy.CheckPath); no cleaning happens here.
+	// rule's also ignoring case, percent-encoding and path parameters (see
+	// denyMatchesAsServersRead). A path PathAmbiguity refuses matches every
+	// deny rule naming paths and no allow rule naming paths, and the Result
+	// says so. The caller refuses paths an upstream could read otherwise
+	// (dot or empty segments, needless percent-encoding: policy.CheckPath);
+	// no cleaning happens here.
 	Paths []string
 }
 
@@ -62,6 +64,10 @@ type Query struct {
 type Result struct {
 	Deny  int // the first (lowest index) deny rule that matches
 	Allow int // the first allow rule that matches
+	// AmbiguousPath is set when a rule naming paths met a path that
+	// PathAmbiguity refuses: a deny rule then matched it, an allow rule did
+	// not.
+	AmbiguousPath bool
 }
 
 // Set is an immutable, indexed list of rules, safe for concurrent use.
@@ -83,6 +89,8 @@ type compiledRule struct {
 	ports       []uint16 // nil: every port
 	methods     []string
 	paths       []string
+	// serverPaths are a deny rule's paths as serverPath reads them.
+	serverPaths []string
 }
 
 type addressEntry struct {
@@ -134,6 +142,11 @@ func compileRule(r Rule) compiledRule {
 	}
 	for _, m := range r.Methods {
 		c.methods = append(c.methods, strings.ToUpper(m))
+	}
+	if r.Action == Deny {
+		for _, p := range r.Paths {
+			c.serverPaths = append(c.serverPaths, serverPath(p))
+		}
 	}
 	return c
 }
@@ -195,7 +208,18 @@ const noRule = math.MaxInt32
 // best tracks the lowest matching rule index found so far in each category.
 type best struct {
 	allow, denyUnconditional, denyConditional int32
+	path                                      pathState
 }
+
+// pathState caches PathAmbiguity for the query's path, asked only once a
+// rule naming paths is met.
+type pathState uint8
+
+const (
+	pathUnchecked pathState = iota
+	pathClear
+	pathAmbiguous
+)
 
 // done reports whether rule index can no longer improve any category.
 func (b *best) done(index int32) bool {
@@ -207,7 +231,7 @@ func (b *best) result(tunnel bool) Result {
 	if b.denyConditional < deny && (!tunnel || deny == noRule) {
 		deny = b.denyConditional
 	}
-	return Result{Deny: indexOrNone(deny), Allow: indexOrNone(b.allow)}
+	return Result{Deny: indexOrNone(deny), Allow: indexOrNone(b.allow), AmbiguousPath: b.path == pathAmbiguous}
 }
 
 func indexOrNone(index int32) int {
@@ -241,20 +265,20 @@ func (s *Set) consider(b *best, index int32, q *Query) {
 	default:
 		slot = &b.denyUnconditional
 	}
-	if index < *slot && r.matches(q) {
+	if index < *slot && r.matches(q, &b.path) {
 		*slot = index
 	}
 }
 
 // matches checks everything but the host.
-func (r *compiledRule) matches(q *Query) bool {
+func (r *compiledRule) matches(q *Query, state *pathState) bool {
 	if r.ports != nil && !containsPort(r.ports, q.Port) {
 		return false
 	}
 	if q.Tunnel {
 		return true
 	}
-	return r.matchesMethod(q.Method) && r.matchesPath(q.Path)
+	return r.matchesMethod(q.Method) && r.matchesPath(q.Path, state)
 }
 
 func containsPort(ports []uint16, port uint16) bool {
@@ -278,9 +302,19 @@ func (r *compiledRule) matchesMethod(method string) bool {
 	return false
 }
 
-func (r *compiledRule) matchesPath(path string) bool {
+func (r *compiledRule) matchesPath(path string, state *pathState) bool {
 	if len(r.paths) == 0 {
 		return true
+	}
+	if *state == pathUnchecked {
+		*state = pathClear
+		if PathAmbiguity(path) != "" {
+			*state = pathAmbiguous
+		}
+	}
+	if *state == pathAmbiguous {
+		// No prefix comparison can be trusted: fail closed either way.
+		return r.action == Deny
 	}
 	for _, p := range r.paths {
 		if strings.HasPrefix(path, p) {
@@ -291,14 +325,13 @@ func (r *compiledRule) matchesPath(path string) bool {
 }
 
 // denyMatchesAsServersRead matches a deny rule's prefixes as servers that
-// ignore case or strip path parameters read the path, so that neither
-// "/Admin/users" nor "/admin;x=1/users" gets past a deny of "/admin/". A
-// deny reaching too far fails closed; an allow rule stays exact.
+// ignore case, decode percent-encoding or strip path parameters read the
+// path, so that none of "/Admin/users", "/admin;x=1/users" and
+// "/v1/users%3Abatch" gets past a deny of "/admin/" or "/v1/users:batch".
+// A deny reaching too far fails closed; an allow rule stays exact.
 func (r *compiledRule) denyMatchesAsServersRead(path string) bool {
-	if strings.IndexByte(path, ';') >= 0 {
-		path = StripPathParams(path)
-	}
-	for _, p := range r.paths {
+	path = serverPath(path)
+	for _, p := range r.serverPaths {
 		if len(path) >= len(p) && strings.EqualFold(path[:len(p)], p) {
 			return true
 		}

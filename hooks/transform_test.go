@@ -243,6 +243,8 @@ func TestRequestHookInvalidOutput(t *testing.T) {
 		{"json with a cycle", `m := {}; m.self = m; request.json = m`, "request.json: json:"},
 		{"json with a function", `request.json = {f: func() {}}`, "cannot encode"},
 		{"body over max_body_bytes", `request.body = text.repeat("x", 2048)`, "larger than max_body_bytes"},
+		{"query with a space", `request.query = "token=query-marker-7f3a b"`, "request.query must hold no spaces"},
+		{"path with a query", `request.path = "/v2?token=query-marker-7f3a"`, `"/v2?…" must start with /`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -251,6 +253,11 @@ func TestRequestHookInvalidOutput(t *testing.T) {
 			re := runError(t, err, FailInvalidOutput)
 			if !strings.Contains(re.Message, tt.message) {
 				t.Errorf("message %q does not mention %q", re.Message, tt.message)
+			}
+			// The message reaches the audit log and the client: never a
+			// query value.
+			if strings.Contains(re.Error(), "query-marker") {
+				t.Errorf("message %q holds a query value", re.Error())
 			}
 		})
 	}

@@ -220,13 +220,16 @@ func (w *workerState) readRequest(o tengo.Object, run *runFrame, view jsonView) 
 		return nil, err
 	}
 	if reply.path != in.Path && !validPath(reply.path) {
-		return nil, fmt.Errorf("request.path %s must start with / and hold no spaces, control characters, ? or #", quoteShort(reply.path))
+		// Quoted up to a "?": what follows may be a query, which no
+		// message holds (docs/connector-authors.md).
+		return nil, fmt.Errorf("request.path %s must start with / and hold no spaces, control characters, ? or #", quoteShort(beforeQuery(reply.path)))
 	}
 	if reply.query, err = rb.str("query", in.Query); err != nil {
 		return nil, err
 	}
 	if reply.query != in.Query && !validQuery(reply.query) {
-		return nil, fmt.Errorf("request.query %s must hold no spaces, control characters or #", quoteShort(reply.query))
+		// Not quoted: a query's values never appear in a message.
+		return nil, fmt.Errorf("request.query must hold no spaces, control characters or # (the one set has one at byte %d)", firstInvalidQueryByte(reply.query))
 	}
 	rb.readOnlyStr("url", in.URL)
 	rb.readOnlyStr("scheme", in.Scheme)
@@ -409,6 +412,24 @@ func isTokenByte(c byte) bool {
 
 func validPath(s string) bool {
 	return strings.HasPrefix(s, "/") && !strings.ContainsAny(s, "?#") && printableASCII(s)
+}
+
+// beforeQuery is s up to its first "?" or "#".
+func beforeQuery(s string) string {
+	if i := strings.IndexAny(s, "?#"); i >= 0 {
+		return s[:i] + "?…"
+	}
+	return s
+}
+
+// firstInvalidQueryByte is the offset of the first byte validQuery refuses.
+func firstInvalidQueryByte(s string) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '#' || s[i] <= ' ' || s[i] >= 0x7f {
+			return i
+		}
+	}
+	return -1
 }
 
 func validQuery(s string) bool {

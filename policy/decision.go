@@ -80,6 +80,17 @@ type Decision struct {
 // nothing passes unchecked.
 func (t *Tenant) Decide(r Request) Decision {
 	res := t.set.Match(allowlist.Query{Host: r.Host, Port: r.Port, Method: r.Method, Path: r.Path, Tunnel: r.Tunnel})
+	if res.AmbiguousPath && (res.Deny >= 0 || res.Allow < 0) {
+		// A rule naming paths could not compare this spelling of the path,
+		// and it decided the request: refused as ambiguous, in report mode
+		// too (docs/admins.md, "Paths").
+		return Decision{
+			Code: CodeBadRequest,
+			Reason: fmt.Sprintf("the request is ambiguous: the path %q cannot be matched against the paths a rule for %s names: %s; send it in plain ASCII, unencoded where no encoding is needed",
+				r.Path, hostPort(r.Host, r.Port), allowlist.PathAmbiguity(r.Path)),
+			unreadable: true,
+		}
+	}
 	d := t.verdict(r, res)
 	if d.Allow || d.unreadable || t.Mode != ModeReport {
 		return d

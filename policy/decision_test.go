@@ -267,3 +267,49 @@ func testCA(t testing.TB) (certPEM, keyPEM string) {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
 		string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
 }
+
+// TestDecideAmbiguousPath: where a rule names paths, a spelling of the path
+// that no prefix comparison can settle is refused as bad_request, in
+// report mode too; where none does, it makes no difference.
+func TestDecideAmbiguousPath(t *testing.T) {
+	snap := mustLoad(t, map[string]string{
+		"connectors/api.yaml":   "name: api\nhosts: [\"api.example.com\"]\nports: [443]\n",
+		"connectors/files.yaml": "name: files\nhosts: [\"files.example.com\"]\nports: [443]\npaths: [\"/public/\"]\n",
+		"tenants/acme.yaml": `id: acme
+auth: { token_sha256: "` + testTokenHash + `" }
+connectors: [api, files]
+rules:
+  - name: no-admin
+    action: deny
+    hosts: ["api.example.com"]
+    paths: ["/admin"]
+`,
+		"tenants/watcher.yaml": "id: watcher\nmode: report\nauth: { source_cidrs: [\"10.20.0.0/16\"] }\nconnectors: [api, files]\nrules: [{name: no-admin, action: deny, hosts: [\"api.example.com\"], paths: [\"/admin\"]}]\n",
+	})
+	for _, tc := range []struct {
+		tenant, host, path string
+		code               Code
+	}{
+		{"acme", "api.example.com", "/\uff41dmin", CodeBadRequest},
+		{"acme", "api.example.com", "/%EF%BD%81dmin", CodeBadRequest},
+		{"acme", "api.example.com", "/admin./x", CodeBadRequest},
+		{"acme", "api.example.com", "/x/..%2Fadmin", CodeBadRequest},
+		{"acme", "api.example.com", "/ADMIN", CodeDestinationNotAllowed},
+		{"acme", "api.example.com", "/adm%69n", CodeDestinationNotAllowed}, // read decoded, as servers do
+		{"acme", "api.example.com", "/v1/users", CodeOK},
+		{"acme", "files.example.com", "/public/%C3%A9", CodeBadRequest},
+		{"acme", "files.example.com", "/public/a%2Fb", CodeBadRequest},
+		{"acme", "files.example.com", "/public/a.txt", CodeOK},
+		{"watcher", "api.example.com", "/\uff41dmin", CodeBadRequest},
+		{"watcher", "files.example.com", "/public/%C3%A9", CodeBadRequest},
+	} {
+		tenant, _ := snap.Tenant(tc.tenant)
+		d := tenant.Decide(Request{Host: tc.host, Port: 443, Method: "GET", Path: tc.path, TLS: true})
+		if d.Code != tc.code || d.Allow != (tc.code == CodeOK) {
+			t.Errorf("%s: Decide(%s%s) = %+v, want code %s", tc.tenant, tc.host, tc.path, d, tc.code)
+		}
+		if tc.code == CodeBadRequest && !strings.Contains(d.Reason, "ambiguous") {
+			t.Errorf("%s: Decide(%s%s) reason %q does not say why", tc.tenant, tc.host, tc.path, d.Reason)
+		}
+	}
+}

@@ -7,8 +7,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/redaction"
 )
 
 // ErrBadTarget marks a request target that is malformed or ambiguous
@@ -44,19 +46,34 @@ func SplitTarget(authority string, defaultPort uint16) (string, uint16, error) {
 
 // CheckPath refuses a request path that an upstream could resolve to a
 // different path than the one matched, since such a path could slip past a
-// paths prefix (a deny rule's above all):
+// paths prefix (a deny rule's above all), or that cannot be decoded into
+// one path at all (docs/admins.md, "Paths"):
 //   - dot segments ("/v1/../admin"), also percent-encoded, with backslash
 //     separators, which some servers treat as "/", or with path parameters
 //     ("/..;/admin"), which some servers strip;
 //   - empty segments ("//admin"), which many servers merge;
 //   - percent-encoded characters that need no encoding ("/%61dmin"), which
-//     every server decodes.
+//     every server decodes;
+//   - a "%" that starts no escape ("%zz", IIS's "%u002e"), which servers
+//     read in different ways;
+//   - bytes that decode to no UTF-8 ("%C0%AE", an overlong "."; surrogates;
+//     cut-off sequences), which lenient decoders read as other characters;
+//   - control characters, raw or encoded ("%00", "%09"), and raw spaces,
+//     "?" or "#", which a path on the wire never holds.
+//
+// Spellings that only matter where a rule names paths (an encoded "/",
+// characters outside ASCII) are the allowlist's: allowlist.PathAmbiguity.
+// A clean path is checked without allocating.
 func CheckPath(escapedPath string) error {
 	if strings.Contains(escapedPath, "//") {
 		return fmt.Errorf("%w: the path has an empty segment (%q); send it without the doubled slash", ErrBadTarget, escapedPath)
 	}
-	if !strings.ContainsAny(escapedPath, ".%\\") {
-		return nil // no dot, escape or backslash: nothing more to resolve
+	if !needsDecoding(escapedPath) {
+		return nil // no dot, escape, backslash or odd byte: nothing more to resolve
+	}
+	if why := undecodable(escapedPath); why != "" {
+		// The path is not quoted: it may hold what a hook meant as a query.
+		return fmt.Errorf("%w: the path %s", ErrBadTarget, why)
 	}
 	if c, ok := encodedUnreserved(escapedPath); ok {
 		return fmt.Errorf("%w: the path percent-encodes %q, which needs no encoding (%q); send it as is", ErrBadTarget, string(rune(c)), escapedPath)
@@ -69,13 +86,89 @@ func CheckPath(escapedPath string) error {
 		return fmt.Errorf("%w: the path has an empty segment once its encoded or backslash separators are read as slashes (%q)", ErrBadTarget, escapedPath)
 	}
 	lower = strings.ReplaceAll(lower, "%2e", ".")
-	for _, segment := range strings.Split(lower, "/") {
+	for rest, more := lower, true; more; {
+		var segment string
+		segment, rest, more = strings.Cut(rest, "/")
 		segment, _, _ = strings.Cut(segment, ";")
 		if segment == "." || segment == ".." {
 			return fmt.Errorf("%w: the path has a dot segment (%q); send the resolved path", ErrBadTarget, escapedPath)
 		}
 	}
 	return nil
+}
+
+// needsDecoding reports whether path holds anything but the bytes of a
+// plain path: visible ASCII other than ".", "%", "\\", "?" and "#".
+func needsDecoding(path string) bool {
+	for i := 0; i < len(path); i++ {
+		switch c := path[i]; {
+		case c <= ' ' || c >= 0x7f, c == '.', c == '%', c == '\\', c == '?', c == '#':
+			return true
+		}
+	}
+	return false
+}
+
+// undecodable says why path cannot be decoded into one path, or returns
+// "" when it can (see CheckPath).
+func undecodable(path string) string {
+	for i := 0; i < len(path); {
+		c, next, ok := decodedByte(path, i)
+		switch {
+		case !ok:
+			return `has a "%" that starts no percent-encoding; encode a literal "%" as %25`
+		case c < ' ' || c == 0x7f:
+			return "holds a control character; percent-encoded or not, a path cannot carry one"
+		case next == i+1 && (c == ' ' || c == '?' || c == '#'):
+			return `holds a raw space, "?" or "#"; a path carries them percent-encoded`
+		case c >= 0x80:
+			n := utf8Length(c)
+			var buf [utf8.UTFMax]byte
+			k := 0
+			for j := i; k < n && j < len(path); k++ {
+				buf[k], j, ok = decodedByte(path, j)
+				if !ok {
+					return `has a "%" that starts no percent-encoding; encode a literal "%" as %25`
+				}
+				next = j
+			}
+			if r, size := utf8.DecodeRune(buf[:k]); n == 0 || k < n || size != n || r == utf8.RuneError && size == 1 {
+				return "holds bytes that are not UTF-8 once percent-decoded (an overlong or cut-off sequence, or a surrogate), which servers decode in different ways"
+			}
+		}
+		i = next
+	}
+	return ""
+}
+
+// decodedByte is the byte at path[i], percent-decoded, and where the next
+// one starts; ok is false for a "%" that starts no escape.
+func decodedByte(path string, i int) (c byte, next int, ok bool) {
+	if path[i] != '%' {
+		return path[i], i + 1, true
+	}
+	if i+2 >= len(path) {
+		return 0, 0, false
+	}
+	hi, lo := unhex(path[i+1]), unhex(path[i+2])
+	if hi > 15 || lo > 15 {
+		return 0, 0, false
+	}
+	return hi<<4 | lo, i + 3, true
+}
+
+// utf8Length is the length of the UTF-8 sequence lead starts, 0 if it
+// starts none (a continuation byte, or one no valid sequence begins with).
+func utf8Length(lead byte) int {
+	switch {
+	case lead >= 0xC2 && lead <= 0xDF:
+		return 2
+	case lead >= 0xE0 && lead <= 0xEF:
+		return 3
+	case lead >= 0xF0 && lead <= 0xF4:
+		return 4
+	}
+	return 0
 }
 
 // encodedUnreserved finds a percent-encoded unreserved character (RFC 3986
@@ -118,7 +211,8 @@ func unhex(c byte) byte {
 func requestsForURL(method, rawURL string) (outer, inner Request, err error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return Request{}, Request{}, fmt.Errorf("%w: %v", ErrBadTarget, err)
+		// The trace goes back to whoever asked, and to logs: no query.
+		return Request{}, Request{}, fmt.Errorf("%w: %s", ErrBadTarget, redaction.ErrorForMessage(err))
 	}
 	var defaultPort uint16
 	switch u.Scheme {
@@ -127,7 +221,7 @@ func requestsForURL(method, rawURL string) (outer, inner Request, err error) {
 	case "https":
 		defaultPort = 443
 	default:
-		return Request{}, Request{}, fmt.Errorf("%w: want an http:// or https:// URL, got %q", ErrBadTarget, rawURL)
+		return Request{}, Request{}, fmt.Errorf("%w: want an http:// or https:// URL, got %q", ErrBadTarget, redaction.URLForMessage(rawURL))
 	}
 	host, port, err := SplitTarget(u.Host, defaultPort)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
+	"github.com/egressgw/egressgw/redaction"
 )
 
 // exchange is one request or tunnel from the moment it arrives until its
@@ -110,7 +111,8 @@ func (ex *exchange) upstreamFailed(err error) {
 	}
 	code, msg := classify(err, ex.tenantID(), target)
 	ex.fail(code, code == policy.CodeDestinationIPDenied || code == policy.CodeBadRequest, msg)
-	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", code, "error", err)
+	// Go's errors can carry the request's URL, query and all.
+	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", code, "error", redaction.ErrorForMessage(err))
 }
 
 // setTenant records who the exchange is for, with the tenant's state in

@@ -137,7 +137,7 @@ func (ex *exchange) requestHook(r *http.Request) *refusal {
 		}
 		d := ex.tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: in.Method, Path: in.Path, TLS: ex.scheme == "https"})
 		if !d.Allow {
-			return &refusal{policy.CodeDestinationNotAllowed, "after hook " + script.Name() + ": " + d.Reason}
+			return &refusal{d.Code, "after hook " + script.Name() + ": " + d.Reason}
 		}
 		if d.Connector != c {
 			// Another rule would allow the edit, but the request carries this

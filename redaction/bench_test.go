@@ -172,3 +172,36 @@ func BenchmarkScrubManySecrets1M(b *testing.B) {
 		s.Scrub(body)
 	}
 }
+
+// BenchmarkScrubOneSecret1M is the common connector: one injected token.
+func BenchmarkScrubOneSecret1M(b *testing.B) {
+	s, err := NewSecretScrubber([][]byte{[]byte("s3cr3t-injected-4f1e9a7c0b2d")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := benchText(1 << 20)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		s.Scrub(body)
+	}
+}
+
+// BenchmarkScrubEscapedText1M is text full of the bytes that start
+// escapes ("%", "\"), where escaped echoes are looked for.
+func BenchmarkScrubEscapedText1M(b *testing.B) {
+	s, err := NewSecretScrubber([][]byte{[]byte("s3cr3t-injected-4f1e9a7c0b2d")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var buf bytes.Buffer
+	for buf.Len() < 1<<20 {
+		buf.WriteString(`{"q":"a%20b%2Fc","s":"line\nnext \u00e9 \"x\" s3cr3t"}` + "\n")
+	}
+	body := buf.Bytes()
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		s.Scrub(body)
+	}
+}

@@ -2,14 +2,16 @@ package redaction
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
-	"encoding/json"
+	"encoding/hex"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // MinSecretLen is the shortest secret NewSecretScrubber accepts. Scrubbing
@@ -20,27 +22,38 @@ const MinSecretLen = 8
 // SecretMask replaces every occurrence of a secret.
 const SecretMask = "[REDACTED:secret]"
 
-// manyNeedles is the number of searched forms above which the scrubber
-// switches from one bytes.Index per form (vectorised, fastest for a few)
-// to a single pass with a hashed 8-byte prefix filter.
-const manyNeedles = 8
-
 // SecretScrubber removes exact secret values, the credentials the gateway
 // injects, from response headers, response bodies and any text bound for
 // a log, whatever the redaction profiles say. It is immutable and safe for
 // concurrent use; a nil *SecretScrubber scrubs nothing.
 type SecretScrubber struct {
 	needles [][]byte // every searched form, longest first
-	maxLen  int
-	index   *needleIndex // set when there are more than manyNeedles
+	// values are the secrets as injected, for echoes in which any
+	// character may be percent-encoded or JSON-escaped (escapedAt).
+	values [][]byte
+	// triggers are the bytes that start such an escape: one of them is in
+	// every escaped echo that is not also a plain one.
+	triggers string
+	maxLen   int // the longest match: a needle, or a value escaped whole
+	index    *needleIndex
 }
 
 // NewSecretScrubber builds a scrubber for values. Besides each value as it
 // is, it also looks for the forms an upstream that echoes a request would
-// use: JSON-escaped (plain, HTML-safe as Go writes it, "\/" as PHP writes
-// it) and URL-encoded (query and path). A value shorter than MinSecretLen,
-// or one that occurs in SecretMask itself, is an error naming its index;
-// the policy loader turns that into a config error naming the secret.
+// use (docs/connector-authors.md, "Injected secrets"):
+//   - upper- and lower-case, and hex in either case;
+//   - base64, standard and URL-safe, padded or not, at each of the three
+//     alignments the value can have inside a longer encoded blob: the
+//     characters that depend on the value alone are replaced, which leaves
+//     at most the bits of one byte of the value on either side;
+//   - any mix of plain characters, percent-encoded ones ("%2F", "%2f", "+"
+//     for a space) and JSON-escaped ones ("\u0041", "\/", "\n"), which
+//     covers JSON as Go, PHP and HTML-safe writers escape it and URL
+//     query and path encoding.
+//
+// A value shorter than MinSecretLen, or one that occurs in SecretMask
+// itself, is an error naming its index; the policy loader turns that into
+// a config error naming the secret.
 func NewSecretScrubber(values [][]byte) (*SecretScrubber, error) {
 	s := &SecretScrubber{}
 	for i, v := range values {
@@ -49,6 +62,11 @@ func NewSecretScrubber(values [][]byte) (*SecretScrubber, error) {
 		}
 		if strings.Contains(SecretMask, string(v)) {
 			return nil, fmt.Errorf("secret #%d occurs in the replacement text %q", i, SecretMask)
+		}
+		s.values = append(s.values, bytes.Clone(v))
+		s.maxLen = max(s.maxLen, escapedMax*len(v))
+		if bytes.IndexByte(v, ' ') >= 0 && !strings.Contains(s.triggers, "+") {
+			s.triggers += "+"
 		}
 		for _, form := range secretForms(v) {
 			if !slices.ContainsFunc(s.needles, func(n []byte) bool { return bytes.Equal(n, form) }) {
@@ -62,24 +80,196 @@ func NewSecretScrubber(values [][]byte) (*SecretScrubber, error) {
 	for _, n := range s.needles {
 		s.maxLen = max(s.maxLen, len(n))
 	}
-	if len(s.needles) > manyNeedles {
-		s.index = newNeedleIndex(s.needles)
-	}
+	s.triggers = `%\` + s.triggers
+	// One sampled pass for all forms: measured faster than one vectorised
+	// bytes.Index per form even for a single secret (BENCHMARKS.md).
+	s.index = newNeedleIndex(s.needles)
 	return s, nil
 }
 
+// secretForms are the exact forms searched for v. Escaped forms (JSON,
+// percent-encoding) are escapedAt's, in any mix.
 func secretForms(v []byte) [][]byte {
-	plain := appendEscaped(nil, v)
-	var html bytes.Buffer
-	json.HTMLEscape(&html, plain)
-	str := string(v)
-	return [][]byte{
+	forms := [][]byte{
 		bytes.Clone(v),
-		plain,
-		html.Bytes(),
-		bytes.ReplaceAll(plain, []byte("/"), []byte(`\/`)),
-		[]byte(url.QueryEscape(str)),
-		[]byte(url.PathEscape(str)),
+		asciiCase(v, 'a', 'z'),
+		asciiCase(v, 'A', 'Z'),
+		[]byte(hex.EncodeToString(v)),
+		[]byte(strings.ToUpper(hex.EncodeToString(v))),
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
+		for align := range 3 {
+			forms = append(forms, base64Core(enc, v, align))
+		}
+	}
+	return forms
+}
+
+// asciiCase is v with the ASCII letters from lo to hi switched to the
+// other case; other bytes stay, so the form is as long as v.
+func asciiCase(v []byte, lo, hi byte) []byte {
+	out := bytes.Clone(v)
+	for i, c := range out {
+		if lo <= c && c <= hi {
+			out[i] = c ^ 0x20
+		}
+	}
+	return out
+}
+
+// base64Core is the part of the base64 encoding of v, preceded by align
+// bytes of anything and followed by anything, that depends on v alone: the
+// characters whose six bits all come from v.
+func base64Core(enc *base64.Encoding, v []byte, align int) []byte {
+	encoded := enc.EncodeToString(append(make([]byte, align), v...))
+	first := (8*align + 5) / 6      // the first character with no bit of the lead
+	end := 8 * (align + len(v)) / 6 // past the last character with all bits from v
+	return []byte(encoded[first:end])
+}
+
+// escapedMax is the most bytes one character of a value takes in an
+// escaped echo ("\u0041").
+const escapedMax = 6
+
+// escapedAt returns the end of an echo of v that starts at b[i] and in
+// which any character may be percent-encoded or JSON-escaped, or -1. An
+// escape that decodes to the character wanted is read as one, otherwise
+// the byte must be the character itself.
+func escapedAt(b []byte, i int, v []byte) int {
+	for _, c := range v {
+		if i >= len(b) {
+			return -1
+		}
+		if n := escapeOf(b[i:], c); n > 0 {
+			i += n
+			continue
+		}
+		if b[i] != c {
+			return -1
+		}
+		i++
+	}
+	return i
+}
+
+// escapeOf is the length of the escape at the start of b if it stands for
+// c, else 0.
+func escapeOf(b []byte, c byte) int {
+	switch b[0] {
+	case '%':
+		if len(b) >= 3 && unhexByte(b[1], b[2]) == int(c) {
+			return 3
+		}
+	case '+':
+		if c == ' ' {
+			return 1
+		}
+	case '\\':
+		if len(b) < 2 {
+			return 0
+		}
+		if b[1] == 'u' {
+			if len(b) >= 6 && c < utf8.RuneSelf && unhexByte(b[2], b[3]) == 0 && unhexByte(b[4], b[5]) == int(c) {
+				return 6
+			}
+			return 0
+		}
+		if jsonShortEscape(b[1]) == c {
+			return 2
+		}
+	}
+	return 0
+}
+
+// jsonShortEscape is the character a two-byte JSON escape "\x" stands for,
+// or 0 for none.
+func jsonShortEscape(x byte) byte {
+	switch x {
+	case '"', '\\', '/':
+		return x
+	case 'b':
+		return '\b'
+	case 'f':
+		return '\f'
+	case 'n':
+		return '\n'
+	case 'r':
+		return '\r'
+	case 't':
+		return '\t'
+	}
+	return 0
+}
+
+// unhexByte decodes two hex digits, or returns -1.
+func unhexByte(hi, lo byte) int {
+	h, l := unhexDigit(hi), unhexDigit(lo)
+	if h < 0 || l < 0 {
+		return -1
+	}
+	return h<<4 | l
+}
+
+func unhexDigit(c byte) int {
+	switch {
+	case '0' <= c && c <= '9':
+		return int(c - '0')
+	case 'a' <= c && c <= 'f':
+		return int(c-'a') + 10
+	case 'A' <= c && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
+}
+
+// nextEscaped finds the leftmost escaped echo of a value at or after from,
+// the longest at that position, as (start, end), or (-1, -1). An echo that
+// is not also a plain one holds a trigger byte, and at most len(v)-1 plain
+// bytes come before its first trigger: only the starts in that window
+// before each trigger are tried, each once.
+func (s *SecretScrubber) nextEscaped(b []byte, from int) (int, int) {
+	tried := from   // starts below tried have been tried
+	var next [3]int // the next position of each trigger byte; -1 none left
+	for k := range next {
+		next[k] = -2
+	}
+	for {
+		t := -1
+		for k := 0; k < len(s.triggers); k++ {
+			if next[k] == -2 || next[k] >= 0 && next[k] < tried {
+				// Vectorised per byte, and each byte searched again only
+				// once passed: text full of one trigger costs one pass.
+				if i := bytes.IndexByte(b[tried:], s.triggers[k]); i >= 0 {
+					next[k] = tried + i
+				} else {
+					next[k] = -1
+				}
+			}
+			if next[k] >= 0 && (t < 0 || next[k] < t) {
+				t = next[k]
+			}
+		}
+		if t < 0 {
+			return -1, -1
+		}
+		best, bestEnd := -1, -1
+		for _, v := range s.values {
+			for start := max(tried, t-len(v)+1); start <= t && (best < 0 || start <= best); start++ {
+				if c := b[start]; c != v[0] && c != '%' && c != '\\' && c != '+' {
+					continue // cannot start an echo of v
+				}
+				if end := escapedAt(b, start, v); end >= 0 {
+					if best < 0 || start < best || end > bestEnd {
+						best, bestEnd = start, end
+					}
+					break
+				}
+			}
+		}
+		if best >= 0 {
+			return best, bestEnd
+		}
+		tried = t + 1
 	}
 }
 
@@ -132,13 +322,19 @@ func (s *SecretScrubber) Headers(h http.Header) int {
 // limit, or past the last secret it replaced. When lazy is set, dst stays
 // nil until there is something to replace.
 func (s *SecretScrubber) scrubPrefix(dst, b []byte, limit int, lazy bool) ([]byte, int, int) {
-	var pos [manyNeedles]int // next occurrence of each needle, when few
-	for k := range pos {
-		pos[k] = -2 // not searched yet
-	}
+	escStart, escEnd := -2, -2 // the next escaped echo, when searched
 	from, n := 0, 0
 	for from < limit {
-		start, k := s.next(b, from, pos[:])
+		start, end := -1, -1
+		if i, k := s.index.next(b, from, s.needles); i >= 0 {
+			start, end = i, i+len(s.needles[k])
+		}
+		if escStart != -1 && escStart < from {
+			escStart, escEnd = s.nextEscaped(b, from)
+		}
+		if escStart >= 0 && (start < 0 || escStart < start || escStart == start && escEnd > end) {
+			start, end = escStart, escEnd
+		}
 		if start < 0 || start >= limit {
 			break
 		}
@@ -147,7 +343,7 @@ func (s *SecretScrubber) scrubPrefix(dst, b []byte, limit int, lazy bool) ([]byt
 		}
 		dst = append(dst, b[from:start]...)
 		dst = append(dst, SecretMask...)
-		from = start + len(s.needles[k])
+		from = end
 		n++
 	}
 	if n == 0 && lazy {
@@ -157,68 +353,72 @@ func (s *SecretScrubber) scrubPrefix(dst, b []byte, limit int, lazy bool) ([]byt
 	return append(dst, b[from:end]...), end, n
 }
 
-// next finds the leftmost needle occurrence at or after from, the longest
-// at that position, as (start, needle index), or (-1, -1).
-func (s *SecretScrubber) next(b []byte, from int, pos []int) (int, int) {
-	if s.index != nil {
-		return s.index.next(b, from, s.needles)
-	}
-	best, bestK := -1, -1
-	for k, needle := range s.needles {
-		if pos[k] == -1 {
-			continue // no occurrence left
-		}
-		if pos[k] < from {
-			if i := bytes.Index(b[from:], needle); i >= 0 {
-				pos[k] = from + i
-			} else {
-				pos[k] = -1
-				continue
-			}
-		}
-		// Needles are longest first, so a tie keeps the longer one.
-		if best < 0 || pos[k] < best {
-			best, bestK = pos[k], k
-		}
-	}
-	return best, bestK
+// needleIndex finds many needles in one pass. Every 8-byte window of
+// every needle that starts in its first step bytes, where step is the
+// shortest needle's length minus 7, is hashed into a 64 Ki-bit filter; the
+// text is probed only at every step-th position, since every occurrence
+// of a needle covers one of them with one of its indexed windows. Probes
+// that pass the filter are verified.
+type needleIndex struct {
+	filter [1 << 10]uint64
+	step   int
+	byGram map[uint64][]gramAt // indexed windows, by their 8 bytes
 }
 
-// needleIndex finds many needles in one pass: the first 8 bytes of every
-// needle are hashed into a 64 Ki-bit filter, and only positions whose 8
-// bytes pass the filter are compared.
-type needleIndex struct {
-	filter   [1 << 10]uint64
-	byPrefix map[uint64][]int // needle indexes by first 8 bytes, longest first
-}
+// gramAt is an indexed window: needle k, at offset.
+type gramAt struct{ k, offset int }
 
 func prefixHash(w uint64) uint64 { return (w * 0x9E3779B97F4A7C15) >> 48 }
 
 func newNeedleIndex(needles [][]byte) *needleIndex {
-	x := &needleIndex{byPrefix: map[uint64][]int{}}
+	x := &needleIndex{byGram: map[uint64][]gramAt{}, step: math.MaxInt}
+	for _, n := range needles {
+		x.step = min(x.step, len(n)-7)
+	}
 	for k, n := range needles {
-		w := binary.LittleEndian.Uint64(n)
-		h := prefixHash(w)
-		x.filter[h>>6] |= 1 << (h & 63)
-		x.byPrefix[w] = append(x.byPrefix[w], k)
+		for offset := range x.step {
+			w := binary.LittleEndian.Uint64(n[offset:])
+			h := prefixHash(w)
+			x.filter[h>>6] |= 1 << (h & 63)
+			x.byGram[w] = append(x.byGram[w], gramAt{k, offset})
+		}
 	}
 	return x
 }
 
+// next returns the leftmost occurrence at or after from, the longest at
+// that position. Probing position p finds exactly the occurrences that
+// start in (p-step, p], so the first probe with a hit has the leftmost.
 func (x *needleIndex) next(b []byte, from int, needles [][]byte) (int, int) {
-	for i := from; i+8 <= len(b); i++ {
-		w := binary.LittleEndian.Uint64(b[i:])
+	first := (from + x.step - 1) / x.step * x.step
+	for p := first; ; p += x.step {
+		if p-x.step+1 >= len(b) {
+			return -1, -1
+		}
+		if p+8 > len(b) {
+			// An occurrence probed here would start after p-step and
+			// end past len(b): there is none.
+			return -1, -1
+		}
+		w := binary.LittleEndian.Uint64(b[p:])
 		h := prefixHash(w)
 		if x.filter[h>>6]&(1<<(h&63)) == 0 {
 			continue
 		}
-		for _, k := range x.byPrefix[w] {
-			if bytes.HasPrefix(b[i:], needles[k]) {
-				return i, k
+		best, bestK := -1, -1
+		for _, g := range x.byGram[w] {
+			start := p - g.offset
+			if start < from || best >= 0 && (start > best || start == best && len(needles[g.k]) <= len(needles[bestK])) {
+				continue
+			}
+			if bytes.HasPrefix(b[start:], needles[g.k]) {
+				best, bestK = start, g.k
 			}
 		}
+		if best >= 0 {
+			return best, bestK
+		}
 	}
-	return -1, -1
 }
 
 // scrubChunk is how much a ScrubReader reads from its source at a time.
