@@ -39,7 +39,10 @@ type WatchOptions struct {
 	// gateway itself writes, such as an audit log kept in a watched
 	// directory, which would otherwise trigger a check on every line.
 	Ignore []string
-	Logger *slog.Logger
+	// Started, if set, is called once the watches are in place: an edit
+	// made after it returns is seen. The gateway reports ready only then.
+	Started func()
+	Logger  *slog.Logger
 }
 
 // Watch calls reload whenever something in the config directory dir may
@@ -86,6 +89,9 @@ func Watch(ctx context.Context, dir string, opts WatchOptions, reload func(reaso
 		relevant = newEventFilter(dir, files, opts.Ignore)
 	}
 	rewatch()
+	if opts.Started != nil {
+		opts.Started()
+	}
 
 	// Every event pushes the reload back to Debounce after it, so a file is
 	// read only once the directory has been quiet that long: a save that

@@ -22,6 +22,8 @@ func watchCounting(t *testing.T, dir string, opts WatchOptions) (fileChanges, re
 	fileChanges, resyncs = new(atomic.Int64), new(atomic.Int64)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	started := make(chan struct{})
+	opts.Started = func() { close(started) }
 	go func() {
 		done <- Watch(ctx, dir, opts, func(reason string) {
 			if reason == "file change" {
@@ -37,6 +39,12 @@ func watchCounting(t *testing.T, dir string, opts WatchOptions) (fileChanges, re
 			t.Errorf("Watch: %v", err)
 		}
 	})
+	select {
+	case <-started: // edits from here on are seen
+	case err := <-done:
+		done <- err // for the cleanup
+		t.Fatalf("Watch ended before watching: %v", err)
+	}
 	return fileChanges, resyncs
 }
 
@@ -90,7 +98,6 @@ func TestWatchReloadsOnEveryKindOfChange(t *testing.T) {
 			write(t, filepath.Join(dir, "gateway.yaml"), "")
 			write(t, filepath.Join(dir, "tenants", "a.yaml"), "id: a\n")
 			changes, _ := watchCounting(t, dir, WatchOptions{Debounce: 20 * time.Millisecond, Resync: time.Hour})
-			time.Sleep(200 * time.Millisecond) // let the watches be registered before editing
 			e.edit(t, dir)
 			waitFor(t, "a reload", func() bool { return changes.Load() >= 1 })
 		})
@@ -100,7 +107,6 @@ func TestWatchReloadsOnEveryKindOfChange(t *testing.T) {
 func TestWatchCollapsesBurstsButNeverStarves(t *testing.T) {
 	dir := t.TempDir()
 	changes, _ := watchCounting(t, dir, WatchOptions{Debounce: 100 * time.Millisecond, Resync: time.Hour})
-	time.Sleep(200 * time.Millisecond) // let the watches be registered
 	// A burst of saves within one debounce interval is one reload.
 	for i := range 10 {
 		write(t, filepath.Join(dir, "gateway.yaml"), string(rune('a'+i)))
@@ -117,7 +123,6 @@ func TestWatchCollapsesBurstsButNeverStarves(t *testing.T) {
 func TestWatchStreamReloadsAfterMaxWait(t *testing.T) {
 	dir := t.TempDir()
 	changes, _ := watchCounting(t, dir, WatchOptions{Debounce: 200 * time.Millisecond, MaxWait: 300 * time.Millisecond, Resync: time.Hour})
-	time.Sleep(200 * time.Millisecond) // let the watches be registered
 	stop := time.Now().Add(3 * time.Second)
 	for i := 0; time.Now().Before(stop); i++ {
 		write(t, filepath.Join(dir, "gateway.yaml"), string(rune('a'+i%26)))
@@ -161,7 +166,6 @@ func TestWatchWaitsForSlowWrite(t *testing.T) {
 			t.Errorf("Watch: %v", err)
 		}
 	})
-	time.Sleep(200 * time.Millisecond) // let the watches be registered
 
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
 	if err != nil {

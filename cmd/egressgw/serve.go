@@ -135,18 +135,19 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	// collection and the scavenger got round to it under load. Hand it back
 	// before serving, once.
 	debug.FreeOSMemory()
+	// Signals are caught from here on: a SIGHUP sent as soon as the
+	// gateway reports ready must reload, not kill it.
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(signals)
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- gw.Serve(proxyLn) }()
-	go func() {
-		if err := admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
-			serveErr <- err
-		}
-	}()
 	watchCtx, stopWatching := context.WithCancel(context.Background())
 	defer stopWatching()
 	if source.dir != "" && *watch {
+		watching := make(chan struct{})
 		go func() {
-			opts := policy.WatchOptions{Logger: logger, Files: func() []string {
+			opts := policy.WatchOptions{Logger: logger, Started: func() { close(watching) }, Files: func() []string {
 				if live := gw.Live(); live != nil {
 					return live.Referenced()
 				}
@@ -160,15 +161,26 @@ func serve(args []string, stdout, stderr io.Writer) int {
 				logger.Error("config watching stopped; SIGHUP still reloads", "error", err)
 			}
 		}()
+		// Ready means edits are seen: wait for the watches (an error ends
+		// the wait too, logged above), then catch an edit made between
+		// the first load and the watches.
+		select {
+		case <-watching:
+			rl.reload("watch started")
+		case <-time.After(5 * time.Second):
+			logger.Warn("config watching did not start within 5s; SIGHUP still reloads")
+		}
 	}
+	go func() {
+		if err := admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- err
+		}
+	}()
 	logger.Info("egressgw serving", "listen", proxyLn.Addr().String(), "admin_listen", adminLn.Addr().String(), "version", version)
 	if *configPath == "" {
 		printQuickstart(stderr, proxyLn.Addr().String())
 	}
 
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(signals)
 	for {
 		select {
 		case err := <-serveErr:
