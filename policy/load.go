@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io/fs"
+	"iter"
 	"net"
 	"net/http"
 	"net/netip"
@@ -43,24 +45,42 @@ var (
 // Snapshot. On any error it returns a *LoadError listing every problem with
 // its file and line, and no snapshot: a policy is used whole or not at all.
 func Load(fsys fs.FS, now time.Time) (*Snapshot, error) {
-	files, err := readConfigFiles(fsys)
+	return load(fsys, now, nil)
+}
+
+// load builds a snapshot reading one file at a time: gateway.yaml, then
+// each connector, then each tenant is read, hashed, compiled and dropped,
+// so that a load never holds the text of a large config whole
+// (docs/operators.md, "Memory"). prev, when not nil, lends the compiled
+// tenants and connectors whose inputs are unchanged (see reuse).
+func load(fsys fs.FS, now time.Time, prev *Snapshot) (*Snapshot, error) {
+	gateway, err := readGatewayFile(fsys)
 	if err != nil {
 		return nil, err
 	}
-	b := &builder{fsys: fsys, snap: &Snapshot{
+	b := &builder{fsys: fsys, hash: sha256.New(), reuse: newReuse(prev), snap: &Snapshot{
 		LoadedAt: now,
 		tenants:  map[string]*Tenant{},
 	}}
-	b.gateway(files)
-	connectors := b.connectors(files)
-	b.tenants(files, connectors)
+	b.gateway(gateway)
+	b.gatewayInputs = gatewayInputs(gateway, b.referenced)
+	connectors, err := b.connectors()
+	if err != nil {
+		return nil, err
+	}
+	if err := b.tenants(connectors); err != nil {
+		return nil, err
+	}
 	if len(b.errs) > 0 {
 		return nil, &LoadError{Errors: b.errs}
 	}
-	b.snap.Hash = hashFiles(files, b.referenced)
 	for _, f := range b.referenced {
+		hashFile(b.hash, f)
 		b.snap.referenced = append(b.snap.referenced, f.name)
 	}
+	b.snap.Hash = hex.EncodeToString(b.hash.Sum(nil))
+	b.snap.versions = connectors
+	b.snap.gatewayInputs = b.gatewayInputs
 	b.snap.Warnings = b.warns
 	b.snap.indexSources()
 	return b.snap, nil
@@ -81,12 +101,9 @@ type configFiles struct {
 
 func readConfigFiles(fsys fs.FS) (configFiles, error) {
 	var cf configFiles
-	data, err := fs.ReadFile(fsys, GatewayFileName)
-	switch {
-	case err == nil:
-		cf.gateway = &configFile{name: GatewayFileName, data: data}
-	case !errors.Is(err, fs.ErrNotExist):
-		return cf, fmt.Errorf("read %s: %w", GatewayFileName, err)
+	var err error
+	if cf.gateway, err = readGatewayFile(fsys); err != nil {
+		return cf, err
 	}
 	if cf.tenants, err = readYAMLDir(fsys, TenantsDir); err != nil {
 		return cf, err
@@ -97,59 +114,96 @@ func readConfigFiles(fsys fs.FS) (configFiles, error) {
 	return cf, nil
 }
 
+// readGatewayFile reads gateway.yaml; nil when there is none, which
+// leaves every setting at its default.
+func readGatewayFile(fsys fs.FS) (*configFile, error) {
+	data, err := fs.ReadFile(fsys, GatewayFileName)
+	switch {
+	case err == nil:
+		return &configFile{name: GatewayFileName, data: data}, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("read %s: %w", GatewayFileName, err)
+	}
+	return nil, nil
+}
+
 // readYAMLDir reads every *.yaml and *.yml file of dir, in name order.
-// Hidden names are skipped: they are editors' temporary files and the
-// "..data" machinery of Kubernetes volumes, never policy.
 func readYAMLDir(fsys fs.FS, dir string) ([]configFile, error) {
-	entries, err := fs.ReadDir(fsys, dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", dir, err)
-	}
 	var out []configFile
-	for _, e := range entries {
-		name := e.Name()
-		if strings.HasPrefix(name, ".") || !(strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml")) {
-			continue
-		}
-		p := path.Join(dir, name)
-		info, err := fs.Stat(fsys, p) // follows symlinks, as ConfigMap volumes need
+	for f, err := range yamlFiles(fsys, dir) {
 		if err != nil {
-			return nil, fmt.Errorf("stat %s: %w", p, err)
+			return nil, err
 		}
-		if info.IsDir() {
-			continue
-		}
-		data, err := fs.ReadFile(fsys, p)
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", p, err)
-		}
-		out = append(out, configFile{name: p, data: data})
+		out = append(out, f)
 	}
 	return out, nil
 }
 
+// yamlFiles reads the *.yaml and *.yml files of dir one at a time, in name
+// order, so that a caller done with one file can drop it before the next
+// is read. It stops at the first error, which it yields with an empty file.
+// Hidden names are skipped: they are editors' temporary files and the
+// "..data" machinery of Kubernetes volumes, never policy.
+func yamlFiles(fsys fs.FS, dir string) iter.Seq2[configFile, error] {
+	return func(yield func(configFile, error) bool) {
+		entries, err := fs.ReadDir(fsys, dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			return
+		}
+		if err != nil {
+			yield(configFile{}, fmt.Errorf("read %s: %w", dir, err))
+			return
+		}
+		for _, e := range entries {
+			name := e.Name()
+			if strings.HasPrefix(name, ".") || !(strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml")) {
+				continue
+			}
+			p := path.Join(dir, name)
+			info, err := fs.Stat(fsys, p) // follows symlinks, as ConfigMap volumes need
+			if err != nil {
+				yield(configFile{}, fmt.Errorf("stat %s: %w", p, err))
+				return
+			}
+			if info.IsDir() {
+				continue
+			}
+			data, err := fs.ReadFile(fsys, p)
+			if err != nil {
+				yield(configFile{}, fmt.Errorf("read %s: %w", p, err))
+				return
+			}
+			if !yield(configFile{name: p, data: data}, nil) {
+				return
+			}
+		}
+	}
+}
+
+// hashFiles computes Snapshot.Hash over files read whole, as Unchanged
+// does; load computes the same digest file by file, in the same order.
 func hashFiles(cf configFiles, referenced []configFile) string {
 	h := sha256.New()
-	write := func(f configFile) {
-		fmt.Fprintf(h, "%s\x00%d\x00", f.name, len(f.data))
-		h.Write(f.data)
-	}
 	if cf.gateway != nil {
-		write(*cf.gateway)
-	}
-	for _, f := range cf.tenants {
-		write(f)
+		hashFile(h, *cf.gateway)
 	}
 	for _, f := range cf.connectors {
-		write(f)
+		hashFile(h, f)
+	}
+	for _, f := range cf.tenants {
+		hashFile(h, f)
 	}
 	for _, f := range referenced {
-		write(f)
+		hashFile(h, f)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// hashFile adds one file, its name and its length to a digest, so that
+// no two different sets of files write the same bytes.
+func hashFile(h hash.Hash, f configFile) {
+	fmt.Fprintf(h, "%s\x00%d\x00", f.name, len(f.data))
+	h.Write(f.data)
 }
 
 type builder struct {
@@ -171,6 +225,11 @@ type builder struct {
 	errs             []ConfigError
 	warns            []ConfigError
 	referenced       []configFile // files the YAML refers to, as read
+	hash             hash.Hash    // Snapshot.Hash, fed as files are read
+	// reuse holds what the previous snapshot compiled; gatewayInputs is
+	// the digest of what gateway.yaml's settings were built from.
+	reuse         *reuse
+	gatewayInputs [sha256.Size]byte
 }
 
 // errorf records one problem at doc:line. An argument that joins several
@@ -212,14 +271,15 @@ func (b *builder) gatewayUndecoded(section string) bool {
 	return b.undecoded[section] || b.undecoded[""]
 }
 
-func (b *builder) gateway(files configFiles) {
+func (b *builder) gateway(file *configFile) {
 	var gf gatewayFile
 	doc := &yamlDoc{file: GatewayFileName}
 	b.undecoded = map[string]bool{}
-	if files.gateway != nil {
+	if file != nil {
+		hashFile(b.hash, *file)
 		before := len(b.errs)
 		var ok bool
-		if doc, ok = b.decode(*files.gateway, &gf); !ok {
+		if doc, ok = b.decode(*file, &gf); !ok {
 			// The config is refused, but the list of its problems should
 			// be whole and true. So the checks go on: a section that did
 			// not decode takes its defaults (rather than the zero values
@@ -410,22 +470,28 @@ func parsePrefix(s string) (netip.Prefix, error) {
 // connectorSet indexes connector versions by name.
 type connectorSet map[string][]*Connector // versions sorted ascending
 
-func (b *builder) connectors(files configFiles) connectorSet {
+func (b *builder) connectors() (connectorSet, error) {
 	set := connectorSet{}
 	seen := map[string]string{} // name@version -> file
 	b.brokenConnectors = map[string]bool{}
-	for _, f := range files.connectors {
+	for f, err := range yamlFiles(b.fsys, ConnectorsDir) {
+		if err != nil {
+			return nil, err
+		}
+		hashFile(b.hash, f)
 		var cf connectorFile
 		doc, ok := b.decode(f, &cf)
 		if !ok {
 			b.brokenConnectors[cf.Name] = true
 			continue
 		}
+		refs := len(b.referenced)
 		c, ok := b.connector(doc, cf)
 		if !ok {
 			b.brokenConnectors[cf.Name] = true
 			continue
 		}
+		c = b.reuse.connector(c, b.connectorInputs(f, b.referenced[refs:]))
 		key := fmt.Sprintf("%s@%d", c.Name, c.Version)
 		if prev, dup := seen[key]; dup {
 			b.errorf(doc, doc.line("version"), "connector %s is already defined in %s", key, prev)
@@ -438,7 +504,7 @@ func (b *builder) connectors(files configFiles) connectorSet {
 	for _, versions := range set {
 		sort.Slice(versions, func(i, j int) bool { return versions[i].Version < versions[j].Version })
 	}
-	return set
+	return set, nil
 }
 
 func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
@@ -540,20 +606,19 @@ func (b *builder) matchRule(doc *yamlDoc, action allowlist.Action, hosts []strin
 	return r
 }
 
-func (b *builder) tenants(files configFiles, connectors connectorSet) {
+func (b *builder) tenants(connectors connectorSet) error {
 	owner := map[string]string{} // tenant id -> file
 	type sourceOwner struct {
 		prefix netip.Prefix
 		id     string
 	}
 	var sources []sourceOwner
-	for _, f := range files.tenants {
-		var tf tenantFile
-		doc, ok := b.decode(f, &tf)
-		if !ok {
-			continue
+	for f, err := range yamlFiles(b.fsys, TenantsDir) {
+		if err != nil {
+			return err
 		}
-		t, ok := b.tenant(doc, tf, connectors)
+		hashFile(b.hash, f)
+		t, doc, ok := b.tenantFrom(f, connectors)
 		if !ok {
 			continue
 		}
@@ -577,6 +642,7 @@ func (b *builder) tenants(files configFiles, connectors connectorSet) {
 		b.snap.tenantIDs = append(b.snap.tenantIDs, t.ID)
 	}
 	sort.Strings(b.snap.tenantIDs)
+	return nil
 }
 
 func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (*Tenant, bool) {
