@@ -436,10 +436,10 @@ func (b *builder) positive(doc *yamlDoc, v int, path ...any) {
 func (b *builder) prefixes(doc *yamlDoc, values []string, path ...any) []netip.Prefix {
 	var out []netip.Prefix
 	for i, s := range values {
-		line := doc.line(append(path, i)...)
 		p, err := parsePrefix(s)
 		if err != nil {
-			b.errorf(doc, line, "%v", err)
+			// Only now: finding a line parses the file a second time.
+			b.errorf(doc, doc.line(append(path, i)...), "%v", err)
 			continue
 		}
 		out = append(out, p)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 )
 
@@ -91,5 +92,21 @@ func BenchmarkReload10kTenantsOneEdited(b *testing.B) {
 			b.Fatal(err)
 		}
 		live = next
+	}
+}
+
+// BenchmarkLoad2kSourceTenants loads 2,000 tenants identified by their
+// address (source_cidrs), as sandbox runtimes without tokens have.
+func BenchmarkLoad2kSourceTenants(b *testing.B) {
+	fsys := fstest.MapFS{}
+	for i := range 2000 {
+		fsys[fmt.Sprintf("tenants/t%d.yaml", i)] = &fstest.MapFile{Data: fmt.Appendf(nil,
+			"id: t%d\nauth: { source_cidrs: [\"10.%d.%d.0/24\"] }\nrules:\n  - hosts: [\"pypi.org\"]\n", i, i/256, i%256)}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Load(fsys, time.Now()); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
