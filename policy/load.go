@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io/fs"
+	"iter"
 	"net"
 	"net/http"
 	"net/netip"
@@ -43,29 +45,44 @@ var (
 // Snapshot. On any error it returns a *LoadError listing every problem with
 // its file and line, and no snapshot: a policy is used whole or not at all.
 func Load(fsys fs.FS, now time.Time) (*Snapshot, error) {
-	files, err := readConfigFiles(fsys)
-	var refused *LoadError
-	if err != nil && !errors.As(err, &refused) {
-		return nil, err
-	}
-	b := &builder{reader: files.reader, secretFiles: map[location]bool{}, snap: &Snapshot{
+	return load(fsys, now, nil)
+}
+
+// load builds a snapshot reading one file at a time: gateway.yaml, then
+// each connector, then each tenant is read, hashed, compiled and dropped,
+// so that a load never holds the text of a large config whole
+// (docs/operators.md, "Memory"). prev, when not nil, lends the compiled
+// tenants and connectors whose inputs are unchanged (see reuse). Files
+// are read under gateway.yaml's rules (docs/admins.md, "Where config
+// files may live"); a file refused unread is reported with the rest of the
+// config's problems.
+func load(fsys fs.FS, now time.Time, prev *Snapshot) (*Snapshot, error) {
+	gateway, rules, refused := readGatewayFile(fsys)
+	b := &builder{reader: newReader(fsys, rules), secretFiles: map[location]bool{}, hash: sha256.New(), reuse: newReuse(prev), snap: &Snapshot{
 		LoadedAt: now,
 		tenants:  map[string]*Tenant{},
 	}}
-	if refused != nil {
-		b.errs = append(b.errs, refused.Errors...)
+	b.errs = append(b.errs, refused...)
+	b.gateway(gateway, len(refused) > 0)
+	b.gatewayInputs = gatewayInputs(gateway, b.referenced)
+	connectors, err := b.connectors()
+	if err != nil {
+		return nil, err
 	}
-	b.gateway(files)
-	connectors := b.connectors(files)
-	b.tenants(files, connectors)
+	if err := b.tenants(connectors); err != nil {
+		return nil, err
+	}
 	b.scrubSecrets()
 	if len(b.errs) > 0 {
 		return nil, &LoadError{Errors: b.errs}
 	}
-	b.snap.Hash = hashFiles(files, b.referenced)
 	for _, f := range b.referenced {
+		hashFile(b.hash, f)
 		b.snap.referenced = append(b.snap.referenced, f.name)
 	}
+	b.snap.Hash = hex.EncodeToString(b.hash.Sum(nil))
+	b.snap.versions = connectors
+	b.snap.gatewayInputs = b.gatewayInputs
 	b.snap.Warnings = b.warns
 	b.snap.indexSources()
 	return b.snap, nil
@@ -82,43 +99,48 @@ type configFiles struct {
 	gateway    *configFile
 	tenants    []configFile
 	connectors []configFile
-	// gatewayRefused: gateway.yaml exists but was refused unread.
-	gatewayRefused bool
 	// reader reads the files the YAML refers to, under gateway.yaml's rules.
 	reader *reader
 }
 
-// readConfigFiles reads gateway.yaml, then every YAML file of tenants/ and
-// connectors/ under the rules gateway.yaml sets (docs/admins.md, "Where
-// config files may live"). A file refused unread (outside the directory,
-// too large, not a regular file) makes the error a *LoadError, returned
-// with everything else that was read, so that Load can report the rest of
-// the config's problems too.
-func readConfigFiles(fsys fs.FS) (configFiles, error) {
-	var cf configFiles
-	var refused []ConfigError
-	refuse := func(name string, err error) {
-		msg := strings.TrimPrefix(err.Error(), name+" ")
-		refused = append(refused, ConfigError{File: name, Msg: msg, wholeFile: true})
-	}
-	// gateway.yaml sets config.max_file_bytes, so it is read under the
-	// default, and under its own setting when that is lower.
-	rules := fileRules{maxBytes: defaultMaxFileBytes}
+// refusedFile records a file refused unread (outside the directory, too
+// large, not a regular file) as a problem of the whole file.
+func refusedFile(list *[]ConfigError, name string, err error) {
+	msg := strings.TrimPrefix(err.Error(), name+" ")
+	*list = append(*list, ConfigError{File: name, Msg: msg, wholeFile: true})
+}
+
+// readGatewayFile reads gateway.yaml and the file rules it sets; the file
+// is nil when there is none (every setting then takes its default) or it
+// was refused, which refused says. gateway.yaml sets
+// config.max_file_bytes, so it is read under the default, and held to its
+// own setting when that is lower.
+func readGatewayFile(fsys fs.FS) (file *configFile, rules fileRules, refused []ConfigError) {
+	rules = fileRules{maxBytes: defaultMaxFileBytes}
 	data, _, err := newReader(fsys, rules).read(GatewayFileName)
 	switch {
 	case err == nil:
 		rules = peekFileRules(data)
 		if int64(len(data)) > rules.maxBytes {
-			refuse(GatewayFileName, &tooLargeError{name: GatewayFileName, size: int64(len(data)), max: rules.maxBytes})
-			cf.gatewayRefused = true
-			break
+			refusedFile(&refused, GatewayFileName, &tooLargeError{name: GatewayFileName, size: int64(len(data)), max: rules.maxBytes})
+			return nil, rules, refused
 		}
-		cf.gateway = &configFile{name: GatewayFileName, data: data}
+		return &configFile{name: GatewayFileName, data: data}, rules, nil
 	case !errors.Is(err, fs.ErrNotExist):
-		refuse(GatewayFileName, err)
-		cf.gatewayRefused = true
+		refusedFile(&refused, GatewayFileName, err)
 	}
+	return nil, rules, refused
+}
+
+// readConfigFiles reads gateway.yaml, then every YAML file of tenants/ and
+// connectors/, whole, for Snapshot.Unchanged. A file refused unread makes
+// the error a *LoadError, returned with everything else that was read.
+func readConfigFiles(fsys fs.FS) (configFiles, error) {
+	var cf configFiles
+	gateway, rules, refused := readGatewayFile(fsys)
+	cf.gateway = gateway
 	cf.reader = newReader(fsys, rules)
+	refuse := func(name string, err error) { refusedFile(&refused, name, err) }
 	for _, dir := range []struct {
 		name string
 		out  *[]configFile
@@ -136,60 +158,83 @@ func readConfigFiles(fsys fs.FS) (configFiles, error) {
 }
 
 // readYAMLDir reads every *.yaml and *.yml file of dir, in name order;
-// files it cannot read go to refuse. Hidden names are skipped: they are
-// editors' temporary files and the "..data" machinery of Kubernetes
-// volumes, never policy.
+// files it cannot read go to refuse.
 func (r *reader) readYAMLDir(dir string, refuse func(name string, err error)) ([]configFile, error) {
-	entries, err := fs.ReadDir(r.fsys, dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", dir, err)
-	}
 	var out []configFile
-	for _, e := range entries {
-		name := e.Name()
-		if strings.HasPrefix(name, ".") || !(strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml")) {
-			continue
-		}
-		p := path.Join(dir, name)
-		info, err := fs.Stat(r.fsys, p) // follows symlinks, as ConfigMap volumes need
+	for f, err := range r.yamlFiles(dir, refuse) {
 		if err != nil {
-			return nil, fmt.Errorf("stat %s: %w", p, err)
+			return nil, err
 		}
-		if info.IsDir() {
-			continue
-		}
-		data, _, err := r.read(p)
-		if err != nil {
-			refuse(p, err)
-			continue
-		}
-		out = append(out, configFile{name: p, data: data})
+		out = append(out, f)
 	}
 	return out, nil
 }
 
+// yamlFiles yields every *.yaml and *.yml file of dir, in name order, one
+// at a time, so that a caller can compile and drop each before reading
+// the next; files it cannot read go to refuse. Hidden names are skipped:
+// they are editors' temporary files and the "..data" machinery of
+// Kubernetes volumes, never policy.
+func (r *reader) yamlFiles(dir string, refuse func(name string, err error)) iter.Seq2[configFile, error] {
+	return func(yield func(configFile, error) bool) {
+		entries, err := fs.ReadDir(r.fsys, dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			return
+		}
+		if err != nil {
+			yield(configFile{}, fmt.Errorf("read %s: %w", dir, err))
+			return
+		}
+		for _, e := range entries {
+			name := e.Name()
+			if strings.HasPrefix(name, ".") || !(strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml")) {
+				continue
+			}
+			p := path.Join(dir, name)
+			info, err := fs.Stat(r.fsys, p) // follows symlinks, as ConfigMap volumes need
+			if err != nil {
+				yield(configFile{}, fmt.Errorf("stat %s: %w", p, err))
+				return
+			}
+			if info.IsDir() {
+				continue
+			}
+			data, _, err := r.read(p)
+			if err != nil {
+				refuse(p, err)
+				continue
+			}
+			if !yield(configFile{name: p, data: data}, nil) {
+				return
+			}
+		}
+	}
+}
+
+// hashFiles is the digest load computes as it reads, for files read whole:
+// gateway.yaml, connectors, tenants, then the files they refer to.
 func hashFiles(cf configFiles, referenced []configFile) string {
 	h := sha256.New()
-	write := func(f configFile) {
-		fmt.Fprintf(h, "%s\x00%d\x00", f.name, len(f.data))
-		h.Write(f.data)
-	}
 	if cf.gateway != nil {
-		write(*cf.gateway)
-	}
-	for _, f := range cf.tenants {
-		write(f)
+		hashFile(h, *cf.gateway)
 	}
 	for _, f := range cf.connectors {
-		write(f)
+		hashFile(h, f)
+	}
+	for _, f := range cf.tenants {
+		hashFile(h, f)
 	}
 	for _, f := range referenced {
-		write(f)
+		hashFile(h, f)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// hashFile adds one file, its name and its length to a digest, so that
+// no two different sets of files write the same bytes.
+func hashFile(h hash.Hash, f configFile) {
+	fmt.Fprintf(h, "%s\x00%d\x00", f.name, len(f.data))
+	h.Write(f.data)
 }
 
 type builder struct {
@@ -214,7 +259,15 @@ type builder struct {
 	// secretFiles are where the secrets read from files lie: no other key
 	// may name them (a hook script's compile error would quote one).
 	secretFiles map[location]bool
+	hash        hash.Hash // Snapshot.Hash, fed as files are read
+	// reuse holds what the previous snapshot compiled; gatewayInputs is
+	// the digest of what gateway.yaml's settings were built from.
+	reuse         *reuse
+	gatewayInputs [sha256.Size]byte
 }
+
+// refuse records a file refused unread.
+func (b *builder) refuse(name string, err error) { refusedFile(&b.errs, name, err) }
 
 // scrubSecrets replaces any secret value found in an error or a warning:
 // every message is built to name secrets, never to hold them, and this
@@ -275,14 +328,15 @@ func (b *builder) gatewayUndecoded(section string) bool {
 	return b.undecoded[section] || b.undecoded[""]
 }
 
-func (b *builder) gateway(files configFiles) {
+func (b *builder) gateway(file *configFile, refused bool) {
 	var gf gatewayFile
 	doc := &yamlDoc{file: GatewayFileName}
 	b.undecoded = map[string]bool{}
-	if files.gateway != nil {
+	if file != nil {
+		hashFile(b.hash, *file)
 		before := len(b.errs)
 		var ok bool
-		if doc, ok = b.decode(*files.gateway, &gf); !ok {
+		if doc, ok = b.decode(*file, &gf); !ok {
 			// The config is refused, but the list of its problems should
 			// be whole and true. So the checks go on: a section that did
 			// not decode takes its defaults (rather than the zero values
@@ -299,7 +353,7 @@ func (b *builder) gateway(files configFiles) {
 			gf.reset(b.undecoded)
 		}
 	}
-	if files.gatewayRefused {
+	if refused {
 		b.undecoded[""] = true // its problem is reported; what it says is unknown
 	}
 	g := &b.snap.Gateway
@@ -485,22 +539,28 @@ func parsePrefix(s string) (netip.Prefix, error) {
 // connectorSet indexes connector versions by name.
 type connectorSet map[string][]*Connector // versions sorted ascending
 
-func (b *builder) connectors(files configFiles) connectorSet {
+func (b *builder) connectors() (connectorSet, error) {
 	set := connectorSet{}
 	seen := map[string]string{} // name@version -> file
 	b.brokenConnectors = map[string]bool{}
-	for _, f := range files.connectors {
+	for f, err := range b.reader.yamlFiles(ConnectorsDir, b.refuse) {
+		if err != nil {
+			return nil, err
+		}
+		hashFile(b.hash, f)
 		var cf connectorFile
 		doc, ok := b.decode(f, &cf)
 		if !ok {
 			b.brokenConnectors[cf.Name] = true
 			continue
 		}
+		refs := len(b.referenced)
 		c, ok := b.connector(doc, cf)
 		if !ok {
 			b.brokenConnectors[cf.Name] = true
 			continue
 		}
+		c = b.reuse.connector(c, b.connectorInputs(f, b.referenced[refs:]))
 		key := fmt.Sprintf("%s@%d", c.Name, c.Version)
 		if prev, dup := seen[key]; dup {
 			b.errorf(doc, doc.line("version"), "connector %s is already defined in %s", key, prev)
@@ -513,7 +573,7 @@ func (b *builder) connectors(files configFiles) connectorSet {
 	for _, versions := range set {
 		sort.Slice(versions, func(i, j int) bool { return versions[i].Version < versions[j].Version })
 	}
-	return set
+	return set, nil
 }
 
 func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
@@ -616,20 +676,19 @@ func (b *builder) matchRule(doc *yamlDoc, action allowlist.Action, hosts []strin
 	return r
 }
 
-func (b *builder) tenants(files configFiles, connectors connectorSet) {
+func (b *builder) tenants(connectors connectorSet) error {
 	owner := map[string]string{} // tenant id -> file
 	type sourceOwner struct {
 		prefix netip.Prefix
 		id     string
 	}
 	var sources []sourceOwner
-	for _, f := range files.tenants {
-		var tf tenantFile
-		doc, ok := b.decode(f, &tf)
-		if !ok {
-			continue
+	for f, err := range b.reader.yamlFiles(TenantsDir, b.refuse) {
+		if err != nil {
+			return err
 		}
-		t, ok := b.tenant(doc, tf, connectors)
+		hashFile(b.hash, f)
+		t, doc, ok := b.tenantFrom(f, connectors)
 		if !ok {
 			continue
 		}
@@ -653,6 +712,7 @@ func (b *builder) tenants(files configFiles, connectors connectorSet) {
 		b.snap.tenantIDs = append(b.snap.tenantIDs, t.ID)
 	}
 	sort.Strings(b.snap.tenantIDs)
+	return nil
 }
 
 func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (*Tenant, bool) {

@@ -32,6 +32,9 @@ type Snapshot struct {
 	tenantIDs  []string // sorted
 	sources    []sourceTenant
 	connectors int
+	versions   connectorSet // what tenants' connector references resolve against
+	// gatewayInputs digests what Gateway was built from, for reuse.
+	gatewayInputs [sha256.Size]byte
 }
 
 type sourceTenant struct {
@@ -67,6 +70,7 @@ type Tenant struct {
 	// cover is refused (see verdict).
 	upgradeDenies    *allowlist.Set
 	upgradeDenyRules []int
+	source           [sha256.Size]byte // digest of the file it was compiled from, for reuse
 }
 
 // RuleKind tells a connector from a tenant's own rule.
@@ -134,6 +138,7 @@ type Connector struct {
 	// back to the sandbox; nil when the connector injects none.
 	Scrubber *redaction.SecretScrubber
 	rule     allowlist.Rule
+	inputs   [sha256.Size]byte // digest of everything it was compiled from, for reuse
 }
 
 // InjectedHeader is one header a connector sets on the sandbox's behalf.

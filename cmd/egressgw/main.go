@@ -146,6 +146,12 @@ func (c configSource) load() (*policy.Snapshot, error) {
 	return policy.Load(c.fsys, time.Now())
 }
 
+// reload loads the config again, taking over from prev, the live policy,
+// what it compiled from files that did not change.
+func (c configSource) reload(prev *policy.Snapshot) (*policy.Snapshot, error) {
+	return policy.Reload(c.fsys, time.Now(), prev)
+}
+
 // printLoadError prints every config problem as FILE:LINE: message.
 func printLoadError(w io.Writer, err error) {
 	var le *policy.LoadError

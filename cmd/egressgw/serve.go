@@ -403,6 +403,7 @@ type reloader struct {
 func (r *reloader) reload(trigger string) {
 	r.mu.Lock() // the watcher and SIGHUP may ask at once
 	defer r.mu.Unlock()
+	var prev *policy.Snapshot
 	if live := r.gw.Live(); live != nil {
 		if live.Unchanged(r.source.fsys) {
 			// Nothing changed: keep the generation, and the quota state
@@ -414,8 +415,10 @@ func (r *reloader) reload(trigger string) {
 			r.audit.apply(r.gw, live.Gateway.AuditOutput, r.log)
 			return
 		}
+		prev = live.Snapshot
 	}
-	snap, err := r.source.load()
+	defer boundReloadMemory()()
+	snap, err := r.source.reload(prev)
 	if err != nil {
 		r.gw.RecordReload(false)
 		r.lastErr, r.lastErrAt = err.Error(), time.Now()
