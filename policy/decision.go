@@ -29,6 +29,22 @@ const (
 	CodeUpstreamTimeout       Code = "upstream_timeout"
 )
 
+// Audit-only codes: the client already had its status when an exchange
+// ended this way, so no reply of the gateway carries them; the audit line
+// and the metrics do (docs/admins.md, "Reading the audit log").
+const (
+	// CodeClientClosed: the client went away mid-request. Never an
+	// upstream failure.
+	CodeClientClosed Code = "client_closed"
+	// CodeUpstreamFailedMidway: the upstream broke off after its head was
+	// sent; the client's connection was aborted, never ended as if the
+	// body were whole.
+	CodeUpstreamFailedMidway Code = "upstream_failed_midway"
+	// CodeRevoked: a policy reload ended a tunnel, upgraded connection or
+	// response that the new policy no longer allows.
+	CodeRevoked Code = "revoked"
+)
+
 // Request is what the allowlist decides on. Host must already be normalised
 // (allowlist.NormalizeHost).
 type Request struct {
