@@ -120,7 +120,9 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 	serve()
 	t.close()
 	if reason := t.revoked.Load(); reason != nil {
-		ex.fail(policy.CodeDestinationNotAllowed, true, what+" closed by a policy reload: "+*reason)
+		// The client had its 200 long ago: what it gets is the close, and
+		// the audit line says why.
+		ex.fail(policy.CodeRevoked, true, what+" closed by a policy reload: "+*reason)
 	}
 }
 
@@ -150,10 +152,14 @@ func (t *tunnel) recheck(rt *runtimeState) string {
 }
 
 // tunnel is one open CONNECT relay, or a plain request's upgraded
-// (WebSocket) connection.
+// (WebSocket) connection, or, with stream set, a response in flight.
 type tunnel struct {
-	ex           *exchange
-	client       net.Conn
+	ex     *exchange
+	client net.Conn
+	// stream marks a response in flight, plain or inside an inspected
+	// tunnel (see stream.go): client is the connection it is answered on,
+	// which stays the HTTP server's, and revoking it closes that.
+	stream       bool
 	upstream     net.Conn
 	upgraded     io.Closer      // the upstream of an upgraded plain request
 	dialled      netip.AddrPort // the address reached, when the gateway dialled it
@@ -165,22 +171,31 @@ type tunnel struct {
 	inner atomic.Pointer[http.Server]
 }
 
-// revoke closes a tunnel the live policy no longer allows.
-func (t *tunnel) revoke(reason string) {
-	t.revoked.Store(&reason)
-	t.close()
+// revoke closes a tunnel the live policy no longer allows, and reports
+// whether it did: one that has already closed, or a stream already over,
+// is left as it is, not revoked.
+func (t *tunnel) revoke(reason string) bool {
+	revoked := false
+	t.closeOnce.Do(func() {
+		t.revoked.Store(&reason)
+		t.closeConns()
+		revoked = true
+	})
+	return revoked
 }
 
-func (t *tunnel) close() {
-	t.closeOnce.Do(func() {
+func (t *tunnel) close() { t.closeOnce.Do(t.closeConns) }
+
+func (t *tunnel) closeConns() {
+	if t.client != nil { // nil for a stream on a connection not of the gateway's listeners
 		_ = t.client.Close()
-		if t.upstream != nil { // nil for an inspected tunnel
-			_ = t.upstream.Close()
-		}
-		if t.upgraded != nil {
-			_ = t.upgraded.Close()
-		}
-	})
+	}
+	if t.upstream != nil { // nil for an inspected tunnel
+		_ = t.upstream.Close()
+	}
+	if t.upgraded != nil {
+		_ = t.upgraded.Close()
+	}
 }
 
 // relay copies both ways, each direction paced by the tenant's shaper for
@@ -368,7 +383,9 @@ func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, 
 }
 
 // tunnelSet tracks open tunnels so shutdown can wait for and then close
-// them; http.Server does neither for hijacked connections.
+// them, which http.Server does not do for hijacked connections, and so a
+// reload can revoke them; responses in flight are tracked too, for the
+// reload alone.
 type tunnelSet struct {
 	mu      sync.Mutex
 	open    map[*tunnel]struct{}
@@ -380,10 +397,12 @@ func newTunnelSet() *tunnelSet {
 	return &tunnelSet{open: map[*tunnel]struct{}{}}
 }
 
+// add registers t. Once shutdown has begun it refuses a new tunnel, but
+// takes a response: the HTTP server lets it finish.
 func (s *tunnelSet) add(t *tunnel) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing {
+	if s.closing && !t.stream {
 		return false
 	}
 	s.open[t] = struct{}{}
