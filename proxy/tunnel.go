@@ -120,7 +120,7 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 	serve()
 	t.close()
 	if reason := t.revoked.Load(); reason != nil {
-		// The client had its 200 long ago: what it gets is the close, and
+		// The client had its 200 (or 101) already: what it gets is the close, and
 		// the audit line says why.
 		ex.fail(policy.CodeRevoked, true, what+" closed by a policy reload: "+*reason)
 	}
@@ -154,12 +154,8 @@ func (t *tunnel) recheck(rt *runtimeState) string {
 // tunnel is one open CONNECT relay, or a plain request's upgraded
 // (WebSocket) connection, or, with stream set, a response in flight.
 type tunnel struct {
-	ex     *exchange
-	client net.Conn
-	// stream marks a response in flight, plain or inside an inspected
-	// tunnel (see stream.go): client is the connection it is answered on,
-	// which stays the HTTP server's, and revoking it closes that.
-	stream       bool
+	ex           *exchange
+	client       net.Conn
 	upstream     net.Conn
 	upgraded     io.Closer      // the upstream of an upgraded plain request
 	dialled      netip.AddrPort // the address reached, when the gateway dialled it
@@ -169,6 +165,10 @@ type tunnel struct {
 	// inner serves the requests of an inspected tunnel; shutdown asks it to
 	// finish, which closes an idle keep-alive connection at once.
 	inner atomic.Pointer[http.Server]
+	// stream marks a response in flight, plain or inside an inspected
+	// tunnel (see stream.go): client is the connection it is answered on,
+	// which stays the HTTP server's, and revoking it closes that.
+	stream bool
 }
 
 // revoke closes a tunnel the live policy no longer allows, and reports
@@ -384,8 +384,8 @@ func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, 
 
 // tunnelSet tracks open tunnels so shutdown can wait for and then close
 // them, which http.Server does not do for hijacked connections, and so a
-// reload can revoke them; responses in flight are tracked too, for the
-// reload alone.
+// reload can revoke them; and responses in flight, so a reload can revoke
+// them too (stream.go).
 type tunnelSet struct {
 	mu      sync.Mutex
 	open    map[*tunnel]struct{}
