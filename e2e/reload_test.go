@@ -301,7 +301,7 @@ func TestReloadClosesRevokedTunnels(t *testing.T) {
 	expectClosedWithin(t, "tenant's tunnel", revoked)
 	pingThroughTunnel(t, kept)
 	rec := g.waitAudit(t, auditWith("tenant", editor.tenant, "method", "CONNECT", "decision", "deny"))
-	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "reload") {
+	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "reload") || rec["code"] != "revoked" || auditNumber(rec, "status") != http.StatusOK {
 		t.Errorf("audit line of the revoked tunnel does not say why: %v", rec)
 	}
 }

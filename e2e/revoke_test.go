@@ -59,7 +59,8 @@ func TestReloadClosesRevokedUpgrades(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "tenants", "acme.yaml"), tenantYAML(acme, allowRule("ws", []string{hostOther}, origin.port)))
 	expectClosedWithin(t, "upgraded connection", reader)
 	rec := g.waitAudit(t, auditWith("tenant", acme.tenant, "path", "/ws", "decision", "deny"))
-	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "reload") || rec["code"] != "destination_not_allowed" {
+	// The client had its 101: revoked is an audit code, not a refusal.
+	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "reload") || rec["code"] != "revoked" || auditNumber(rec, "status") != http.StatusSwitchingProtocols {
 		t.Errorf("audit line of the revoked upgrade does not say why: %v", rec)
 	}
 }
@@ -84,7 +85,7 @@ func TestReloadClosesTunnelsToNewlyDeniedAddresses(t *testing.T) {
 	`, testDNS.Addr()))
 	expectClosedWithin(t, "tunnel", tunnel)
 	rec := g.waitAudit(t, auditWith("tenant", acme.tenant, "method", "CONNECT", "decision", "deny"))
-	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "network policy") {
+	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "network policy") || rec["code"] != "revoked" || auditNumber(rec, "status") != http.StatusOK {
 		t.Errorf("audit line of the revoked tunnel does not say why: %v", rec)
 	}
 	g.expectRefusedCONNECT(t, acme.header(), echoServer.authority(hostAPI), 403, "destination_ip_denied", echoServer)

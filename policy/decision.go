@@ -29,10 +29,25 @@ const (
 	CodeUpstreamTimeout       Code = "upstream_timeout"
 )
 
-// CodeTunnelSNIMismatch is audit-only (the client already had its 200):
-// an opaque tunnel closed because its TLS ClientHello asked for another
-// server than the CONNECT named, or could not be read.
-const CodeTunnelSNIMismatch Code = "tunnel_sni_mismatch"
+// Audit-only codes: the client already had its status when an exchange
+// ended this way, so no reply of the gateway carries them; the audit line
+// and the metrics do (docs/reference.md, "What clients see").
+const (
+	// CodeTunnelSNIMismatch: an opaque tunnel closed because its TLS
+	// ClientHello asked for another server than the CONNECT named, or
+	// could not be read.
+	CodeTunnelSNIMismatch Code = "tunnel_sni_mismatch"
+	// CodeClientClosed: the client went away mid-request. Never an
+	// upstream failure.
+	CodeClientClosed Code = "client_closed"
+	// CodeUpstreamFailedMidway: the upstream broke off after its head was
+	// sent; the client's connection was aborted, never ended as if the
+	// body were whole.
+	CodeUpstreamFailedMidway Code = "upstream_failed_midway"
+	// CodeRevoked: a policy reload ended a tunnel, upgraded connection or
+	// response that the new policy no longer allows.
+	CodeRevoked Code = "revoked"
+)
 
 // Request is what the allowlist decides on. Host must already be normalised
 // (allowlist.NormalizeHost).

@@ -74,7 +74,11 @@ type exchange struct {
 	answered  *hooks.Request
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
-	finished  sync.Once
+	// clientGone is set when reading the request body from the client
+	// failed, or the client's connection ended before the exchange did: a
+	// forward that fails then is the client's doing, not the upstream's.
+	clientGone atomic.Bool
+	finished   sync.Once
 }
 
 func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
@@ -102,6 +106,12 @@ func (ex *exchange) upstreamFailed(err error) {
 	var refused *refusal
 	if errors.As(err, &refused) {
 		ex.fail(refused.code, true, refused.message)
+		return
+	}
+	if ex.clientGone.Load() {
+		// Not an upstream failure: counted apart, so the upstream-errors
+		// alert (docs/operators.md) does not fire on clients that give up.
+		ex.fail(policy.CodeClientClosed, false, "the client went away before the upstream answered")
 		return
 	}
 	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
@@ -211,7 +221,7 @@ func (ex *exchange) recheck(snap *policy.Snapshot) string {
 	if tenant == nil {
 		return why
 	}
-	d := tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: ex.method, Path: ex.path, Tunnel: ex.tunnel, Upgrade: ex.upgrade})
+	d := tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: ex.method, Path: ex.path, Tunnel: ex.tunnel, TLS: ex.inner, Upgrade: ex.upgrade})
 	if !d.Allow {
 		return d.Reason
 	}
@@ -267,15 +277,47 @@ func (ex *exchange) finish() {
 	})
 }
 
-// countingReader counts bytes as they pass, into one of the exchange's
-// counters.
-type countingReader struct {
-	io.ReadCloser
-	n *atomic.Int64
+// clientClosed records that the client went away before the exchange was
+// complete.
+func (ex *exchange) clientClosed() {
+	ex.clientGone.Store(true)
+	ex.fail(policy.CodeClientClosed, false, "the client went away before the response was complete")
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.ReadCloser.Read(p)
-	c.n.Add(int64(n))
+// upstreamBrokeOff records an upstream that failed after its response's
+// head had gone to the client: it closed, reset or went silent for
+// idle_timeout mid-body. The client has its status already; its
+// connection is aborted.
+func (ex *exchange) upstreamBrokeOff(err error) {
+	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
+	ex.fail(policy.CodeUpstreamFailedMidway, false, fmt.Sprintf("%s broke off its response after %d bytes of the body", target, ex.bytesDown.Load()))
+	ex.gw.log.Debug("upstream failed mid-response", "request_id", ex.id, "error", err)
+}
+
+// forwardFailed records why sending r on failed: r's context ends when
+// the client's connection does, so a forward cut short by that, or by a
+// request body the client broke off, is the client's doing (client_closed);
+// anything else is the upstream's.
+func (ex *exchange) forwardFailed(r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		ex.clientGone.Store(true)
+	}
+	ex.upstreamFailed(err)
+}
+
+// requestBody is a request body on its way to the upstream: it counts the
+// bytes that pass and notes a read that fails, which is the client
+// breaking off its upload (or its connection going away) mid-body.
+type requestBody struct {
+	io.ReadCloser
+	ex *exchange
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.ex.bytesUp.Add(int64(n))
+	if err != nil && err != io.EOF {
+		b.ex.clientGone.Store(true)
+	}
 	return n, err
 }

@@ -185,12 +185,18 @@ func (g *Gateway) updateBandwidth(prev, next *policy.Snapshot) {
 }
 
 // revokeTunnels closes the open tunnels and upgraded connections that rt's
-// policy no longer allows, each with an audit line saying so. Plain
-// requests need no such pass: each one is identified and decided afresh
-// under the policy of its arrival.
+// policy no longer allows, each with an audit line saying so, and ends the
+// responses in flight that it no longer allows once their grace is up
+// (stream.go). New requests need no such pass: each one is identified and
+// decided afresh under the policy of its arrival.
 func (g *Gateway) revokeTunnels(rt *runtimeState) {
 	for _, t := range g.tunnels.snapshot() {
-		if reason := t.recheck(rt); reason != "" {
+		reason := t.recheck(rt)
+		switch {
+		case reason == "":
+		case t.stream:
+			g.revokeStreamLater(t)
+		default:
 			g.log.Info("tunnel revoked by policy reload", "request_id", t.ex.id, "tenant", t.ex.tenantID(),
 				"generation", rt.live.Generation, "reason", reason)
 			t.revoke(reason)

@@ -62,7 +62,7 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	// and relays it in the handler: the tunnel ends when that handler
 	// does, not when the connection changes hands.
 	var hijacked atomic.Bool
-	serveInner := g.innerHandler(ex)
+	serveInner := g.innerHandler(t)
 	inner := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			defer func() {
@@ -96,7 +96,8 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 }
 
 // innerHandler serves the requests of one inspected tunnel.
-func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
+func (g *Gateway) innerHandler(outer *tunnel) http.Handler {
+	tunnelEx := outer.ex
 	authority := net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port)))
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -113,7 +114,7 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 				// first; exchangeTransport counts it.
 				pr.Out.Body = pr.In.Body
 			case pr.Out.Body != nil && pr.Out.Body != http.NoBody:
-				pr.Out.Body = &countingReader{ReadCloser: pr.Out.Body, n: &ex.bytesUp}
+				pr.Out.Body = &requestBody{ReadCloser: pr.Out.Body, ex: ex}
 			}
 			ex.inject(pr.Out.Header)
 		},
@@ -129,10 +130,16 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			if errors.As(err, &unscrubbable) {
 				ex.fail(policy.CodeUpstreamUnreachable, false, fmt.Sprintf("%s answered with %s encoding, which the gateway cannot scrub of injected credentials", authority, unscrubbable.encoding))
 			} else {
-				ex.upstreamFailed(err)
+				ex.forwardFailed(r, err)
+			}
+			if ex.code == policy.CodeClientClosed {
+				panic(http.ErrAbortHandler) // nobody left to answer
 			}
 			writeError(w, ex)
 		},
+		// A body copy that fails mid-way is logged here and then aborts
+		// the handler; innerHandler records why.
+		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		markHandling(r)
@@ -163,11 +170,53 @@ func (g *Gateway) innerHandler(tunnelEx *exchange) http.Handler {
 			return
 		}
 		cw := &countingWriter{ResponseWriter: w, n: &ex.bytesDown}
-		rp.ServeHTTP(cw, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
+		t := g.holdStream(ex, r)
+		whole := serveWhole(rp, cw, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
 		if ex.status == 0 {
 			ex.status = cw.status
 		}
+		// The client's connection ending (its context is done then) cuts
+		// the response short even when the copy ended: the upstream may
+		// have finished as its side was closed, but the end never reached
+		// the client.
+		clientGone := cw.failed || r.Context().Err() != nil
+		switch reason := g.releaseStream(t); {
+		case reason != "":
+			ex.fail(policy.CodeRevoked, true, "response ended by a policy reload: "+reason)
+			whole = false
+		case outer.revoked.Load() != nil && (!whole || clientGone):
+			ex.fail(policy.CodeRevoked, true, "the tunnel it came through was closed by a policy reload: "+*outer.revoked.Load())
+			whole = false
+		case ex.code != policy.CodeOK: // the error handler's
+		case clientGone:
+			ex.clientClosed()
+			whole = false
+		case !whole:
+			ex.upstreamBrokeOff(errors.New("the response body could not be read to its end"))
+		}
+		if !whole {
+			// What arrived goes out before the connection is aborted, so
+			// the client sees a body cut short, not none at all.
+			_ = http.NewResponseController(cw).Flush()
+			panic(http.ErrAbortHandler)
+		}
 	})
+}
+
+// serveWhole runs rp and reports whether it ended the response normally:
+// ReverseProxy aborts the handler (http.ErrAbortHandler) when it cannot
+// copy the whole body, which the caller records before passing it on.
+func serveWhole(rp *httputil.ReverseProxy, w http.ResponseWriter, r *http.Request) (whole bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				panic(p)
+			}
+			whole = false
+		}
+	}()
+	rp.ServeHTTP(w, r)
+	return true
 }
 
 // innerTarget checks that an inner request names the tunnel's own host —
@@ -306,6 +355,7 @@ type countingWriter struct {
 	http.ResponseWriter
 	n      interface{ Add(int64) int64 }
 	status int
+	failed bool // a write to the client failed: it went away
 }
 
 func (w *countingWriter) WriteHeader(status int) {
@@ -326,6 +376,9 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.n.Add(int64(n))
+	if err != nil {
+		w.failed = true
+	}
 	return n, err
 }
 

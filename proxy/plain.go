@@ -33,6 +33,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // servePlain is the request path for plain HTTP, top to bottom: decide
 // (admitPlain), forward through the safe dialer, send the response back
 // through the tenant's shaper, and write the audit line when it is done.
+// While it is forwarded the exchange is held for revocation (stream.go).
+// A response that cannot be sent whole aborts the client's connection, so
+// that the client sees it cut short rather than ended as if complete.
 func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 	ex := g.begin(r, false)
 	ex.scheme = r.URL.Scheme
@@ -42,17 +45,40 @@ func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.RequestURI = "" // a server's request, sent on as a client's
+	t := g.holdStream(ex, r)
+	whole := ex.relayPlain(w, r, t)
+	if reason := g.releaseStream(t); reason != "" {
+		ex.fail(policy.CodeRevoked, true, "response ended by a policy reload: "+reason)
+		whole = false
+	}
+	if !whole {
+		panic(http.ErrAbortHandler) // after the deferred finish has recorded why
+	}
+}
+
+// relayPlain forwards r and sends the response back to the client. It
+// reports whether the exchange ended whole; if not, the code says why and
+// the caller aborts the client's connection.
+func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel) bool {
 	resp, err := ex.forward(r)
 	if err != nil {
-		ex.upstreamFailed(err)
+		ex.forwardFailed(r, err)
+		if ex.code == policy.CodeClientClosed {
+			return false // nobody left to answer
+		}
 		writeError(w, ex)
-		return
+		return true
 	}
 	defer resp.Body.Close()
 	ex.status = resp.StatusCode
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The connection changes hands: from now on it is held, and
+		// revoked, as a tunnel is.
+		if reason := ex.gw.releaseStream(t); reason != "" {
+			return false // servePlain records the revocation
+		}
 		ex.relayUpgrade(w, resp)
-		return
+		return true
 	}
 	removeHopByHop(resp.Header, false)
 	h := w.Header()
@@ -64,17 +90,13 @@ func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(resp.StatusCode)
 	_, ingress := ex.shapers()
 	body := ingress.Reader(r.Context(), resp.Body)
-	// A body of unknown length is a stream (server-sent events, a long
-	// poll, a chunked download): each piece goes out as it arrives.
-	stream := resp.ContentLength < 0
-	if err := ex.copyResponse(w, body, stream); err != nil {
-		// The upstream failed mid-body: end the client's connection
-		// rather than let a chunked body end as if it were complete.
-		panic(http.ErrAbortHandler)
+	if !ex.copyResponse(r.Context(), w, body) {
+		return false
 	}
 	for k, v := range resp.Trailer {
 		h[http.TrailerPrefix+k] = v
 	}
+	return true
 }
 
 // admitPlain identifies the tenant, checks and decides the request, takes
@@ -114,7 +136,7 @@ func (ex *exchange) admitPlain(r *http.Request) bool {
 	ex.inject(r.Header)
 	if r.Body != nil && r.Body != http.NoBody {
 		egress, _ := ex.shapers()
-		r.Body = &countingReader{ReadCloser: egress.ReadCloser(r.Context(), r.Body), n: &ex.bytesUp}
+		r.Body = &requestBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
 	}
 	return true
 }
@@ -142,29 +164,44 @@ func (ex *exchange) forward(r *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// copyResponse sends body to the client, counting it, through a pooled
-// buffer. It returns an error only when reading the upstream failed; a
-// client that went away just ends the copy.
-func (ex *exchange) copyResponse(w http.ResponseWriter, body io.Reader, stream bool) error {
+// copyResponse sends body to the client, counting what it delivers,
+// through a pooled buffer. Each piece is flushed as soon as it is written
+// (unless it is the last, which the end of the handler sends): whether a
+// stream (server-sent events, a long poll) or a body that arrives slowly,
+// nothing that has arrived waits in the gateway for the upstream's next
+// bytes, or is lost with the connection if those never come. It reports
+// whether the body went out whole; if not, it records why: the client
+// went away (ctx, the request's, is done then), or the upstream broke off.
+func (ex *exchange) copyResponse(ctx context.Context, w http.ResponseWriter, body io.Reader) bool {
 	buf := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(buf)
 	rc := http.NewResponseController(w)
 	for {
 		n, err := body.Read(*buf)
 		if n > 0 {
-			ex.bytesDown.Add(int64(n))
 			if _, werr := w.Write((*buf)[:n]); werr != nil {
-				return nil
+				ex.clientClosed()
+				return false
 			}
-			if stream {
-				_ = rc.Flush()
+			if err != io.EOF {
+				if ferr := rc.Flush(); ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
+					ex.clientClosed()
+					return false
+				}
 			}
+			ex.bytesDown.Add(int64(n))
 		}
 		switch {
-		case err == io.EOF:
-			return nil
+		case err == io.EOF && ctx.Err() == nil:
+			return true
+		case err != nil && ctx.Err() != nil:
+			// Gone before the end reached it, even if the upstream
+			// finished as the gateway let go of it.
+			ex.clientClosed()
+			return false
 		case err != nil:
-			return err
+			ex.upstreamBrokeOff(err)
+			return false
 		}
 	}
 }

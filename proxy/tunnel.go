@@ -164,7 +164,9 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 	serve()
 	t.close()
 	if reason := t.revoked.Load(); reason != nil {
-		ex.fail(policy.CodeDestinationNotAllowed, true, what+" closed by a policy reload: "+*reason)
+		// The client had its 200 (or 101) already: what it gets is the close, and
+		// the audit line says why.
+		ex.fail(policy.CodeRevoked, true, what+" closed by a policy reload: "+*reason)
 	}
 }
 
@@ -194,7 +196,7 @@ func (t *tunnel) recheck(rt *runtimeState) string {
 }
 
 // tunnel is one open CONNECT relay, or a plain request's upgraded
-// (WebSocket) connection.
+// (WebSocket) connection, or, with stream set, a response in flight.
 type tunnel struct {
 	ex           *exchange
 	client       net.Conn
@@ -208,24 +210,37 @@ type tunnel struct {
 	// inner serves the requests of an inspected tunnel; shutdown asks it to
 	// finish, which closes an idle keep-alive connection at once.
 	inner atomic.Pointer[http.Server]
+	// stream marks a response in flight, plain or inside an inspected
+	// tunnel (see stream.go): client is the connection it is answered on,
+	// which stays the HTTP server's, and revoking it closes that.
+	stream bool
 }
 
-// revoke closes a tunnel the live policy no longer allows.
-func (t *tunnel) revoke(reason string) {
-	t.revoked.Store(&reason)
-	t.close()
-}
-
-func (t *tunnel) close() {
+// revoke closes a tunnel the live policy no longer allows, and reports
+// whether it did: one that has already closed, or a stream already over,
+// is left as it is, not revoked.
+func (t *tunnel) revoke(reason string) bool {
+	revoked := false
 	t.closeOnce.Do(func() {
-		_ = t.client.Close()
-		if t.upstream != nil { // nil for an inspected tunnel
-			_ = t.upstream.Close()
-		}
-		if t.upgraded != nil {
-			_ = t.upgraded.Close()
-		}
+		t.revoked.Store(&reason)
+		t.closeConns()
+		revoked = true
 	})
+	return revoked
+}
+
+func (t *tunnel) close() { t.closeOnce.Do(t.closeConns) }
+
+func (t *tunnel) closeConns() {
+	if t.client != nil { // nil for a stream on a connection not of the gateway's listeners
+		_ = t.client.Close()
+	}
+	if t.upstream != nil { // nil for an inspected tunnel
+		_ = t.upstream.Close()
+	}
+	if t.upgraded != nil {
+		_ = t.upgraded.Close()
+	}
 }
 
 // relay copies both ways, each direction paced by the tenant's shaper for
@@ -415,7 +430,9 @@ func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, 
 }
 
 // tunnelSet tracks open tunnels so shutdown can wait for and then close
-// them; http.Server does neither for hijacked connections.
+// them, which http.Server does not do for hijacked connections, and so a
+// reload can revoke them; and responses in flight, so a reload can revoke
+// them too (stream.go).
 type tunnelSet struct {
 	mu      sync.Mutex
 	open    map[*tunnel]struct{}
@@ -427,10 +444,12 @@ func newTunnelSet() *tunnelSet {
 	return &tunnelSet{open: map[*tunnel]struct{}{}}
 }
 
+// add registers t. Once shutdown has begun it refuses a new tunnel, but
+// takes a response: the HTTP server lets it finish.
 func (s *tunnelSet) add(t *tunnel) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing {
+	if s.closing && !t.stream {
 		return false
 	}
 	s.open[t] = struct{}{}
