@@ -100,11 +100,12 @@ func TestPathSpellingsCannotPassADeny(t *testing.T) {
 	secure := startTLSUpstream(t, "127.0.0.1", nil)
 	fx := startContentGateway(t, configFiles{
 		"gateway.yaml": gatewayYAML(yamlf(`
+			config: { allow_paths: [%q] }
 			tls:
 			  ca_cert: ca/ca.pem
 			  ca_key: ca/ca-key.pem
 			  upstream_roots: [%q]
-		`, testPKI.caFile)),
+		`, filepath.Dir(testPKI.caFile), testPKI.caFile)),
 		"connectors/plain.yaml": yamlf(`
 			name: plain
 			hosts: [%q]
@@ -409,13 +410,14 @@ func TestSecretEchoesInOtherSpellings(t *testing.T) {
 	origin := startTLSUpstream(t, "127.0.0.1", echoEncoded)
 	fx := startContentGateway(t, configFiles{
 		"gateway.yaml": gatewayYAML(yamlf(`
+			config: { allow_paths: [%q] }
 			tls:
 			  ca_cert: ca/ca.pem
 			  ca_key: ca/ca-key.pem
 			  upstream_roots: [%q]
 			secrets:
 			  api_token: { env: E2E_ECHO_TOKEN }
-		`, testPKI.caFile)),
+		`, filepath.Dir(testPKI.caFile), testPKI.caFile)),
 		"connectors/api.yaml": yamlf(`
 			name: api
 			hosts: [%q]

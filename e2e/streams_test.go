@@ -81,11 +81,12 @@ func startStreamFixture(t *testing.T) *streamFixture {
 	}
 	fx.dir = writeConfig(t, configFiles{
 		"gateway.yaml": gatewayYAML(yamlf(`
+			config: { allow_paths: [%q] }
 			tls:
 			  ca_cert: ca/ca.pem
 			  ca_key: ca/ca-key.pem
 			  upstream_roots: [%q]
-		`, testPKI.caFile)),
+		`, filepath.Dir(testPKI.caFile), testPKI.caFile)),
 		"connectors/streams.yaml": yamlf(`
 			name: streams
 			hosts: [%q]

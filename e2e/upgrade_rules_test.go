@@ -208,11 +208,12 @@ func TestInspectedUpgradeNeedsUpgradeTrue(t *testing.T) {
 	caPool.AppendCertsFromPEM(caPEM)
 	files := upgradeConnectors(origin.port, true)
 	files["gateway.yaml"] = gatewayYAML(yamlf(`
+		config: { allow_paths: [%q] }
 		tls:
 		  ca_cert: ca/ca.pem
 		  ca_key: ca/ca-key.pem
 		  upstream_roots: [%q]
-	`, testPKI.caFile))
+	`, filepath.Dir(testPKI.caFile), testPKI.caFile))
 	files["tenants/acme.yaml"] = tenantYAML(acme, "connectors: [narrow, narrow-up, open]\n")
 	for name, content := range files {
 		path := filepath.Join(dir, filepath.FromSlash(name))
