@@ -61,8 +61,21 @@ func newDialer(g policy.Gateway, addresses *allowlist.AddressPolicy) *dialer {
 // dialError carries the client-facing code of a failed dial.
 type dialError struct {
 	code policy.Code
+	dns  dnsFault // which DNS failure, when code is dns_failure
 	err  error
 }
+
+// dnsFault tells apart the DNS failures a client must act on differently:
+// a name that does not exist is the client's to fix; a resolver that
+// failed or did not answer in network.dns_timeout is the operator's
+// (docs/operators.md, "Timeouts").
+type dnsFault int
+
+const (
+	dnsNotFound       dnsFault = iota // NXDOMAIN, or a name with no address
+	dnsResolverFailed                 // SERVFAIL, refused, resolver unreachable
+	dnsTimedOut                       // no answer within network.dns_timeout
+)
 
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
@@ -129,9 +142,25 @@ func (d *dialer) resolve(ctx context.Context, host string) ([]netip.Addr, error)
 		err = &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
 	}
 	if err != nil {
-		return nil, &dialError{code: policy.CodeDNSFailure, err: err}
+		return nil, &dialError{code: policy.CodeDNSFailure, dns: dnsFaultOf(err), err: err}
 	}
 	return ips, nil
+}
+
+// dnsFaultOf sorts a failed lookup. Go's resolver reports NXDOMAIN as
+// IsNotFound and a lookup cut by its context or the resolver's own
+// timeout as IsTimeout; anything else (SERVFAIL, REFUSED, a resolver that
+// cannot be reached) is the resolver's failure, never the name's.
+func dnsFaultOf(err error) dnsFault {
+	var de *net.DNSError
+	switch {
+	case errors.As(err, &de) && de.IsNotFound:
+		return dnsNotFound
+	case isTimeout(err) || (errors.As(err, &de) && de.IsTimeout):
+		return dnsTimedOut
+	default:
+		return dnsResolverFailed
+	}
 }
 
 // upstreamTLS verifies upstream certificates against the system roots plus
@@ -156,7 +185,14 @@ func classify(err error, tenant, target string) (policy.Code, string) {
 		case policy.CodeDestinationIPDenied:
 			return de.code, fmt.Sprintf("tenant %q may not reach %s: it resolves to an address the gateway never dials (private, loopback, link-local, the gateway itself or another special-purpose range); if it is meant to be reachable, the operator can add it to network.allow_cidrs", tenant, target)
 		case policy.CodeDNSFailure:
-			return de.code, fmt.Sprintf("the host of %s could not be resolved; check the spelling", target)
+			switch de.dns {
+			case dnsNotFound:
+				return de.code, fmt.Sprintf("the host of %s does not exist (no such host); check the spelling", target)
+			case dnsTimedOut:
+				return de.code, fmt.Sprintf("the gateway's DNS resolver did not answer in time for the host of %s (network.dns_timeout); retry, and tell the operator if it persists", target)
+			default:
+				return de.code, fmt.Sprintf("the gateway's DNS resolver failed to resolve the host of %s; this is no fault of the name, retry, and tell the operator if it persists", target)
+			}
 		case policy.CodeUpstreamTimeout:
 			return de.code, fmt.Sprintf("connecting to %s timed out", target)
 		case policy.CodeBadRequest:

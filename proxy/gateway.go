@@ -240,9 +240,10 @@ func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 		DialContext:         d.DialContext,
 		TLSClientConfig:     upstreamTLS(gw.UpstreamRoots),
 		TLSHandshakeTimeout: gw.DialTimeout,
-		// No ResponseHeaderTimeout: the read deadline idleConn keeps on
-		// every upstream connection already ends a silent upstream after
-		// idle_timeout, without a timer per request.
+		// A silent upstream gets its 504 after response_header_timeout,
+		// counted from the end of the request (docs/operators.md,
+		// "Timeouts"); idleConn's deadline, idle_timeout, bounds the body.
+		ResponseHeaderTimeout: gw.ResponseHeaderTimeout,
 		ExpectContinueTimeout: time.Second,
 		// A pooled connection's pending read carries the deadline it was
 		// parked with; retire it well before that deadline can cut a

@@ -247,7 +247,7 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 	for {
 		if now := time.Now(); now.Sub(renewed) >= idle/8 {
 			renewed = now
-			_ = src.SetReadDeadline(now.Add(idle))
+			_ = src.SetReadDeadline(t.idleDeadline(idle))
 			_ = dst.SetWriteDeadline(now.Add(idle))
 		}
 		if !sp.holding() {
@@ -258,6 +258,7 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 			switch {
 			case err != nil:
 				if t.stillActive(err, idle) {
+					renewed = time.Time{} // re-arm from the last byte now
 					continue
 				}
 				t.close()
@@ -283,6 +284,14 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 			return
 		}
 	}
+}
+
+// idleDeadline is when the tunnel has been idle for idle: counted from its
+// last byte either way, not from now, so a read re-armed after the other
+// direction's traffic kept the tunnel open still ends idle after the last
+// byte, not up to twice that.
+func (t *tunnel) idleDeadline(idle time.Duration) time.Time {
+	return time.Unix(0, t.lastActivity.Load()).Add(idle)
 }
 
 // stillActive says whether err is a deadline that fired while the tunnel
@@ -332,7 +341,7 @@ func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, 
 		if big != nil {
 			buf = *big
 		}
-		_ = src.SetReadDeadline(time.Now().Add(idle))
+		_ = src.SetReadDeadline(t.idleDeadline(idle))
 		n, err := read.Read(buf)
 		if n > 0 {
 			now := time.Now()

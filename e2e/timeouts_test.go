@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// TestSilentUpstreamTimesOutAfterResponseHeaderTimeout: an upstream that
+// takes the request and never answers gets the client its 504 after
+// network.response_header_timeout, not after the much longer idle_timeout.
+func TestSilentUpstreamTimesOutAfterResponseHeaderTimeout(t *testing.T) {
+	t.Parallel()
+	neverAnswers := startTCPServer(t, "127.0.0.1", silent)
+	g := startGateway(t, configFiles{
+		"gateway.yaml": yamlf(`
+			network:
+			  allow_cidrs: ["127.0.0.1/32"]
+			  dns_servers: [%q]
+			  response_header_timeout: 1s
+			limits:
+			  idle_timeout: 60s
+		`, testDNS.Addr()),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("silent", []string{hostAPI}, neverAnswers.port)),
+	})
+	// Well under idle_timeout, which ended the wait before.
+	const bound = 15 * time.Second
+	start := time.Now()
+	e := assertGatewayError(t, g.get(t, acme.header(), "http://"+neverAnswers.authority(hostAPI)+"/"), http.StatusGatewayTimeout, "upstream_timeout")
+	if elapsed := time.Since(start); elapsed > scaled(bound) {
+		t.Errorf("504 after %v; response_header_timeout is 1s", elapsed)
+	}
+	if neverAnswers.reached() == 0 {
+		t.Errorf("the silent upstream was never connected to, so this was not a timeout")
+	}
+	assertNoInternalDetail(t, e)
+	g.waitAudit(t, auditWith("tenant", acme.tenant, "code", "upstream_timeout", "status", 504))
+}
+
+// TestSilentTunnelClosesAtIdleTimeout: a tunnel to an upstream that never
+// answers closes idle_timeout after its last byte, however soon after the
+// tunnel opened the client sent that byte (it used to take twice as long).
+func TestSilentTunnelClosesAtIdleTimeout(t *testing.T) {
+	t.Parallel()
+	neverAnswers := startTCPServer(t, "127.0.0.1", silent)
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			limits:
+			  idle_timeout: 2s
+		`)),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("silent", []string{hostAPI}, neverAnswers.port)),
+	})
+	tunnel := g.tunnel(t, acme, neverAnswers.authority(hostAPI))
+	// What a TLS client does at once: its ClientHello, then it waits.
+	time.Sleep(100 * time.Millisecond)
+	if _, err := tunnel.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	lastByte := time.Now()
+	tunnel.SetReadDeadline(time.Now().Add(scaled(20 * time.Second)))
+	_, err := tunnel.Read(make([]byte, 1))
+	closedAfter := time.Since(lastByte)
+	var netErr net.Error
+	if err == nil || (errors.As(err, &netErr) && netErr.Timeout()) {
+		t.Fatalf("silent tunnel: read returned %v; want it closed", err)
+	}
+	// Closed after idle_timeout (2s) plus the renewal slack, far from 4s.
+	if closedAfter > 3300*time.Millisecond {
+		t.Errorf("silent tunnel closed %v after its last byte; idle_timeout is 2s", closedAfter)
+	}
+}
+
+// dnsReplier answers every query with rcode, or never when silent.
+func startDNSReplier(t *testing.T, rcode dnsmessage.RCode, silent bool) string {
+	t.Helper()
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if silent {
+				continue
+			}
+			var p dnsmessage.Parser
+			h, err := p.Start(buf[:n])
+			if err != nil {
+				continue
+			}
+			q, err := p.Question()
+			if err != nil {
+				continue
+			}
+			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true, RCode: rcode})
+			if b.StartQuestions() != nil || b.Question(q) != nil {
+				continue
+			}
+			reply, err := b.Finish()
+			if err != nil {
+				continue
+			}
+			_, _ = conn.WriteTo(reply, from)
+		}
+	}()
+	return conn.LocalAddr().String()
+}
+
+// TestDNSFailuresSayWhichKind: a name that does not exist, a resolver that
+// fails and a resolver that does not answer within dns_timeout all get 502
+// dns_failure, each with a message that says which, so nobody checks the
+// spelling of a name the resolver never looked up.
+func TestDNSFailuresSayWhichKind(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	cases := []struct {
+		name, resolver, host string
+		say, not             string
+	}{
+		{"no such host", testDNS.Addr(), hostNXDomain, "check the spelling", "resolver"},
+		{"resolver fails", startDNSReplier(t, dnsmessage.RCodeServerFailure, false), hostAPI, "resolver failed", "spelling"},
+		{"resolver refuses", startDNSReplier(t, dnsmessage.RCodeRefused, false), hostAPI, "resolver failed", "spelling"},
+		{"resolver silent", startDNSReplier(t, 0, true), hostAPI, "did not answer in time", "spelling"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			g := startGateway(t, configFiles{
+				"gateway.yaml": yamlf(`
+					network:
+					  allow_cidrs: ["127.0.0.1/32"]
+					  dns_servers: [%q]
+					  dns_timeout: 500ms
+				`, tc.resolver),
+				"tenants/acme.yaml": tenantYAML(acme, allowRule("api", []string{hostAPI, hostNXDomain}, origin.port)),
+			})
+			target := net.JoinHostPort(tc.host, fmt.Sprint(origin.port))
+			for _, e := range []gatewayError{
+				g.expectRefused(t, http.MethodGet, acme.header(), "http://"+target+"/", http.StatusBadGateway, "dns_failure", origin),
+				g.expectRefusedCONNECT(t, acme.header(), target, http.StatusBadGateway, "dns_failure", origin),
+			} {
+				if !strings.Contains(e.Message, tc.say) || strings.Contains(e.Message, tc.not) {
+					t.Errorf("message %q: want it to say %q, not %q", e.Message, tc.say, tc.not)
+				}
+				assertNoInternalDetail(t, e)
+			}
+		})
+	}
+}
+
