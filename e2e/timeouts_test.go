@@ -158,4 +158,3 @@ func TestDNSFailuresSayWhichKind(t *testing.T) {
 		})
 	}
 }
-
