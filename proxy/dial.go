@@ -179,6 +179,10 @@ func isTimeout(err error) bool {
 // message that names the destination but never the internal error text,
 // which can hold addresses of the gateway's own network.
 func classify(err error, tenant, target string) (policy.Code, string) {
+	if errors.Is(err, errBodyStalled) {
+		// The client's fault, not the upstream's: it stopped sending.
+		return policy.CodeBadRequest, fmt.Sprintf("the request body for %s stalled: no byte arrived for limits.request_body_timeout, so the gateway closed the connection", target)
+	}
 	var de *dialError
 	if errors.As(err, &de) {
 		switch de.code {

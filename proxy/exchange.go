@@ -64,6 +64,7 @@ type exchange struct {
 	// answered is the request as the connector's response hook sees it:
 	// what left, before injection. Set only where there is such a hook.
 	answered  *hooks.Request
+	body      *requestBody // the client's request body, nil without one
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
 	finished  sync.Once
@@ -71,6 +72,7 @@ type exchange struct {
 
 func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
 	now := g.now()
+	body, _ := r.Body.(*requestBody)
 	return &exchange{
 		gw:     g,
 		rt:     g.runtime.Load(),
@@ -80,6 +82,7 @@ func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
 		tunnel: tunnel,
 		method: r.Method,
 		code:   policy.CodeOK,
+		body:   body,
 	}
 }
 
@@ -97,6 +100,11 @@ func (ex *exchange) upstreamFailed(err error) {
 		return
 	}
 	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
+	if ex.body.timedOut() {
+		// What the transport reports is the request's context, which a
+		// failed body read cancels.
+		err = fmt.Errorf("%w: %w", errBodyStalled, err)
+	}
 	if errors.Is(err, errUnsolicitedUpgrade) {
 		ex.fail(policy.CodeUpstreamUnreachable, false, target+" answered 101 Switching Protocols to a request that asked for no such switch; the gateway does not relay it")
 		return
@@ -131,6 +139,7 @@ func (ex *exchange) identify(r *http.Request) bool {
 		if t, sum, ok := memo.recall(ex.rt, header); ok {
 			ex.setTenant(t)
 			ex.tokenSum = sum
+			authenticated(r)
 			return true
 		}
 		var buf [basicBuffer]byte
@@ -141,6 +150,7 @@ func (ex *exchange) identify(r *http.Request) bool {
 				ex.setTenant(t)
 				ex.tokenSum = sum
 				memo.remember(ex.rt, header, t, sum)
+				authenticated(r)
 				return true
 			}
 		}
@@ -153,6 +163,7 @@ func (ex *exchange) identify(r *http.Request) bool {
 		if t := snap.TenantBySource(ap.Addr()); t != nil {
 			ex.setTenant(t)
 			ex.source = ap.Addr()
+			authenticated(r)
 			return true
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -67,6 +68,8 @@ type Gateway struct {
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
 	draining   atomic.Bool
+	servedMu   sync.Mutex
+	served     []*limitListener // the listeners Serve runs on, for Shutdown
 	// failOpen paces the warning that requests pass a quota unchecked.
 	failOpen failOpenWarning
 }
@@ -260,11 +263,23 @@ func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 // max_connections are closed at once rather than queued, so a flood cannot
 // grow the gateway's memory or hide behind slow accepts.
 func (g *Gateway) Serve(ln net.Listener) error {
-	err := g.server.Serve(newLimitListener(ln, g.settings.MaxConnections, g.log, g.malformedReply))
+	limited := newLimitListener(ln, g.settings.MaxConnections, g.log, g.malformedReply)
+	limited.maxUnauthenticated = g.settings.MaxUnauthenticated
+	limited.limits = g.clientLimits()
+	g.servedMu.Lock()
+	g.served = append(g.served, limited)
+	g.servedMu.Unlock()
+	err := g.server.Serve(limited)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
 	return err
+}
+
+// clientLimits are the time bounds of every client connection, the
+// listener's and those inside inspected tunnels alike.
+func (g *Gateway) clientLimits() clientLimits {
+	return clientLimits{bodyTimeout: g.settings.RequestBodyTimeout, writeTimeout: g.settings.ResponseWriteTimeout}
 }
 
 // Shutdown stops accepting, lets in-flight requests and tunnels finish for

@@ -56,7 +56,7 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 
 	// Requests inside that net/http cannot parse get the gateway's reply,
 	// as on the listener (malformed.go).
-	ln := newOneConnListener(&countedConn{Conn: tlsConn, malformed: g.malformedReply})
+	ln := newOneConnListener(&countedConn{Conn: tlsConn, malformed: g.malformedReply, limits: g.clientLimits()})
 	inner := &http.Server{
 		Handler:           g.innerHandler(ex),
 		MaxHeaderBytes:    g.settings.MaxHeaderBytes,
@@ -207,9 +207,18 @@ func writeError(w http.ResponseWriter, ex *exchange) {
 		w.Header()[k] = v
 	}
 	w.Header().Del("Content-Length")
+	// A refusal before the body was read closes the connection rather
+	// than wait for the body to read past it (docs/operators.md).
+	unread := ex.body.pending()
+	if unread {
+		w.Header().Set("Connection", "close")
+	}
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
 	_ = resp.Body.Close()
+	if unread {
+		ex.body.abandon()
+	}
 }
 
 // scrubResponse removes the connector's injected secrets from what goes
