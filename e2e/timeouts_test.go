@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,5 +159,88 @@ func TestDNSFailuresSayWhichKind(t *testing.T) {
 				assertNoInternalDetail(t, e)
 			}
 		})
+	}
+}
+
+// TestShutdownServesRequestsOnIdleConnections: at SIGTERM, a request a
+// client writes just then on its idle keep-alive connection is still
+// served (with Connection: close) rather than meeting a closed connection;
+// a tunnel still open when shutdown_grace runs out is closed and audited
+// as revoked by the shutdown, and the log says the grace ran out.
+func TestShutdownServesRequestsOnIdleConnections(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	echoServer := startTCPServer(t, "127.0.0.1", echo)
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			limits:
+			  shutdown_grace: 3s
+		`)),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("api", []string{hostAPI}, origin.port, echoServer.port)),
+	})
+	tunnel := g.tunnel(t, acme, echoServer.authority(hostAPI))
+	pingThroughTunnel(t, tunnel)
+
+	const clients = 30
+	request := "GET " + origin.url(hostAPI, "/again") + " HTTP/1.1\r\nHost: " + origin.authority(hostAPI) + "\r\nProxy-Authorization: " + acme.header() + "\r\n\r\n"
+	conns := make([]net.Conn, clients)
+	readers := make([]*bufio.Reader, clients)
+	for i := range conns {
+		conns[i] = g.dial(t)
+		readers[i] = bufio.NewReader(conns[i])
+		if _, err := io.WriteString(conns[i], request); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(readers[i], nil)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("first request on connection %d: %v, %v", i, resp, err)
+		}
+		readBody(t, resp)
+	}
+
+	g.signal(t, syscall.SIGTERM)
+	eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(g.stderr.String(), "shutting down") {
+			return errors.New("the gateway has not begun shutting down")
+		}
+		return nil
+	})
+	// Each client writes its next request on its idle connection now.
+	var failed []string
+	for i, conn := range conns {
+		if _, err := io.WriteString(conn, request); err != nil {
+			failed = append(failed, fmt.Sprintf("%d: write: %v", i, err))
+			continue
+		}
+		resp, err := http.ReadResponse(readers[i], nil)
+		if err != nil {
+			failed = append(failed, fmt.Sprintf("%d: %v", i, err))
+			continue
+		}
+		if body := readBody(t, resp); resp.StatusCode != http.StatusOK || body != greeting("/again") {
+			failed = append(failed, fmt.Sprintf("%d: status %d", i, resp.StatusCode))
+		} else if !resp.Close {
+			failed = append(failed, fmt.Sprintf("%d: no Connection: close during shutdown", i))
+		}
+	}
+	if len(failed) > 0 {
+		t.Errorf("%d of %d requests written during shutdown got no proper response: %v", len(failed), clients, failed)
+	}
+
+	if code := g.waitExit(t, 30*time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM", code)
+	}
+	expectClosedWithin(t, "tunnel", tunnel)
+	var cut map[string]any
+	for _, rec := range g.auditRecords() {
+		if rec["method"] == "CONNECT" {
+			cut = rec
+		}
+	}
+	if cut == nil || cut["code"] != "revoked" || !strings.Contains(fmt.Sprint(cut["reason"]), "shutdown") {
+		t.Errorf("audit line of the tunnel cut by shutdown: %v; want code revoked and a reason naming the shutdown", cut)
+	}
+	if !strings.Contains(g.stderr.String(), "shutdown grace ran out") {
+		t.Errorf("the log does not say the shutdown grace ran out")
 	}
 }

@@ -270,8 +270,8 @@ func (g *Gateway) Serve(ln net.Listener) error {
 	g.served = append(g.served, limited)
 	g.servedMu.Unlock()
 	err := g.server.Serve(limited)
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
+	if errors.Is(err, http.ErrServerClosed) || (g.draining.Load() && errors.Is(err, net.ErrClosed)) {
+		return nil // Shutdown closed the listener
 	}
 	return err
 }
@@ -282,16 +282,60 @@ func (g *Gateway) clientLimits() clientLimits {
 	return clientLimits{bodyTimeout: g.settings.RequestBodyTimeout, writeTimeout: g.settings.ResponseWriteTimeout}
 }
 
-// Shutdown stops accepting, lets in-flight requests and tunnels finish for
-// up to the context's deadline (shutdown_grace), then closes what is left.
+// lingerWindow is how long, at most, an idle keep-alive connection stays
+// open at shutdown: a request its client writes meanwhile is still served,
+// with Connection: close, instead of meeting a closed connection (which
+// most clients other than Go's do not retry).
+const lingerWindow = time.Second
+
+// Shutdown stops accepting, serves for a short window (lingerWindow,
+// within the grace) the next request of idle keep-alive connections, lets
+// in-flight requests and tunnels finish for up to the context's deadline
+// (shutdown_grace), then closes what is left. It returns the context's
+// error when the grace ran out with work still open.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.draining.Store(true)
+	window := lingerWindow
+	if deadline, ok := ctx.Deadline(); ok {
+		window = min(window, time.Until(deadline))
+	}
+	g.servedMu.Lock()
+	served := g.served
+	g.servedMu.Unlock()
+	lingerEnd := time.Now().Add(window)
+	for _, l := range served {
+		l.lingerUntil.Store(lingerEnd.UnixNano())
+		_ = l.Close() // accept no more
+	}
+	// net/http drops a request it reads once Shutdown has begun, so the
+	// window comes first: with keep-alives off, each response says
+	// Connection: close and ends its connection, and the idle connections
+	// it asks to close stay open until the window ends (countedConn.Close).
+	g.server.SetKeepAlivesEnabled(false)
+	windowCtx, cancel := context.WithDeadline(ctx, lingerEnd)
+	waitClosed(windowCtx, served, false)
+	cancel()
+	for _, l := range served {
+		l.closeLingering()
+	}
+
 	done := make(chan error, 1)
 	go func() { done <- g.server.Shutdown(ctx) }()
-	g.tunnels.drain(ctx)
+	cut := g.tunnels.drain(ctx)
 	err := <-done
 	if err != nil {
-		err = g.server.Close()
+		_ = g.server.Close()
+	}
+	// The server stops tracking a connection once it has asked it to
+	// close; a request such a connection took in the window ends here.
+	if !waitClosed(ctx, served, true) {
+		for _, l := range served {
+			l.closeAll()
+		}
+		cut = true
+	}
+	if err == nil && cut {
+		err = ctx.Err()
 	}
 	g.cancelBase()
 	g.hooks.close()
@@ -302,4 +346,26 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		rt.transport.CloseIdleConnections()
 	}
 	return err
+}
+
+// waitClosed waits until the listeners have no connection open (counting
+// tunnels only with tunnels set), and reports whether that happened before
+// ctx was done.
+func waitClosed(ctx context.Context, served []*limitListener, tunnels bool) bool {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		open := 0
+		for _, l := range served {
+			open += l.openRequests(tunnels)
+		}
+		if open == 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
 }

@@ -41,6 +41,9 @@ type limitListener struct {
 	// is writing just then is still served (with Connection: close).
 	lingerUntil atomic.Int64
 
+	closeOnce sync.Once
+	closeErr  error
+
 	mu    sync.Mutex
 	conns map[*countedConn]struct{} // open: their number is what max bounds
 }
@@ -104,6 +107,30 @@ func (l *limitListener) openConns() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.conns)
+}
+
+// openRequests counts the open connections, with or without those a
+// tunnel holds.
+func (l *limitListener) openRequests(tunnels bool) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if tunnels {
+		return len(l.conns)
+	}
+	n := 0
+	for cc := range l.conns {
+		if !cc.hijacked.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// Close stops accepting; closing again (net/http does at shutdown, after
+// the gateway) is no error.
+func (l *limitListener) Close() error {
+	l.closeOnce.Do(func() { l.closeErr = l.Listener.Close() })
+	return l.closeErr
 }
 
 // forget gives a closed connection's slot back.

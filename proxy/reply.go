@@ -10,6 +10,11 @@ import (
 	"github.com/egressgw/egressgw/policy"
 )
 
+// codeRevoked is the audit-only code of a tunnel or upgraded connection
+// the gateway closed while it was open (docs/operators.md): here, one still
+// open when the shutdown grace ran out.
+const codeRevoked policy.Code = "revoked"
+
 // statusFor maps a code to its HTTP status (SPEC §3).
 func statusFor(code policy.Code) int {
 	switch code {

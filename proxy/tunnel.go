@@ -110,7 +110,12 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 		t.close()
 		return
 	}
-	defer g.tunnels.remove(t)
+	defer func() {
+		// Its audit line is written before shutdown, which waits for the
+		// set to empty, can close the audit log.
+		ex.finish()
+		g.tunnels.remove(t)
+	}()
 	if reason := g.reloadedMeanwhile(t); reason != "" {
 		ex.fail(policy.CodeDestinationNotAllowed, true, "the policy changed while the "+what+" was opening: "+reason)
 		g.replyHijacked(ex, t.client)
@@ -119,7 +124,9 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 	}
 	serve()
 	t.close()
-	if reason := t.revoked.Load(); reason != nil {
+	if t.cut.Load() {
+		ex.fail(codeRevoked, true, what+" closed by the gateway shutdown: it was still open when limits.shutdown_grace ran out")
+	} else if reason := t.revoked.Load(); reason != nil {
 		ex.fail(policy.CodeDestinationNotAllowed, true, what+" closed by a policy reload: "+*reason)
 	}
 }
@@ -160,6 +167,7 @@ type tunnel struct {
 	lastActivity atomic.Int64   // unix nanoseconds of the last byte in either direction
 	closeOnce    sync.Once
 	revoked      atomic.Pointer[string] // why a policy reload closed it
+	cut          atomic.Bool            // the end of the shutdown grace closed it
 	// inner serves the requests of an inspected tunnel; shutdown asks it to
 	// finish, which closes an idle keep-alive connection at once.
 	inner atomic.Pointer[http.Server]
@@ -421,8 +429,8 @@ func (s *tunnelSet) snapshot() []*tunnel {
 }
 
 // drain refuses new tunnels and waits until the open ones end or ctx is
-// done; then it closes whatever is left.
-func (s *tunnelSet) drain(ctx context.Context) {
+// done; then it closes whatever is left, and reports whether there was any.
+func (s *tunnelSet) drain(ctx context.Context) (cut bool) {
 	s.mu.Lock()
 	s.closing = true
 	var wait chan struct{}
@@ -439,12 +447,28 @@ func (s *tunnelSet) drain(ctx context.Context) {
 	if wait != nil {
 		select {
 		case <-wait:
+			return false
 		case <-ctx.Done():
 		}
 	}
 	for _, t := range s.snapshot() {
+		t.cut.Store(true)
 		t.close()
+		cut = true
 	}
+	// Let the closed ones write their audit lines (keepOpen), briefly.
+	s.mu.Lock()
+	if len(s.open) == 0 {
+		wait = nil
+	}
+	s.mu.Unlock()
+	if wait != nil {
+		select {
+		case <-wait:
+		case <-time.After(time.Second):
+		}
+	}
+	return cut
 }
 
 // connectEstablished is the reply that opens a tunnel, with the RateLimit
