@@ -244,3 +244,35 @@ func TestShutdownServesRequestsOnIdleConnections(t *testing.T) {
 		t.Errorf("the log does not say the shutdown grace ran out")
 	}
 }
+
+// TestUnreadTunnelClosesAfterResponseWriteTimeout: a client that stops
+// reading what its tunnel carries to it frees the tunnel after
+// response_write_timeout, not after the much longer idle_timeout.
+func TestUnreadTunnelClosesAfterResponseWriteTimeout(t *testing.T) {
+	t.Parallel()
+	flood := startTCPServer(t, "127.0.0.1", func(c net.Conn) {
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	})
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			limits:
+			  idle_timeout: 1h
+			  response_write_timeout: 500ms
+		`)),
+		"tenants/acme.yaml": tenantYAML(acme, allowRule("flood", []string{hostAPI}, flood.port)),
+	})
+	tunnel := g.tunnel(t, acme, flood.authority(hostAPI))
+	if tcp, ok := tunnel.(*bufferedConn).Conn.(*net.TCPConn); ok {
+		_ = tcp.SetReadBuffer(4 << 10)
+	}
+	// Never read: the gateway's writes fill the socket buffers and block.
+	rec := g.waitAudit(t, auditWith("tenant", acme.tenant, "method", "CONNECT"))
+	if rec["status"] != float64(200) {
+		t.Errorf("audit line of the unread tunnel: %v", rec)
+	}
+}

@@ -249,6 +249,7 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 		return
 	}
 	step := unshapedSpliceStep
+	writeIdle := t.writeBound(dst, idle)
 	var renewed time.Time
 	sp := newSplicer(rawSrc, rawDst)
 	defer sp.release()
@@ -256,7 +257,7 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 		if now := time.Now(); now.Sub(renewed) >= idle/8 {
 			renewed = now
 			_ = src.SetReadDeadline(t.idleDeadline(idle))
-			_ = dst.SetWriteDeadline(now.Add(idle))
+			_ = dst.SetWriteDeadline(now.Add(writeIdle))
 		}
 		if !sp.holding() {
 			if shaper != nil {
@@ -287,11 +288,28 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 			t.lastActivity.Store(time.Now().UnixNano())
 			counter.Add(int64(n))
 		}
-		if err != nil && !t.stillActive(err, idle) {
+		if err != nil && !t.stillActive(err, writeIdle) {
 			t.close()
 			return
 		}
 	}
+}
+
+// writeBound is how long a write to dst may wait: toward the client, no
+// longer than response_write_timeout, the most a client may leave what it
+// is sent unread.
+func (t *tunnel) writeBound(dst net.Conn, idle time.Duration) time.Duration {
+	if t.ex == nil {
+		return idle
+	}
+	toClient := dst == t.client
+	if c := tcpConn(dst); c != nil && c == tcpConn(t.client) {
+		toClient = true
+	}
+	if rwt := t.ex.gw.settings.ResponseWriteTimeout; rwt > 0 && toClient {
+		return min(idle, rwt)
+	}
+	return idle
 }
 
 // idleDeadline is when the tunnel has been idle for idle: counted from its
@@ -354,7 +372,7 @@ func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, 
 		if n > 0 {
 			now := time.Now()
 			t.lastActivity.Store(now.UnixNano())
-			_ = dst.SetWriteDeadline(now.Add(idle))
+			_ = dst.SetWriteDeadline(now.Add(t.writeBound(dst, idle)))
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				t.close()
 				return
