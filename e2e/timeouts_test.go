@@ -158,6 +158,12 @@ func TestDNSFailuresSayWhichKind(t *testing.T) {
 				}
 				assertNoInternalDetail(t, e)
 			}
+			// The operator is told when the resolver is at fault, with
+			// its error; a misspelt name is no news for the operator.
+			warned := strings.Contains(g.stderr.String(), `"msg":"the DNS resolver`)
+			if resolverFault := tc.not == "spelling"; warned != resolverFault {
+				t.Errorf("resolver warning logged: %v, want %v; stderr:\n%s", warned, resolverFault, g.stderr.String())
+			}
 		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -261,4 +262,34 @@ func (c *idleConn) CloseWrite() error {
 		return hc.CloseWrite()
 	}
 	return nil
+}
+
+// resolverWarning tells the operator, at most every resolverWarnEvery,
+// that the gateway's DNS resolver failed or timed out, with the resolver's
+// own error: clients are told only that the resolver failed, and a broken
+// resolver is the operator's to fix, unlike a misspelt name.
+type resolverWarning struct {
+	lastWarned atomic.Int64 // unix seconds
+	unwarned   atomic.Int64
+}
+
+const resolverWarnEvery = 10 * time.Second
+
+func (w *resolverWarning) note(g *Gateway, requestID string, err error) {
+	var de *dialError
+	if !errors.As(err, &de) || de.code != policy.CodeDNSFailure || de.dns == dnsNotFound {
+		return
+	}
+	n := w.unwarned.Add(1)
+	now, last := g.now().Unix(), w.lastWarned.Load()
+	if now-last < int64(resolverWarnEvery/time.Second) || !w.lastWarned.CompareAndSwap(last, now) {
+		return
+	}
+	w.unwarned.Add(-n)
+	what := "failed"
+	if de.dns == dnsTimedOut {
+		what = "did not answer within network.dns_timeout"
+	}
+	g.log.LogAttrs(context.Background(), slog.LevelWarn, "the DNS resolver "+what,
+		slog.String("request_id", requestID), slog.Int64("failures_since_last_warning", n), slog.String("error", de.err.Error()))
 }

@@ -112,6 +112,7 @@ func (ex *exchange) upstreamFailed(err error) {
 	code, msg := classify(err, ex.tenantID(), target)
 	ex.fail(code, code == policy.CodeDestinationIPDenied || code == policy.CodeBadRequest, msg)
 	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", code, "error", err)
+	ex.gw.resolverWarning.note(ex.gw, ex.id, err)
 }
 
 // setTenant records who the exchange is for, with the tenant's state in

@@ -72,6 +72,8 @@ type Gateway struct {
 	served     []*limitListener // the listeners Serve runs on, for Shutdown
 	// failOpen paces the warning that requests pass a quota unchecked.
 	failOpen failOpenWarning
+	// resolverWarning paces the warning that the DNS resolver fails.
+	resolverWarning resolverWarning
 }
 
 // runtimeState is everything derived from one policy generation that the
