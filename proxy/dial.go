@@ -219,35 +219,45 @@ func classify(err error, tenant, target string) (policy.Code, string) {
 
 // idleConn closes an upstream connection that makes no progress for idle,
 // so a silent upstream surfaces as a timeout instead of holding a request,
-// or a pooled connection, forever. A deadline is renewed on a read or
-// write only once an eighth of idle has passed since the last renewal:
-// the cut comes between 7/8 and all of idle after the last progress, at a
-// fraction of the cost of a renewal per call.
+// or a pooled connection, forever.
 type idleConn struct {
 	net.Conn
-	idle       time.Duration
-	readRenew  atomic.Int64 // unix nanoseconds of the last renewal
-	writeRenew atomic.Int64
+	idle                  time.Duration
+	readRenew, writeRenew deadlineRenewal
 }
 
-func (c *idleConn) renew(last *atomic.Int64, set func(time.Time) error) error {
+// deadlineRenewal keeps a deadline bound after the last progress at a
+// fraction of the cost of setting it on every call: it is renewed on a
+// read or write only once an eighth of the bound has passed since the last
+// renewal, so the cut comes between 7/8 and all of the bound after the
+// last progress. Upstream connections (idleConn) and client connections
+// (countedConn's response_write_timeout) share it.
+type deadlineRenewal struct {
+	last atomic.Int64 // unix nanoseconds of the last renewal; 0 forces the next
+}
+
+func (r *deadlineRenewal) renew(bound time.Duration, set func(time.Time) error) error {
 	now := time.Now()
-	if now.UnixNano()-last.Load() < int64(c.idle/8) {
+	if now.UnixNano()-r.last.Load() < int64(bound/8) {
 		return nil
 	}
-	last.Store(now.UnixNano())
-	return set(now.Add(c.idle))
+	r.last.Store(now.UnixNano())
+	return set(now.Add(bound))
 }
 
+// reset makes the next renew set the deadline, after something else has
+// changed it.
+func (r *deadlineRenewal) reset() { r.last.Store(0) }
+
 func (c *idleConn) Read(p []byte) (int, error) {
-	if err := c.renew(&c.readRenew, c.Conn.SetReadDeadline); err != nil {
+	if err := c.readRenew.renew(c.idle, c.Conn.SetReadDeadline); err != nil {
 		return 0, err
 	}
 	return c.Conn.Read(p)
 }
 
 func (c *idleConn) Write(p []byte) (int, error) {
-	if err := c.renew(&c.writeRenew, c.Conn.SetWriteDeadline); err != nil {
+	if err := c.writeRenew.renew(c.idle, c.Conn.SetWriteDeadline); err != nil {
 		return 0, err
 	}
 	return c.Conn.Write(p)

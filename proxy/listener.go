@@ -251,26 +251,20 @@ type countedConn struct {
 	limits  clientLimits
 
 	malformed     func(client net.Addr, status int, detail string) []byte
-	handling      atomic.Bool  // a handler runs: writes are its response
-	hijacked      atomic.Bool  // a tunnel owns the connection
-	idleSince     atomic.Int64 // unix nanoseconds it began waiting for a request; 0 when busy
-	accepted      int64        // unix nanoseconds it was accepted
-	authenticated atomic.Bool  // a request on it authenticated (or it was closed)
-	bodyWait      atomic.Int64 // unix nanoseconds a body read began waiting; 0 when none waits
-	lingering     atomic.Bool  // shutdown asked to close it while idle, in its window
-	writeRenew    atomic.Int64 // unix nanoseconds the write deadline was last set
+	handling      atomic.Bool     // a handler runs: writes are its response
+	hijacked      atomic.Bool     // a tunnel owns the connection
+	idleSince     atomic.Int64    // unix nanoseconds it began waiting for a request; 0 when busy
+	accepted      int64           // unix nanoseconds it was accepted
+	authenticated atomic.Bool     // a request on it authenticated (or it was closed)
+	bodyWait      atomic.Int64    // unix nanoseconds a body read began waiting; 0 when none waits
+	lingering     atomic.Bool     // shutdown asked to close it while idle, in its window
+	writeRenew    deadlineRenewal // of the response_write_timeout deadline
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
 	if d := c.limits.writeTimeout; d > 0 {
-		// As idleConn: renewed at most every eighth of the bound, so a
-		// write the client does not take fails between 7/8 and all of
-		// response_write_timeout after the last progress.
-		if now := time.Now(); now.UnixNano()-c.writeRenew.Load() >= int64(d/8) {
-			c.writeRenew.Store(now.UnixNano())
-			if err := c.Conn.SetWriteDeadline(now.Add(d)); err != nil {
-				return 0, err
-			}
+		if err := c.writeRenew.renew(d, c.Conn.SetWriteDeadline); err != nil {
+			return 0, err
 		}
 	}
 	if c.malformed != nil && !c.handling.Load() && !c.hijacked.Load() {
@@ -288,12 +282,12 @@ func (c *countedConn) Write(p []byte) (int, error) {
 // set the response_write_timeout deadline afresh (net/http clears all
 // deadlines on Hijack).
 func (c *countedConn) SetDeadline(t time.Time) error {
-	c.writeRenew.Store(0)
+	c.writeRenew.reset()
 	return c.Conn.SetDeadline(t)
 }
 
 func (c *countedConn) SetWriteDeadline(t time.Time) error {
-	c.writeRenew.Store(0)
+	c.writeRenew.reset()
 	return c.Conn.SetWriteDeadline(t)
 }
 
