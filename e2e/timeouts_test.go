@@ -2,12 +2,17 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -280,5 +285,75 @@ func TestUnreadTunnelClosesAfterResponseWriteTimeout(t *testing.T) {
 	rec := g.waitAudit(t, auditWith("tenant", acme.tenant, "method", "CONNECT"))
 	if rec["status"] != float64(200) {
 		t.Errorf("audit line of the unread tunnel: %v", rec)
+	}
+}
+
+// TestStalledBodyInsideInspectedTunnel: inside an inspected tunnel too, a
+// request whose body stops arriving gets 400 bad_request with Connection:
+// close after request_body_timeout, and the upstream never gets it whole.
+func TestStalledBodyInsideInspectedTunnel(t *testing.T) {
+	t.Parallel()
+	var whole atomic.Int64
+	origin := startTLSUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err == nil {
+			whole.Add(1)
+		}
+	}))
+	dir := t.TempDir()
+	if res := egressgw(t, "ca", "init", "--out", filepath.Join(dir, "ca")); res.exitCode != 0 {
+		t.Fatalf("ca init: exit %d\n%s", res.exitCode, res.stderr)
+	}
+	pem, err := os.ReadFile(filepath.Join(dir, "ca", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPool := x509.NewCertPool()
+	caPool.AppendCertsFromPEM(pem)
+	for name, content := range map[string]string{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			limits:
+			  request_body_timeout: 500ms
+			tls:
+			  ca_cert: ca/ca.pem
+			  ca_key: ca/ca-key.pem
+			  upstream_roots: [%q]
+		`, testPKI.caFile)),
+		"connectors/api.yaml": yamlf(`
+			name: api
+			hosts: [%q]
+			ports: [%d]
+			inspect: true
+		`, hostAPI, origin.port),
+		"tenants/acme.yaml": tenantYAML(acme, "connectors: [api]\n"),
+	} {
+		path := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, path, content)
+	}
+	g := newGateway(t)
+	g.start(t, "--config", dir, "--log-format", "json")
+
+	tunnel := g.tunnel(t, acme, origin.authority(hostAPI))
+	tlsConn := tls.Client(tunnel, &tls.Config{ServerName: hostAPI, RootCAs: caPool})
+	fmt.Fprintf(tlsConn, "POST /upload HTTP/1.1\r\nHost: %s\r\nContent-Length: 100\r\n\r\nonly part", origin.authority(hostAPI))
+	reader := bufio.NewReader(tlsConn)
+	resp, err := http.ReadResponse(reader, nil)
+	if err != nil {
+		t.Fatalf("reading the reply to a stalled body: %v", err)
+	}
+	if !resp.Close {
+		t.Errorf("the reply to a stalled body does not say Connection: close")
+	}
+	assertGatewayError(t, resp, http.StatusBadRequest, "bad_request")
+	if _, err := io.Copy(io.Discard, reader); err != nil && !errors.Is(err, io.EOF) {
+		var netErr net.Error
+		if errors.As(err, &netErr) && netErr.Timeout() {
+			t.Errorf("the tunnel stayed open after the stalled body's reply")
+		}
+	}
+	if n := whole.Load(); n != 0 {
+		t.Errorf("the upstream got %d whole requests; want none", n)
 	}
 }

@@ -192,7 +192,7 @@ type exchangeTransport struct{}
 
 func (exchangeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	ex := r.Context().Value(exchangeKey{}).(*exchange)
-	resp, err := ex.rt.transport.RoundTrip(r)
+	resp, err := ex.body.afterBody(ex.rt.transport.RoundTrip(r))
 	if err == nil && ex.bodyHeld {
 		ex.bytesUp.Add(r.ContentLength) // sent: the upstream answered it
 	}

@@ -401,3 +401,14 @@ func (b *requestBody) abandon() {
 	b.abandoned.Store(true)
 	_ = b.conn.SetReadDeadline(time.Unix(1, 0))
 }
+
+// afterBody fails an upstream exchange whose request body stalled, even
+// when the upstream answered: it answered a request cut short, which the
+// client must not take for the answer to the one it sent.
+func (b *requestBody) afterBody(resp *http.Response, err error) (*http.Response, error) {
+	if err != nil || !b.timedOut() {
+		return resp, err
+	}
+	_ = resp.Body.Close()
+	return nil, errBodyStalled
+}

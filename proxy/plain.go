@@ -121,7 +121,7 @@ func (ex *exchange) admitPlain(r *http.Request) bool {
 // exchange's policy generation and applies the connector's response
 // transforms.
 func (ex *exchange) forward(r *http.Request) (*http.Response, error) {
-	resp, err := ex.rt.transport.RoundTrip(r)
+	resp, err := ex.body.afterBody(ex.rt.transport.RoundTrip(r))
 	if err != nil {
 		return nil, err
 	}
