@@ -216,11 +216,19 @@ func TestShutdownServesRequestsOnIdleConnections(t *testing.T) {
 		}
 		return nil
 	})
-	// Each client writes its next request on its idle connection now.
+	// Every client writes its next request on its idle connection now,
+	// then reads the response.
 	var failed []string
+	written := make([]bool, clients)
 	for i, conn := range conns {
 		if _, err := io.WriteString(conn, request); err != nil {
 			failed = append(failed, fmt.Sprintf("%d: write: %v", i, err))
+			continue
+		}
+		written[i] = true
+	}
+	for i := range conns {
+		if !written[i] {
 			continue
 		}
 		resp, err := http.ReadResponse(readers[i], nil)
