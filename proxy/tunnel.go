@@ -239,8 +239,9 @@ func (t *tunnel) copyDirection(ctx context.Context, dst, src net.Conn, shaper *q
 // splice relays with splice(2): each step waits for src to be readable,
 // moves what has arrived (at most one shaper step) into a kernel pipe,
 // pays the shaper for it and writes it out. Deadlines are renewed at most
-// every eighth of idle; one that fires ends the tunnel only if neither
-// direction moved a byte for idle.
+// every eighth of the shorter bound (idle, or the write bound toward the
+// client); one that fires ends the tunnel only if neither direction moved
+// a byte for that bound.
 func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quota.Shaper, counter *atomic.Int64, idle time.Duration) {
 	rawSrc, err1 := src.SyscallConn()
 	rawDst, err2 := dst.SyscallConn()
@@ -254,7 +255,7 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 	sp := newSplicer(rawSrc, rawDst)
 	defer sp.release()
 	for {
-		if now := time.Now(); now.Sub(renewed) >= idle/8 {
+		if now := time.Now(); now.Sub(renewed) >= writeIdle/8 {
 			renewed = now
 			_ = src.SetReadDeadline(t.idleDeadline(idle))
 			_ = dst.SetWriteDeadline(now.Add(writeIdle))
@@ -288,9 +289,12 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 			t.lastActivity.Store(time.Now().UnixNano())
 			counter.Add(int64(n))
 		}
-		if err != nil && !t.stillActive(err, writeIdle) {
-			t.close()
-			return
+		if err != nil {
+			if !t.stillActive(err, writeIdle) {
+				t.close()
+				return
+			}
+			renewed = time.Time{} // re-arm the write deadline now
 		}
 	}
 }
