@@ -56,7 +56,11 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 
 	// Requests inside that net/http cannot parse get the gateway's reply,
 	// as on the listener (malformed.go).
-	ln := newOneConnListener(&countedConn{Conn: tlsConn, malformed: g.malformedReply, limits: g.clientLimits()})
+	// Writes inside reach the client through the tenant's shaper and the
+	// tunnel's own connection, whose writes response_write_timeout bounds
+	// after shaping; only the body bound applies here.
+	ln := newOneConnListener(&countedConn{Conn: tlsConn, malformed: g.malformedReply,
+		limits: clientLimits{bodyTimeout: g.settings.RequestBodyTimeout}})
 	inner := &http.Server{
 		Handler:           g.innerHandler(ex),
 		MaxHeaderBytes:    g.settings.MaxHeaderBytes,

@@ -283,6 +283,10 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 				t.close()
 				return
 			}
+			if shaper != nil {
+				// The wait for the shaper is not the client's.
+				_ = dst.SetWriteDeadline(time.Now().Add(writeIdle))
+			}
 		}
 		n, err := sp.out()
 		if n > 0 {
