@@ -377,3 +377,42 @@ func TestStalledBodyInsideInspectedTunnel(t *testing.T) {
 		t.Errorf("the upstream got %d whole requests; want none", n)
 	}
 }
+
+// TestStalledBodyReadByAHookNeverLeaves: a hook reads the request body
+// whole before the request leaves; when that body stalls, what arrived is
+// never sent on as if it were the whole request.
+func TestStalledBodyReadByAHookNeverLeaves(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			limits:
+			  request_body_timeout: 500ms
+		`)),
+		"connectors/stamped.yaml": yamlf(`
+			name: stamped
+			hosts: [%q]
+			ports: [%d]
+			hooks: { request: hooks/stamp.tengo }
+		`, hostAPI, origin.port),
+		"hooks/stamp.tengo": "request.headers[\"X-Stamp\"] = [\"stamped\"]\n",
+		"tenants/acme.yaml": tenantYAML(acme, "connectors: [stamped]\n"),
+	})
+	before := snapshotReach(origin)
+	conn := g.dial(t)
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nonly part",
+		origin.url(hostAPI, "/upload"), origin.authority(hostAPI), acme.header())
+	reader := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(reader, nil)
+	if err != nil {
+		t.Fatalf("reading the reply to a stalled body: %v", err)
+	}
+	if !resp.Close {
+		t.Errorf("the reply to a stalled body does not say Connection: close")
+	}
+	assertGatewayError(t, resp, http.StatusBadRequest, "bad_request")
+	before.assertUnchanged(t)
+	if got := origin.requestsTo("/upload"); len(got) != 0 {
+		t.Errorf("the upstream got %d requests cut short", len(got))
+	}
+}

@@ -196,7 +196,7 @@ type exchangeTransport struct{}
 
 func (exchangeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	ex := r.Context().Value(exchangeKey{}).(*exchange)
-	resp, err := ex.body.afterBody(ex.rt.transport.RoundTrip(r))
+	resp, err := ex.body.roundTrip(ex.rt.transport, r)
 	if err == nil && ex.bodyHeld {
 		ex.bytesUp.Add(r.ContentLength) // sent: the upstream answered it
 	}
@@ -206,6 +206,7 @@ func (exchangeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // writeError sends the gateway's JSON error for ex on a ResponseWriter;
 // closing the reply closes the exchange's books.
 func writeError(w http.ResponseWriter, ex *exchange) {
+	ex.blameStalledBody()
 	resp := errorResponse(ex, nil)
 	for k, v := range resp.Header {
 		w.Header()[k] = v

@@ -7,9 +7,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/egressgw/egressgw/policy"
 )
 
 // limitListener holds at most max connections open. At the limit it first
@@ -402,13 +405,33 @@ func (b *requestBody) abandon() {
 	_ = b.conn.SetReadDeadline(time.Unix(1, 0))
 }
 
-// afterBody fails an upstream exchange whose request body stalled, even
-// when the upstream answered: it answered a request cut short, which the
-// client must not take for the answer to the one it sent.
-func (b *requestBody) afterBody(resp *http.Response, err error) (*http.Response, error) {
+// roundTrip sends r with transport unless its body stalled, and fails the
+// exchange if the body stalls while it runs, even when the upstream
+// answered. A body a hook or redaction read whole has stalled before the
+// request leaves: sending what arrived would hand the upstream a request
+// cut short as if it were complete. And an upstream can answer a cut-short
+// request (as Go's server does once its body read fails) faster than the
+// transport closes the connection; the client must not take that answer
+// for the answer to the request it sent.
+func (b *requestBody) roundTrip(transport http.RoundTripper, r *http.Request) (*http.Response, error) {
+	if b.timedOut() {
+		return nil, errBodyStalled
+	}
+	resp, err := transport.RoundTrip(r)
 	if err != nil || !b.timedOut() {
 		return resp, err
 	}
 	_ = resp.Body.Close()
 	return nil, errBodyStalled
+}
+
+// blameStalledBody makes a refusal that came after the request body
+// stalled say so: the stall cancels the request, so whatever step failed
+// next (the transport, a hook, a quota check) failed because of it.
+func (ex *exchange) blameStalledBody() {
+	if !ex.body.timedOut() || ex.code == policy.CodeBadRequest {
+		return
+	}
+	code, msg := classify(errBodyStalled, ex.tenantID(), net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port))))
+	ex.fail(code, true, msg)
 }

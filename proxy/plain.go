@@ -121,7 +121,7 @@ func (ex *exchange) admitPlain(r *http.Request) bool {
 // exchange's policy generation and applies the connector's response
 // transforms.
 func (ex *exchange) forward(r *http.Request) (*http.Response, error) {
-	resp, err := ex.body.afterBody(ex.rt.transport.RoundTrip(r))
+	resp, err := ex.body.roundTrip(ex.rt.transport, r)
 	if err != nil {
 		return nil, err
 	}
