@@ -202,8 +202,12 @@ func (l *limitListener) closeOldest(kind spareKind) bool {
 	if oldest == nil {
 		return false
 	}
-	// One whose next request began meanwhile is left alone.
+	// One whose next request began, or that authenticated, meanwhile is
+	// left alone.
 	if kind == spareIdle && !oldest.idleSince.CompareAndSwap(oldestSince, 0) {
+		return false
+	}
+	if kind != spareIdle && oldest.since(kind, time.Now().UnixNano()) == 0 {
 		return false
 	}
 	_ = oldest.closeNow()
