@@ -155,3 +155,55 @@ func TestAuthMemoOnKeepAliveConnection(t *testing.T) {
 		t.Fatalf("audit tenants %q, want %q", got, want)
 	}
 }
+
+// A keep-alive connection that has authenticated is remembered only for
+// the credentials it proved: its next request without Proxy-Authorization
+// is refused like any other, never served as the remembered tenant.
+func TestAuthMemoNeverServesAMissingHeader(t *testing.T) {
+	var reached atomic.Int64
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		io.WriteString(w, "ok")
+	}))
+	defer upstream.Close()
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(upstream.URL, "http://"))
+	g := testGateway(t, memoPolicy(t, host, port, map[string]string{"acme": "acme-token"}), io.Discard)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		g.Shutdown(ctx)
+	})
+
+	conn := dialRaw(t, ln.Addr().String())
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	target := "GET " + upstream.URL + "/ HTTP/1.1\r\nHost: " + host + ":" + port + "\r\n"
+	status, _, err := conn.exchange(target + "Proxy-Authorization: Basic " + basicEncode("acme", "acme-token") + "\r\n\r\n")
+	if err != nil || status != http.StatusOK || reached.Load() != 1 {
+		t.Fatalf("authenticated request: status %d, %v, upstream reached %d times; want 200 once", status, err, reached.Load())
+	}
+	for _, header := range []string{"", "Proxy-Authorization: \r\n"} {
+		if _, err := io.WriteString(conn, target+header+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(conn.reader, nil)
+		if err != nil {
+			t.Fatalf("request without credentials (%q): %v", header, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var e errorBody
+		_ = json.Unmarshal(body, &e)
+		if resp.StatusCode != http.StatusProxyAuthRequired || resp.Header.Get("X-Egressgw-Error") != "proxy_auth_required" || e.Error != "proxy_auth_required" {
+			t.Fatalf("request without credentials (%q) on an authenticated connection: status %d, header %q, body %s; want 407 proxy_auth_required",
+				header, resp.StatusCode, resp.Header.Get("X-Egressgw-Error"), body)
+		}
+		if n := reached.Load(); n != 1 {
+			t.Fatalf("the upstream saw %d requests; want only the authenticated one", n)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -61,8 +62,21 @@ func newDialer(g policy.Gateway, addresses *allowlist.AddressPolicy) *dialer {
 // dialError carries the client-facing code of a failed dial.
 type dialError struct {
 	code policy.Code
+	dns  dnsFault // which DNS failure, when code is dns_failure
 	err  error
 }
+
+// dnsFault tells apart the DNS failures a client must act on differently:
+// a name that does not exist is the client's to fix; a resolver that
+// failed or did not answer in network.dns_timeout is the operator's
+// (docs/operators.md, "Timeouts").
+type dnsFault int
+
+const (
+	dnsNotFound       dnsFault = iota // NXDOMAIN, or a name with no address
+	dnsResolverFailed                 // SERVFAIL, refused, resolver unreachable
+	dnsTimedOut                       // no answer within network.dns_timeout
+)
 
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
@@ -136,9 +150,25 @@ func (d *dialer) resolve(ctx context.Context, host string) ([]netip.Addr, error)
 		err = &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
 	}
 	if err != nil {
-		return nil, &dialError{code: policy.CodeDNSFailure, err: err}
+		return nil, &dialError{code: policy.CodeDNSFailure, dns: dnsFaultOf(err), err: err}
 	}
 	return ips, nil
+}
+
+// dnsFaultOf sorts a failed lookup. Go's resolver reports NXDOMAIN as
+// IsNotFound and a lookup cut by its context or the resolver's own
+// timeout as IsTimeout; anything else (SERVFAIL, REFUSED, a resolver that
+// cannot be reached) is the resolver's failure, never the name's.
+func dnsFaultOf(err error) dnsFault {
+	var de *net.DNSError
+	switch {
+	case errors.As(err, &de) && de.IsNotFound:
+		return dnsNotFound
+	case isTimeout(err) || (errors.As(err, &de) && de.IsTimeout):
+		return dnsTimedOut
+	default:
+		return dnsResolverFailed
+	}
 }
 
 // upstreamTLS verifies upstream certificates against the system roots plus
@@ -157,13 +187,24 @@ func isTimeout(err error) bool {
 // message that names the destination but never the internal error text,
 // which can hold addresses of the gateway's own network.
 func classify(err error, tenant, target string) (policy.Code, string) {
+	if errors.Is(err, errBodyStalled) {
+		// The client's fault, not the upstream's: it stopped sending.
+		return policy.CodeBadRequest, fmt.Sprintf("the request body for %s stalled: no byte arrived for limits.request_body_timeout, so the gateway closed the connection", target)
+	}
 	var de *dialError
 	if errors.As(err, &de) {
 		switch de.code {
 		case policy.CodeDestinationIPDenied:
 			return de.code, fmt.Sprintf("tenant %q may not reach %s: it resolves to an address the gateway never dials (private, loopback, link-local, the gateway itself or another special-purpose range); if it is meant to be reachable, the operator can add it to network.allow_cidrs", tenant, target)
 		case policy.CodeDNSFailure:
-			return de.code, fmt.Sprintf("the host of %s could not be resolved; check the spelling", target)
+			switch de.dns {
+			case dnsNotFound:
+				return de.code, fmt.Sprintf("the host of %s does not exist (no such host); check the spelling", target)
+			case dnsTimedOut:
+				return de.code, fmt.Sprintf("the gateway's DNS resolver did not answer in time for the host of %s (network.dns_timeout); retry, and tell the operator if it persists", target)
+			default:
+				return de.code, fmt.Sprintf("the gateway's DNS resolver failed to resolve the host of %s; this is no fault of the name, retry, and tell the operator if it persists", target)
+			}
 		case policy.CodeUpstreamTimeout:
 			return de.code, fmt.Sprintf("connecting to %s timed out", target)
 		case policy.CodeBadRequest:
@@ -185,35 +226,45 @@ func classify(err error, tenant, target string) (policy.Code, string) {
 
 // idleConn closes an upstream connection that makes no progress for idle,
 // so a silent upstream surfaces as a timeout instead of holding a request,
-// or a pooled connection, forever. A deadline is renewed on a read or
-// write only once an eighth of idle has passed since the last renewal:
-// the cut comes between 7/8 and all of idle after the last progress, at a
-// fraction of the cost of a renewal per call.
+// or a pooled connection, forever.
 type idleConn struct {
 	net.Conn
-	idle       time.Duration
-	readRenew  atomic.Int64 // unix nanoseconds of the last renewal
-	writeRenew atomic.Int64
+	idle                  time.Duration
+	readRenew, writeRenew deadlineRenewal
 }
 
-func (c *idleConn) renew(last *atomic.Int64, set func(time.Time) error) error {
+// deadlineRenewal keeps a deadline bound after the last progress at a
+// fraction of the cost of setting it on every call: it is renewed on a
+// read or write only once an eighth of the bound has passed since the last
+// renewal, so the cut comes between 7/8 and all of the bound after the
+// last progress. Upstream connections (idleConn) and client connections
+// (countedConn's response_write_timeout) share it.
+type deadlineRenewal struct {
+	last atomic.Int64 // unix nanoseconds of the last renewal; 0 forces the next
+}
+
+func (r *deadlineRenewal) renew(bound time.Duration, set func(time.Time) error) error {
 	now := time.Now()
-	if now.UnixNano()-last.Load() < int64(c.idle/8) {
+	if now.UnixNano()-r.last.Load() < int64(bound/8) {
 		return nil
 	}
-	last.Store(now.UnixNano())
-	return set(now.Add(c.idle))
+	r.last.Store(now.UnixNano())
+	return set(now.Add(bound))
 }
 
+// reset makes the next renew set the deadline, after something else has
+// changed it.
+func (r *deadlineRenewal) reset() { r.last.Store(0) }
+
 func (c *idleConn) Read(p []byte) (int, error) {
-	if err := c.renew(&c.readRenew, c.Conn.SetReadDeadline); err != nil {
+	if err := c.readRenew.renew(c.idle, c.Conn.SetReadDeadline); err != nil {
 		return 0, err
 	}
 	return c.Conn.Read(p)
 }
 
 func (c *idleConn) Write(p []byte) (int, error) {
-	if err := c.renew(&c.writeRenew, c.Conn.SetWriteDeadline); err != nil {
+	if err := c.writeRenew.renew(c.idle, c.Conn.SetWriteDeadline); err != nil {
 		return 0, err
 	}
 	return c.Conn.Write(p)
@@ -228,4 +279,34 @@ func (c *idleConn) CloseWrite() error {
 		return hc.CloseWrite()
 	}
 	return nil
+}
+
+// resolverWarning tells the operator, at most every resolverWarnEvery,
+// that the gateway's DNS resolver failed or timed out, with the resolver's
+// own error: clients are told only that the resolver failed, and a broken
+// resolver is the operator's to fix, unlike a misspelt name.
+type resolverWarning struct {
+	lastWarned atomic.Int64 // unix seconds
+	unwarned   atomic.Int64
+}
+
+const resolverWarnEvery = 10 * time.Second
+
+func (w *resolverWarning) note(g *Gateway, requestID string, err error) {
+	var de *dialError
+	if !errors.As(err, &de) || de.code != policy.CodeDNSFailure || de.dns == dnsNotFound {
+		return
+	}
+	n := w.unwarned.Add(1)
+	now, last := g.now().Unix(), w.lastWarned.Load()
+	if now-last < int64(resolverWarnEvery/time.Second) || !w.lastWarned.CompareAndSwap(last, now) {
+		return
+	}
+	w.unwarned.Add(-n)
+	what := "failed"
+	if de.dns == dnsTimedOut {
+		what = "did not answer within network.dns_timeout"
+	}
+	g.log.LogAttrs(context.Background(), slog.LevelWarn, "the DNS resolver "+what,
+		slog.String("request_id", requestID), slog.Int64("failures_since_last_warning", n), slog.String("error", de.err.Error()))
 }

@@ -72,6 +72,7 @@ type exchange struct {
 	// answered is the request as the connector's response hook sees it:
 	// what left, before injection. Set only where there is such a hook.
 	answered  *hooks.Request
+	body      *requestBody // the client's request body, nil without one
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
 	// clientGone is set when reading the request body from the client
@@ -83,6 +84,7 @@ type exchange struct {
 
 func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
 	now := g.now()
+	body, _ := r.Body.(*requestBody)
 	return &exchange{
 		gw:     g,
 		rt:     g.runtime.Load(),
@@ -92,6 +94,7 @@ func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
 		tunnel: tunnel,
 		method: r.Method,
 		code:   policy.CodeOK,
+		body:   body,
 	}
 }
 
@@ -108,13 +111,18 @@ func (ex *exchange) upstreamFailed(err error) {
 		ex.fail(refused.code, true, refused.message)
 		return
 	}
-	if ex.clientGone.Load() {
+	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
+	switch {
+	case ex.body.timedOut():
+		// What the transport reports is the request's context, which a
+		// failed body read cancels; the client stalled, it did not leave.
+		err = fmt.Errorf("%w: %w", errBodyStalled, err)
+	case ex.clientGone.Load():
 		// Not an upstream failure: counted apart, so the upstream-errors
 		// alert (docs/operators.md) does not fire on clients that give up.
 		ex.fail(policy.CodeClientClosed, false, "the client went away before the upstream answered")
 		return
 	}
-	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
 	if errors.Is(err, errUnsolicitedUpgrade) {
 		ex.fail(policy.CodeUpstreamUnreachable, false, target+" answered 101 Switching Protocols to a request that asked for no such switch; the gateway does not relay it")
 		return
@@ -123,6 +131,7 @@ func (ex *exchange) upstreamFailed(err error) {
 	ex.fail(code, code == policy.CodeDestinationIPDenied || code == policy.CodeBadRequest, msg)
 	// Go's errors can carry the request's URL, query and all.
 	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", code, "error", redaction.ErrorForMessage(err))
+	ex.gw.resolverWarning.note(ex.gw, ex.id, err)
 }
 
 // setTenant records who the exchange is for, with the tenant's state in
@@ -150,6 +159,7 @@ func (ex *exchange) identify(r *http.Request) bool {
 		if t, sum, ok := memo.recall(ex.rt, header); ok {
 			ex.setTenant(t)
 			ex.tokenSum = sum
+			authenticated(r)
 			return true
 		}
 		var buf [basicBuffer]byte
@@ -160,6 +170,7 @@ func (ex *exchange) identify(r *http.Request) bool {
 				ex.setTenant(t)
 				ex.tokenSum = sum
 				memo.remember(ex.rt, header, t, sum)
+				authenticated(r)
 				return true
 			}
 		}
@@ -172,6 +183,7 @@ func (ex *exchange) identify(r *http.Request) bool {
 		if t := snap.TenantBySource(ap.Addr()); t != nil {
 			ex.setTenant(t)
 			ex.source = ap.Addr()
+			authenticated(r)
 			return true
 		}
 	}
@@ -305,15 +317,16 @@ func (ex *exchange) forwardFailed(r *http.Request, err error) {
 	ex.upstreamFailed(err)
 }
 
-// requestBody is a request body on its way to the upstream: it counts the
+// uploadBody is a request body on its way to the upstream: it counts the
 // bytes that pass and notes a read that fails, which is the client
-// breaking off its upload (or its connection going away) mid-body.
-type requestBody struct {
+// breaking off its upload (or its connection going away) mid-body, unless
+// the connection's requestBody says the client stalled.
+type uploadBody struct {
 	io.ReadCloser
 	ex *exchange
 }
 
-func (b *requestBody) Read(p []byte) (int, error) {
+func (b *uploadBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.ex.bytesUp.Add(int64(n))
 	if err != nil && err != io.EOF {

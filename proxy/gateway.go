@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -63,8 +64,12 @@ type Gateway struct {
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
 	draining   atomic.Bool
+	servedMu   sync.Mutex
+	served     []*limitListener // the listeners Serve runs on, for Shutdown
 	// failOpen paces the warning that requests pass a quota unchecked.
 	failOpen failOpenWarning
+	// resolverWarning paces the warning that the DNS resolver fails.
+	resolverWarning resolverWarning
 }
 
 // runtimeState is everything derived from one policy generation that the
@@ -222,9 +227,10 @@ func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 		DialContext:         d.DialContext,
 		TLSClientConfig:     upstreamTLS(gw.UpstreamRoots),
 		TLSHandshakeTimeout: gw.DialTimeout,
-		// No ResponseHeaderTimeout: the read deadline idleConn keeps on
-		// every upstream connection already ends a silent upstream after
-		// idle_timeout, without a timer per request.
+		// A silent upstream gets its 504 after response_header_timeout,
+		// counted from the end of the request (docs/operators.md,
+		// "Timeouts"); idleConn's deadline, idle_timeout, bounds the body.
+		ResponseHeaderTimeout: gw.ResponseHeaderTimeout,
 		ExpectContinueTimeout: time.Second,
 		// A pooled connection's pending read carries the deadline it was
 		// parked with; retire it well before that deadline can cut a
@@ -241,23 +247,79 @@ func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 // max_connections are closed at once rather than queued, so a flood cannot
 // grow the gateway's memory or hide behind slow accepts.
 func (g *Gateway) Serve(ln net.Listener) error {
-	err := g.server.Serve(newLimitListener(ln, g.settings.MaxConnections, g.log, g.malformedReply))
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
+	limited := newLimitListener(ln, g.settings.MaxConnections, g.log, g.malformedReply)
+	limited.maxUnauthenticated = g.settings.MaxUnauthenticated
+	limited.limits = g.clientLimits()
+	g.servedMu.Lock()
+	g.served = append(g.served, limited)
+	g.servedMu.Unlock()
+	err := g.server.Serve(limited)
+	if errors.Is(err, http.ErrServerClosed) || (g.draining.Load() && errors.Is(err, net.ErrClosed)) {
+		return nil // Shutdown closed the listener
 	}
 	return err
 }
 
-// Shutdown stops accepting, lets in-flight requests and tunnels finish for
-// up to the context's deadline (shutdown_grace), then closes what is left.
+// clientLimits are the time bounds of every client connection, the
+// listener's and those inside inspected tunnels alike.
+func (g *Gateway) clientLimits() clientLimits {
+	return clientLimits{bodyTimeout: g.settings.RequestBodyTimeout, writeTimeout: g.settings.ResponseWriteTimeout}
+}
+
+// lingerWindow is how long, at most, an idle keep-alive connection stays
+// open at shutdown: a request its client writes meanwhile is still served,
+// with Connection: close, instead of meeting a closed connection (which
+// most clients other than Go's do not retry).
+const lingerWindow = time.Second
+
+// Shutdown stops accepting, serves for a short window (lingerWindow,
+// within the grace) the next request of idle keep-alive connections, lets
+// in-flight requests and tunnels finish for up to the context's deadline
+// (shutdown_grace), then closes what is left. It returns the context's
+// error when the grace ran out with work still open.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.draining.Store(true)
+	window := lingerWindow
+	if deadline, ok := ctx.Deadline(); ok {
+		window = min(window, time.Until(deadline))
+	}
+	g.servedMu.Lock()
+	served := g.served
+	g.servedMu.Unlock()
+	lingerEnd := time.Now().Add(window)
+	for _, l := range served {
+		l.lingerUntil.Store(lingerEnd.UnixNano())
+		_ = l.Close() // accept no more
+	}
+	// net/http drops a request it reads once Shutdown has begun, so the
+	// window comes first: with keep-alives off, each response says
+	// Connection: close and ends its connection, and the idle connections
+	// it asks to close stay open until the window ends (countedConn.Close).
+	g.server.SetKeepAlivesEnabled(false)
+	windowCtx, cancel := context.WithDeadline(ctx, lingerEnd)
+	waitClosed(windowCtx, served, false)
+	cancel()
+	for _, l := range served {
+		l.closeLingering()
+	}
+
 	done := make(chan error, 1)
 	go func() { done <- g.server.Shutdown(ctx) }()
-	g.tunnels.drain(ctx)
+	cut := g.tunnels.drain(ctx)
 	err := <-done
 	if err != nil {
-		err = g.server.Close()
+		_ = g.server.Close()
+	}
+	// The server stops tracking a connection once it has asked it to
+	// close; a request such a connection took in the window ends here.
+	if !waitClosed(ctx, served, true) {
+		for _, l := range served {
+			l.closeAll()
+		}
+		cut = true
+	}
+	if err == nil && cut {
+		err = ctx.Err()
 	}
 	g.cancelBase()
 	g.hooks.close()
@@ -268,4 +330,26 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		rt.transport.CloseIdleConnections()
 	}
 	return err
+}
+
+// waitClosed waits until the listeners have no connection open (counting
+// tunnels only with tunnels set), and reports whether that happened before
+// ctx was done.
+func waitClosed(ctx context.Context, served []*limitListener, tunnels bool) bool {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		open := 0
+		for _, l := range served {
+			open += l.openRequests(tunnels)
+		}
+		if open == 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
 }

@@ -57,7 +57,11 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 
 	// Requests inside that net/http cannot parse get the gateway's reply,
 	// as on the listener (malformed.go).
-	ln := newOneConnListener(&countedConn{Conn: tlsConn, malformed: g.malformedReply})
+	// Writes inside reach the client through the tenant's shaper and the
+	// tunnel's own connection, whose writes response_write_timeout bounds
+	// after shaping; only the body bound applies here.
+	ln := newOneConnListener(&countedConn{Conn: tlsConn, malformed: g.malformedReply,
+		limits: clientLimits{bodyTimeout: g.settings.RequestBodyTimeout}})
 	// ReverseProxy hijacks the connection for an upgrade (WebSocket, h2c)
 	// and relays it in the handler: the tunnel ends when that handler
 	// does, not when the connection changes hands.
@@ -114,7 +118,7 @@ func (g *Gateway) innerHandler(outer *tunnel) http.Handler {
 				// first; exchangeTransport counts it.
 				pr.Out.Body = pr.In.Body
 			case pr.Out.Body != nil && pr.Out.Body != http.NoBody:
-				pr.Out.Body = &requestBody{ReadCloser: pr.Out.Body, ex: ex}
+				pr.Out.Body = &uploadBody{ReadCloser: pr.Out.Body, ex: ex}
 			}
 			ex.inject(pr.Out.Header)
 		},
@@ -257,7 +261,7 @@ type exchangeTransport struct{}
 
 func (exchangeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	ex := r.Context().Value(exchangeKey{}).(*exchange)
-	resp, err := ex.rt.transport.RoundTrip(r)
+	resp, err := ex.body.roundTrip(ex.rt.transport, r)
 	if err == nil && ex.bodyHeld {
 		ex.bytesUp.Add(r.ContentLength) // sent: the upstream answered it
 	}
@@ -267,14 +271,24 @@ func (exchangeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // writeError sends the gateway's JSON error for ex on a ResponseWriter;
 // closing the reply closes the exchange's books.
 func writeError(w http.ResponseWriter, ex *exchange) {
+	ex.blameStalledBody()
 	resp := errorResponse(ex, nil)
 	for k, v := range resp.Header {
 		w.Header()[k] = v
 	}
 	w.Header().Del("Content-Length")
+	// A refusal before the body was read closes the connection rather
+	// than wait for the body to read past it (docs/operators.md).
+	unread := ex.body.pending()
+	if unread {
+		w.Header().Set("Connection", "close")
+	}
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
 	_ = resp.Body.Close()
+	if unread {
+		ex.body.abandon()
+	}
 }
 
 // scrubResponse removes the connector's injected secrets from what goes

@@ -1,18 +1,30 @@
 package proxy
 
 import (
+	"errors"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"github.com/egressgw/egressgw/policy"
 )
 
 // limitListener holds at most max connections open. At the limit it first
-// closes the connection idle the longest between keep-alive requests, so
-// that clients parking idle connections cannot lock others out; with none
-// idle it closes the new one. Unlike a blocking limit it never lets a
+// closes a connection doing no tenant's work, in this order: the one idle
+// the longest between keep-alive requests, the oldest that has not yet
+// authenticated, the one whose request body has stalled the longest; so
+// that clients parking connections cannot lock others out. With none of
+// those it closes the new one. Unlike a blocking limit it never lets a
 // backlog of waiting clients build up: the client over the limit learns at
-// once.
+// once. It also bounds the connections that have not authenticated
+// (max_unauthenticated), and how long a client may stall a request body
+// or leave a response unread (docs/operators.md, "Timeouts").
 type limitListener struct {
 	net.Listener
 	max       int
@@ -21,9 +33,35 @@ type limitListener struct {
 	evicted   atomic.Int64
 	malformed func(client net.Addr, status int, detail string) []byte
 
+	// maxUnauthenticated bounds the connections that have not completed
+	// an authenticated request; 0 leaves them unbounded.
+	maxUnauthenticated int
+	unauthenticated    atomic.Int64
+	unauthEvicted      atomic.Int64
+	limits             clientLimits
+	// lingerUntil (unix nanoseconds) is set at shutdown: until then an
+	// idle keep-alive connection stays open, so that a request its client
+	// is writing just then is still served (with Connection: close).
+	lingerUntil atomic.Int64
+
+	closeOnce sync.Once
+	closeErr  error
+
 	mu    sync.Mutex
 	conns map[*countedConn]struct{} // open: their number is what max bounds
 }
+
+// clientLimits bound what one client connection may hold the gateway for.
+type clientLimits struct {
+	bodyTimeout  time.Duration // longest pause while reading a request body; 0 = none
+	writeTimeout time.Duration // longest a response write may wait for the client; 0 = none
+}
+
+// stalledAfter is how long a request body read must have waited before
+// the connection counts as stalled, and so may be closed to make room at
+// max_connections: a body arriving at any usable rate delivers bytes far
+// more often.
+const stalledAfter = time.Second
 
 func newLimitListener(ln net.Listener, max int, log *slog.Logger, malformed func(net.Addr, int, string) []byte) *limitListener {
 	return &limitListener{Listener: ln, max: max, log: log, malformed: malformed, conns: map[*countedConn]struct{}{}}
@@ -35,18 +73,31 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		// At the limit the longest-idle connection makes room (its Close
+		// At the limit a connection doing no work makes room (its Close
 		// runs forget); only this loop adds connections, so none can take
 		// the room meanwhile.
-		if l.openConns() >= l.max && !l.closeLongestIdle() {
+		if l.openConns() >= l.max && !l.makeRoom() {
 			_ = c.Close()
 			if n := l.refused.Add(1); n == 1 || n%1000 == 0 {
 				l.log.Warn("connection refused: max_connections reached", "max_connections", l.max, "refused_so_far", n)
 			}
 			continue
 		}
-		cc := &countedConn{Conn: c, malformed: l.malformed}
+		// At max_unauthenticated the oldest unauthenticated connection
+		// goes, not the new one: a real client authenticates with its
+		// first request, within milliseconds, so the oldest are the ones
+		// parked; refusing newcomers instead would let parked connections
+		// lock every new client out.
+		if l.maxUnauthenticated > 0 && l.unauthenticated.Load() >= int64(l.maxUnauthenticated) {
+			if l.closeOldest(spareUnauthenticated) {
+				if n := l.unauthEvicted.Add(1); n == 1 || n%1000 == 0 {
+					l.log.Warn("max_unauthenticated reached: closing the oldest connections that have not authenticated", "max_unauthenticated", l.maxUnauthenticated, "closed_so_far", n)
+				}
+			}
+		}
+		cc := &countedConn{Conn: c, malformed: l.malformed, ln: l, limits: l.limits, accepted: time.Now().UnixNano()}
 		cc.release = func() { l.forget(cc) }
+		l.unauthenticated.Add(1)
 		l.mu.Lock()
 		l.conns[cc] = struct{}{}
 		l.mu.Unlock()
@@ -61,6 +112,30 @@ func (l *limitListener) openConns() int {
 	return len(l.conns)
 }
 
+// openRequests counts the open connections, with or without those a
+// tunnel holds.
+func (l *limitListener) openRequests(tunnels bool) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if tunnels {
+		return len(l.conns)
+	}
+	n := 0
+	for cc := range l.conns {
+		if !cc.hijacked.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// Close stops accepting; closing again (net/http does at shutdown, after
+// the gateway) is no error.
+func (l *limitListener) Close() error {
+	l.closeOnce.Do(func() { l.closeErr = l.Listener.Close() })
+	return l.closeErr
+}
+
 // forget gives a closed connection's slot back.
 func (l *limitListener) forget(cc *countedConn) {
 	l.mu.Lock()
@@ -68,44 +143,137 @@ func (l *limitListener) forget(cc *countedConn) {
 	l.mu.Unlock()
 }
 
-// closeLongestIdle closes the connection that has waited longest for its
-// next request, and reports whether there was one.
-func (l *limitListener) closeLongestIdle() bool {
+// makeRoom closes one connection that does no tenant's work, in the order
+// of the type comment, and reports whether there was one. A connection
+// with an authenticated request or tunnel in progress is never closed,
+// unless its request body has stalled.
+func (l *limitListener) makeRoom() bool {
+	for _, kind := range []spareKind{spareIdle, spareUnauthenticated, spareStalled} {
+		if l.closeOldest(kind) {
+			if n := l.evicted.Add(1); n == 1 || n%1000 == 0 {
+				l.log.Warn("max_connections reached: closing idle, unauthenticated or stalled connections to make room", "max_connections", l.max, "closed_so_far", n)
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// spareKind is a kind of connection that may be closed to make room.
+type spareKind int
+
+const (
+	spareIdle            spareKind = iota // waiting for its next keep-alive request
+	spareUnauthenticated                  // no authenticated request yet, no request running
+	spareStalled                          // a request body read waiting stalledAfter or longer
+)
+
+// since is when c became a spare connection of kind, 0 if it is none.
+func (c *countedConn) since(kind spareKind, now int64) int64 {
+	switch kind {
+	case spareIdle:
+		return c.idleSince.Load()
+	case spareUnauthenticated:
+		if c.authenticated.Load() || c.hijacked.Load() || c.handling.Load() {
+			return 0
+		}
+		return c.accepted
+	default:
+		if since := c.bodyWait.Load(); since != 0 && now-since >= int64(stalledAfter) {
+			return since
+		}
+		return 0
+	}
+}
+
+// closeOldest closes the connection that has been a spare of kind the
+// longest, and reports whether there was one.
+func (l *limitListener) closeOldest(kind spareKind) bool {
+	now := time.Now().UnixNano()
 	l.mu.Lock()
 	var oldest *countedConn
 	var oldestSince int64
 	for cc := range l.conns {
-		if since := cc.idleSince.Load(); since != 0 && (oldest == nil || since < oldestSince) {
+		if since := cc.since(kind, now); since != 0 && (oldest == nil || since < oldestSince) {
 			oldest, oldestSince = cc, since
 		}
 	}
 	l.mu.Unlock()
-	// A connection whose next request began meanwhile is left alone.
-	if oldest == nil || !oldest.idleSince.CompareAndSwap(oldestSince, 0) {
+	if oldest == nil {
 		return false
 	}
-	_ = oldest.Close()
-	if n := l.evicted.Add(1); n == 1 || n%1000 == 0 {
-		l.log.Warn("max_connections reached: closing idle keep-alive connections to make room", "max_connections", l.max, "closed_so_far", n)
+	// One whose next request began, or that authenticated, meanwhile is
+	// left alone.
+	if kind == spareIdle && !oldest.idleSince.CompareAndSwap(oldestSince, 0) {
+		return false
 	}
+	if kind != spareIdle && oldest.since(kind, time.Now().UnixNano()) == 0 {
+		return false
+	}
+	_ = oldest.closeNow()
 	return true
+}
+
+// closeLingering ends the shutdown window: the idle connections kept open
+// for it are closed now.
+func (l *limitListener) closeLingering() {
+	l.lingerUntil.Store(0)
+	l.mu.Lock()
+	var idle []*countedConn
+	for cc := range l.conns {
+		if cc.lingering.Load() && cc.idleSince.Load() != 0 {
+			idle = append(idle, cc)
+		}
+	}
+	l.mu.Unlock()
+	for _, cc := range idle {
+		_ = cc.closeNow()
+	}
+}
+
+// closeAll closes every connection still open, when shutdown_grace has
+// run out.
+func (l *limitListener) closeAll() {
+	l.mu.Lock()
+	all := make([]*countedConn, 0, len(l.conns))
+	for cc := range l.conns {
+		all = append(all, cc)
+	}
+	l.mu.Unlock()
+	for _, cc := range all {
+		_ = cc.closeNow()
+	}
 }
 
 // countedConn gives its slot back once, on the first Close, and replaces
 // net/http's own plain-text error replies with the gateway's (see
-// malformed.go).
+// malformed.go). It enforces the client's time bounds: a pause in reading
+// a request body (requestBody) and a response write the client does not
+// take (Write).
 type countedConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+	ln      *limitListener // nil for the connections inside inspected tunnels
+	limits  clientLimits
 
-	malformed func(client net.Addr, status int, detail string) []byte
-	handling  atomic.Bool  // a handler runs: writes are its response
-	hijacked  atomic.Bool  // a tunnel owns the connection
-	idleSince atomic.Int64 // unix nanoseconds it began waiting for a request; 0 when busy
+	malformed     func(client net.Addr, status int, detail string) []byte
+	handling      atomic.Bool     // a handler runs: writes are its response
+	hijacked      atomic.Bool     // a tunnel owns the connection
+	idleSince     atomic.Int64    // unix nanoseconds it began waiting for a request; 0 when busy
+	accepted      int64           // unix nanoseconds it was accepted
+	authenticated atomic.Bool     // a request on it authenticated (or it was closed)
+	bodyWait      atomic.Int64    // unix nanoseconds a body read began waiting; 0 when none waits
+	lingering     atomic.Bool     // shutdown asked to close it while idle, in its window
+	writeRenew    deadlineRenewal // of the response_write_timeout deadline
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
+	if d := c.limits.writeTimeout; d > 0 {
+		if err := c.writeRenew.renew(d, c.Conn.SetWriteDeadline); err != nil {
+			return 0, err
+		}
+	}
 	if c.malformed != nil && !c.handling.Load() && !c.hijacked.Load() {
 		if status, detail, ok := parseServerError(p); ok {
 			if _, err := c.Conn.Write(c.malformed(c.RemoteAddr(), status, detail)); err != nil {
@@ -117,12 +285,47 @@ func (c *countedConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// SetDeadline and SetWriteDeadline pass through, and make the next Write
+// set the response_write_timeout deadline afresh (net/http clears all
+// deadlines on Hijack).
+func (c *countedConn) SetDeadline(t time.Time) error {
+	c.writeRenew.reset()
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *countedConn) SetWriteDeadline(t time.Time) error {
+	c.writeRenew.reset()
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// Close closes the connection, except an idle keep-alive connection in the
+// shutdown window, which stays open until the window ends (closeLingering)
+// so that a request already on its way is served.
 func (c *countedConn) Close() error {
+	if l := c.ln; l != nil && c.idleSince.Load() != 0 {
+		if until := l.lingerUntil.Load(); until != 0 && time.Now().UnixNano() < until {
+			c.lingering.Store(true)
+			return nil
+		}
+	}
+	return c.closeNow()
+}
+
+func (c *countedConn) closeNow() error {
 	err := c.Conn.Close()
 	if c.release != nil { // nil where no listener slot is held (inspected tunnels)
 		c.once.Do(c.release)
 	}
+	c.markAuthenticated() // no longer counted as unauthenticated
 	return err
+}
+
+// markAuthenticated notes that the connection is no longer one without an
+// authenticated request.
+func (c *countedConn) markAuthenticated() {
+	if c.authenticated.CompareAndSwap(false, true) && c.ln != nil {
+		c.ln.unauthenticated.Add(-1)
+	}
 }
 
 // NetConn returns the connection underneath, for the tunnel's splice.
@@ -135,4 +338,104 @@ func (c *countedConn) CloseWrite() error {
 		return hc.CloseWrite()
 	}
 	return nil
+}
+
+// connOf is the client connection r came on, nil where it did not come
+// through the gateway's listener or an inspected tunnel.
+func connOf(r *http.Request) *countedConn {
+	cc, _ := r.Context().Value(connKey{}).(*countedConn)
+	return cc
+}
+
+// authenticated notes that r authenticated, so that its connection no
+// longer counts against max_unauthenticated.
+func authenticated(r *http.Request) {
+	if cc := connOf(r); cc != nil {
+		cc.markAuthenticated()
+	}
+}
+
+// requestBody bounds each pause in reading a request body to
+// request_body_timeout: a client that sends a head and then stalls frees
+// its connection, and whatever it held, when the bound runs out.
+type requestBody struct {
+	io.ReadCloser
+	conn *countedConn
+	// Read by the handler while the transport's goroutine reads the body.
+	done      atomic.Bool // read to its end
+	stalled   atomic.Bool // a read ran out of time
+	abandoned atomic.Bool // a refusal gave up on it
+}
+
+// errBodyStalled is a request body read cut by request_body_timeout.
+var errBodyStalled = errors.New("the client sent no request body bytes for limits.request_body_timeout")
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	if b.stalled.Load() || b.abandoned.Load() {
+		return 0, errBodyStalled
+	}
+	now := time.Now()
+	_ = b.conn.SetReadDeadline(now.Add(b.conn.limits.bodyTimeout))
+	b.conn.bodyWait.Store(now.UnixNano())
+	n, err := b.ReadCloser.Read(p)
+	b.conn.bodyWait.Store(0)
+	switch {
+	case err == nil:
+		return n, nil
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The deadline stays in the past: net/http's discard of the rest
+		// of the body fails at once too, and the connection closes.
+		b.stalled.Store(true)
+		return n, errBodyStalled
+	case err == io.EOF:
+		b.done.Store(true)
+	}
+	// Done with the body: net/http's own read for the next request must
+	// not inherit the body's deadline.
+	_ = b.conn.SetReadDeadline(time.Time{})
+	return n, err
+}
+
+// pending says whether the body has not been read to its end.
+func (b *requestBody) pending() bool { return b != nil && !b.done.Load() }
+
+// timedOut says whether a read of the body ran out of request_body_timeout.
+func (b *requestBody) timedOut() bool { return b != nil && b.stalled.Load() }
+
+// abandon makes the server give up the rest of the body at once instead
+// of reading, and waiting for, up to 256 KiB of it before closing.
+func (b *requestBody) abandon() {
+	b.abandoned.Store(true)
+	_ = b.conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// roundTrip sends r with transport unless its body stalled, and fails the
+// exchange if the body stalls while it runs, even when the upstream
+// answered. A body a hook or redaction read whole has stalled before the
+// request leaves: sending what arrived would hand the upstream a request
+// cut short as if it were complete. And an upstream can answer a cut-short
+// request (as Go's server does once its body read fails) faster than the
+// transport closes the connection; the client must not take that answer
+// for the answer to the request it sent.
+func (b *requestBody) roundTrip(transport http.RoundTripper, r *http.Request) (*http.Response, error) {
+	if b.timedOut() {
+		return nil, errBodyStalled
+	}
+	resp, err := transport.RoundTrip(r)
+	if err != nil || !b.timedOut() {
+		return resp, err
+	}
+	_ = resp.Body.Close()
+	return nil, errBodyStalled
+}
+
+// blameStalledBody makes a refusal that came after the request body
+// stalled say so: the stall cancels the request, so whatever step failed
+// next (the transport, a hook, a quota check) failed because of it.
+func (ex *exchange) blameStalledBody() {
+	if !ex.body.timedOut() || ex.code == policy.CodeBadRequest {
+		return
+	}
+	code, msg := classify(errBodyStalled, ex.tenantID(), net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port))))
+	ex.fail(code, true, msg)
 }

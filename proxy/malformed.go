@@ -91,10 +91,16 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 }
 
 // markHandling notes that a handler runs on r's connection: until it goes
-// idle again, what is written on it is the handler's response.
+// idle again, what is written on it is the handler's response. It bounds
+// each pause in reading r's body by request_body_timeout (requestBody).
 func markHandling(r *http.Request) {
-	if cc, ok := r.Context().Value(connKey{}).(*countedConn); ok {
-		cc.handling.Store(true)
+	cc := connOf(r)
+	if cc == nil {
+		return
+	}
+	cc.handling.Store(true)
+	if cc.limits.bodyTimeout > 0 && r.Body != nil && r.Body != http.NoBody {
+		r.Body = &requestBody{ReadCloser: r.Body, conn: cc}
 	}
 }
 

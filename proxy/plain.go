@@ -136,7 +136,7 @@ func (ex *exchange) admitPlain(r *http.Request) bool {
 	ex.inject(r.Header)
 	if r.Body != nil && r.Body != http.NoBody {
 		egress, _ := ex.shapers()
-		r.Body = &requestBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
+		r.Body = &uploadBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
 	}
 	return true
 }
@@ -145,7 +145,7 @@ func (ex *exchange) admitPlain(r *http.Request) bool {
 // exchange's policy generation and applies the connector's response
 // transforms.
 func (ex *exchange) forward(r *http.Request) (*http.Response, error) {
-	resp, err := ex.rt.transport.RoundTrip(r)
+	resp, err := ex.body.roundTrip(ex.rt.transport, r)
 	if err != nil {
 		return nil, err
 	}

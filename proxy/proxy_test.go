@@ -178,18 +178,28 @@ func TestLimitListenerClosesConnectionsPastTheLimit(t *testing.T) {
 		}
 	}()
 	var clients []net.Conn
-	for range 3 {
+	var first, second net.Conn
+	for i := range 3 {
 		c, err := net.Dial("tcp", inner.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
 		clients = append(clients, c)
+		// The first two carry a tenant's work (authenticated, not idle):
+		// neither can make room for the third.
+		switch i {
+		case 0:
+			first = <-accepted
+			first.(*countedConn).markAuthenticated()
+		case 1:
+			second = <-accepted
+			second.(*countedConn).markAuthenticated()
+		}
 	}
-	first, second := <-accepted, <-accepted
 	// The third connection is closed by the listener: its read ends.
 	_ = clients[2].SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := clients[2].Read(make([]byte, 1)); err == nil || errors.Is(err, context.DeadlineExceeded) {
+	if _, err := clients[2].Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("third connection was not closed: %v", err)
 	}
 	// Closing one frees a slot, once however often it is closed.
@@ -290,5 +300,38 @@ func waitUntil(t *testing.T, cond func() bool) {
 			t.Fatal("condition not reached within 5s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A name that does not exist, a resolver that failed and one that did not
+// answer in time are three different things to fix: the message says which.
+func TestClassifyDNSFailures(t *testing.T) {
+	cases := []struct {
+		name     string
+		err      error
+		say, not string
+	}{
+		{"no such host", &net.DNSError{Err: "no such host", Name: "x.test", IsNotFound: true}, "check the spelling", "resolver"},
+		{"servfail", &net.DNSError{Err: "server misbehaving", Name: "x.test", Server: "10.0.0.2:53", IsTemporary: true}, "resolver failed", "spelling"},
+		{"resolver unreachable", &net.DNSError{Err: "read udp 10.0.0.1:5353->10.0.0.2:53: connection refused", Name: "x.test", Server: "10.0.0.2:53"}, "resolver failed", "spelling"},
+		{"resolver timeout", &net.DNSError{Err: "i/o timeout", Name: "x.test", Server: "10.0.0.2:53", IsTimeout: true}, "did not answer in time", "spelling"},
+		{"lookup cut by dns_timeout", fmt.Errorf("lookup: %w", context.DeadlineExceeded), "did not answer in time", "spelling"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := &dialError{code: policy.CodeDNSFailure, dns: dnsFaultOf(c.err), err: c.err}
+			code, msg := classify(err, "acme", "api.example.com:443")
+			if code != policy.CodeDNSFailure || statusFor(code) != http.StatusBadGateway {
+				t.Errorf("code %s (status %d), want dns_failure (502)", code, statusFor(code))
+			}
+			if !strings.Contains(msg, c.say) || strings.Contains(msg, c.not) || !strings.Contains(msg, "api.example.com:443") {
+				t.Errorf("message %q: want it to say %q, not %q, and name the destination", msg, c.say, c.not)
+			}
+			for _, leak := range []string{"10.0.0.2", "10.0.0.1", "read udp", "i/o timeout"} {
+				if strings.Contains(msg, leak) {
+					t.Errorf("message %q leaks %q", msg, leak)
+				}
+			}
+		})
 	}
 }

@@ -154,7 +154,12 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 		t.close()
 		return
 	}
-	defer g.tunnels.remove(t)
+	defer func() {
+		// Its audit line is written before shutdown, which waits for the
+		// set to empty, can close the audit log.
+		ex.finish()
+		g.tunnels.remove(t)
+	}()
 	if reason := g.reloadedMeanwhile(t); reason != "" {
 		ex.fail(policy.CodeDestinationNotAllowed, true, "the policy changed while the "+what+" was opening: "+reason)
 		g.replyHijacked(ex, t.client)
@@ -163,9 +168,11 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 	}
 	serve()
 	t.close()
-	if reason := t.revoked.Load(); reason != nil {
-		// The client had its 200 (or 101) already: what it gets is the close, and
-		// the audit line says why.
+	// The client had its 200 (or 101) already: what it gets is the close,
+	// and the audit line says why.
+	if t.cut.Load() {
+		ex.fail(policy.CodeRevoked, true, what+" closed by the gateway shutdown: it was still open when limits.shutdown_grace ran out")
+	} else if reason := t.revoked.Load(); reason != nil {
 		ex.fail(policy.CodeRevoked, true, what+" closed by a policy reload: "+*reason)
 	}
 }
@@ -207,6 +214,7 @@ type tunnel struct {
 	lastActivity atomic.Int64   // unix nanoseconds of the last byte in either direction
 	closeOnce    sync.Once
 	revoked      atomic.Pointer[string] // why a policy reload closed it
+	cut          atomic.Bool            // the end of the shutdown grace closed it
 	// inner serves the requests of an inspected tunnel; shutdown asks it to
 	// finish, which closes an idle keep-alive connection at once.
 	inner atomic.Pointer[http.Server]
@@ -293,8 +301,9 @@ func (t *tunnel) copyDirection(ctx context.Context, dst, src net.Conn, shaper *q
 // splice relays with splice(2): each step waits for src to be readable,
 // moves what has arrived (at most one shaper step) into a kernel pipe,
 // pays the shaper for it and writes it out. Deadlines are renewed at most
-// every eighth of idle; one that fires ends the tunnel only if neither
-// direction moved a byte for idle.
+// every eighth of the shorter bound (idle, or the write bound toward the
+// client); one that fires ends the tunnel only if neither direction moved
+// a byte for that bound.
 func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quota.Shaper, counter *atomic.Int64, idle time.Duration) {
 	rawSrc, err1 := src.SyscallConn()
 	rawDst, err2 := dst.SyscallConn()
@@ -303,14 +312,15 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 		return
 	}
 	step := unshapedSpliceStep
+	writeIdle := t.writeBound(dst, idle)
 	var renewed time.Time
 	sp := newSplicer(rawSrc, rawDst)
 	defer sp.release()
 	for {
-		if now := time.Now(); now.Sub(renewed) >= idle/8 {
+		if now := time.Now(); now.Sub(renewed) >= writeIdle/8 {
 			renewed = now
-			_ = src.SetReadDeadline(now.Add(idle))
-			_ = dst.SetWriteDeadline(now.Add(idle))
+			_ = src.SetReadDeadline(t.idleDeadline(idle))
+			_ = dst.SetWriteDeadline(now.Add(writeIdle))
 		}
 		if !sp.holding() {
 			if shaper != nil {
@@ -320,6 +330,7 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 			switch {
 			case err != nil:
 				if t.stillActive(err, idle) {
+					renewed = time.Time{} // re-arm from the last byte now
 					continue
 				}
 				t.close()
@@ -334,17 +345,49 @@ func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quot
 				t.close()
 				return
 			}
+			if shaper != nil {
+				// The wait for the shaper is not the client's.
+				_ = dst.SetWriteDeadline(time.Now().Add(writeIdle))
+			}
 		}
 		n, err := sp.out()
 		if n > 0 {
 			t.lastActivity.Store(time.Now().UnixNano())
 			counter.Add(int64(n))
 		}
-		if err != nil && !t.stillActive(err, idle) {
-			t.close()
-			return
+		if err != nil {
+			if !t.stillActive(err, writeIdle) {
+				t.close()
+				return
+			}
+			renewed = time.Time{} // re-arm the write deadline now
 		}
 	}
+}
+
+// writeBound is how long a write to dst may wait: toward the client, no
+// longer than response_write_timeout, the most a client may leave what it
+// is sent unread.
+func (t *tunnel) writeBound(dst net.Conn, idle time.Duration) time.Duration {
+	if t.ex == nil {
+		return idle
+	}
+	toClient := dst == t.client
+	if c := tcpConn(dst); c != nil && c == tcpConn(t.client) {
+		toClient = true
+	}
+	if rwt := t.ex.gw.settings.ResponseWriteTimeout; rwt > 0 && toClient {
+		return min(idle, rwt)
+	}
+	return idle
+}
+
+// idleDeadline is when the tunnel has been idle for idle: counted from its
+// last byte either way, not from now, so a read re-armed after the other
+// direction's traffic kept the tunnel open still ends idle after the last
+// byte, not up to twice that.
+func (t *tunnel) idleDeadline(idle time.Duration) time.Time {
+	return time.Unix(0, t.lastActivity.Load()).Add(idle)
 }
 
 // stillActive says whether err is a deadline that fired while the tunnel
@@ -394,12 +437,12 @@ func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, 
 		if big != nil {
 			buf = *big
 		}
-		_ = src.SetReadDeadline(time.Now().Add(idle))
+		_ = src.SetReadDeadline(t.idleDeadline(idle))
 		n, err := read.Read(buf)
 		if n > 0 {
 			now := time.Now()
 			t.lastActivity.Store(now.UnixNano())
-			_ = dst.SetWriteDeadline(now.Add(idle))
+			_ = dst.SetWriteDeadline(now.Add(t.writeBound(dst, idle)))
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				t.close()
 				return
@@ -478,8 +521,8 @@ func (s *tunnelSet) snapshot() []*tunnel {
 }
 
 // drain refuses new tunnels and waits until the open ones end or ctx is
-// done; then it closes whatever is left.
-func (s *tunnelSet) drain(ctx context.Context) {
+// done; then it closes whatever is left, and reports whether there was any.
+func (s *tunnelSet) drain(ctx context.Context) (cut bool) {
 	s.mu.Lock()
 	s.closing = true
 	var wait chan struct{}
@@ -496,12 +539,28 @@ func (s *tunnelSet) drain(ctx context.Context) {
 	if wait != nil {
 		select {
 		case <-wait:
+			return false
 		case <-ctx.Done():
 		}
 	}
 	for _, t := range s.snapshot() {
+		t.cut.Store(true)
 		t.close()
+		cut = true
 	}
+	// Let the closed ones write their audit lines (keepOpen), briefly.
+	s.mu.Lock()
+	if len(s.open) == 0 {
+		wait = nil
+	}
+	s.mu.Unlock()
+	if wait != nil {
+		select {
+		case <-wait:
+		case <-time.After(time.Second):
+		}
+	}
+	return cut
 }
 
 // connectEstablished is the reply that opens a tunnel, with the RateLimit

@@ -439,14 +439,17 @@ func (r *reloader) reload(trigger string) {
 func (r *reloader) warnRestartOnly(next policy.Gateway) {
 	prev := r.loaded
 	changed := map[string]bool{
-		"listen":                    next.Listen != prev.Listen,
-		"admin_listen":              next.AdminListen != prev.AdminListen,
-		"limits.max_header_bytes":   next.MaxHeaderBytes != prev.MaxHeaderBytes,
-		"limits.max_connections":    next.MaxConnections != prev.MaxConnections,
-		"limits.shutdown_grace":     next.ShutdownGrace != prev.ShutdownGrace,
-		"metrics.max_tenant_labels": next.MaxTenantLabels != prev.MaxTenantLabels,
-		"quota (backend)":           next.Quota != prev.Quota,
-		"hooks.max_concurrent":      next.Hooks.MaxConcurrent != prev.Hooks.MaxConcurrent,
+		"listen":                        next.Listen != prev.Listen,
+		"admin_listen":                  next.AdminListen != prev.AdminListen,
+		"limits.max_header_bytes":       next.MaxHeaderBytes != prev.MaxHeaderBytes,
+		"limits.max_connections":        next.MaxConnections != prev.MaxConnections,
+		"limits.shutdown_grace":         next.ShutdownGrace != prev.ShutdownGrace,
+		"limits.request_body_timeout":   next.RequestBodyTimeout != prev.RequestBodyTimeout,
+		"limits.response_write_timeout": next.ResponseWriteTimeout != prev.ResponseWriteTimeout,
+		"limits.max_unauthenticated":    next.MaxUnauthenticated != prev.MaxUnauthenticated,
+		"metrics.max_tenant_labels":     next.MaxTenantLabels != prev.MaxTenantLabels,
+		"quota (backend)":               next.Quota != prev.Quota,
+		"hooks.max_concurrent":          next.Hooks.MaxConcurrent != prev.Hooks.MaxConcurrent,
 	}
 	for key, differs := range changed {
 		if differs {
