@@ -20,8 +20,8 @@ import (
 // specMetrics are the metrics of SPEC §8 (prefix egressgw_) with their
 // labels (the bounded ones §8 allows: tenant, connector, decision, code,
 // and each metric's own), plus
-// egressgw_config_last_success_timestamp_seconds, which the gateway also
-// exports. Dashboards and alerts may use these and nothing
+// egressgw_config_last_success_timestamp_seconds and the audit log's
+// health (egressgw_audit_*), which the gateway also exports. Dashboards and alerts may use these and nothing
 // else of the gateway's, so a renamed metric or label fails here instead
 // of leaving an empty panel or an alert that never fires.
 var specMetrics = map[string][]string{
@@ -36,6 +36,8 @@ var specMetrics = map[string][]string{
 	"egressgw_config_reloads_total":                  {"result"},
 	"egressgw_config_generation":                     {},
 	"egressgw_config_last_success_timestamp_seconds": {},
+	"egressgw_audit_dropped_lines_total":             {},
+	"egressgw_audit_write_errors_total":              {},
 }
 
 // histograms are exported as NAME_bucket (with le), NAME_count and NAME_sum.
