@@ -333,11 +333,12 @@ func TestStalledBodyInsideInspectedTunnel(t *testing.T) {
 		"gateway.yaml": gatewayYAML(yamlf(`
 			limits:
 			  request_body_timeout: 500ms
+			config: { allow_paths: [%q] }
 			tls:
 			  ca_cert: ca/ca.pem
 			  ca_key: ca/ca-key.pem
 			  upstream_roots: [%q]
-		`, testPKI.caFile)),
+		`, filepath.Dir(testPKI.caFile), testPKI.caFile)),
 		"connectors/api.yaml": yamlf(`
 			name: api
 			hosts: [%q]
