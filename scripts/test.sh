@@ -45,6 +45,8 @@ fuzz ./allowlist FuzzParsePattern 100000x
 fuzz ./allowlist FuzzAddressCheck 300000x
 fuzz ./policy FuzzLoad 50000x
 fuzz ./policy FuzzCheckPath 150000x
+fuzz ./policy FuzzResolveInFS 20000x
+fuzz ./policy FuzzDecodeErrorsQuoteNoValue 30000x
 fuzz ./proxy FuzzParseBasic 50000x
 fuzz ./proxy FuzzAuditLine 40000x
 fuzz ./proxy FuzzSameSecret 100000x
@@ -57,7 +59,7 @@ fuzz ./internal/jsonstr FuzzAppendFloat 600000x
 fuzz ./redaction FuzzRedactJSON 150000x
 fuzz ./redaction FuzzRedactText 200000x
 fuzz ./redaction FuzzRedactURLEncoded 200000x
-fuzz ./redaction FuzzSecretScrubber 150000x
+fuzz ./redaction FuzzSecretScrubber 40000x
 fuzz ./hooks FuzzConvertJSON 50000x
 fuzz ./hooks FuzzDecodeReplyFrame 400000x
 echo "all tests passed"
