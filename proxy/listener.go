@@ -266,6 +266,23 @@ type countedConn struct {
 	bodyWait      atomic.Int64    // unix nanoseconds a body read began waiting; 0 when none waits
 	lingering     atomic.Bool     // shutdown asked to close it while idle, in its window
 	writeRenew    deadlineRenewal // of the response_write_timeout deadline
+	// head follows each request head as net/http reads it (headscan.go);
+	// smuggling is set when one carried a smuggling sign.
+	head      headScan
+	smuggling atomic.Bool
+}
+
+// Read passes the connection's bytes on, except the read that completes
+// a request head with a smuggling sign, which fails (headscan.go). Only
+// heads are scanned: never while a handler runs or a tunnel owns the
+// connection.
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.malformed != nil && !c.handling.Load() && !c.hijacked.Load() && c.head.scan(p[:n]) {
+		c.smuggling.Store(true)
+		return 0, errSmuggling
+	}
+	return n, err
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
@@ -276,6 +293,9 @@ func (c *countedConn) Write(p []byte) (int, error) {
 	}
 	if c.malformed != nil && !c.handling.Load() && !c.hijacked.Load() {
 		if status, detail, ok := parseServerError(p); ok {
+			if detail == "" && c.smuggling.Load() {
+				detail = smugglingDetail
+			}
 			if _, err := c.Conn.Write(c.malformed(c.RemoteAddr(), status, detail)); err != nil {
 				return 0, err
 			}

@@ -115,6 +115,7 @@ func connState(c net.Conn, state http.ConnState) {
 	}
 	switch state {
 	case http.StateIdle:
+		cc.head.reset()
 		cc.handling.Store(false)
 		cc.idleSince.Store(time.Now().UnixNano())
 	case http.StateActive:
