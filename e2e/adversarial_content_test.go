@@ -99,13 +99,7 @@ func TestPathSpellingsCannotPassADeny(t *testing.T) {
 	plain := startHTTPUpstream(t, "127.0.0.1", nil)
 	secure := startTLSUpstream(t, "127.0.0.1", nil)
 	fx := startContentGateway(t, configFiles{
-		"gateway.yaml": gatewayYAML(yamlf(`
-			config: { allow_paths: [%q] }
-			tls:
-			  ca_cert: ca/ca.pem
-			  ca_key: ca/ca-key.pem
-			  upstream_roots: [%q]
-		`, filepath.Dir(testPKI.caFile), testPKI.caFile)),
+		"gateway.yaml": inspectingGatewayYAML(""),
 		"connectors/plain.yaml": yamlf(`
 			name: plain
 			hosts: [%q]
@@ -409,15 +403,10 @@ func TestSecretEchoesInOtherSpellings(t *testing.T) {
 	const secret = "s3cr3t-echoed-8d2f6b1a9c4e"
 	origin := startTLSUpstream(t, "127.0.0.1", echoEncoded)
 	fx := startContentGateway(t, configFiles{
-		"gateway.yaml": gatewayYAML(yamlf(`
-			config: { allow_paths: [%q] }
-			tls:
-			  ca_cert: ca/ca.pem
-			  ca_key: ca/ca-key.pem
-			  upstream_roots: [%q]
+		"gateway.yaml": inspectingGatewayYAML(yamlf(`
 			secrets:
 			  api_token: { env: E2E_ECHO_TOKEN }
-		`, filepath.Dir(testPKI.caFile), testPKI.caFile)),
+		`)),
 		"connectors/api.yaml": yamlf(`
 			name: api
 			hosts: [%q]

@@ -190,6 +190,21 @@ func gatewayYAML(extra string) string {
 	`, testDNS.Addr()) + extra
 }
 
+// inspectingGatewayYAML is gatewayYAML for a gateway that inspects tunnels
+// with the CA in ca/ of the config directory (see startInspectFixture and
+// the tests that copy testPKI there) and trusts the test CA for upstreams,
+// whose directory config.allow_paths must list. extra holds more
+// top-level keys.
+func inspectingGatewayYAML(extra string) string {
+	return gatewayYAML(yamlf(`
+		config: { allow_paths: [%q] }
+		tls:
+		  ca_cert: ca/ca.pem
+		  ca_key: ca/ca-key.pem
+		  upstream_roots: [%q]
+	`, filepath.Dir(testPKI.caFile), testPKI.caFile) + extra)
+}
+
 // credentials identify a tenant the way a sandbox does: user = tenant id,
 // password = token.
 type credentials struct {

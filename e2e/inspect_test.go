@@ -107,15 +107,10 @@ func startInspectFixture(t *testing.T) *inspectFixture {
 	fx.caPool.AppendCertsFromPEM(pem)
 
 	files := configFiles{
-		"gateway.yaml": gatewayYAML(yamlf(`
-			config: { allow_paths: [%q] }
-			tls:
-			  ca_cert: ca/ca.pem
-			  ca_key: ca/ca-key.pem
-			  upstream_roots: [%q]
+		"gateway.yaml": inspectingGatewayYAML(yamlf(`
 			secrets:
 			  api_token: { env: E2E_API_TOKEN }
-		`, filepath.Dir(testPKI.caFile), testPKI.caFile)),
+		`)),
 		"connectors/api.yaml": yamlf(`
 			name: api
 			hosts: [%q]

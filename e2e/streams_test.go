@@ -80,13 +80,7 @@ func startStreamFixture(t *testing.T) *streamFixture {
 		gone:   startTLSUpstream(t, "127.0.0.1", streamOrigin),
 	}
 	fx.dir = writeConfig(t, configFiles{
-		"gateway.yaml": gatewayYAML(yamlf(`
-			config: { allow_paths: [%q] }
-			tls:
-			  ca_cert: ca/ca.pem
-			  ca_key: ca/ca-key.pem
-			  upstream_roots: [%q]
-		`, filepath.Dir(testPKI.caFile), testPKI.caFile)),
+		"gateway.yaml": inspectingGatewayYAML(""),
 		"connectors/streams.yaml": yamlf(`
 			name: streams
 			hosts: [%q]

@@ -330,15 +330,10 @@ func TestStalledBodyInsideInspectedTunnel(t *testing.T) {
 	caPool := x509.NewCertPool()
 	caPool.AppendCertsFromPEM(pem)
 	for name, content := range map[string]string{
-		"gateway.yaml": gatewayYAML(yamlf(`
+		"gateway.yaml": inspectingGatewayYAML(yamlf(`
 			limits:
 			  request_body_timeout: 500ms
-			config: { allow_paths: [%q] }
-			tls:
-			  ca_cert: ca/ca.pem
-			  ca_key: ca/ca-key.pem
-			  upstream_roots: [%q]
-		`, filepath.Dir(testPKI.caFile), testPKI.caFile)),
+		`)),
 		"connectors/api.yaml": yamlf(`
 			name: api
 			hosts: [%q]

@@ -207,13 +207,7 @@ func TestInspectedUpgradeNeedsUpgradeTrue(t *testing.T) {
 	caPool := x509.NewCertPool()
 	caPool.AppendCertsFromPEM(caPEM)
 	files := upgradeConnectors(origin.port, true)
-	files["gateway.yaml"] = gatewayYAML(yamlf(`
-		config: { allow_paths: [%q] }
-		tls:
-		  ca_cert: ca/ca.pem
-		  ca_key: ca/ca-key.pem
-		  upstream_roots: [%q]
-	`, filepath.Dir(testPKI.caFile), testPKI.caFile))
+	files["gateway.yaml"] = inspectingGatewayYAML("")
 	files["tenants/acme.yaml"] = tenantYAML(acme, "connectors: [narrow, narrow-up, open]\n")
 	for name, content := range files {
 		path := filepath.Join(dir, filepath.FromSlash(name))
