@@ -58,7 +58,15 @@ func (g *Gateway) explainHandler(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "unknown tenant " + q.Get("tenant")})
 		return
 	}
-	trace, err := tenant.ExplainURL(q.Get("method"), q.Get("url"))
+	// The same address policy the dialer applies (network safety,
+	// docs/admins.md), so explain never allows what the gateway refuses;
+	// names are looked up only when asked, as the CLI's --resolve.
+	gw := live.Snapshot.Gateway
+	network := policy.Network{Addresses: gw.AddressPolicy(g.hostAddrs, g.listeners)}
+	if q.Get("resolve") == "1" || q.Get("resolve") == "true" {
+		network.Resolver = gw.Resolver()
+	}
+	trace, err := tenant.ExplainRequest(r.Context(), q.Get("method"), q.Get("url"), gw, network)
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
