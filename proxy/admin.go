@@ -173,6 +173,11 @@ func (c *ConfigStatus) view(live *policy.Live) configView {
 	if c.LastError != nil {
 		v.LastError, v.LastErrorAt = c.LastError()
 	}
+	if v.LastError == "" {
+		// A time without its error would describe nothing: both go once
+		// the files load again.
+		v.LastErrorAt = time.Time{}
+	}
 	return v
 }
 

@@ -409,10 +409,12 @@ func (r *reloader) reload(trigger string) {
 			// Nothing changed: keep the generation, and the quota state
 			// with it. The files are the live policy's again (a broken
 			// edit reverted), so an earlier error no longer describes them.
-			r.lastErr = ""
+			r.lastErr, r.lastErrAt = "", time.Time{}
 			// An audit output that could not be opened last time is
 			// tried again (after its directory was fixed, say).
 			r.audit.apply(r.gw, live.Gateway.AuditOutput, r.log)
+			// Said, so that an operator who sent SIGHUP sees it was read.
+			r.log.Info("config unchanged", "trigger", trigger, "generation", live.Generation, "hash", live.Hash)
 			return
 		}
 		prev = live.Snapshot
@@ -429,7 +431,7 @@ func (r *reloader) reload(trigger string) {
 	r.gw.RecordReload(true)
 	live := r.gw.Apply(snap)
 	r.audit.apply(r.gw, snap.Gateway.AuditOutput, r.log)
-	r.lastErr = ""
+	r.lastErr, r.lastErrAt = "", time.Time{}
 	r.log.Info("policy reloaded", "trigger", trigger, "generation", live.Generation, "hash", live.Hash,
 		"tenants", len(live.TenantIDs()), "connectors", live.Connectors())
 }
