@@ -421,3 +421,64 @@ func TestDocsSecretAndCARotationAreLive(t *testing.T) {
 		return nil
 	})
 }
+
+var (
+	docTenantID    = regexp.MustCompile(`(?m)^id:\s*"?([\w-]+)"?\s*$`)
+	docTokenHash   = regexp.MustCompile(`token_sha256:\s*"([^"]*)"`)
+	docProxyToken  = regexp.MustCompile(`https?://([\w-]+):([^@\s/]+)@`)
+	docTokenLine   = regexp.MustCompile(`(?m)^token:\s*(\S+)\s*$`)
+	docPlaceholder = regexp.MustCompile(`…|\$|^TOKEN$|^[A-Z_]+$`)
+)
+
+// TestDocsTokensMatchTheirHashes: every token the docs show (in a proxy
+// URL, or as `egressgw token new` prints it) hashes to the token_sha256
+// the same doc gives for it, so the examples work as written.
+// Placeholders (TOKEN, $VAR, "3rYb…") are not tokens.
+func TestDocsTokensMatchTheirHashes(t *testing.T) {
+	t.Parallel()
+	checked := 0
+	for _, doc := range docFiles(t) {
+		name := filepath.Base(doc)
+		hashOf := map[string]string{} // tenant id → token_sha256 of its file in this doc
+		blocks := readDocBlocks(t, doc)
+		for _, b := range blocks {
+			id, hash := docTenantID.FindStringSubmatch(b.text), docTokenHash.FindStringSubmatch(b.text)
+			if id != nil && hash != nil {
+				hashOf[id[1]] = hash[1]
+			}
+		}
+		raw, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range docProxyToken.FindAllStringSubmatch(string(raw), -1) {
+			tenant, token := m[1], m[2]
+			if docPlaceholder.MatchString(token) {
+				continue
+			}
+			want, ok := hashOf[tenant]
+			if !ok {
+				t.Errorf("%s: token %q for tenant %q, whose file this doc does not show", name, token, tenant)
+				continue
+			}
+			if got := sha256Hex(token); got != want {
+				t.Errorf("%s: tenant %q's token %q hashes to %s, but its file says token_sha256 %q", name, tenant, token, got, want)
+			}
+			checked++
+		}
+		// `egressgw token new` output: a token line, then its hash.
+		for _, b := range blocks {
+			token, hash := docTokenLine.FindStringSubmatch(b.text), docTokenHash.FindStringSubmatch(b.text)
+			if token == nil || hash == nil || docPlaceholder.MatchString(token[1]) || strings.Contains(hash[1], "…") {
+				continue
+			}
+			if got := sha256Hex(token[1]); got != hash[1] {
+				t.Errorf("%s:%d: token %q hashes to %s, not the token_sha256 %q shown with it", name, b.line, token[1], got, hash[1])
+			}
+			checked++
+		}
+	}
+	if checked == 0 {
+		t.Error("no token shown with its hash in the docs; docs/admins.md's report-mode example shows one")
+	}
+}
