@@ -381,7 +381,9 @@ Try it:
   curl -x %s %s
 A host outside the policy gets a 403 that says why:
   curl -x %s https://not-allowed.example.net/
-See why:  egressgw explain --config DIR --tenant %s URL   (copy configs/quickstart to edit it)
+See why, from a checkout of the repository (this policy is configs/quickstart; copy it to edit it):
+  egressgw explain --config configs/quickstart --tenant %s https://not-allowed.example.net/
+No egressgw on your PATH? go install github.com/egressgw/egressgw/cmd/egressgw@latest
 
 `, configs.QuickstartTenant, configs.QuickstartToken, proxyURL, configs.QuickstartURL, proxyURL, configs.QuickstartTenant)
 }
