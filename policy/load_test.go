@@ -454,6 +454,7 @@ func TestTenantRuleMethodsOverHTTPS(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			snap := mustLoad(t, map[string]string{
+				"gateway.yaml":        "tenant_defaults: { quota: { requests_per_second: 10, burst: 20 } }\n",
 				"connectors/api.yaml": "name: api\nhosts: [\"api.example\"]\nmethods: [GET]\n",
 				"tenants/t.yaml": "id: t\nauth: { token_sha256: \"" + testTokenHash + "\" }\n" +
 					map[bool]string{true: "connectors: [api]\n", false: ""}[c.advice == inspectAdvice] + "rules:\n" + c.rules,
