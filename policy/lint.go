@@ -150,8 +150,8 @@ func patternCovers(out, in allowlist.Pattern) bool {
 		return true
 	}
 	outText, inText := out.String(), in.String()
-	outPrefix, outAddr := patternPrefix(outText)
-	inPrefix, inAddr := patternPrefix(inText)
+	outPrefix, outAddr := unmappedPrefix(outText)
+	inPrefix, inAddr := unmappedPrefix(inText)
 	switch {
 	case outAddr || inAddr:
 		return outAddr && inAddr && outPrefix.Bits() <= inPrefix.Bits() && outPrefix.Contains(inPrefix.Addr())
@@ -162,12 +162,22 @@ func patternCovers(out, in allowlist.Pattern) bool {
 	return out.Match(inText)
 }
 
+// unmappedPrefix is patternPrefix with an IPv4-mapped IPv6 prefix read as
+// the IPv4 prefix it holds, as the matcher reads it.
+func unmappedPrefix(h string) (netip.Prefix, bool) {
+	p, ok := patternPrefix(h)
+	if ok && p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p, ok
+}
+
 // hostsOverlap reports whether some host is matched by a pattern of each.
 func hostsOverlap(a, b []allowlist.Pattern) bool {
 	for _, x := range a {
 		for _, y := range b {
-			xp, xAddr := patternPrefix(x.String())
-			yp, yAddr := patternPrefix(y.String())
+			xp, xAddr := unmappedPrefix(x.String())
+			yp, yAddr := unmappedPrefix(y.String())
 			if xAddr && yAddr && xp.Overlaps(yp) || patternCovers(x, y) || patternCovers(y, x) {
 				return true
 			}
