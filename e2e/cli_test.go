@@ -350,4 +350,26 @@ func TestQuickstart(t *testing.T) {
 	// A host outside the quickstart policy is refused as not allowed, not
 	// as unauthenticated: the printed credentials are real.
 	g.expectRefused(t, http.MethodGet, basicAuth(user, token), "http://not-in-policy.invalid/", http.StatusForbidden, "destination_not_allowed")
+
+	// The banner's explain line runs as printed from a checkout, and the
+	// banner says how to get the binary it names.
+	banner := g.stderr.String()
+	if !strings.Contains(banner, "go install github.com/egressgw/egressgw/cmd/egressgw@latest") {
+		t.Errorf("the quickstart banner does not say how to install egressgw:\n%s", banner)
+	}
+	var explainLine string
+	for _, line := range strings.Split(banner, "\n") {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, "egressgw explain ") {
+			explainLine = line
+		}
+	}
+	words := strings.Fields(explainLine)
+	if len(words) < 2 {
+		t.Fatalf("the quickstart banner has no `egressgw explain` line:\n%s", banner)
+	}
+	res := run(t, nil, repoRoot(t), gatewayBinary, words[1:]...)
+	assertExplainExit(t, res, "deny")
+	if !strings.Contains(res.stdout, "decision: DENY (destination_not_allowed)") {
+		t.Errorf("`%s` from the repository root:\n%s", explainLine, res.output())
+	}
 }

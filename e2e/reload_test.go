@@ -516,7 +516,27 @@ func TestRevertedBrokenEditClearsError(t *testing.T) {
 	if after := config(); after.Generation != before.Generation {
 		t.Errorf("reverting to the live files made generation %d, want %d kept", after.Generation, before.Generation)
 	}
+	// The time of an error goes with it: a last_error_at left behind
+	// would say something failed when nothing is wrong.
+	if raw := g.admin(t, "/v1/config"); strings.Contains(raw, "last_error_at") {
+		t.Errorf("/v1/config keeps last_error_at after the error cleared: %s", raw)
+	}
 	g.expectAllowedGET(t, editor, origin.url(hostAPI, "/"))
+
+	// A SIGHUP with nothing changed says so, so the operator knows it
+	// was read.
+	g.signal(t, syscall.SIGHUP)
+	eventually(t, reloadWindow, func() error {
+		for _, line := range strings.Split(g.stderr.String(), "\n") {
+			if strings.Contains(line, `"msg":"config unchanged"`) && strings.Contains(line, `"trigger":"SIGHUP"`) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no \"config unchanged\" logged for SIGHUP; stderr:\n%s", tail(g.stderr.String(), 2000))
+	})
+	if after := config(); after.Generation != before.Generation {
+		t.Errorf("SIGHUP with nothing changed made generation %d, want %d kept", after.Generation, before.Generation)
+	}
 }
 
 // TestReloadWarnsOfRestartOnlySettings: a listener address changed in

@@ -221,7 +221,7 @@ func TestAllowPathsSurviveAnErrorElsewhere(t *testing.T) {
 		"config/gateway.yaml": "listen: [1]\nconfig: { allow_paths: [../secrets] }\nsecrets:\n  k: { file: ../secrets/k }\n",
 	})
 	_, err := Load(DirFS(filepath.Join(root, "config")), time.Now())
-	if want := "gateway.yaml:1: wrong type: got a list, want a string"; err == nil || err.Error() != want {
+	if want := `gateway.yaml:1: wrong type for key "listen": got a list, want a string`; err == nil || err.Error() != want {
 		t.Errorf("load: %v; want only %s", err, want)
 	}
 }

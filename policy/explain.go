@@ -44,6 +44,9 @@ type Trace struct {
 	// Upgrade says, for an allowed request, whether the same request with
 	// Connection: Upgrade (WebSocket, h2c) would be let through, and why.
 	Upgrade string `json:"upgrade,omitempty"`
+	// Addresses are the destination's addresses checked against network
+	// safety (ExplainRequest): the IP literal, or what the name resolved to.
+	Addresses []AddressTrace `json:"addresses,omitempty"`
 
 	Decision string `json:"decision"` // allow, deny or report
 	Code     Code   `json:"code"`

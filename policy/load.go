@@ -72,6 +72,10 @@ func load(fsys fs.FS, now time.Time, prev *Snapshot) (*Snapshot, error) {
 	if err := b.tenants(connectors); err != nil {
 		return nil, err
 	}
+	if len(b.snap.tenantIDs) == 0 {
+		// Valid, but nothing can pass: worth a word from check.
+		b.warns = append(b.warns, ConfigError{File: "tenants/", Msg: "no tenants: every request will be refused; add one file per tenant (docs/admins.md)"})
+	}
 	b.scrubSecrets()
 	if len(b.errs) > 0 {
 		return nil, &LoadError{Errors: b.errs}
@@ -797,6 +801,7 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 	if len(b.errs) > before || brokenRef {
 		return nil, false
 	}
+	b.lintTenant(doc, tf, t)
 	matchRules := make([]allowlist.Rule, len(t.rules))
 	for i, r := range t.rules {
 		matchRules[i] = r.Match

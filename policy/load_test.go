@@ -226,7 +226,7 @@ func TestLoadReportsEveryProblemOnItsOwnLine(t *testing.T) {
 				"connectors/c.yaml": "name: c\nhosts: [\"c.example\"]\ninspect: true\ninject:\n  headers: { Authorization: \"Bearer ${secret:k}\" }\n",
 			},
 			want: []string{
-				"gateway.yaml:1: wrong type: got a list, want a mapping",
+				`gateway.yaml:1: wrong type for key "secrets": got a list, want a mapping`,
 				"connectors/c.yaml:3: inspect: true needs tls.ca_cert and tls.ca_key in gateway.yaml; create them with: egressgw ca init --out DIR",
 			},
 		},
@@ -252,6 +252,16 @@ func TestLoadReportsEveryProblemOnItsOwnLine(t *testing.T) {
 				"gateway.yaml:3: only one YAML document per file",
 				`gateway.yaml:2: invalid CIDR "10.0.0.1/8": host bits are set; did you mean 10.0.0.0/8?`,
 				"connectors/c.yaml:3: inspect: true needs tls.ca_cert and tls.ca_key in gateway.yaml; create them with: egressgw ca init --out DIR",
+			},
+		},
+		{
+			name: "a wrong type names its key, never the value",
+			files: map[string]string{
+				"tenants/t.yaml": "id: t\nauth: { token_sha256: \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\" }\n" +
+					"rules:\n  - name: docs\n    hosts: [\"a.example\"]\n    ports:\n      - 443\n      - secret words here\n",
+			},
+			want: []string{
+				`tenants/t.yaml:8: wrong type for key "ports": got a string, want a whole number`,
 			},
 		},
 		{
@@ -444,6 +454,7 @@ func TestTenantRuleMethodsOverHTTPS(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			snap := mustLoad(t, map[string]string{
+				"gateway.yaml":        "tenant_defaults: { quota: { requests_per_second: 10, burst: 20 } }\n",
 				"connectors/api.yaml": "name: api\nhosts: [\"api.example\"]\nmethods: [GET]\n",
 				"tenants/t.yaml": "id: t\nauth: { token_sha256: \"" + testTokenHash + "\" }\n" +
 					map[bool]string{true: "connectors: [api]\n", false: ""}[c.advice == inspectAdvice] + "rules:\n" + c.rules,

@@ -85,7 +85,7 @@ tenant_defaults:
 // take every connection: check warns.
 func TestWarnsWhenOneTenantCanHoldEveryConnection(t *testing.T) {
 	snap := mustLoad(t, map[string]string{
-		"gateway.yaml":   "limits: { max_connections: 300 }\n",
+		"gateway.yaml":   "limits: { max_connections: 300 }\ntenant_defaults: { quota: { requests_per_second: 10, burst: 20 } }\n",
 		"tenants/a.yaml": "id: a\nauth: { source_cidrs: [10.1.0.0/16] }\nrules: [{ hosts: [\"a.example\"] }]\n",
 		"tenants/b.yaml": "id: b\nauth: { source_cidrs: [10.2.0.0/16] }\nrules: [{ hosts: [\"a.example\"] }]\nquota: { max_concurrent: 300 }\n",
 	})

@@ -80,7 +80,7 @@ func decodeStrict(file string, data []byte, out any) (*yamlDoc, []ConfigError) {
 		if errors.Is(err, io.EOF) {
 			return doc, nil // empty file: every key takes its default
 		}
-		return doc, yamlErrors(file, err)
+		return doc, yamlErrors(file, data, err)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
@@ -91,12 +91,24 @@ func decodeStrict(file string, data []byte, out any) (*yamlDoc, []ConfigError) {
 
 // yamlErrors turns the decoder's errors into ConfigErrors with friendlier
 // wording; the line numbers are the decoder's own.
-func yamlErrors(file string, err error) []ConfigError {
+func yamlErrors(file string, data []byte, err error) []ConfigError {
 	var typeErr *yaml.TypeError
 	if errors.As(err, &typeErr) {
+		// A type error means the YAML itself parsed: its tree tells which
+		// key a wrong value belongs to.
+		var root yaml.Node
+		if yaml.Unmarshal(data, &root) != nil {
+			root = yaml.Node{}
+		}
 		out := make([]ConfigError, 0, len(typeErr.Errors))
 		for _, msg := range typeErr.Errors {
-			out = append(out, parseYAMLMessage(file, msg, yamlLinePrefix))
+			ce := parseYAMLMessage(file, msg, yamlLinePrefix)
+			if rest, ok := strings.CutPrefix(ce.Msg, "wrong type: "); ok {
+				if key := quoteKey(keyAtLine(&root, ce.Line)); key != "" {
+					ce.Msg = "wrong type for key" + key + ": " + rest
+				}
+			}
+			out = append(out, ce)
 		}
 		return out
 	}
@@ -142,6 +154,54 @@ func parseYAMLMessage(file, msg string, linePattern *regexp.Regexp) ConfigError 
 		ce.Msg = "not valid here (the value is not quoted: this file did not decode)"
 	}
 	return ce
+}
+
+// keyAtLine returns the innermost mapping key whose value holds a node on
+// line, or "" when there is none: the key a decoder error on that line is
+// about. Only the key is returned, never the value.
+func keyAtLine(n *yaml.Node, line int) string {
+	if n == nil || line <= 0 {
+		return ""
+	}
+	// The decoder gives no column: where two entries share the line (flow
+	// style), the error could be either's, so none is named.
+	var found []*yaml.Node
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k, v := n.Content[i], n.Content[i+1]; k.Line == line || holdsLine(v, line) {
+				found = append(found, k, v)
+			}
+		}
+		if len(found) != 2 {
+			return ""
+		}
+		if inner := keyAtLine(found[1], line); inner != "" {
+			return inner
+		}
+		return found[0].Value
+	}
+	for _, c := range n.Content {
+		if holdsLine(c, line) {
+			found = append(found, c)
+		}
+	}
+	if len(found) != 1 {
+		return ""
+	}
+	return keyAtLine(found[0], line)
+}
+
+// holdsLine reports whether n or a node below it is on line.
+func holdsLine(n *yaml.Node, line int) bool {
+	if n.Line == line {
+		return true
+	}
+	for _, c := range n.Content {
+		if holdsLine(c, line) {
+			return true
+		}
+	}
+	return false
 }
 
 // quoteKey quotes a key name for a message when it looks like one of ours,

@@ -58,7 +58,15 @@ func (g *Gateway) explainHandler(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "unknown tenant " + q.Get("tenant")})
 		return
 	}
-	trace, err := tenant.ExplainURL(q.Get("method"), q.Get("url"))
+	// The same address policy the dialer applies (network safety,
+	// docs/admins.md), so explain never allows what the gateway refuses;
+	// names are looked up only when asked, as the CLI's --resolve.
+	gw := live.Snapshot.Gateway
+	network := policy.Network{Addresses: gw.AddressPolicy(g.hostAddrs, g.listeners)}
+	if q.Get("resolve") == "1" || q.Get("resolve") == "true" {
+		network.Resolver = gw.Resolver()
+	}
+	trace, err := tenant.ExplainRequest(r.Context(), q.Get("method"), q.Get("url"), gw, network)
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
@@ -73,7 +81,7 @@ type usage struct {
 	Connectors    []bucketUsage    `json:"connectors,omitempty"`
 	MaxConcurrent int              `json:"max_concurrent,omitempty"`
 	Open          int              `json:"open"`
-	Bandwidth     []bandwidthUsage `json:"bandwidth,omitempty"`
+	Bandwidth     []bandwidthUsage `json:"bandwidth"`
 }
 
 type bucketUsage struct {
@@ -83,10 +91,15 @@ type bucketUsage struct {
 	Tokens            int     `json:"tokens"`
 }
 
+// bandwidthUsage is one direction of a tenant's bandwidth. Both directions
+// are always listed (docs/operators.md): BytesPerSecond is the tenant's
+// configured limit, 0 for none; Counted says whether the gateway counts
+// that direction's bytes, which it does where a limit is set.
 type bandwidthUsage struct {
 	Direction       string `json:"direction"`
 	BytesPerSecond  int64  `json:"bytes_per_second"`
 	BytesThisMinute int64  `json:"bytes_this_minute"`
+	Counted         bool   `json:"counted"`
 }
 
 func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
@@ -129,10 +142,15 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
 		return
 	}
+	// A limited direction's shaper appears with its first byte (and goes
+	// when idle): until then its count is zero, not unknown.
+	limits := map[string]int64{"egress": tenant.Quota.EgressBytes, "ingress": tenant.Quota.IngressBytes}
 	for _, direction := range []string{"egress", "ingress"} {
-		if s := g.bandwidth.Lookup(bandwidthKey(id, direction)); s != nil {
-			u.Bandwidth = append(u.Bandwidth, bandwidthUsage{Direction: direction, BytesPerSecond: s.Rate(), BytesThisMinute: s.BytesThisMinute()})
+		b := bandwidthUsage{Direction: direction, BytesPerSecond: limits[direction], Counted: limits[direction] > 0}
+		if s := g.bandwidth.Lookup(bandwidthKey(id, direction)); s != nil && b.Counted {
+			b.BytesThisMinute = s.BytesThisMinute()
 		}
+		u.Bandwidth = append(u.Bandwidth, b)
 	}
 	writeJSON(w, http.StatusOK, u)
 }
@@ -164,6 +182,11 @@ func (c *ConfigStatus) view(live *policy.Live) configView {
 	}
 	if c.LastError != nil {
 		v.LastError, v.LastErrorAt = c.LastError()
+	}
+	if v.LastError == "" {
+		// A time without its error would describe nothing: both go once
+		// the files load again.
+		v.LastErrorAt = time.Time{}
 	}
 	return v
 }

@@ -15,7 +15,8 @@ func TestCheckWarnsAboutAddressesNeverDialled(t *testing.T) {
 	files := map[string]string{
 		"gateway.yaml": "network:\n  allow_cidrs: [\"127.0.0.1/32\"]\n",
 		"tenants/t.yaml": "id: t\nauth: { token_sha256: \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\" }\n" +
-			"rules:\n  - name: r\n    hosts: [\"169.254.169.254\", \"127.0.0.1\", \"api.example.com\"]\n",
+			"rules:\n  - name: r\n    hosts: [\"169.254.169.254\", \"127.0.0.1\", \"api.example.com\"]\n" +
+			"quota: { requests_per_second: 10, burst: 20 }\n",
 	}
 	for name, body := range files {
 		p := filepath.Join(dir, filepath.FromSlash(name))

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+
+	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/policy"
 )
 
 // check loads and validates a config directory without serving it.
@@ -39,9 +43,10 @@ func explain(args []string, stdout, stderr io.Writer) int {
 	tenantID := fs.String("tenant", "", "tenant id")
 	method := fs.String("method", "GET", "request method")
 	asJSON := fs.Bool("json", false, "print the trace as JSON")
+	resolve := fs.Bool("resolve", false, "resolve the host with the configured dns_servers (or the system resolver) and check every address")
 	positional, err := parseInterspersed(fs, args)
 	if err != nil || len(positional) != 1 || *configPath == "" || *tenantID == "" {
-		fmt.Fprintln(stderr, "usage: egressgw explain --config DIR --tenant ID [--method M] [--json] URL")
+		fmt.Fprintln(stderr, "usage: egressgw explain --config DIR --tenant ID [--method M] [--json] [--resolve] URL")
 		return exitUsage
 	}
 	source, err := openConfig(*configPath)
@@ -59,7 +64,17 @@ func explain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "egressgw: no tenant %q in %s (tenants: %v)\n", *tenantID, source.name, snap.TenantIDs())
 		return exitFail
 	}
-	trace, err := tenant.ExplainURL(*method, positional[0])
+	// Network safety as the gateway applies it on this host: its own
+	// addresses and configured listeners are never dialled either.
+	local, err := allowlist.NewHostAddrs(allowlist.LocalAddrs)
+	if err != nil {
+		local = nil
+	}
+	network := policy.Network{Addresses: snap.Gateway.AddressPolicy(local, snap.Gateway.ListenerAddrs())}
+	if *resolve {
+		network.Resolver = snap.Gateway.Resolver()
+	}
+	trace, err := tenant.ExplainRequest(context.Background(), *method, positional[0], snap.Gateway, network)
 	if err != nil {
 		fmt.Fprintln(stderr, "egressgw:", err)
 		return exitFail

@@ -381,7 +381,9 @@ Try it:
   curl -x %s %s
 A host outside the policy gets a 403 that says why:
   curl -x %s https://not-allowed.example.net/
-See why:  egressgw explain --config DIR --tenant %s URL   (copy configs/quickstart to edit it)
+See why, from a checkout of the repository (this policy is configs/quickstart; copy it to edit it):
+  egressgw explain --config configs/quickstart --tenant %s https://not-allowed.example.net/
+No egressgw on your PATH? go install github.com/egressgw/egressgw/cmd/egressgw@latest
 
 `, configs.QuickstartTenant, configs.QuickstartToken, proxyURL, configs.QuickstartURL, proxyURL, configs.QuickstartTenant)
 }
@@ -409,10 +411,12 @@ func (r *reloader) reload(trigger string) {
 			// Nothing changed: keep the generation, and the quota state
 			// with it. The files are the live policy's again (a broken
 			// edit reverted), so an earlier error no longer describes them.
-			r.lastErr = ""
+			r.lastErr, r.lastErrAt = "", time.Time{}
 			// An audit output that could not be opened last time is
 			// tried again (after its directory was fixed, say).
 			r.audit.apply(r.gw, live.Gateway.AuditOutput, r.log)
+			// Said, so that an operator who sent SIGHUP sees it was read.
+			r.log.Info("config unchanged", "trigger", trigger, "generation", live.Generation, "hash", live.Hash)
 			return
 		}
 		prev = live.Snapshot
@@ -429,7 +433,7 @@ func (r *reloader) reload(trigger string) {
 	r.gw.RecordReload(true)
 	live := r.gw.Apply(snap)
 	r.audit.apply(r.gw, snap.Gateway.AuditOutput, r.log)
-	r.lastErr = ""
+	r.lastErr, r.lastErrAt = "", time.Time{}
 	r.log.Info("policy reloaded", "trigger", trigger, "generation", live.Generation, "hash", live.Hash,
 		"tenants", len(live.TenantIDs()), "connectors", live.Connectors())
 }

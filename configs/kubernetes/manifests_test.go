@@ -1445,7 +1445,7 @@ func TestConfigMapIsAValidConfig(t *testing.T) {
 		}
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusForbidden || resp.Header.Get("X-Egressgw-Error") != "destination_not_allowed" {
-			t.Errorf("GET http://pastebin.com/ as the sandbox: %s, X-Egressgw-Error %q; want 403 destination_not_allowed (the no-paste rule)", resp.Status, resp.Header.Get("X-Egressgw-Error"))
+			t.Errorf("GET http://pastebin.com/ as the sandbox: %s, X-Egressgw-Error %q; want 403 destination_not_allowed (no rule allows it)", resp.Status, resp.Header.Get("X-Egressgw-Error"))
 		}
 	})
 
