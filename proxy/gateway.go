@@ -36,7 +36,12 @@ type Options struct {
 	// One of each per process: their state outlives policy reloads.
 	Quota     quota.Limiter
 	Bandwidth *quota.Bandwidth
-	Now       func() time.Time
+	// Hooks runs hook scripts; one per process, built before the gateway
+	// so that a runtime that cannot start fails start-up, and closed by
+	// its builder after Shutdown (docs/design.md). Without one, every
+	// hooked request fails closed with hook_failed.
+	Hooks *hooks.Runtime
+	Now   func() time.Time
 }
 
 // Gateway is the egress proxy: an HTTP proxy server whose every step
@@ -46,7 +51,7 @@ type Gateway struct {
 	audit     *auditLog
 	quota     quota.Limiter
 	bandwidth *quota.Bandwidth
-	hooks     *hookRuntime
+	hooks     *hooks.Runtime
 	registry  *prometheus.Registry
 	metrics   *metrics
 	now       func() time.Time
@@ -103,7 +108,7 @@ func New(opts Options) (*Gateway, error) {
 		audit: newAuditLog(opts.Audit,
 			auditReports(opts.Logger, opts.Registry)),
 		quota:      opts.Quota,
-		hooks:      &hookRuntime{cfg: hooks.RuntimeConfig{MaxConcurrent: opts.Settings.Hooks.MaxConcurrent, Defaults: opts.Settings.Hooks.Defaults}},
+		hooks:      opts.Hooks,
 		bandwidth:  opts.Bandwidth,
 		registry:   opts.Registry,
 		metrics:    newMetrics(opts.Registry),
@@ -322,7 +327,6 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	g.cancelBase()
-	g.hooks.close()
 	if ferr := g.audit.close(); ferr != nil {
 		g.log.Error("audit log flush failed", "error", ferr)
 	}
