@@ -60,8 +60,11 @@ type Gateway struct {
 	hostAddrs *allowlist.HostAddrs // refreshed until Shutdown
 	settings  policy.Gateway
 
-	holder  policy.Holder
+	// runtime is the one live policy: requests, the admin API and
+	// reloads all read it here (docs/design.md). applyMu orders Apply
+	// calls, so generations count up without gaps.
 	runtime atomic.Pointer[runtimeState]
+	applyMu sync.Mutex
 	leaves  atomic.Pointer[leafCache] // nil without an inspection CA
 	tunnels *tunnelSet
 	server  *http.Server
@@ -140,6 +143,8 @@ func New(opts Options) (*Gateway, error) {
 // Apply publishes snap as the live policy. Requests already running keep
 // the generation they started with.
 func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
+	g.applyMu.Lock()
+	defer g.applyMu.Unlock()
 	addresses := allowlist.NewAddressPolicy(allowlist.AddressConfig{
 		Deny:      snap.Gateway.DenyCIDRs,
 		Allow:     snap.Gateway.AllowCIDRs,
@@ -149,8 +154,12 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	g.updateLeafCache(snap.Gateway)
 	d := newDialer(snap.Gateway, addresses)
 	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway), tenants: newTenantStates(snap)}
-	rt.live = g.holder.Swap(snap)
-	prev := g.runtime.Swap(rt)
+	rt.live = &policy.Live{Snapshot: snap, Generation: 1}
+	prev := g.runtime.Load()
+	if prev != nil {
+		rt.live.Generation = prev.live.Generation + 1
+	}
+	g.runtime.Store(rt)
 	if prev != nil {
 		// Idle pooled connections were checked under the old network
 		// policy; new requests use the new transport, so retire them.
@@ -224,7 +233,12 @@ func (g *Gateway) RecordReload(ok bool) {
 }
 
 // Live returns the policy being served, nil before the first Apply.
-func (g *Gateway) Live() *policy.Live { return g.holder.Load() }
+func (g *Gateway) Live() *policy.Live {
+	if rt := g.runtime.Load(); rt != nil {
+		return rt.live
+	}
+	return nil
+}
 
 func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 	return &http.Transport{
