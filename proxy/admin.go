@@ -103,20 +103,20 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	u := usage{Tenant: id, MaxConcurrent: tenant.Quota.MaxConcurrent}
-	peek := func(key string, rate *policy.Rate) (*bucketUsage, error) {
-		res, err := g.quota.Peek(ctx, key, quota.Limit{Rate: rate.PerSecond, Burst: rate.Burst})
-		return &bucketUsage{RequestsPerSecond: rate.PerSecond, Burst: rate.Burst, Tokens: res.Remaining}, err
+	peek := func(b quota.Bucket) (*bucketUsage, error) {
+		res, err := g.quota.Peek(ctx, b.Key, b.Limit)
+		return &bucketUsage{RequestsPerSecond: b.Limit.Rate, Burst: b.Limit.Burst, Tokens: res.Remaining}, err
 	}
 	var err error
-	if rate := tenant.Quota.Rate; rate != nil {
-		if u.Requests, err = peek(tenantKey(id), rate); err != nil {
+	if !tenant.Quota.Rate.Unlimited() {
+		if u.Requests, err = peek(quota.Bucket{Key: tenant.QuotaKey, Limit: tenant.Quota.Rate}); err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
 			return
 		}
 	}
 	for _, rule := range tenant.Rules() {
-		if c := rule.Connector; c != nil && c.Rate != nil {
-			b, err := peek(connectorKey(id, c.Name), c.Rate)
+		if rule.Connector != nil && !rule.Bucket.Limit.Unlimited() {
+			b, err := peek(rule.Bucket)
 			if err != nil {
 				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
 				return
@@ -125,7 +125,7 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 			u.Connectors = append(u.Connectors, *b)
 		}
 	}
-	if u.Open, err = g.quota.InUse(ctx, tenantKey(id)); err != nil {
+	if u.Open, err = g.quota.InUse(ctx, tenant.QuotaKey); err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
 		return
 	}
