@@ -3,7 +3,6 @@ package proxy
 import (
 	"encoding/json"
 	"net/http"
-	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -36,13 +35,11 @@ func (g *Gateway) AdminHandler(config *ConfigStatus) http.Handler {
 	mux.HandleFunc("GET /v1/config", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, config.view(g.Live()))
 	})
-	// Profiling for operators and the load harness; the admin listener is
-	// loopback by default and never reachable through the proxy.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	if g.profiling != nil {
+		// Profiling for operators and the load harness; the admin listener
+		// is loopback by default and never reachable through the proxy.
+		mux.Handle("GET /debug/pprof/", g.profiling)
+	}
 	return mux
 }
 

@@ -41,7 +41,11 @@ type Options struct {
 	// its builder after Shutdown (docs/design.md). Without one, every
 	// hooked request fails closed with hook_failed.
 	Hooks *hooks.Runtime
-	Now   func() time.Time
+	// Profiling serves /debug/pprof/ on the admin listener; nil: not
+	// served. The program builds it, as net/http/pprof registers itself
+	// process-wide on import (docs/design.md).
+	Profiling http.Handler
+	Now       func() time.Time
 }
 
 // Gateway is the egress proxy: an HTTP proxy server whose every step
@@ -52,6 +56,7 @@ type Gateway struct {
 	quota     quota.Limiter
 	bandwidth *quota.Bandwidth
 	hooks     *hooks.Runtime
+	profiling http.Handler // admin /debug/pprof/, or nil
 	registry  *prometheus.Registry
 	metrics   *metrics
 	now       func() time.Time
@@ -112,6 +117,7 @@ func New(opts Options) (*Gateway, error) {
 			auditReports(opts.Logger, opts.Registry)),
 		quota:      opts.Quota,
 		hooks:      opts.Hooks,
+		profiling:  opts.Profiling,
 		bandwidth:  opts.Bandwidth,
 		registry:   opts.Registry,
 		metrics:    newMetrics(opts.Registry),

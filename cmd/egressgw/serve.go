@@ -123,6 +123,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		Quota:     limiter,
 		Bandwidth: quota.NewBandwidth(quota.BandwidthOptions{Replicas: settings.Quota.Replicas}),
 		Hooks:     hookRuntime,
+		Profiling: profilingHandler(),
 	})
 	if err != nil {
 		logger.Error("cannot start", "error", err)
