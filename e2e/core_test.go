@@ -655,6 +655,20 @@ func TestAdminEndpoints(t *testing.T) {
 			t.Errorf("/v1/config %s; want generation ≥ 1, a hash and loaded_at", body)
 		}
 	})
+
+	// docs/operators.md lists /debug/pprof/ on the admin listener; the load
+	// harness's --gateway-pprof admin fetches from it.
+	t.Run("profiling", func(t *testing.T) {
+		if index := g.admin(t, "/debug/pprof/"); !strings.Contains(index, "goroutine") || !strings.Contains(index, "heap") {
+			t.Errorf("/debug/pprof/ does not list the profiles: %q", tail(index, 300))
+		}
+		if cmdline := g.admin(t, "/debug/pprof/cmdline"); !strings.Contains(cmdline, "serve") {
+			t.Errorf("/debug/pprof/cmdline = %q, want the gateway's command line", cmdline)
+		}
+		if heap := g.admin(t, "/debug/pprof/heap?debug=1"); !strings.Contains(heap, "heap profile") {
+			t.Errorf("/debug/pprof/heap?debug=1 is no heap profile: %q", tail(heap, 300))
+		}
+	})
 }
 
 func TestHeaderSizeLimit(t *testing.T) {

@@ -220,3 +220,48 @@ func TestHookCannotCarryCredentialsOutsideItsConnector(t *testing.T) {
 	}
 	g.expectAllowedGET(t, hooker, origin.url(hostAPI, "/v1/plain-read"))
 }
+
+// TestHookRuntimeStartFailureIsStartupError: a gateway that cannot start
+// its hook workers says so and exits 1 at start-up, rather than serving
+// and failing every hooked request later; the next start, on a system
+// that can host workers, serves hooked requests.
+func TestHookRuntimeStartFailureIsStartupError(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", jsonEcho)
+	dir := writeConfig(t, configFiles{
+		"gateway.yaml":        gatewayYAML(""),
+		"hooks/request.tengo": requestHook,
+		"connectors/crm.yaml": yamlf(`
+			name: crm
+			hosts: [%q]
+			ports: [%d]
+			hooks: { request: hooks/request.tengo }
+		`, hostAPI, origin.port),
+		"tenants/hooker.yaml": tenantYAML(hooker, "connectors: [crm]\n"),
+	})
+
+	// A process whose environment marks it as a hook worker, though it is
+	// none, cannot start workers of its own: the runtime refuses to start.
+	env := append(childEnv(), "EGRESSGW_HOOKS_WORKER=not-a-worker")
+	res := run(t, env, "", gatewayBinary, "serve", "--config", dir, "--log-format", "json",
+		"--listen", freeAddr(t), "--admin-listen", freeAddr(t))
+	if res.exitCode != 1 || !strings.Contains(res.stderr, "cannot start the hook runtime") ||
+		!strings.Contains(res.stderr, "hook worker") {
+		t.Fatalf("serve with workers impossible: exit %d, want 1 with the reason; stderr:\n%s", res.exitCode, res.stderr)
+	}
+	if strings.Contains(res.stderr, "egressgw serving") {
+		t.Errorf("the gateway served before failing:\n%s", res.stderr)
+	}
+
+	g := newGateway(t)
+	g.start(t, "--config", dir, "--log-format", "json")
+	resp, err := g.client(t, hooker).Post(origin.url(hostAPI, "/v1/items"), "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != http.StatusOK || got["stamp"] != "tenant hooker via crm" {
+		t.Errorf("hooked request after a good start: status %d, upstream saw %v (%v)", resp.StatusCode, got, err)
+	}
+}

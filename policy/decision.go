@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/quota"
 )
 
 // Code is the machine-readable outcome of a request: "ok" or one of the
@@ -80,6 +81,9 @@ type Decision struct {
 	// so its quota, hooks and redaction still apply (but not its
 	// credentials: see Report).
 	Connector *Connector
+	// ConnectorBucket is Connector's request bucket for this tenant, as
+	// compiled at load (Rule.Bucket); a zero Limit when it sets no rate.
+	ConnectorBucket quota.Bucket
 	// unreadable marks a refusal because the gateway could not check the
 	// request (an uninspected tunnel, credentials over plain HTTP), which
 	// report mode never relaxes.
@@ -113,8 +117,10 @@ func (t *Tenant) Decide(r Request) Decision {
 	// The connector whose hosts and ports cover r, whatever its methods and
 	// paths or a deny rule say: its quota, hooks and redaction still apply.
 	var c *Connector
+	var bucket quota.Bucket
 	if res := t.set.Match(allowlist.Query{Host: r.Host, Port: r.Port, Tunnel: true}); res.Allow >= 0 {
-		rule := t.rules[res.Allow]
+		rule := &t.rules[res.Allow]
+		bucket = rule.Bucket
 		if c = rule.Connector; r.Tunnel && c != nil && c.NeedsInspection() && !c.Inspect {
 			return t.needsInspect(r, rule.Name)
 		}
@@ -123,7 +129,7 @@ func (t *Tenant) Decide(r Request) Decision {
 			return t.unreadable(r, rule.Name, why)
 		}
 	}
-	d.Allow, d.Report, d.Connector = true, true, c
+	d.Allow, d.Report, d.Connector, d.ConnectorBucket = true, true, c, bucket
 	return d
 }
 
@@ -170,7 +176,7 @@ func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
 			return d
 		}
 	}
-	return Decision{Allow: true, Code: CodeOK, Rule: allow.Name, Connector: c}
+	return Decision{Allow: true, Code: CodeOK, Rule: allow.Name, Connector: c, ConnectorBucket: allow.Bucket}
 }
 
 // refuseUpgrade returns the refusal of an Upgrade request r that allow

@@ -185,8 +185,8 @@ func (tr *Trace) step(t *Tenant, r Request) Decision {
 // finish fills in what the final decision d on r sets in motion.
 func (tr *Trace) finish(r Request, d Decision) {
 	tr.Decision, tr.Code, tr.Rule, tr.Reason = decisionWord(d), d.Code, d.Rule, d.Reason
-	if c := d.Connector; c != nil && c.Rate != nil {
-		tr.Quota = fmt.Sprintf("tenant: %s; connector %s: %g requests/s, burst %d", tr.Quota, c.Name, c.Rate.PerSecond, c.Rate.Burst)
+	if c := d.Connector; c != nil && !c.Rate.Unlimited() {
+		tr.Quota = fmt.Sprintf("tenant: %s; connector %s: %g requests/s, burst %d", tr.Quota, c.Name, c.Rate.Rate, c.Rate.Burst)
 	}
 	if c := d.Connector; c != nil && d.Allow {
 		if !d.Report { // a request only report mode lets through gets no credentials

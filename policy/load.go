@@ -25,6 +25,7 @@ import (
 
 	"github.com/egressgw/egressgw/allowlist"
 	"github.com/egressgw/egressgw/hooks"
+	"github.com/egressgw/egressgw/quota"
 	"github.com/egressgw/egressgw/redaction"
 )
 
@@ -610,7 +611,7 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 		// may well be in the part that did not decode.
 		b.errs = b.errs[:beforeRedact]
 	}
-	var rate *Rate
+	var rate quota.Limit
 	if cf.Quota != nil {
 		rate = b.rate(doc, cf.Quota.RequestsPerSecond, cf.Quota.Burst, "quota")
 	}
@@ -721,7 +722,7 @@ func (b *builder) tenants(connectors connectorSet) error {
 
 func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (*Tenant, bool) {
 	before := len(b.errs)
-	t := &Tenant{ID: tf.ID, File: doc.file, Mode: ModeEnforce}
+	t := &Tenant{ID: tf.ID, File: doc.file, Mode: ModeEnforce, QuotaKey: tenantQuotaKey(tf.ID)}
 	if !idPattern.MatchString(tf.ID) {
 		b.errorf(doc, doc.line("id"), "id: want letters, digits, '.', '_' or '-' (at most 64), got %q", tf.ID)
 	}
@@ -769,7 +770,8 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 			continue
 		}
 		used[c.Name] = true
-		t.rules = append(t.rules, Rule{Name: fmt.Sprintf("%s@%d", c.Name, c.Version), Kind: KindConnector, Match: c.rule, Connector: c, Upgrade: c.Upgrade})
+		t.rules = append(t.rules, Rule{Name: fmt.Sprintf("%s@%d", c.Name, c.Version), Kind: KindConnector, Match: c.rule, Connector: c, Upgrade: c.Upgrade,
+			Bucket: quota.Bucket{Key: connectorQuotaKey(tf.ID, c.Name), Limit: c.Rate}})
 	}
 	names := map[string]bool{}
 	for i, rf := range tf.Rules {

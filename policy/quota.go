@@ -4,17 +4,25 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/egressgw/egressgw/quota"
 )
 
-// Rate is a token bucket: PerSecond tokens a second, at most Burst held.
-type Rate struct {
-	PerSecond float64
-	Burst     int
+// Quota keys, compiled into the snapshot so the request path only reads
+// them (docs/design.md). The connector's name, not its version, keys its
+// bucket, so moving a tenant to a new version hands out no fresh burst.
+// The keys name state in the quota backend: changing them resets every
+// tenant's buckets on upgrade.
+func tenantQuotaKey(tenant string) string { return "t:" + tenant }
+func connectorQuotaKey(tenant, connector string) string {
+	return "t:" + tenant + "|c:" + connector
 }
 
-// TenantQuota is what a tenant may use (SPEC §2); zero fields mean no limit.
+// TenantQuota is what a tenant may use (docs/reference.md); zero fields
+// mean no limit.
 type TenantQuota struct {
-	Rate          *Rate
+	// Rate is the request-rate bucket's limit; the zero Limit: none.
+	Rate          quota.Limit
 	MaxConcurrent int
 	EgressBytes   int64 // bytes a second, client to upstream
 	IngressBytes  int64 // bytes a second, upstream to client
@@ -67,23 +75,23 @@ const (
 
 // rate validates a requests_per_second / burst pair; burst defaults to the
 // rate rounded up, so one second's worth can arrive at once.
-func (b *builder) rate(doc *yamlDoc, perSecond *float64, burst *int, path ...any) *Rate {
+func (b *builder) rate(doc *yamlDoc, perSecond *float64, burst *int, path ...any) quota.Limit {
 	if perSecond == nil {
 		if burst != nil {
 			b.errorf(doc, doc.line(append(path, "burst")...), "burst: set requests_per_second too")
 		}
-		return nil
+		return quota.Limit{}
 	}
 	if !(*perSecond >= minRequestsPerSecond && *perSecond <= maxRequestsPerSecond) { // NaN too
 		b.errorf(doc, doc.line(append(path, "requests_per_second")...), "requests_per_second: %v is outside %g to %d",
 			*perSecond, minRequestsPerSecond, maxRequestsPerSecond)
-		return nil
+		return quota.Limit{}
 	}
-	r := &Rate{PerSecond: *perSecond, Burst: int(math.Ceil(*perSecond))}
+	r := quota.Limit{Rate: *perSecond, Burst: int(math.Ceil(*perSecond))}
 	if burst != nil {
 		if *burst < 1 || *burst > maxBurst {
 			b.errorf(doc, doc.line(append(path, "burst")...), "burst: %d is outside 1 to %d", *burst, maxBurst)
-			return nil
+			return quota.Limit{}
 		}
 		r.Burst = *burst
 	}
@@ -169,8 +177,8 @@ func (q TenantQuota) String() string {
 		return "none configured"
 	}
 	s := ""
-	if q.Rate != nil {
-		s += fmt.Sprintf("%g requests/s, burst %d; ", q.Rate.PerSecond, q.Rate.Burst)
+	if !q.Rate.Unlimited() {
+		s += fmt.Sprintf("%g requests/s, burst %d; ", q.Rate.Rate, q.Rate.Burst)
 	}
 	if q.MaxConcurrent > 0 {
 		s += fmt.Sprintf("%d concurrent; ", q.MaxConcurrent)

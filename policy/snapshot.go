@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/quota"
 	"github.com/egressgw/egressgw/redaction"
 )
 
@@ -59,6 +60,9 @@ type Tenant struct {
 	Mode        Mode
 	SourceCIDRs []netip.Prefix
 	Quota       TenantQuota
+	// QuotaKey keys the tenant's request bucket and concurrency slots in
+	// the quota backend.
+	QuotaKey string
 
 	tokenHash [sha256.Size]byte
 	hasToken  bool
@@ -88,6 +92,9 @@ type Rule struct {
 	Kind      RuleKind
 	Match     allowlist.Rule
 	Connector *Connector // set for KindConnector
+	// Bucket is the connector's request bucket for this tenant (its key
+	// and the connector's rate); a zero Limit when it sets none.
+	Bucket quota.Bucket
 	// Upgrade (upgrade: true) lets a protocol switch (WebSocket, h2c)
 	// through although the rule restricts methods or paths, or its
 	// connector runs hooks, injects or redacts: none of that applies to
@@ -128,8 +135,9 @@ type Connector struct {
 	// AllowPlaintext lets a connector that injects be used over plain
 	// HTTP, where the secret would cross the network in clear text.
 	AllowPlaintext bool
-	// Rate limits requests through this connector, per tenant; nil: none.
-	Rate *Rate
+	// Rate limits requests through this connector, per tenant; the zero
+	// Limit: none.
+	Rate quota.Limit
 	// Hooks transform requests and responses; nil: none.
 	Hooks *ConnectorHooks
 	// Redact scrubs what leaves and what comes back; nil: nothing.

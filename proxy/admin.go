@@ -3,7 +3,6 @@ package proxy
 import (
 	"encoding/json"
 	"net/http"
-	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -36,13 +35,11 @@ func (g *Gateway) AdminHandler(config *ConfigStatus) http.Handler {
 	mux.HandleFunc("GET /v1/config", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, config.view(g.Live()))
 	})
-	// Profiling for operators and the load harness; the admin listener is
-	// loopback by default and never reachable through the proxy.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	if g.profiling != nil {
+		// Profiling for operators and the load harness; the admin listener
+		// is loopback by default and never reachable through the proxy.
+		mux.Handle("GET /debug/pprof/", g.profiling)
+	}
 	return mux
 }
 
@@ -116,20 +113,20 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	u := usage{Tenant: id, MaxConcurrent: tenant.Quota.MaxConcurrent}
-	peek := func(key string, rate *policy.Rate) (*bucketUsage, error) {
-		res, err := g.quota.Peek(ctx, key, quota.Limit{Rate: rate.PerSecond, Burst: rate.Burst})
-		return &bucketUsage{RequestsPerSecond: rate.PerSecond, Burst: rate.Burst, Tokens: res.Remaining}, err
+	peek := func(b quota.Bucket) (*bucketUsage, error) {
+		res, err := g.quota.Peek(ctx, b.Key, b.Limit)
+		return &bucketUsage{RequestsPerSecond: b.Limit.Rate, Burst: b.Limit.Burst, Tokens: res.Remaining}, err
 	}
 	var err error
-	if rate := tenant.Quota.Rate; rate != nil {
-		if u.Requests, err = peek(tenantKey(id), rate); err != nil {
+	if !tenant.Quota.Rate.Unlimited() {
+		if u.Requests, err = peek(quota.Bucket{Key: tenant.QuotaKey, Limit: tenant.Quota.Rate}); err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
 			return
 		}
 	}
 	for _, rule := range tenant.Rules() {
-		if c := rule.Connector; c != nil && c.Rate != nil {
-			b, err := peek(connectorKey(id, c.Name), c.Rate)
+		if rule.Connector != nil && !rule.Bucket.Limit.Unlimited() {
+			b, err := peek(rule.Bucket)
 			if err != nil {
 				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
 				return
@@ -138,7 +135,7 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 			u.Connectors = append(u.Connectors, *b)
 		}
 	}
-	if u.Open, err = g.quota.InUse(ctx, tenantKey(id)); err != nil {
+	if u.Open, err = g.quota.InUse(ctx, tenant.QuotaKey); err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
 		return
 	}

@@ -20,24 +20,16 @@ import (
 func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
 	tenant := ex.tenant
 	limiter := ex.gw.quota
-	var tenantLimit, connectorLimit quota.Limit
-	if r := tenant.Quota.Rate; r != nil {
-		tenantLimit = quota.Limit{Rate: r.PerSecond, Burst: r.Burst}
-	}
-	connector := ex.decision.Connector
-	if connector != nil && connector.Rate != nil {
-		connectorLimit = quota.Limit{Rate: connector.Rate.PerSecond, Burst: connector.Rate.Burst}
-	}
+	// Keys and limits were compiled at load (docs/design.md).
+	connector, connectorBucket := ex.decision.Connector, ex.decision.ConnectorBucket
 
 	var res quota.Result
 	var err error
 	switch {
-	case !connectorLimit.Unlimited():
-		res, err = limiter.AllowBoth(ctx,
-			quota.Bucket{Key: ex.ts.rateKey, Limit: tenantLimit},
-			quota.Bucket{Key: connectorKey(tenant.ID, connector.Name), Limit: connectorLimit})
-	case !tenantLimit.Unlimited():
-		res, err = limiter.Allow(ctx, ex.ts.rateKey, tenantLimit)
+	case !connectorBucket.Limit.Unlimited():
+		res, err = limiter.AllowBoth(ctx, quota.Bucket{Key: tenant.QuotaKey, Limit: tenant.Quota.Rate}, connectorBucket)
+	case !tenant.Quota.Rate.Unlimited():
+		res, err = limiter.Allow(ctx, tenant.QuotaKey, tenant.Quota.Rate)
 	}
 	if !ex.quotaOutcome(res.FailedOpen, err) {
 		return false
@@ -45,7 +37,7 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
 	if res.Limit > 0 && !res.Allowed {
 		ex.retryAfter = res.RetryAfterSeconds()
 		which := "tenant"
-		if res.Key != ex.ts.rateKey {
+		if res.Key != tenant.QuotaKey {
 			which = "connector " + connector.Name
 		}
 		ex.fail(policy.CodeRateLimited, true, fmt.Sprintf(
@@ -56,7 +48,7 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
 	ex.rate = res
 
 	if holdsSlot && tenant.Quota.MaxConcurrent > 0 {
-		slot, err := limiter.Acquire(ctx, ex.ts.rateKey, tenant.Quota.MaxConcurrent)
+		slot, err := limiter.Acquire(ctx, tenant.QuotaKey, tenant.Quota.MaxConcurrent)
 		ex.slot = slot // released by finish, on every path
 		if !ex.quotaOutcome(slot.FailedOpen, err) {
 			return false

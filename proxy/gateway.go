@@ -36,6 +36,15 @@ type Options struct {
 	// One of each per process: their state outlives policy reloads.
 	Quota     quota.Limiter
 	Bandwidth *quota.Bandwidth
+	// Hooks runs hook scripts; one per process, built before the gateway
+	// so that a runtime that cannot start fails start-up, and closed by
+	// its builder after Shutdown (docs/design.md). Without one, every
+	// hooked request fails closed with hook_failed.
+	Hooks *hooks.Runtime
+	// Profiling serves /debug/pprof/ on the admin listener; nil: not
+	// served. The program builds it, as net/http/pprof registers itself
+	// process-wide on import (docs/design.md).
+	Profiling http.Handler
 	Now       func() time.Time
 }
 
@@ -46,7 +55,8 @@ type Gateway struct {
 	audit     *auditLog
 	quota     quota.Limiter
 	bandwidth *quota.Bandwidth
-	hooks     *hookRuntime
+	hooks     *hooks.Runtime
+	profiling http.Handler // admin /debug/pprof/, or nil
 	registry  *prometheus.Registry
 	metrics   *metrics
 	now       func() time.Time
@@ -55,8 +65,11 @@ type Gateway struct {
 	hostAddrs *allowlist.HostAddrs // refreshed until Shutdown
 	settings  policy.Gateway
 
-	holder  policy.Holder
+	// runtime is the one live policy: requests, the admin API and
+	// reloads all read it here (docs/design.md). applyMu orders Apply
+	// calls, so generations count up without gaps.
 	runtime atomic.Pointer[runtimeState]
+	applyMu sync.Mutex
 	leaves  atomic.Pointer[leafCache] // nil without an inspection CA
 	tunnels *tunnelSet
 	server  *http.Server
@@ -103,7 +116,8 @@ func New(opts Options) (*Gateway, error) {
 		audit: newAuditLog(opts.Audit,
 			auditReports(opts.Logger, opts.Registry)),
 		quota:      opts.Quota,
-		hooks:      &hookRuntime{cfg: hooks.RuntimeConfig{MaxConcurrent: opts.Settings.Hooks.MaxConcurrent, Defaults: opts.Settings.Hooks.Defaults}},
+		hooks:      opts.Hooks,
+		profiling:  opts.Profiling,
 		bandwidth:  opts.Bandwidth,
 		registry:   opts.Registry,
 		metrics:    newMetrics(opts.Registry),
@@ -135,6 +149,8 @@ func New(opts Options) (*Gateway, error) {
 // Apply publishes snap as the live policy. Requests already running keep
 // the generation they started with.
 func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
+	g.applyMu.Lock()
+	defer g.applyMu.Unlock()
 	addresses := allowlist.NewAddressPolicy(allowlist.AddressConfig{
 		Deny:      snap.Gateway.DenyCIDRs,
 		Allow:     snap.Gateway.AllowCIDRs,
@@ -144,8 +160,12 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	g.updateLeafCache(snap.Gateway)
 	d := newDialer(snap.Gateway, addresses)
 	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway), tenants: newTenantStates(snap)}
-	rt.live = g.holder.Swap(snap)
-	prev := g.runtime.Swap(rt)
+	rt.live = &policy.Live{Snapshot: snap, Generation: 1}
+	prev := g.runtime.Load()
+	if prev != nil {
+		rt.live.Generation = prev.live.Generation + 1
+	}
+	g.runtime.Store(rt)
 	if prev != nil {
 		// Idle pooled connections were checked under the old network
 		// policy; new requests use the new transport, so retire them.
@@ -219,7 +239,12 @@ func (g *Gateway) RecordReload(ok bool) {
 }
 
 // Live returns the policy being served, nil before the first Apply.
-func (g *Gateway) Live() *policy.Live { return g.holder.Load() }
+func (g *Gateway) Live() *policy.Live {
+	if rt := g.runtime.Load(); rt != nil {
+		return rt.live
+	}
+	return nil
+}
 
 func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 	return &http.Transport{
@@ -322,7 +347,6 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	g.cancelBase()
-	g.hooks.close()
 	if ferr := g.audit.close(); ferr != nil {
 		g.log.Error("audit log flush failed", "error", ferr)
 	}

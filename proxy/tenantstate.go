@@ -7,18 +7,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Quota keys. The connector's name, not its version, keys its bucket, so
-// moving a tenant to a new version hands out no fresh burst.
-func tenantKey(tenant string) string               { return "t:" + tenant }
-func connectorKey(tenant, connector string) string { return "t:" + tenant + "|c:" + connector }
+// bandwidthKey names a tenant's shaper in the gateway's bandwidth
+// registry; request-rate and concurrency keys come compiled with the
+// policy (policy.Tenant.QuotaKey, policy.Rule.Bucket).
 func bandwidthKey(tenant, direction string) string { return "t:" + tenant + "|bw:" + direction }
 
 // tenantState is what the request path derives from a tenant once per
-// policy generation rather than once per request: its quota keys and its
-// metric series. The series are looked up on first use, so tenant labels
+// policy generation rather than once per request: its bandwidth keys and
+// its metric series. The series are looked up on first use, so tenant labels
 // are still handed out in the order tenants are seen.
 type tenantState struct {
-	rateKey    string // the tenant's request bucket and concurrency key
 	egressKey  string // its bandwidth shapers
 	ingressKey string
 	series     atomic.Pointer[tenantSeries]
@@ -33,7 +31,7 @@ type tenantSeries struct {
 }
 
 func newTenantState(id string) *tenantState {
-	return &tenantState{rateKey: tenantKey(id), egressKey: bandwidthKey(id, "egress"), ingressKey: bandwidthKey(id, "ingress")}
+	return &tenantState{egressKey: bandwidthKey(id, "egress"), ingressKey: bandwidthKey(id, "ingress")}
 }
 
 // newTenantStates derives the state of every tenant of snap.

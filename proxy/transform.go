@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
@@ -27,27 +26,6 @@ type refusal struct {
 }
 
 func (r *refusal) Error() string { return string(r.code) + ": " + r.message }
-
-// hookRuntime starts the hook workers the first time a policy uses hooks,
-// so a gateway without hooks runs no worker process. A failure to start is
-// remembered and fails every hooked request closed.
-type hookRuntime struct {
-	cfg  hooks.RuntimeConfig
-	once sync.Once
-	rt   *hooks.Runtime
-	err  error
-}
-
-func (h *hookRuntime) get() (*hooks.Runtime, error) {
-	h.once.Do(func() { h.rt, h.err = hooks.NewRuntime(h.cfg) })
-	return h.rt, h.err
-}
-
-func (h *hookRuntime) close() {
-	if h.rt != nil {
-		_ = h.rt.Close()
-	}
-}
 
 // transformRequest is the request side of the transform step: the hook
 // sees what the sandbox sent, then redaction scrubs what will leave.
@@ -208,9 +186,11 @@ func (ex *exchange) responseHook(resp *http.Response) error {
 func (ex *exchange) runHook(ctx context.Context, c *policy.Connector, script *hooks.Script,
 	run func(*hooks.Runtime, context.Context, hooks.Meta) (hooks.Outcome, error)) (hooks.Outcome, *refusal) {
 	ex.hooks = append(ex.hooks, script.Name())
-	rt, err := ex.gw.hooks.get()
-	if err != nil {
-		ex.gw.log.Error("hook runtime unavailable", "error", err)
+	rt := ex.gw.hooks
+	if rt == nil {
+		// Built without a runtime (Options.Hooks): hooked requests fail
+		// closed rather than pass unhooked.
+		ex.gw.log.Error("hook runtime unavailable: the gateway was built without one")
 		ex.gw.metrics.hookRun(c.Name, "unavailable", 0)
 		return hooks.Outcome{}, &refusal{policy.CodeHookFailed, "the gateway cannot run hooks right now"}
 	}

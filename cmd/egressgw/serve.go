@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/egressgw/egressgw/configs"
+	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/proxy"
 	"github.com/egressgw/egressgw/quota"
@@ -65,6 +66,15 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	settings := snap.Gateway
+	// The hook runtime is built now, hooks or not, since a reload may add
+	// them: a system that cannot start a worker fails here with the
+	// reason, not on the first hooked request (docs/design.md).
+	hookRuntime, err := hooks.NewRuntime(hooks.RuntimeConfig{MaxConcurrent: settings.Hooks.MaxConcurrent, Defaults: settings.Hooks.Defaults})
+	if err != nil {
+		logger.Error("cannot start the hook runtime", "error", err)
+		return exitFail
+	}
+	defer hookRuntime.Close() // after the gateway's Shutdown: runs in flight finish first
 	if *listen != "" {
 		settings.Listen = *listen
 	}
@@ -112,6 +122,8 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		Settings:  settings,
 		Quota:     limiter,
 		Bandwidth: quota.NewBandwidth(quota.BandwidthOptions{Replicas: settings.Quota.Replicas}),
+		Hooks:     hookRuntime,
+		Profiling: profilingHandler(),
 	})
 	if err != nil {
 		logger.Error("cannot start", "error", err)
