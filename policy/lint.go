@@ -113,7 +113,7 @@ func (b *builder) lintTenant(doc *yamlDoc, tf tenantFile, t *Tenant) {
 			b.warnf(doc, line(k), "deny %s denies what is already denied: no allow rule or connector of this tenant covers its hosts; remove it, or allow something it is meant to carve out of", what(r))
 		}
 	}
-	if t.Quota.Rate == nil && len(t.rules) > 0 { // no rules: already warned, nothing passes
+	if t.Quota.Rate.Unlimited() && len(t.rules) > 0 { // no rules: already warned, nothing passes
 		b.warnf(doc, doc.line("quota"), "tenant %q has no request rate limit: set quota.requests_per_second and burst here, or tenant_defaults in %s, so that one sandbox cannot flood the gateway and its upstreams", tf.ID, GatewayFileName)
 	}
 }
