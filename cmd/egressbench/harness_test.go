@@ -160,7 +160,7 @@ func TestFlagsAreBounded(t *testing.T) {
 	for _, args := range [][]string{
 		{"--runs", "0"},
 		{"--idle-tunnels", "1000000"},
-		{"--targets", "squid"},
+		{"--targets", "varnish"},
 		{"--scenarios", "half-load"},
 		{"--rules", "5", "--tenants", "100"},
 		{"--json", "--markdown"},
