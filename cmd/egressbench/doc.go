@@ -10,7 +10,9 @@
 //   - egressgw: the gateway binary with a realistic policy (authentication,
 //     100 tenants, 500 rules, audit log to a file, quotas when this build
 //     accepts them);
-//   - tinyproxy, when installed.
+//   - the peers: tinyproxy and Squid when installed (Debian packages),
+//     and Smokescreen, built with go install from the Go module proxy;
+//     each is left out with a note where it cannot run.
 //
 // Figures: small-request throughput and latency at fixed concurrency, and
 // egressgw's throughput against bare goproxy's in alternating slices; MiB/s

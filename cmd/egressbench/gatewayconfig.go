@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -129,6 +131,19 @@ audit:
 		b.WriteString("quota:\n  backend: memory\n")
 	}
 	if s.inspect != nil {
+		// The CAs live in the benchmark's directory, beside the config
+		// directory: the gateway reads files outside it only from
+		// directories it is told of (docs/admins.md, "Where config files
+		// may live").
+		var dirs []string
+		for _, f := range []string{s.inspect.caCert, s.inspect.caKey, s.inspect.upstreamRoot} {
+			if d := strconv.Quote(filepath.Dir(f)); filepath.IsAbs(f) && !slices.Contains(dirs, d) {
+				dirs = append(dirs, d)
+			}
+		}
+		if len(dirs) > 0 {
+			fmt.Fprintf(&b, "config:\n  allow_paths: [%s]\n", strings.Join(dirs, ", "))
+		}
 		fmt.Fprintf(&b, `tls:
   ca_cert: %q
   ca_key: %q

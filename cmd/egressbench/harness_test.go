@@ -48,6 +48,13 @@ func TestPolicyShapeHasTheRequestedSize(t *testing.T) {
 			t.Errorf("inspected path: %s missing", want)
 		}
 	}
+	if strings.Contains(files["gateway.yaml"], "allow_paths") {
+		t.Errorf("allow_paths for CA files inside the config directory:\n%s", files["gateway.yaml"])
+	}
+	shape.inspect = &interceptFiles{caCert: "/bench/ca.pem", caKey: "/bench/ca-key.pem", upstreamRoot: "/bench/root.pem"}
+	if got := shape.files()["gateway.yaml"]; !strings.Contains(got, "config:\n  allow_paths: [\"/bench\"]\n") {
+		t.Errorf("CA files outside the config directory need their directory in config.allow_paths:\n%s", got)
+	}
 	if !strings.Contains(files["tenants/tenant-042.yaml"], "requests_per_second: 1000000") {
 		t.Errorf("tenant file lacks its quota:\n%s", files["tenants/tenant-042.yaml"])
 	}
@@ -160,7 +167,7 @@ func TestFlagsAreBounded(t *testing.T) {
 	for _, args := range [][]string{
 		{"--runs", "0"},
 		{"--idle-tunnels", "1000000"},
-		{"--targets", "squid"},
+		{"--targets", "varnish"},
 		{"--scenarios", "half-load"},
 		{"--rules", "5", "--tenants", "100"},
 		{"--json", "--markdown"},

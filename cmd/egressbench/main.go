@@ -23,27 +23,29 @@ const (
 
 // options are the benchmark's settings, from flags.
 type options struct {
-	runs             int
-	window           window
-	concurrency      int   // small requests, inspected requests
-	streams          int   // 1 MiB bodies, tunnel streams
-	newTunnelWorkers int   // new tunnels
-	idleTunnels      int   // idle tunnels held open for the RSS figure
-	tunnelBytes      int64 // size of one streamed response through a tunnel
-	tenants          int
-	rules            int
-	targets          []string
-	scenarios        []string
-	inspected        bool
-	egressgwBinary   string
-	tinyproxyBinary  string
-	gatewayPprof     string
-	proxyCPUs        string
-	callgrind        int // requests per callgrind measurement; 0: the load benchmark instead
-	pprofOut         string
-	timeout          time.Duration
-	keepTemp         bool
-	smoke            bool
+	runs              int
+	window            window
+	concurrency       int   // small requests, inspected requests
+	streams           int   // 1 MiB bodies, tunnel streams
+	newTunnelWorkers  int   // new tunnels
+	idleTunnels       int   // idle tunnels held open for the RSS figure
+	tunnelBytes       int64 // size of one streamed response through a tunnel
+	tenants           int
+	rules             int
+	targets           []string
+	scenarios         []string
+	inspected         bool
+	egressgwBinary    string
+	tinyproxyBinary   string
+	smokescreenBinary string
+	squidBinary       string
+	gatewayPprof      string
+	proxyCPUs         string
+	callgrind         int // requests per callgrind measurement; 0: the load benchmark instead
+	pprofOut          string
+	timeout           time.Duration
+	keepTemp          bool
+	smoke             bool
 }
 
 // smokeTargets are what --smoke runs and checks.
@@ -115,6 +117,8 @@ func parseFlags(args []string, stderr io.Writer) (options, outputFormat, error) 
 	fs.BoolVar(&o.inspected, "inspected", true, "try egressgw's inspected path (reported as not available when this build refuses it)")
 	fs.StringVar(&o.egressgwBinary, "egressgw", "", "egressgw binary (default: go build ./cmd/egressgw of this module)")
 	fs.StringVar(&o.tinyproxyBinary, "tinyproxy", "", "tinyproxy binary (default: tinyproxy on PATH; left out when missing)")
+	fs.StringVar(&o.smokescreenBinary, "smokescreen", "", "smokescreen binary (default: go install "+smokescreenModule+" into the temporary directory; left out when that fails)")
+	fs.StringVar(&o.squidBinary, "squid", "", "squid binary (default: squid on PATH or /usr/sbin/squid; left out when missing)")
 	fs.StringVar(&o.gatewayPprof, "gateway-pprof", "", `base URL of egressgw's /debug/pprof/ endpoints, or "admin" for its admin listener; fetches a CPU profile during the first small-request window and a heap profile with the idle tunnels open`)
 	fs.StringVar(&o.proxyCPUs, "proxy-cpus", "", `CPUs (e.g. "1" or "2-3") for the proxies under test; the harness, clients and upstreams, runs on the others. Default: no pinning, everything shares every CPU`)
 	fs.IntVar(&o.callgrind, "callgrind", 0, "instead of the load benchmark: count bare goproxy's and egressgw's user-space instructions per small request under valgrind's callgrind, over this many requests (e.g. 2000), three times")
@@ -221,8 +225,8 @@ func (o options) validate() error {
 const usage = `egressbench: load harness for egressgw.
 
 Starts loopback upstreams (plain and TLS), then compares side by side:
-direct, a bare goproxy, egressgw with a realistic policy, and tinyproxy
-when installed. Every figure is the median of --runs runs, with its spread
+direct, a bare goproxy, egressgw with a realistic policy, and the peers
+tinyproxy and squid when installed and smokescreen when it builds. Every figure is the median of --runs runs, with its spread
 and its ratio to direct and to bare goproxy.
 
 Usage:

@@ -13,8 +13,9 @@ import (
 )
 
 // gatewayProfiler fetches pprof profiles from egressgw while the benchmark
-// loads it: a CPU profile over the first run's small-request window and a
-// heap profile while the idle tunnels are open.
+// loads it: a CPU profile over the first run's small-request window,
+// another over its tunnel window, and a heap profile while the idle
+// tunnels are open.
 type gatewayProfiler struct {
 	// base is the URL the /debug/pprof/ paths hang off, or "admin" for the
 	// admin listener of the egressgw the harness started.
@@ -24,8 +25,10 @@ type gatewayProfiler struct {
 
 // profileFiles are the names written into outDir.
 const (
-	cpuProfileFile  = "egressgw-cpu.pprof"
-	heapProfileFile = "egressgw-heap.pprof"
+	cpuProfileFile            = "egressgw-cpu.pprof"
+	tunnelCPUProfileFile      = "egressgw-tunnel-cpu.pprof"
+	tunnelLargeCPUProfileFile = "egressgw-tunnel-large-cpu.pprof"
+	heapProfileFile           = "egressgw-heap.pprof"
 )
 
 func (p *gatewayProfiler) baseURL(t *runningTarget) (string, error) {
@@ -38,11 +41,11 @@ func (p *gatewayProfiler) baseURL(t *runningTarget) (string, error) {
 	return "http://" + t.adminAddr, nil
 }
 
-// cpu records d (whole seconds, at least one) of CPU profile and returns
-// the file it wrote.
-func (p *gatewayProfiler) cpu(ctx context.Context, t *runningTarget, d time.Duration) (string, error) {
+// cpu records d (whole seconds, at least one) of CPU profile into file
+// and returns its path.
+func (p *gatewayProfiler) cpu(ctx context.Context, t *runningTarget, d time.Duration, file string) (string, error) {
 	seconds := max(1, int(d.Round(time.Second)/time.Second))
-	return p.fetch(ctx, t, fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), cpuProfileFile)
+	return p.fetch(ctx, t, fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), file)
 }
 
 // heap records the live heap and returns the file it wrote.

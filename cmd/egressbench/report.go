@@ -361,6 +361,10 @@ func evaluateGoals(r *benchResult) []goalResult {
 		atMost("egressgw p99 latency added over direct ≤ 1 ms at half of its maximum throughput", gw(figHalfLoadAdded), 1, "ms"),
 		atMost("the same, per "+halfLoadSlice.String()+" slice (median over slices; a stall of the machine falls on few of them)", gw(figHalfLoadSliced), 1, "ms"),
 		atLeast("egressgw tunnel MB/s ≥ 0.9 × direct", gw(figTunnelMiBps), operand{figTunnelMiBps, targetDirect}, 0.9),
+		atLeast("egressgw tunnel MB/s ≥ 0.6 × direct", gw(figTunnelMiBps), operand{figTunnelMiBps, targetDirect}, 0.6),
+		fastestPeerGoal(r, "egressgw tunnel MB/s ≥ 1.0 × the fastest peer", figTunnelMiBps, 1.0),
+		atLeast("egressgw 1 MiB bodies over CONNECT + TLS ≥ 0.6 × direct", gw(figTunnelLargeMiBps), operand{figTunnelLargeMiBps, targetDirect}, 0.6),
+		fastestPeerGoal(r, "egressgw 1 MiB bodies over CONNECT + TLS ≥ 1.0 × the fastest peer", figTunnelLargeMiBps, 1.0),
 		atMost("egressgw idle tunnel ≤ 32 KiB RSS", gw(figIdleTunnelKiB), 32, "KiB per tunnel"),
 		{
 			Goal:   "policy decision (auth + match + quota admit) ≤ 2 µs and 0 allocs with 10,000 rules",
@@ -369,6 +373,44 @@ func evaluateGoals(r *benchResult) []goalResult {
 		},
 		atLeast("egressgw inspected + hook + redaction ≥ 0.5 × plain inspected", gw(figInspectedHooked), gw(figInspectedRPS), 0.5),
 	}
+}
+
+// fastestPeerGoal judges egressgw's figure id against the best peer's of
+// the same run, run by run (higher is better): met when the median of the
+// per-run ratios is at least want.
+func fastestPeerGoal(r *benchResult, goal, id string, want float64) goalResult {
+	f := r.figure(id)
+	if f == nil {
+		return goalResult{Goal: goal, Status: goalNotMeasured, Detail: "needs " + id}
+	}
+	best := make([]*float64, r.Settings.Runs)
+	var measured []string
+	for _, peer := range peerTargets {
+		runs := f.runsOf(peer)
+		if len(present(runs)) > 0 {
+			measured = append(measured, peer)
+		}
+		for i := range min(len(runs), len(best)) {
+			if runs[i] != nil && (best[i] == nil || *runs[i] > *best[i]) {
+				best[i] = runs[i]
+			}
+		}
+	}
+	q := pairedRatio(f.runsOf(targetEgressgw), best)
+	if q == nil {
+		return goalResult{Goal: goal, Status: goalNotMeasured, Detail: "needs " + id + " of egressgw and of a peer (" + strings.Join(peerTargets, ", ") + ") in the same run"}
+	}
+	status := goalNotMet
+	if *q >= want {
+		status = goalMet
+	}
+	var medians []string
+	for _, t := range append([]string{targetEgressgw}, measured...) {
+		if v, ok := r.medianOf(id, t); ok {
+			medians = append(medians, t+" "+formatValue(v))
+		}
+	}
+	return goalResult{Goal: goal, Status: status, Detail: fmt.Sprintf("%.3f× (median of per-run ratios to the best peer of each run; medians %s)", *q, strings.Join(medians, ", "))}
 }
 
 func orDefault(s, def string) string {

@@ -20,6 +20,7 @@ const (
 	scenarioSmallPaired     = "small-paired"
 	scenarioLarge           = "large"
 	scenarioTunnel          = "tunnel"
+	scenarioTunnelLarge     = "tunnel-large"
 	scenarioNewTunnels      = "new-tunnels"
 	scenarioHalfLoad        = "half-load"
 	scenarioInspected       = "inspected"
@@ -36,6 +37,8 @@ const (
 	figLargeMiBps       = "large_mib_per_s"
 	figTunnelMiBps      = "tunnel_mib_per_s"
 	figTunnelCPU        = "tunnel_proxy_cpu_us_per_mib"
+	figTunnelLargeMiBps = "tunnel_large_mib_per_s"
+	figTunnelLargeCPU   = "tunnel_large_proxy_cpu_us_per_mib"
 	figNewTunnels       = "new_tunnels_per_s"
 	figIdleTunnelKiB    = "idle_tunnel_rss_kib"
 	figHalfLoadRate     = "half_load_rate"
@@ -127,6 +130,14 @@ func scenarios(o options) []scenario {
 			run: runTunnelStream,
 		},
 		{
+			id: scenarioTunnelLarge,
+			figures: []figureSpec{
+				{id: figTunnelLargeMiBps, title: fmt.Sprintf("1 MiB bodies over CONNECT + TLS, keep-alive, %d streams", o.streams), unit: "MiB/s", higherIsBetter: true},
+				{id: figTunnelLargeCPU, title: "1 MiB bodies over CONNECT + TLS: proxy CPU time per MiB", unit: "µs", mayBeNonPositive: true},
+			},
+			run: runTunnelLarge,
+		},
+		{
 			id:      scenarioNewTunnels,
 			figures: []figureSpec{{id: figNewTunnels, title: fmt.Sprintf("new tunnels (CONNECT + TLS + 1 request), %d concurrent", o.newTunnelWorkers), unit: "tunnels/s", higherIsBetter: true}},
 			run:     runNewTunnels,
@@ -176,6 +187,27 @@ func (s *session) window() window { return s.env.opts.window }
 // egressgw, when --gateway-pprof is given.
 func (s *session) profileGateway(t *runningTarget) bool {
 	return s.env.profiler != nil && s.run == 0 && t.name == targetEgressgw
+}
+
+// profileWindow fetches a CPU profile of t into file over the measured part
+// of the window that starts now, when this run profiles t (profileGateway);
+// the returned func waits for it and notes where it went, as what.
+func (s *session) profileWindow(ctx context.Context, t *runningTarget, file, what string) (wait func()) {
+	if !s.profileGateway(t) {
+		return func() {}
+	}
+	env := s.env
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sleepCtx(ctx, s.window().warmup)
+		if path, err := env.profiler.cpu(ctx, t, s.window().measure, file); err != nil {
+			env.addNote("egressgw CPU profile not taken: " + err.Error())
+		} else {
+			env.addNote("egressgw CPU profile under " + what + " (first run): " + path)
+		}
+	}()
+	return func() { <-done }
 }
 
 // perTenant spreads workers over the load tenants' pools.
@@ -316,21 +348,9 @@ func runSmallRequests(ctx context.Context, s *session, t *runningTarget) (outcom
 	env, c := s.env, s.env.opts.concurrency
 	clients, op := smallLoad(env, t, c)
 	defer clients.close()
-	var profile sync.WaitGroup
-	if s.profileGateway(t) {
-		profile.Add(1)
-		go func() {
-			defer profile.Done()
-			sleepCtx(ctx, s.window().warmup)
-			if path, err := env.profiler.cpu(ctx, t, s.window().measure); err != nil {
-				env.addNote("egressgw CPU profile not taken: " + err.Error())
-			} else {
-				env.addNote("egressgw CPU profile under small-request load (first run): " + path)
-			}
-		}()
-	}
+	profiled := s.profileWindow(ctx, t, cpuProfileFile, "small-request load")
 	r := runClosedLoop(ctx, c, s.window(), processCPU(t), op)
-	profile.Wait()
+	profiled()
 	rps := r.opsPerSecond()
 	s.mu.Lock()
 	s.smallRPS[t.name] = rps
@@ -372,9 +392,26 @@ func runTunnelStream(ctx context.Context, s *session, t *runningTarget) (outcome
 	url := env.up.tlsURL(pathStream + "?bytes=" + strconv.FormatInt(size, 10))
 	w := s.window()
 	w.minOps = 1 // one whole stream: bytes, not operations, are what this counts
+	profiled := s.profileWindow(ctx, t, tunnelCPUProfileFile, "tunnel streams")
 	r := runClosedLoop(ctx, c, w, processCPU(t), fetchOp(clients, newBodyBuffers(c), "GET", url, nil, size, nil))
+	profiled()
 	out := outcome{values: map[string]float64{figTunnelMiBps: r.mibPerSecond()}, problems: problemsOf(r)}
 	setPerUnit(&out, t, figTunnelCPU, r.cpuSeconds*1e6, float64(r.bytes)/(1<<20))
+	return out, nil
+}
+
+// runTunnelLarge measures 1 MiB responses one after another over
+// keep-alive tunnels: the relay moves a burst per response and waits
+// for the next request in between, where the tunnel scenario streams.
+func runTunnelLarge(ctx context.Context, s *session, t *runningTarget) (outcome, error) {
+	env, c := s.env, s.env.opts.streams
+	clients := newClientGroup(t, env.loadTenants, env.clientTLS, perTenant(c, len(env.loadTenants)), keepAlive)
+	defer clients.close()
+	profiled := s.profileWindow(ctx, t, tunnelLargeCPUProfileFile, "1 MiB bodies through tunnels")
+	r := runClosedLoop(ctx, c, s.window(), processCPU(t), fetchOp(clients, newBodyBuffers(c), "GET", env.up.tlsURL(pathLarge), nil, largeBodySize, nil))
+	profiled()
+	out := outcome{values: map[string]float64{figTunnelLargeMiBps: r.mibPerSecond()}, problems: problemsOf(r)}
+	setPerUnit(&out, t, figTunnelLargeCPU, r.cpuSeconds*1e6, float64(r.bytes)/(1<<20))
 	return out, nil
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"os"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 )
@@ -68,8 +67,10 @@ func TestSmoke(t *testing.T) {
 			case tf.Target == targetDirect && tf.Unavailable != "":
 				// figures of the proxy process, and the baseline itself
 			case f.ID == figInspectedRPS || f.ID == figInspectedHooked:
-				if tf.Target == targetEgressgw && tf.Median == nil && !strings.Contains(tf.Unavailable, "not available in this build") {
-					t.Errorf("%s of egressgw: neither a figure nor a refusal by egressgw check (unavailable: %q)", f.ID, tf.Unavailable)
+				// The egressgw under test is built from this tree, so a
+				// refusal by its check is the harness's policy gone stale.
+				if tf.Target == targetEgressgw && tf.Median == nil {
+					t.Errorf("%s of egressgw: no figure (unavailable: %q)", f.ID, tf.Unavailable)
 				}
 			case f.ID == figSmallPairedRatio && tf.Target != targetEgressgw:
 				// egressgw against bare goproxy: one figure, egressgw's

@@ -22,6 +22,8 @@ const (
 	targetBareGoproxy = "bare-goproxy"
 	targetEgressgw    = "egressgw"
 	targetTinyproxy   = "tinyproxy"
+	targetSmokescreen = "smokescreen"
+	targetSquid       = "squid"
 )
 
 // targetKinds lists every way of reaching the upstreams, in table order.
@@ -34,6 +36,8 @@ var targetKinds = []struct {
 	{targetBareGoproxy, prepareBareGoproxy},
 	{targetEgressgw, prepareEgressgw},
 	{targetTinyproxy, prepareTinyproxy},
+	{targetSmokescreen, prepareSmokescreen},
+	{targetSquid, prepareSquid},
 }
 
 // errSkipped marks a target that cannot run on this machine; the benchmark
