@@ -1,0 +1,491 @@
+package state
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultRedisTimeout bounds one Redis round trip of the state backend.
+const DefaultRedisTimeout = 2 * time.Second
+
+// txRetries bounds the retries of a decision whose request changed while it
+// was being decided (a refusal folded into it meanwhile).
+const txRetries = 16
+
+// RedisOptions configures a Redis backend.
+type RedisOptions struct {
+	Options
+	// Addr is "host:port", or a redis:// or rediss:// URL when a password,
+	// database or TLS is needed.
+	Addr string
+	// Prefix starts every key, e.g. "egressgw:"; this backend adds
+	// "access:" to it, so other kinds of state can live beside it.
+	Prefix string
+	// Timeout bounds one round trip; 0 means DefaultRedisTimeout.
+	Timeout time.Duration
+}
+
+// Redis is the Store shared by replicas through one Redis server.
+//
+// Keys, all under Prefix+"access:":
+//
+//	version        counter, INCRed by every change but a count update
+//	req:H          hash, one access request (H: SHA-256 of tenant, host, port)
+//	ids            hash, request id -> H
+//	seen           sorted set of H by last seen (ms): the bound on requests
+//	grant:ID       string, the grant's JSON; expires with the grant (PXAT)
+//	grants         sorted set of grant ids by expiry (ms)
+//
+// Folding a refusal into its request, creating it and evicting the least
+// recently seen is one Lua script, so concurrent refusals on many replicas
+// count exactly. Decisions read the request under WATCH and write the
+// decision and the grant in one MULTI. Keys of evicted requests are named
+// inside that script, so the backend needs a single Redis (not Cluster).
+type Redis struct {
+	opts   Options
+	client *redis.Client
+	prefix string
+	sight  *redis.Script
+}
+
+var _ Store = (*Redis)(nil)
+
+// NewRedis returns a Redis backend. It does not contact Redis: every call
+// that cannot reach it returns an error.
+func NewRedis(opts RedisOptions) (*Redis, error) {
+	o, err := opts.Options.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	var co *redis.Options
+	switch {
+	case strings.HasPrefix(opts.Addr, "redis://"), strings.HasPrefix(opts.Addr, "rediss://"):
+		if co, err = redis.ParseURL(opts.Addr); err != nil {
+			// The URL may hold a password: name only the problem.
+			return nil, errors.New("state: redis addr: not a valid redis:// URL")
+		}
+	case opts.Addr == "":
+		return nil, errors.New("state: redis addr is empty")
+	default:
+		co = &redis.Options{Addr: opts.Addr}
+	}
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = DefaultRedisTimeout
+	}
+	co.DialTimeout, co.ReadTimeout, co.WriteTimeout, co.PoolTimeout = timeout, timeout, timeout, timeout
+	co.DisableIdentity = true
+	return &Redis{
+		opts:   o,
+		client: redis.NewClient(co),
+		prefix: opts.Prefix + "access:",
+		sight:  redis.NewScript(sightLua),
+	}, nil
+}
+
+// Close closes the connections.
+func (r *Redis) Close() error {
+	if err := r.client.Close(); err != nil {
+		return fmt.Errorf("state: closing redis client: %w", err)
+	}
+	return nil
+}
+
+func (r *Redis) key(parts ...string) string { return r.prefix + strings.Join(parts, "") }
+
+// member is the short, fixed-length name of a request's dedup key.
+func member(tenant, host string, port int) string {
+	sum := sha256.Sum256([]byte(dedupKey(tenant, host, port)))
+	return hex.EncodeToString(sum[:16])
+}
+
+// sightLua folds one sighting into its request.
+//
+// KEYS[1] req:H, KEYS[2] ids, KEYS[3] seen, KEYS[4] version.
+// ARGV: 1 H, 2 new id, 3 tenant, 4 host, 5 port, 6 now (RFC 3339),
+// 7 now (ms), 8 method, 9 path, 10 reason, 11 report mode (0|1),
+// 12 filing (0|1), 13 max requests, 14 key prefix of req:.
+// Returns {id, status}.
+const sightLua = `
+local id = redis.call('HGET', KEYS[1], 'id')
+local changed = false
+if not id then
+  id = ARGV[2]
+  redis.call('HSET', KEYS[1], 'id', id, 'tenant', ARGV[3], 'host', ARGV[4], 'port', ARGV[5],
+    'count', 1, 'first_seen', ARGV[6], 'last_seen', ARGV[6], 'method', ARGV[8], 'path', ARGV[9],
+    'reason', ARGV[10], 'status', 'pending', 'report_mode', ARGV[11])
+  redis.call('HSET', KEYS[2], id, ARGV[1])
+  changed = true
+else
+  redis.call('HINCRBY', KEYS[1], 'count', 1)
+  redis.call('HSET', KEYS[1], 'last_seen', ARGV[6], 'method', ARGV[8], 'path', ARGV[9], 'report_mode', ARGV[11])
+  if ARGV[10] ~= '' then
+    redis.call('HSET', KEYS[1], 'reason', ARGV[10])
+  end
+  -- A refusal reopens an approved request (its grant ended); the tenant
+  -- filing again reopens a denied one too.
+  local st = redis.call('HGET', KEYS[1], 'status')
+  if st == 'approved' or (ARGV[12] == '1' and st == 'denied') then
+    redis.call('HSET', KEYS[1], 'status', 'pending')
+    redis.call('HDEL', KEYS[1], 'decided_by', 'decided_at', 'grant_id')
+    changed = true
+  end
+end
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
+-- Bound the requests: drop the least recently seen.
+local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[13])
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[3], over)
+  for i = 1, #popped, 2 do
+    local k = ARGV[14] .. popped[i]
+    local old = redis.call('HGET', k, 'id')
+    if old then
+      redis.call('HDEL', KEYS[2], old)
+    end
+    redis.call('DEL', k)
+  end
+  changed = true
+end
+if changed then
+  redis.call('INCR', KEYS[4])
+end
+return {id, redis.call('HGET', KEYS[1], 'status') or 'evicted'}
+`
+
+// RecordRefusal implements Store.
+func (r *Redis) RecordRefusal(ctx context.Context, s Sighting) (RequestRef, error) {
+	return r.sighting(ctx, s, false)
+}
+
+// FileRequest implements Store.
+func (r *Redis) FileRequest(ctx context.Context, s Sighting) (RequestRef, error) {
+	return r.sighting(ctx, s, true)
+}
+
+func (r *Redis) sighting(ctx context.Context, s Sighting, filing bool) (RequestRef, error) {
+	s, err := cleanSighting(s)
+	if err != nil {
+		return RequestRef{}, err
+	}
+	now := r.opts.Now().UTC()
+	h := member(s.Tenant, s.Host, s.Port)
+	res, err := r.sight.Run(ctx, r.client,
+		[]string{r.key("req:", h), r.key("ids"), r.key("seen"), r.key("version")},
+		h, newID("req_"), s.Tenant, s.Host, s.Port, now.Format(time.RFC3339Nano), now.UnixMilli(),
+		s.Method, s.Path, s.Reason, boolArg(s.ReportMode), boolArg(filing), r.opts.MaxPending, r.key("req:"),
+	).StringSlice()
+	if err != nil {
+		return RequestRef{}, fmt.Errorf("state: redis: recording access request: %w", err)
+	}
+	if len(res) != 2 || !Status(res[1]).valid() {
+		return RequestRef{}, fmt.Errorf("state: redis: recording access request: unexpected reply %q", res)
+	}
+	return RequestRef{ID: res[0], Status: Status(res[1])}, nil
+}
+
+func boolArg(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// decodeRequest reads a request hash; an empty one is ErrNotFound.
+func decodeRequest(m map[string]string) (AccessRequest, error) {
+	if len(m) == 0 {
+		return AccessRequest{}, ErrNotFound
+	}
+	var (
+		r   AccessRequest
+		err error
+	)
+	parseTime := func(k string) time.Time {
+		v := m[k]
+		if v == "" || err != nil {
+			return time.Time{}
+		}
+		t, perr := time.Parse(time.RFC3339Nano, v)
+		if perr != nil {
+			err = fmt.Errorf("%s: %w", k, perr)
+		}
+		return t
+	}
+	r.ID, r.Tenant, r.Host = m["id"], m["tenant"], m["host"]
+	r.Method, r.Path, r.Reason = m["method"], m["path"], m["reason"]
+	r.Status, r.DecidedBy, r.GrantID = Status(m["status"]), m["decided_by"], m["grant_id"]
+	r.ReportMode = m["report_mode"] == "1"
+	r.FirstSeen, r.LastSeen, r.DecidedAt = parseTime("first_seen"), parseTime("last_seen"), parseTime("decided_at")
+	if err == nil {
+		r.Port, err = strconv.Atoi(m["port"])
+	}
+	if err == nil {
+		r.Count, err = strconv.ParseInt(m["count"], 10, 64)
+	}
+	if err == nil {
+		err = r.validate()
+	}
+	if err != nil {
+		return AccessRequest{}, fmt.Errorf("%w: access request: %w", ErrCorrupt, err)
+	}
+	return r, nil
+}
+
+// ListRequests implements Store.
+func (r *Redis) ListRequests(ctx context.Context, f Filter) ([]AccessRequest, error) {
+	hs, err := r.client.ZRange(ctx, r.key("seen"), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("state: redis: listing access requests: %w", err)
+	}
+	cmds, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, h := range hs {
+			p.HGetAll(ctx, r.key("req:", h))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("state: redis: listing access requests: %w", err)
+	}
+	out := []AccessRequest{}
+	for _, c := range cmds {
+		req, err := decodeRequest(c.(*redis.MapStringStringCmd).Val())
+		if errors.Is(err, ErrNotFound) {
+			continue // evicted between the two reads
+		}
+		if err != nil {
+			return nil, fmt.Errorf("state: redis: %w", err)
+		}
+		if f.match(req) {
+			out = append(out, req)
+		}
+	}
+	sortRequests(out)
+	return out, nil
+}
+
+// decide runs fn on the pending request id under WATCH and, if fn returns
+// nil, writes what it queued in one MULTI; it retries when the request
+// changed in between.
+func (r *Redis) decide(ctx context.Context, id string, fn func(req AccessRequest, key string, p redis.Pipeliner) error) error {
+	h, err := r.client.HGet(ctx, r.key("ids"), id).Result()
+	if errors.Is(err, redis.Nil) {
+		return fmt.Errorf("access request %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("state: redis: %w", err)
+	}
+	key := r.key("req:", h)
+	tx := func(tx *redis.Tx) error {
+		req, err := decodeRequest(tx.HGetAll(ctx, key).Val())
+		if errors.Is(err, ErrNotFound) || (err == nil && req.ID != id) {
+			return fmt.Errorf("access request %q: %w", id, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if req.Status != StatusPending {
+			return fmt.Errorf("access request %q is %s: %w", id, req.Status, ErrNotPending)
+		}
+		var inner error
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			inner = fn(req, key, p)
+			if inner != nil {
+				return inner
+			}
+			p.Incr(ctx, r.key("version"))
+			return nil
+		})
+		if inner != nil {
+			return inner
+		}
+		return err
+	}
+	for range txRetries {
+		err = r.client.Watch(ctx, tx, key)
+		if !errors.Is(err, redis.TxFailedErr) {
+			break
+		}
+	}
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrNotPending) && !errors.Is(err, ErrInvalid) {
+		return fmt.Errorf("state: redis: deciding access request: %w", err)
+	}
+	return err
+}
+
+// putGrant queues g's writes: its key expires with it.
+func (r *Redis) putGrant(ctx context.Context, p redis.Pipeliner, g Grant, now time.Time) error {
+	data, err := json.Marshal(g)
+	if err != nil {
+		return fmt.Errorf("state: encoding grant: %w", err)
+	}
+	p.SetArgs(ctx, r.key("grant:", g.ID), data, redis.SetArgs{ExpireAt: g.ExpiresAt})
+	p.ZAdd(ctx, r.key("grants"), redis.Z{Score: float64(g.ExpiresAt.UnixMilli()), Member: g.ID})
+	p.ZRemRangeByScore(ctx, r.key("grants"), "-inf", strconv.FormatInt(now.UnixMilli(), 10))
+	return nil
+}
+
+// Approve implements Store.
+func (r *Redis) Approve(ctx context.Context, id string, spec GrantSpec) (Grant, error) {
+	var g Grant
+	err := r.decide(ctx, id, func(req AccessRequest, key string, p redis.Pipeliner) error {
+		now := r.opts.Now()
+		var err error
+		if g, err = newGrant(approveSpec(req, spec), now, r.opts.MaxGrantDuration, req.ID); err != nil {
+			return err
+		}
+		p.HSet(ctx, key, "status", string(StatusApproved), "decided_by", g.ApprovedBy,
+			"decided_at", now.UTC().Format(time.RFC3339Nano), "grant_id", g.ID)
+		return r.putGrant(ctx, p, g, now)
+	})
+	if err != nil {
+		return Grant{}, err
+	}
+	return g, nil
+}
+
+// Deny implements Store.
+func (r *Redis) Deny(ctx context.Context, id, by string) (AccessRequest, error) {
+	if by == "" || len(by) > maxNameLen {
+		return AccessRequest{}, fmt.Errorf("%w: deciding needs who decides, 1 to %d bytes", ErrInvalid, maxNameLen)
+	}
+	var out AccessRequest
+	err := r.decide(ctx, id, func(req AccessRequest, key string, p redis.Pipeliner) error {
+		now := r.opts.Now().UTC()
+		req.Status, req.DecidedBy, req.DecidedAt = StatusDenied, by, now
+		out = req
+		p.HSet(ctx, key, "status", string(StatusDenied), "decided_by", by, "decided_at", now.Format(time.RFC3339Nano))
+		return nil
+	})
+	if err != nil {
+		return AccessRequest{}, err
+	}
+	return out, nil
+}
+
+// AddGrant implements Store.
+func (r *Redis) AddGrant(ctx context.Context, spec GrantSpec) (Grant, error) {
+	now := r.opts.Now()
+	g, err := newGrant(spec, now, r.opts.MaxGrantDuration, "")
+	if err != nil {
+		return Grant{}, err
+	}
+	_, err = r.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if err := r.putGrant(ctx, p, g, now); err != nil {
+			return err
+		}
+		p.Incr(ctx, r.key("version"))
+		return nil
+	})
+	if err != nil {
+		return Grant{}, fmt.Errorf("state: redis: adding grant: %w", err)
+	}
+	return g, nil
+}
+
+// RevokeGrant implements Store.
+func (r *Redis) RevokeGrant(ctx context.Context, id string) error {
+	data, err := r.client.Get(ctx, r.key("grant:", id)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return fmt.Errorf("grant %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("state: redis: revoking grant: %w", err)
+	}
+	g, err := decodeGrant(data, id)
+	if err != nil {
+		return fmt.Errorf("state: redis: %w", err)
+	}
+	if !g.Active(r.opts.Now()) {
+		return fmt.Errorf("grant %q: %w", id, ErrNotFound)
+	}
+	var del *redis.IntCmd
+	_, err = r.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		del = p.Del(ctx, r.key("grant:", id))
+		p.ZRem(ctx, r.key("grants"), id)
+		p.Incr(ctx, r.key("version"))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("state: redis: revoking grant: %w", err)
+	}
+	if del.Val() == 0 {
+		return fmt.Errorf("grant %q: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// decodeGrant reads one stored grant strictly.
+func decodeGrant(data []byte, id string) (Grant, error) {
+	var g Grant
+	if err := strictJSON(data, &g); err != nil {
+		return Grant{}, fmt.Errorf("%w: grant %q: %w", ErrCorrupt, id, err)
+	}
+	if err := g.validate(); err != nil {
+		return Grant{}, fmt.Errorf("%w: grant %q: %w", ErrCorrupt, id, err)
+	}
+	if g.ID != id {
+		return Grant{}, fmt.Errorf("%w: grant %q stored under %q", ErrCorrupt, g.ID, id)
+	}
+	return g, nil
+}
+
+// Grants implements Store. One grant that cannot be decoded fails the
+// whole call: the caller then applies none.
+func (r *Redis) Grants(ctx context.Context, now time.Time) ([]Grant, error) {
+	ids, err := r.client.ZRangeByScore(ctx, r.key("grants"), &redis.ZRangeBy{
+		Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf",
+	}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("state: redis: reading grants: %w", err)
+	}
+	out := []Grant{}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = r.key("grant:", id)
+	}
+	vals, err := r.client.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("state: redis: reading grants: %w", err)
+	}
+	for i, v := range vals {
+		if v == nil {
+			continue // expired or revoked since the index was read
+		}
+		s, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf("state: redis: %w: grant %q is not a string", ErrCorrupt, ids[i])
+		}
+		g, err := decodeGrant([]byte(s), ids[i])
+		if err != nil {
+			return nil, fmt.Errorf("state: redis: %w", err)
+		}
+		if g.Active(now) {
+			out = append(out, g)
+		}
+	}
+	sortGrants(out)
+	return out, nil
+}
+
+// Version implements Store.
+func (r *Redis) Version(ctx context.Context) (uint64, error) {
+	v, err := r.client.Get(ctx, r.key("version")).Uint64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("state: redis: reading version: %w", err)
+	}
+	return v, nil
+}
