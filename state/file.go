@@ -10,6 +10,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 )
@@ -61,9 +62,9 @@ type File struct {
 	dir  string
 	path string
 
-	mu       sync.Mutex
-	st       *fileState
-	dirty    bool // st has updates not yet written
+	mu    sync.Mutex
+	st    *fileState
+	dirty bool // st has updates not yet written
 
 	stop      chan struct{}
 	stopped   chan struct{}
@@ -509,6 +510,9 @@ func (f *File) Grants(_ context.Context, now time.Time) ([]Grant, error) {
 	out := []Grant{}
 	for _, g := range f.st.grants {
 		if g.Active(now) {
+			// The caller gets its own slices: the stored grant is not
+			// the caller's to change.
+			g.Ports, g.Methods, g.Paths = slices.Clone(g.Ports), slices.Clone(g.Methods), slices.Clone(g.Paths)
 			out = append(out, g)
 		}
 	}
