@@ -8,7 +8,8 @@
 //   - [File] (state.backend: file, the default): one directory (state.dir),
 //     one JSON file per kind of state, each written whole and atomically
 //     (temporary file, fsync, rename, fsync of the directory). It survives
-//     restarts and serves one replica only.
+//     restarts and serves one replica only: a second store on a directory
+//     in use is refused.
 //   - [Redis] (state.backend: redis): shared by replicas. Grant keys expire
 //     with their grant; access requests are bounded by a sorted set of their
 //     last-seen times; a version counter changes on every write, so a

@@ -55,12 +55,14 @@ type FileOptions struct {
 // most those updates.
 //
 // Only one process may use a directory: two replicas each writing the
-// whole file would lose each other's changes. Replicas share state through
-// the Redis backend.
+// whole file would lose each other's changes, so NewFile takes a lock on
+// the directory and refuses one that another store holds. Replicas share
+// state through the Redis backend.
 type File struct {
 	opts Options
 	dir  string
 	path string
+	lock *os.File // held until Close: see lockDir
 
 	mu    sync.Mutex
 	st    *fileState
@@ -118,10 +120,15 @@ func NewFile(opts FileOptions) (*File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state: %w", err)
 	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
 	f := &File{
 		opts:    o,
 		dir:     dir,
 		path:    filepath.Join(dir, accessFile),
+		lock:    lock,
 		stop:    make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
@@ -130,10 +137,12 @@ func NewFile(opts FileOptions) (*File, error) {
 	case errors.Is(err, os.ErrNotExist):
 		f.st = &fileState{requests: map[string]AccessRequest{}, byKey: map[string]string{}, grants: map[string]Grant{}}
 	case err != nil:
+		lock.Close()
 		return nil, fmt.Errorf("state: %w", err)
 	default:
 		st, err := decodeFile(data)
 		if err != nil {
+			lock.Close()
 			return nil, fmt.Errorf("state: %s: %w", f.path, err)
 		}
 		f.st = st
@@ -563,6 +572,9 @@ func (f *File) Close() error {
 			f.closeErr = f.write(f.st)
 		}
 		f.st = nil
+		if err := f.lock.Close(); err != nil && f.closeErr == nil {
+			f.closeErr = fmt.Errorf("state: releasing %s: %w", f.dir, err)
+		}
 	})
 	return f.closeErr
 }

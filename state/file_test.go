@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -126,7 +127,7 @@ func TestFileWritesBeforeReturning(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if e.Name() != accessFile {
+		if e.Name() != accessFile && e.Name() != "lock" {
 			t.Errorf("left in the state directory: %s", e.Name())
 		}
 	}
@@ -209,6 +210,35 @@ func TestFileFailedWriteAppliesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Two gateways on one directory would lose each other's writes: the second
+// is refused until the first closes.
+func TestFileOneProcessPerDir(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no flock on windows")
+	}
+	dir := t.TempDir()
+	first, err := NewFile(FileOptions{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second, err := NewFile(FileOptions{Dir: dir}); err == nil {
+		second.Close()
+		t.Fatal("a second store opened the directory in use")
+	} else if !strings.Contains(err.Error(), "in use by another gateway") {
+		t.Fatalf("err %q, want it to say the directory is in use", err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := NewFile(FileOptions{Dir: dir})
+	if err != nil {
+		t.Fatalf("after Close: %v", err)
+	}
+	if err := again.Close(); err != nil {
 		t.Fatal(err)
 	}
 }
