@@ -2,7 +2,9 @@ package state
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -38,7 +40,8 @@ type RedisOptions struct {
 //
 // Keys, all under Prefix+"access:":
 //
-//	version        counter, INCRed by every change but a count update
+//	version        counter, INCRed by every change but a count update; it
+//	               starts at a random value (see bumpVersion)
 //	req:H          hash, one access request (H: SHA-256 of tenant, host, port)
 //	ids            hash, request id -> H
 //	seen           sorted set of H by last seen (ms): the bound on requests
@@ -113,7 +116,8 @@ func member(tenant, host string, port int) string {
 // KEYS[1] req:H, KEYS[2] ids, KEYS[3] seen, KEYS[4] version.
 // ARGV: 1 H, 2 new id, 3 tenant, 4 host, 5 port, 6 now (RFC 3339),
 // 7 now (ms), 8 method, 9 path, 10 reason, 11 report mode (0|1),
-// 12 filing (0|1), 13 max requests, 14 key prefix of req:.
+// 12 filing (0|1), 13 max requests, 14 key prefix of req:, 15 a random
+// start for the version (see bumpVersion).
 // Returns {id, status}.
 const sightLua = `
 local id = redis.call('HGET', KEYS[1], 'id')
@@ -156,6 +160,7 @@ if over > 0 then
   changed = true
 end
 if changed then
+  redis.call('SET', KEYS[4], ARGV[15], 'NX')
   redis.call('INCR', KEYS[4])
 end
 return {id, redis.call('HGET', KEYS[1], 'status') or 'evicted'}
@@ -182,6 +187,7 @@ func (r *Redis) sighting(ctx context.Context, s Sighting, filing bool) (RequestR
 		[]string{r.key("req:", h), r.key("ids"), r.key("seen"), r.key("version")},
 		h, newID("req_"), s.Tenant, s.Host, s.Port, now.Format(time.RFC3339Nano), now.UnixMilli(),
 		s.Method, s.Path, s.Reason, boolArg(s.ReportMode), boolArg(filing), r.opts.MaxPending, r.key("req:"),
+		versionStart(),
 	).StringSlice()
 	if err != nil {
 		return RequestRef{}, fmt.Errorf("state: redis: recording access request: %w", err)
@@ -300,7 +306,7 @@ func (r *Redis) decide(ctx context.Context, id string, fn func(req AccessRequest
 			if inner != nil {
 				return inner
 			}
-			p.Incr(ctx, r.key("version"))
+			r.bumpVersion(ctx, p)
 			return nil
 		})
 		if inner != nil {
@@ -381,7 +387,7 @@ func (r *Redis) AddGrant(ctx context.Context, spec GrantSpec) (Grant, error) {
 		if err := r.putGrant(ctx, p, g, now); err != nil {
 			return err
 		}
-		p.Incr(ctx, r.key("version"))
+		r.bumpVersion(ctx, p)
 		return nil
 	})
 	if err != nil {
@@ -410,7 +416,7 @@ func (r *Redis) RevokeGrant(ctx context.Context, id string) error {
 	_, err = r.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		del = p.Del(ctx, r.key("grant:", id))
 		p.ZRem(ctx, r.key("grants"), id)
-		p.Incr(ctx, r.key("version"))
+		r.bumpVersion(ctx, p)
 		return nil
 	})
 	if err != nil {
@@ -476,6 +482,25 @@ func (r *Redis) Grants(ctx context.Context, now time.Time) ([]Grant, error) {
 	}
 	sortGrants(out)
 	return out, nil
+}
+
+// bumpVersion queues the change of the version. A version key that is
+// missing (a new store, or a Redis that restarted without persistence and
+// lost everything) starts at a random value rather than at 0: counting up
+// from 0 again could bring it back to a value a replica saw before the
+// loss, and that replica would keep grants Redis no longer has.
+func (r *Redis) bumpVersion(ctx context.Context, p redis.Pipeliner) {
+	p.SetNX(ctx, r.key("version"), versionStart(), 0)
+	p.Incr(ctx, r.key("version"))
+}
+
+// versionStart is a random start in [2^40, 2^52): far from 0 and from any
+// other start, and far from overflowing.
+func versionStart() uint64 {
+	var b [8]byte
+	// crypto/rand.Read does not fail on supported platforms.
+	_, _ = rand.Read(b[:])
+	return 1<<40 + binary.BigEndian.Uint64(b[:])%(1<<52-1<<40)
 }
 
 // Version implements Store.

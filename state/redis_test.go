@@ -258,3 +258,38 @@ func TestNewRedisRefusesBadAddr(t *testing.T) {
 		}
 	}
 }
+
+// A Redis that lost its data (a restart without persistence) must not count
+// the version back up to a value a replica saw before: that replica would
+// keep applying grants Redis no longer has.
+func TestRedisVersionAfterDataLoss(t *testing.T) {
+	srv := startRedis(t)
+	ctx := context.Background()
+	prefix := uniquePrefix(t)
+	s := newTestRedis(t, srv.addr, prefix, Options{})
+	changes := func() uint64 {
+		t.Helper()
+		ref, err := s.RecordRefusal(ctx, Sighting{Tenant: "t1", Host: "a.example", Port: 443})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Approve(ctx, ref.ID, GrantSpec{ExpiresAt: time.Now().Add(time.Hour), By: "a"}); err != nil {
+			t.Fatal(err)
+		}
+		v, err := s.Version(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	before := changes()
+	if err := s.client.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.Version(ctx); err != nil || v == before {
+		t.Fatalf("version %d after the data was lost, %v; want a change from %d", v, err, before)
+	}
+	if after := changes(); after == before {
+		t.Fatalf("the same changes after a data loss brought the version back to %d", before)
+	}
+}
