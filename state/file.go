@@ -341,8 +341,7 @@ func (f *File) sighting(_ context.Context, s Sighting, filing bool) (RequestRef,
 	}
 	if id, ok := f.st.byKey[key]; ok {
 		r := f.st.requests[id]
-		reopen := r.Status == StatusApproved || (filing && r.Status == StatusDenied)
-		if !reopen {
+		if !reopens(r, f.st.grantLive(r.GrantID, now), filing) {
 			// Only counts and last-seen change: written within
 			// FlushInterval, not now.
 			fold(&r, s, now)
@@ -359,7 +358,7 @@ func (f *File) sighting(_ context.Context, s Sighting, filing bool) (RequestRef,
 		if id, ok := st.byKey[key]; ok {
 			r := st.requests[id]
 			fold(&r, s, now)
-			if r.Status == StatusApproved || (filing && r.Status == StatusDenied) {
+			if reopens(r, st.grantLive(r.GrantID, now), filing) {
 				reopenRequest(&r)
 			}
 			st.requests[id] = r
@@ -392,6 +391,27 @@ func fold(r *AccessRequest, s Sighting, now time.Time) {
 	if s.Reason != "" {
 		r.Reason = s.Reason
 	}
+}
+
+// reopens reports whether a sighting makes decided request r pending
+// again: a filing always does (the tenant asks anew, perhaps with a new
+// reason); a refusal only once the grant of an approval has ended, so the
+// refusals other replicas make before they apply a new grant (up to 2 s)
+// do not undo the approval.
+func reopens(r AccessRequest, grantLive, filing bool) bool {
+	switch r.Status {
+	case StatusApproved:
+		return filing || !grantLive
+	case StatusDenied:
+		return filing
+	}
+	return false
+}
+
+// grantLive reports whether grant id exists and is active at now.
+func (st *fileState) grantLive(id string, now time.Time) bool {
+	g, ok := st.grants[id]
+	return ok && g.Active(now)
 }
 
 func reopenRequest(r *AccessRequest) {

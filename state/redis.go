@@ -19,10 +19,6 @@ import (
 // DefaultRedisTimeout bounds one Redis round trip of the state backend.
 const DefaultRedisTimeout = 2 * time.Second
 
-// txRetries bounds the retries of a decision whose request changed while it
-// was being decided (a refusal folded into it meanwhile).
-const txRetries = 16
-
 // RedisOptions configures a Redis backend.
 type RedisOptions struct {
 	Options
@@ -50,14 +46,16 @@ type RedisOptions struct {
 //
 // Folding a refusal into its request, creating it and evicting the least
 // recently seen is one Lua script, so concurrent refusals on many replicas
-// count exactly. Decisions read the request under WATCH and write the
-// decision and the grant in one MULTI. Keys of evicted requests are named
+// count exactly. A decision and its grant are written by one script too,
+// which first checks that the request is still pending. Keys of evicted requests are named
 // inside that script, so the backend needs a single Redis (not Cluster).
 type Redis struct {
 	opts   Options
 	client *redis.Client
 	prefix string
 	sight  *redis.Script
+	// decideScript: see decideLua.
+	decideScript *redis.Script
 }
 
 var _ Store = (*Redis)(nil)
@@ -92,6 +90,8 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		client: redis.NewClient(co),
 		prefix: opts.Prefix + "access:",
 		sight:  redis.NewScript(sightLua),
+
+		decideScript: redis.NewScript(decideLua),
 	}, nil
 }
 
@@ -113,7 +113,7 @@ func member(tenant, host string, port int) string {
 
 // sightLua folds one sighting into its request.
 //
-// KEYS[1] req:H, KEYS[2] ids, KEYS[3] seen, KEYS[4] version.
+// KEYS[1] req:H, KEYS[2] ids, KEYS[3] seen, KEYS[4] version, KEYS[5] grants.
 // ARGV: 1 H, 2 new id, 3 tenant, 4 host, 5 port, 6 now (RFC 3339),
 // 7 now (ms), 8 method, 9 path, 10 reason, 11 report mode (0|1),
 // 12 filing (0|1), 13 max requests, 14 key prefix of req:, 15 a random
@@ -135,10 +135,15 @@ else
   if ARGV[10] ~= '' then
     redis.call('HSET', KEYS[1], 'reason', ARGV[10])
   end
-  -- A refusal reopens an approved request (its grant ended); the tenant
-  -- filing again reopens a denied one too.
+  -- A filing reopens a decided request; a refusal only an approved one
+  -- whose grant has ended (expired by the caller's clock, or revoked).
   local st = redis.call('HGET', KEYS[1], 'status')
-  if st == 'approved' or (ARGV[12] == '1' and st == 'denied') then
+  local reopen = ARGV[12] == '1' and st ~= 'pending'
+  if st == 'approved' and not reopen then
+    local exp = redis.call('ZSCORE', KEYS[5], redis.call('HGET', KEYS[1], 'grant_id') or '')
+    reopen = not exp or tonumber(exp) <= tonumber(ARGV[7])
+  end
+  if reopen then
     redis.call('HSET', KEYS[1], 'status', 'pending')
     redis.call('HDEL', KEYS[1], 'decided_by', 'decided_at', 'grant_id')
     changed = true
@@ -184,7 +189,7 @@ func (r *Redis) sighting(ctx context.Context, s Sighting, filing bool) (RequestR
 	now := r.opts.Now().UTC()
 	h := member(s.Tenant, s.Host, s.Port)
 	res, err := r.sight.Run(ctx, r.client,
-		[]string{r.key("req:", h), r.key("ids"), r.key("seen"), r.key("version")},
+		[]string{r.key("req:", h), r.key("ids"), r.key("seen"), r.key("version"), r.key("grants")},
 		h, newID("req_"), s.Tenant, s.Host, s.Port, now.Format(time.RFC3339Nano), now.UnixMilli(),
 		s.Method, s.Path, s.Reason, boolArg(s.ReportMode), boolArg(filing), r.opts.MaxPending, r.key("req:"),
 		versionStart(),
@@ -277,53 +282,88 @@ func (r *Redis) ListRequests(ctx context.Context, f Filter) ([]AccessRequest, er
 	return out, nil
 }
 
-// decide runs fn on the pending request id under WATCH and, if fn returns
-// nil, writes what it queued in one MULTI; it retries when the request
-// changed in between.
-func (r *Redis) decide(ctx context.Context, id string, fn func(req AccessRequest, key string, p redis.Pipeliner) error) error {
+// decideLua records a decision on a pending request and, for an approval,
+// stores its grant, in one step: a refusal folded into the request meanwhile
+// neither makes the decision retry nor is lost.
+//
+// KEYS[1] req:H, KEYS[2] grant:ID (unused when denying), KEYS[3] grants,
+// KEYS[4] version. ARGV: 1 request id, 2 new status, 3 decided by,
+// 4 decided at (RFC 3339), 5 grant id (” when denying), 6 grant JSON,
+// 7 grant expiry (ms), 8 now (ms), 9 a random start for the version.
+// Returns 'ok', 'gone' (no such request) or the status it already has.
+const decideLua = `
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then
+  return 'gone'
+end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'pending' then
+  return st
+end
+if ARGV[5] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[6], 'PXAT', ARGV[7])
+  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
+  redis.call('HSET', KEYS[1], 'grant_id', ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'decided_by', ARGV[3], 'decided_at', ARGV[4])
+redis.call('SET', KEYS[4], ARGV[9], 'NX')
+redis.call('INCR', KEYS[4])
+return 'ok'
+`
+
+// pendingRequest reads request id and its key, for a decision; the
+// decision itself checks again that it is still pending.
+func (r *Redis) pendingRequest(ctx context.Context, id string) (AccessRequest, string, error) {
 	h, err := r.client.HGet(ctx, r.key("ids"), id).Result()
 	if errors.Is(err, redis.Nil) {
-		return fmt.Errorf("access request %q: %w", id, ErrNotFound)
+		return AccessRequest{}, "", fmt.Errorf("access request %q: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return fmt.Errorf("state: redis: %w", err)
+		return AccessRequest{}, "", fmt.Errorf("state: redis: reading access request: %w", err)
 	}
 	key := r.key("req:", h)
-	tx := func(tx *redis.Tx) error {
-		req, err := decodeRequest(tx.HGetAll(ctx, key).Val())
-		if errors.Is(err, ErrNotFound) || (err == nil && req.ID != id) {
-			return fmt.Errorf("access request %q: %w", id, ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		if req.Status != StatusPending {
-			return fmt.Errorf("access request %q is %s: %w", id, req.Status, ErrNotPending)
-		}
-		var inner error
-		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			inner = fn(req, key, p)
-			if inner != nil {
-				return inner
-			}
-			r.bumpVersion(ctx, p)
-			return nil
-		})
-		if inner != nil {
-			return inner
-		}
-		return err
+	m, err := r.client.HGetAll(ctx, key).Result()
+	if err != nil {
+		return AccessRequest{}, "", fmt.Errorf("state: redis: reading access request: %w", err)
 	}
-	for range txRetries {
-		err = r.client.Watch(ctx, tx, key)
-		if !errors.Is(err, redis.TxFailedErr) {
-			break
-		}
+	req, err := decodeRequest(m)
+	if errors.Is(err, ErrNotFound) || (err == nil && req.ID != id) {
+		return AccessRequest{}, "", fmt.Errorf("access request %q: %w", id, ErrNotFound)
 	}
-	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrNotPending) && !errors.Is(err, ErrInvalid) {
+	if err != nil {
+		return AccessRequest{}, "", fmt.Errorf("state: redis: %w", err)
+	}
+	if req.Status != StatusPending {
+		return AccessRequest{}, "", fmt.Errorf("access request %q is %s: %w", id, req.Status, ErrNotPending)
+	}
+	return req, key, nil
+}
+
+// decide runs decideLua; g is the zero Grant when denying.
+func (r *Redis) decide(ctx context.Context, key, id string, status Status, by string, at time.Time, g Grant) error {
+	grantKey, data := r.key("grant:"), []byte(nil)
+	if g.ID != "" {
+		var err error
+		if data, err = json.Marshal(g); err != nil {
+			return fmt.Errorf("state: encoding grant: %w", err)
+		}
+		grantKey = r.key("grant:", g.ID)
+	}
+	res, err := r.decideScript.Run(ctx, r.client,
+		[]string{key, grantKey, r.key("grants"), r.key("version")},
+		id, string(status), by, at.UTC().Format(time.RFC3339Nano), g.ID, data,
+		g.ExpiresAt.UnixMilli(), at.UnixMilli(), versionStart(),
+	).Text()
+	switch {
+	case err != nil:
 		return fmt.Errorf("state: redis: deciding access request: %w", err)
+	case res == "ok":
+		return nil
+	case res == "gone":
+		return fmt.Errorf("access request %q: %w", id, ErrNotFound)
+	default:
+		return fmt.Errorf("access request %q is %s: %w", id, res, ErrNotPending)
 	}
-	return err
 }
 
 // putGrant queues g's writes: its key expires with it.
@@ -340,18 +380,16 @@ func (r *Redis) putGrant(ctx context.Context, p redis.Pipeliner, g Grant, now ti
 
 // Approve implements Store.
 func (r *Redis) Approve(ctx context.Context, id string, spec GrantSpec) (Grant, error) {
-	var g Grant
-	err := r.decide(ctx, id, func(req AccessRequest, key string, p redis.Pipeliner) error {
-		now := r.opts.Now()
-		var err error
-		if g, err = newGrant(approveSpec(req, spec), now, r.opts.MaxGrantDuration, req.ID); err != nil {
-			return err
-		}
-		p.HSet(ctx, key, "status", string(StatusApproved), "decided_by", g.ApprovedBy,
-			"decided_at", now.UTC().Format(time.RFC3339Nano), "grant_id", g.ID)
-		return r.putGrant(ctx, p, g, now)
-	})
+	req, key, err := r.pendingRequest(ctx, id)
 	if err != nil {
+		return Grant{}, err
+	}
+	now := r.opts.Now()
+	g, err := newGrant(approveSpec(req, spec), now, r.opts.MaxGrantDuration, req.ID)
+	if err != nil {
+		return Grant{}, err
+	}
+	if err := r.decide(ctx, key, id, StatusApproved, g.ApprovedBy, now, g); err != nil {
 		return Grant{}, err
 	}
 	return g, nil
@@ -362,18 +400,16 @@ func (r *Redis) Deny(ctx context.Context, id, by string) (AccessRequest, error) 
 	if by == "" || len(by) > maxNameLen {
 		return AccessRequest{}, fmt.Errorf("%w: deciding needs who decides, 1 to %d bytes", ErrInvalid, maxNameLen)
 	}
-	var out AccessRequest
-	err := r.decide(ctx, id, func(req AccessRequest, key string, p redis.Pipeliner) error {
-		now := r.opts.Now().UTC()
-		req.Status, req.DecidedBy, req.DecidedAt = StatusDenied, by, now
-		out = req
-		p.HSet(ctx, key, "status", string(StatusDenied), "decided_by", by, "decided_at", now.Format(time.RFC3339Nano))
-		return nil
-	})
+	req, key, err := r.pendingRequest(ctx, id)
 	if err != nil {
 		return AccessRequest{}, err
 	}
-	return out, nil
+	now := r.opts.Now()
+	if err := r.decide(ctx, key, id, StatusDenied, by, now, Grant{}); err != nil {
+		return AccessRequest{}, err
+	}
+	req.Status, req.DecidedBy, req.DecidedAt = StatusDenied, by, now.UTC()
+	return req, nil
 }
 
 // AddGrant implements Store.

@@ -165,11 +165,13 @@ type GrantSpec struct {
 type Store interface {
 	// RecordRefusal folds a refusal into the access request of its
 	// tenant, host and port, creating a pending one if none exists, and
-	// returns it. A refusal reopens an approved request (its grant ended
-	// or did not cover this) but leaves a denied one denied.
+	// returns it. A refusal reopens an approved request once its grant
+	// has ended (expired or revoked), not before: replicas refuse for up
+	// to 2 s after an approval. It leaves a denied request denied.
 	RecordRefusal(ctx context.Context, s Sighting) (RequestRef, error)
 	// FileRequest is the tenant asking, usually with a reason: like
-	// RecordRefusal, but it reopens a denied request too.
+	// RecordRefusal, but it reopens any decided request (a grant that
+	// does not cover what the tenant needs, a denial it disputes).
 	FileRequest(ctx context.Context, s Sighting) (RequestRef, error)
 	// ListRequests returns the access requests f selects, the most
 	// recently seen first.

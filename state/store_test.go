@@ -182,14 +182,40 @@ func testStoreContract(t *testing.T, newStore newStoreFunc) {
 			t.Fatalf("wider grant %+v, %v", g2, err)
 		}
 
-		// The grant ended (or did not cover it): a new refusal reopens it.
-		c.Add(time.Minute)
+		// Replicas refuse until they apply the grant: that keeps the
+		// approval.
+		c.Add(time.Second)
+		if got := mustRecord(t, s, refusal("t1", "pypi.org", 443)); got != (RequestRef{ID: ref.ID, Status: StatusApproved}) {
+			t.Fatalf("refusal while the grant is active: %+v, want %s approved", got, ref.ID)
+		}
+		// Once the grant has expired, a refusal reopens the request.
+		c.Add(2 * time.Hour)
 		again := mustRecord(t, s, refusal("t1", "pypi.org", 443))
 		if again.ID != ref.ID || again.Status != StatusPending {
-			t.Fatalf("refusal after approval: %+v, want %s pending", again, ref.ID)
+			t.Fatalf("refusal after the grant expired: %+v, want %s pending", again, ref.ID)
 		}
-		if r := getRequest(t, s, ref.ID); r.GrantID != "" || r.DecidedBy != "" || r.Count != 2 {
+		if r := getRequest(t, s, ref.ID); r.GrantID != "" || r.DecidedBy != "" || r.Count != 3 {
 			t.Fatalf("reopened request %+v", r)
+		}
+		// So does revoking a grant; and a filing reopens even an approval
+		// whose grant is active.
+		exp = c.Now().Add(time.Hour)
+		g3, err := s.Approve(ctx, ref.ID, GrantSpec{ExpiresAt: exp, By: "alice"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RevokeGrant(ctx, g3.ID); err != nil {
+			t.Fatal(err)
+		}
+		if got := mustRecord(t, s, refusal("t1", "pypi.org", 443)); got.Status != StatusPending {
+			t.Fatalf("refusal after revocation: %+v, want pending", got)
+		}
+		if _, err := s.Approve(ctx, ref.ID, GrantSpec{ExpiresAt: exp, By: "alice", Methods: []string{"GET"}}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.FileRequest(ctx, Sighting{Tenant: "t1", Host: "pypi.org", Port: 443, Method: "POST", Reason: "uploads too"})
+		if err != nil || got.Status != StatusPending {
+			t.Fatalf("filing while the grant is active: %+v, %v; want pending", got, err)
 		}
 	})
 
@@ -442,6 +468,38 @@ func testStoreContract(t *testing.T, newStore newStoreFunc) {
 		}
 		if len(rs) != 6 || total != workers*each {
 			t.Fatalf("%d requests counting %d refusals, want 6 counting %d", len(rs), total, workers*each)
+		}
+	})
+
+	t.Run("decision during a flood of refusals", func(t *testing.T) {
+		s := newStore(t, Options{})
+		ref := mustRecord(t, s, refusal("t1", "pypi.org", 443))
+		const workers, each = 4, 50
+		var wg sync.WaitGroup
+		errs := make(chan error, workers+1)
+		for range workers {
+			wg.Go(func() {
+				for range each {
+					if _, err := s.RecordRefusal(ctx, refusal("t1", "pypi.org", 443)); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Go(func() {
+			if _, err := s.Approve(ctx, ref.ID, GrantSpec{ExpiresAt: time.Now().Add(time.Hour), By: "alice"}); err != nil {
+				errs <- fmt.Errorf("Approve: %w", err)
+			}
+		})
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		r := getRequest(t, s, ref.ID)
+		if r.Count != 1+workers*each || r.Status != StatusApproved || r.GrantID == "" {
+			t.Fatalf("request %+v, want approved with count %d", r, 1+workers*each)
 		}
 	})
 }
