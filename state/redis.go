@@ -47,15 +47,15 @@ type RedisOptions struct {
 // Folding a refusal into its request, creating it and evicting the least
 // recently seen is one Lua script, so concurrent refusals on many replicas
 // count exactly. A decision and its grant are written by one script too,
-// which first checks that the request is still pending. Keys of evicted requests are named
-// inside that script, so the backend needs a single Redis (not Cluster).
+// which first checks that the request is still pending. Keys of evicted
+// requests are named inside the first script, so the backend needs a
+// single Redis (not Cluster).
 type Redis struct {
-	opts   Options
-	client *redis.Client
-	prefix string
-	sight  *redis.Script
-	// decideScript: see decideLua.
-	decideScript *redis.Script
+	opts         Options
+	client       *redis.Client
+	prefix       string
+	sightScript  *redis.Script // see sightLua
+	decideScript *redis.Script // see decideLua
 }
 
 var _ Store = (*Redis)(nil)
@@ -84,13 +84,16 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		timeout = DefaultRedisTimeout
 	}
 	co.DialTimeout, co.ReadTimeout, co.WriteTimeout, co.PoolTimeout = timeout, timeout, timeout, timeout
+	// No retries: a script whose reply was lost may have run, and running
+	// it again would count a refusal twice or report a decision that was
+	// made as already decided. The caller sees the error instead.
+	co.MaxRetries = -1
 	co.DisableIdentity = true
 	return &Redis{
-		opts:   o,
-		client: redis.NewClient(co),
-		prefix: opts.Prefix + "access:",
-		sight:  redis.NewScript(sightLua),
-
+		opts:         o,
+		client:       redis.NewClient(co),
+		prefix:       opts.Prefix + "access:",
+		sightScript:  redis.NewScript(sightLua),
 		decideScript: redis.NewScript(decideLua),
 	}, nil
 }
@@ -188,7 +191,7 @@ func (r *Redis) sighting(ctx context.Context, s Sighting, filing bool) (RequestR
 	}
 	now := r.opts.Now().UTC()
 	h := member(s.Tenant, s.Host, s.Port)
-	res, err := r.sight.Run(ctx, r.client,
+	res, err := r.sightScript.Run(ctx, r.client,
 		[]string{r.key("req:", h), r.key("ids"), r.key("seen"), r.key("version"), r.key("grants")},
 		h, newID("req_"), s.Tenant, s.Host, s.Port, now.Format(time.RFC3339Nano), now.UnixMilli(),
 		s.Method, s.Path, s.Reason, boolArg(s.ReportMode), boolArg(filing), r.opts.MaxPending, r.key("req:"),
