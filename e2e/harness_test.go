@@ -69,6 +69,10 @@ func runSuite(m *testing.M) int {
 	}
 	code := m.Run()
 	testDNS.Close()
+	// The shared clients may keep connections to servers a test left
+	// running until the end, such as the namespace tests' canaries.
+	directClient.CloseIdleConnections()
+	http.DefaultClient.CloseIdleConnections()
 	if code == 0 {
 		// The tests' own goroutines (upstreams, relays, clients) must be
 		// gone once every test has cleaned up; the gateway's are checked
