@@ -16,8 +16,8 @@ import (
 // admit is the quota step of the request path: a token from the tenant's
 // and the connector's buckets, then, for requests and tunnels that hold a
 // connection open (not requests inside an inspected tunnel, which its
-// tunnel already holds), a concurrency slot. On refusal it records why.
-func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
+// tunnel already holds), a concurrency slot.
+func (ex *exchange) admit(ctx context.Context, holdsSlot bool) outcome {
 	tenant := ex.tenant
 	limiter := ex.gw.quota
 	var tenantLimit, connectorLimit quota.Limit
@@ -39,58 +39,56 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
 	case !tenantLimit.Unlimited():
 		res, err = limiter.Allow(ctx, ex.ts.rateKey, tenantLimit)
 	}
-	if !ex.quotaOutcome(res.FailedOpen, err) {
-		return false
+	if o := ex.quotaOutcome(res.FailedOpen, err); !o.ok() {
+		return o
 	}
 	if res.Limit > 0 && !res.Allowed {
-		ex.retryAfter = res.RetryAfterSeconds()
+		retryAfter := res.RetryAfterSeconds()
 		which := "tenant"
 		if res.Key != ex.ts.rateKey {
 			which = "connector " + connector.Name
 		}
-		ex.fail(policy.CodeRateLimited, true, fmt.Sprintf(
-			"tenant %q is over its request rate (%s limit of %d burst); retry after %d s", tenant.ID, which, res.Limit, ex.retryAfter))
 		ex.gw.metrics.quotaRejection(tenant.ID, "rate")
-		return false
+		o := refused(policy.CodeRateLimited, fmt.Sprintf(
+			"tenant %q is over its request rate (%s limit of %d burst); retry after %d s", tenant.ID, which, res.Limit, retryAfter))
+		o.retryAfter = retryAfter
+		return o
 	}
 	ex.rate = res
 
 	if holdsSlot && tenant.Quota.MaxConcurrent > 0 {
 		slot, err := limiter.Acquire(ctx, ex.ts.rateKey, tenant.Quota.MaxConcurrent)
 		ex.slot = slot // released by finish, on every path
-		if !ex.quotaOutcome(slot.FailedOpen, err) {
-			return false
+		if o := ex.quotaOutcome(slot.FailedOpen, err); !o.ok() {
+			return o
 		}
 		if !slot.Acquired {
-			ex.fail(policy.CodeConcurrencyLimited, true, fmt.Sprintf(
-				"tenant %q already has %d requests and tunnels open, its max_concurrent; close some or retry later", tenant.ID, tenant.Quota.MaxConcurrent))
 			ex.gw.metrics.quotaRejection(tenant.ID, "concurrency")
-			return false
+			return refused(policy.CodeConcurrencyLimited, fmt.Sprintf(
+				"tenant %q already has %d requests and tunnels open, its max_concurrent; close some or retry later", tenant.ID, tenant.Quota.MaxConcurrent))
 		}
 	}
-	return true
+	return outcome{}
 }
 
 // quotaOutcome handles the quota backend failing: with on_error: deny
 // the request is refused with 503, with allow it passes and is counted.
-func (ex *exchange) quotaOutcome(failedOpen bool, err error) bool {
+func (ex *exchange) quotaOutcome(failedOpen bool, err error) outcome {
 	if failedOpen && !ex.failedOpen {
 		ex.failedOpen = true
 		ex.gw.metrics.quotaFailedOpen(ex.tenant.ID)
 		ex.gw.failOpen.note(ex.gw, ex.id)
 	}
 	if err == nil {
-		return true
+		return outcome{}
 	}
 	if errors.Is(err, quota.ErrUnavailable) {
-		ex.fail(policy.CodeQuotaUnavailable, true, "the quota backend is unreachable and the gateway fails closed; retry shortly")
 		ex.gw.metrics.quotaRejection(ex.tenant.ID, "unavailable")
 		ex.gw.log.Warn("quota backend unavailable", "request_id", ex.id, "error", err)
-		return false
+		return refused(policy.CodeQuotaUnavailable, "the quota backend is unreachable and the gateway fails closed; retry shortly")
 	}
 	// The client went away while the backend was being asked.
-	ex.fail(policy.CodeQuotaUnavailable, true, "the quota check did not complete")
-	return false
+	return refused(policy.CodeQuotaUnavailable, "the quota check did not complete")
 }
 
 // setAllowedHeaders adds to an allowed response its X-Request-Id and,

@@ -49,15 +49,14 @@ type exchange struct {
 	ts       *tenantState      // the tenant's keys and series in this generation
 	tokenSum [sha256.Size]byte // how the tenant was identified: a token's hash,
 	source   netip.Addr        // or, when no token was sent, the client address
+	// decision is the allowlist's, whose connector the later steps apply;
+	// a hook's edited request replaces it with the edit's (decide).
 	decision policy.Decision
-	denied   bool // the gateway refused (as opposed to the upstream failing)
-	code     policy.Code
-	message  string
+	out      outcome // how it ended: what the reply, audit line and metrics read
 	status   int
 
-	rate       quota.Result // the rate decision, for the RateLimit headers
-	slot       quota.Slot   // the concurrency slot, released by finish
-	retryAfter int          // seconds, for a rate_limited refusal
+	rate quota.Result // the rate decision, for the RateLimit headers
+	slot quota.Slot   // the concurrency slot, released by finish
 
 	// failedOpen: a quota check passed unchecked, counted once per request
 	// however many checks (rate, concurrency) did.
@@ -93,23 +92,33 @@ func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
 		client: r.RemoteAddr,
 		tunnel: tunnel,
 		method: r.Method,
-		code:   policy.CodeOK,
 		body:   body,
 	}
 }
 
-// fail records a refusal or failure; the caller sends errorResponse.
-func (ex *exchange) fail(code policy.Code, denied bool, message string) {
-	ex.code, ex.denied, ex.message = code, denied, message
+// end records o, a step's outcome, as how the exchange ended; an ok one
+// changes nothing.
+func (ex *exchange) end(o outcome) {
+	if !o.ok() {
+		ex.out = ex.out.then(o)
+	}
 }
 
-// upstreamFailed records a failed dial or upstream exchange. An address
-// the dialer refused is the gateway's denial; the rest are upstream faults.
-func (ex *exchange) upstreamFailed(err error) {
-	var refused *refusal
-	if errors.As(err, &refused) {
-		ex.fail(refused.code, true, refused.message)
-		return
+// decide makes d the exchange's decision, and its outcome the decision's.
+func (ex *exchange) decide(d policy.Decision) outcome {
+	ex.decision = d
+	o := decided(d)
+	ex.out = o
+	return o
+}
+
+// upstreamFailed is the outcome of a failed dial or upstream exchange. An
+// address the dialer refused is the gateway's denial; the rest are
+// upstream faults.
+func (ex *exchange) upstreamFailed(err error) outcome {
+	var refusal *outcome
+	if errors.As(err, &refusal) {
+		return *refusal
 	}
 	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
 	switch {
@@ -120,18 +129,19 @@ func (ex *exchange) upstreamFailed(err error) {
 	case ex.clientGone.Load():
 		// Not an upstream failure: counted apart, so the upstream-errors
 		// alert (docs/operators.md) does not fire on clients that give up.
-		ex.fail(policy.CodeClientClosed, false, "the client went away before the upstream answered")
-		return
+		return failed(policy.CodeClientClosed, "the client went away before the upstream answered")
 	}
 	if errors.Is(err, errUnsolicitedUpgrade) {
-		ex.fail(policy.CodeUpstreamUnreachable, false, target+" answered 101 Switching Protocols to a request that asked for no such switch; the gateway does not relay it")
-		return
+		return failed(policy.CodeUpstreamUnreachable, target+" answered 101 Switching Protocols to a request that asked for no such switch; the gateway does not relay it")
 	}
 	code, msg := classify(err, ex.tenantID(), target)
-	ex.fail(code, code == policy.CodeDestinationIPDenied || code == policy.CodeBadRequest, msg)
 	// Go's errors can carry the request's URL, query and all.
 	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", code, "error", redaction.ErrorForMessage(err))
 	ex.gw.resolverWarning.note(ex.gw, ex.id, err)
+	if code == policy.CodeDestinationIPDenied || code == policy.CodeBadRequest {
+		return refused(code, msg)
+	}
+	return failed(code, msg)
 }
 
 // setTenant records who the exchange is for, with the tenant's state in
@@ -149,7 +159,7 @@ func (ex *exchange) tenantID() string {
 
 // identify finds the tenant: Basic proxy credentials when the client sends
 // any (and then they must be right), else the client's source address.
-func (ex *exchange) identify(r *http.Request) bool {
+func (ex *exchange) identify(r *http.Request) outcome {
 	snap := ex.rt.live.Snapshot
 	// The server has canonicalised the keys: a direct lookup, the first
 	// value as Get would return.
@@ -160,7 +170,7 @@ func (ex *exchange) identify(r *http.Request) bool {
 			ex.setTenant(t)
 			ex.tokenSum = sum
 			authenticated(r)
-			return true
+			return outcome{}
 		}
 		var buf [basicBuffer]byte
 		if user, token, ok := parseBasic(header, buf[:0]); ok {
@@ -171,25 +181,23 @@ func (ex *exchange) identify(r *http.Request) bool {
 				ex.tokenSum = sum
 				memo.remember(ex.rt, header, t, sum)
 				authenticated(r)
-				return true
+				return outcome{}
 			}
 		}
 		memo.forget()
-		ex.fail(policy.CodeProxyAuthRequired, true,
+		return refused(policy.CodeProxyAuthRequired,
 			"the proxy credentials were not accepted; send Proxy-Authorization: Basic base64(TENANT:TOKEN), e.g. HTTP_PROXY=http://TENANT:TOKEN@gateway:3128")
-		return false
 	}
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		if t := snap.TenantBySource(ap.Addr()); t != nil {
 			ex.setTenant(t)
 			ex.source = ap.Addr()
 			authenticated(r)
-			return true
+			return outcome{}
 		}
 	}
-	ex.fail(policy.CodeProxyAuthRequired, true,
+	return refused(policy.CodeProxyAuthRequired,
 		"this gateway needs proxy credentials; set HTTP_PROXY=http://TENANT:TOKEN@gateway:3128 (and HTTPS_PROXY likewise)")
-	return false
 }
 
 // basicBuffer is room for the decoded credentials of a typical client, so
@@ -240,26 +248,21 @@ func (ex *exchange) recheck(snap *policy.Snapshot) string {
 	return ""
 }
 
-// target parses and decides the destination; on refusal it records why.
-func (ex *exchange) target(authority string, defaultPort uint16, path string) bool {
+// target parses and decides the destination.
+func (ex *exchange) target(authority string, defaultPort uint16, path string) outcome {
 	host, port, err := policy.SplitTarget(authority, defaultPort)
 	if err != nil {
 		ex.host = hostOnly(authority)
-		ex.fail(policy.CodeBadRequest, true, "the request target is malformed or ambiguous: "+err.Error())
-		return false
+		return refused(policy.CodeBadRequest, "the request target is malformed or ambiguous: "+err.Error())
 	}
 	ex.host, ex.port, ex.path = host, port, path
-	ex.decision = ex.tenant.Decide(policy.Request{
+	o := ex.decide(ex.tenant.Decide(policy.Request{
 		Host: host, Port: port, Method: ex.method, Path: path, Tunnel: ex.tunnel, Upgrade: ex.upgrade,
-	})
-	if !ex.decision.Allow {
-		ex.fail(ex.decision.Code, true, ex.decision.Reason)
-		return false
+	}))
+	if o.report {
+		ex.gw.log.Info("report mode: would deny", "request_id", ex.id, "tenant", ex.tenant.ID, "reason", o.reason)
 	}
-	if ex.decision.Report {
-		ex.gw.log.Info("report mode: would deny", "request_id", ex.id, "tenant", ex.tenant.ID, "reason", ex.decision.Reason)
-	}
-	return true
+	return o
 }
 
 func hostOnly(authority string) string {
@@ -267,18 +270,6 @@ func hostOnly(authority string) string {
 		return h
 	}
 	return authority
-}
-
-// decisionLabel is the audit and metrics view of the outcome.
-func (ex *exchange) decisionLabel() string {
-	switch {
-	case ex.denied:
-		return "deny"
-	case ex.decision.Report:
-		return "report"
-	default:
-		return "allow"
-	}
 }
 
 // finish writes the audit line and metrics, once.
@@ -289,32 +280,32 @@ func (ex *exchange) finish() {
 	})
 }
 
-// clientClosed records that the client went away before the exchange was
-// complete.
-func (ex *exchange) clientClosed() {
+// clientClosed is the outcome of the client going away before the
+// exchange was complete.
+func (ex *exchange) clientClosed() outcome {
 	ex.clientGone.Store(true)
-	ex.fail(policy.CodeClientClosed, false, "the client went away before the response was complete")
+	return failed(policy.CodeClientClosed, "the client went away before the response was complete")
 }
 
-// upstreamBrokeOff records an upstream that failed after its response's
-// head had gone to the client: it closed, reset or went silent for
-// idle_timeout mid-body. The client has its status already; its
+// upstreamBrokeOff is the outcome of an upstream that failed after its
+// response's head had gone to the client: it closed, reset or went silent
+// for idle_timeout mid-body. The client has its status already; its
 // connection is aborted.
-func (ex *exchange) upstreamBrokeOff(err error) {
+func (ex *exchange) upstreamBrokeOff(err error) outcome {
 	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
-	ex.fail(policy.CodeUpstreamFailedMidway, false, fmt.Sprintf("%s broke off its response after %d bytes of the body", target, ex.bytesDown.Load()))
 	ex.gw.log.Debug("upstream failed mid-response", "request_id", ex.id, "error", err)
+	return failed(policy.CodeUpstreamFailedMidway, fmt.Sprintf("%s broke off its response after %d bytes of the body", target, ex.bytesDown.Load()))
 }
 
-// forwardFailed records why sending r on failed: r's context ends when
-// the client's connection does, so a forward cut short by that, or by a
-// request body the client broke off, is the client's doing (client_closed);
-// anything else is the upstream's.
-func (ex *exchange) forwardFailed(r *http.Request, err error) {
+// forwardFailed is why sending r on failed: r's context ends when the
+// client's connection does, so a forward cut short by that, or by a
+// request body the client broke off, is the client's doing
+// (client_closed); anything else is the upstream's.
+func (ex *exchange) forwardFailed(r *http.Request, err error) outcome {
 	if r.Context().Err() != nil {
 		ex.clientGone.Store(true)
 	}
-	ex.upstreamFailed(err)
+	return ex.upstreamFailed(err)
 }
 
 // uploadBody is a request body on its way to the upstream: it counts the

@@ -30,7 +30,7 @@ import (
 func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	leaves := g.leaves.Load()
 	if leaves == nil || ex.rt.live.Gateway.CA == nil {
-		ex.fail(policy.CodeDestinationNotAllowed, true, "inspection is configured for this connector but the gateway has no CA loaded")
+		ex.end(refused(policy.CodeDestinationNotAllowed, "inspection is configured for this connector but the gateway has no CA loaded"))
 		t.close()
 		return
 	}
@@ -130,16 +130,18 @@ func (g *Gateway) innerHandler(outer *tunnel) http.Handler {
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			ex := r.Context().Value(exchangeKey{}).(*exchange)
+			var o outcome
 			var unscrubbable *encodingError
 			if errors.As(err, &unscrubbable) {
-				ex.fail(policy.CodeUpstreamUnreachable, false, fmt.Sprintf("%s answered with %s encoding, which the gateway cannot scrub of injected credentials", authority, unscrubbable.encoding))
+				o = failed(policy.CodeUpstreamUnreachable, fmt.Sprintf("%s answered with %s encoding, which the gateway cannot scrub of injected credentials", authority, unscrubbable.encoding))
 			} else {
-				ex.forwardFailed(r, err)
+				o = ex.forwardFailed(r, err)
 			}
-			if ex.code == policy.CodeClientClosed {
+			if o.code == policy.CodeClientClosed {
+				ex.end(o)
 				panic(http.ErrAbortHandler) // nobody left to answer
 			}
-			writeError(w, ex)
+			ex.reply(w, o)
 		},
 		// A body copy that fails mid-way is logged here and then aborts
 		// the handler; innerHandler records why.
@@ -156,21 +158,22 @@ func (g *Gateway) innerHandler(outer *tunnel) http.Handler {
 		tenant, why := ex.reidentify(ex.rt.live.Snapshot, tunnelEx.tenant.ID)
 		if tenant == nil {
 			ex.host, ex.port = tunnelEx.host, tunnelEx.port
-			ex.fail(policy.CodeDestinationNotAllowed, true, why)
-			writeError(w, ex)
+			ex.reply(w, refused(policy.CodeDestinationNotAllowed, why))
 			return
 		}
 		ex.setTenant(tenant)
-		if !ex.innerTarget(r, tunnelEx) || !ex.admit(r.Context(), false) {
-			writeError(w, ex)
-			return
+		o := ex.innerTarget(r, tunnelEx)
+		if o.ok() {
+			o = ex.admit(r.Context(), false)
 		}
-		// As on plain HTTP: the headers the client named hop-by-hop go
-		// before the hook runs, so none the hook adds can be named away.
-		removeHopByHop(r.Header, isUpgrade(r.Header))
-		if refused := ex.transformRequest(r); refused != nil {
-			ex.fail(refused.code, true, refused.message)
-			writeError(w, ex)
+		if o.ok() {
+			// As on plain HTTP: the headers the client named hop-by-hop go
+			// before the hook runs, so none the hook adds can be named away.
+			removeHopByHop(r.Header, isUpgrade(r.Header))
+			o = ex.transformRequest(r)
+		}
+		if !o.ok() {
+			ex.reply(w, o)
 			return
 		}
 		cw := &countingWriter{ResponseWriter: w, n: &ex.bytesDown}
@@ -186,17 +189,17 @@ func (g *Gateway) innerHandler(outer *tunnel) http.Handler {
 		clientGone := cw.failed || r.Context().Err() != nil
 		switch reason := g.releaseStream(t); {
 		case reason != "":
-			ex.fail(policy.CodeRevoked, true, "response ended by a policy reload: "+reason)
+			ex.end(refused(policy.CodeRevoked, "response ended by a policy reload: "+reason))
 			whole = false
 		case outer.revoked.Load() != nil && (!whole || clientGone):
-			ex.fail(policy.CodeRevoked, true, "the tunnel it came through was closed by a policy reload: "+*outer.revoked.Load())
+			ex.end(refused(policy.CodeRevoked, "the tunnel it came through was closed by a policy reload: "+*outer.revoked.Load()))
 			whole = false
-		case ex.code != policy.CodeOK: // the error handler's
+		case !ex.out.ok(): // the error handler's
 		case clientGone:
-			ex.clientClosed()
+			ex.end(ex.clientClosed())
 			whole = false
 		case !whole:
-			ex.upstreamBrokeOff(errors.New("the response body could not be read to its end"))
+			ex.end(ex.upstreamBrokeOff(errors.New("the response body could not be read to its end")))
 		}
 		if !whole {
 			// What arrived goes out before the connection is aborted, so
@@ -226,14 +229,13 @@ func serveWhole(rp *httputil.ReverseProxy, w http.ResponseWriter, r *http.Reques
 // innerTarget checks that an inner request names the tunnel's own host —
 // otherwise the request would go wherever its Host header says — and
 // decides it on its method and path.
-func (ex *exchange) innerTarget(r *http.Request, tunnelEx *exchange) bool {
+func (ex *exchange) innerTarget(r *http.Request, tunnelEx *exchange) outcome {
 	host, port, err := policy.SplitTarget(r.Host, 443)
 	if err != nil || host != tunnelEx.host || port != tunnelEx.port {
 		ex.host, ex.port = hostOnly(r.Host), port
-		ex.fail(policy.CodeBadRequest, true, fmt.Sprintf(
+		return refused(policy.CodeBadRequest, fmt.Sprintf(
 			"a request inside the tunnel to %s names %q; every request in a tunnel must be for the tunnel's own host",
 			net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port))), r.Host))
-		return false
 	}
 	path := r.URL.EscapedPath()
 	if path == "" {
@@ -241,16 +243,10 @@ func (ex *exchange) innerTarget(r *http.Request, tunnelEx *exchange) bool {
 	}
 	if err := policy.CheckPath(path); err != nil {
 		ex.host, ex.port = host, port
-		ex.fail(policy.CodeBadRequest, true, "the request is ambiguous: "+err.Error())
-		return false
+		return refused(policy.CodeBadRequest, "the request is ambiguous: "+err.Error())
 	}
 	ex.host, ex.port, ex.path, ex.upgrade = host, port, path, isUpgrade(r.Header)
-	ex.decision = ex.tenant.Decide(policy.Request{Host: host, Port: port, Method: r.Method, Path: path, TLS: true, Upgrade: ex.upgrade})
-	if !ex.decision.Allow {
-		ex.fail(ex.decision.Code, true, ex.decision.Reason)
-		return false
-	}
-	return true
+	return ex.decide(ex.tenant.Decide(policy.Request{Host: host, Port: port, Method: r.Method, Path: path, TLS: true, Upgrade: ex.upgrade}))
 }
 
 type exchangeKey struct{}
@@ -266,29 +262,6 @@ func (exchangeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		ex.bytesUp.Add(r.ContentLength) // sent: the upstream answered it
 	}
 	return resp, err
-}
-
-// writeError sends the gateway's JSON error for ex on a ResponseWriter;
-// closing the reply closes the exchange's books.
-func writeError(w http.ResponseWriter, ex *exchange) {
-	ex.blameStalledBody()
-	resp := errorResponse(ex, nil)
-	for k, v := range resp.Header {
-		w.Header()[k] = v
-	}
-	w.Header().Del("Content-Length")
-	// A refusal before the body was read closes the connection rather
-	// than wait for the body to read past it (docs/operators.md).
-	unread := ex.body.pending()
-	if unread {
-		w.Header().Set("Connection", "close")
-	}
-	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
-	_ = resp.Body.Close()
-	if unread {
-		ex.body.abandon()
-	}
 }
 
 // scrubResponse removes the connector's injected secrets from what goes

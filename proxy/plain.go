@@ -40,34 +40,34 @@ func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 	ex := g.begin(r, false)
 	ex.scheme = r.URL.Scheme
 	defer ex.finish()
-	if !ex.admitPlain(r) {
-		writeError(w, ex)
+	if o := ex.admitPlain(r); !o.ok() {
+		ex.reply(w, o)
 		return
 	}
 	r.RequestURI = "" // a server's request, sent on as a client's
 	t := g.holdStream(ex, r)
-	whole := ex.relayPlain(w, r, t)
+	o := ex.relayPlain(w, r, t)
 	if reason := g.releaseStream(t); reason != "" {
-		ex.fail(policy.CodeRevoked, true, "response ended by a policy reload: "+reason)
-		whole = false
+		o = refused(policy.CodeRevoked, "response ended by a policy reload: "+reason)
 	}
-	if !whole {
+	ex.end(o)
+	if o.replied() {
 		panic(http.ErrAbortHandler) // after the deferred finish has recorded why
 	}
 }
 
-// relayPlain forwards r and sends the response back to the client. It
-// reports whether the exchange ended whole; if not, the code says why and
-// the caller aborts the client's connection.
-func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel) bool {
+// relayPlain forwards r and sends the response, or the gateway's error,
+// back to the client. An outcome the client had its status before (see
+// outcome.replied) makes the caller abort the client's connection.
+func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel) outcome {
 	resp, err := ex.forward(r)
 	if err != nil {
-		ex.forwardFailed(r, err)
-		if ex.code == policy.CodeClientClosed {
-			return false // nobody left to answer
+		o := ex.forwardFailed(r, err)
+		if o.code == policy.CodeClientClosed {
+			return o // nobody left to answer
 		}
-		writeError(w, ex)
-		return true
+		ex.reply(w, o)
+		return ex.out
 	}
 	defer resp.Body.Close()
 	ex.status = resp.StatusCode
@@ -75,10 +75,9 @@ func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel
 		// The connection changes hands: from now on it is held, and
 		// revoked, as a tunnel is.
 		if reason := ex.gw.releaseStream(t); reason != "" {
-			return false // servePlain records the revocation
+			return outcome{} // servePlain records the revocation
 		}
-		ex.relayUpgrade(w, resp)
-		return true
+		return ex.relayUpgrade(w, resp)
 	}
 	removeHopByHop(resp.Header, false)
 	h := w.Header()
@@ -90,28 +89,27 @@ func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel
 	w.WriteHeader(resp.StatusCode)
 	_, ingress := ex.shapers()
 	body := ingress.Reader(r.Context(), resp.Body)
-	if !ex.copyResponse(r.Context(), w, body) {
-		return false
+	if o := ex.copyResponse(r.Context(), w, body); !o.ok() {
+		return o
 	}
 	for k, v := range resp.Trailer {
 		h[http.TrailerPrefix+k] = v
 	}
-	return true
+	return outcome{}
 }
 
 // admitPlain identifies the tenant, checks and decides the request, takes
-// its quota and applies the connector's request transforms. On refusal it
-// records why and the caller answers with the error.
-func (ex *exchange) admitPlain(r *http.Request) bool {
-	if !ex.identify(r) {
-		return false
+// its quota and applies the connector's request transforms; a refusal's
+// outcome the caller answers with.
+func (ex *exchange) admitPlain(r *http.Request) outcome {
+	if o := ex.identify(r); !o.ok() {
+		return o
 	}
 	defaultPort := uint16(80)
 	if r.URL.Scheme == "https" {
 		defaultPort = 443
 	} else if r.URL.Scheme != "http" {
-		ex.fail(policy.CodeBadRequest, true, "only http:// URLs can be sent as plain proxy requests; use CONNECT (HTTPS_PROXY) for https")
-		return false
+		return refused(policy.CodeBadRequest, "only http:// URLs can be sent as plain proxy requests; use CONNECT (HTTPS_PROXY) for https")
 	}
 	path := r.URL.EscapedPath()
 	if path == "" {
@@ -119,26 +117,27 @@ func (ex *exchange) admitPlain(r *http.Request) bool {
 	}
 	if err := policy.CheckPath(path); err != nil {
 		ex.host = hostOnly(r.URL.Host)
-		ex.fail(policy.CodeBadRequest, true, "the request is ambiguous: "+err.Error())
-		return false
+		return refused(policy.CodeBadRequest, "the request is ambiguous: "+err.Error())
 	}
 	// The policy decides an upgrade on its own terms: nothing after the
 	// 101 is read (docs/admins.md, upgrade: true).
 	ex.upgrade = isUpgrade(r.Header)
-	if !ex.target(r.URL.Host, defaultPort, path) || !ex.admit(r.Context(), true) {
-		return false
+	if o := ex.target(r.URL.Host, defaultPort, path); !o.ok() {
+		return o
+	}
+	if o := ex.admit(r.Context(), true); !o.ok() {
+		return o
 	}
 	removeHopByHop(r.Header, isUpgrade(r.Header))
-	if refused := ex.transformRequest(r); refused != nil {
-		ex.fail(refused.code, true, refused.message)
-		return false
+	if o := ex.transformRequest(r); !o.ok() {
+		return o
 	}
 	ex.inject(r.Header)
 	if r.Body != nil && r.Body != http.NoBody {
 		egress, _ := ex.shapers()
 		r.Body = &uploadBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
 	}
-	return true
+	return outcome{}
 }
 
 // forward sends an allowed plain request with the transport of the
@@ -170,9 +169,9 @@ func (ex *exchange) forward(r *http.Request) (*http.Response, error) {
 // stream (server-sent events, a long poll) or a body that arrives slowly,
 // nothing that has arrived waits in the gateway for the upstream's next
 // bytes, or is lost with the connection if those never come. It reports
-// whether the body went out whole; if not, it records why: the client
-// went away (ctx, the request's, is done then), or the upstream broke off.
-func (ex *exchange) copyResponse(ctx context.Context, w http.ResponseWriter, body io.Reader) bool {
+// whether the body went out whole; if not, why: the client went away
+// (ctx, the request's, is done then), or the upstream broke off.
+func (ex *exchange) copyResponse(ctx context.Context, w http.ResponseWriter, body io.Reader) outcome {
 	buf := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(buf)
 	rc := http.NewResponseController(w)
@@ -180,28 +179,24 @@ func (ex *exchange) copyResponse(ctx context.Context, w http.ResponseWriter, bod
 		n, err := body.Read(*buf)
 		if n > 0 {
 			if _, werr := w.Write((*buf)[:n]); werr != nil {
-				ex.clientClosed()
-				return false
+				return ex.clientClosed()
 			}
 			if err != io.EOF {
 				if ferr := rc.Flush(); ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
-					ex.clientClosed()
-					return false
+					return ex.clientClosed()
 				}
 			}
 			ex.bytesDown.Add(int64(n))
 		}
 		switch {
 		case err == io.EOF && ctx.Err() == nil:
-			return true
+			return outcome{}
 		case err != nil && ctx.Err() != nil:
 			// Gone before the end reached it, even if the upstream
 			// finished as the gateway let go of it.
-			ex.clientClosed()
-			return false
+			return ex.clientClosed()
 		case err != nil:
-			ex.upstreamBrokeOff(err)
-			return false
+			return ex.upstreamBrokeOff(err)
 		}
 	}
 }
@@ -221,19 +216,20 @@ func announceTrailers(h http.Header, trailer http.Header) {
 
 // relayUpgrade completes a protocol switch (WebSocket): it takes over the
 // client's connection, passes the upstream's 101 on and relays both ways,
-// counting, until either side ends.
-func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) {
+// counting, until either side ends; the connection's own end is recorded
+// by keepOpen.
+func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) outcome {
 	upstream, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
-		ex.fail(policy.CodeUpstreamUnreachable, false, "the upstream switched protocols on a connection the gateway cannot take over")
-		writeError(w, ex)
-		return
+		o := failed(policy.CodeUpstreamUnreachable, "the upstream switched protocols on a connection the gateway cannot take over")
+		ex.reply(w, o)
+		return ex.out
 	}
 	client, buffered, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		ex.fail(policy.CodeUpstreamUnreachable, false, "the client connection cannot be taken over for the protocol switch")
-		writeError(w, ex)
-		return
+		o := failed(policy.CodeUpstreamUnreachable, "the client connection cannot be taken over for the protocol switch")
+		ex.reply(w, o)
+		return ex.out
 	}
 	ex.gw.keepOpen(&tunnel{ex: ex, client: client, upgraded: upstream}, "upgraded connection", func() {
 		removeHopByHop(resp.Header, true)
@@ -244,6 +240,7 @@ func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) {
 		}
 		ex.relayUpgraded(client, buffered, upstream)
 	})
+	return outcome{}
 }
 
 // relayUpgraded relays an upgraded connection both ways until either side
@@ -296,8 +293,7 @@ func copyUpgraded(dst io.Writer, src io.Reader, counter, lastActivity *atomic.In
 // server, which is what a client that mistook it for its upstream does.
 func (g *Gateway) nonProxyHandler(w http.ResponseWriter, r *http.Request) {
 	ex := g.begin(r, false)
-	ex.fail(policy.CodeBadRequest, true, "this is an egress gateway: send requests through it as a proxy (HTTP_PROXY / HTTPS_PROXY), with an absolute URL")
-	writeError(w, ex)
+	ex.reply(w, refused(policy.CodeBadRequest, "this is an egress gateway: send requests through it as a proxy (HTTP_PROXY / HTTPS_PROXY), with an absolute URL"))
 }
 
 // isHopByHop says whether name is a header that describes one connection,

@@ -18,16 +18,6 @@ import (
 	"github.com/egressgw/egressgw/redaction"
 )
 
-// refusal is a transform step refusing an exchange after it was allowed:
-// a hook that denied or failed, a body too large to inspect. It travels as
-// an error from the transform to where the reply is made.
-type refusal struct {
-	code    policy.Code
-	message string
-}
-
-func (r *refusal) Error() string { return string(r.code) + ": " + r.message }
-
 // hookRuntime starts the hook workers the first time a policy uses hooks,
 // so a gateway without hooks runs no worker process. A failure to start is
 // remembered and fails every hooked request closed.
@@ -50,18 +40,21 @@ func (h *hookRuntime) close() {
 }
 
 // transformRequest is the request side of the transform step: the hook
-// sees what the sandbox sent, then redaction scrubs what will leave.
-func (ex *exchange) transformRequest(r *http.Request) *refusal {
-	if refused := ex.requestHook(r); refused != nil {
-		return refused
+// sees what the sandbox sent, then redaction scrubs what will leave. A
+// request the hook edited goes on under the edit's decision.
+func (ex *exchange) transformRequest(r *http.Request) outcome {
+	d, o := ex.requestHook(r)
+	if !o.ok() {
+		return o
 	}
-	if refused := ex.redactRequest(r); refused != nil {
-		return refused
+	ex.decide(d)
+	if o := ex.redactRequest(r); !o.ok() {
+		return o
 	}
 	if c := ex.decision.Connector; c != nil && c.Hooks != nil && c.Hooks.Response != nil {
 		ex.answered = ex.keepForResponseHook(r, c.Hooks.Limits.MaxBodyBytes)
 	}
-	return nil
+	return outcome{}
 }
 
 // keepForResponseHook records what leaves for the response hook, body
@@ -106,61 +99,64 @@ func (ex *exchange) hookRequest(r *http.Request, body []byte) hooks.Request {
 // requestHook runs the allowing connector's request hook on r and applies
 // its edits. The script sees what the sandbox sent: before injection, and
 // without the proxy credentials. An edited method or path is decided again,
-// so a hook cannot carry a request outside the connector's rules.
-func (ex *exchange) requestHook(r *http.Request) *refusal {
+// so a hook cannot carry a request outside the connector's rules: the
+// decision it returns is the one the edited request goes on under.
+func (ex *exchange) requestHook(r *http.Request) (policy.Decision, outcome) {
 	c := ex.decision.Connector
 	if c == nil || c.Hooks == nil || c.Hooks.Request == nil {
-		return nil
+		return ex.decision, outcome{}
 	}
 	script, limits := c.Hooks.Request, c.Hooks.Limits
 	body, tooLarge := readBounded(r.Body, limits.MaxBodyBytes)
 	if tooLarge {
 		ex.gw.metrics.hookRun(c.Name, "body_too_large", 0)
-		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name)}
+		return ex.decision, refused(policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name))
 	}
 	in := ex.hookRequest(r, body)
-	outcome, err := ex.runHook(r.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
+	result, o := ex.runHook(r.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
 		var err error
 		var oc hooks.Outcome
 		in, oc, err = rt.RunRequest(ctx, script, meta, in, limits)
 		return oc, err
 	})
-	if err != nil {
-		return err
+	if !o.ok() {
+		return ex.decision, o
 	}
-	if outcome.Denied {
-		return &refusal{policy.CodeHookDenied, outcome.DenyReason}
+	if result.Denied {
+		return ex.decision, refused(policy.CodeHookDenied, result.DenyReason)
 	}
+	decision := ex.decision
 	if in.Method != r.Method || in.Path != ex.path {
 		if err := policy.CheckPath(in.Path); err != nil {
-			return &refusal{policy.CodeHookFailed, fmt.Sprintf("hook %s produced an ambiguous path", script.Name())}
+			return ex.decision, refused(policy.CodeHookFailed, fmt.Sprintf("hook %s produced an ambiguous path", script.Name()))
 		}
 		d := ex.tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: in.Method, Path: in.Path, TLS: ex.scheme == "https"})
 		if !d.Allow {
-			return &refusal{d.Code, "after hook " + script.Name() + ": " + d.Reason}
+			return ex.decision, refused(d.Code, "after hook "+script.Name()+": "+d.Reason)
 		}
 		if d.Connector != c {
 			// Another rule would allow the edit, but the request carries this
 			// connector's credentials, which cover only what it allows.
-			return &refusal{policy.CodeDestinationNotAllowed, fmt.Sprintf(
-				"after hook %s: %s %s is not among the methods and paths that connector %q allows", script.Name(), in.Method, in.Path, c.Name)}
+			return ex.decision, refused(policy.CodeDestinationNotAllowed, fmt.Sprintf(
+				"after hook %s: %s %s is not among the methods and paths that connector %q allows", script.Name(), in.Method, in.Path, c.Name))
 		}
-		if d.Report && !ex.decision.Report {
+		if d.Report && !decision.Report {
 			// Report mode lets the edited request through, as what enforce
-			// would deny: without credentials.
-			ex.decision.Report, ex.decision.Code, ex.decision.Reason = true, d.Code, "after hook "+script.Name()+": "+d.Reason
+			// would deny: without credentials. The rule that let the
+			// request in is still the one the audit line names.
+			decision.Report, decision.Code, decision.Reason = true, d.Code, "after hook "+script.Name()+": "+d.Reason
 		}
 		ex.method, ex.path = in.Method, in.Path
 	}
-	target, err2 := url.ParseRequestURI(in.Path + queryPart(in.Query))
-	if err2 != nil {
-		return &refusal{policy.CodeHookFailed, fmt.Sprintf("hook %s produced an invalid path or query", script.Name())}
+	target, err := url.ParseRequestURI(in.Path + queryPart(in.Query))
+	if err != nil {
+		return ex.decision, refused(policy.CodeHookFailed, fmt.Sprintf("hook %s produced an invalid path or query", script.Name()))
 	}
 	r.Method = in.Method
 	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = target.Path, target.RawPath, target.RawQuery
 	r.Header = in.Headers
 	ex.setRequestBody(r, in.Body)
-	return nil
+	return decision, outcome{}
 }
 
 // responseHook runs the connector's response hook on resp (already
@@ -178,24 +174,24 @@ func (ex *exchange) responseHook(resp *http.Response) error {
 	_ = resp.Body.Close()
 	if tooLarge {
 		ex.gw.metrics.hookRun(c.Name, "body_too_large", 0)
-		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name)}
+		return refusedErr(policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name))
 	}
 	req := hooks.Request{Method: ex.method, Scheme: ex.scheme, Host: ex.host, Port: int(ex.port), Path: ex.path}
 	if ex.answered != nil {
 		req = *ex.answered
 	}
 	in := hooks.Response{Status: resp.StatusCode, Headers: resp.Header, Body: body}
-	outcome, err := ex.runHook(resp.Request.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
+	result, o := ex.runHook(resp.Request.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
 		var err error
 		var oc hooks.Outcome
 		in, oc, err = rt.RunResponse(ctx, script, meta, req, in, limits)
 		return oc, err
 	})
-	if err != nil {
-		return err
+	if !o.ok() {
+		return &o
 	}
-	if outcome.Denied {
-		return &refusal{policy.CodeHookDenied, outcome.DenyReason}
+	if result.Denied {
+		return refusedErr(policy.CodeHookDenied, result.DenyReason)
 	}
 	resp.StatusCode, resp.Status = in.Status, strconv.Itoa(in.Status)+" "+http.StatusText(in.Status)
 	resp.Header = in.Headers
@@ -204,37 +200,38 @@ func (ex *exchange) responseHook(resp *http.Response) error {
 }
 
 // runHook runs one script through the gateway's hook runtime, counting the
-// run; errors come back as refusals with the SPEC §3 code.
+// run; errors come back as refusals with their code (docs/reference.md,
+// "What clients see").
 func (ex *exchange) runHook(ctx context.Context, c *policy.Connector, script *hooks.Script,
-	run func(*hooks.Runtime, context.Context, hooks.Meta) (hooks.Outcome, error)) (hooks.Outcome, *refusal) {
+	run func(*hooks.Runtime, context.Context, hooks.Meta) (hooks.Outcome, error)) (hooks.Outcome, outcome) {
 	ex.hooks = append(ex.hooks, script.Name())
 	rt, err := ex.gw.hooks.get()
 	if err != nil {
 		ex.gw.log.Error("hook runtime unavailable", "error", err)
 		ex.gw.metrics.hookRun(c.Name, "unavailable", 0)
-		return hooks.Outcome{}, &refusal{policy.CodeHookFailed, "the gateway cannot run hooks right now"}
+		return hooks.Outcome{}, refused(policy.CodeHookFailed, "the gateway cannot run hooks right now")
 	}
 	start := ex.gw.now()
-	outcome, err := run(rt, ctx, hooks.Meta{Tenant: ex.tenant.ID, Connector: c.Name, ConnectorVersion: c.Version})
+	result, err := run(rt, ctx, hooks.Meta{Tenant: ex.tenant.ID, Connector: c.Name, ConnectorVersion: c.Version})
 	elapsed := ex.gw.now().Sub(start)
 	var tooLarge *hooks.BodyTooLargeError
 	var failed *hooks.RunError
 	switch {
 	case errors.As(err, &tooLarge):
 		ex.gw.metrics.hookRun(c.Name, "body_too_large", elapsed)
-		return outcome, &refusal{policy.CodeBodyTooLarge, tooLarge.Error()}
+		return result, refused(policy.CodeBodyTooLarge, tooLarge.Error())
 	case errors.As(err, &failed):
 		ex.gw.metrics.hookRun(c.Name, failed.Kind.String(), elapsed)
-		return outcome, &refusal{policy.CodeHookFailed, failed.Error()}
+		return result, refused(policy.CodeHookFailed, failed.Error())
 	case err != nil:
 		ex.gw.metrics.hookRun(c.Name, "error", elapsed)
-		return outcome, &refusal{policy.CodeHookFailed, "hook " + script.Name() + " failed"}
-	case outcome.Denied:
+		return result, refused(policy.CodeHookFailed, "hook "+script.Name()+" failed")
+	case result.Denied:
 		ex.gw.metrics.hookRun(c.Name, "denied", elapsed)
 	default:
 		ex.gw.metrics.hookRun(c.Name, "ok", elapsed)
 	}
-	return outcome, nil
+	return result, outcome{}
 }
 
 // readBounded reads at most limit bytes of body and reports whether there
@@ -303,10 +300,10 @@ func (ex *exchange) transformResponse(resp *http.Response) error {
 // after the request hook, so a script cannot put back what redaction
 // removes, and before injection, so the injected credential is not
 // redacted away. A body it cannot inspect whole is refused, never sent.
-func (ex *exchange) redactRequest(r *http.Request) *refusal {
+func (ex *exchange) redactRequest(r *http.Request) outcome {
 	c := ex.decision.Connector
 	if c == nil || c.Redact == nil || len(c.Redact.Request) == 0 {
-		return nil
+		return outcome{}
 	}
 	chain := c.Redact.Request
 	ex.recordRedactions(chain.Headers(r.Header))
@@ -314,23 +311,23 @@ func (ex *exchange) redactRequest(r *http.Request) *refusal {
 	r.URL.RawQuery = query
 	ex.recordRedactions(rep)
 	if !chain.InspectsBody() || r.Body == nil || r.Body == http.NoBody {
-		return nil
+		return outcome{}
 	}
 	if enc := r.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
-		return &refusal{policy.CodeBodyTooLarge, "a " + enc + "-encoded request body cannot be redacted; send it uncompressed"}
+		return refused(policy.CodeBodyTooLarge, "a "+enc+"-encoded request body cannot be redacted; send it uncompressed")
 	}
 	limit := ex.rt.live.Gateway.Redaction.MaxBodyBytes
 	body, tooLarge := readBounded(r.Body, limit)
 	if tooLarge {
-		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than redaction.max_body_bytes (%d) and is never sent unredacted", limit)}
+		return refused(policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than redaction.max_body_bytes (%d) and is never sent unredacted", limit))
 	}
 	out, rep, err := chain.Body(r.Header.Get("Content-Type"), body)
 	if err != nil {
-		return &refusal{policy.CodeBodyTooLarge, err.Error()}
+		return refused(policy.CodeBodyTooLarge, err.Error())
 	}
 	ex.recordRedactions(rep)
 	ex.setRequestBody(r, out)
-	return nil
+	return outcome{}
 }
 
 // redactResponse applies the connector's response redaction before the
@@ -352,11 +349,11 @@ func (ex *exchange) redactResponse(resp *http.Response) error {
 	body, tooLarge := readBounded(resp.Body, limit)
 	_ = resp.Body.Close()
 	if tooLarge {
-		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than redaction.max_body_bytes (%d) and is never passed unredacted", limit)}
+		return refusedErr(policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than redaction.max_body_bytes (%d) and is never passed unredacted", limit))
 	}
 	out, rep, err := chain.Body(resp.Header.Get("Content-Type"), body)
 	if err != nil {
-		return &refusal{policy.CodeBodyTooLarge, err.Error()}
+		return refusedErr(policy.CodeBodyTooLarge, err.Error())
 	}
 	ex.recordRedactions(rep)
 	setResponseBody(resp, out)

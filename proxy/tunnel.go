@@ -25,19 +25,19 @@ import (
 func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	ex := g.begin(r, true)
 	ex.scheme = "tunnel"
-	admitted := ex.identify(r) && ex.target(r.URL.Host, 0, "") && ex.admit(r.Context(), true)
+	o := ex.admitConnect(r.Context(), r, r.URL.Host)
 	client, buffered, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		// Not on the gateway's HTTP/1 listener; nothing to tunnel with.
-		if admitted {
-			ex.fail(policy.CodeBadRequest, true, "a tunnel needs an HTTP/1.1 CONNECT")
+		if o.ok() {
+			o = refused(policy.CodeBadRequest, "a tunnel needs an HTTP/1.1 CONNECT")
 		}
-		writeError(w, ex)
+		ex.reply(w, o)
 		ex.finish()
 		return
 	}
-	if !admitted {
-		g.replyHijacked(ex, client)
+	if !o.ok() {
+		g.replyHijacked(ex, o, client)
 		ex.finish()
 		return
 	}
@@ -50,6 +50,18 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	// connection goroutine returns at once, and with it its deep stack: an
 	// idle tunnel then costs little more than its two relay goroutines.
 	go g.tunnel(ex, client, early)
+}
+
+// admitConnect identifies the tenant of a CONNECT to authority, decides
+// it and takes its quota.
+func (ex *exchange) admitConnect(ctx context.Context, r *http.Request, authority string) outcome {
+	if o := ex.identify(r); !o.ok() {
+		return o
+	}
+	if o := ex.target(authority, 0, ""); !o.ok() {
+		return o
+	}
+	return ex.admit(ctx, true)
 }
 
 // tunnel dials the destination through the safe dialer and relays bytes
@@ -70,8 +82,7 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn, early []byte) {
 	upstream, err := ex.rt.dialer.DialContext(ctx, "tcp", net.JoinHostPort(ex.host, itoa(ex.port)))
 	cancel()
 	if err != nil {
-		ex.upstreamFailed(err)
-		g.replyHijacked(ex, client)
+		g.replyHijacked(ex, ex.upstreamFailed(err), client)
 		return
 	}
 	t := &tunnel{ex: ex, client: client, upstream: upstream, early: early}
@@ -106,15 +117,6 @@ func (c *earlyConn) CloseWrite() error {
 		return hc.CloseWrite()
 	}
 	return nil
-}
-
-// replyHijacked sends ex's error on a connection taken over from the HTTP
-// server, and closes it.
-func (g *Gateway) replyHijacked(ex *exchange, client net.Conn) {
-	resp := errorResponse(ex, nil)
-	_ = client.SetWriteDeadline(g.now().Add(5 * time.Second))
-	_ = resp.Write(client)
-	_ = client.Close()
 }
 
 // inspectedTunnel accepts the CONNECT and serves what is inside it; the
@@ -161,8 +163,7 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 		g.tunnels.remove(t)
 	}()
 	if reason := g.reloadedMeanwhile(t); reason != "" {
-		ex.fail(policy.CodeDestinationNotAllowed, true, "the policy changed while the "+what+" was opening: "+reason)
-		g.replyHijacked(ex, t.client)
+		g.replyHijacked(ex, refused(policy.CodeDestinationNotAllowed, "the policy changed while the "+what+" was opening: "+reason), t.client)
 		t.close()
 		return
 	}
@@ -171,9 +172,9 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 	// The client had its 200 (or 101) already: what it gets is the close,
 	// and the audit line says why.
 	if t.cut.Load() {
-		ex.fail(policy.CodeRevoked, true, what+" closed by the gateway shutdown: it was still open when limits.shutdown_grace ran out")
+		ex.end(refused(policy.CodeRevoked, what+" closed by the gateway shutdown: it was still open when limits.shutdown_grace ran out"))
 	} else if reason := t.revoked.Load(); reason != nil {
-		ex.fail(policy.CodeRevoked, true, what+" closed by a policy reload: "+*reason)
+		ex.end(refused(policy.CodeRevoked, what+" closed by a policy reload: "+*reason))
 	}
 }
 
