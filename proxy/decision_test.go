@@ -81,6 +81,19 @@ func decisionGateway(tb testing.TB) *Gateway {
 		"quota: { requests_per_second: 1000000000, burst: 1000000000, max_concurrent: 1000000 }\nrules:\n"+rules.String())
 }
 
+// admitConnect runs the steps of serveConnect that come before the tunnel:
+// identify, decide and admit.
+func admitConnect(ctx context.Context, ex *exchange, r *http.Request, authority string) outcome {
+	o := ex.identify(r)
+	if o.ok() {
+		o = ex.decide(connectTarget(authority))
+	}
+	if o.ok() {
+		o = ex.admit(ctx, true)
+	}
+	return o
+}
+
 // BenchmarkPolicyDecision is the gateway's decision for one CONNECT:
 // identify the tenant from its Basic credentials (decode, SHA-256,
 // constant-time compare), match the target against 10,000 rules, and
@@ -102,7 +115,7 @@ func BenchmarkPolicyDecision(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				*ex = exchange{gw: g, rt: rt, method: http.MethodConnect, tunnel: true}
-				if o := ex.admitConnect(ctx, r, target.authority); !o.ok() {
+				if o := admitConnect(ctx, ex, r, target.authority); !o.ok() {
 					b.Fatalf("refused: %s %s", o.code, o.reason)
 				}
 				ex.slot.Release()
@@ -123,7 +136,7 @@ func TestPolicyDecisionAtScale(t *testing.T) {
 		r.RemoteAddr = "10.0.0.7:40000"
 		r.Header.Set("Proxy-Authorization", "Basic "+credentials)
 		ex := &exchange{gw: g, rt: rt, method: http.MethodConnect, tunnel: true}
-		o := ex.admitConnect(ctx, r, authority)
+		o := admitConnect(ctx, ex, r, authority)
 		if o.ok() {
 			ex.slot.Release()
 		}
@@ -155,7 +168,7 @@ func TestPolicyDecisionAtScale(t *testing.T) {
 	ex := &exchange{}
 	allocs := testing.AllocsPerRun(200, func() {
 		*ex = exchange{gw: g, rt: rt, method: http.MethodConnect, tunnel: true}
-		if o := ex.admitConnect(ctx, r, "api.zone17.example.net:443"); !o.ok() {
+		if o := admitConnect(ctx, ex, r, "api.zone17.example.net:443"); !o.ok() {
 			t.Fatalf("refused: %s", o.reason)
 		}
 		ex.slot.Release()

@@ -104,8 +104,9 @@ func (ex *exchange) end(o outcome) {
 	}
 }
 
-// decide makes d the exchange's decision, and its outcome the decision's.
-func (ex *exchange) decide(d policy.Decision) outcome {
+// setDecision makes d the exchange's decision, and its outcome the
+// decision's.
+func (ex *exchange) setDecision(d policy.Decision) outcome {
 	ex.decision = d
 	o := decided(d)
 	ex.out = o
@@ -200,6 +201,20 @@ func (ex *exchange) identify(r *http.Request) outcome {
 		"this gateway needs proxy credentials; set HTTP_PROXY=http://TENANT:TOKEN@gateway:3128 (and HTTPS_PROXY likewise)")
 }
 
+// identifyAs identifies a request inside an inspected tunnel as the
+// tenant the tunnel was opened as, the same way, in the exchange's own
+// policy generation: a reload since may have taken the tenant's access.
+func (ex *exchange) identifyAs(tunnelEx *exchange) outcome {
+	ex.tokenSum, ex.source = tunnelEx.tokenSum, tunnelEx.source
+	tenant, why := ex.reidentify(ex.rt.live.Snapshot, tunnelEx.tenant.ID)
+	if tenant == nil {
+		ex.host, ex.port = tunnelEx.host, tunnelEx.port
+		return refused(policy.CodeDestinationNotAllowed, why)
+	}
+	ex.setTenant(tenant)
+	return outcome{}
+}
+
 // basicBuffer is room for the decoded credentials of a typical client, so
 // that identifying one allocates nothing; longer ones still work.
 const basicBuffer = 192
@@ -246,30 +261,6 @@ func (ex *exchange) recheck(snap *policy.Snapshot) string {
 		return d.Reason
 	}
 	return ""
-}
-
-// target parses and decides the destination.
-func (ex *exchange) target(authority string, defaultPort uint16, path string) outcome {
-	host, port, err := policy.SplitTarget(authority, defaultPort)
-	if err != nil {
-		ex.host = hostOnly(authority)
-		return refused(policy.CodeBadRequest, "the request target is malformed or ambiguous: "+err.Error())
-	}
-	ex.host, ex.port, ex.path = host, port, path
-	o := ex.decide(ex.tenant.Decide(policy.Request{
-		Host: host, Port: port, Method: ex.method, Path: path, Tunnel: ex.tunnel, Upgrade: ex.upgrade,
-	}))
-	if o.report {
-		ex.gw.log.Info("report mode: would deny", "request_id", ex.id, "tenant", ex.tenant.ID, "reason", o.reason)
-	}
-	return o
-}
-
-func hostOnly(authority string) string {
-	if h, _, err := net.SplitHostPort(authority); err == nil {
-		return h
-	}
-	return authority
 }
 
 // finish writes the audit line and metrics, once.

@@ -66,7 +66,7 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	// and relays it in the handler: the tunnel ends when that handler
 	// does, not when the connection changes hands.
 	var hijacked atomic.Bool
-	serveInner := g.innerHandler(t)
+	serveInner := g.innerProxy(t)
 	inner := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			defer func() {
@@ -99,8 +99,10 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	_ = inner.Serve(ln)
 }
 
-// innerHandler serves the requests of one inspected tunnel.
-func (g *Gateway) innerHandler(outer *tunnel) http.Handler {
+// innerProxy serves the requests of one inspected tunnel (serveInner),
+// forwarding them with a ReverseProxy whose hooks are those of the
+// exchange in the request's context.
+func (g *Gateway) innerProxy(outer *tunnel) http.Handler {
 	tunnelEx := outer.ex
 	authority := net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port)))
 	rp := &httputil.ReverseProxy{
@@ -144,70 +146,40 @@ func (g *Gateway) innerHandler(outer *tunnel) http.Handler {
 			ex.reply(w, o)
 		},
 		// A body copy that fails mid-way is logged here and then aborts
-		// the handler; innerHandler records why.
+		// the handler; relayInner records why.
 		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		markHandling(r)
-		// Each inner request is a request of its own, decided under the
-		// policy live now, for the tenant the tunnel was opened as.
-		ex := g.begin(r, false)
-		ex.scheme, ex.inner = "https", true
-		ex.tokenSum, ex.source = tunnelEx.tokenSum, tunnelEx.source
-		defer ex.finish()
-		tenant, why := ex.reidentify(ex.rt.live.Snapshot, tunnelEx.tenant.ID)
-		if tenant == nil {
-			ex.host, ex.port = tunnelEx.host, tunnelEx.port
-			ex.reply(w, refused(policy.CodeDestinationNotAllowed, why))
-			return
-		}
-		ex.setTenant(tenant)
-		o := ex.innerTarget(r, tunnelEx)
-		if o.ok() {
-			o = ex.admit(r.Context(), false)
-		}
-		if o.ok() {
-			// As on plain HTTP: the headers the client named hop-by-hop go
-			// before the hook runs, so none the hook adds can be named away.
-			removeHopByHop(r.Header, isUpgrade(r.Header))
-			o = ex.transformRequest(r)
-		}
-		if !o.ok() {
-			ex.reply(w, o)
-			return
-		}
-		cw := &countingWriter{ResponseWriter: w, n: &ex.bytesDown}
-		t := g.holdStream(ex, r)
-		whole := serveWhole(rp, cw, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
-		if ex.status == 0 {
-			ex.status = cw.status
-		}
-		// The client's connection ending (its context is done then) cuts
-		// the response short even when the copy ended: the upstream may
-		// have finished as its side was closed, but the end never reached
-		// the client.
-		clientGone := cw.failed || r.Context().Err() != nil
-		switch reason := g.releaseStream(t); {
-		case reason != "":
-			ex.end(refused(policy.CodeRevoked, "response ended by a policy reload: "+reason))
-			whole = false
-		case outer.revoked.Load() != nil && (!whole || clientGone):
-			ex.end(refused(policy.CodeRevoked, "the tunnel it came through was closed by a policy reload: "+*outer.revoked.Load()))
-			whole = false
-		case !ex.out.ok(): // the error handler's
-		case clientGone:
-			ex.end(ex.clientClosed())
-			whole = false
-		case !whole:
-			ex.end(ex.upstreamBrokeOff(errors.New("the response body could not be read to its end")))
-		}
-		if !whole {
-			// What arrived goes out before the connection is aborted, so
-			// the client sees a body cut short, not none at all.
-			_ = http.NewResponseController(cw).Flush()
-			panic(http.ErrAbortHandler)
-		}
+		g.serveInner(outer, rp, w, r)
 	})
+}
+
+// relayInner is the forward step of a request inside the inspected tunnel
+// outer: rp forwards it and copies the response to cw, the client's
+// writer. t holds it for revocation until the response is over.
+func (ex *exchange) relayInner(rp *httputil.ReverseProxy, cw *countingWriter, r *http.Request, outer *tunnel, t *tunnel) outcome {
+	whole := serveWhole(rp, cw, withExchange(r, ex))
+	if ex.status == 0 {
+		ex.status = cw.status
+	}
+	// The client's connection ending (its context is done then) cuts
+	// the response short even when the copy ended: the upstream may
+	// have finished as its side was closed, but the end never reached
+	// the client.
+	clientGone := cw.failed || r.Context().Err() != nil
+	switch reason := ex.gw.releaseStream(t); {
+	case reason != "":
+		return refused(policy.CodeRevoked, "response ended by a policy reload: "+reason)
+	case outer.revoked.Load() != nil && (!whole || clientGone):
+		return refused(policy.CodeRevoked, "the tunnel it came through was closed by a policy reload: "+*outer.revoked.Load())
+	case !ex.out.ok(): // the error handler's
+		return ex.out
+	case clientGone:
+		return ex.clientClosed()
+	case !whole:
+		return ex.upstreamBrokeOff(errors.New("the response body could not be read to its end"))
+	}
+	return outcome{}
 }
 
 // serveWhole runs rp and reports whether it ended the response normally:
@@ -224,29 +196,6 @@ func serveWhole(rp *httputil.ReverseProxy, w http.ResponseWriter, r *http.Reques
 	}()
 	rp.ServeHTTP(w, r)
 	return true
-}
-
-// innerTarget checks that an inner request names the tunnel's own host —
-// otherwise the request would go wherever its Host header says — and
-// decides it on its method and path.
-func (ex *exchange) innerTarget(r *http.Request, tunnelEx *exchange) outcome {
-	host, port, err := policy.SplitTarget(r.Host, 443)
-	if err != nil || host != tunnelEx.host || port != tunnelEx.port {
-		ex.host, ex.port = hostOnly(r.Host), port
-		return refused(policy.CodeBadRequest, fmt.Sprintf(
-			"a request inside the tunnel to %s names %q; every request in a tunnel must be for the tunnel's own host",
-			net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port))), r.Host))
-	}
-	path := r.URL.EscapedPath()
-	if path == "" {
-		path = "/"
-	}
-	if err := policy.CheckPath(path); err != nil {
-		ex.host, ex.port = host, port
-		return refused(policy.CodeBadRequest, "the request is ambiguous: "+err.Error())
-	}
-	ex.host, ex.port, ex.path, ex.upgrade = host, port, path, isUpgrade(r.Header)
-	return ex.decide(ex.tenant.Decide(policy.Request{Host: host, Port: port, Method: r.Method, Path: path, TLS: true, Upgrade: ex.upgrade}))
 }
 
 type exchangeKey struct{}

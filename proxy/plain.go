@@ -14,52 +14,18 @@ import (
 	"github.com/egressgw/egressgw/policy"
 )
 
-// ServeHTTP is the gateway's front door. CONNECT opens a tunnel
-// (serveConnect). A request with an absolute URL is a plain proxy request,
-// which the gateway forwards itself (servePlain), from the decision to the
-// last byte. Anything else was meant for a web server.
-func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	markHandling(r)
-	switch {
-	case r.Method == http.MethodConnect:
-		g.serveConnect(w, r)
-	case r.URL.IsAbs():
-		g.servePlain(w, r)
-	default:
-		g.nonProxyHandler(w, r)
-	}
-}
-
-// servePlain is the request path for plain HTTP, top to bottom: decide
-// (admitPlain), forward through the safe dialer, send the response back
-// through the tenant's shaper, and write the audit line when it is done.
-// While it is forwarded the exchange is held for revocation (stream.go).
-// A response that cannot be sent whole aborts the client's connection, so
-// that the client sees it cut short rather than ended as if complete.
-func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
-	ex := g.begin(r, false)
-	ex.scheme = r.URL.Scheme
-	defer ex.finish()
-	if o := ex.admitPlain(r); !o.ok() {
-		ex.reply(w, o)
-		return
-	}
-	r.RequestURI = "" // a server's request, sent on as a client's
-	t := g.holdStream(ex, r)
-	o := ex.relayPlain(w, r, t)
-	if reason := g.releaseStream(t); reason != "" {
-		o = refused(policy.CodeRevoked, "response ended by a policy reload: "+reason)
-	}
-	ex.end(o)
-	if o.replied() {
-		panic(http.ErrAbortHandler) // after the deferred finish has recorded why
-	}
-}
-
-// relayPlain forwards r and sends the response, or the gateway's error,
-// back to the client. An outcome the client had its status before (see
-// outcome.replied) makes the caller abort the client's connection.
+// relayPlain is the forward step of a plain request: it injects the
+// connector's credentials, forwards r and sends the response, or the
+// gateway's error, back to the client. An outcome the client had its
+// status before (outcome.replied) makes the caller abort the client's
+// connection.
 func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel) outcome {
+	r.RequestURI = "" // a server's request, sent on as a client's
+	ex.inject(r.Header)
+	if r.Body != nil && r.Body != http.NoBody {
+		egress, _ := ex.shapers()
+		r.Body = &uploadBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
+	}
 	resp, err := ex.forward(r)
 	if err != nil {
 		o := ex.forwardFailed(r, err)
@@ -94,48 +60,6 @@ func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel
 	}
 	for k, v := range resp.Trailer {
 		h[http.TrailerPrefix+k] = v
-	}
-	return outcome{}
-}
-
-// admitPlain identifies the tenant, checks and decides the request, takes
-// its quota and applies the connector's request transforms; a refusal's
-// outcome the caller answers with.
-func (ex *exchange) admitPlain(r *http.Request) outcome {
-	if o := ex.identify(r); !o.ok() {
-		return o
-	}
-	defaultPort := uint16(80)
-	if r.URL.Scheme == "https" {
-		defaultPort = 443
-	} else if r.URL.Scheme != "http" {
-		return refused(policy.CodeBadRequest, "only http:// URLs can be sent as plain proxy requests; use CONNECT (HTTPS_PROXY) for https")
-	}
-	path := r.URL.EscapedPath()
-	if path == "" {
-		path = "/"
-	}
-	if err := policy.CheckPath(path); err != nil {
-		ex.host = hostOnly(r.URL.Host)
-		return refused(policy.CodeBadRequest, "the request is ambiguous: "+err.Error())
-	}
-	// The policy decides an upgrade on its own terms: nothing after the
-	// 101 is read (docs/admins.md, upgrade: true).
-	ex.upgrade = isUpgrade(r.Header)
-	if o := ex.target(r.URL.Host, defaultPort, path); !o.ok() {
-		return o
-	}
-	if o := ex.admit(r.Context(), true); !o.ok() {
-		return o
-	}
-	removeHopByHop(r.Header, isUpgrade(r.Header))
-	if o := ex.transformRequest(r); !o.ok() {
-		return o
-	}
-	ex.inject(r.Header)
-	if r.Body != nil && r.Body != http.NoBody {
-		egress, _ := ex.shapers()
-		r.Body = &uploadBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
 	}
 	return outcome{}
 }
@@ -287,13 +211,6 @@ func copyUpgraded(dst io.Writer, src io.Reader, counter, lastActivity *atomic.In
 			return
 		}
 	}
-}
-
-// nonProxyHandler answers requests sent to the gateway as if it were a web
-// server, which is what a client that mistook it for its upstream does.
-func (g *Gateway) nonProxyHandler(w http.ResponseWriter, r *http.Request) {
-	ex := g.begin(r, false)
-	ex.reply(w, refused(policy.CodeBadRequest, "this is an egress gateway: send requests through it as a proxy (HTTP_PROXY / HTTPS_PROXY), with an absolute URL"))
 }
 
 // isHopByHop says whether name is a header that describes one connection,

@@ -47,7 +47,7 @@ func (ex *exchange) transformRequest(r *http.Request) outcome {
 	if !o.ok() {
 		return o
 	}
-	ex.decide(d)
+	ex.setDecision(d)
 	if o := ex.redactRequest(r); !o.ok() {
 		return o
 	}

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -16,53 +15,6 @@ import (
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
 )
-
-// serveConnect is the request path for CONNECT: identify, decide, and
-// either refuse with the JSON error or take the connection over as a
-// tunnel. The gateway takes the connection from the HTTP server itself:
-// what the client sent right behind its CONNECT head is already in the
-// server's read buffer, and goes first into the tunnel, never dropped.
-func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
-	ex := g.begin(r, true)
-	ex.scheme = "tunnel"
-	o := ex.admitConnect(r.Context(), r, r.URL.Host)
-	client, buffered, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		// Not on the gateway's HTTP/1 listener; nothing to tunnel with.
-		if o.ok() {
-			o = refused(policy.CodeBadRequest, "a tunnel needs an HTTP/1.1 CONNECT")
-		}
-		ex.reply(w, o)
-		ex.finish()
-		return
-	}
-	if !o.ok() {
-		g.replyHijacked(ex, o, client)
-		ex.finish()
-		return
-	}
-	var early []byte
-	if n := buffered.Reader.Buffered(); n > 0 {
-		peeked, _ := buffered.Reader.Peek(n)
-		early = bytes.Clone(peeked) // the server's buffer is not kept
-	}
-	// The tunnel runs in a goroutine of its own so that the HTTP server's
-	// connection goroutine returns at once, and with it its deep stack: an
-	// idle tunnel then costs little more than its two relay goroutines.
-	go g.tunnel(ex, client, early)
-}
-
-// admitConnect identifies the tenant of a CONNECT to authority, decides
-// it and takes its quota.
-func (ex *exchange) admitConnect(ctx context.Context, r *http.Request, authority string) outcome {
-	if o := ex.identify(r); !o.ok() {
-		return o
-	}
-	if o := ex.target(authority, 0, ""); !o.ok() {
-		return o
-	}
-	return ex.admit(ctx, true)
-}
 
 // tunnel dials the destination through the safe dialer and relays bytes
 // until either side is done or the tunnel has been idle for idle_timeout;
