@@ -116,30 +116,38 @@ func (ex *exchange) setAllowedHeaders(h http.Header) {
 }
 
 // shapers returns the tenant's bandwidth shapers, nil where unlimited,
-// looked up once per exchange: a plain request needs them twice (its body,
-// then the response's), and a lookup takes the shapers' registry lock.
+// under the exchange's own policy generation (docs/admins.md, "Saving:
+// reload": requests in flight finish under the policy they started
+// with). They are looked up
+// once per exchange: a plain request needs them twice (its body, then the
+// response's), and a lookup takes the shapers' registry lock.
 func (ex *exchange) shapers() (egress, ingress *quota.Shaper) {
 	ex.shapersOnce.Do(func() {
 		q := ex.tenant.Quota
-		if rt := ex.gw.runtime.Load(); rt != ex.rt {
-			// A reload came since this exchange began: the shapers are the
-			// tenant's, shared with newer exchanges, so they take the live
-			// limit, never set back to an older one.
-			if live, ok := rt.live.Tenant(ex.tenant.ID); ok {
-				q = live.Quota
-			}
-		}
-		bw := ex.gw.bandwidth
-		// An unlimited direction needs no lookup at all: a shaper left
-		// from an earlier limit was already set unlimited by the reload.
-		if q.EgressBytes > 0 {
-			ex.egress = bw.Shaper(ex.ts.egressKey, q.EgressBytes)
-		}
-		if q.IngressBytes > 0 {
-			ex.ingress = bw.Shaper(ex.ts.ingressKey, q.IngressBytes)
-		}
+		// A shaper is the tenant's, shared with the exchanges of newer
+		// generations: once a reload has replaced this exchange's, it joins
+		// the shaper the reload left (set to the new limit) rather than set
+		// it back to its own older limit.
+		replaced := ex.gw.runtime.Load() != ex.rt
+		ex.egress = ex.shaper(ex.ts.egressKey, q.EgressBytes, replaced)
+		ex.ingress = ex.shaper(ex.ts.ingressKey, q.IngressBytes, replaced)
 	})
 	return ex.egress, ex.ingress
+}
+
+// shaper is the shaper of key at limit bytes a second; nil, and no lookup
+// at all, when limit is unlimited (a shaper left from an earlier limit was
+// already set unlimited by the reload).
+func (ex *exchange) shaper(key string, limit int64, replaced bool) *quota.Shaper {
+	if limit <= 0 {
+		return nil
+	}
+	if replaced {
+		if s := ex.gw.bandwidth.Lookup(key); s != nil {
+			return s
+		}
+	}
+	return ex.gw.bandwidth.Shaper(key, limit)
 }
 
 // failOpenWarning says in the log, at most every failOpenWarnEvery, that
