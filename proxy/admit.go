@@ -24,7 +24,7 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) outcome {
 	if r := tenant.Quota.Rate; r != nil {
 		tenantLimit = quota.Limit{Rate: r.PerSecond, Burst: r.Burst}
 	}
-	connector := ex.decision.Connector
+	connector := ex.connector
 	if connector != nil && connector.Rate != nil {
 		connectorLimit = quota.Limit{Rate: connector.Rate.PerSecond, Burst: connector.Rate.Burst}
 	}
@@ -59,7 +59,9 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) outcome {
 	if holdsSlot && tenant.Quota.MaxConcurrent > 0 {
 		slot, err := limiter.Acquire(ctx, ex.ts.rateKey, tenant.Quota.MaxConcurrent)
 		ex.slot = slot // released by finish, on every path
-		if o := ex.quotaOutcome(slot.FailedOpen, err); !o.ok() {
+		// A request that passed unchecked is counted once, however many
+		// checks did.
+		if o := ex.quotaOutcome(slot.FailedOpen && !res.FailedOpen, err); !o.ok() {
 			return o
 		}
 		if !slot.Acquired {
@@ -74,8 +76,7 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) outcome {
 // quotaOutcome handles the quota backend failing: with on_error: deny
 // the request is refused with 503, with allow it passes and is counted.
 func (ex *exchange) quotaOutcome(failedOpen bool, err error) outcome {
-	if failedOpen && !ex.failedOpen {
-		ex.failedOpen = true
+	if failedOpen {
 		ex.gw.metrics.quotaFailedOpen(ex.tenant.ID)
 		ex.gw.failOpen.note(ex.gw, ex.id)
 	}

@@ -46,18 +46,14 @@ type exchange struct {
 	ts       *tenantState      // the tenant's keys and series in this generation
 	tokenSum [sha256.Size]byte // how the tenant was identified: a token's hash,
 	source   netip.Addr        // or, when no token was sent, the client address
-	// decision is the allowlist's, whose connector the later steps apply;
-	// a hook's edited request replaces it with the edit's (decide).
-	decision policy.Decision
-	out      outcome // how it ended: what the reply, audit line and metrics read
-	status   int
+	// connector is the one that allowed the exchange (setDecision), whose
+	// quota, hooks, redaction and credentials the later steps apply.
+	connector *policy.Connector
+	out       outcome // how it ended: what the reply, audit line and metrics read
+	status    int
 
 	rate quota.Result // the rate decision, for the RateLimit headers
 	slot quota.Slot   // the concurrency slot, released by finish
-
-	// failedOpen: a quota check passed unchecked, counted once per request
-	// however many checks (rate, concurrency) did.
-	failedOpen bool
 
 	shapersOnce     sync.Once
 	egress, ingress *quota.Shaper // the tenant's bandwidth shapers, nil where unlimited
@@ -101,10 +97,10 @@ func (ex *exchange) end(o outcome) {
 	}
 }
 
-// setDecision makes d the exchange's decision, and its outcome the
-// decision's.
+// setDecision makes d the exchange's decision: its connector the one the
+// later steps apply, its outcome the exchange's.
 func (ex *exchange) setDecision(d policy.Decision) outcome {
-	ex.decision = d
+	ex.connector = d.Connector
 	o := decided(d)
 	ex.out = o
 	return o

@@ -43,15 +43,21 @@ func (h *hookRuntime) close() {
 // sees what the sandbox sent, then redaction scrubs what will leave. A
 // request the hook edited goes on under the edit's decision.
 func (ex *exchange) transformRequest(r *http.Request) outcome {
-	d, o := ex.requestHook(r)
+	edit, o := ex.requestHook(r)
 	if !o.ok() {
 		return o
 	}
-	ex.setDecision(d)
+	if edit.Report && !ex.out.report {
+		// Report mode lets the edited request through, as what enforce
+		// would deny: without credentials. The rule that let the request
+		// in is still the one the audit line names.
+		edit.Rule = ex.out.rule
+		ex.setDecision(edit)
+	}
 	if o := ex.redactRequest(r); !o.ok() {
 		return o
 	}
-	if c := ex.decision.Connector; c != nil && c.Hooks != nil && c.Hooks.Response != nil {
+	if c := ex.connector; c != nil && c.Hooks != nil && c.Hooks.Response != nil {
 		ex.answered = ex.keepForResponseHook(r, c.Hooks.Limits.MaxBodyBytes)
 	}
 	return outcome{}
@@ -99,18 +105,18 @@ func (ex *exchange) hookRequest(r *http.Request, body []byte) hooks.Request {
 // requestHook runs the allowing connector's request hook on r and applies
 // its edits. The script sees what the sandbox sent: before injection, and
 // without the proxy credentials. An edited method or path is decided again,
-// so a hook cannot carry a request outside the connector's rules: the
-// decision it returns is the one the edited request goes on under.
-func (ex *exchange) requestHook(r *http.Request) (policy.Decision, outcome) {
-	c := ex.decision.Connector
+// so a hook cannot carry a request outside the connector's rules: it
+// returns the edit's decision, the zero Decision when there was no edit.
+func (ex *exchange) requestHook(r *http.Request) (edit policy.Decision, o outcome) {
+	c := ex.connector
 	if c == nil || c.Hooks == nil || c.Hooks.Request == nil {
-		return ex.decision, outcome{}
+		return edit, outcome{}
 	}
 	script, limits := c.Hooks.Request, c.Hooks.Limits
 	body, tooLarge := readBounded(r.Body, limits.MaxBodyBytes)
 	if tooLarge {
 		ex.gw.metrics.hookRun(c.Name, "body_too_large", 0)
-		return ex.decision, refused(policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name))
+		return edit, refused(policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name))
 	}
 	in := ex.hookRequest(r, body)
 	result, o := ex.runHook(r.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
@@ -120,49 +126,44 @@ func (ex *exchange) requestHook(r *http.Request) (policy.Decision, outcome) {
 		return oc, err
 	})
 	if !o.ok() {
-		return ex.decision, o
+		return edit, o
 	}
 	if result.Denied {
-		return ex.decision, refused(policy.CodeHookDenied, result.DenyReason)
+		return edit, refused(policy.CodeHookDenied, result.DenyReason)
 	}
-	decision := ex.decision
 	if in.Method != r.Method || in.Path != ex.path {
 		if err := policy.CheckPath(in.Path); err != nil {
-			return ex.decision, refused(policy.CodeHookFailed, fmt.Sprintf("hook %s produced an ambiguous path", script.Name()))
+			return edit, refused(policy.CodeHookFailed, fmt.Sprintf("hook %s produced an ambiguous path", script.Name()))
 		}
 		d := ex.tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: in.Method, Path: in.Path, TLS: ex.scheme == "https"})
 		if !d.Allow {
-			return ex.decision, refused(d.Code, "after hook "+script.Name()+": "+d.Reason)
+			return edit, refused(d.Code, "after hook "+script.Name()+": "+d.Reason)
 		}
 		if d.Connector != c {
 			// Another rule would allow the edit, but the request carries this
 			// connector's credentials, which cover only what it allows.
-			return ex.decision, refused(policy.CodeDestinationNotAllowed, fmt.Sprintf(
+			return edit, refused(policy.CodeDestinationNotAllowed, fmt.Sprintf(
 				"after hook %s: %s %s is not among the methods and paths that connector %q allows", script.Name(), in.Method, in.Path, c.Name))
 		}
-		if d.Report && !decision.Report {
-			// Report mode lets the edited request through, as what enforce
-			// would deny: without credentials. The rule that let the
-			// request in is still the one the audit line names.
-			decision.Report, decision.Code, decision.Reason = true, d.Code, "after hook "+script.Name()+": "+d.Reason
-		}
+		edit = d
+		edit.Reason = "after hook " + script.Name() + ": " + d.Reason
 		ex.method, ex.path = in.Method, in.Path
 	}
 	target, err := url.ParseRequestURI(in.Path + queryPart(in.Query))
 	if err != nil {
-		return ex.decision, refused(policy.CodeHookFailed, fmt.Sprintf("hook %s produced an invalid path or query", script.Name()))
+		return policy.Decision{}, refused(policy.CodeHookFailed, fmt.Sprintf("hook %s produced an invalid path or query", script.Name()))
 	}
 	r.Method = in.Method
 	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = target.Path, target.RawPath, target.RawQuery
 	r.Header = in.Headers
 	ex.setRequestBody(r, in.Body)
-	return decision, outcome{}
+	return edit, outcome{}
 }
 
 // responseHook runs the connector's response hook on resp (already
 // scrubbed of injected secrets) and applies its edits.
 func (ex *exchange) responseHook(resp *http.Response) error {
-	c := ex.decision.Connector
+	c := ex.connector
 	if c == nil || c.Hooks == nil || c.Hooks.Response == nil {
 		return nil
 	}
@@ -261,11 +262,11 @@ func queryPart(q string) string {
 // comes back is scrubbed of the secrets, and transformed, which a
 // compressed body would hide.
 func (ex *exchange) inject(h http.Header) {
-	c := ex.decision.Connector
+	c := ex.connector
 	if c == nil {
 		return
 	}
-	if !ex.decision.Report {
+	if !ex.out.report {
 		for _, ih := range c.Inject {
 			h.Set(ih.Name, ih.Value)
 		}
@@ -282,12 +283,12 @@ func (ex *exchange) transformResponse(resp *http.Response) error {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Only the head is still HTTP: the policy let the switch through
 		// (upgrade: true), and the connection changes hands after it.
-		if c := ex.decision.Connector; c != nil && c.Scrubber != nil {
+		if c := ex.connector; c != nil && c.Scrubber != nil {
 			c.Scrubber.Headers(resp.Header)
 		}
 		return nil
 	}
-	if err := scrubResponse(resp, ex.decision.Connector); err != nil {
+	if err := scrubResponse(resp, ex.connector); err != nil {
 		return err
 	}
 	if err := ex.redactResponse(resp); err != nil {
@@ -301,7 +302,7 @@ func (ex *exchange) transformResponse(resp *http.Response) error {
 // removes, and before injection, so the injected credential is not
 // redacted away. A body it cannot inspect whole is refused, never sent.
 func (ex *exchange) redactRequest(r *http.Request) outcome {
-	c := ex.decision.Connector
+	c := ex.connector
 	if c == nil || c.Redact == nil || len(c.Redact.Request) == 0 {
 		return outcome{}
 	}
@@ -333,7 +334,7 @@ func (ex *exchange) redactRequest(r *http.Request) outcome {
 // redactResponse applies the connector's response redaction before the
 // response hook sees it.
 func (ex *exchange) redactResponse(resp *http.Response) error {
-	c := ex.decision.Connector
+	c := ex.connector
 	if c == nil || c.Redact == nil || len(c.Redact.Response) == 0 {
 		return nil
 	}

@@ -23,7 +23,7 @@ import (
 // closable on shutdown.
 func (g *Gateway) tunnel(ex *exchange, client net.Conn, early []byte) {
 	defer ex.finish()
-	if c := ex.decision.Connector; c != nil && c.Inspect {
+	if c := ex.connector; c != nil && c.Inspect {
 		if len(early) > 0 {
 			client = &earlyConn{Conn: client, early: early}
 		}
