@@ -93,7 +93,8 @@ func (ex *exchange) quotaOutcome(failedOpen bool, err error) outcome {
 }
 
 // setAllowedHeaders adds to an allowed response its X-Request-Id and,
-// when it passed a request-rate quota, the RateLimit headers (SPEC §3).
+// when it passed a request-rate quota, the RateLimit headers
+// (docs/reference.md, "What clients see").
 // Canonical keys are written directly (as Set would, without
 // canonicalising per call); the values share one backing array and the
 // numbers one string.

@@ -21,7 +21,8 @@ import (
 
 // exchange is one request or tunnel from the moment it arrives until its
 // audit line is written. It holds the policy generation it started under
-// for its whole life (SPEC §7: in-flight work finishes under its policy).
+// for its whole life: requests in flight finish under the policy they
+// started with (docs/admins.md, "Saving: reload").
 type exchange struct {
 	gw     *Gateway
 	rt     *runtimeState

@@ -12,7 +12,8 @@ import (
 	"github.com/egressgw/egressgw/policy"
 )
 
-// statusFor maps a code to its HTTP status (SPEC §3).
+// statusFor maps a code to its HTTP status (docs/reference.md, "What
+// clients see").
 func statusFor(code policy.Code) int {
 	switch code {
 	case policy.CodeProxyAuthRequired:
@@ -46,9 +47,10 @@ type errorBody struct {
 	RequestID string      `json:"request_id"`
 }
 
-// errorResponse builds the gateway's own reply for ex's outcome, with the headers of
-// SPEC §3. It closes the client connection: after a refusal the client
-// should start over rather than reuse a connection in an unknown state.
+// errorResponse builds the gateway's own reply for ex's outcome, with the
+// headers of docs/reference.md, "What clients see". It closes the client
+// connection: after a refusal the client should start over rather than
+// reuse a connection in an unknown state.
 func errorResponse(ex *exchange, req *http.Request) *http.Response {
 	o := ex.out
 	code := o.Code()
