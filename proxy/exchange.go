@@ -129,14 +129,11 @@ func (ex *exchange) upstreamFailed(err error) outcome {
 	if errors.Is(err, errUnsolicitedUpgrade) {
 		return failed(policy.CodeUpstreamUnreachable, target+" answered 101 Switching Protocols to a request that asked for no such switch; the gateway does not relay it")
 	}
-	code, msg := classify(err, ex.tenantID(), target)
+	o := classify(err, ex.tenantID(), target)
 	// Go's errors can carry the request's URL, query and all.
-	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", code, "error", redaction.ErrorForMessage(err))
+	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", o.code, "error", redaction.ErrorForMessage(err))
 	ex.gw.resolverWarning.note(ex.gw, ex.id, err)
-	if code == policy.CodeDestinationIPDenied || code == policy.CodeBadRequest {
-		return refused(code, msg)
-	}
-	return failed(code, msg)
+	return o
 }
 
 // setTenant records who the exchange is for, with the tenant's state in

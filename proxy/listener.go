@@ -436,6 +436,5 @@ func (ex *exchange) blameStalledBody(o outcome) outcome {
 	if !ex.body.timedOut() || o.code == policy.CodeBadRequest {
 		return o
 	}
-	code, msg := classify(errBodyStalled, ex.tenantID(), net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port))))
-	return refused(code, msg)
+	return classify(errBodyStalled, ex.tenantID(), net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port))))
 }
