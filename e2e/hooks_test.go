@@ -265,3 +265,61 @@ func TestHookRuntimeStartFailureIsStartupError(t *testing.T) {
 		t.Errorf("hooked request after a good start: status %d, upstream saw %v (%v)", resp.StatusCode, got, err)
 	}
 }
+
+// In report mode, a request the hook edited into one the connector does not
+// allow is decided again and let through as what enforce would deny: the
+// audit line reports it after the hook, under the rule that let the
+// request in, and the connector's credentials are not sent with it.
+func TestReportModeHookEditIsReportedWithoutCredentials(t *testing.T) {
+	t.Parallel()
+	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	g := newGateway(t)
+	g.env = append(g.env, "E2E_SCOPED_KEY=scoped-key-71e2")
+	g.serve(t, configFiles{
+		"gateway.yaml":         gatewayYAML("secrets:\n  scoped_key: { env: E2E_SCOPED_KEY }\n"),
+		"hooks/escalate.tengo": "if request.path == \"/v1/escalate\" { request.method = \"DELETE\" }\n",
+		"connectors/scoped.yaml": yamlf(`
+			name: scoped
+			hosts: [%q]
+			ports: [%d]
+			methods: [GET, POST]
+			inject:
+			  headers: { X-Secret: "${secret:scoped_key}" }
+			  allow_plaintext: true
+			hooks: { request: hooks/escalate.tengo }
+		`, hostAPI, origin.port),
+		"tenants/hooker.yaml": tenantYAML(hooker, "mode: report\nconnectors: [scoped]\n"),
+	})
+	client := g.client(t, hooker)
+	resp, err := client.Post(origin.url(hostAPI, "/v1/escalate"), "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readBody(t, resp); resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want 200 (report mode lets it through): %s", resp.StatusCode, body)
+	}
+	seen := origin.requestsTo("/v1/escalate")
+	if len(seen) != 1 || seen[0].Method != http.MethodDelete {
+		t.Fatalf("upstream saw %+v, want the hook's one DELETE", seen)
+	}
+	if v := seen[0].Header.Get("X-Secret"); v != "" {
+		t.Errorf("the reported request carried the connector's credential %q", v)
+	}
+	rec := g.waitAudit(t, auditWith("tenant", hooker.tenant, "path", "/v1/escalate"))
+	reason, _ := rec["reason"].(string)
+	if rec["decision"] != "report" || rec["code"] != "destination_not_allowed" || !strings.HasPrefix(reason, "after hook hooks/escalate.tengo: ") {
+		t.Errorf("audit decision %v code %v reason %q, want report, destination_not_allowed, after the hook; line %v",
+			rec["decision"], rec["code"], reason, rec)
+	}
+	if rule, _ := rec["rule"].(string); rule == "" {
+		t.Errorf("audit line names no rule; line %v", rec)
+	}
+
+	// An allowed request still gets the credential.
+	if status, body := fetch(t, client, origin.url(hostAPI, "/v1/read")); status != http.StatusOK {
+		t.Fatalf("status %d: %s", status, body)
+	}
+	if seen := origin.requestsTo("/v1/read"); len(seen) != 1 || seen[0].Header.Get("X-Secret") != "scoped-key-71e2" {
+		t.Errorf("upstream saw %+v, want one request with the injected credential", seen)
+	}
+}

@@ -16,12 +16,12 @@ import (
 // admit is the quota step of the request path: a token from the tenant's
 // and the connector's buckets, then, for requests and tunnels that hold a
 // connection open (not requests inside an inspected tunnel, which its
-// tunnel already holds), a concurrency slot. On refusal it records why.
-func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
+// tunnel already holds), a concurrency slot.
+func (ex *exchange) admit(ctx context.Context, holdsSlot bool) outcome {
 	tenant := ex.tenant
 	limiter := ex.gw.quota
 	// Keys and limits were compiled at load (docs/design.md).
-	connector, connectorBucket := ex.decision.Connector, ex.decision.ConnectorBucket
+	connector, connectorBucket := ex.connector, ex.connectorBucket
 
 	var res quota.Result
 	var err error
@@ -31,62 +31,62 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) bool {
 	case !tenant.Quota.Rate.Unlimited():
 		res, err = limiter.Allow(ctx, tenant.QuotaKey, tenant.Quota.Rate)
 	}
-	if !ex.quotaOutcome(res.FailedOpen, err) {
-		return false
+	if o := ex.quotaOutcome(res.FailedOpen, err); !o.ok() {
+		return o
 	}
 	if res.Limit > 0 && !res.Allowed {
-		ex.retryAfter = res.RetryAfterSeconds()
+		retryAfter := res.RetryAfterSeconds()
 		which := "tenant"
 		if res.Key != tenant.QuotaKey {
 			which = "connector " + connector.Name
 		}
-		ex.fail(policy.CodeRateLimited, true, fmt.Sprintf(
-			"tenant %q is over its request rate (%s limit of %d burst); retry after %d s", tenant.ID, which, res.Limit, ex.retryAfter))
 		ex.gw.metrics.quotaRejection(tenant.ID, "rate")
-		return false
+		o := refused(policy.CodeRateLimited, fmt.Sprintf(
+			"tenant %q is over its request rate (%s limit of %d burst); retry after %d s", tenant.ID, which, res.Limit, retryAfter))
+		o.retryAfter = retryAfter
+		return o
 	}
 	ex.rate = res
 
 	if holdsSlot && tenant.Quota.MaxConcurrent > 0 {
 		slot, err := limiter.Acquire(ctx, tenant.QuotaKey, tenant.Quota.MaxConcurrent)
 		ex.slot = slot // released by finish, on every path
-		if !ex.quotaOutcome(slot.FailedOpen, err) {
-			return false
+		// A request that passed unchecked is counted once, however many
+		// checks did.
+		if o := ex.quotaOutcome(slot.FailedOpen && !res.FailedOpen, err); !o.ok() {
+			return o
 		}
 		if !slot.Acquired {
-			ex.fail(policy.CodeConcurrencyLimited, true, fmt.Sprintf(
-				"tenant %q already has %d requests and tunnels open, its max_concurrent; close some or retry later", tenant.ID, tenant.Quota.MaxConcurrent))
 			ex.gw.metrics.quotaRejection(tenant.ID, "concurrency")
-			return false
+			return refused(policy.CodeConcurrencyLimited, fmt.Sprintf(
+				"tenant %q already has %d requests and tunnels open, its max_concurrent; close some or retry later", tenant.ID, tenant.Quota.MaxConcurrent))
 		}
 	}
-	return true
+	return outcome{}
 }
 
 // quotaOutcome handles the quota backend failing: with on_error: deny
 // the request is refused with 503, with allow it passes and is counted.
-func (ex *exchange) quotaOutcome(failedOpen bool, err error) bool {
-	if failedOpen && !ex.failedOpen {
-		ex.failedOpen = true
+func (ex *exchange) quotaOutcome(failedOpen bool, err error) outcome {
+	if failedOpen {
 		ex.gw.metrics.quotaFailedOpen(ex.tenant.ID)
 		ex.gw.failOpen.note(ex.gw, ex.id)
 	}
 	if err == nil {
-		return true
+		return outcome{}
 	}
 	if errors.Is(err, quota.ErrUnavailable) {
-		ex.fail(policy.CodeQuotaUnavailable, true, "the quota backend is unreachable and the gateway fails closed; retry shortly")
 		ex.gw.metrics.quotaRejection(ex.tenant.ID, "unavailable")
 		ex.gw.log.Warn("quota backend unavailable", "request_id", ex.id, "error", err)
-		return false
+		return refused(policy.CodeQuotaUnavailable, "the quota backend is unreachable and the gateway fails closed; retry shortly")
 	}
 	// The client went away while the backend was being asked.
-	ex.fail(policy.CodeQuotaUnavailable, true, "the quota check did not complete")
-	return false
+	return refused(policy.CodeQuotaUnavailable, "the quota check did not complete")
 }
 
 // setAllowedHeaders adds to an allowed response its X-Request-Id and,
-// when it passed a request-rate quota, the RateLimit headers (SPEC §3).
+// when it passed a request-rate quota, the RateLimit headers
+// (docs/reference.md, "What clients see").
 // Canonical keys are written directly (as Set would, without
 // canonicalising per call); the values share one backing array and the
 // numbers one string.
@@ -110,30 +110,38 @@ func (ex *exchange) setAllowedHeaders(h http.Header) {
 }
 
 // shapers returns the tenant's bandwidth shapers, nil where unlimited,
-// looked up once per exchange: a plain request needs them twice (its body,
-// then the response's), and a lookup takes the shapers' registry lock.
+// under the exchange's own policy generation (docs/admins.md, "Saving:
+// reload": requests in flight finish under the policy they started
+// with). They are looked up
+// once per exchange: a plain request needs them twice (its body, then the
+// response's), and a lookup takes the shapers' registry lock.
 func (ex *exchange) shapers() (egress, ingress *quota.Shaper) {
 	ex.shapersOnce.Do(func() {
 		q := ex.tenant.Quota
-		if rt := ex.gw.runtime.Load(); rt != ex.rt {
-			// A reload came since this exchange began: the shapers are the
-			// tenant's, shared with newer exchanges, so they take the live
-			// limit, never set back to an older one.
-			if live, ok := rt.live.Tenant(ex.tenant.ID); ok {
-				q = live.Quota
-			}
-		}
-		bw := ex.gw.bandwidth
-		// An unlimited direction needs no lookup at all: a shaper left
-		// from an earlier limit was already set unlimited by the reload.
-		if q.EgressBytes > 0 {
-			ex.egress = bw.Shaper(ex.ts.egressKey, q.EgressBytes)
-		}
-		if q.IngressBytes > 0 {
-			ex.ingress = bw.Shaper(ex.ts.ingressKey, q.IngressBytes)
-		}
+		// A shaper is the tenant's, shared with the exchanges of newer
+		// generations: once a reload has replaced this exchange's, it joins
+		// the shaper the reload left (set to the new limit) rather than set
+		// it back to its own older limit.
+		replaced := ex.gw.runtime.Load() != ex.rt
+		ex.egress = ex.shaper(ex.ts.egressKey, q.EgressBytes, replaced)
+		ex.ingress = ex.shaper(ex.ts.ingressKey, q.IngressBytes, replaced)
 	})
 	return ex.egress, ex.ingress
+}
+
+// shaper is the shaper of key at limit bytes a second; nil, and no lookup
+// at all, when limit is unlimited (a shaper left from an earlier limit was
+// already set unlimited by the reload).
+func (ex *exchange) shaper(key string, limit int64, replaced bool) *quota.Shaper {
+	if limit <= 0 {
+		return nil
+	}
+	if replaced {
+		if s := ex.gw.bandwidth.Lookup(key); s != nil {
+			return s
+		}
+	}
+	return ex.gw.bandwidth.Shaper(key, limit)
 }
 
 // failOpenWarning says in the log, at most every failOpenWarnEvery, that

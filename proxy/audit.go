@@ -344,7 +344,7 @@ func (a *auditLog) close() error {
 
 // record closes the books on an exchange: audit line, then metrics.
 func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
-	decision := ex.decisionLabel()
+	decision, code, reason := ex.out.audited()
 	rec := auditRecord{
 		Time:       ex.start.UTC(),
 		RequestID:  ex.id,
@@ -356,8 +356,8 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 		Port:       ex.port,
 		Path:       ex.path,
 		Decision:   decision,
-		Code:       string(ex.code),
-		Rule:       ex.decision.Rule,
+		Code:       string(code),
+		Rule:       ex.out.rule,
 		Status:     ex.status,
 		BytesUp:    ex.bytesUp.Load(),
 		BytesDown:  ex.bytesDown.Load(),
@@ -366,13 +366,7 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 		// exchange runs no hook or redaction once it is finished.
 		Hooks:      orEmpty(ex.hooks),
 		Redactions: orEmpty(ex.redactions),
-	}
-	switch {
-	case ex.decision.Report && ex.code == policy.CodeOK:
-		// Report mode: say what enforce would have answered.
-		rec.Code, rec.Reason = string(ex.decision.Code), ex.decision.Reason
-	case ex.denied:
-		rec.Reason = ex.message
+		Reason:     reason,
 	}
 	if err := g.audit.write(&rec); err != nil {
 		g.log.Error("audit log write failed", "error", err)

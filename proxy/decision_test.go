@@ -81,6 +81,19 @@ func decisionGateway(tb testing.TB) *Gateway {
 		"quota: { requests_per_second: 1000000000, burst: 1000000000, max_concurrent: 1000000 }\nrules:\n"+rules.String())
 }
 
+// admitConnect runs the steps of serveConnect that come before the tunnel:
+// identify, decide and admit.
+func admitConnect(ctx context.Context, ex *exchange, r *http.Request, authority string) outcome {
+	o := ex.identify(r)
+	if o.ok() {
+		o = ex.decide(connectTarget(authority))
+	}
+	if o.ok() {
+		o = ex.admit(ctx, true)
+	}
+	return o
+}
+
 // BenchmarkPolicyDecision is the gateway's decision for one CONNECT:
 // identify the tenant from its Basic credentials (decode, SHA-256,
 // constant-time compare), match the target against 10,000 rules, and
@@ -101,9 +114,9 @@ func BenchmarkPolicyDecision(b *testing.B) {
 			ex := &exchange{}
 			b.ReportAllocs()
 			for b.Loop() {
-				*ex = exchange{gw: g, rt: rt, method: http.MethodConnect, tunnel: true, code: policy.CodeOK}
-				if !ex.identify(r) || !ex.target(target.authority, 0, "") || !ex.admit(ctx, true) {
-					b.Fatalf("refused: %s %s", ex.code, ex.message)
+				*ex = exchange{gw: g, rt: rt, method: http.MethodConnect, tunnel: true}
+				if o := admitConnect(ctx, ex, r, target.authority); !o.ok() {
+					b.Fatalf("refused: %s %s", o.code, o.reason)
 				}
 				ex.slot.Release()
 			}
@@ -118,15 +131,16 @@ func TestPolicyDecisionAtScale(t *testing.T) {
 	g := decisionGateway(t)
 	rt := g.runtime.Load()
 	ctx := context.Background()
-	decide := func(credentials, authority string) *exchange {
+	decide := func(credentials, authority string) outcome {
 		r, _ := http.NewRequest(http.MethodConnect, "", nil)
 		r.RemoteAddr = "10.0.0.7:40000"
 		r.Header.Set("Proxy-Authorization", "Basic "+credentials)
-		ex := &exchange{gw: g, rt: rt, method: http.MethodConnect, tunnel: true, code: policy.CodeOK}
-		if ex.identify(r) && ex.target(authority, 0, "") && ex.admit(ctx, true) {
+		ex := &exchange{gw: g, rt: rt, method: http.MethodConnect, tunnel: true}
+		o := admitConnect(ctx, ex, r, authority)
+		if o.ok() {
 			ex.slot.Release()
 		}
-		return ex
+		return o
 	}
 	good := basicEncode("acme", benchToken)
 	for _, tc := range []struct {
@@ -141,8 +155,8 @@ func TestPolicyDecisionAtScale(t *testing.T) {
 		{"wrong token", basicEncode("acme", "bench-tokem"), "host1.example.com:443", policy.CodeProxyAuthRequired},
 		{"unknown tenant", basicEncode("globex", "bench-token"), "host1.example.com:443", policy.CodeProxyAuthRequired},
 	} {
-		if ex := decide(tc.credentials, tc.authority); ex.code != tc.want {
-			t.Errorf("%s: code %s (%s), want %s", tc.name, ex.code, ex.message, tc.want)
+		if o := decide(tc.credentials, tc.authority); o.Code() != tc.want {
+			t.Errorf("%s: code %s (%s), want %s", tc.name, o.Code(), o.reason, tc.want)
 		}
 	}
 	if raceEnabled {
@@ -153,9 +167,9 @@ func TestPolicyDecisionAtScale(t *testing.T) {
 	r.Header.Set("Proxy-Authorization", "Basic "+good)
 	ex := &exchange{}
 	allocs := testing.AllocsPerRun(200, func() {
-		*ex = exchange{gw: g, rt: rt, method: http.MethodConnect, tunnel: true, code: policy.CodeOK}
-		if !ex.identify(r) || !ex.target("api.zone17.example.net:443", 0, "") || !ex.admit(ctx, true) {
-			t.Fatalf("refused: %s", ex.message)
+		*ex = exchange{gw: g, rt: rt, method: http.MethodConnect, tunnel: true}
+		if o := admitConnect(ctx, ex, r, "api.zone17.example.net:443"); !o.ok() {
+			t.Fatalf("refused: %s", o.reason)
 		}
 		ex.slot.Release()
 	})

@@ -183,10 +183,20 @@ func isTimeout(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
-// classify turns a failed upstream exchange into a client-facing code and a
-// message that names the destination but never the internal error text,
-// which can hold addresses of the gateway's own network.
-func classify(err error, tenant, target string) (policy.Code, string) {
+// classify turns a failed upstream exchange into its outcome: a
+// client-facing code and a message that names the destination but never
+// the internal error text, which can hold addresses of the gateway's own
+// network. An address the gateway never dials, or a request it will not
+// send on, is the gateway's refusal; the rest are failures.
+func classify(err error, tenant, target string) outcome {
+	code, msg := failureMessage(err, tenant, target)
+	if code == policy.CodeDestinationIPDenied || code == policy.CodeBadRequest {
+		return refused(code, msg)
+	}
+	return failed(code, msg)
+}
+
+func failureMessage(err error, tenant, target string) (policy.Code, string) {
 	if errors.Is(err, errBodyStalled) {
 		// The client's fault, not the upstream's: it stopped sending.
 		return policy.CodeBadRequest, fmt.Sprintf("the request body for %s stalled: no byte arrived for limits.request_body_timeout, so the gateway closed the connection", target)

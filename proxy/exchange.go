@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"bytes"
 	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,7 +21,8 @@ import (
 
 // exchange is one request or tunnel from the moment it arrives until its
 // audit line is written. It holds the policy generation it started under
-// for its whole life (SPEC §7: in-flight work finishes under its policy).
+// for its whole life: requests in flight finish under the policy they
+// started with (docs/admins.md, "Saving: reload").
 type exchange struct {
 	gw     *Gateway
 	rt     *runtimeState
@@ -49,19 +47,17 @@ type exchange struct {
 	ts       *tenantState      // the tenant's keys and series in this generation
 	tokenSum [sha256.Size]byte // how the tenant was identified: a token's hash,
 	source   netip.Addr        // or, when no token was sent, the client address
-	decision policy.Decision
-	denied   bool // the gateway refused (as opposed to the upstream failing)
-	code     policy.Code
-	message  string
-	status   int
+	// connector is the one that allowed the exchange (setDecision), whose
+	// quota, hooks, redaction and credentials the later steps apply.
+	connector *policy.Connector
+	// connectorBucket is the connector's request bucket for this tenant,
+	// compiled at load.
+	connectorBucket quota.Bucket
+	out             outcome // how it ended: what the reply, audit line and metrics read
+	status          int
 
-	rate       quota.Result // the rate decision, for the RateLimit headers
-	slot       quota.Slot   // the concurrency slot, released by finish
-	retryAfter int          // seconds, for a rate_limited refusal
-
-	// failedOpen: a quota check passed unchecked, counted once per request
-	// however many checks (rate, concurrency) did.
-	failedOpen bool
+	rate quota.Result // the rate decision, for the RateLimit headers
+	slot quota.Slot   // the concurrency slot, released by finish
 
 	shapersOnce     sync.Once
 	egress, ingress *quota.Shaper // the tenant's bandwidth shapers, nil where unlimited
@@ -93,23 +89,34 @@ func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
 		client: r.RemoteAddr,
 		tunnel: tunnel,
 		method: r.Method,
-		code:   policy.CodeOK,
 		body:   body,
 	}
 }
 
-// fail records a refusal or failure; the caller sends errorResponse.
-func (ex *exchange) fail(code policy.Code, denied bool, message string) {
-	ex.code, ex.denied, ex.message = code, denied, message
+// end records o, a step's outcome, as how the exchange ended; an ok one
+// changes nothing.
+func (ex *exchange) end(o outcome) {
+	if !o.ok() {
+		ex.out = ex.out.then(o)
+	}
 }
 
-// upstreamFailed records a failed dial or upstream exchange. An address
-// the dialer refused is the gateway's denial; the rest are upstream faults.
-func (ex *exchange) upstreamFailed(err error) {
-	var refused *refusal
-	if errors.As(err, &refused) {
-		ex.fail(refused.code, true, refused.message)
-		return
+// setDecision makes d the exchange's decision: its connector the one the
+// later steps apply, its outcome the exchange's.
+func (ex *exchange) setDecision(d policy.Decision) outcome {
+	ex.connector, ex.connectorBucket = d.Connector, d.ConnectorBucket
+	o := decided(d)
+	ex.out = o
+	return o
+}
+
+// upstreamFailed is the outcome of a failed dial or upstream exchange. An
+// address the dialer refused is the gateway's denial; the rest are
+// upstream faults.
+func (ex *exchange) upstreamFailed(err error) outcome {
+	var refusal *outcome
+	if errors.As(err, &refusal) {
+		return *refusal
 	}
 	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
 	switch {
@@ -120,18 +127,16 @@ func (ex *exchange) upstreamFailed(err error) {
 	case ex.clientGone.Load():
 		// Not an upstream failure: counted apart, so the upstream-errors
 		// alert (docs/operators.md) does not fire on clients that give up.
-		ex.fail(policy.CodeClientClosed, false, "the client went away before the upstream answered")
-		return
+		return failed(policy.CodeClientClosed, "the client went away before the upstream answered")
 	}
 	if errors.Is(err, errUnsolicitedUpgrade) {
-		ex.fail(policy.CodeUpstreamUnreachable, false, target+" answered 101 Switching Protocols to a request that asked for no such switch; the gateway does not relay it")
-		return
+		return failed(policy.CodeUpstreamUnreachable, target+" answered 101 Switching Protocols to a request that asked for no such switch; the gateway does not relay it")
 	}
-	code, msg := classify(err, ex.tenantID(), target)
-	ex.fail(code, code == policy.CodeDestinationIPDenied || code == policy.CodeBadRequest, msg)
+	o := classify(err, ex.tenantID(), target)
 	// Go's errors can carry the request's URL, query and all.
-	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", code, "error", redaction.ErrorForMessage(err))
+	ex.gw.log.Debug("upstream failed", "request_id", ex.id, "code", o.code, "error", redaction.ErrorForMessage(err))
 	ex.gw.resolverWarning.note(ex.gw, ex.id, err)
+	return o
 }
 
 // setTenant records who the exchange is for, with the tenant's state in
@@ -145,85 +150,6 @@ func (ex *exchange) tenantID() string {
 		return ""
 	}
 	return ex.tenant.ID
-}
-
-// identify finds the tenant: Basic proxy credentials when the client sends
-// any (and then they must be right), else the client's source address.
-func (ex *exchange) identify(r *http.Request) bool {
-	snap := ex.rt.live.Snapshot
-	// The server has canonicalised the keys: a direct lookup, the first
-	// value as Get would return.
-	if values := r.Header["Proxy-Authorization"]; len(values) > 0 && values[0] != "" {
-		header := values[0]
-		memo := authMemoOf(r.Context())
-		if t, sum, ok := memo.recall(ex.rt, header); ok {
-			ex.setTenant(t)
-			ex.tokenSum = sum
-			authenticated(r)
-			return true
-		}
-		var buf [basicBuffer]byte
-		if user, token, ok := parseBasic(header, buf[:0]); ok {
-			sum := sha256.Sum256(token)
-			clear(token) // needed no longer than its hash
-			if t, ok := snap.AuthenticateSum(string(user), sum); ok {
-				ex.setTenant(t)
-				ex.tokenSum = sum
-				memo.remember(ex.rt, header, t, sum)
-				authenticated(r)
-				return true
-			}
-		}
-		memo.forget()
-		ex.fail(policy.CodeProxyAuthRequired, true,
-			"the proxy credentials were not accepted; send Proxy-Authorization: Basic base64(TENANT:TOKEN), e.g. HTTP_PROXY=http://TENANT:TOKEN@gateway:3128")
-		return false
-	}
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		if t := snap.TenantBySource(ap.Addr()); t != nil {
-			ex.setTenant(t)
-			ex.source = ap.Addr()
-			authenticated(r)
-			return true
-		}
-	}
-	ex.fail(policy.CodeProxyAuthRequired, true,
-		"this gateway needs proxy credentials; set HTTP_PROXY=http://TENANT:TOKEN@gateway:3128 (and HTTPS_PROXY likewise)")
-	return false
-}
-
-// basicBuffer is room for the decoded credentials of a typical client, so
-// that identifying one allocates nothing; longer ones still work.
-const basicBuffer = 192
-
-// parseBasic decodes Basic credentials into buf (appending, so it may
-// outgrow it) and splits them at the first colon.
-func parseBasic(header string, buf []byte) (user, password []byte, ok bool) {
-	scheme, encoded, found := strings.Cut(header, " ")
-	if !found || !strings.EqualFold(scheme, "Basic") {
-		return nil, nil, false
-	}
-	raw, err := base64.StdEncoding.AppendDecode(buf, []byte(strings.TrimSpace(encoded)))
-	if err != nil {
-		return nil, nil, false
-	}
-	return bytes.Cut(raw, []byte{':'})
-}
-
-// reidentify finds, in snap, the tenant this exchange was identified as,
-// the same way it was identified: by its token's hash or by its source
-// address. It returns why not when that no longer works.
-func (ex *exchange) reidentify(snap *policy.Snapshot, id string) (*policy.Tenant, string) {
-	if ex.source.IsValid() {
-		if t := snap.TenantBySource(ex.source); t != nil && t.ID == id {
-			return t, ""
-		}
-		return nil, fmt.Sprintf("the client address no longer identifies tenant %q", id)
-	}
-	if t, ok := snap.AuthenticateSum(id, ex.tokenSum); ok {
-		return t, ""
-	}
-	return nil, fmt.Sprintf("the credentials of tenant %q are no longer valid", id)
 }
 
 // recheck asks whether a new policy still allows what this exchange was
@@ -240,47 +166,6 @@ func (ex *exchange) recheck(snap *policy.Snapshot) string {
 	return ""
 }
 
-// target parses and decides the destination; on refusal it records why.
-func (ex *exchange) target(authority string, defaultPort uint16, path string) bool {
-	host, port, err := policy.SplitTarget(authority, defaultPort)
-	if err != nil {
-		ex.host = hostOnly(authority)
-		ex.fail(policy.CodeBadRequest, true, "the request target is malformed or ambiguous: "+err.Error())
-		return false
-	}
-	ex.host, ex.port, ex.path = host, port, path
-	ex.decision = ex.tenant.Decide(policy.Request{
-		Host: host, Port: port, Method: ex.method, Path: path, Tunnel: ex.tunnel, Upgrade: ex.upgrade,
-	})
-	if !ex.decision.Allow {
-		ex.fail(ex.decision.Code, true, ex.decision.Reason)
-		return false
-	}
-	if ex.decision.Report {
-		ex.gw.log.Info("report mode: would deny", "request_id", ex.id, "tenant", ex.tenant.ID, "reason", ex.decision.Reason)
-	}
-	return true
-}
-
-func hostOnly(authority string) string {
-	if h, _, err := net.SplitHostPort(authority); err == nil {
-		return h
-	}
-	return authority
-}
-
-// decisionLabel is the audit and metrics view of the outcome.
-func (ex *exchange) decisionLabel() string {
-	switch {
-	case ex.denied:
-		return "deny"
-	case ex.decision.Report:
-		return "report"
-	default:
-		return "allow"
-	}
-}
-
 // finish writes the audit line and metrics, once.
 func (ex *exchange) finish() {
 	ex.finished.Do(func() {
@@ -289,32 +174,32 @@ func (ex *exchange) finish() {
 	})
 }
 
-// clientClosed records that the client went away before the exchange was
-// complete.
-func (ex *exchange) clientClosed() {
+// clientClosed is the outcome of the client going away before the
+// exchange was complete.
+func (ex *exchange) clientClosed() outcome {
 	ex.clientGone.Store(true)
-	ex.fail(policy.CodeClientClosed, false, "the client went away before the response was complete")
+	return failed(policy.CodeClientClosed, "the client went away before the response was complete")
 }
 
-// upstreamBrokeOff records an upstream that failed after its response's
-// head had gone to the client: it closed, reset or went silent for
-// idle_timeout mid-body. The client has its status already; its
+// upstreamBrokeOff is the outcome of an upstream that failed after its
+// response's head had gone to the client: it closed, reset or went silent
+// for idle_timeout mid-body. The client has its status already; its
 // connection is aborted.
-func (ex *exchange) upstreamBrokeOff(err error) {
+func (ex *exchange) upstreamBrokeOff(err error) outcome {
 	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
-	ex.fail(policy.CodeUpstreamFailedMidway, false, fmt.Sprintf("%s broke off its response after %d bytes of the body", target, ex.bytesDown.Load()))
 	ex.gw.log.Debug("upstream failed mid-response", "request_id", ex.id, "error", err)
+	return failed(policy.CodeUpstreamFailedMidway, fmt.Sprintf("%s broke off its response after %d bytes of the body", target, ex.bytesDown.Load()))
 }
 
-// forwardFailed records why sending r on failed: r's context ends when
-// the client's connection does, so a forward cut short by that, or by a
-// request body the client broke off, is the client's doing (client_closed);
-// anything else is the upstream's.
-func (ex *exchange) forwardFailed(r *http.Request, err error) {
+// forwardFailed is why sending r on failed: r's context ends when the
+// client's connection does, so a forward cut short by that, or by a
+// request body the client broke off, is the client's doing
+// (client_closed); anything else is the upstream's.
+func (ex *exchange) forwardFailed(r *http.Request, err error) outcome {
 	if r.Context().Err() != nil {
 		ex.clientGone.Store(true)
 	}
-	ex.upstreamFailed(err)
+	return ex.upstreamFailed(err)
 }
 
 // uploadBody is a request body on its way to the upstream: it counts the

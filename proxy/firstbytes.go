@@ -41,7 +41,7 @@ func (t *tunnel) sendFirstBytes(ctx context.Context, egress *quota.Shaper, idle 
 	// once the gateway treats them on their own.
 	if looksLikeTLS(first[0]) {
 		if why := ex.checkClientHello(first); why != "" {
-			ex.fail(policy.CodeTunnelSNIMismatch, true, why)
+			ex.end(refused(policy.CodeTunnelSNIMismatch, why))
 			t.close()
 			return false
 		}

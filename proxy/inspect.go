@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -12,13 +11,11 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/egressgw/egressgw/policy"
-	"github.com/egressgw/egressgw/redaction"
 )
 
 // inspect terminates the sandbox's TLS with a leaf signed by the gateway's
@@ -30,7 +27,7 @@ import (
 func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	leaves := g.leaves.Load()
 	if leaves == nil || ex.rt.live.Gateway.CA == nil {
-		ex.fail(policy.CodeDestinationNotAllowed, true, "inspection is configured for this connector but the gateway has no CA loaded")
+		ex.end(refused(policy.CodeDestinationNotAllowed, "inspection is configured for this connector but the gateway has no CA loaded"))
 		t.close()
 		return
 	}
@@ -66,7 +63,7 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	// and relays it in the handler: the tunnel ends when that handler
 	// does, not when the connection changes hands.
 	var hijacked atomic.Bool
-	serveInner := g.innerHandler(t)
+	serveInner := g.innerProxy(t)
 	inner := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			defer func() {
@@ -99,8 +96,10 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	_ = inner.Serve(ln)
 }
 
-// innerHandler serves the requests of one inspected tunnel.
-func (g *Gateway) innerHandler(outer *tunnel) http.Handler {
+// innerProxy serves the requests of one inspected tunnel (serveInner),
+// forwarding them with a ReverseProxy whose hooks are those of the
+// exchange in the request's context.
+func (g *Gateway) innerProxy(outer *tunnel) http.Handler {
 	tunnelEx := outer.ex
 	authority := net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port)))
 	rp := &httputil.ReverseProxy{
@@ -130,81 +129,54 @@ func (g *Gateway) innerHandler(outer *tunnel) http.Handler {
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			ex := r.Context().Value(exchangeKey{}).(*exchange)
+			var o outcome
 			var unscrubbable *encodingError
 			if errors.As(err, &unscrubbable) {
-				ex.fail(policy.CodeUpstreamUnreachable, false, fmt.Sprintf("%s answered with %s encoding, which the gateway cannot scrub of injected credentials", authority, unscrubbable.encoding))
+				o = failed(policy.CodeUpstreamUnreachable, fmt.Sprintf("%s answered with %s encoding, which the gateway cannot scrub of injected credentials", authority, unscrubbable.encoding))
 			} else {
-				ex.forwardFailed(r, err)
+				o = ex.forwardFailed(r, err)
 			}
-			if ex.code == policy.CodeClientClosed {
+			if o.code == policy.CodeClientClosed {
+				ex.end(o)
 				panic(http.ErrAbortHandler) // nobody left to answer
 			}
-			writeError(w, ex)
+			ex.reply(w, o)
 		},
 		// A body copy that fails mid-way is logged here and then aborts
-		// the handler; innerHandler records why.
+		// the handler; relayInner records why.
 		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		markHandling(r)
-		// Each inner request is a request of its own, decided under the
-		// policy live now, for the tenant the tunnel was opened as.
-		ex := g.begin(r, false)
-		ex.scheme, ex.inner = "https", true
-		ex.tokenSum, ex.source = tunnelEx.tokenSum, tunnelEx.source
-		defer ex.finish()
-		tenant, why := ex.reidentify(ex.rt.live.Snapshot, tunnelEx.tenant.ID)
-		if tenant == nil {
-			ex.host, ex.port = tunnelEx.host, tunnelEx.port
-			ex.fail(policy.CodeDestinationNotAllowed, true, why)
-			writeError(w, ex)
-			return
-		}
-		ex.setTenant(tenant)
-		if !ex.innerTarget(r, tunnelEx) || !ex.admit(r.Context(), false) {
-			writeError(w, ex)
-			return
-		}
-		// As on plain HTTP: the headers the client named hop-by-hop go
-		// before the hook runs, so none the hook adds can be named away.
-		removeHopByHop(r.Header, isUpgrade(r.Header))
-		if refused := ex.transformRequest(r); refused != nil {
-			ex.fail(refused.code, true, refused.message)
-			writeError(w, ex)
-			return
-		}
-		cw := &countingWriter{ResponseWriter: w, n: &ex.bytesDown}
-		t := g.holdStream(ex, r)
-		whole := serveWhole(rp, cw, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
-		if ex.status == 0 {
-			ex.status = cw.status
-		}
-		// The client's connection ending (its context is done then) cuts
-		// the response short even when the copy ended: the upstream may
-		// have finished as its side was closed, but the end never reached
-		// the client.
-		clientGone := cw.failed || r.Context().Err() != nil
-		switch reason := g.releaseStream(t); {
-		case reason != "":
-			ex.fail(policy.CodeRevoked, true, "response ended by a policy reload: "+reason)
-			whole = false
-		case outer.revoked.Load() != nil && (!whole || clientGone):
-			ex.fail(policy.CodeRevoked, true, "the tunnel it came through was closed by a policy reload: "+*outer.revoked.Load())
-			whole = false
-		case ex.code != policy.CodeOK: // the error handler's
-		case clientGone:
-			ex.clientClosed()
-			whole = false
-		case !whole:
-			ex.upstreamBrokeOff(errors.New("the response body could not be read to its end"))
-		}
-		if !whole {
-			// What arrived goes out before the connection is aborted, so
-			// the client sees a body cut short, not none at all.
-			_ = http.NewResponseController(cw).Flush()
-			panic(http.ErrAbortHandler)
-		}
+		g.serveInner(outer, rp, w, r)
 	})
+}
+
+// relayInner is the forward step of a request inside the inspected tunnel
+// outer: rp forwards it and copies the response to cw, the client's
+// writer. t holds it for revocation until the response is over.
+func (ex *exchange) relayInner(rp *httputil.ReverseProxy, cw *countingWriter, r *http.Request, outer *tunnel, t *tunnel) outcome {
+	whole := serveWhole(rp, cw, withExchange(r, ex))
+	if ex.status == 0 {
+		ex.status = cw.status
+	}
+	// The client's connection ending (its context is done then) cuts
+	// the response short even when the copy ended: the upstream may
+	// have finished as its side was closed, but the end never reached
+	// the client.
+	clientGone := cw.failed || r.Context().Err() != nil
+	switch reason := ex.gw.releaseStream(t); {
+	case reason != "":
+		return refused(policy.CodeRevoked, "response ended by a policy reload: "+reason)
+	case outer.revoked.Load() != nil && (!whole || clientGone):
+		return refused(policy.CodeRevoked, "the tunnel it came through was closed by a policy reload: "+*outer.revoked.Load())
+	case !ex.out.ok(): // the error handler's
+		return ex.out
+	case clientGone:
+		return ex.clientClosed()
+	case !whole:
+		return ex.upstreamBrokeOff(errors.New("the response body could not be read to its end"))
+	}
+	return outcome{}
 }
 
 // serveWhole runs rp and reports whether it ended the response normally:
@@ -223,36 +195,6 @@ func serveWhole(rp *httputil.ReverseProxy, w http.ResponseWriter, r *http.Reques
 	return true
 }
 
-// innerTarget checks that an inner request names the tunnel's own host —
-// otherwise the request would go wherever its Host header says — and
-// decides it on its method and path.
-func (ex *exchange) innerTarget(r *http.Request, tunnelEx *exchange) bool {
-	host, port, err := policy.SplitTarget(r.Host, 443)
-	if err != nil || host != tunnelEx.host || port != tunnelEx.port {
-		ex.host, ex.port = hostOnly(r.Host), port
-		ex.fail(policy.CodeBadRequest, true, fmt.Sprintf(
-			"a request inside the tunnel to %s names %q; every request in a tunnel must be for the tunnel's own host",
-			net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port))), r.Host))
-		return false
-	}
-	path := r.URL.EscapedPath()
-	if path == "" {
-		path = "/"
-	}
-	if err := policy.CheckPath(path); err != nil {
-		ex.host, ex.port = host, port
-		ex.fail(policy.CodeBadRequest, true, "the request is ambiguous: "+err.Error())
-		return false
-	}
-	ex.host, ex.port, ex.path, ex.upgrade = host, port, path, isUpgrade(r.Header)
-	ex.decision = ex.tenant.Decide(policy.Request{Host: host, Port: port, Method: r.Method, Path: path, TLS: true, Upgrade: ex.upgrade})
-	if !ex.decision.Allow {
-		ex.fail(ex.decision.Code, true, ex.decision.Reason)
-		return false
-	}
-	return true
-}
-
 type exchangeKey struct{}
 
 // exchangeTransport forwards with the transport of the exchange's own
@@ -267,100 +209,6 @@ func (exchangeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	return resp, err
 }
-
-// writeError sends the gateway's JSON error for ex on a ResponseWriter;
-// closing the reply closes the exchange's books.
-func writeError(w http.ResponseWriter, ex *exchange) {
-	ex.blameStalledBody()
-	resp := errorResponse(ex, nil)
-	for k, v := range resp.Header {
-		w.Header()[k] = v
-	}
-	w.Header().Del("Content-Length")
-	// A refusal before the body was read closes the connection rather
-	// than wait for the body to read past it (docs/operators.md).
-	unread := ex.body.pending()
-	if unread {
-		w.Header().Set("Connection", "close")
-	}
-	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
-	_ = resp.Body.Close()
-	if unread {
-		ex.body.abandon()
-	}
-}
-
-// scrubResponse removes the connector's injected secrets from what goes
-// back to the sandbox: header values at once, the body as it streams (its
-// plain, JSON-escaped and URL-escaped forms), trailers when the body ends.
-// A gzip body is decoded first; other encodings cannot be scrubbed and
-// fail closed.
-func scrubResponse(resp *http.Response, c *policy.Connector) error {
-	if c == nil || c.Scrubber == nil {
-		return nil
-	}
-	c.Scrubber.Headers(resp.Header)
-	if err := decodeBody(resp); err != nil {
-		return err
-	}
-	resp.Header.Del("Content-Length")
-	resp.ContentLength = -1
-	resp.Body = struct {
-		io.Reader
-		io.Closer
-	}{&trailerScrubber{body: c.Scrubber.Reader(resp.Body), resp: resp, scrubber: c.Scrubber}, resp.Body}
-	return nil
-}
-
-// trailerScrubber scrubs a response's trailers once its body has been read
-// to the end, which is when the HTTP client fills them in, and before
-// anything copies them on to the sandbox.
-type trailerScrubber struct {
-	body     io.Reader
-	resp     *http.Response
-	scrubber *redaction.SecretScrubber
-	done     bool
-}
-
-func (t *trailerScrubber) Read(p []byte) (int, error) {
-	n, err := t.body.Read(p)
-	if err == io.EOF && !t.done {
-		t.done = true
-		t.scrubber.Headers(t.resp.Trailer)
-	}
-	return n, err
-}
-
-// decodeBody undoes a gzip Content-Encoding so the body can be read by
-// the gateway; an encoding it cannot decode fails closed.
-func decodeBody(resp *http.Response) error {
-	// Every Content-Encoding line counts: "identity" then "gzip" is gzip.
-	enc := strings.ToLower(strings.Join(resp.Header.Values("Content-Encoding"), ","))
-	switch enc {
-	case "", "identity":
-		return nil
-	case "gzip", "x-gzip":
-		zr, err := gzip.NewReader(resp.Body)
-		if err != nil {
-			return &encodingError{encoding: "corrupt gzip"}
-		}
-		resp.Body = struct {
-			io.Reader
-			io.Closer
-		}{zr, resp.Body}
-		resp.Header.Del("Content-Encoding")
-		resp.Header.Del("Content-Length")
-		resp.ContentLength = -1
-		return nil
-	default:
-		return &encodingError{encoding: enc}
-	}
-}
-
-type encodingError struct{ encoding string }
-
-func (e *encodingError) Error() string { return "cannot scrub " + e.encoding + " body" }
 
 // countingWriter counts the body bytes sent to the client and remembers
 // the status; Unwrap lets http.ResponseController reach Flush and Hijack

@@ -449,13 +449,12 @@ func (b *requestBody) roundTrip(transport http.RoundTripper, r *http.Request) (*
 	return nil, errBodyStalled
 }
 
-// blameStalledBody makes a refusal that came after the request body
-// stalled say so: the stall cancels the request, so whatever step failed
+// blameStalledBody makes o, a refusal that came after the request body
+// stalled, say so: the stall cancels the request, so whatever step failed
 // next (the transport, a hook, a quota check) failed because of it.
-func (ex *exchange) blameStalledBody() {
-	if !ex.body.timedOut() || ex.code == policy.CodeBadRequest {
-		return
+func (ex *exchange) blameStalledBody(o outcome) outcome {
+	if !ex.body.timedOut() || o.code == policy.CodeBadRequest {
+		return o
 	}
-	code, msg := classify(errBodyStalled, ex.tenantID(), net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port))))
-	ex.fail(code, true, msg)
+	return classify(errBodyStalled, ex.tenantID(), net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port))))
 }

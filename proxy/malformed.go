@@ -70,7 +70,7 @@ func (g *Gateway) malformedReply(client net.Addr, status int, detail string) []b
 	r := &http.Request{RemoteAddr: client.String(), URL: &url.URL{}, Header: http.Header{}}
 	ex := g.begin(r, false)
 	defer ex.finish()
-	ex.fail(policy.CodeBadRequest, true, g.malformedMessage(status, detail))
+	ex.end(refused(policy.CodeBadRequest, g.malformedMessage(status, detail)))
 	resp := errorResponse(ex, nil)
 	var b bytes.Buffer
 	_ = resp.Write(&b)

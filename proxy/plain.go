@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/textproto"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -14,60 +13,26 @@ import (
 	"github.com/egressgw/egressgw/policy"
 )
 
-// ServeHTTP is the gateway's front door. CONNECT opens a tunnel
-// (serveConnect). A request with an absolute URL is a plain proxy request,
-// which the gateway forwards itself (servePlain), from the decision to the
-// last byte. Anything else was meant for a web server.
-func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	markHandling(r)
-	switch {
-	case r.Method == http.MethodConnect:
-		g.serveConnect(w, r)
-	case r.URL.IsAbs():
-		g.servePlain(w, r)
-	default:
-		g.nonProxyHandler(w, r)
-	}
-}
-
-// servePlain is the request path for plain HTTP, top to bottom: decide
-// (admitPlain), forward through the safe dialer, send the response back
-// through the tenant's shaper, and write the audit line when it is done.
-// While it is forwarded the exchange is held for revocation (stream.go).
-// A response that cannot be sent whole aborts the client's connection, so
-// that the client sees it cut short rather than ended as if complete.
-func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
-	ex := g.begin(r, false)
-	ex.scheme = r.URL.Scheme
-	defer ex.finish()
-	if !ex.admitPlain(r) {
-		writeError(w, ex)
-		return
-	}
+// relayPlain is the forward step of a plain request: it injects the
+// connector's credentials, forwards r and sends the response, or the
+// gateway's error, back to the client. An outcome the client had its
+// status before (outcome.replied) makes the caller abort the client's
+// connection.
+func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel) outcome {
 	r.RequestURI = "" // a server's request, sent on as a client's
-	t := g.holdStream(ex, r)
-	whole := ex.relayPlain(w, r, t)
-	if reason := g.releaseStream(t); reason != "" {
-		ex.fail(policy.CodeRevoked, true, "response ended by a policy reload: "+reason)
-		whole = false
+	ex.inject(r.Header)
+	if r.Body != nil && r.Body != http.NoBody {
+		egress, _ := ex.shapers()
+		r.Body = &uploadBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
 	}
-	if !whole {
-		panic(http.ErrAbortHandler) // after the deferred finish has recorded why
-	}
-}
-
-// relayPlain forwards r and sends the response back to the client. It
-// reports whether the exchange ended whole; if not, the code says why and
-// the caller aborts the client's connection.
-func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel) bool {
 	resp, err := ex.forward(r)
 	if err != nil {
-		ex.forwardFailed(r, err)
-		if ex.code == policy.CodeClientClosed {
-			return false // nobody left to answer
+		o := ex.forwardFailed(r, err)
+		if o.code == policy.CodeClientClosed {
+			return o // nobody left to answer
 		}
-		writeError(w, ex)
-		return true
+		ex.reply(w, o)
+		return ex.out
 	}
 	defer resp.Body.Close()
 	ex.status = resp.StatusCode
@@ -75,10 +40,9 @@ func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel
 		// The connection changes hands: from now on it is held, and
 		// revoked, as a tunnel is.
 		if reason := ex.gw.releaseStream(t); reason != "" {
-			return false // servePlain records the revocation
+			return outcome{} // servePlain records the revocation
 		}
-		ex.relayUpgrade(w, resp)
-		return true
+		return ex.relayUpgrade(w, resp)
 	}
 	removeHopByHop(resp.Header, false)
 	h := w.Header()
@@ -90,55 +54,13 @@ func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel
 	w.WriteHeader(resp.StatusCode)
 	_, ingress := ex.shapers()
 	body := ingress.Reader(r.Context(), resp.Body)
-	if !ex.copyResponse(r.Context(), w, body) {
-		return false
+	if o := ex.copyResponse(r.Context(), w, body); !o.ok() {
+		return o
 	}
 	for k, v := range resp.Trailer {
 		h[http.TrailerPrefix+k] = v
 	}
-	return true
-}
-
-// admitPlain identifies the tenant, checks and decides the request, takes
-// its quota and applies the connector's request transforms. On refusal it
-// records why and the caller answers with the error.
-func (ex *exchange) admitPlain(r *http.Request) bool {
-	if !ex.identify(r) {
-		return false
-	}
-	defaultPort := uint16(80)
-	if r.URL.Scheme == "https" {
-		defaultPort = 443
-	} else if r.URL.Scheme != "http" {
-		ex.fail(policy.CodeBadRequest, true, "only http:// URLs can be sent as plain proxy requests; use CONNECT (HTTPS_PROXY) for https")
-		return false
-	}
-	path := r.URL.EscapedPath()
-	if path == "" {
-		path = "/"
-	}
-	if err := policy.CheckPath(path); err != nil {
-		ex.host = hostOnly(r.URL.Host)
-		ex.fail(policy.CodeBadRequest, true, "the request is ambiguous: "+err.Error())
-		return false
-	}
-	// The policy decides an upgrade on its own terms: nothing after the
-	// 101 is read (docs/admins.md, upgrade: true).
-	ex.upgrade = isUpgrade(r.Header)
-	if !ex.target(r.URL.Host, defaultPort, path) || !ex.admit(r.Context(), true) {
-		return false
-	}
-	removeHopByHop(r.Header, isUpgrade(r.Header))
-	if refused := ex.transformRequest(r); refused != nil {
-		ex.fail(refused.code, true, refused.message)
-		return false
-	}
-	ex.inject(r.Header)
-	if r.Body != nil && r.Body != http.NoBody {
-		egress, _ := ex.shapers()
-		r.Body = &uploadBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
-	}
-	return true
+	return outcome{}
 }
 
 // forward sends an allowed plain request with the transport of the
@@ -170,9 +92,9 @@ func (ex *exchange) forward(r *http.Request) (*http.Response, error) {
 // stream (server-sent events, a long poll) or a body that arrives slowly,
 // nothing that has arrived waits in the gateway for the upstream's next
 // bytes, or is lost with the connection if those never come. It reports
-// whether the body went out whole; if not, it records why: the client
-// went away (ctx, the request's, is done then), or the upstream broke off.
-func (ex *exchange) copyResponse(ctx context.Context, w http.ResponseWriter, body io.Reader) bool {
+// whether the body went out whole; if not, why: the client went away
+// (ctx, the request's, is done then), or the upstream broke off.
+func (ex *exchange) copyResponse(ctx context.Context, w http.ResponseWriter, body io.Reader) outcome {
 	buf := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(buf)
 	rc := http.NewResponseController(w)
@@ -180,28 +102,24 @@ func (ex *exchange) copyResponse(ctx context.Context, w http.ResponseWriter, bod
 		n, err := body.Read(*buf)
 		if n > 0 {
 			if _, werr := w.Write((*buf)[:n]); werr != nil {
-				ex.clientClosed()
-				return false
+				return ex.clientClosed()
 			}
 			if err != io.EOF {
 				if ferr := rc.Flush(); ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
-					ex.clientClosed()
-					return false
+					return ex.clientClosed()
 				}
 			}
 			ex.bytesDown.Add(int64(n))
 		}
 		switch {
 		case err == io.EOF && ctx.Err() == nil:
-			return true
+			return outcome{}
 		case err != nil && ctx.Err() != nil:
 			// Gone before the end reached it, even if the upstream
 			// finished as the gateway let go of it.
-			ex.clientClosed()
-			return false
+			return ex.clientClosed()
 		case err != nil:
-			ex.upstreamBrokeOff(err)
-			return false
+			return ex.upstreamBrokeOff(err)
 		}
 	}
 }
@@ -221,19 +139,20 @@ func announceTrailers(h http.Header, trailer http.Header) {
 
 // relayUpgrade completes a protocol switch (WebSocket): it takes over the
 // client's connection, passes the upstream's 101 on and relays both ways,
-// counting, until either side ends.
-func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) {
+// counting, until either side ends; the connection's own end is recorded
+// by keepOpen.
+func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) outcome {
 	upstream, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
-		ex.fail(policy.CodeUpstreamUnreachable, false, "the upstream switched protocols on a connection the gateway cannot take over")
-		writeError(w, ex)
-		return
+		o := failed(policy.CodeUpstreamUnreachable, "the upstream switched protocols on a connection the gateway cannot take over")
+		ex.reply(w, o)
+		return ex.out
 	}
 	client, buffered, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		ex.fail(policy.CodeUpstreamUnreachable, false, "the client connection cannot be taken over for the protocol switch")
-		writeError(w, ex)
-		return
+		o := failed(policy.CodeUpstreamUnreachable, "the client connection cannot be taken over for the protocol switch")
+		ex.reply(w, o)
+		return ex.out
 	}
 	ex.gw.keepOpen(&tunnel{ex: ex, client: client, upgraded: upstream}, "upgraded connection", func() {
 		removeHopByHop(resp.Header, true)
@@ -244,6 +163,7 @@ func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) {
 		}
 		ex.relayUpgraded(client, buffered, upstream)
 	})
+	return outcome{}
 }
 
 // relayUpgraded relays an upgraded connection both ways until either side
@@ -290,73 +210,4 @@ func copyUpgraded(dst io.Writer, src io.Reader, counter, lastActivity *atomic.In
 			return
 		}
 	}
-}
-
-// nonProxyHandler answers requests sent to the gateway as if it were a web
-// server, which is what a client that mistook it for its upstream does.
-func (g *Gateway) nonProxyHandler(w http.ResponseWriter, r *http.Request) {
-	ex := g.begin(r, false)
-	ex.fail(policy.CodeBadRequest, true, "this is an egress gateway: send requests through it as a proxy (HTTP_PROXY / HTTPS_PROXY), with an absolute URL")
-	writeError(w, ex)
-}
-
-// isHopByHop says whether name is a header that describes one connection,
-// not the message (RFC 9110 §7.6.1); forwarding it would let a client steer
-// the gateway's own connection to the upstream, or the upstream the
-// client's.
-func isHopByHop(name string) bool {
-	switch name {
-	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
-		return true
-	}
-	return false
-}
-
-// removeHopByHop strips hop-by-hop headers in place, and those that
-// Connection names; for a protocol upgrade (WebSocket) it keeps
-// Connection: Upgrade and Upgrade, which the handshake needs end to end.
-// One pass over the header, rather than a lookup per name: it runs twice
-// per request.
-func removeHopByHop(h http.Header, upgrade bool) {
-	for _, value := range h["Connection"] {
-		for _, name := range strings.Split(value, ",") {
-			name = textproto.TrimString(name)
-			if name != "" && !(upgrade && strings.EqualFold(name, "Upgrade")) {
-				h.Del(name)
-			}
-		}
-	}
-	for name, values := range h {
-		switch {
-		case !isHopByHop(name):
-		case upgrade && (name == "Connection" || name == "Upgrade"):
-		case name == "Te" && len(values) > 0 && strings.EqualFold(values[0], "trailers"):
-			// asks for trailers, which the transport handles end to end
-		default:
-			delete(h, name)
-		}
-	}
-}
-
-// errUnsolicitedUpgrade is an upstream switching protocols when the client
-// asked for no such switch.
-var errUnsolicitedUpgrade = errors.New("the upstream switched protocols without being asked to")
-
-// sameUpgrade reports whether a 101 answers the upgrade the request asked
-// for: the request is an upgrade, and to the protocol the response names.
-func sameUpgrade(request, response http.Header) bool {
-	return isUpgrade(request) && isUpgrade(response) &&
-		strings.EqualFold(request.Get("Upgrade"), response.Get("Upgrade"))
-}
-
-func isUpgrade(h http.Header) bool {
-	for _, v := range h["Connection"] {
-		for _, token := range strings.Split(v, ",") {
-			if strings.EqualFold(textproto.TrimString(token), "upgrade") {
-				return h.Get("Upgrade") != ""
-			}
-		}
-	}
-	return false
 }

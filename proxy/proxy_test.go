@@ -122,7 +122,8 @@ func TestClassify(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			code, msg := classify(c.err, "acme", "api.example.com:443")
+			o := classify(c.err, "acme", "api.example.com:443")
+			code, msg := o.code, o.reason
 			if code != c.code {
 				t.Errorf("code %s, want %s", code, c.code)
 			}
@@ -320,7 +321,8 @@ func TestClassifyDNSFailures(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			err := &dialError{code: policy.CodeDNSFailure, dns: dnsFaultOf(c.err), err: c.err}
-			code, msg := classify(err, "acme", "api.example.com:443")
+			o := classify(err, "acme", "api.example.com:443")
+			code, msg := o.code, o.reason
 			if code != policy.CodeDNSFailure || statusFor(code) != http.StatusBadGateway {
 				t.Errorf("code %s (status %d), want dns_failure (502)", code, statusFor(code))
 			}

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/egressgw/egressgw/policy"
 )
 
-// statusFor maps a code to its HTTP status (SPEC §3).
+// statusFor maps a code to its HTTP status (docs/reference.md, "What
+// clients see").
 func statusFor(code policy.Code) int {
 	switch code {
 	case policy.CodeProxyAuthRequired:
@@ -44,25 +47,28 @@ type errorBody struct {
 	RequestID string      `json:"request_id"`
 }
 
-// errorResponse builds the gateway's own reply for ex, with the headers of
-// SPEC §3. It closes the client connection: after a refusal the client
-// should start over rather than reuse a connection in an unknown state.
+// errorResponse builds the gateway's own reply for ex's outcome, with the
+// headers of docs/reference.md, "What clients see". It closes the client
+// connection: after a refusal the client should start over rather than
+// reuse a connection in an unknown state.
 func errorResponse(ex *exchange, req *http.Request) *http.Response {
+	o := ex.out
+	code := o.Code()
 	body, _ := json.Marshal(errorBody{
-		Error: ex.code, Message: ex.message, Tenant: ex.tenantID(),
+		Error: code, Message: o.reason, Tenant: ex.tenantID(),
 		Host: ex.host, Port: ex.port, RequestID: ex.id,
 	})
 	body = append(body, '\n')
-	status := statusFor(ex.code)
+	status := statusFor(code)
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
-	h.Set("X-Egressgw-Error", string(ex.code))
+	h.Set("X-Egressgw-Error", string(code))
 	h.Set("X-Request-Id", ex.id)
 	h.Set("Content-Length", strconv.Itoa(len(body)))
-	if ex.code == policy.CodeRateLimited && ex.retryAfter > 0 {
-		h.Set("Retry-After", strconv.Itoa(ex.retryAfter))
+	if code == policy.CodeRateLimited && o.retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(o.retryAfter))
 	}
-	if ex.code == policy.CodeProxyAuthRequired {
+	if code == policy.CodeProxyAuthRequired {
 		h.Set("Proxy-Authenticate", `Basic realm="egressgw"`)
 	}
 	ex.status = status
@@ -78,6 +84,39 @@ func errorResponse(ex *exchange, req *http.Request) *http.Response {
 		Close:         true,
 		Request:       req,
 	}
+}
+
+// reply ends ex with o and sends the gateway's JSON error for it on w;
+// closing the reply closes the exchange's books.
+func (ex *exchange) reply(w http.ResponseWriter, o outcome) {
+	ex.end(ex.blameStalledBody(o))
+	resp := errorResponse(ex, nil)
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.Header().Del("Content-Length")
+	// A refusal before the body was read closes the connection rather
+	// than wait for the body to read past it (docs/operators.md).
+	unread := ex.body.pending()
+	if unread {
+		w.Header().Set("Connection", "close")
+	}
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
+	_ = resp.Body.Close()
+	if unread {
+		ex.body.abandon()
+	}
+}
+
+// replyHijacked ends ex with o and sends its error on a connection taken
+// over from the HTTP server, and closes it.
+func (g *Gateway) replyHijacked(ex *exchange, o outcome, client net.Conn) {
+	ex.end(o)
+	resp := errorResponse(ex, nil)
+	_ = client.SetWriteDeadline(g.now().Add(5 * time.Second))
+	_ = resp.Write(client)
+	_ = client.Close()
 }
 
 // finishOnClose closes the exchange when the proxy is done sending the

@@ -17,29 +17,28 @@ import (
 	"github.com/egressgw/egressgw/redaction"
 )
 
-// refusal is a transform step refusing an exchange after it was allowed:
-// a hook that denied or failed, a body too large to inspect. It travels as
-// an error from the transform to where the reply is made.
-type refusal struct {
-	code    policy.Code
-	message string
-}
-
-func (r *refusal) Error() string { return string(r.code) + ": " + r.message }
-
 // transformRequest is the request side of the transform step: the hook
-// sees what the sandbox sent, then redaction scrubs what will leave.
-func (ex *exchange) transformRequest(r *http.Request) *refusal {
-	if refused := ex.requestHook(r); refused != nil {
-		return refused
+// sees what the sandbox sent, then redaction scrubs what will leave. A
+// request the hook edited goes on under the edit's decision.
+func (ex *exchange) transformRequest(r *http.Request) outcome {
+	edit, o := ex.requestHook(r)
+	if !o.ok() {
+		return o
 	}
-	if refused := ex.redactRequest(r); refused != nil {
-		return refused
+	if edit.Report && !ex.out.report {
+		// Report mode lets the edited request through, as what enforce
+		// would deny: without credentials. The rule that let the request
+		// in is still the one the audit line names.
+		edit.Rule = ex.out.rule
+		ex.setDecision(edit)
 	}
-	if c := ex.decision.Connector; c != nil && c.Hooks != nil && c.Hooks.Response != nil {
+	if o := ex.redactRequest(r); !o.ok() {
+		return o
+	}
+	if c := ex.connector; c != nil && c.Hooks != nil && c.Hooks.Response != nil {
 		ex.answered = ex.keepForResponseHook(r, c.Hooks.Limits.MaxBodyBytes)
 	}
-	return nil
+	return outcome{}
 }
 
 // keepForResponseHook records what leaves for the response hook, body
@@ -84,67 +83,65 @@ func (ex *exchange) hookRequest(r *http.Request, body []byte) hooks.Request {
 // requestHook runs the allowing connector's request hook on r and applies
 // its edits. The script sees what the sandbox sent: before injection, and
 // without the proxy credentials. An edited method or path is decided again,
-// so a hook cannot carry a request outside the connector's rules.
-func (ex *exchange) requestHook(r *http.Request) *refusal {
-	c := ex.decision.Connector
+// so a hook cannot carry a request outside the connector's rules: it
+// returns the edit's decision, the zero Decision when there was no edit.
+func (ex *exchange) requestHook(r *http.Request) (edit policy.Decision, o outcome) {
+	c := ex.connector
 	if c == nil || c.Hooks == nil || c.Hooks.Request == nil {
-		return nil
+		return edit, outcome{}
 	}
 	script, limits := c.Hooks.Request, c.Hooks.Limits
 	body, tooLarge := readBounded(r.Body, limits.MaxBodyBytes)
 	if tooLarge {
 		ex.gw.metrics.hookRun(c.Name, "body_too_large", 0)
-		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name)}
+		return edit, refused(policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name))
 	}
 	in := ex.hookRequest(r, body)
-	outcome, err := ex.runHook(r.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
+	result, o := ex.runHook(r.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
 		var err error
 		var oc hooks.Outcome
 		in, oc, err = rt.RunRequest(ctx, script, meta, in, limits)
 		return oc, err
 	})
-	if err != nil {
-		return err
+	if !o.ok() {
+		return edit, o
 	}
-	if outcome.Denied {
-		return &refusal{policy.CodeHookDenied, outcome.DenyReason}
+	if result.Denied {
+		return edit, refused(policy.CodeHookDenied, result.DenyReason)
 	}
 	if in.Method != r.Method || in.Path != ex.path {
 		if err := policy.CheckPath(in.Path); err != nil {
-			return &refusal{policy.CodeHookFailed, fmt.Sprintf("hook %s produced an ambiguous path", script.Name())}
+			return edit, refused(policy.CodeHookFailed, fmt.Sprintf("hook %s produced an ambiguous path", script.Name()))
 		}
 		d := ex.tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: in.Method, Path: in.Path, TLS: ex.scheme == "https"})
 		if !d.Allow {
-			return &refusal{d.Code, "after hook " + script.Name() + ": " + d.Reason}
+			return edit, refused(d.Code, "after hook "+script.Name()+": "+d.Reason)
 		}
 		if d.Connector != c {
 			// Another rule would allow the edit, but the request carries this
 			// connector's credentials, which cover only what it allows.
-			return &refusal{policy.CodeDestinationNotAllowed, fmt.Sprintf(
-				"after hook %s: %s %s is not among the methods and paths that connector %q allows", script.Name(), in.Method, in.Path, c.Name)}
+			return edit, refused(policy.CodeDestinationNotAllowed, fmt.Sprintf(
+				"after hook %s: %s %s is not among the methods and paths that connector %q allows", script.Name(), in.Method, in.Path, c.Name))
 		}
-		if d.Report && !ex.decision.Report {
-			// Report mode lets the edited request through, as what enforce
-			// would deny: without credentials.
-			ex.decision.Report, ex.decision.Code, ex.decision.Reason = true, d.Code, "after hook "+script.Name()+": "+d.Reason
-		}
+		edit = d
+		edit.Reason = "after hook " + script.Name() + ": " + d.Reason
 		ex.method, ex.path = in.Method, in.Path
 	}
-	target, err2 := url.ParseRequestURI(in.Path + queryPart(in.Query))
-	if err2 != nil {
-		return &refusal{policy.CodeHookFailed, fmt.Sprintf("hook %s produced an invalid path or query", script.Name())}
+	target, err := url.ParseRequestURI(in.Path + queryPart(in.Query))
+	if err != nil {
+		return policy.Decision{}, refused(policy.CodeHookFailed, fmt.Sprintf("hook %s produced an invalid path or query", script.Name()))
 	}
 	r.Method = in.Method
 	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = target.Path, target.RawPath, target.RawQuery
 	r.Header = in.Headers
 	ex.setRequestBody(r, in.Body)
-	return nil
+	return edit, outcome{}
 }
 
 // responseHook runs the connector's response hook on resp (already
 // scrubbed of injected secrets) and applies its edits.
 func (ex *exchange) responseHook(resp *http.Response) error {
-	c := ex.decision.Connector
+	c := ex.connector
 	if c == nil || c.Hooks == nil || c.Hooks.Response == nil {
 		return nil
 	}
@@ -156,24 +153,24 @@ func (ex *exchange) responseHook(resp *http.Response) error {
 	_ = resp.Body.Close()
 	if tooLarge {
 		ex.gw.metrics.hookRun(c.Name, "body_too_large", 0)
-		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name)}
+		return refusedErr(policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name))
 	}
 	req := hooks.Request{Method: ex.method, Scheme: ex.scheme, Host: ex.host, Port: int(ex.port), Path: ex.path}
 	if ex.answered != nil {
 		req = *ex.answered
 	}
 	in := hooks.Response{Status: resp.StatusCode, Headers: resp.Header, Body: body}
-	outcome, err := ex.runHook(resp.Request.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
+	result, o := ex.runHook(resp.Request.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
 		var err error
 		var oc hooks.Outcome
 		in, oc, err = rt.RunResponse(ctx, script, meta, req, in, limits)
 		return oc, err
 	})
-	if err != nil {
-		return err
+	if !o.ok() {
+		return &o
 	}
-	if outcome.Denied {
-		return &refusal{policy.CodeHookDenied, outcome.DenyReason}
+	if result.Denied {
+		return refusedErr(policy.CodeHookDenied, result.DenyReason)
 	}
 	resp.StatusCode, resp.Status = in.Status, strconv.Itoa(in.Status)+" "+http.StatusText(in.Status)
 	resp.Header = in.Headers
@@ -182,9 +179,10 @@ func (ex *exchange) responseHook(resp *http.Response) error {
 }
 
 // runHook runs one script through the gateway's hook runtime, counting the
-// run; errors come back as refusals with the SPEC §3 code.
+// run; errors come back as refusals with their code (docs/reference.md,
+// "What clients see").
 func (ex *exchange) runHook(ctx context.Context, c *policy.Connector, script *hooks.Script,
-	run func(*hooks.Runtime, context.Context, hooks.Meta) (hooks.Outcome, error)) (hooks.Outcome, *refusal) {
+	run func(*hooks.Runtime, context.Context, hooks.Meta) (hooks.Outcome, error)) (hooks.Outcome, outcome) {
 	ex.hooks = append(ex.hooks, script.Name())
 	rt := ex.gw.hooks
 	if rt == nil {
@@ -192,29 +190,29 @@ func (ex *exchange) runHook(ctx context.Context, c *policy.Connector, script *ho
 		// closed rather than pass unhooked.
 		ex.gw.log.Error("hook runtime unavailable: the gateway was built without one")
 		ex.gw.metrics.hookRun(c.Name, "unavailable", 0)
-		return hooks.Outcome{}, &refusal{policy.CodeHookFailed, "the gateway cannot run hooks right now"}
+		return hooks.Outcome{}, refused(policy.CodeHookFailed, "the gateway cannot run hooks right now")
 	}
 	start := ex.gw.now()
-	outcome, err := run(rt, ctx, hooks.Meta{Tenant: ex.tenant.ID, Connector: c.Name, ConnectorVersion: c.Version})
+	result, err := run(rt, ctx, hooks.Meta{Tenant: ex.tenant.ID, Connector: c.Name, ConnectorVersion: c.Version})
 	elapsed := ex.gw.now().Sub(start)
 	var tooLarge *hooks.BodyTooLargeError
 	var failed *hooks.RunError
 	switch {
 	case errors.As(err, &tooLarge):
 		ex.gw.metrics.hookRun(c.Name, "body_too_large", elapsed)
-		return outcome, &refusal{policy.CodeBodyTooLarge, tooLarge.Error()}
+		return result, refused(policy.CodeBodyTooLarge, tooLarge.Error())
 	case errors.As(err, &failed):
 		ex.gw.metrics.hookRun(c.Name, failed.Kind.String(), elapsed)
-		return outcome, &refusal{policy.CodeHookFailed, failed.Error()}
+		return result, refused(policy.CodeHookFailed, failed.Error())
 	case err != nil:
 		ex.gw.metrics.hookRun(c.Name, "error", elapsed)
-		return outcome, &refusal{policy.CodeHookFailed, "hook " + script.Name() + " failed"}
-	case outcome.Denied:
+		return result, refused(policy.CodeHookFailed, "hook "+script.Name()+" failed")
+	case result.Denied:
 		ex.gw.metrics.hookRun(c.Name, "denied", elapsed)
 	default:
 		ex.gw.metrics.hookRun(c.Name, "ok", elapsed)
 	}
-	return outcome, nil
+	return result, outcome{}
 }
 
 // readBounded reads at most limit bytes of body and reports whether there
@@ -244,11 +242,11 @@ func queryPart(q string) string {
 // comes back is scrubbed of the secrets, and transformed, which a
 // compressed body would hide.
 func (ex *exchange) inject(h http.Header) {
-	c := ex.decision.Connector
+	c := ex.connector
 	if c == nil {
 		return
 	}
-	if !ex.decision.Report {
+	if !ex.out.report {
 		for _, ih := range c.Inject {
 			h.Set(ih.Name, ih.Value)
 		}
@@ -265,12 +263,12 @@ func (ex *exchange) transformResponse(resp *http.Response) error {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Only the head is still HTTP: the policy let the switch through
 		// (upgrade: true), and the connection changes hands after it.
-		if c := ex.decision.Connector; c != nil && c.Scrubber != nil {
+		if c := ex.connector; c != nil && c.Scrubber != nil {
 			c.Scrubber.Headers(resp.Header)
 		}
 		return nil
 	}
-	if err := scrubResponse(resp, ex.decision.Connector); err != nil {
+	if err := scrubResponse(resp, ex.connector); err != nil {
 		return err
 	}
 	if err := ex.redactResponse(resp); err != nil {
@@ -283,10 +281,10 @@ func (ex *exchange) transformResponse(resp *http.Response) error {
 // after the request hook, so a script cannot put back what redaction
 // removes, and before injection, so the injected credential is not
 // redacted away. A body it cannot inspect whole is refused, never sent.
-func (ex *exchange) redactRequest(r *http.Request) *refusal {
-	c := ex.decision.Connector
+func (ex *exchange) redactRequest(r *http.Request) outcome {
+	c := ex.connector
 	if c == nil || c.Redact == nil || len(c.Redact.Request) == 0 {
-		return nil
+		return outcome{}
 	}
 	chain := c.Redact.Request
 	ex.recordRedactions(chain.Headers(r.Header))
@@ -294,29 +292,29 @@ func (ex *exchange) redactRequest(r *http.Request) *refusal {
 	r.URL.RawQuery = query
 	ex.recordRedactions(rep)
 	if !chain.InspectsBody() || r.Body == nil || r.Body == http.NoBody {
-		return nil
+		return outcome{}
 	}
 	if enc := r.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
-		return &refusal{policy.CodeBodyTooLarge, "a " + enc + "-encoded request body cannot be redacted; send it uncompressed"}
+		return refused(policy.CodeBodyTooLarge, "a "+enc+"-encoded request body cannot be redacted; send it uncompressed")
 	}
 	limit := ex.rt.live.Gateway.Redaction.MaxBodyBytes
 	body, tooLarge := readBounded(r.Body, limit)
 	if tooLarge {
-		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than redaction.max_body_bytes (%d) and is never sent unredacted", limit)}
+		return refused(policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than redaction.max_body_bytes (%d) and is never sent unredacted", limit))
 	}
 	out, rep, err := chain.Body(r.Header.Get("Content-Type"), body)
 	if err != nil {
-		return &refusal{policy.CodeBodyTooLarge, err.Error()}
+		return refused(policy.CodeBodyTooLarge, err.Error())
 	}
 	ex.recordRedactions(rep)
 	ex.setRequestBody(r, out)
-	return nil
+	return outcome{}
 }
 
 // redactResponse applies the connector's response redaction before the
 // response hook sees it.
 func (ex *exchange) redactResponse(resp *http.Response) error {
-	c := ex.decision.Connector
+	c := ex.connector
 	if c == nil || c.Redact == nil || len(c.Redact.Response) == 0 {
 		return nil
 	}
@@ -332,11 +330,11 @@ func (ex *exchange) redactResponse(resp *http.Response) error {
 	body, tooLarge := readBounded(resp.Body, limit)
 	_ = resp.Body.Close()
 	if tooLarge {
-		return &refusal{policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than redaction.max_body_bytes (%d) and is never passed unredacted", limit)}
+		return refusedErr(policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than redaction.max_body_bytes (%d) and is never passed unredacted", limit))
 	}
 	out, rep, err := chain.Body(resp.Header.Get("Content-Type"), body)
 	if err != nil {
-		return &refusal{policy.CodeBodyTooLarge, err.Error()}
+		return refusedErr(policy.CodeBodyTooLarge, err.Error())
 	}
 	ex.recordRedactions(rep)
 	setResponseBody(resp, out)

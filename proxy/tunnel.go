@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -17,41 +16,6 @@ import (
 	"github.com/egressgw/egressgw/quota"
 )
 
-// serveConnect is the request path for CONNECT: identify, decide, and
-// either refuse with the JSON error or take the connection over as a
-// tunnel. The gateway takes the connection from the HTTP server itself:
-// what the client sent right behind its CONNECT head is already in the
-// server's read buffer, and goes first into the tunnel, never dropped.
-func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
-	ex := g.begin(r, true)
-	ex.scheme = "tunnel"
-	admitted := ex.identify(r) && ex.target(r.URL.Host, 0, "") && ex.admit(r.Context(), true)
-	client, buffered, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		// Not on the gateway's HTTP/1 listener; nothing to tunnel with.
-		if admitted {
-			ex.fail(policy.CodeBadRequest, true, "a tunnel needs an HTTP/1.1 CONNECT")
-		}
-		writeError(w, ex)
-		ex.finish()
-		return
-	}
-	if !admitted {
-		g.replyHijacked(ex, client)
-		ex.finish()
-		return
-	}
-	var early []byte
-	if n := buffered.Reader.Buffered(); n > 0 {
-		peeked, _ := buffered.Reader.Peek(n)
-		early = bytes.Clone(peeked) // the server's buffer is not kept
-	}
-	// The tunnel runs in a goroutine of its own so that the HTTP server's
-	// connection goroutine returns at once, and with it its deep stack: an
-	// idle tunnel then costs little more than its two relay goroutines.
-	go g.tunnel(ex, client, early)
-}
-
 // tunnel dials the destination through the safe dialer and relays bytes
 // until either side is done or the tunnel has been idle for idle_timeout;
 // early is what the client sent behind its CONNECT head. The gateway owns
@@ -59,7 +23,7 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 // closable on shutdown.
 func (g *Gateway) tunnel(ex *exchange, client net.Conn, early []byte) {
 	defer ex.finish()
-	if c := ex.decision.Connector; c != nil && c.Inspect {
+	if c := ex.connector; c != nil && c.Inspect {
 		if len(early) > 0 {
 			client = &earlyConn{Conn: client, early: early}
 		}
@@ -70,8 +34,7 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn, early []byte) {
 	upstream, err := ex.rt.dialer.DialContext(ctx, "tcp", net.JoinHostPort(ex.host, itoa(ex.port)))
 	cancel()
 	if err != nil {
-		ex.upstreamFailed(err)
-		g.replyHijacked(ex, client)
+		g.replyHijacked(ex, ex.upstreamFailed(err), client)
 		return
 	}
 	t := &tunnel{ex: ex, client: client, upstream: upstream, early: early}
@@ -106,15 +69,6 @@ func (c *earlyConn) CloseWrite() error {
 		return hc.CloseWrite()
 	}
 	return nil
-}
-
-// replyHijacked sends ex's error on a connection taken over from the HTTP
-// server, and closes it.
-func (g *Gateway) replyHijacked(ex *exchange, client net.Conn) {
-	resp := errorResponse(ex, nil)
-	_ = client.SetWriteDeadline(g.now().Add(5 * time.Second))
-	_ = resp.Write(client)
-	_ = client.Close()
 }
 
 // inspectedTunnel accepts the CONNECT and serves what is inside it; the
@@ -161,8 +115,7 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 		g.tunnels.remove(t)
 	}()
 	if reason := g.reloadedMeanwhile(t); reason != "" {
-		ex.fail(policy.CodeDestinationNotAllowed, true, "the policy changed while the "+what+" was opening: "+reason)
-		g.replyHijacked(ex, t.client)
+		g.replyHijacked(ex, refused(policy.CodeDestinationNotAllowed, "the policy changed while the "+what+" was opening: "+reason), t.client)
 		t.close()
 		return
 	}
@@ -171,9 +124,9 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 	// The client had its 200 (or 101) already: what it gets is the close,
 	// and the audit line says why.
 	if t.cut.Load() {
-		ex.fail(policy.CodeRevoked, true, what+" closed by the gateway shutdown: it was still open when limits.shutdown_grace ran out")
+		ex.end(refused(policy.CodeRevoked, what+" closed by the gateway shutdown: it was still open when limits.shutdown_grace ran out"))
 	} else if reason := t.revoked.Load(); reason != nil {
-		ex.fail(policy.CodeRevoked, true, what+" closed by a policy reload: "+*reason)
+		ex.end(refused(policy.CodeRevoked, what+" closed by a policy reload: "+*reason))
 	}
 }
 

@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+
+	"github.com/egressgw/egressgw/policy"
+)
+
+// target is where a request goes, as the decide step reads it from the
+// request: each path has its own way to find it (plainTarget, innerTarget,
+// connectTarget), and one decide step.
+type target struct {
+	host string
+	port uint16
+	path string // "" for a tunnel, whose method and path are unknown
+	// upgrade marks a request that asks to switch protocols, which the
+	// policy decides on its own terms: nothing after the 101 is read
+	// (docs/admins.md, upgrade: true).
+	upgrade bool
+}
+
+// decide is the decide step: the tenant's rules on tg, which the request
+// path found in the request, or o, why it found none (with whatever of tg
+// the reply and the audit line can still name).
+func (ex *exchange) decide(tg target, o outcome) outcome {
+	ex.host, ex.port, ex.path, ex.upgrade = tg.host, tg.port, tg.path, tg.upgrade
+	if !o.ok() {
+		return o
+	}
+	o = ex.setDecision(ex.tenant.Decide(policy.Request{
+		Host: tg.host, Port: tg.port, Method: ex.method, Path: tg.path,
+		Tunnel: ex.tunnel, TLS: ex.inner, Upgrade: tg.upgrade,
+	}))
+	if o.report {
+		ex.gw.log.Info("report mode: would deny", "request_id", ex.id, "tenant", ex.tenant.ID, "reason", o.reason)
+	}
+	return o
+}
+
+// plainTarget is the target of a plain proxy request: its absolute URL.
+func plainTarget(r *http.Request) (target, outcome) {
+	defaultPort := uint16(80)
+	if r.URL.Scheme == "https" {
+		defaultPort = 443
+	} else if r.URL.Scheme != "http" {
+		return target{}, refused(policy.CodeBadRequest, "only http:// URLs can be sent as plain proxy requests; use CONNECT (HTTPS_PROXY) for https")
+	}
+	path, o := requestPath(r)
+	if !o.ok() {
+		return target{host: hostOnly(r.URL.Host)}, o
+	}
+	host, port, err := policy.SplitTarget(r.URL.Host, defaultPort)
+	if err != nil {
+		return target{host: hostOnly(r.URL.Host)}, malformedTarget(err)
+	}
+	return target{host: host, port: port, path: path, upgrade: isUpgrade(r.Header)}, outcome{}
+}
+
+// innerTarget is the target of a request inside the inspected tunnel of
+// tunnelEx: it must name the tunnel's own host, or the request would go
+// wherever its Host header says, and is decided on its method and path.
+func innerTarget(r *http.Request, tunnelEx *exchange) (target, outcome) {
+	host, port, err := policy.SplitTarget(r.Host, 443)
+	if err != nil || host != tunnelEx.host || port != tunnelEx.port {
+		return target{host: hostOnly(r.Host), port: port}, refused(policy.CodeBadRequest, fmt.Sprintf(
+			"a request inside the tunnel to %s names %q; every request in a tunnel must be for the tunnel's own host",
+			net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port))), r.Host))
+	}
+	path, o := requestPath(r)
+	if !o.ok() {
+		return target{host: host, port: port}, o
+	}
+	return target{host: host, port: port, path: path, upgrade: isUpgrade(r.Header)}, outcome{}
+}
+
+// connectTarget is the target of a CONNECT: its authority, which must
+// name a port.
+func connectTarget(authority string) (target, outcome) {
+	host, port, err := policy.SplitTarget(authority, 0)
+	if err != nil {
+		return target{host: hostOnly(authority)}, malformedTarget(err)
+	}
+	return target{host: host, port: port}, outcome{}
+}
+
+// requestPath is r's path as the rules match it, refused when it has more
+// than one reading (docs/admins.md, "Paths").
+func requestPath(r *http.Request) (string, outcome) {
+	path := r.URL.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	if err := policy.CheckPath(path); err != nil {
+		return "", refused(policy.CodeBadRequest, "the request is ambiguous: "+err.Error())
+	}
+	return path, outcome{}
+}
+
+func malformedTarget(err error) outcome {
+	return refused(policy.CodeBadRequest, "the request target is malformed or ambiguous: "+err.Error())
+}
+
+func hostOnly(authority string) string {
+	if h, _, err := net.SplitHostPort(authority); err == nil {
+		return h
+	}
+	return authority
+}
