@@ -159,7 +159,7 @@ func TestCheckReportsErrorsWithFileAndLine(t *testing.T) {
 	}
 }
 
-// fileLineMessage is a line of check's error list (SPEC §1).
+// fileLineMessage is a line of check's error list (docs/reference.md, "Commands").
 var fileLineMessage = regexp.MustCompile(`^[^\s:]+:[1-9][0-9]*: \S`)
 
 // hasLineWithPrefix reports whether a line of output starts with prefix and

@@ -432,7 +432,7 @@ func TestUpstreamFailures(t *testing.T) {
 	})
 }
 
-// auditFields are the fields SPEC §8 promises on every audit line.
+// auditFields are the fields docs/reference.md, "Audit line", promises on every audit line.
 var auditFields = []string{
 	"time", "request_id", "tenant", "client", "method", "scheme", "host", "port", "path",
 	"decision", "code", "rule", "status", "bytes_up", "bytes_down", "duration_ms", "hooks", "redactions",

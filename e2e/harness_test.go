@@ -722,7 +722,7 @@ type gatewayError struct {
 	RequestID string `json:"request_id"`
 }
 
-// assertGatewayError checks a response the gateway made itself (SPEC §3):
+// assertGatewayError checks a response the gateway made itself (docs/reference.md, "What clients see"):
 // status, Content-Type, X-Egressgw-Error, X-Request-Id, the JSON body, and
 // for 407 the Basic challenge. It returns the decoded body.
 func assertGatewayError(t *testing.T, resp *http.Response, wantStatus int, wantCode string) gatewayError {

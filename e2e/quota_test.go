@@ -509,7 +509,7 @@ func TestQuotaRedisBackend(t *testing.T) {
 
 // ---- helpers ----
 
-// assertRateHeaders checks the RateLimit headers SPEC §3 promises on a
+// assertRateHeaders checks the RateLimit headers docs/reference.md, "What clients see" promises on a
 // response that passed a request-rate quota.
 func assertRateHeaders(t *testing.T, resp *http.Response, limit, remaining int) {
 	t.Helper()

@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-// reloadWindow is how soon SPEC §7 says a saved change takes effect.
+// reloadWindow is how soon docs/admins.md, "Saving: reload" says a saved change takes effect.
 const reloadWindow = 2 * time.Second
 
 var (

@@ -1,6 +1,6 @@
 // Package hooks compiles and runs transform hooks: Tengo scripts that a
 // connector attaches to the requests it allows and to their responses
-// (SPEC §5).
+// (docs/connector-authors.md, "Hooks").
 //
 // # Use
 //

@@ -85,7 +85,7 @@ func (e *RunError) Error() string {
 func (e *RunError) Unwrap() error { return e.Err }
 
 // BodyTooLargeError is a body larger than max_body_bytes: the script did
-// not run, and the proxy answers 413 body_too_large (SPEC §3), because a
+// not run, and the proxy answers 413 body_too_large (docs/reference.md, "What clients see"), because a
 // hook that cannot see the whole body must not pass it on unseen.
 type BodyTooLargeError struct {
 	Script string

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// Limits bound one hook run (SPEC §5). A zero field means "not set here":
+// Limits bound one hook run (docs/connector-authors.md, "Hooks"). A zero field means "not set here":
 // Or fills it from the next level (connector → gateway defaults →
 // DefaultLimits).
 type Limits struct {
@@ -27,7 +27,7 @@ type Limits struct {
 	MaxBodyBytes int64
 }
 
-// DefaultLimits are the defaults of gateway.yaml's hooks.defaults (SPEC §2).
+// DefaultLimits are the defaults of gateway.yaml's hooks.defaults (docs/reference.md).
 func DefaultLimits() Limits {
 	return Limits{
 		MaxAllocs:    200_000,

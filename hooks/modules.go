@@ -8,7 +8,7 @@ import (
 	"github.com/d5/tengo/v2/stdlib"
 )
 
-// allowedModuleNames are the modules a hook may import (SPEC §5): all
+// allowedModuleNames are the modules a hook may import (docs/connector-authors.md, "Hooks"): all
 // free of side effects. os, rand and file imports are not among them.
 var allowedModuleNames = []string{"text", "math", "times", "json", "base64", "hex", "enum", "fmt"}
 

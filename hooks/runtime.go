@@ -14,7 +14,7 @@ import (
 	"time"
 )
 
-// RuntimeConfig is gateway.yaml's hooks section (SPEC §2).
+// RuntimeConfig is gateway.yaml's hooks section (docs/reference.md).
 type RuntimeConfig struct {
 	// MaxConcurrent is how many hook runs may execute at once in the whole
 	// gateway: one worker process each. 0 means 2 × GOMAXPROCS.

@@ -26,7 +26,7 @@ type scriptKey [sha256.Size]byte
 // positions use it.
 func (s *Script) Name() string { return s.name }
 
-// The variables the gateway sets before a run (SPEC §5). Their order is
+// The variables the gateway sets before a run (docs/connector-authors.md, "Hooks"). Their order is
 // their global index in every compiled script.
 const (
 	globalRequest = iota

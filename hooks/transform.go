@@ -13,7 +13,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// Request is the HTTP request a hook sees and returns (SPEC §5). Method,
+// Request is the HTTP request a hook sees and returns (docs/connector-authors.md, "Hooks"). Method,
 // Path, Query, Headers and Body are what a request hook may change; URL is
 // rebuilt from them; Scheme, Host and Port are the destination the policy
 // already allowed, and edits to them are dropped.
@@ -73,7 +73,7 @@ const (
 )
 
 // isProtectedHeader reports the framing and hop-by-hop headers a script
-// may not set (SPEC §5): the gateway computes them from what it sends, and
+// may not set (docs/connector-authors.md, "Hooks"): the gateway computes them from what it sends, and
 // a script-chosen Content-Length or Transfer-Encoding would let the body
 // be framed differently than the gateway checked it (request smuggling).
 func isProtectedHeader(canonical string) bool {

@@ -11,7 +11,7 @@ import (
 )
 
 // The types in this file mirror the YAML files of a config directory
-// (SPEC §2) key for key. They are decoded strictly and then validated and
+// (docs/reference.md) key for key. They are decoded strictly and then validated and
 // compiled into a Snapshot; nothing outside this package sees them.
 
 type gatewayFile struct {

@@ -9,10 +9,10 @@ import (
 )
 
 // Code is the machine-readable outcome of a request: "ok" or one of the
-// error codes of SPEC §3.
+// error codes of docs/reference.md, "What clients see".
 type Code string
 
-// The codes a client can see (SPEC §3).
+// The codes a client can see (docs/reference.md, "What clients see").
 const (
 	CodeOK                    Code = "ok"
 	CodeProxyAuthRequired     Code = "proxy_auth_required"

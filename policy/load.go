@@ -29,7 +29,7 @@ import (
 	"github.com/egressgw/egressgw/redaction"
 )
 
-// The files of a config directory (SPEC §2).
+// The files of a config directory (docs/reference.md).
 const (
 	GatewayFileName = "gateway.yaml"
 	TenantsDir      = "tenants"

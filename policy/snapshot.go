@@ -47,7 +47,7 @@ type sourceTenant struct {
 // only reported.
 type Mode string
 
-// The tenant modes of SPEC §2.
+// The tenant modes of docs/reference.md.
 const (
 	ModeEnforce Mode = "enforce"
 	ModeReport  Mode = "report"

@@ -14,7 +14,7 @@ import (
 )
 
 // ErrBadTarget marks a request target that is malformed or ambiguous
-// (SPEC §3 bad_request).
+// (docs/reference.md, "What clients see" bad_request).
 var ErrBadTarget = errors.New("bad request target")
 
 // SplitTarget splits and normalises an authority such as "Example.COM:8080"

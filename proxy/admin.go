@@ -11,7 +11,7 @@ import (
 	"github.com/egressgw/egressgw/quota"
 )
 
-// AdminHandler serves the admin listener (SPEC §8): health, readiness,
+// AdminHandler serves the admin listener (docs/operators.md, "The admin listener"): health, readiness,
 // metrics, explain and config state. It is never reachable through the
 // proxy: the gateway's own listeners are denied destinations.
 func (g *Gateway) AdminHandler(config *ConfigStatus) http.Handler {

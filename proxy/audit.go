@@ -13,7 +13,7 @@ import (
 	"github.com/egressgw/egressgw/policy"
 )
 
-// auditRecord is one line of the audit log (SPEC §8). It never holds a
+// auditRecord is one line of the audit log (docs/reference.md, "Audit line"). It never holds a
 // body, a credential or a query string: Path is the path alone. The tags
 // document the line; appendJSON writes what json.Marshal would.
 type auditRecord struct {

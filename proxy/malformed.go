@@ -15,7 +15,7 @@ import (
 // net/http answers a request it cannot parse (a header over
 // MaxHeaderBytes, an unknown Transfer-Encoding, conflicting Content-Length
 // values, a missing Host) itself, in plain text, before the gateway sees
-// it. SPEC §3 wants every reply the gateway makes in its JSON shape, with
+// it. docs/reference.md, "What clients see" wants every reply the gateway makes in its JSON shape, with
 // an audit line, so the client connection recognises such a reply as it is
 // written and sends the gateway's own bad_request instead.
 //

@@ -11,7 +11,7 @@ import (
 // otherTenants is the tenant label for tenants past max_tenant_labels.
 const otherTenants = "_other"
 
-// metrics are the gateway's Prometheus series (SPEC §8), registered on the
+// metrics are the gateway's Prometheus series (docs/operators.md, "Metrics"), registered on the
 // gateway's own registry so that several gateways can live in one process.
 // Labels come from fixed sets only; never a host or a path.
 type metrics struct {

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// piiProfile is the pii profile of SPEC §2.
+// piiProfile is the pii profile of docs/reference.md.
 func piiProfile(tb testing.TB) *Profile {
 	tb.Helper()
 	p, err := NewProfile(ProfileConfig{

@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 )
 
-// detector is one built-in detector (SPEC §6).
+// detector is one built-in detector (docs/connector-authors.md, "Redaction").
 type detector uint8
 
 const (
@@ -51,7 +51,7 @@ func (d detector) String() string {
 }
 
 // DetectorNames lists the built-in detectors a profile may name, in the
-// order SPEC §6 lists them.
+// order docs/connector-authors.md, "Redaction" lists them.
 func DetectorNames() []string {
 	names := make([]string, numDetectors)
 	for d := range numDetectors {

@@ -1,5 +1,5 @@
 // Package redaction scrubs sensitive data from what crosses the gateway
-// (SPEC §6): request bodies, headers and queries on their way out,
+// (docs/connector-authors.md, "Redaction"): request bodies, headers and queries on their way out,
 // response bodies and headers on their way back, and any text bound for a
 // log.
 //

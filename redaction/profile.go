@@ -24,7 +24,7 @@ type Pattern struct {
 }
 
 // ProfileConfig is one profile under redaction.profiles in gateway.yaml
-// (SPEC §2, §6), as the policy loader reads it.
+// (docs/reference.md, docs/connector-authors.md), as the policy loader reads it.
 type ProfileConfig struct {
 	// Name names the profile in connectors' redact lists, reports and
 	// metrics: letters, digits, '_', '-' and '.'.

@@ -18,7 +18,7 @@ import (
 	"github.com/egressgw/egressgw/policy"
 )
 
-// Exit codes (SPEC §1).
+// Exit codes (docs/reference.md, "Commands").
 const (
 	exitOK    = 0
 	exitFail  = 1

@@ -837,7 +837,7 @@ func parseSettings(t *testing.T, text string) gatewaySettings {
 		t.Fatalf("gateway.yaml: %v", err)
 	}
 	if s.Listen == "" {
-		s.Listen = ":3128" // the defaults of SPEC §2
+		s.Listen = ":3128" // the defaults of docs/reference.md
 	}
 	if s.AdminListen == "" {
 		s.AdminListen = "127.0.0.1:9128"

@@ -2,6 +2,6 @@
 // dashboard (grafana-dashboard.json), Prometheus alerting rules
 // (prometheus-alerts.yaml) and a Prometheus Operator ServiceMonitor. It has
 // no Go code; its tests keep the dashboard and the rules to the metric
-// names and labels of SPEC section 8, so that they cannot silently drift
+// names and labels of docs/operators.md, "Metrics", so that they cannot silently drift
 // from what the gateway exports.
 package observability

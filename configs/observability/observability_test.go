@@ -17,7 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// specMetrics are the metrics of SPEC §8 (prefix egressgw_) with their
+// specMetrics are the metrics of docs/operators.md, "Metrics" (prefix egressgw_) with their
 // labels (the bounded ones §8 allows: tenant, connector, decision, code,
 // and each metric's own), plus
 // egressgw_config_last_success_timestamp_seconds and the audit log's
@@ -50,7 +50,7 @@ var prometheusMetrics = map[string][]string{"up": {}}
 // (job, instance) or by Kubernetes service discovery.
 var targetLabels = []string{"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
 
-// labelValues are the values the gateway gives bounded labels (SPEC §3 and
+// labelValues are the values the gateway gives bounded labels (docs/reference.md and
 // §8); a matcher on another value would never match.
 var labelValues = map[string][]string{
 	"decision":  {"allow", "deny", "report"},
@@ -309,7 +309,7 @@ func checkExpr(t *testing.T, where, expr string) promExpr {
 	for _, sel := range p.selectors {
 		labels, ok := metricLabels(sel.metric)
 		if !ok {
-			t.Errorf("%s: metric %s is not one of SPEC §8 (%v)", where, sel.metric, slices.Sorted(maps.Keys(specMetrics)))
+			t.Errorf("%s: metric %s is not one of docs/operators.md (%v)", where, sel.metric, slices.Sorted(maps.Keys(specMetrics)))
 			continue
 		}
 		for _, m := range sel.matchers {
@@ -530,7 +530,7 @@ func TestPrometheusAlerts(t *testing.T) {
 	}
 	serviceName := gatewayServiceName(t)
 	// What each required alert must watch: a metric, and for upstream
-	// errors every code of SPEC §3 for them.
+	// errors every code of docs/reference.md, "What clients see" for them.
 	required := map[string][]string{
 		"EgressgwConfigReloadFailing":     {"egressgw_config_reloads_total", "error"},
 		"EgressgwTenantNearQuota":         {"egressgw_quota_rejections_total"},
