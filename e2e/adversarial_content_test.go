@@ -421,10 +421,12 @@ func TestSecretEchoesInOtherSpellings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := &http.Client{Transport: &http.Transport{
+	transport := &http.Transport{
 		Proxy:           http.ProxyURL(proxyURL),
 		TLSClientConfig: &tls.Config{RootCAs: fx.caPool},
-	}}
+	}
+	t.Cleanup(transport.CloseIdleConnections)
+	client := &http.Client{Transport: transport}
 	mid := strings.ToLower(secret[2 : len(secret)-2]) // an encoding's edges may keep a byte
 	for name, e := range echoEncodings {
 		t.Run(name, func(t *testing.T) {

@@ -162,10 +162,12 @@ func (fx *inspectFixture) client(t *testing.T) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &http.Client{Transport: &http.Transport{
+	transport := &http.Transport{
 		Proxy:           http.ProxyURL(proxyURL),
 		TLSClientConfig: &tls.Config{RootCAs: fx.caPool},
-	}}
+	}
+	t.Cleanup(transport.CloseIdleConnections)
+	return &http.Client{Transport: transport}
 }
 
 func TestInspectedTunnel(t *testing.T) {
@@ -499,9 +501,11 @@ func TestCARotationAppliesOnReload(t *testing.T) {
 	}
 	target := fx.origin.url(hostAPI, "/v1/rotated")
 	oldCA := readFile(fx.caFile)
-	if _, err := clientTrusting(oldCA).Get(target); err != nil {
+	resp, err := clientTrusting(oldCA).Get(target)
+	if err != nil {
 		t.Fatalf("with the first CA: %v", err)
 	}
+	resp.Body.Close()
 
 	next := filepath.Join(t.TempDir(), "ca")
 	if res := egressgw(t, "ca", "init", "--out", next); res.exitCode != 0 {
@@ -525,7 +529,8 @@ func TestCARotationAppliesOnReload(t *testing.T) {
 		resp.Body.Close()
 		return nil
 	})
-	if _, err := clientTrusting(oldCA).Get(target); err == nil {
+	if resp, err := clientTrusting(oldCA).Get(target); err == nil {
+		resp.Body.Close()
 		t.Error("a client trusting only the old CA still got through after the rotation")
 	}
 }
