@@ -61,7 +61,7 @@ type yamlDoc struct {
 var (
 	yamlLinePrefix  = regexp.MustCompile(`^line (\d+): (.*)$`)
 	yamlSyntaxLine  = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-	yamlUnknownKey  = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+	yamlUnknownKey  = regexp.MustCompile(`^field (.+) not found in type \S+$`) // a key may hold spaces
 	yamlDuplicate   = regexp.MustCompile(`^mapping key "(.*)" already defined at line (\d+)$`)
 	yamlWrongType   = regexp.MustCompile("^cannot unmarshal !!(\\w+)(?: `(.*)`)? into (.+)$") // no value for a list or mapping
 	goTypeToEnglish = map[string]string{
