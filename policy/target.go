@@ -85,7 +85,9 @@ func CheckPath(escapedPath string) error {
 	if strings.Contains(lower, "//") {
 		return fmt.Errorf("%w: the path has an empty segment once its encoded or backslash separators are read as slashes (%q)", ErrBadTarget, escapedPath)
 	}
-	lower = strings.ReplaceAll(lower, "%2e", ".")
+	// A server that decodes before it splits off path parameters reads
+	// ".%3B" as the dot segment ".;".
+	lower = strings.ReplaceAll(strings.ReplaceAll(lower, "%2e", "."), "%3b", ";")
 	for rest, more := lower, true; more; {
 		var segment string
 		segment, rest, more = strings.Cut(rest, "/")
