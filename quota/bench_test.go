@@ -4,6 +4,8 @@ import (
 	"context"
 	"strconv"
 	"testing"
+
+	"github.com/egressgw/egressgw/internal/redistest"
 )
 
 // The admit step runs on every request: these measure what it adds. The
@@ -73,8 +75,8 @@ func BenchmarkMemoryAcquire(b *testing.B) {
 }
 
 func BenchmarkRedisAllow(b *testing.B) {
-	srv := startRedis(b)
-	r := newTestRedis(b, srv, RedisOptions{Prefix: uniquePrefix(b)})
+	srv := redistest.Start(b)
+	r := newTestRedis(b, srv, RedisOptions{Prefix: redistest.UniquePrefix(b)})
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -85,8 +87,8 @@ func BenchmarkRedisAllow(b *testing.B) {
 }
 
 func BenchmarkRedisAllowBoth(b *testing.B) {
-	srv := startRedis(b)
-	r := newTestRedis(b, srv, RedisOptions{Prefix: uniquePrefix(b)})
+	srv := redistest.Start(b)
+	r := newTestRedis(b, srv, RedisOptions{Prefix: redistest.UniquePrefix(b)})
 	ctx := context.Background()
 	tenant, connector := Bucket{"acme", plenty}, Bucket{"acme|github", plenty}
 	b.ReportAllocs()
@@ -99,8 +101,8 @@ func BenchmarkRedisAllowBoth(b *testing.B) {
 
 // BenchmarkRedisAcquire is one slot taken and given back: two round trips.
 func BenchmarkRedisAcquire(b *testing.B) {
-	srv := startRedis(b)
-	r := newTestRedis(b, srv, RedisOptions{Prefix: uniquePrefix(b)})
+	srv := redistest.Start(b)
+	r := newTestRedis(b, srv, RedisOptions{Prefix: redistest.UniquePrefix(b)})
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {

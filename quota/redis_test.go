@@ -1,113 +1,21 @@
 package quota
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"net"
-	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/egressgw/egressgw/internal/redistest"
+
 	"github.com/redis/go-redis/v9"
 )
 
-// redisServer is a real redis-server on a free loopback port, private to
-// one test, without persistence.
-type redisServer struct {
-	tb    testing.TB
-	bin   string
-	dir   string
-	port  int
-	addr  string
-	extra []string // more redis-server arguments
-
-	mu  sync.Mutex
-	cmd *exec.Cmd
-	out *bytes.Buffer
-}
-
-// startRedis starts a redis-server for tb and stops it at the end. It skips
-// only when the binary is not installed.
-func startRedis(tb testing.TB, extra ...string) *redisServer {
+func newTestRedis(tb testing.TB, srv *redistest.Server, opts RedisOptions) *Redis {
 	tb.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		tb.Skip("redis-server not installed (apt-get install redis-server): Redis backend not tested")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	s := &redisServer{tb: tb, bin: bin, dir: tb.TempDir(), port: port, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), extra: extra}
-	s.start()
-	tb.Cleanup(s.stop)
-	return s
-}
-
-func (s *redisServer) start() {
-	s.tb.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.out = &bytes.Buffer{}
-	s.cmd = exec.Command(s.bin, append([]string{
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir}, s.extra...)...)
-	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
-	if err := s.cmd.Start(); err != nil {
-		s.tb.Fatalf("starting redis-server: %v", err)
-	}
-	// Poll until it answers.
-	client := redis.NewClient(&redis.Options{Addr: s.addr, MaxRetries: -1, DisableIdentity: true})
-	defer client.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := client.Ping(context.Background()).Err()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.tb.Fatalf("redis-server on %s did not answer: %v\n%s", s.addr, err, s.out)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (s *redisServer) stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return
-	}
-	if err := s.cmd.Process.Kill(); err != nil {
-		s.tb.Errorf("stopping redis-server: %v", err)
-	}
-	// Killed on purpose: the exit status says so and is not an error here.
-	_ = s.cmd.Wait()
-	s.cmd = nil
-}
-
-// uniquePrefix keeps tests sharing one server apart.
-func uniquePrefix(tb testing.TB) string {
-	b := make([]byte, 4)
-	if _, err := rand.Read(b); err != nil {
-		tb.Fatal(err)
-	}
-	return "egressgw-test-" + hex.EncodeToString(b) + ":"
-}
-
-func newTestRedis(tb testing.TB, srv *redisServer, opts RedisOptions) *Redis {
-	tb.Helper()
-	opts.Addr = srv.addr
+	opts.Addr = srv.Addr
 	r, err := NewRedis(opts)
 	if err != nil {
 		tb.Fatal(err)
@@ -157,8 +65,8 @@ func TestNewRedisRejectsBadOptions(t *testing.T) {
 }
 
 func TestRedisReplicasShareOneRateLimit(t *testing.T) {
-	srv := startRedis(t)
-	prefix := uniquePrefix(t)
+	srv := redistest.Start(t)
+	prefix := redistest.UniquePrefix(t)
 	replicas := []*Redis{
 		newTestRedis(t, srv, RedisOptions{Prefix: prefix}),
 		newTestRedis(t, srv, RedisOptions{Prefix: prefix}),
@@ -196,8 +104,8 @@ func TestRedisReplicasShareOneRateLimit(t *testing.T) {
 }
 
 func TestRedisReloadKeepsStateForUnchangedLimit(t *testing.T) {
-	srv := startRedis(t)
-	prefix := uniquePrefix(t)
+	srv := redistest.Start(t)
+	prefix := redistest.UniquePrefix(t)
 	ctx := context.Background()
 	limit := Limit{Rate: 0.001, Burst: 3}
 	before := newTestRedis(t, srv, RedisOptions{Prefix: prefix})
@@ -217,8 +125,8 @@ func TestRedisReloadKeepsStateForUnchangedLimit(t *testing.T) {
 }
 
 func TestRedisAllowBoth(t *testing.T) {
-	srv := startRedis(t)
-	r := newTestRedis(t, srv, RedisOptions{Prefix: uniquePrefix(t)})
+	srv := redistest.Start(t)
+	r := newTestRedis(t, srv, RedisOptions{Prefix: redistest.UniquePrefix(t)})
 	ctx := context.Background()
 	tenant := Bucket{"acme", Limit{Rate: 0.001, Burst: 5}}
 	connector := Bucket{"acme|github", Limit{Rate: 0.001, Burst: 2}}
@@ -253,8 +161,8 @@ func TestRedisAllowBoth(t *testing.T) {
 }
 
 func TestRedisKeysCarryPrefix(t *testing.T) {
-	srv := startRedis(t)
-	prefix := uniquePrefix(t)
+	srv := redistest.Start(t)
+	prefix := redistest.UniquePrefix(t)
 	r := newTestRedis(t, srv, RedisOptions{Prefix: prefix})
 	ctx := context.Background()
 	if _, err := r.Allow(ctx, "acme", Limit{Rate: 1, Burst: 5}); err != nil {
@@ -280,8 +188,8 @@ func TestRedisKeysCarryPrefix(t *testing.T) {
 }
 
 func TestRedisLeasesAreShared(t *testing.T) {
-	srv := startRedis(t)
-	prefix := uniquePrefix(t)
+	srv := redistest.Start(t)
+	prefix := redistest.UniquePrefix(t)
 	a := newTestRedis(t, srv, RedisOptions{Prefix: prefix})
 	b := newTestRedis(t, srv, RedisOptions{Prefix: prefix})
 	ctx := context.Background()
@@ -322,10 +230,10 @@ func TestRedisLeasesAreShared(t *testing.T) {
 }
 
 func TestRedisLeaseOfDeadReplicaExpires(t *testing.T) {
-	srv := startRedis(t)
-	prefix := uniquePrefix(t)
+	srv := redistest.Start(t)
+	prefix := redistest.UniquePrefix(t)
 	const ttl = 600 * time.Millisecond
-	holder, err := NewRedis(RedisOptions{Addr: srv.addr, Prefix: prefix, LeaseTTL: ttl})
+	holder, err := NewRedis(RedisOptions{Addr: srv.Addr, Prefix: prefix, LeaseTTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,8 +275,8 @@ func TestRedisLeaseOfDeadReplicaExpires(t *testing.T) {
 }
 
 func TestRedisUnavailable(t *testing.T) {
-	srv := startRedis(t)
-	prefix := uniquePrefix(t)
+	srv := redistest.Start(t)
+	prefix := redistest.UniquePrefix(t)
 	deny := newTestRedis(t, srv, RedisOptions{Prefix: prefix})
 	allow := newTestRedis(t, srv, RedisOptions{Prefix: prefix, OnError: FailOpen})
 	ctx := context.Background()
@@ -379,7 +287,7 @@ func TestRedisUnavailable(t *testing.T) {
 		}
 	}
 
-	srv.stop()
+	srv.Stop()
 
 	t.Run("deny refuses with ErrUnavailable", func(t *testing.T) {
 		if _, err := deny.Allow(ctx, "acme", limit); !errors.Is(err, ErrUnavailable) {
@@ -423,7 +331,7 @@ func TestRedisUnavailable(t *testing.T) {
 		}
 	})
 
-	srv.start()
+	srv.Start()
 
 	eventually(t, 10*time.Second, "the deny backend recovers when Redis is back", func() bool {
 		res, err := deny.Allow(ctx, "acme", limit)
@@ -444,8 +352,8 @@ func TestRedisUnavailable(t *testing.T) {
 // gateway's side but runs on Redis afterwards. The lease it adds must not
 // be left to hold a slot until it expires.
 func TestRedisSlowAcquireLeavesNoLease(t *testing.T) {
-	srv := startRedis(t, "--enable-debug-command", "yes")
-	r := newTestRedis(t, srv, RedisOptions{Prefix: uniquePrefix(t), Timeout: 100 * time.Millisecond, LeaseTTL: time.Minute, OnError: FailOpen})
+	srv := redistest.Start(t, "--enable-debug-command", "yes")
+	r := newTestRedis(t, srv, RedisOptions{Prefix: redistest.UniquePrefix(t), Timeout: 100 * time.Millisecond, LeaseTTL: time.Minute, OnError: FailOpen})
 	ctx := context.Background()
 	// Load the script first, as a running gateway has: otherwise the
 	// stalled call is an EVALSHA that finds no script and adds nothing.
@@ -454,7 +362,7 @@ func TestRedisSlowAcquireLeavesNoLease(t *testing.T) {
 		t.Fatalf("warm-up Acquire: %+v, %v", warm, err)
 	}
 	warm.Release()
-	stall := redis.NewClient(&redis.Options{Addr: srv.addr, DisableIdentity: true})
+	stall := redis.NewClient(&redis.Options{Addr: srv.Addr, DisableIdentity: true})
 	defer stall.Close()
 	slept := make(chan error, 1)
 	go func() { slept <- stall.Do(ctx, "DEBUG", "SLEEP", "0.8").Err() }()
@@ -482,8 +390,8 @@ func TestRedisSlowAcquireLeavesNoLease(t *testing.T) {
 // command on the new connection, and reconnects within a second even if
 // it has nothing else to send, so the cap holds across replicas.
 func TestRedisRestartRecreatesLeases(t *testing.T) {
-	srv := startRedis(t)
-	prefix := uniquePrefix(t)
+	srv := redistest.Start(t)
+	prefix := redistest.UniquePrefix(t)
 	// Renewals every 20 s: within this test only the reconnect can bring
 	// the leases back.
 	holder := newTestRedis(t, srv, RedisOptions{Prefix: prefix, LeaseTTL: time.Minute})
@@ -504,14 +412,14 @@ func TestRedisRestartRecreatesLeases(t *testing.T) {
 		}
 	}
 
-	srv.stop()
-	srv.start()
+	srv.Stop()
+	srv.Start()
 	// The holder's own next acquire is decided with its leases back.
 	refused("holder, at once", holder)
 	refused("other", other)
 
-	srv.stop()
-	srv.start()
+	srv.Stop()
+	srv.Start()
 	// Another replica finds them back within the heartbeat, although the
 	// holder sends nothing meanwhile.
 	eventually(t, 5*time.Second, "the held leases are counted again without the holder's traffic", func() bool {
@@ -526,8 +434,8 @@ func TestRedisRestartRecreatesLeases(t *testing.T) {
 // releases that failed during the hang and acquires given up on (which
 // Redis still runs when it wakes) leave no lease behind.
 func TestRedisHangLeavesNoStaleLeases(t *testing.T) {
-	srv := startRedis(t, "--enable-debug-command", "yes")
-	r := newTestRedis(t, srv, RedisOptions{Prefix: uniquePrefix(t), Timeout: 100 * time.Millisecond, LeaseTTL: time.Minute})
+	srv := redistest.Start(t, "--enable-debug-command", "yes")
+	r := newTestRedis(t, srv, RedisOptions{Prefix: redistest.UniquePrefix(t), Timeout: 100 * time.Millisecond, LeaseTTL: time.Minute})
 	ctx := context.Background()
 	const max = 10
 	var held []Slot
@@ -539,7 +447,7 @@ func TestRedisHangLeavesNoStaleLeases(t *testing.T) {
 		held = append(held, s)
 	}
 
-	stall := redis.NewClient(&redis.Options{Addr: srv.addr, DisableIdentity: true})
+	stall := redis.NewClient(&redis.Options{Addr: srv.Addr, DisableIdentity: true})
 	defer stall.Close()
 	slept := make(chan error, 1)
 	go func() { slept <- stall.Do(ctx, "DEBUG", "SLEEP", "1.5").Err() }()

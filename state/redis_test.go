@@ -3,79 +3,14 @@ package state
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"net"
-	"os/exec"
-	"strconv"
 	"testing"
 	"time"
 
+	"github.com/egressgw/egressgw/internal/redistest"
+
 	"github.com/redis/go-redis/v9"
 )
-
-// redisServer is a real redis-server on a free loopback port, private to
-// one test, without persistence.
-type redisServer struct {
-	addr string
-	cmd  *exec.Cmd
-	out  *bytes.Buffer
-}
-
-// startRedis starts a redis-server for tb and stops it at the end. It skips
-// only when the binary is not installed.
-func startRedis(tb testing.TB) *redisServer {
-	tb.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		tb.Skip("redis-server not installed (apt-get install redis-server): Redis backend not tested")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	s := &redisServer{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), out: &bytes.Buffer{}}
-	s.cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", tb.TempDir())
-	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
-	if err := s.cmd.Start(); err != nil {
-		tb.Fatalf("starting redis-server: %v", err)
-	}
-	tb.Cleanup(s.stop)
-	client := redis.NewClient(&redis.Options{Addr: s.addr, MaxRetries: -1, DisableIdentity: true})
-	defer client.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for client.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			tb.Fatalf("redis-server on %s did not answer\n%s", s.addr, s.out)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return s
-}
-
-func (s *redisServer) stop() {
-	if s.cmd == nil {
-		return
-	}
-	// Killed on purpose: the exit status says so and is not an error here.
-	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
-	s.cmd = nil
-}
-
-func uniquePrefix(tb testing.TB) string {
-	b := make([]byte, 4)
-	if _, err := rand.Read(b); err != nil {
-		tb.Fatal(err)
-	}
-	return "egressgw-test-" + hex.EncodeToString(b) + ":"
-}
 
 func newTestRedis(tb testing.TB, addr, prefix string, opts Options) *Redis {
 	tb.Helper()
@@ -92,20 +27,20 @@ func newTestRedis(tb testing.TB, addr, prefix string, opts Options) *Redis {
 }
 
 func TestRedisContract(t *testing.T) {
-	srv := startRedis(t)
+	srv := redistest.Start(t)
 	testStoreContract(t, func(t *testing.T, opts Options) Store {
-		return newTestRedis(t, srv.addr, uniquePrefix(t), opts)
+		return newTestRedis(t, srv.Addr, redistest.UniquePrefix(t), opts)
 	})
 }
 
 // Two replicas on one Redis see each other's requests and grants, and
 // learn of a change by polling the version.
 func TestRedisReplicasShareState(t *testing.T) {
-	srv := startRedis(t)
+	srv := redistest.Start(t)
 	ctx := context.Background()
-	prefix := uniquePrefix(t)
-	a := newTestRedis(t, srv.addr, prefix, Options{})
-	b := newTestRedis(t, srv.addr, prefix, Options{})
+	prefix := redistest.UniquePrefix(t)
+	a := newTestRedis(t, srv.Addr, prefix, Options{})
+	b := newTestRedis(t, srv.Addr, prefix, Options{})
 
 	refA, err := a.RecordRefusal(ctx, Sighting{Tenant: "t1", Host: "pypi.org", Port: 443})
 	if err != nil {
@@ -172,10 +107,10 @@ func TestRedisReplicasShareState(t *testing.T) {
 
 // A grant's key expires with it in Redis itself, whichever replica reads.
 func TestRedisGrantKeyExpiresWithGrant(t *testing.T) {
-	srv := startRedis(t)
+	srv := redistest.Start(t)
 	ctx := context.Background()
-	prefix := uniquePrefix(t)
-	s := newTestRedis(t, srv.addr, prefix, Options{})
+	prefix := redistest.UniquePrefix(t)
+	s := newTestRedis(t, srv.Addr, prefix, Options{})
 	exp := time.Now().Add(90 * time.Minute).Truncate(time.Millisecond).Add(123 * time.Millisecond)
 	g, err := s.AddGrant(ctx, GrantSpec{Tenant: "t1", Host: "a.example", Ports: []int{443}, ExpiresAt: exp, By: "admin"})
 	if err != nil {
@@ -194,9 +129,9 @@ func TestRedisGrantKeyExpiresWithGrant(t *testing.T) {
 // does not decode.
 func TestRedisFailsClosed(t *testing.T) {
 	ctx := context.Background()
-	srv := startRedis(t)
-	prefix := uniquePrefix(t)
-	s := newTestRedis(t, srv.addr, prefix, Options{})
+	srv := redistest.Start(t)
+	prefix := redistest.UniquePrefix(t)
+	s := newTestRedis(t, srv.Addr, prefix, Options{})
 	good, err := s.AddGrant(ctx, GrantSpec{Tenant: "t1", Host: "a.example", Ports: []int{443}, ExpiresAt: time.Now().Add(time.Hour), By: "admin"})
 	if err != nil {
 		t.Fatal(err)
@@ -234,7 +169,7 @@ func TestRedisFailsClosed(t *testing.T) {
 		t.Fatalf("ListRequests with a corrupt request: %+v, %v; want ErrCorrupt", rs, err)
 	}
 
-	srv.stop()
+	srv.Stop()
 	if gs, err := s.Grants(ctx, time.Now()); err == nil || gs != nil {
 		t.Fatalf("Grants with Redis down: %+v, %v; want an error and none", gs, err)
 	}
@@ -263,10 +198,10 @@ func TestNewRedisRefusesBadAddr(t *testing.T) {
 // the version back up to a value a replica saw before: that replica would
 // keep applying grants Redis no longer has.
 func TestRedisVersionAfterDataLoss(t *testing.T) {
-	srv := startRedis(t)
+	srv := redistest.Start(t)
 	ctx := context.Background()
-	prefix := uniquePrefix(t)
-	s := newTestRedis(t, srv.addr, prefix, Options{})
+	prefix := redistest.UniquePrefix(t)
+	s := newTestRedis(t, srv.Addr, prefix, Options{})
 	changes := func() uint64 {
 		t.Helper()
 		ref, err := s.RecordRefusal(ctx, Sighting{Tenant: "t1", Host: "a.example", Port: 443})
