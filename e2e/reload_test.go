@@ -326,31 +326,7 @@ func TestReloadSoak(t *testing.T) {
 		"tenants/editor.yaml": tenant(0),
 	})
 
-	var ok, failed atomic.Int64
-	var firstFailure atomic.Value
-	stop := make(chan struct{})
-	var clients sync.WaitGroup
-	for range 4 {
-		clients.Add(1)
-		go func() {
-			defer clients.Done()
-			client := g.client(t, editor)
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				status, err := soakRequest(client, origin.url(hostAPI, "/soak"))
-				if err == nil && status == http.StatusOK {
-					ok.Add(1)
-					continue
-				}
-				failed.Add(1)
-				firstFailure.CompareAndSwap(nil, fmt.Sprintf("status %d, error %v", status, err))
-			}
-		}()
-	}
+	load := startSteadyLoad(t, g.client(t, editor), origin.url(hostAPI, "/soak"), 4)
 	path := filepath.Join(dir, "tenants", "editor.yaml")
 	const rewrites = 25
 	for i := 1; i <= rewrites; i++ {
@@ -369,20 +345,61 @@ func TestReloadSoak(t *testing.T) {
 		}
 		return nil
 	})
-	close(stop)
-	clients.Wait()
+	ok, failed, firstFailure := load.stop()
 	samples, err := g.metrics()
 	if err != nil {
 		t.Fatal(err)
 	}
 	reloads, _ := sumMetric(samples, "egressgw_config_reloads_total", map[string]string{"result": "success"})
-	t.Logf("soak: %d requests ok, %d failed, %d rewrites, %.0f successful loads", ok.Load(), failed.Load(), rewrites, reloads)
-	if failed.Load() != 0 {
-		t.Errorf("%d of %d requests failed during reloads; first: %v", failed.Load(), ok.Load()+failed.Load(), firstFailure.Load())
+	t.Logf("soak: %d requests ok, %d failed, %d rewrites, %.0f successful loads", ok, failed, rewrites, reloads)
+	if failed != 0 {
+		t.Errorf("%d of %d requests failed during reloads; first: %s", failed, ok+failed, firstFailure)
 	}
-	if ok.Load() == 0 || reloads < rewrites/10 {
-		t.Errorf("soak did not exercise anything: %d requests, %.0f loads", ok.Load(), reloads)
+	if ok == 0 || reloads < rewrites/10 {
+		t.Errorf("soak did not exercise anything: %d requests, %.0f loads", ok, reloads)
 	}
+}
+
+// steadyLoad is clients sending one request after another to a URL, each
+// counted as answered 200 or not, until stop.
+type steadyLoad struct {
+	ok, failed atomic.Int64
+	first      atomic.Value // the first failure, described
+	done       chan struct{}
+	clients    sync.WaitGroup
+}
+
+// startSteadyLoad starts n clients sending GET url through client without
+// pause.
+func startSteadyLoad(t *testing.T, client *http.Client, url string, n int) *steadyLoad {
+	l := &steadyLoad{done: make(chan struct{})}
+	for range n {
+		l.clients.Go(func() {
+			for {
+				select {
+				case <-l.done:
+					return
+				default:
+				}
+				status, err := soakRequest(client, url)
+				if err == nil && status == http.StatusOK {
+					l.ok.Add(1)
+					continue
+				}
+				l.failed.Add(1)
+				l.first.CompareAndSwap(nil, fmt.Sprintf("status %d, error %v", status, err))
+			}
+		})
+	}
+	return l
+}
+
+// stop ends the load and says how it went.
+func (l *steadyLoad) stop() (ok, failed int64, first string) {
+	close(l.done)
+	l.clients.Wait()
+	first, _ = l.first.Load().(string)
+	return l.ok.Load(), l.failed.Load(), first
 }
 
 func soakRequest(client *http.Client, url string) (int, error) {

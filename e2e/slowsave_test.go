@@ -6,8 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -30,29 +28,7 @@ func TestReloadSlowSaveUnderTraffic(t *testing.T) {
 		"tenants/editor.yaml": tenantYAML(editor, "rules:\n"+apiRule),
 	})
 
-	var ok, refused atomic.Int64
-	var firstRefusal atomic.Value
-	stop := make(chan struct{})
-	var clients sync.WaitGroup
-	for range 2 {
-		clients.Go(func() {
-			client := g.client(t, editor)
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				status, err := soakRequest(client, origin.url(hostAPI, "/during-save"))
-				if err == nil && status == http.StatusOK {
-					ok.Add(1)
-					continue
-				}
-				refused.Add(1)
-				firstRefusal.CompareAndSwap(nil, fmt.Sprintf("status %d, error %v", status, err))
-			}
-		})
-	}
+	load := startSteadyLoad(t, g.client(t, editor), origin.url(hostAPI, "/during-save"), 2)
 
 	// The new file: a rule for another host first, ten lines of comments,
 	// the api rule last.
@@ -82,14 +58,13 @@ func TestReloadSlowSaveUnderTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.expectStatusWithin(t, editor, origin.url(hostOther, "/"), http.StatusOK)
-	close(stop)
-	clients.Wait()
-	t.Logf("%d requests ok, %d refused during the save", ok.Load(), refused.Load())
-	if refused.Load() != 0 {
-		t.Errorf("%d of %d requests refused while the tenant file was being saved: a half-written file was applied; first: %v",
-			refused.Load(), ok.Load()+refused.Load(), firstRefusal.Load())
+	ok, refused, firstRefusal := load.stop()
+	t.Logf("%d requests ok, %d refused during the save", ok, refused)
+	if refused != 0 {
+		t.Errorf("%d of %d requests refused while the tenant file was being saved: a half-written file was applied; first: %s",
+			refused, ok+refused, firstRefusal)
 	}
-	if ok.Load() == 0 {
+	if ok == 0 {
 		t.Error("no request went through during the save")
 	}
 	if strings.Count(g.stderr.String(), `"policy reloaded"`) != 1 {
