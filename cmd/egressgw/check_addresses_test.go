@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -18,15 +16,7 @@ func TestCheckWarnsAboutAddressesNeverDialled(t *testing.T) {
 			"rules:\n  - name: r\n    hosts: [\"169.254.169.254\", \"127.0.0.1\", \"api.example.com\"]\n" +
 			"quota: { requests_per_second: 10, burst: 20 }\n",
 	}
-	for name, body := range files {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFiles(t, dir, files)
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"check", "--config", dir}, &stdout, &stderr)
 	want := `warning: tenants/t.yaml:5: host "169.254.169.254": the gateway never dials it (in special-purpose range 169.254.0.0/16`

@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -39,15 +37,7 @@ func TestCheckWarnsAboutPoliciesThatCannotWork(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			for name, body := range c.files {
-				p := filepath.Join(dir, filepath.FromSlash(name))
-				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+			writeFiles(t, dir, c.files)
 			var stdout, stderr bytes.Buffer
 			code := run([]string{"check", "--config", dir}, &stdout, &stderr)
 			if got := strings.Split(strings.TrimSpace(stdout.String()), "\n"); code != exitOK || strings.Join(got, "\n") != strings.Join(c.want, "\n") {

@@ -25,15 +25,7 @@ func TestCheckReadsRelativePathsInAllowedDirectories(t *testing.T) {
 		"secrets/k":        "s3cret-value\n",
 		"shared/tag.tengo": "request.headers[\"X-Tag\"] = [\"a\"]\n",
 	}
-	for name, body := range files {
-		p := filepath.Join(root, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFiles(t, root, files)
 	dir := filepath.Join(root, "config")
 	for name, config := range map[string]string{"directory": dir, "gateway.yaml": filepath.Join(dir, "gateway.yaml")} {
 		t.Run(name, func(t *testing.T) {
@@ -43,5 +35,19 @@ func TestCheckReadsRelativePathsInAllowedDirectories(t *testing.T) {
 				t.Errorf("check: exit %d, want 0 and %q; output:\n%s%s", code, want, stdout.String(), stderr.String())
 			}
 		})
+	}
+}
+
+// writeFiles writes files, by path relative to dir, creating directories.
+func writeFiles(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	for name, body := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

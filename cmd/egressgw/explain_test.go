@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -17,15 +15,7 @@ func TestExplainRefusesAddressesNeverDialled(t *testing.T) {
 		"tenants/t.yaml": "id: t\nauth: { token_sha256: \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\" }\n" +
 			"rules:\n  - name: r\n    hosts: [\"127.0.0.0/8\", \"localhost\", \"8.8.8.8\"]\n    ports: [80, 3128]\n",
 	}
-	for name, body := range files {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFiles(t, dir, files)
 	cases := []struct {
 		name string
 		args []string
