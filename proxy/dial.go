@@ -31,32 +31,13 @@ type dialer struct {
 }
 
 func newDialer(g policy.Gateway, addresses *allowlist.AddressPolicy) *dialer {
-	d := &dialer{
+	return &dialer{
 		addresses:   addresses,
-		resolver:    net.DefaultResolver,
+		resolver:    g.Resolver(), // the one explain --resolve uses too
 		dnsTimeout:  g.DNSTimeout,
 		dialTimeout: g.DialTimeout,
 		idleTimeout: g.IdleTimeout,
 	}
-	if len(g.DNSServers) > 0 {
-		servers := g.DNSServers
-		d.resolver = &net.Resolver{
-			PreferGo: true,
-			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				var lastErr error
-				for _, s := range servers {
-					var nd net.Dialer
-					c, err := nd.DialContext(ctx, network, s)
-					if err == nil {
-						return c, nil
-					}
-					lastErr = err
-				}
-				return nil, lastErr
-			},
-		}
-	}
-	return d
 }
 
 // dialError carries the client-facing code of a failed dial.
