@@ -29,9 +29,7 @@ func (b *builder) lintAddresses(doc *yamlDoc, action allowlist.Action, hosts []s
 			continue
 		}
 		if addresses == nil {
-			addresses = allowlist.NewAddressPolicy(allowlist.AddressConfig{
-				Deny: b.snap.Gateway.DenyCIDRs, Allow: b.snap.Gateway.AllowCIDRs,
-			})
+			addresses = b.snap.Gateway.AddressPolicy(nil, nil)
 		}
 		reason, refused := addresses.RefusesAll(prefix)
 		if !refused {

@@ -151,12 +151,7 @@ func New(opts Options) (*Gateway, error) {
 func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	g.applyMu.Lock()
 	defer g.applyMu.Unlock()
-	addresses := allowlist.NewAddressPolicy(allowlist.AddressConfig{
-		Deny:      snap.Gateway.DenyCIDRs,
-		Allow:     snap.Gateway.AllowCIDRs,
-		Local:     g.hostAddrs,
-		Listeners: g.listeners,
-	})
+	addresses := snap.Gateway.AddressPolicy(g.hostAddrs, g.listeners) // as explain builds it
 	g.updateLeafCache(snap.Gateway)
 	d := newDialer(snap.Gateway, addresses)
 	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway), tenants: newTenantStates(snap)}
