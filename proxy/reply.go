@@ -72,8 +72,15 @@ func errorResponse(ex *exchange, req *http.Request) *http.Response {
 		h.Set("Proxy-Authenticate", `Basic realm="egressgw"`)
 	}
 	ex.status = status
+	// A CONNECT's status line is all most clients show of a refusal
+	// (docs/sandbox-runtimes.md, "What each client prints"); a plain
+	// request's body is there to read, so it keeps the standard phrase.
+	phrase := http.StatusText(status)
+	if ex.tunnel {
+		phrase = connectReasonPhrase(code, o.reason)
+	}
 	return &http.Response{
-		Status:        strconv.Itoa(status) + " " + http.StatusText(status),
+		Status:        strconv.Itoa(status) + " " + phrase,
 		StatusCode:    status,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
