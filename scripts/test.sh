@@ -55,6 +55,7 @@ fuzz ./proxy FuzzParseServerError 60000x
 fuzz ./proxy FuzzRawRequest 15000x
 fuzz ./proxy FuzzParseClientHello 200000x
 fuzz ./proxy FuzzHeadScan 100000x
+fuzz ./proxy FuzzConnectReasonPhrase 100000x
 fuzz ./state FuzzDecodeFile 50000x
 fuzz ./policy FuzzPatternCovers 30000x
 fuzz ./internal/jsonstr FuzzAppend 500000x
