@@ -354,6 +354,9 @@ func TestQuickstart(t *testing.T) {
 	// The banner's explain line runs as printed from a checkout, and the
 	// banner says how to get the binary it names.
 	banner := g.stderr.String()
+	t.Run("refused curl lines", func(t *testing.T) {
+		assertQuickstartRefusals(t, banner)
+	})
 	if !strings.Contains(banner, "go install github.com/egressgw/egressgw/cmd/egressgw@latest") {
 		t.Errorf("the quickstart banner does not say how to install egressgw:\n%s", banner)
 	}
@@ -371,5 +374,42 @@ func TestQuickstart(t *testing.T) {
 	assertExplainExit(t, res, "deny")
 	if !strings.Contains(res.stdout, "decision: DENY (destination_not_allowed)") {
 		t.Errorf("`%s` from the repository root:\n%s", explainLine, res.output())
+	}
+}
+
+// assertQuickstartRefusals runs the banner's curl lines for a host outside
+// the quickstart policy as printed: over http:// curl prints the JSON
+// error, over https:// the refused CONNECT's status.
+func assertQuickstartRefusals(t *testing.T, banner string) {
+	t.Helper()
+	curl := lookPathOrSkip(t, "curl")
+	refused := map[string]string{} // scheme → the banner's line
+	for _, line := range strings.Split(banner, "\n") {
+		words := strings.Fields(line)
+		if len(words) < 2 || words[0] != "curl" {
+			continue
+		}
+		if target := words[len(words)-1]; strings.Contains(target, "not-allowed.") {
+			scheme, _, _ := strings.Cut(target, "://")
+			refused[scheme] = strings.TrimSpace(line)
+		}
+	}
+	for _, scheme := range []string{"http", "https"} {
+		line, ok := refused[scheme]
+		if !ok {
+			t.Errorf("the quickstart banner has no curl line for a refused %s:// request:\n%s", scheme, banner)
+			continue
+		}
+		res := run(t, nil, "", curl, strings.Fields(line)[1:]...)
+		switch scheme {
+		case "http":
+			if res.exitCode != 0 || !strings.Contains(res.stdout, `"error":"destination_not_allowed"`) {
+				t.Errorf("`%s`: exit %d, want 0 and the JSON error destination_not_allowed; output:\n%s", line, res.exitCode, res.output())
+			}
+		case "https":
+			if res.exitCode == 0 || !strings.Contains(res.output(), "403") {
+				t.Errorf("`%s`: exit %d, want curl to report the refused CONNECT's 403; output:\n%s", line, res.exitCode, res.output())
+			}
+		}
 	}
 }

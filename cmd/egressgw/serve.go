@@ -391,13 +391,15 @@ egressgw is running the embedded quickstart policy (loopback only).
   token:  %s   (public demo token: never use it beyond your own machine)
 Try it:
   curl -x %s %s
-A host outside the policy gets a 403 that says why:
+A host outside the policy is refused, and the refusal says why: over http:// in the JSON body,
+  curl -x %s http://not-allowed.example.net/
+over https:// in the status line of the refused CONNECT (curl prints its code, curl -v all of it):
   curl -x %s https://not-allowed.example.net/
 See why, from a checkout of the repository (this policy is configs/quickstart; copy it to edit it):
   egressgw explain --config configs/quickstart --tenant %s https://not-allowed.example.net/
 No egressgw on your PATH? go install github.com/egressgw/egressgw/cmd/egressgw@latest
 
-`, configs.QuickstartTenant, configs.QuickstartToken, proxyURL, configs.QuickstartURL, proxyURL, configs.QuickstartTenant)
+`, configs.QuickstartTenant, configs.QuickstartToken, proxyURL, configs.QuickstartURL, proxyURL, proxyURL, configs.QuickstartTenant)
 }
 
 // reloader loads the config again on request and publishes it only if it
