@@ -13,11 +13,11 @@ import (
 
 // Error codes of the admin API (docs/reference.md, "Admin API").
 const (
-	adminAuthRequired    = "admin_auth_required"
-	adminBadRequest      = "bad_request"
-	adminNotFound        = "not_found"
-	adminConflict        = "already_decided"
-	adminBodyTooLarge    = "body_too_large"
+	adminAuthRequired     = "admin_auth_required"
+	adminBadRequest       = "bad_request"
+	adminNotFound         = "not_found"
+	adminConflict         = "already_decided"
+	adminBodyTooLarge     = "body_too_large"
 	adminStateUnavailable = "state_unavailable"
 )
 

@@ -170,25 +170,37 @@ func TestAdminAuthMatrix(t *testing.T) {
 		{"metrics open", "", func(*adminFixture) call { return call{"GET", "/metrics", ""} }, 200, ""},
 		// No token, or a wrong one.
 		{"config without token", "", func(*adminFixture) call { return call{"GET", "/v1/config", ""} }, 401, adminAuthRequired},
-		{"explain without token", "", func(*adminFixture) call { return call{"GET", "/v1/explain?tenant=acme&url=http://docs.python.org/", ""} }, 401, adminAuthRequired},
+		{"explain without token", "", func(*adminFixture) call {
+			return call{"GET", "/v1/explain?tenant=acme&url=http://docs.python.org/", ""}
+		}, 401, adminAuthRequired},
 		{"debug without token", "", func(*adminFixture) call { return call{"GET", "/debug/pprof/", ""} }, 401, adminAuthRequired},
 		{"unknown path without token", "", func(*adminFixture) call { return call{"GET", "/v2/anything", ""} }, 401, adminAuthRequired},
 		{"requests with wrong token", "not-a-token", func(*adminFixture) call { return call{"GET", "/v1/access-requests", ""} }, 401, adminAuthRequired},
-		{"approve with wrong token", "not-a-token", func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqAcme + "/approve", approve} }, 401, adminAuthRequired},
-		{"approve without token", "", func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqAcme + "/approve", approve} }, 401, adminAuthRequired},
+		{"approve with wrong token", "not-a-token", func(f *adminFixture) call {
+			return call{"POST", "/v1/access-requests/" + f.reqAcme + "/approve", approve}
+		}, 401, adminAuthRequired},
+		{"approve without token", "", func(f *adminFixture) call {
+			return call{"POST", "/v1/access-requests/" + f.reqAcme + "/approve", approve}
+		}, 401, adminAuthRequired},
 		// Viewer reads, writes nothing.
 		{"viewer reads config", viewerTok, func(*adminFixture) call { return call{"GET", "/v1/config", ""} }, 200, ""},
 		{"viewer reads requests", viewerTok, func(*adminFixture) call { return call{"GET", "/v1/access-requests", ""} }, 200, ""},
 		{"viewer reads grants", viewerTok, func(*adminFixture) call { return call{"GET", "/v1/grants", ""} }, 200, ""},
 		{"viewer reads a rule", viewerTok, func(f *adminFixture) call { return call{"GET", "/v1/grants/" + f.grAcme + "/rule", ""} }, 200, ""},
-		{"viewer approves", viewerTok, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqAcme + "/approve", approve} }, 403, adminAuthRequired},
+		{"viewer approves", viewerTok, func(f *adminFixture) call {
+			return call{"POST", "/v1/access-requests/" + f.reqAcme + "/approve", approve}
+		}, 403, adminAuthRequired},
 		{"viewer denies", viewerTok, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqAcme + "/deny", ""} }, 403, adminAuthRequired},
 		{"viewer adds a grant", viewerTok, func(*adminFixture) call { return call{"POST", "/v1/grants", grantFor("acme")} }, 403, adminAuthRequired},
 		{"viewer revokes", viewerTok, func(f *adminFixture) call { return call{"DELETE", "/v1/grants/" + f.grAcme, ""} }, 403, adminAuthRequired},
 		// Approver of acme: acme only.
 		{"approver reads beta's requests", approverAcme, func(*adminFixture) call { return call{"GET", "/v1/access-requests?tenant=beta", ""} }, 200, ""},
-		{"approver approves acme", approverAcme, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqAcme + "/approve", approve} }, 200, ""},
-		{"approver approves beta", approverAcme, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqBeta + "/approve", approve} }, 403, adminAuthRequired},
+		{"approver approves acme", approverAcme, func(f *adminFixture) call {
+			return call{"POST", "/v1/access-requests/" + f.reqAcme + "/approve", approve}
+		}, 200, ""},
+		{"approver approves beta", approverAcme, func(f *adminFixture) call {
+			return call{"POST", "/v1/access-requests/" + f.reqBeta + "/approve", approve}
+		}, 403, adminAuthRequired},
 		{"approver denies acme", approverAcme, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqAcme + "/deny", ""} }, 200, ""},
 		{"approver denies beta", approverAcme, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqBeta + "/deny", ""} }, 403, adminAuthRequired},
 		{"approver grants acme", approverAcme, func(*adminFixture) call { return call{"POST", "/v1/grants", grantFor("acme")} }, 201, ""},
@@ -196,10 +208,14 @@ func TestAdminAuthMatrix(t *testing.T) {
 		{"approver revokes acme", approverAcme, func(f *adminFixture) call { return call{"DELETE", "/v1/grants/" + f.grAcme, ""} }, 200, ""},
 		{"approver revokes beta", approverAcme, func(f *adminFixture) call { return call{"DELETE", "/v1/grants/" + f.grBeta, ""} }, 403, adminAuthRequired},
 		// Approver of every tenant.
-		{"approver-all approves beta", approverAllTok, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqBeta + "/approve", approve} }, 200, ""},
+		{"approver-all approves beta", approverAllTok, func(f *adminFixture) call {
+			return call{"POST", "/v1/access-requests/" + f.reqBeta + "/approve", approve}
+		}, 200, ""},
 		{"approver-all revokes beta", approverAllTok, func(f *adminFixture) call { return call{"DELETE", "/v1/grants/" + f.grBeta, ""} }, 200, ""},
 		// Admin: everything.
-		{"admin approves beta", adminTok, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqBeta + "/approve", approve} }, 200, ""},
+		{"admin approves beta", adminTok, func(f *adminFixture) call {
+			return call{"POST", "/v1/access-requests/" + f.reqBeta + "/approve", approve}
+		}, 200, ""},
 		{"admin grants beta", adminTok, func(*adminFixture) call { return call{"POST", "/v1/grants", grantFor("beta")} }, 201, ""},
 		{"admin revokes acme", adminTok, func(f *adminFixture) call { return call{"DELETE", "/v1/grants/" + f.grAcme, ""} }, 200, ""},
 		{"admin reads debug", adminTok, func(*adminFixture) call { return call{"GET", "/debug/pprof/", ""} }, 404, ""}, // authenticated; no profiling handler here
