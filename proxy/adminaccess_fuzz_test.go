@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -100,5 +102,39 @@ func FuzzGrantBody(f *testing.F) {
 			t.Fatalf("accepted a grant without tenant or ports: %+v", spec)
 		}
 		checkGrantSpec(t, spec, true)
+	})
+}
+
+// FuzzAdminAuthorization: whatever Authorization header arrives, a read
+// passes only with exactly a configured token after "Bearer ", and a
+// viewer's token never writes.
+func FuzzAdminAuthorization(f *testing.F) {
+	for _, s := range []string{"Bearer " + viewerTok, "bearer " + adminTok, "Bearer  " + adminTok + " ", "Basic " + adminTok, "Bearer", "Bearer " + viewerTok + "x", "Bearer " + hexSum(adminTok), ""} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	fx := newAdminFixture(f, adminTokensYAML())
+	f.Fuzz(func(t *testing.T, header string, write bool) {
+		method, body := "GET", ""
+		if write {
+			// A tenant the policy lacks: an authorised write answers 400
+			// and leaves the store as it was.
+			method, body = "POST", `{"tenant": "nobody", "for": "1h", "host": "api.example.org"}`
+		}
+		req := httptest.NewRequest(method, "/v1/grants", strings.NewReader(body))
+		req.Header.Set("Authorization", header)
+		w := httptest.NewRecorder()
+		fx.handler.ServeHTTP(w, req)
+		scheme, token, _ := strings.Cut(req.Header.Get("Authorization"), " ")
+		token = strings.TrimSpace(token)
+		valid := strings.EqualFold(scheme, "Bearer") && (token == adminTok || token == viewerTok || token == approverAcme || token == approverAllTok)
+		switch {
+		case !valid && w.Code != http.StatusUnauthorized:
+			t.Fatalf("header %q: status %d, want 401", header, w.Code)
+		case valid && !write && w.Code != http.StatusOK:
+			t.Fatalf("header %q: read status %d, want 200", header, w.Code)
+		case valid && write && token == viewerTok && w.Code != http.StatusForbidden:
+			t.Fatalf("viewer write: status %d, want 403", w.Code)
+		}
 	})
 }

@@ -59,7 +59,7 @@ type auditBuffer struct {
 
 func (a *auditBuffer) Write(p []byte) (int, error) { return a.buf.Write(p) }
 
-func newAdminFixture(t *testing.T, gatewayYAML string) *adminFixture {
+func newAdminFixture(t testing.TB, gatewayYAML string) *adminFixture {
 	t.Helper()
 	fsys := fstest.MapFS{
 		"gateway.yaml":      {Data: []byte(gatewayYAML)},
