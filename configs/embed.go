@@ -16,6 +16,9 @@ var quickstart embed.FS
 const (
 	QuickstartTenant = "demo"
 	QuickstartToken  = "egressgw-demo-token"
+	// QuickstartAdminToken is the quickstart's admin token (role admin),
+	// public too.
+	QuickstartAdminToken = "egressgw-demo-admin-token"
 	// QuickstartURL is a destination the quickstart policy allows.
 	QuickstartURL = "https://example.com/"
 )

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -323,6 +324,8 @@ var quickstartCredentials = []*regexp.Regexp{
 func TestQuickstart(t *testing.T) {
 	t.Parallel()
 	g := newGateway(t)
+	// Its state store is ./egressgw-state, in the working directory.
+	g.dir = t.TempDir()
 	g.start(t) // no --config: the embedded quickstart policy
 
 	var curlLine string
@@ -374,6 +377,25 @@ func TestQuickstart(t *testing.T) {
 	assertExplainExit(t, res, "deny")
 	if !strings.Contains(res.stdout, "decision: DENY (destination_not_allowed)") {
 		t.Errorf("`%s` from the repository root:\n%s", explainLine, res.output())
+	}
+	// The banner's admin line runs as printed, with its token, against
+	// this gateway; the state store lives in the working directory.
+	var adminLine string
+	for _, line := range strings.Split(banner, "\n") {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, "EGRESSGW_ADMIN_TOKEN=") {
+			adminLine = line
+		}
+	}
+	words = strings.Fields(adminLine)
+	if len(words) < 3 || words[1] != "egressgw" {
+		t.Fatalf("the quickstart banner has no `EGRESSGW_ADMIN_TOKEN=... egressgw access list` line:\n%s", banner)
+	}
+	res = run(t, append(childEnv(), words[0]), "", gatewayBinary, words[2:]...)
+	if res.exitCode != 0 || !strings.HasPrefix(res.stdout, "ID ") {
+		t.Errorf("`%s`: exit %d\n%s", adminLine, res.exitCode, res.output())
+	}
+	if _, err := os.Stat(filepath.Join(g.dir, "egressgw-state")); err != nil {
+		t.Errorf("the quickstart's state store is not in its working directory: %v", err)
 	}
 }
 

@@ -423,6 +423,9 @@ func imageDir(t *testing.T) string {
 // asImageUser runs cmd as the image's user when the test can switch users
 // (it runs as root), so a file only root could read fails here as it
 // would in the container.
+// dockerStateVolume is where the image keeps access requests and grants.
+const dockerStateVolume = "/var/lib/egressgw"
+
 func asImageUser(cmd *exec.Cmd) {
 	if os.Geteuid() == 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: dockerImageUID, Gid: dockerImageUID}}
@@ -514,6 +517,20 @@ func TestDockerImage(t *testing.T) {
 	if health[0] != copied || len(health) < 2 || health[1] != "healthcheck" {
 		t.Fatalf("HEALTHCHECK CMD %q, want [%q, \"healthcheck\"]", health, copied)
 	}
+	// The state directory is a volume the image's user owns: a named
+	// volume starts as a copy of it, ownership included.
+	volumes := final.find("VOLUME")
+	if len(volumes) == 0 || !strings.Contains(volumes[len(volumes)-1].args, `"`+dockerStateVolume+`"`) {
+		t.Errorf("final stage declares no VOLUME [%q] for the state store", dockerStateVolume)
+	}
+	ownedState := false
+	for _, in := range final.find("COPY") {
+		fields := strings.Fields(in.args)
+		ownedState = ownedState || (slices.Contains(fields, fmt.Sprintf("--chown=%d:%d", dockerImageUID, dockerImageUID)) && fields[len(fields)-1] == dockerStateVolume)
+	}
+	if !ownedState {
+		t.Errorf("the final stage does not give %s to uid %d (COPY --chown): the gateway could not write its state there", dockerStateVolume, dockerImageUID)
+	}
 	configAt := slices.Index(command, "--config")
 	if len(command) == 0 || command[0] != "serve" || configAt < 0 || configAt+1 >= len(command) {
 		t.Fatalf("CMD %q, want serve --config DIR", command)
@@ -578,6 +595,25 @@ func TestDockerImage(t *testing.T) {
 			}
 			return err
 		}); err != nil {
+			t.Fatal(err)
+		}
+		// The state store is the image's volume, owned by its user, as the
+		// Dockerfile comment tells gateway.yaml to name it.
+		stateDir := filepath.Join(work, strings.TrimPrefix(dockerStateVolume, "/"))
+		if err := os.MkdirAll(stateDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if os.Geteuid() == 0 {
+			if err := os.Chown(stateDir, dockerImageUID, dockerImageUID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		gatewayFile := filepath.Join(mounted, "gateway.yaml")
+		config, err := os.ReadFile(gatewayFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(gatewayFile, append(config, fmt.Sprintf("state: { dir: %q }\n", stateDir)...), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		proxyAddr, adminAddr := freeAddr(t), freeAddr(t)

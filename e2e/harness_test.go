@@ -251,6 +251,8 @@ type gateway struct {
 	proxyAddr string // 127.0.0.1:P, the proxy listener
 	adminAddr string // 127.0.0.1:A, the admin listener
 	env       []string
+	// dir is the process's working directory; "" means the test's.
+	dir string
 
 	stdout lockedBuffer // audit log
 	stderr lockedBuffer // operational log
@@ -289,6 +291,7 @@ func (g *gateway) start(t *testing.T, args ...string) {
 	args = append([]string{"serve", "--listen", g.proxyAddr, "--admin-listen", g.adminAddr}, args...)
 	g.cmd = exec.Command(gatewayBinary, args...)
 	g.cmd.Env = g.env
+	g.cmd.Dir = g.dir
 	g.cmd.Stdout = &g.stdout
 	g.cmd.Stderr = &g.stderr
 	if err := g.cmd.Start(); err != nil {

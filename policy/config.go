@@ -30,6 +30,34 @@ type gatewayFile struct {
 	// file is silent.
 	TenantDefaults tenantDefaultsFile `yaml:"tenant_defaults"`
 	Config         configSectionFile  `yaml:"config"`
+	Admin          adminFile          `yaml:"admin"`
+	State          stateFile          `yaml:"state"`
+	Access         accessFile         `yaml:"access"`
+}
+
+// adminFile lists who may use the admin API (docs/admins.md, "Admin
+// tokens").
+type adminFile struct {
+	Tokens []adminTokenFile `yaml:"tokens"`
+}
+
+type adminTokenFile struct {
+	Name        string   `yaml:"name"`
+	TokenSHA256 string   `yaml:"token_sha256"`
+	Role        string   `yaml:"role"`
+	Tenants     []string `yaml:"tenants"`
+}
+
+// stateFile says where access requests and grants are kept.
+type stateFile struct {
+	Backend string `yaml:"backend"`
+	Dir     string `yaml:"dir"`
+}
+
+// accessFile bounds access requests and grants.
+type accessFile struct {
+	MaxPending       *int      `yaml:"max_pending"`
+	MaxGrantDuration *Duration `yaml:"max_grant_duration"`
 }
 
 type tenantDefaultsFile struct {

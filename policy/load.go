@@ -73,6 +73,7 @@ func load(fsys fs.FS, now time.Time, prev *Snapshot) (*Snapshot, error) {
 	if err := b.tenants(connectors); err != nil {
 		return nil, err
 	}
+	b.lintAdmin()
 	if len(b.snap.tenantIDs) == 0 {
 		// Valid, but nothing can pass: worth a word from check.
 		b.warns = append(b.warns, ConfigError{File: "tenants/", Msg: "no tenants: every request will be refused; add one file per tenant (docs/admins.md)"})
@@ -269,6 +270,9 @@ type builder struct {
 	// the digest of what gateway.yaml's settings were built from.
 	reuse         *reuse
 	gatewayInputs [sha256.Size]byte
+	// lintAdmin checks admin.tokens against the tenants, once they are
+	// loaded.
+	lintAdmin func()
 }
 
 // refuse records a file refused unread.
@@ -417,6 +421,10 @@ func (b *builder) gateway(file *configFile, refused bool) {
 	g.Quota = b.quotaBackend(doc, gf.Quota)
 	g.Redaction = b.redactionSettings(doc, gf.Redaction)
 	g.TenantDefaults = b.tenantDefaults(doc, gf.TenantDefaults)
+	g.AdminTokens = b.adminTokens(doc, gf.Admin)
+	g.State = b.stateSettings(doc, gf.State)
+	g.Access = b.accessSettings(doc, gf.Access)
+	b.lintAdmin = func() { b.lintAdminTenants(doc, gf.Admin) }
 }
 
 // configSection checks gateway.yaml's config section, which the file

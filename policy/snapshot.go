@@ -214,6 +214,13 @@ type Gateway struct {
 
 	AuditOutput     string
 	MaxTenantLabels int
+
+	// AdminTokens are who may use the admin API; reloadable. State and
+	// Access configure the state store, opened once at start (changing
+	// them needs a restart).
+	AdminTokens []AdminToken
+	State       StateSettings
+	Access      AccessSettings
 }
 
 // Tenant returns the tenant with the given id.

@@ -12,7 +12,8 @@ import (
 )
 
 // AdminHandler serves the admin listener (docs/operators.md, "The admin listener"): health, readiness,
-// metrics, explain and config state. It is never reachable through the
+// metrics, explain, config state, access requests and grants, behind
+// admin authentication (requireAdmin). It is never reachable through the
 // proxy: the gateway's own listeners are denied destinations.
 func (g *Gateway) AdminHandler(config *ConfigStatus) http.Handler {
 	mux := http.NewServeMux()
@@ -40,7 +41,14 @@ func (g *Gateway) AdminHandler(config *ConfigStatus) http.Handler {
 		// is loopback by default and never reachable through the proxy.
 		mux.Handle("GET /debug/pprof/", g.profiling)
 	}
-	return mux
+	mux.HandleFunc("GET /v1/access-requests", g.listAccessRequests)
+	mux.HandleFunc("POST /v1/access-requests/{id}/approve", g.approveAccessRequest)
+	mux.HandleFunc("POST /v1/access-requests/{id}/deny", g.denyAccessRequest)
+	mux.HandleFunc("GET /v1/grants", g.listGrants)
+	mux.HandleFunc("POST /v1/grants", g.addGrant)
+	mux.HandleFunc("DELETE /v1/grants/{id}", g.revokeGrant)
+	mux.HandleFunc("GET /v1/grants/{id}/rule", g.grantRule)
+	return g.requireAdmin(mux)
 }
 
 func (g *Gateway) explainHandler(w http.ResponseWriter, r *http.Request) {

@@ -19,6 +19,7 @@ import (
 	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
+	"github.com/egressgw/egressgw/state"
 )
 
 // Options are what a Gateway is built from; everything it touches outside
@@ -45,7 +46,11 @@ type Options struct {
 	// served. The program builds it, as net/http/pprof registers itself
 	// process-wide on import (docs/design.md).
 	Profiling http.Handler
-	Now       func() time.Time
+	// State keeps access requests and grants; the program opens it and
+	// closes it after Shutdown. Nil: the admin API's access-request and
+	// grant endpoints answer 503 state_unavailable.
+	State state.Store
+	Now   func() time.Time
 }
 
 // Gateway is the egress proxy: an HTTP proxy server whose every step
@@ -57,6 +62,7 @@ type Gateway struct {
 	bandwidth *quota.Bandwidth
 	hooks     *hooks.Runtime
 	profiling http.Handler // admin /debug/pprof/, or nil
+	state     state.Store  // access requests and grants, or nil
 	registry  *prometheus.Registry
 	metrics   *metrics
 	now       func() time.Time
@@ -118,6 +124,7 @@ func New(opts Options) (*Gateway, error) {
 		quota:      opts.Quota,
 		hooks:      opts.Hooks,
 		profiling:  opts.Profiling,
+		state:      opts.State,
 		bandwidth:  opts.Bandwidth,
 		registry:   opts.Registry,
 		metrics:    newMetrics(opts.Registry),

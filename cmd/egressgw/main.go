@@ -35,9 +35,18 @@ Usage:
   egressgw ca init --out DIR
   egressgw token new
   egressgw healthcheck [--admin-listen ADDR]
+  egressgw access list [--admin-url URL] [--tenant ID] [--status S] [--json]
+  egressgw access approve [--admin-url URL] --for DURATION [--host PATTERN] [--ports P,..] [--methods M,..] [--paths P,..] [--note TEXT] [--json] ID
+  egressgw access deny [--admin-url URL] [--json] ID
+  egressgw grant list [--admin-url URL] [--tenant ID] [--json]
+  egressgw grant add [--admin-url URL] --tenant ID --host PATTERN --for DURATION [--ports P,..] [--methods M,..] [--paths P,..] [--note TEXT] [--json]
+  egressgw grant revoke [--admin-url URL] [--json] ID
+  egressgw grant rule [--admin-url URL] [--json] ID
   egressgw version
 
 With no --config, serve runs the embedded quickstart policy.
+access and grant talk to a running gateway; they send the admin token in
+$EGRESSGW_ADMIN_TOKEN.
 `
 
 func main() {
@@ -80,6 +89,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	case "healthcheck":
 		return healthcheck(rest, stdout, stderr)
+	case "access":
+		return accessCommand(rest, stdout, stderr)
+	case "grant":
+		return grantCommand(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		return printVersion(stdout)
 	case "help", "-h", "--help":

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/proxy"
 	"github.com/egressgw/egressgw/quota"
+	"github.com/egressgw/egressgw/state"
 )
 
 // defaultGCPercent is the collector's target when GOGC is not set. The
@@ -112,6 +114,20 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	defer limiter.Close()
 
+	store, err := openState(settings)
+	if err != nil {
+		proxyLn.Close()
+		adminLn.Close()
+		logger.Error("cannot open the state store (access requests and grants)", "backend", settings.State.Backend, "error", err)
+		return exitFail
+	}
+	defer closeState(store, logger) // after the gateway's Shutdown: its last writes go in
+	if settings.State.Backend == "file" {
+		logger.Info("state store opened", "backend", "file", "dir", settings.State.Dir)
+	} else {
+		logger.Info("state store opened", "backend", "redis", "addr", redactedAddr(settings.Quota.RedisAddr))
+	}
+
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gw, err := proxy.New(proxy.Options{
@@ -124,6 +140,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		Bandwidth: quota.NewBandwidth(quota.BandwidthOptions{Replicas: settings.Quota.Replicas}),
 		Hooks:     hookRuntime,
 		Profiling: profilingHandler(),
+		State:     store,
 	})
 	if err != nil {
 		logger.Error("cannot start", "error", err)
@@ -191,6 +208,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	logger.Info("egressgw serving", "listen", proxyLn.Addr().String(), "admin_listen", adminLn.Addr().String(), "version", version)
 	if *configPath == "" {
 		printQuickstart(stderr, proxyLn.Addr().String())
+		printQuickstartAdmin(stderr, adminLn.Addr().String())
 	}
 
 	for {
@@ -230,6 +248,36 @@ func newLimiter(q policy.QuotaBackend, logger *slog.Logger) (quota.Limiter, erro
 	}
 	redis.SetLogger(redisLog{logger})
 	return quota.NewRedis(quota.RedisOptions{Addr: q.RedisAddr, Prefix: q.RedisPrefix, OnError: onError, Logger: logger})
+}
+
+// openState opens the store of access requests and grants once per
+// process, as the quota backend is: state.* and access.* need a restart
+// (docs/admins.md). The file backend reads what an earlier run wrote and
+// locks its directory, so a directory that cannot be used fails start-up;
+// the Redis backend connects on first use, and while Redis is unreachable
+// no grant applies and the admin API answers 503.
+func openState(gw policy.Gateway) (state.Store, error) {
+	opts := state.Options{MaxPending: gw.Access.MaxPending, MaxGrantDuration: gw.Access.MaxGrantDuration}
+	if gw.State.Backend == "redis" {
+		return state.NewRedis(state.RedisOptions{Options: opts, Addr: gw.Quota.RedisAddr, Prefix: gw.Quota.RedisPrefix})
+	}
+	return state.NewFile(state.FileOptions{Options: opts, Dir: gw.State.Dir})
+}
+
+func closeState(store state.Store, logger *slog.Logger) {
+	if err := store.Close(); err != nil {
+		logger.Error("closing the state store failed; the latest access-request counts may be lost", "error", err)
+	}
+}
+
+// redactedAddr is a Redis address fit for a log line: a redis:// URL may
+// hold a password.
+func redactedAddr(addr string) string {
+	if u, err := url.Parse(addr); err == nil && u.User != nil {
+		u.User = nil
+		return u.String()
+	}
+	return addr
 }
 
 // redisLog sends the Redis client's own messages (reconnect attempts while
@@ -402,6 +450,23 @@ No egressgw on your PATH? go install github.com/egressgw/egressgw/cmd/egressgw@l
 `, configs.QuickstartTenant, configs.QuickstartToken, proxyURL, configs.QuickstartURL, proxyURL, proxyURL, configs.QuickstartTenant)
 }
 
+// printQuickstartAdmin shows the quickstart's admin token with a command
+// that uses it against this gateway's admin listener.
+func printQuickstartAdmin(w io.Writer, adminListen string) {
+	host, port, _ := net.SplitHostPort(adminListen)
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	command := "egressgw access list"
+	if adminURL := "http://" + net.JoinHostPort(host, port); adminURL != defaultAdminURL {
+		command += " --admin-url " + adminURL
+	}
+	fmt.Fprintf(w, `Refused hosts become access requests; decide them with the demo admin token (public too):
+  EGRESSGW_ADMIN_TOKEN=%s %s
+
+`, configs.QuickstartAdminToken, command)
+}
+
 // reloader loads the config again on request and publishes it only if it
 // validates; otherwise the last good policy keeps serving.
 type reloader struct {
@@ -468,6 +533,8 @@ func (r *reloader) warnRestartOnly(next policy.Gateway) {
 		"metrics.max_tenant_labels":     next.MaxTenantLabels != prev.MaxTenantLabels,
 		"quota (backend)":               next.Quota != prev.Quota,
 		"hooks.max_concurrent":          next.Hooks.MaxConcurrent != prev.Hooks.MaxConcurrent,
+		"state":                         next.State != prev.State,
+		"access":                        next.Access != prev.Access,
 	}
 	for key, differs := range changed {
 		if differs {

@@ -16,7 +16,8 @@ import (
 // version is stamped at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-// tokenNew prints a fresh random token and the line for the tenant file.
+// tokenNew prints a fresh random token and its token_sha256 line, for a
+// tenant file or for admin.tokens in gateway.yaml.
 func tokenNew(stdout, stderr io.Writer) int {
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {
@@ -26,7 +27,7 @@ func tokenNew(stdout, stderr io.Writer) int {
 	token := base64.RawURLEncoding.EncodeToString(raw)
 	sum := sha256.Sum256([]byte(token))
 	fmt.Fprintf(stdout, "token: %s\n", token)
-	fmt.Fprintf(stdout, "# paste into the tenant file under auth:, and give the token to the sandbox runtime only\n")
+	fmt.Fprintf(stdout, "# paste into the tenant file under auth: (give the token to the sandbox runtime only),\n# or into an admin.tokens entry of gateway.yaml (give the token to that admin only)\n")
 	fmt.Fprintf(stdout, "token_sha256: %q\n", hex.EncodeToString(sum[:]))
 	return exitOK
 }
