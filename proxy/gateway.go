@@ -19,6 +19,7 @@ import (
 	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
+	"github.com/egressgw/egressgw/state"
 )
 
 // Options are what a Gateway is built from; everything it touches outside
@@ -45,7 +46,10 @@ type Options struct {
 	// served. The program builds it, as net/http/pprof registers itself
 	// process-wide on import (docs/design.md).
 	Profiling http.Handler
-	Now       func() time.Time
+	// State keeps access requests and grants (docs/reference.md, "Access
+	// requests and grants"); nil: no store, the feature is off.
+	State state.Store
+	Now   func() time.Time
 }
 
 // Gateway is the egress proxy: an HTTP proxy server whose every step
@@ -73,6 +77,9 @@ type Gateway struct {
 	leaves  atomic.Pointer[leafCache] // nil without an inspection CA
 	tunnels *tunnelSet
 	server  *http.Server
+	// grants is the grant set decisions read beside the live policy, kept
+	// fresh from the state store (grants.go).
+	grants *grantSource
 
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
@@ -126,9 +133,11 @@ func New(opts Options) (*Gateway, error) {
 		hostAddrs:  hostAddrs,
 		settings:   opts.Settings,
 		tunnels:    newTunnelSet(),
+		grants:     newGrantSource(opts.State, opts.Logger, opts.Registry, opts.Now),
 		baseCtx:    ctx,
 		cancelBase: cancel,
 	}
+	g.grants.start(ctx, g.grantsChanged)
 	g.metrics.setMaxTenants(opts.Settings.MaxTenantLabels)
 	g.server = &http.Server{
 		Handler: g,
@@ -342,6 +351,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	g.cancelBase()
+	g.grants.wait()
 	if ferr := g.audit.close(); ferr != nil {
 		g.log.Error("audit log flush failed", "error", ferr)
 	}
