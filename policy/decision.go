@@ -98,8 +98,8 @@ func (t *Tenant) Decide(r Request) Decision { return t.DecideGranted(r, GrantsAt
 
 // DecideGranted applies the tenant's rules and then its grants in ga to
 // r: a matching deny rule wins, then the first allowing connector or rule,
-// then a grant (docs/reference.md, "Matching"); nothing matching is a
-// denial.
+// then a grant (docs/reference.md, "Access requests and grants");
+// nothing matching is a denial.
 //
 // Report mode lets host, port, method and path denials through, and only
 // those: a request the gateway cannot read (an uninspected tunnel to a
