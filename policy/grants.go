@@ -152,19 +152,25 @@ func (g *Grants) Rules(tenant string) []GrantRule {
 }
 
 // At is the set as a decision at now sees it: a grant applies until its
-// ExpiresAt, not a moment later, however long ago the set was built.
+// ExpiresAt, not a moment later, however long ago the set was built. A
+// zero now sees no grant.
 func (g *Grants) At(now time.Time) GrantsAt { return GrantsAt{set: g, now: now} }
+
+// AnyTime is the set with every grant in it applying, expired or not: to
+// tell which grant allowed something once it has ended.
+func (g *Grants) AnyTime() GrantsAt { return GrantsAt{set: g, anyTime: true} }
 
 // GrantsAt is a grant set seen at one moment; the zero value holds no
 // grant.
 type GrantsAt struct {
-	set *Grants
-	now time.Time
+	set     *Grants
+	now     time.Time
+	anyTime bool
 }
 
 // match finds the grant of tenant that allows q, if one does.
 func (ga GrantsAt) match(tenant string, q allowlist.Query) (*GrantRule, bool) {
-	if ga.set == nil {
+	if ga.set == nil || ga.now.IsZero() && !ga.anyTime {
 		return nil, false
 	}
 	tg := ga.set.tenants[tenant]
@@ -176,7 +182,7 @@ func (ga GrantsAt) match(tenant string, q allowlist.Query) (*GrantRule, bool) {
 		return nil, false
 	}
 	r := &tg.rules[res.Allow]
-	if !ga.now.Before(r.ExpiresAt) {
+	if !ga.anyTime && !ga.now.Before(r.ExpiresAt) {
 		return nil, false // latest expiry first: every other match is over too
 	}
 	return r, true

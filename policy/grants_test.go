@@ -152,6 +152,17 @@ func TestGrantsExpiryAndNil(t *testing.T) {
 	if d := acme.DecideGranted(Request{Host: "a.example", Port: 443, Tunnel: true}, none.At(grantNow)); d.Allow {
 		t.Errorf("a nil grant set allowed %+v", d)
 	}
+	// A zero time is no moment: it sees no grant. AnyTime sees the
+	// expired ones too, to name what allowed a connection that ended.
+	if d := acme.DecideGranted(Request{Host: "a.example", Port: 443, Tunnel: true}, set.At(time.Time{})); d.Allow {
+		t.Errorf("the zero time saw grant %q", d.Rule)
+	}
+	if d := acme.DecideGranted(Request{Host: "b.example", Port: 443, Tunnel: true}, set.At(grantNow.Add(2*time.Hour))); d.Allow {
+		t.Errorf("an expired grant applied: %q", d.Rule)
+	}
+	if d := acme.DecideGranted(Request{Host: "b.example", Port: 443, Tunnel: true}, set.AnyTime()); !d.Allow || d.Rule != "grant:gr_b" {
+		t.Errorf("AnyTime: %+v, want allowed by grant:gr_b", d)
+	}
 }
 
 // Explain lists the tenant's grants as rules, after its connectors and

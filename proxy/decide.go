@@ -34,7 +34,7 @@ func (ex *exchange) decide(tg target, o outcome) outcome {
 	o = ex.setDecision(ex.tenant.DecideGranted(policy.Request{
 		Host: tg.host, Port: tg.port, Method: ex.method, Path: tg.path,
 		Tunnel: ex.tunnel, TLS: ex.inner, Upgrade: tg.upgrade,
-	}, ex.grants.At(ex.gw.now())))
+	}, ex.grants.At(ex.start)))
 	if o.report {
 		ex.gw.log.Info("report mode: would deny", "request_id", ex.id, "tenant", ex.tenant.ID, "reason", o.reason)
 	}

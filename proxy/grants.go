@@ -237,8 +237,7 @@ func grantEnded(ex *exchange, rt *runtimeState, prev, next *policy.Grants, now t
 	if !ok {
 		return ""
 	}
-	// The zero time sees every grant of prev, the expired ones too.
-	d := tenant.DecideGranted(ex.policyRequest(), prev.At(time.Time{}))
+	d := tenant.DecideGranted(ex.policyRequest(), prev.AnyTime())
 	if !d.Allow {
 		return ""
 	}

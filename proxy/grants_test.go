@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
@@ -30,6 +33,13 @@ import (
 // only, with loopback addresses dialable so that tests' upstreams can be
 // granted; report makes acme a report-mode tenant.
 func grantPolicy(t *testing.T, report bool) *policy.Snapshot {
+	return grantPolicyMode(t, report)
+}
+
+// grantPolicyFor is grantPolicy in enforce mode, for benchmarks.
+func grantPolicyFor(tb testing.TB) *policy.Snapshot { return grantPolicyMode(tb, false) }
+
+func grantPolicyMode(t testing.TB, report bool) *policy.Snapshot {
 	t.Helper()
 	sum := sha256.Sum256([]byte(benchToken))
 	mode := ""
@@ -655,4 +665,231 @@ func atoi(t *testing.T, s string) int {
 		n = n*10 + int(c-'0')
 	}
 	return n
+}
+
+// inspectedGrantPolicy lets acme reach, through an inspecting connector,
+// only /v1/ of the TLS upstream at host:port.
+func inspectedGrantPolicy(t *testing.T, upstream *httptest.Server, ca *tls.Certificate, host, port string) *policy.Snapshot {
+	t.Helper()
+	sum := sha256.Sum256([]byte(benchToken))
+	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemOf := func(kind string, der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}) }
+	fsys := fstest.MapFS{
+		"gateway.yaml": {Data: []byte("listen: \"127.0.0.1:3128\"\nnetwork: { allow_cidrs: [\"127.0.0.1/32\"] }\n" +
+			"tls: { ca_cert: ca.pem, ca_key: ca-key.pem, upstream_roots: [upstream.pem] }\n")},
+		"ca.pem":              {Data: pemOf("CERTIFICATE", ca.Certificate[0])},
+		"ca-key.pem":          {Data: pemOf("PRIVATE KEY", keyDER)},
+		"upstream.pem":        {Data: pemOf("CERTIFICATE", upstream.Certificate().Raw)},
+		"connectors/api.yaml": {Data: []byte("name: api\nhosts: [\"" + host + "\"]\nports: [" + port + "]\npaths: [\"/v1/\"]\ninspect: true\n")},
+		"tenants/acme.yaml":   {Data: []byte("id: acme\nauth: { token_sha256: \"" + hex.EncodeToString(sum[:]) + "\" }\nconnectors: [api]\n")},
+	}
+	snap, err := policy.Load(fsys, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
+// innerGet sends GET path inside a new inspected tunnel to host:port.
+func (sg *servedGateway) innerGet(t *testing.T, ca *tls.Certificate, host, port, path string) (*http.Response, []byte) {
+	t.Helper()
+	conn, br, resp := sg.connect(t, net.JoinHostPort(host, port))
+	defer conn.Close()
+	if resp.StatusCode != http.StatusOK || br.Buffered() > 0 {
+		t.Fatalf("CONNECT to the inspecting connector: %d", resp.StatusCode)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Leaf)
+	tc := tls.Client(conn, &tls.Config{RootCAs: roots, ServerName: host})
+	req := mustRequest(t, "https://"+net.JoinHostPort(host, port)+path)
+	if err := req.Write(tc); err != nil {
+		t.Fatalf("inner request: %v", err)
+	}
+	inner, err := http.ReadResponse(bufio.NewReader(tc), req)
+	if err != nil {
+		t.Fatalf("inner response: %v", err)
+	}
+	body, err := io.ReadAll(inner.Body)
+	if err != nil {
+		t.Fatalf("inner body: %v", err)
+	}
+	return inner, body
+}
+
+// Inside an inspected tunnel, a refused request is recorded and its 403
+// names the access request; a grant with a path then allows that path,
+// checked request by request.
+func TestInnerRefusalRecordsAccessRequest(t *testing.T) {
+	var hits atomic.Int64
+	upstream := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		io.WriteString(w, "inner "+r.URL.Path)
+	}))
+	defer upstream.Close()
+	host, port, _ := net.SplitHostPort(upstream.Listener.Addr().String())
+	ca := testCA(t)
+	store := fileStore(t)
+	sg := serveGrantGateway(t, inspectedGrantPolicy(t, upstream, ca, host, port), store)
+
+	if resp, body := sg.innerGet(t, ca, host, port, "/v1/ok"); resp.StatusCode != http.StatusOK || string(body) != "inner /v1/ok" {
+		t.Fatalf("allowed inner request: %d %q", resp.StatusCode, body)
+	}
+	resp, body := sg.innerGet(t, ca, host, port, "/admin/users?secret=1")
+	refusal := readRefusalBody(t, strings.NewReader(string(body)))
+	if resp.StatusCode != http.StatusForbidden || refusal.Error != "destination_not_allowed" ||
+		refusal.AccessRequest == nil || refusal.AccessRequest.Status != state.StatusPending {
+		t.Fatalf("refused inner request: %d %+v", resp.StatusCode, refusal)
+	}
+	if hits.Load() != 1 {
+		t.Errorf("the upstream got %d requests, want only the allowed one", hits.Load())
+	}
+	reqs, err := store.ListRequests(context.Background(), state.Filter{Tenant: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reqs) != 1 || reqs[0].ID != refusal.AccessRequest.ID || reqs[0].Path != "/admin/users" || reqs[0].Method != "GET" {
+		t.Fatalf("stored requests %+v", reqs)
+	}
+
+	g, err := store.Approve(context.Background(), refusal.AccessRequest.ID, state.GrantSpec{
+		Paths: []string{"/admin/"}, ExpiresAt: time.Now().Add(time.Hour), By: "admin",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, grantWait, "the grant applied inside the tunnel", func() bool {
+		resp, body := sg.innerGet(t, ca, host, port, "/admin/users")
+		return resp.StatusCode == http.StatusOK && string(body) == "inner /admin/users"
+	})
+	if resp, _ := sg.innerGet(t, ca, host, port, "/other"); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a path neither the connector nor the grant allows: %d", resp.StatusCode)
+	}
+	eventually(t, hangGuard, "an audit line with rule grant:"+g.ID, func() bool {
+		return strings.Contains(sg.audit.String(), `"path":"/admin/users","decision":"allow","code":"ok","rule":"grant:`+g.ID+`"`)
+	})
+}
+
+// /v1/explain lists the tenant's grants as rules and decides with them.
+func TestAdminExplainShowsGrants(t *testing.T) {
+	store := fileStore(t)
+	sg := serveGrantGateway(t, grantPolicy(t, false), store)
+	host, port, _ := countedUpstream(t)
+	expires := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	g := addGrant(t, store, host, atoi(t, port), expires)
+	eventually(t, grantWait, "the grant applied", func() bool {
+		resp, _ := sg.get(t, "http://"+net.JoinHostPort(host, port)+"/")
+		return resp.StatusCode == http.StatusOK
+	})
+	rec := httptest.NewRecorder()
+	sg.AdminHandler(&ConfigStatus{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet,
+		"/v1/explain?tenant=acme&method=GET&url=http://"+net.JoinHostPort(host, port)+"/x", nil))
+	var trace policy.Trace
+	if err := json.Unmarshal(rec.Body.Bytes(), &trace); err != nil {
+		t.Fatalf("%d %s: %v", rec.Code, rec.Body, err)
+	}
+	if trace.Decision != "allow" || trace.Rule != "grant:"+g.ID {
+		t.Errorf("explain decided %s by %q, want allow by grant:%s", trace.Decision, trace.Rule, g.ID)
+	}
+	var listed bool
+	for _, r := range trace.Rules {
+		if r.Name == "grant:"+g.ID && r.Kind == policy.KindGrant && r.Matched && r.ExpiresAt.Equal(expires) {
+			listed = true
+		}
+	}
+	if !listed {
+		t.Errorf("grant:%s with expires_at %v not among the rules %+v", g.ID, expires, trace.Rules)
+	}
+}
+
+// BenchmarkRefusal is the decide step refusing a destination, without a
+// state store and with a file store that records each refusal (a repeat,
+// so a count update in memory); compare the two within one run.
+func BenchmarkRefusal(b *testing.B) {
+	for _, withStore := range []bool{false, true} {
+		name := "no store"
+		if withStore {
+			name = "file store"
+		}
+		b.Run(name, func(b *testing.B) {
+			var store state.Store
+			if withStore {
+				fs, err := state.NewFile(state.FileOptions{Dir: b.TempDir()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer fs.Close()
+				store = fs
+			}
+			snap := grantPolicyFor(b)
+			g, err := New(Options{
+				Logger: slog.New(slog.DiscardHandler), Audit: io.Discard, Registry: prometheus.NewRegistry(),
+				Quota: quota.NewMemory(quota.MemoryOptions{}), Bandwidth: quota.NewBandwidth(quota.BandwidthOptions{}),
+				Settings: snap.Gateway, State: store,
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer g.Shutdown(context.Background())
+			g.Apply(snap)
+			r := httptest.NewRequest(http.MethodGet, "http://refused.example/path", nil)
+			r.Header.Set("Proxy-Authorization", "Basic "+basicEncode("acme", benchToken))
+			b.ReportAllocs()
+			for b.Loop() {
+				ex := g.begin(r, false)
+				o := ex.identify(r)
+				if o.ok() {
+					o = ex.decide(plainTarget(r))
+				}
+				if o.code != policy.CodeDestinationNotAllowed || (withStore && ex.accessRequest == nil) {
+					b.Fatalf("outcome %s, access request %v", o.code, ex.accessRequest)
+				}
+			}
+		})
+	}
+}
+
+// A response streaming under a grant is cut short as soon as the grant is
+// revoked, without the grace a reload gives, and audited revoked.
+func TestGrantedStreamClosedWhenRevoked(t *testing.T) {
+	store := fileStore(t)
+	sg := serveGrantGateway(t, grantPolicy(t, false), store)
+	host, port := sseUpstream(t)
+	g := addGrant(t, store, host, atoi(t, port), time.Now().Add(time.Hour))
+	target := "http://" + net.JoinHostPort(host, port)
+	var events *bufio.Reader
+	eventually(t, grantWait, "the grant applied", func() bool {
+		resp, _ := sg.send(t, mustRequest(t, target+"/stream"))
+		events = bufio.NewReader(resp.Body)
+		return resp.StatusCode == http.StatusOK
+	})
+	if _, err := events.ReadString('\n'); err != nil {
+		t.Fatalf("first event: %v", err)
+	}
+	if err := store.RevokeGrant(context.Background(), g.ID); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for err == nil {
+		_, err = events.ReadString('\n')
+	}
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("the stream ended with %v, want it cut short (unexpected EOF)", err)
+	}
+	var rec auditRecord
+	eventually(t, hangGuard, "the stream's audit line", func() bool {
+		for _, line := range strings.Split(sg.audit.String(), "\n") {
+			var r auditRecord
+			if json.Unmarshal([]byte(line), &r) == nil && r.Path == "/stream" && r.Status == http.StatusOK {
+				rec = r
+				return true
+			}
+		}
+		return false
+	})
+	if rec.Code != string(policy.CodeRevoked) || rec.Rule != "grant:"+g.ID || !strings.Contains(rec.Reason, "revoked") {
+		t.Errorf("audit line %+v", rec)
+	}
 }
