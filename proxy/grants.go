@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -48,6 +49,12 @@ type grantSource struct {
 	readFailing   atomic.Bool
 	recordFailing atomic.Bool
 	done          chan struct{} // closed when run returns; nil when never started
+
+	// Kept by run alone: the ids the current set was compiled from (a
+	// grant never changes once made, so the same ids are the same set),
+	// and the grants already logged as dropped, to log each once.
+	compiledIDs []string
+	loggedDrops map[string]bool
 }
 
 func newGrantSource(store state.Store, log *slog.Logger, reg prometheus.Registerer, now func() time.Time) *grantSource {
@@ -106,12 +113,10 @@ func (s *grantSource) run(ctx context.Context, changed func(prev, next *policy.G
 			s.readFailed(err)
 			fresh = false
 			s.current.Store(nil)
-		case next != prev:
+		default:
 			s.readRecovered()
 			version, fresh = v, true
 			s.current.Store(next)
-		default:
-			s.readRecovered()
 		}
 		if cur := s.current.Load(); cur != prev {
 			changed(prev, cur)
@@ -139,12 +144,28 @@ func (s *grantSource) read(ctx context.Context, version uint64, fresh bool) (*po
 	if err != nil {
 		return nil, 0, err
 	}
+	ids := make([]string, 0, len(gs))
+	for _, g := range gs {
+		if g.Active(now) {
+			ids = append(ids, g.ID)
+		}
+	}
+	if cur != nil && slices.Equal(ids, s.compiledIDs) {
+		// Another write (an access request) changed the version: the
+		// grants are the same, and so is what they allow.
+		return cur, v, nil
+	}
 	set, dropped := policy.CompileGrants(gs, now)
+	logged := make(map[string]bool, len(dropped))
 	for _, err := range dropped {
 		// The store validated it, the gateway cannot apply it: it is
 		// left out rather than guessed at.
-		s.log.Warn("grant not applied", "error", err)
+		if !s.loggedDrops[err.Error()] {
+			s.log.Warn("grant not applied", "error", err)
+		}
+		logged[err.Error()] = true
 	}
+	s.compiledIDs, s.loggedDrops = ids, logged
 	return set, v, nil
 }
 
@@ -223,8 +244,7 @@ func (g *Gateway) grantsChanged(prev, next *policy.Grants) {
 			continue
 		}
 		reason = ended
-		t.grantEnded.Store(true)
-		if t.revoke(reason) {
+		if t.revokeAs(reason, true) {
 			g.log.Info("connection closed: its grant ended", "request_id", t.ex.id, "tenant", t.ex.tenantID(), "reason", reason)
 		}
 	}

@@ -73,9 +73,14 @@ func fileStore(t *testing.T) *state.File {
 // store as its state store.
 func serveGrantGateway(t *testing.T, snap *policy.Snapshot, store state.Store) *servedGateway {
 	t.Helper()
+	return serveGrantGatewayLogging(t, snap, store, slog.New(slog.DiscardHandler))
+}
+
+func serveGrantGatewayLogging(t *testing.T, snap *policy.Snapshot, store state.Store, log *slog.Logger) *servedGateway {
+	t.Helper()
 	sg := &servedGateway{audit: &flakyWriter{}}
 	g, err := New(Options{
-		Logger:    slog.New(slog.DiscardHandler),
+		Logger:    log,
 		Audit:     sg.audit,
 		Registry:  prometheus.NewRegistry(),
 		Quota:     quota.NewMemory(quota.MemoryOptions{}),
@@ -891,5 +896,57 @@ func TestGrantedStreamClosedWhenRevoked(t *testing.T) {
 	})
 	if rec.Code != string(policy.CodeRevoked) || rec.Rule != "grant:"+g.ID || !strings.Contains(rec.Reason, "revoked") {
 		t.Errorf("audit line %+v", rec)
+	}
+}
+
+// A grant the store holds but whose host pattern does not parse (a
+// wildcard across a public suffix) is dropped, never widened.
+func TestUnparsableGrantDropped(t *testing.T) {
+	store := fileStore(t)
+	sg := serveGrantGateway(t, grantPolicy(t, false), store)
+	addGrant(t, store, "*.com", 80, time.Now().Add(time.Hour))
+	host, port, hits := countedUpstream(t)
+	addGrant(t, store, host, atoi(t, port), time.Now().Add(time.Hour))
+	eventually(t, grantWait, "the valid grant applied", func() bool {
+		resp, _ := sg.get(t, "http://"+net.JoinHostPort(host, port)+"/")
+		return resp.StatusCode == http.StatusOK
+	})
+	if resp, _ := sg.get(t, "http://refused.com/"); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a host only the dropped grant covers: %d", resp.StatusCode)
+	}
+	if hits.Load() != 1 {
+		t.Errorf("the upstream got %d requests", hits.Load())
+	}
+}
+
+// The refresher logs a dropped grant once, however often the store's
+// version changes (each access request changes it) and the grants are
+// read again; a set that did not change is kept, not rebuilt.
+func TestGrantSourceLogsDroppedGrantOnce(t *testing.T) {
+	ctx := context.Background()
+	store := fileStore(t)
+	logs := &flakyWriter{}
+	src := newGrantSource(store, slog.New(slog.NewJSONHandler(logs, nil)), prometheus.NewRegistry(), time.Now)
+	bad := addGrant(t, store, "*.com", 80, time.Now().Add(time.Hour))
+
+	first, v, err := src.read(ctx, 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.current.Store(first)
+	if _, err := store.RecordRefusal(ctx, state.Sighting{Tenant: "acme", Host: "x.example", Port: 443}); err != nil {
+		t.Fatal(err)
+	}
+	same, v2, err := src.read(ctx, v, true)
+	if err != nil || v2 == v || same != first {
+		t.Errorf("after an access request: version %d -> %d, set kept %v, err %v", v, v2, same == first, err)
+	}
+	addGrant(t, store, "good.example", 443, time.Now().Add(time.Hour))
+	rebuilt, _, err := src.read(ctx, v2, true)
+	if err != nil || rebuilt == first || rebuilt.Len() != 1 {
+		t.Fatalf("after a new grant: rebuilt %v with %d grants, err %v", rebuilt != first, rebuilt.Len(), err)
+	}
+	if n := strings.Count(logs.String(), `"msg":"grant not applied"`); n != 1 || !strings.Contains(logs.String(), bad.ID) {
+		t.Errorf("%d log lines about the dropped grant, want 1 naming %s:\n%s", n, bad.ID, logs.String())
 	}
 }

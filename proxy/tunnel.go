@@ -188,9 +188,14 @@ type tunnel struct {
 // revoke closes a tunnel the live policy no longer allows, and reports
 // whether it did: one that has already closed, or a stream already over,
 // is left as it is, not revoked.
-func (t *tunnel) revoke(reason string) bool {
+func (t *tunnel) revoke(reason string) bool { return t.revokeAs(reason, false) }
+
+// revokeAs is revoke, saying whether the end of the grant that allowed
+// the tunnel is the cause, rather than a reload.
+func (t *tunnel) revokeAs(reason string, grantEnded bool) bool {
 	revoked := false
 	t.closeOnce.Do(func() {
+		t.grantEnded.Store(grantEnded)
 		t.revoked.Store(&reason)
 		t.closeConns()
 		revoked = true
