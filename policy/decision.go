@@ -45,8 +45,9 @@ const (
 	// sent; the client's connection was aborted, never ended as if the
 	// body were whole.
 	CodeUpstreamFailedMidway Code = "upstream_failed_midway"
-	// CodeRevoked: a policy reload ended a tunnel, upgraded connection or
-	// response that the new policy no longer allows.
+	// CodeRevoked: a policy reload, or the end of the grant that allowed
+	// it, ended a tunnel, upgraded connection or response that the policy
+	// no longer allows.
 	CodeRevoked Code = "revoked"
 )
 
@@ -91,13 +92,20 @@ type Decision struct {
 }
 
 // Decide applies the tenant's rules to r: a matching deny rule wins, then
-// the first allowing connector or rule; nothing matching is a denial.
+// the first allowing connector or rule; nothing matching is a denial. It
+// applies no grant: see DecideGranted.
+func (t *Tenant) Decide(r Request) Decision { return t.DecideGranted(r, GrantsAt{}) }
+
+// DecideGranted applies the tenant's rules and then its grants in ga to
+// r: a matching deny rule wins, then the first allowing connector or rule,
+// then a grant (docs/reference.md, "Access requests and grants");
+// nothing matching is a denial.
 //
 // Report mode lets host, port, method and path denials through, and only
 // those: a request the gateway cannot read (an uninspected tunnel to a
 // connector that needs inspection) is refused in report mode too, so
 // nothing passes unchecked.
-func (t *Tenant) Decide(r Request) Decision {
+func (t *Tenant) DecideGranted(r Request, ga GrantsAt) Decision {
 	res := t.set.Match(allowlist.Query{Host: r.Host, Port: r.Port, Method: r.Method, Path: r.Path, Tunnel: r.Tunnel})
 	if res.AmbiguousPath && (res.Deny >= 0 || res.Allow < 0) {
 		// A rule naming paths could not compare this spelling of the path,
@@ -110,7 +118,7 @@ func (t *Tenant) Decide(r Request) Decision {
 			unreadable: true,
 		}
 	}
-	d := t.verdict(r, res)
+	d := t.verdict(r, res, ga)
 	if d.Allow || d.unreadable || t.Mode != ModeReport {
 		return d
 	}
@@ -133,7 +141,7 @@ func (t *Tenant) Decide(r Request) Decision {
 	return d
 }
 
-func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
+func (t *Tenant) verdict(r Request, res allowlist.Result, ga GrantsAt) Decision {
 	var allow *Rule
 	if res.Allow >= 0 {
 		allow = &t.rules[res.Allow]
@@ -151,12 +159,20 @@ func (t *Tenant) verdict(r Request, res allowlist.Result) Decision {
 		// An inspected tunnel: its inner requests meet the deny rule one by one.
 	}
 	if allow == nil {
+		// No deny rule matched (one would have decided above): a grant
+		// may allow what the config does not.
+		if d, granted := t.grantVerdict(r, ga); granted {
+			return d
+		}
 		if !r.Tunnel {
 			// Say so when the host is allowed and only the method or path is not.
 			hostOnly := t.set.Match(allowlist.Query{Host: r.Host, Port: r.Port, Tunnel: true})
 			if hostOnly.Allow >= 0 {
 				rule := t.rules[hostOnly.Allow]
 				return t.deny(r, rule.Name, fmt.Sprintf("%s %s is not among the methods and paths that %s %q allows", r.Method, r.Path, rule.Kind, rule.Name))
+			}
+			if g, ok := t.grantCoversHost(r, ga); ok {
+				return t.deny(r, g.Name, fmt.Sprintf("%s %s is not among the methods and paths that grant %q allows", r.Method, r.Path, g.Name))
 			}
 		}
 		return t.deny(r, "", "no connector or rule matches; add the host to a connector the tenant uses or to the tenant's rules")

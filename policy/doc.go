@@ -7,6 +7,12 @@
 // proxy turns into client errors, audit lines and metrics, and that
 // Explain traces rule by rule.
 //
+// Grants from the state store (CompileGrants) are compiled into a Grants
+// set of their own, not into the snapshot: they change every second and
+// the snapshot on reloads. A decision takes both (Tenant.DecideGranted);
+// grants come after the tenant's connectors and rules, and a deny rule
+// still wins.
+//
 // Watch reports when the config directory may have changed (fsnotify on
 // the directories, debounced, with a periodic resync); Snapshot.Unchanged
 // tells cheaply whether anything did. Reloading is Load again, then publishing

@@ -5,6 +5,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/egressgw/egressgw/allowlist"
 	"github.com/egressgw/egressgw/redaction"
@@ -75,14 +76,20 @@ type RuleTrace struct {
 	Action  string   `json:"action"`
 	Matched bool     `json:"matched"`
 	Detail  string   `json:"detail"`
+	// ExpiresAt is a grant's expiry; zero for connectors and rules.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
 
 // Explain traces how the tenant's policy decides the one request r.
-func (t *Tenant) Explain(r Request) Trace {
+func (t *Tenant) Explain(r Request) Trace { return t.ExplainGranted(r, GrantsAt{}) }
+
+// ExplainGranted is Explain with the tenant's grants in ga, listed as
+// rules after its connectors and rules.
+func (t *Tenant) ExplainGranted(r Request, ga GrantsAt) Trace {
 	tr := t.newTrace(r)
-	d := tr.step(t, r)
+	d := tr.step(t, r, ga)
 	tr.finish(r, d)
-	tr.explainUpgrade(t, r, d)
+	tr.explainUpgrade(t, r, d, ga)
 	return tr
 }
 
@@ -93,16 +100,21 @@ func (t *Tenant) Explain(r Request) Trace {
 // is the final word: the method and path inside it are never checked, and
 // the trace says so. The error is a malformed URL (ErrBadTarget).
 func (t *Tenant) ExplainURL(method, rawURL string) (Trace, error) {
+	return t.ExplainURLGranted(method, rawURL, GrantsAt{})
+}
+
+// ExplainURLGranted is ExplainURL with the tenant's grants in ga.
+func (t *Tenant) ExplainURLGranted(method, rawURL string, ga GrantsAt) (Trace, error) {
 	outer, inner, err := requestsForURL(method, rawURL)
 	if err != nil {
 		return Trace{}, err
 	}
 	if !outer.Tunnel {
-		return t.Explain(outer), nil
+		return t.ExplainGranted(outer, ga), nil
 	}
 	tr := t.newTrace(outer)
 	tr.Method, tr.Path = inner.Method, inner.Path
-	d := tr.step(t, outer)
+	d := tr.step(t, outer, ga)
 	last := outer
 	// As the proxy's tunnel does: the tunnel's decision says whether it is
 	// inspected, and an inspected tunnel's requests are decided one by one.
@@ -123,17 +135,17 @@ func (t *Tenant) ExplainURL(method, rawURL string) (Trace, error) {
 			tr.Rules = nil
 			break
 		}
-		d = tr.step(t, inner)
+		d = tr.step(t, inner, ga)
 	}
 	tr.finish(last, d)
-	tr.explainUpgrade(t, last, d)
+	tr.explainUpgrade(t, last, d, ga)
 	return tr, nil
 }
 
 // explainUpgrade says whether an upgrade by the request r, which d
 // allowed, would pass too: Decide answers for the same request with
 // Upgrade set.
-func (tr *Trace) explainUpgrade(t *Tenant, r Request, d Decision) {
+func (tr *Trace) explainUpgrade(t *Tenant, r Request, d Decision, ga GrantsAt) {
 	switch {
 	case !d.Allow || r.Upgrade:
 	case r.Tunnel:
@@ -141,7 +153,7 @@ func (tr *Trace) explainUpgrade(t *Tenant, r Request, d Decision) {
 	default:
 		up := r
 		up.Upgrade = true
-		if u := t.Decide(up); u.Allow {
+		if u := t.DecideGranted(up, ga); u.Allow {
 			tr.Upgrade = "allowed: this request may switch protocols (WebSocket, h2c); nothing after the 101 is read"
 		} else {
 			tr.Upgrade = "refused: " + u.Reason
@@ -162,7 +174,7 @@ func (t *Tenant) newTrace(r Request) Trace {
 
 // step decides r, rule by rule for the trace and with Decide for the
 // verdict, and appends it to the trace's steps.
-func (tr *Trace) step(t *Tenant, r Request) Decision {
+func (tr *Trace) step(t *Tenant, r Request, ga GrantsAt) Decision {
 	s := Step{Request: requestLine(r), Tunnel: r.Tunnel, Method: r.Method, Path: r.Path}
 	for _, rule := range t.rules {
 		matched, detail := explainRule(rule, r)
@@ -172,7 +184,14 @@ func (tr *Trace) step(t *Tenant, r Request) Decision {
 		}
 		s.Rules = append(s.Rules, RuleTrace{Name: rule.Name, Kind: rule.Kind, Action: action, Matched: matched, Detail: detail})
 	}
-	d := t.Decide(r)
+	for _, g := range ga.set.Rules(t.ID) {
+		matched, detail := explainRule(Rule{Name: g.Name, Kind: KindGrant, Match: g.Match}, r)
+		if matched && !ga.now.Before(g.ExpiresAt) {
+			matched, detail = false, "expired at "+g.ExpiresAt.UTC().Format(time.RFC3339)
+		}
+		s.Rules = append(s.Rules, RuleTrace{Name: g.Name, Kind: KindGrant, Action: "allow", Matched: matched, Detail: detail, ExpiresAt: g.ExpiresAt})
+	}
+	d := t.DecideGranted(r, ga)
 	s.Decision, s.Code, s.Rule, s.Reason = decisionWord(d), d.Code, d.Rule, d.Reason
 	if c := d.Connector; c != nil && d.Allow && r.Tunnel && c.Inspect {
 		tr.Inspect = "the tunnel is inspected with the gateway's CA; each request inside is decided on its own method and path"
@@ -302,7 +321,11 @@ func (tr Trace) WriteText(w io.Writer) error {
 			if r.Matched {
 				mark = "  MATCH   "
 			}
-			fmt.Fprintf(&b, "%s %s %s %q: %s\n", mark, r.Action, r.Kind, r.Name, r.Detail)
+			expiry := ""
+			if !r.ExpiresAt.IsZero() {
+				expiry = " (expires " + r.ExpiresAt.UTC().Format(time.RFC3339) + ")"
+			}
+			fmt.Fprintf(&b, "%s %s %s %q%s: %s\n", mark, r.Action, r.Kind, r.Name, expiry, r.Detail)
 		}
 		if i < len(steps)-1 {
 			fmt.Fprintf(&b, "  step decision: %s\n", outcome(s.Decision, s.Code, s.Rule))

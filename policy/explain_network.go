@@ -85,7 +85,13 @@ func (g Gateway) Resolver() *net.Resolver {
 // dials, the decision becomes deny with destination_ip_denied, which is
 // what the client would get.
 func (t *Tenant) ExplainRequest(ctx context.Context, method, rawURL string, gw Gateway, n Network) (Trace, error) {
-	tr, err := t.ExplainURL(method, rawURL)
+	return t.ExplainRequestGranted(ctx, method, rawURL, gw, n, GrantsAt{})
+}
+
+// ExplainRequestGranted is ExplainRequest with the tenant's grants in ga:
+// what the gateway serving them decides.
+func (t *Tenant) ExplainRequestGranted(ctx context.Context, method, rawURL string, gw Gateway, n Network, ga GrantsAt) (Trace, error) {
+	tr, err := t.ExplainURLGranted(method, rawURL, ga)
 	if err != nil {
 		return tr, err
 	}

@@ -71,7 +71,7 @@ func (g *Gateway) explainHandler(w http.ResponseWriter, r *http.Request) {
 	if q.Get("resolve") == "1" || q.Get("resolve") == "true" {
 		network.Resolver = gw.Resolver()
 	}
-	trace, err := tenant.ExplainRequest(r.Context(), q.Get("method"), q.Get("url"), gw, network)
+	trace, err := tenant.ExplainRequestGranted(r.Context(), q.Get("method"), q.Get("url"), gw, network, g.grants.at(g.now()))
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return

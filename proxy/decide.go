@@ -30,12 +30,21 @@ func (ex *exchange) decide(tg target, o outcome) outcome {
 	if !o.ok() {
 		return o
 	}
-	o = ex.setDecision(ex.tenant.Decide(policy.Request{
+	ex.grants = ex.gw.grants.current.Load()
+	o = ex.setDecision(ex.tenant.DecideGranted(policy.Request{
 		Host: tg.host, Port: tg.port, Method: ex.method, Path: tg.path,
 		Tunnel: ex.tunnel, TLS: ex.inner, Upgrade: tg.upgrade,
-	}))
+	}, ex.grants.At(ex.start)))
 	if o.report {
 		ex.gw.log.Info("report mode: would deny", "request_id", ex.id, "tenant", ex.tenant.ID, "reason", o.reason)
+	}
+	// What the tenant was refused becomes an access request an admin can
+	// grant (docs/reference.md, "Access requests and grants").
+	switch {
+	case o.code == policy.CodeDestinationNotAllowed:
+		ex.recordRefusal(false)
+	case o.report && o.wouldBe == policy.CodeDestinationNotAllowed:
+		ex.recordRefusal(true)
 	}
 	return o
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
 	"github.com/egressgw/egressgw/redaction"
+	"github.com/egressgw/egressgw/state"
 )
 
 // exchange is one request or tunnel from the moment it arrives until its
@@ -55,6 +56,10 @@ type exchange struct {
 	connectorBucket quota.Bucket
 	out             outcome // how it ended: what the reply, audit line and metrics read
 	status          int
+	// grants is the grant set the decision saw (grants.go); accessRequest
+	// the access request its refusal was recorded as, shown in the reply.
+	grants        *policy.Grants
+	accessRequest *state.RequestRef
 
 	rate quota.Result // the rate decision, for the RateLimit headers
 	slot quota.Slot   // the concurrency slot, released by finish
@@ -152,14 +157,15 @@ func (ex *exchange) tenantID() string {
 	return ex.tenant.ID
 }
 
-// recheck asks whether a new policy still allows what this exchange was
-// allowed to do. It returns why not, or "" when it still may.
-func (ex *exchange) recheck(snap *policy.Snapshot) string {
+// recheck asks whether a new policy, with the grants in ga, still allows
+// what this exchange was allowed to do. It returns why not, or "" when it
+// still may.
+func (ex *exchange) recheck(snap *policy.Snapshot, ga policy.GrantsAt) string {
 	tenant, why := ex.reidentify(snap, ex.tenant.ID)
 	if tenant == nil {
 		return why
 	}
-	d := tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: ex.method, Path: ex.path, Tunnel: ex.tunnel, TLS: ex.inner, Upgrade: ex.upgrade})
+	d := tenant.DecideGranted(ex.policyRequest(), ga)
 	if !d.Allow {
 		return d.Reason
 	}

@@ -46,9 +46,11 @@ type Options struct {
 	// served. The program builds it, as net/http/pprof registers itself
 	// process-wide on import (docs/design.md).
 	Profiling http.Handler
-	// State keeps access requests and grants; the program opens it and
-	// closes it after Shutdown. Nil: the admin API's access-request and
-	// grant endpoints answer 503 state_unavailable.
+	// State keeps access requests and grants (docs/reference.md, "Access
+	// requests and grants"); the program opens it and closes it after
+	// Shutdown. Nil: no grant applies, refusals are not recorded and the
+	// admin API's access-request and grant endpoints answer 503
+	// state_unavailable.
 	State state.Store
 	Now   func() time.Time
 }
@@ -79,6 +81,9 @@ type Gateway struct {
 	leaves  atomic.Pointer[leafCache] // nil without an inspection CA
 	tunnels *tunnelSet
 	server  *http.Server
+	// grants is the grant set decisions read beside the live policy, kept
+	// fresh from the state store (grants.go).
+	grants *grantSource
 
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
@@ -133,9 +138,11 @@ func New(opts Options) (*Gateway, error) {
 		hostAddrs:  hostAddrs,
 		settings:   opts.Settings,
 		tunnels:    newTunnelSet(),
+		grants:     newGrantSource(opts.State, opts.Logger, opts.Registry, opts.Now),
 		baseCtx:    ctx,
 		cancelBase: cancel,
 	}
+	g.grants.start(ctx, g.grantsChanged)
 	g.metrics.setMaxTenants(opts.Settings.MaxTenantLabels)
 	g.server = &http.Server{
 		Handler: g,
@@ -349,6 +356,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	g.cancelBase()
+	g.grants.wait()
 	if ferr := g.audit.close(); ferr != nil {
 		g.log.Error("audit log flush failed", "error", ferr)
 	}

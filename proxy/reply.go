@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/state"
 )
 
 // statusFor maps a code to its HTTP status (docs/reference.md, "What
@@ -45,6 +46,9 @@ type errorBody struct {
 	Host      string      `json:"host,omitempty"`
 	Port      uint16      `json:"port,omitempty"`
 	RequestID string      `json:"request_id"`
+	// AccessRequest is the access request a destination_not_allowed
+	// refusal was recorded as (docs/reference.md).
+	AccessRequest *state.RequestRef `json:"access_request,omitempty"`
 }
 
 // errorResponse builds the gateway's own reply for ex's outcome, with the
@@ -57,6 +61,7 @@ func errorResponse(ex *exchange, req *http.Request) *http.Response {
 	body, _ := json.Marshal(errorBody{
 		Error: code, Message: o.reason, Tenant: ex.tenantID(),
 		Host: ex.host, Port: ex.port, RequestID: ex.id,
+		AccessRequest: ex.accessRequest,
 	})
 	body = append(body, '\n')
 	status := statusFor(code)

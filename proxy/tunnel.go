@@ -126,25 +126,32 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 	if t.cut.Load() {
 		ex.end(refused(policy.CodeRevoked, what+" closed by the gateway shutdown: it was still open when limits.shutdown_grace ran out"))
 	} else if reason := t.revoked.Load(); reason != nil {
-		ex.end(refused(policy.CodeRevoked, what+" closed by a policy reload: "+*reason))
+		cause := "a policy reload"
+		if t.grantEnded.Load() {
+			cause = "the end of its grant"
+		}
+		ex.end(refused(policy.CodeRevoked, what+" closed by "+cause+": "+*reason))
 	}
 }
 
-// reloadedMeanwhile rechecks a tunnel just registered when a reload came
-// between its decision and its registration, which revokeTunnels could not
-// see; it returns why the tunnel may no longer open, or "".
+// reloadedMeanwhile rechecks a tunnel just registered when a reload or a
+// new grant set came between its decision and its registration, which
+// revokeTunnels and grantsChanged could not see; it returns why the
+// tunnel may no longer open, or "".
 func (g *Gateway) reloadedMeanwhile(t *tunnel) string {
 	current := g.runtime.Load()
-	if current == t.ex.rt {
+	if current == t.ex.rt && g.grants.current.Load() == t.ex.grants {
 		return ""
 	}
 	return t.recheck(current)
 }
 
-// recheck asks whether rt's policy still allows the tunnel: its tenant,
-// destination and, once dialled, the address it reached.
+// recheck asks whether rt's policy, with the grants live now, still
+// allows the tunnel: its tenant, destination and, once dialled, the
+// address it reached.
 func (t *tunnel) recheck(rt *runtimeState) string {
-	if reason := t.ex.recheck(rt.live.Snapshot); reason != "" {
+	g := t.ex.gw
+	if reason := t.ex.recheck(rt.live.Snapshot, g.grants.at(g.now())); reason != "" {
 		return reason
 	}
 	if t.dialled.IsValid() {
@@ -166,7 +173,8 @@ type tunnel struct {
 	dialled      netip.AddrPort // the address reached, when the gateway dialled it
 	lastActivity atomic.Int64   // unix nanoseconds of the last byte in either direction
 	closeOnce    sync.Once
-	revoked      atomic.Pointer[string] // why a policy reload closed it
+	revoked      atomic.Pointer[string] // why a policy reload or the end of its grant closed it
+	grantEnded   atomic.Bool            // the end of the grant that allowed it closed it (grants.go)
 	cut          atomic.Bool            // the end of the shutdown grace closed it
 	// inner serves the requests of an inspected tunnel; shutdown asks it to
 	// finish, which closes an idle keep-alive connection at once.
@@ -180,9 +188,14 @@ type tunnel struct {
 // revoke closes a tunnel the live policy no longer allows, and reports
 // whether it did: one that has already closed, or a stream already over,
 // is left as it is, not revoked.
-func (t *tunnel) revoke(reason string) bool {
+func (t *tunnel) revoke(reason string) bool { return t.revokeAs(reason, false) }
+
+// revokeAs is revoke, saying whether the end of the grant that allowed
+// the tunnel is the cause, rather than a reload.
+func (t *tunnel) revokeAs(reason string, grantEnded bool) bool {
 	revoked := false
 	t.closeOnce.Do(func() {
+		t.grantEnded.Store(grantEnded)
 		t.revoked.Store(&reason)
 		t.closeConns()
 		revoked = true
