@@ -30,14 +30,31 @@ func (ex *exchange) decide(tg target, o outcome) outcome {
 	if !o.ok() {
 		return o
 	}
-	o = ex.setDecision(ex.tenant.Decide(policy.Request{
-		Host: tg.host, Port: tg.port, Method: ex.method, Path: tg.path,
-		Tunnel: ex.tunnel, TLS: ex.inner, Upgrade: tg.upgrade,
-	}))
+	d := ex.tenant.Decide(ex.policyRequest())
+	if !d.Allow && ex.tunnel && ex.port == plainHTTPPort {
+		// Refused maybe only because the tunnel cannot be read: let in as
+		// plain HTTP, it is read request by request (docs/design.md).
+		ex.plainTunnel = true
+		if plain := ex.tenant.Decide(ex.policyRequest()); plain.Allow {
+			d = plain
+		} else {
+			ex.plainTunnel = false
+		}
+	}
+	o = ex.setDecision(d)
 	if o.report {
 		ex.gw.log.Info("report mode: would deny", "request_id", ex.id, "tenant", ex.tenant.ID, "reason", o.reason)
 	}
 	return o
+}
+
+// policyRequest is what the tenant's rules decide on for ex.
+func (ex *exchange) policyRequest() policy.Request {
+	return policy.Request{
+		Host: ex.host, Port: ex.port, Method: ex.method, Path: ex.path,
+		Tunnel: ex.tunnel, PlainHTTP: ex.plainTunnel,
+		TLS: ex.inner && ex.scheme == "https", Upgrade: ex.upgrade,
+	}
 }
 
 // plainTarget is the target of a plain proxy request: its absolute URL.
@@ -59,15 +76,25 @@ func plainTarget(r *http.Request) (target, outcome) {
 	return target{host: host, port: port, path: path, upgrade: isUpgrade(r.Header)}, outcome{}
 }
 
-// innerTarget is the target of a request inside the inspected tunnel of
-// tunnelEx: it must name the tunnel's own host, or the request would go
+// innerTarget is the target of a request inside the tunnel of tunnelEx,
+// read as scheme (https when inspected, http when it carries plain HTTP):
+// it must name the tunnel's own host and port, or the request would go
 // wherever its Host header says, and is decided on its method and path.
-func innerTarget(r *http.Request, tunnelEx *exchange) (target, outcome) {
-	host, port, err := policy.SplitTarget(r.Host, 443)
-	if err != nil || host != tunnelEx.host || port != tunnelEx.port {
+func innerTarget(r *http.Request, tunnelEx *exchange, scheme string) (target, outcome) {
+	defaultPort := uint16(443)
+	if scheme == "http" {
+		defaultPort = plainHTTPPort
+	}
+	host, port, err := policy.SplitTarget(r.Host, defaultPort)
+	otherScheme := r.URL.IsAbs() && r.URL.Scheme != scheme
+	if err != nil || otherScheme || host != tunnelEx.host || port != tunnelEx.port {
+		named := r.Host
+		if r.URL.IsAbs() {
+			named = r.URL.Scheme + "://" + r.URL.Host
+		}
 		return target{host: hostOnly(r.Host), port: port}, refused(policy.CodeBadRequest, fmt.Sprintf(
 			"a request inside the tunnel to %s names %q; every request in a tunnel must be for the tunnel's own host",
-			net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port))), r.Host))
+			net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port))), named))
 	}
 	path, o := requestPath(r)
 	if !o.ok() {

@@ -30,9 +30,12 @@ type exchange struct {
 	start  time.Time
 	client string
 	tunnel bool
-	// inner marks a request inside an inspected tunnel, whose bytes the
-	// tunnel's own line already counts.
+	// inner marks a request inside an inspected tunnel or a tunnel read
+	// as plain HTTP, whose bytes the tunnel's own line already counts.
 	inner bool
+	// plainTunnel marks a CONNECT let in only to carry plain HTTP, which
+	// is read and decided request by request (docs/design.md).
+	plainTunnel bool
 
 	method string
 	scheme string
@@ -159,7 +162,7 @@ func (ex *exchange) recheck(snap *policy.Snapshot) string {
 	if tenant == nil {
 		return why
 	}
-	d := tenant.Decide(policy.Request{Host: ex.host, Port: ex.port, Method: ex.method, Path: ex.path, Tunnel: ex.tunnel, TLS: ex.inner, Upgrade: ex.upgrade})
+	d := tenant.Decide(ex.policyRequest())
 	if !d.Allow {
 		return d.Reason
 	}
