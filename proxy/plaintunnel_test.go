@@ -80,11 +80,24 @@ func (u *port80Upstream) requests() []*http.Request {
 // follow in rules (YAML list items), on a loopback listener.
 func plainTunnelGateway(t *testing.T, rules string) *servedGateway {
 	t.Helper()
+	return plainTunnelGatewayWith(t, "rules:\n"+rules, nil)
+}
+
+// plainTunnelGatewayWith is plainTunnelGateway with tenantBody as the
+// tenant file's keys after auth, and more files; a file named
+// gateway.yaml extends the gateway's.
+func plainTunnelGatewayWith(t *testing.T, tenantBody string, files map[string]string) *servedGateway {
+	t.Helper()
 	sum := sha256.Sum256([]byte(benchToken))
 	fsys := fstest.MapFS{
-		"gateway.yaml": {Data: []byte("listen: \"127.0.0.1:3128\"\nnetwork: { allow_cidrs: [\"127.0.0.0/8\"] }\nlimits: { idle_timeout: 10s }\n")},
+		"gateway.yaml": {Data: []byte("listen: \"127.0.0.1:3128\"\nnetwork: { allow_cidrs: [\"127.0.0.0/8\"] }\nlimits: { idle_timeout: 10s }\n" + files["gateway.yaml"])},
 		"tenants/acme.yaml": {Data: []byte("id: acme\nauth: { token_sha256: \"" + hex.EncodeToString(sum[:]) +
-			"\" }\nrules:\n" + rules)},
+			"\" }\n" + tenantBody)},
+	}
+	for name, content := range files {
+		if name != "gateway.yaml" {
+			fsys[name] = &fstest.MapFile{Data: []byte(content)}
+		}
 	}
 	snap, err := policy.Load(fsys, time.Now())
 	if err != nil {
@@ -279,6 +292,73 @@ func TestPlainTunnelKeepsAliveAndAuditsEachRequest(t *testing.T) {
 	tun := sg.waitAudit(t, "tunnel", "", 1)
 	if len(tun) != 1 || tun[0].Method != http.MethodConnect || tun[0].Status != 200 || tun[0].BytesUp == 0 || tun[0].BytesDown == 0 {
 		t.Errorf("tunnel audit lines: %+v", tun)
+	}
+}
+
+// Credentials are injected into plain HTTP inside a tunnel only where the
+// connector says allow_plaintext, as for plain http:// requests: otherwise
+// each request is refused on the tunnel and nothing reaches the upstream.
+func TestPlainTunnelInjectsOnlyWhereThePlaintextIsAllowed(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allow_plaintext %v", allow), func(t *testing.T) {
+			up := startPort80Upstream(t)
+			sg := plainTunnelGatewayWith(t, "connectors: [api]\n", map[string]string{
+				"gateway.yaml": "secrets:\n  api_key: { file: api.key }\n",
+				"api.key":      "s3cret-value\n",
+				"connectors/api.yaml": fmt.Sprintf("name: api\nhosts: [%q]\nports: [80]\ninject:\n  headers: { Authorization: \"Bearer ${secret:api_key}\" }\n  allow_plaintext: %v\n",
+					up.host, allow),
+			})
+			c := openTunnel(t, sg, net.JoinHostPort(up.host, "80"), "")
+			if _, err := io.WriteString(c, "GET /data HTTP/1.1\r\nHost: "+up.host+"\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			resp, body := readInner(t, c)
+			seen := up.requests()
+			if !allow {
+				expectGatewayError(t, resp, body, http.StatusForbidden, policy.CodeDestinationNotAllowed)
+				if len(seen) != 0 || up.conns.Load() != 0 {
+					t.Errorf("the upstream was reached: %d requests, %d connections", len(seen), up.conns.Load())
+				}
+				return
+			}
+			if resp.StatusCode != 200 || len(seen) != 1 || seen[0].Header.Get("Authorization") != "Bearer s3cret-value" {
+				t.Fatalf("status %d, upstream saw %d requests; want 200 and the injected credential", resp.StatusCode, len(seen))
+			}
+		})
+	}
+}
+
+// A reload rechecks a tunnel let in only to carry plain HTTP as what it
+// is: one whose rules still allow it stays open, one they no longer allow
+// is closed.
+func TestPlainTunnelSurvivesReloadsThatStillAllowIt(t *testing.T) {
+	up := startPort80Upstream(t)
+	authority := net.JoinHostPort(up.host, "80")
+	rules := "  - { name: api, hosts: [\"" + up.host + "\"], ports: [80], methods: [GET] }\n"
+	sg := plainTunnelGateway(t, rules)
+	get := func(c *rawConn, path string) (*http.Response, error) {
+		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: "+up.host+"\r\n\r\n"); err != nil {
+			return nil, err
+		}
+		resp, err := http.ReadResponse(c.reader, nil)
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	c := openTunnel(t, sg, authority, "")
+	if resp, err := get(c, "/before"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("before the reload: %v %v", resp, err)
+	}
+	sg.Apply(plainTunnelGateway(t, rules).runtime.Load().live.Snapshot)
+	if resp, err := get(c, "/after"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("after a reload that changed nothing: %v %v", resp, err)
+	}
+	sg.Apply(plainTunnelGateway(t, "  - { name: other, hosts: [\"other.example\"] }\n").runtime.Load().live.Snapshot)
+	_ = c.SetReadDeadline(time.Now().Add(hangGuard))
+	if n, err := io.Copy(io.Discard, c.reader); n != 0 || err != nil {
+		t.Errorf("after a reload that removed its rule the tunnel gave %d bytes (%v); want it closed", n, err)
 	}
 }
 
