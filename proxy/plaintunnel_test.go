@@ -3,9 +3,12 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/ecdsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -325,6 +328,46 @@ func TestPlainTunnelInjectsOnlyWhereThePlaintextIsAllowed(t *testing.T) {
 				t.Fatalf("status %d, upstream saw %d requests; want 200 and the injected credential", resp.StatusCode, len(seen))
 			}
 		})
+	}
+}
+
+// A connector with inspect: true whose tunnel carries plain HTTP instead
+// of TLS (an http:// URL through undici) is served as plain HTTP, its
+// methods and paths applied to each request.
+func TestInspectingConnectorServesPlainHTTP(t *testing.T) {
+	up := startPort80Upstream(t)
+	ca := testCA(t)
+	key, err := x509.MarshalECPrivateKey(ca.PrivateKey.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sg := plainTunnelGatewayWith(t, "connectors: [api]\n", map[string]string{
+		"gateway.yaml":        "tls: { ca_cert: ca.pem, ca_key: ca-key.pem }\n",
+		"ca.pem":              string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Certificate[0]})),
+		"ca-key.pem":          string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: key})),
+		"connectors/api.yaml": fmt.Sprintf("name: api\nhosts: [%q]\nports: [80]\nmethods: [GET]\npaths: [\"/allowed/\"]\ninspect: true\n", up.host),
+	})
+	c := openTunnel(t, sg, net.JoinHostPort(up.host, "80"), "")
+	for _, tc := range []struct {
+		path   string
+		status int
+	}{{"/allowed/x", 200}, {"/other", 403}} {
+		if _, err := io.WriteString(c, "GET "+tc.path+" HTTP/1.1\r\nHost: "+up.host+"\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, body := readInner(t, c)
+		if tc.status == 200 && (resp.StatusCode != 200 || body != "served "+tc.path) {
+			t.Fatalf("%s: %d %q", tc.path, resp.StatusCode, body)
+		}
+		if tc.status == 403 {
+			expectGatewayError(t, resp, body, http.StatusForbidden, policy.CodeDestinationNotAllowed)
+		}
+	}
+	if seen := up.requests(); len(seen) != 1 {
+		t.Errorf("the upstream saw %d requests, want the allowed one", len(seen))
+	}
+	if rec := sg.waitAudit(t, "http", "/other", 1)[0]; rec.Rule != "api@1" || rec.Code != string(policy.CodeDestinationNotAllowed) {
+		t.Errorf("audit line %+v", rec)
 	}
 }
 
