@@ -30,7 +30,9 @@ import (
 // relayed as it is. Nothing reaches the upstream before this decision.
 func (t *tunnel) sendFirstBytes(ctx context.Context, egress *quota.Shaper, idle time.Duration) bool {
 	ex := t.ex
-	first, ok := t.readFirstBytes(idle)
+	// What might still become a request line is relayed as it is: a
+	// client may send a word ("ping") and wait for the answer.
+	first, ok := t.readFirstBytes(idle, false)
 	if !ok {
 		return false
 	}
@@ -134,9 +136,11 @@ func (f *firstTurn) servesHTTP() bool {
 // readFirstBytes returns the tunnel's first bytes: those that came behind
 // the CONNECT head, then what the client sends, until they hold a whole
 // ClientHello (or too much to be one), the start of an HTTP/1.x request
-// line, or anything else. ok is false when the tunnel was closed instead:
-// idle for idle_timeout, or broken off in the middle of a handshake.
-func (t *tunnel) readFirstBytes(idle time.Duration) (first []byte, ok bool) {
+// line, or anything else; with wholeLine unset, bytes that may yet become
+// a request line end the wait as well. ok is false when the tunnel was
+// closed instead: idle for idle_timeout, or broken off in the middle of a
+// handshake.
+func (t *tunnel) readFirstBytes(idle time.Duration, wholeLine bool) (first []byte, ok bool) {
 	first = t.early
 	t.early = nil
 	var chunk []byte
@@ -149,7 +153,7 @@ func (t *tunnel) readFirstBytes(idle time.Duration) (first []byte, ok bool) {
 			if _, complete, err := parseClientHello(first); complete || err != nil {
 				return first, true // checkClientHello says what an error means
 			}
-		case classifyRequestLine(first) != mayBeRequestLine:
+		case !wholeLine || classifyRequestLine(first) != mayBeRequestLine:
 			return first, true
 		}
 		if chunk == nil {

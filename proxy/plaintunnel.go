@@ -29,7 +29,7 @@ const plainHTTPPort = 80
 // before a byte reaches the upstream, which it never dialled.
 func (g *Gateway) readTunnel(t *tunnel) {
 	ex := t.ex
-	first, ok := t.readFirstBytes(ex.rt.dialer.idleTimeout)
+	first, ok := t.readFirstBytes(ex.rt.dialer.idleTimeout, true)
 	switch {
 	case !ok:
 		return

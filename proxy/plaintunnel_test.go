@@ -492,6 +492,8 @@ func TestOpaqueTunnelRelaysWhatIsNotHTTP(t *testing.T) {
 		{"client speaks first", false, "ping\n"},
 		{"server speaks first", true, "EHLO client.example\r\n"},
 		{"client speaks first, a word and a space", false, "PING x\r\n"},
+		{"client sends a bare word and waits", false, "ping"},
+		{"client sends what may start a request line and waits", false, "GET /x"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -508,11 +510,11 @@ func TestOpaqueTunnelRelaysWhatIsNotHTTP(t *testing.T) {
 				if tc.serverFirst {
 					io.WriteString(c, "220 hello\r\n")
 				}
-				line, err := bufio.NewReader(c).ReadString('\n')
-				if err != nil {
+				msg := make([]byte, len(tc.clientMessage))
+				if _, err := io.ReadFull(c, msg); err != nil {
 					return
 				}
-				io.WriteString(c, "echo "+line)
+				io.WriteString(c, "echo "+string(msg))
 			}()
 			host, port, _ := net.SplitHostPort(ln.Addr().String())
 			sg := plainTunnelGateway(t, "  - { name: raw, hosts: [\""+host+"\"], ports: ["+port+"] }\n")
@@ -526,8 +528,8 @@ func TestOpaqueTunnelRelaysWhatIsNotHTTP(t *testing.T) {
 			if _, err := io.WriteString(c, tc.clientMessage); err != nil {
 				t.Fatal(err)
 			}
-			got, err := c.reader.ReadString('\n')
-			if err != nil || got != "echo "+tc.clientMessage {
+			got := make([]byte, len("echo "+tc.clientMessage))
+			if _, err := io.ReadFull(c.reader, got); err != nil || string(got) != "echo "+tc.clientMessage {
 				t.Fatalf("got %q, %v; want the upstream's echo", got, err)
 			}
 		})
