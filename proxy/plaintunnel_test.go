@@ -218,10 +218,25 @@ func TestPlainTunnelDecidesEachRequest(t *testing.T) {
 		{"Host names another port", "GET /allowed/f HTTP/1.1\r\nHost: " + up.host + ":8080\r\n\r\n", 400, policy.CodeBadRequest, ""},
 		{"absolute URI names another host", "GET http://evil.example/allowed/g HTTP/1.1\r\nHost: " + up.host + "\r\n\r\n", 400, policy.CodeBadRequest, ""},
 		{"absolute URI with another scheme", "GET https://" + up.host + ":80/allowed/h HTTP/1.1\r\nHost: " + up.host + "\r\n\r\n", 400, policy.CodeBadRequest, ""},
+		{"pipelined behind the CONNECT head", "GET /allowed/i HTTP/1.1\r\nHost: " + up.host + "\r\n\r\n", 200, policy.CodeOK, "/allowed/i"},
+		{"refused, pipelined behind the CONNECT head", "DELETE /allowed/j HTTP/1.1\r\nHost: " + up.host + "\r\n\r\n", 403, policy.CodeDestinationNotAllowed, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(up.requests())
+			if strings.HasSuffix(tc.name, "pipelined behind the CONNECT head") {
+				c := openTunnel(t, sg, authority, tc.request)
+				resp, body := readInner(t, c)
+				if tc.code == policy.CodeOK && (resp.StatusCode != tc.status || body != "served "+tc.path) {
+					t.Fatalf("status %d, body %q; want %d from the upstream", resp.StatusCode, body, tc.status)
+				} else if tc.code != policy.CodeOK {
+					expectGatewayError(t, resp, body, tc.status, tc.code)
+				}
+				if seen := up.requests()[before:]; (tc.path == "") != (len(seen) == 0) {
+					t.Errorf("the upstream saw %d requests", len(seen))
+				}
+				return
+			}
 			c := openTunnel(t, sg, authority, "")
 			if _, err := io.WriteString(c, tc.request); err != nil {
 				t.Fatal(err)
@@ -245,8 +260,8 @@ func TestPlainTunnelDecidesEachRequest(t *testing.T) {
 			}
 		})
 	}
-	if n := up.conns.Load(); n > int64(3) {
-		t.Errorf("the upstream got %d connections for 3 allowed requests", n)
+	if n := up.conns.Load(); n > int64(4) {
+		t.Errorf("the upstream got %d connections for 4 allowed requests", n)
 	}
 	// Every request has its own audit line, with scheme http and the
 	// tunnel's host and port.
