@@ -167,11 +167,17 @@ func startTLSUpstream(t *testing.T, ip string, handler http.Handler) *upstream {
 
 func startUpstream(t *testing.T, ip string, useTLS bool, handler http.Handler) *upstream {
 	t.Helper()
+	return startUpstreamOn(t, listenOrSkip(t, ip), useTLS, handler)
+}
+
+// startUpstreamOn is startUpstream on a listener of the caller's.
+func startUpstreamOn(t *testing.T, ln net.Listener, useTLS bool, handler http.Handler) *upstream {
+	t.Helper()
 	if handler == nil {
 		handler = greet
 	}
-	ln := listenOrSkip(t, ip)
-	u := &upstream{ip: ip, port: ln.Addr().(*net.TCPAddr).Port, scheme: "http"}
+	addr := ln.Addr().(*net.TCPAddr)
+	u := &upstream{ip: addr.IP.String(), port: addr.Port, scheme: "http"}
 	u.server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
 		u.seen = append(u.seen, seenRequest{

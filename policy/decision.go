@@ -65,6 +65,10 @@ type Request struct {
 	// Upgrade marks a request that asks to switch protocols (Connection:
 	// Upgrade): after a 101 the gateway reads nothing more of it.
 	Upgrade bool
+	// PlainHTTP marks a tunnel the gateway lets in only to read it as
+	// plain HTTP, each request inside decided on its own; anything else it
+	// carries is closed unread. It is decided as an inspected tunnel is.
+	PlainHTTP bool
 }
 
 // Decision is the allowlist's verdict on one request. The same value feeds
@@ -129,7 +133,7 @@ func (t *Tenant) DecideGranted(r Request, ga GrantsAt) Decision {
 	if res := t.set.Match(allowlist.Query{Host: r.Host, Port: r.Port, Tunnel: true}); res.Allow >= 0 {
 		rule := &t.rules[res.Allow]
 		bucket = rule.Bucket
-		if c = rule.Connector; r.Tunnel && c != nil && c.NeedsInspection() && !c.Inspect {
+		if c = rule.Connector; r.Tunnel && !r.PlainHTTP && c != nil && c.NeedsInspection() && !c.Inspect {
 			return t.needsInspect(r, rule.Name)
 		}
 		// Its hooks and redaction still apply, and cannot after a 101.
@@ -146,7 +150,9 @@ func (t *Tenant) verdict(r Request, res allowlist.Result, ga GrantsAt) Decision 
 	if res.Allow >= 0 {
 		allow = &t.rules[res.Allow]
 	}
-	inspected := r.Tunnel && allow != nil && allow.Connector != nil && allow.Connector.Inspect
+	// A tunnel read as plain HTTP meets methods, paths and transforms
+	// request by request, as an inspected one does.
+	inspected := r.Tunnel && (r.PlainHTTP || allow != nil && allow.Connector != nil && allow.Connector.Inspect)
 	if res.Deny >= 0 {
 		rule := t.rules[res.Deny]
 		switch {
@@ -182,7 +188,7 @@ func (t *Tenant) verdict(r Request, res allowlist.Result, ga GrantsAt) Decision 
 	case r.Tunnel && allow.Match.Conditional() && !inspected:
 		return t.unreadable(r, allow.Name, fmt.Sprintf(
 			"%s %q restricts methods or paths, which an HTTPS tunnel hides; %s", allow.Kind, allow.Name, tunnelAdvice(allow.Kind)))
-	case r.Tunnel && c != nil && c.NeedsInspection() && !c.Inspect:
+	case r.Tunnel && !inspected && c != nil && c.NeedsInspection() && !c.Inspect:
 		return t.needsInspect(r, allow.Name)
 	case !r.Tunnel && !r.TLS && c != nil && len(c.Inject) > 0 && !c.AllowPlaintext:
 		return t.unreadable(r, allow.Name, fmt.Sprintf(

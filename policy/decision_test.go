@@ -313,3 +313,40 @@ rules:
 		}
 	}
 }
+
+// A tunnel the gateway reads as plain HTTP (Request.PlainHTTP) is decided
+// as an inspected one: rules that name methods and paths, and connectors
+// that need to read what passes, let it in, since each request inside is
+// decided on its own; what refuses the host and port still refuses it.
+func TestDecidePlainHTTPTunnel(t *testing.T) {
+	snap := decisionFixture(t)
+	cases := []struct {
+		name   string
+		tenant string
+		req    Request
+		allow  bool
+		rule   string
+	}{
+		{"conditional connector and conditional deny", "acme", Request{Host: "eu.crm.example", Port: 80, Tunnel: true, PlainHTTP: true}, true, "crm@1"},
+		{"unconditional deny still wins", "acme", Request{Host: "uploads.github.com", Port: 80, Tunnel: true, PlainHTTP: true}, false, "no-uploads"},
+		{"no rule still denies", "acme", Request{Host: "evil.example", Port: 80, Tunnel: true, PlainHTTP: true}, false, ""},
+		{"port not listed still denies", "acme", Request{Host: "eu.crm.example", Port: 8080, Tunnel: true, PlainHTTP: true}, false, ""},
+		{"report mode: a plain allow, not a report", "watcher", Request{Host: "x.crm.example", Port: 80, Tunnel: true, PlainHTTP: true}, true, "crm@1"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tenant, _ := snap.Tenant(c.tenant)
+			d := tenant.Decide(c.req)
+			if d.Allow != c.allow || d.Report || d.Rule != c.rule {
+				t.Errorf("got %+v\nwant allow=%v rule %q, not a report", d, c.allow, c.rule)
+			}
+			if c.allow {
+				opaque := c.req
+				opaque.PlainHTTP = false
+				if tenant.Decide(opaque).Allow {
+					t.Errorf("the same tunnel is allowed unread too: the case tests nothing")
+				}
+			}
+		})
+	}
+}

@@ -192,7 +192,8 @@ func (ga GrantsAt) match(tenant string, q allowlist.Query) (*GrantRule, bool) {
 // nor denies, under the tenant's grants; ok is false when none applies.
 // Methods and paths of a grant apply only to traffic the gateway reads:
 // a CONNECT it covers is refused rather than let through unchecked, as a
-// rule's would be, and so is an upgrade, after which nothing is read.
+// rule's would be (unless it is let in as plain HTTP, read request by
+// request), and so is an upgrade, after which nothing is read.
 func (t *Tenant) grantVerdict(r Request, ga GrantsAt) (Decision, bool) {
 	g, ok := ga.match(t.ID, allowlist.Query{Host: r.Host, Port: r.Port, Method: r.Method, Path: r.Path, Tunnel: r.Tunnel})
 	if !ok {
@@ -200,7 +201,7 @@ func (t *Tenant) grantVerdict(r Request, ga GrantsAt) (Decision, bool) {
 	}
 	rule := Rule{Name: g.Name, Kind: KindGrant, Match: g.Match}
 	switch {
-	case r.Tunnel && g.Match.Conditional():
+	case r.Tunnel && !r.PlainHTTP && g.Match.Conditional():
 		return t.unreadable(r, g.Name, fmt.Sprintf(
 			"grant %q restricts methods or paths, which an HTTPS tunnel hides; a grant cannot inspect tunnels: ask for a grant without methods and paths, or a connector with inspect: true", g.Name)), true
 	case r.Upgrade && !r.Tunnel && g.Match.Conditional():

@@ -63,6 +63,8 @@ func TestDecideWithGrants(t *testing.T) {
 		{"grant with path: other method refused", "acme", Request{Host: "api.example", Port: 80, Method: "DELETE", Path: "/v1/items"}, grantNow, false, false, CodeDestinationNotAllowed, "grant:gr_api", "not among the methods and paths"},
 		{"grant with path inside an inspected request", "acme", Request{Host: "api.example", Port: 443, Method: "GET", Path: "/v1/x", TLS: true}, grantNow, true, false, CodeOK, "grant:gr_api", ""},
 		{"grant with path refuses a tunnel", "acme", Request{Host: "api.example", Port: 443, Tunnel: true}, grantNow, false, false, CodeDestinationNotAllowed, "grant:gr_api", "an HTTPS tunnel hides"},
+		{"grant with path lets a plain-HTTP tunnel in", "acme", Request{Host: "api.example", Port: 80, Tunnel: true, PlainHTTP: true}, grantNow, true, false, CodeOK, "grant:gr_api", ""},
+		{"grant with path refuses an opaque tunnel on port 80", "acme", Request{Host: "api.example", Port: 80, Tunnel: true}, grantNow, false, false, CodeDestinationNotAllowed, "grant:gr_api", "hides"},
 		{"grant with path refuses an upgrade", "acme", Request{Host: "api.example", Port: 80, Method: "GET", Path: "/v1/ws", Upgrade: true}, grantNow, false, false, CodeDestinationNotAllowed, "grant:gr_api", "101"},
 		{"grant of another tenant", "acme", Request{Host: "other.example", Port: 443, Tunnel: true}, grantNow, false, false, CodeDestinationNotAllowed, "", "no connector or rule matches"},
 		{"connector allows before grant", "acme", Request{Host: "api.github.com", Port: 443, Tunnel: true}, grantNow, true, false, CodeOK, "github@2", ""},

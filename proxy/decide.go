@@ -31,10 +31,19 @@ func (ex *exchange) decide(tg target, o outcome) outcome {
 		return o
 	}
 	ex.grants = ex.gw.grants.current.Load()
-	o = ex.setDecision(ex.tenant.DecideGranted(policy.Request{
-		Host: tg.host, Port: tg.port, Method: ex.method, Path: tg.path,
-		Tunnel: ex.tunnel, TLS: ex.inner, Upgrade: tg.upgrade,
-	}, ex.grants.At(ex.start)))
+	granted := ex.grants.At(ex.start)
+	d := ex.tenant.DecideGranted(ex.policyRequest(), granted)
+	if !d.Allow && ex.tunnel && ex.port == plainHTTPPort {
+		// Refused maybe only because the tunnel cannot be read: let in as
+		// plain HTTP, it is read request by request (docs/design.md).
+		ex.plainTunnel = true
+		if plain := ex.tenant.DecideGranted(ex.policyRequest(), granted); plain.Allow {
+			d = plain
+		} else {
+			ex.plainTunnel = false
+		}
+	}
+	o = ex.setDecision(d)
 	if o.report {
 		ex.gw.log.Info("report mode: would deny", "request_id", ex.id, "tenant", ex.tenant.ID, "reason", o.reason)
 	}
@@ -47,6 +56,15 @@ func (ex *exchange) decide(tg target, o outcome) outcome {
 		ex.recordRefusal(true)
 	}
 	return o
+}
+
+// policyRequest is what the tenant's rules decide on for ex.
+func (ex *exchange) policyRequest() policy.Request {
+	return policy.Request{
+		Host: ex.host, Port: ex.port, Method: ex.method, Path: ex.path,
+		Tunnel: ex.tunnel, PlainHTTP: ex.plainTunnel,
+		TLS: ex.inner && ex.scheme == "https", Upgrade: ex.upgrade,
+	}
 }
 
 // plainTarget is the target of a plain proxy request: its absolute URL.
@@ -68,15 +86,25 @@ func plainTarget(r *http.Request) (target, outcome) {
 	return target{host: host, port: port, path: path, upgrade: isUpgrade(r.Header)}, outcome{}
 }
 
-// innerTarget is the target of a request inside the inspected tunnel of
-// tunnelEx: it must name the tunnel's own host, or the request would go
+// innerTarget is the target of a request inside the tunnel of tunnelEx,
+// read as scheme (https when inspected, http when it carries plain HTTP):
+// it must name the tunnel's own host and port, or the request would go
 // wherever its Host header says, and is decided on its method and path.
-func innerTarget(r *http.Request, tunnelEx *exchange) (target, outcome) {
-	host, port, err := policy.SplitTarget(r.Host, 443)
-	if err != nil || host != tunnelEx.host || port != tunnelEx.port {
+func innerTarget(r *http.Request, tunnelEx *exchange, scheme string) (target, outcome) {
+	defaultPort := uint16(443)
+	if scheme == "http" {
+		defaultPort = plainHTTPPort
+	}
+	host, port, err := policy.SplitTarget(r.Host, defaultPort)
+	otherScheme := r.URL.IsAbs() && r.URL.Scheme != scheme
+	if err != nil || otherScheme || host != tunnelEx.host || port != tunnelEx.port {
+		named := r.Host
+		if r.URL.IsAbs() {
+			named = r.URL.Scheme + "://" + r.URL.Host
+		}
 		return target{host: hostOnly(r.Host), port: port}, refused(policy.CodeBadRequest, fmt.Sprintf(
 			"a request inside the tunnel to %s names %q; every request in a tunnel must be for the tunnel's own host",
-			net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port))), r.Host))
+			net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port))), named))
 	}
 	path, o := requestPath(r)
 	if !o.ok() {

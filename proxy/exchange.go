@@ -31,9 +31,12 @@ type exchange struct {
 	start  time.Time
 	client string
 	tunnel bool
-	// inner marks a request inside an inspected tunnel, whose bytes the
-	// tunnel's own line already counts.
+	// inner marks a request inside an inspected tunnel or a tunnel read
+	// as plain HTTP, whose bytes the tunnel's own line already counts.
 	inner bool
+	// plainTunnel marks a CONNECT let in only to carry plain HTTP, which
+	// is read and decided request by request (docs/design.md).
+	plainTunnel bool
 
 	method string
 	scheme string

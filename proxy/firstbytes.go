@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/egressgw/egressgw/allowlist"
@@ -17,29 +18,33 @@ import (
 // decides on it and sends it on to the upstream, before the relay takes
 // over; it reports whether the relay should. It runs once per tunnel, in
 // the client-to-upstream direction only, so an upstream that speaks first
-// (SSH, SMTP) is heard meanwhile.
+// (SSH, SMTP) is heard meanwhile (receiveFirstBytes).
 //
 // A TLS ClientHello must name the CONNECT's host (docs/sandbox-runtimes.md):
 // a tunnel opened to an allowed host must not carry a handshake with
 // another one behind the same address (domain fronting). A hello without a
-// server name is let through: it names no other host. Anything but TLS is
+// server name is let through: it names no other host, and neither does an
+// IP literal. Plain HTTP, unless the upstream spoke first, is the
+// gateway's to serve request by request (plaintunnel.go): the upstream
+// connection dialled for the tunnel is closed unused. Anything else is
 // relayed as it is. Nothing reaches the upstream before this decision.
 func (t *tunnel) sendFirstBytes(ctx context.Context, egress *quota.Shaper, idle time.Duration) bool {
 	ex := t.ex
-	if _, err := netip.ParseAddr(ex.host); err == nil {
-		// An IP literal names no server; the address is all there is.
-		return t.sendEarly(ctx, t.early, egress, idle)
-	}
-	first, ok := t.readFirstBytes(idle)
+	// What might still become a request line is relayed as it is: a
+	// client may send a word ("ping") and wait for the answer.
+	first, ok := t.readFirstBytes(idle, false)
 	if !ok {
 		return false
 	}
 	if len(first) == 0 {
 		return true // the client sent nothing before it finished: the relay sees that too
 	}
-	// The place to route other first bytes (plain HTTP inside a CONNECT)
-	// once the gateway treats them on their own.
-	if looksLikeTLS(first[0]) {
+	if classifyRequestLine(first) == isRequestLine && t.turn.take(turnServeHTTP) {
+		_ = t.upstream.Close() // never sent a byte; ends receiveFirstBytes
+		ex.gw.servePlainTunnel(t, first)
+		return false
+	}
+	if _, err := netip.ParseAddr(ex.host); err != nil && looksLikeTLS(first[0]) {
 		if why := ex.checkClientHello(first); why != "" {
 			ex.end(refused(policy.CodeTunnelSNIMismatch, why))
 			t.close()
@@ -49,23 +54,107 @@ func (t *tunnel) sendFirstBytes(ctx context.Context, egress *quota.Shaper, idle 
 	return t.sendEarly(ctx, first, egress, idle)
 }
 
+// receiveFirstBytes waits for the upstream of an opaque tunnel to speak
+// first or end, and passes what it says on to the client; it reports
+// whether the relay should go on in that direction. Whatever the upstream
+// says settles the tunnel as a relay; once the client's plain HTTP has
+// settled it as the gateway's to serve instead, it returns at once, with
+// nothing sent to the client.
+func (t *tunnel) receiveFirstBytes(ctx context.Context, ingress *quota.Shaper, idle time.Duration) bool {
+	buf := make([]byte, idleReadBuffer)
+	for {
+		_ = t.upstream.SetReadDeadline(t.idleDeadline(idle))
+		n, err := t.upstream.Read(buf)
+		if (n > 0 || errors.Is(err, io.EOF)) && !t.turn.take(turnRelay) {
+			return false
+		}
+		if n > 0 {
+			now := time.Now()
+			t.lastActivity.Store(now.UnixNano())
+			_ = t.client.SetWriteDeadline(now.Add(t.writeBound(t.client, idle)))
+			written, werr := ingress.Writer(ctx, t.client).Write(buf[:n])
+			t.ex.bytesDown.Add(int64(written))
+			if werr != nil {
+				t.close()
+				return false
+			}
+		}
+		switch {
+		case err == nil:
+			if n > 0 {
+				return true
+			}
+		case t.turn.servesHTTP():
+			return false // its connection was closed for that
+		case t.stillActive(err, idle):
+		case errors.Is(err, io.EOF):
+			// As the relay does on an end: let the other direction finish.
+			if hc, ok := t.client.(interface{ CloseWrite() error }); !ok || hc.CloseWrite() != nil {
+				t.close()
+			}
+			return false
+		default:
+			t.close()
+			return false
+		}
+	}
+}
+
+// firstTurn settles, once per opaque tunnel, whether it is relayed or
+// served as plain HTTP: the first of the upstream's first bytes and the
+// client's plain HTTP decides.
+type firstTurn struct {
+	mu    sync.Mutex
+	state turnState
+}
+
+type turnState int
+
+const (
+	turnOpen      turnState = iota // neither has happened yet
+	turnRelay                      // the upstream spoke or ended first, or the client sent no HTTP
+	turnServeHTTP                  // the client's plain HTTP came first
+)
+
+// take settles the turn as want if it is still open, and reports whether
+// it is want now.
+func (f *firstTurn) take(want turnState) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.state == turnOpen {
+		f.state = want
+	}
+	return f.state == want
+}
+
+func (f *firstTurn) servesHTTP() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.state == turnServeHTTP
+}
+
 // readFirstBytes returns the tunnel's first bytes: those that came behind
-// the CONNECT head, then what the client sends, until they are either
-// not TLS or hold a whole ClientHello (or too much to be one). ok is false
-// when the tunnel was closed instead: idle for idle_timeout, or broken off
-// in the middle of a handshake.
-func (t *tunnel) readFirstBytes(idle time.Duration) (first []byte, ok bool) {
+// the CONNECT head, then what the client sends, until they hold a whole
+// ClientHello (or too much to be one), the start of an HTTP/1.x request
+// line, or anything else; with wholeLine unset, bytes that may yet become
+// a request line end the wait as well. ok is false when the tunnel was
+// closed instead: idle for idle_timeout, or broken off in the middle of a
+// handshake.
+func (t *tunnel) readFirstBytes(idle time.Duration, wholeLine bool) (first []byte, ok bool) {
 	first = t.early
 	t.early = nil
 	var chunk []byte
 	for {
-		if len(first) > 0 {
-			if !looksLikeTLS(first[0]) || len(first) >= maxFirstBytes {
-				return first, true
-			}
+		switch {
+		case len(first) == 0:
+		case len(first) >= maxFirstBytes:
+			return first, true
+		case looksLikeTLS(first[0]):
 			if _, complete, err := parseClientHello(first); complete || err != nil {
 				return first, true // checkClientHello says what an error means
 			}
+		case !wholeLine || classifyRequestLine(first) != mayBeRequestLine:
+			return first, true
 		}
 		if chunk == nil {
 			chunk = make([]byte, idleReadBuffer)
@@ -79,8 +168,8 @@ func (t *tunnel) readFirstBytes(idle time.Duration) (first []byte, ok bool) {
 		switch {
 		case err == nil:
 		case t.stillActive(err, idle):
-		case errors.Is(err, io.EOF) && len(first) == 0:
-			return nil, true
+		case errors.Is(err, io.EOF) && (len(first) == 0 || !looksLikeTLS(first[0])):
+			return first, true // what came is all there is
 		default:
 			t.close()
 			return nil, false

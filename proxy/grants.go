@@ -276,8 +276,3 @@ func grantEnded(ex *exchange, rt *runtimeState, prev, next *policy.Grants, now t
 	}
 	return ""
 }
-
-// policyRequest is what the exchange was decided on.
-func (ex *exchange) policyRequest() policy.Request {
-	return policy.Request{Host: ex.host, Port: ex.port, Method: ex.method, Path: ex.path, Tunnel: ex.tunnel, TLS: ex.inner, Upgrade: ex.upgrade}
-}

@@ -51,19 +51,27 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 		return
 	}
 	_ = tlsConn.SetDeadline(time.Time{})
+	g.serveTunnelRequests(t, tlsConn, "https")
+}
 
+// serveTunnelRequests serves the requests on conn, the connection inside
+// the tunnel t, with the gateway's own http.Server, each on the path of
+// serveInner, read as scheme: https for an inspected tunnel, http for one
+// that carries plain HTTP. It returns when the connection ends.
+func (g *Gateway) serveTunnelRequests(t *tunnel, conn net.Conn, scheme string) {
+	idle := t.ex.rt.dialer.idleTimeout
 	// Requests inside that net/http cannot parse get the gateway's reply,
 	// as on the listener (malformed.go).
 	// Writes inside reach the client through the tenant's shaper and the
 	// tunnel's own connection, whose writes response_write_timeout bounds
 	// after shaping; only the body bound applies here.
-	ln := newOneConnListener(&countedConn{Conn: tlsConn, malformed: g.malformedReply,
+	ln := newOneConnListener(&countedConn{Conn: conn, malformed: g.malformedReply,
 		limits: clientLimits{bodyTimeout: g.settings.RequestBodyTimeout}})
 	// ReverseProxy hijacks the connection for an upgrade (WebSocket, h2c)
 	// and relays it in the handler: the tunnel ends when that handler
 	// does, not when the connection changes hands.
 	var hijacked atomic.Bool
-	serveInner := g.innerProxy(t)
+	serveInner := g.innerProxy(t, scheme)
 	inner := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			defer func() {
@@ -96,16 +104,16 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	_ = inner.Serve(ln)
 }
 
-// innerProxy serves the requests of one inspected tunnel (serveInner),
-// forwarding them with a ReverseProxy whose hooks are those of the
-// exchange in the request's context.
-func (g *Gateway) innerProxy(outer *tunnel) http.Handler {
+// innerProxy serves the requests of one tunnel (serveInner), forwarding
+// them to its host over scheme with a ReverseProxy whose hooks are those
+// of the exchange in the request's context.
+func (g *Gateway) innerProxy(outer *tunnel, scheme string) http.Handler {
 	tunnelEx := outer.ex
 	authority := net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port)))
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			ex := pr.In.Context().Value(exchangeKey{}).(*exchange)
-			pr.Out.URL.Scheme = "https"
+			pr.Out.URL.Scheme = scheme
 			pr.Out.URL.Host = authority
 			pr.Out.Host = authority
 			switch {
@@ -147,7 +155,7 @@ func (g *Gateway) innerProxy(outer *tunnel) http.Handler {
 		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		g.serveInner(outer, rp, w, r)
+		g.serveInner(outer, scheme, rp, w, r)
 	})
 }
 

@@ -76,18 +76,19 @@ func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveInner is the path of one request inside an inspected tunnel, outer:
-// a request of its own, decided under the policy live now, for the tenant
-// the tunnel was opened as, and forwarded by rp (see innerProxy).
-func (g *Gateway) serveInner(outer *tunnel, rp *httputil.ReverseProxy, w http.ResponseWriter, r *http.Request) {
+// serveInner is the path of one request inside a tunnel, outer, that is
+// inspected (scheme https) or carries plain HTTP (scheme http): a request
+// of its own, decided under the policy live now, for the tenant the
+// tunnel was opened as, and forwarded by rp (see innerProxy).
+func (g *Gateway) serveInner(outer *tunnel, scheme string, rp *httputil.ReverseProxy, w http.ResponseWriter, r *http.Request) {
 	markHandling(r)
 	ex := g.begin(r, false)
-	ex.scheme, ex.inner = "https", true
+	ex.scheme, ex.inner = scheme, true
 	defer ex.finish()
 
 	o := ex.identifyAs(outer.ex)
 	if o.ok() {
-		o = ex.decide(innerTarget(r, outer.ex))
+		o = ex.decide(innerTarget(r, outer.ex, scheme))
 	}
 	if o.ok() {
 		o = ex.admit(r.Context(), false) // the tunnel holds the concurrency slot

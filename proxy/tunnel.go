@@ -23,11 +23,8 @@ import (
 // closable on shutdown.
 func (g *Gateway) tunnel(ex *exchange, client net.Conn, early []byte) {
 	defer ex.finish()
-	if c := ex.connector; c != nil && c.Inspect {
-		if len(early) > 0 {
-			client = &earlyConn{Conn: client, early: early}
-		}
-		g.inspectedTunnel(ex, client)
+	if c := ex.connector; ex.plainTunnel || c != nil && c.Inspect {
+		g.runTunnel(&tunnel{ex: ex, client: &earlyConn{Conn: client}, early: early}, g.readTunnel)
 		return
 	}
 	ctx, cancel := context.WithTimeout(g.baseCtx, ex.rt.dialer.dialTimeout+ex.rt.dialer.dnsTimeout)
@@ -69,13 +66,6 @@ func (c *earlyConn) CloseWrite() error {
 		return hc.CloseWrite()
 	}
 	return nil
-}
-
-// inspectedTunnel accepts the CONNECT and serves what is inside it; the
-// upstream is dialled per inner request by the transport, through the same
-// checked dialer.
-func (g *Gateway) inspectedTunnel(ex *exchange, client net.Conn) {
-	g.runTunnel(&tunnel{ex: ex, client: client}, func(t *tunnel) { g.inspect(ex, t) })
 }
 
 // runTunnel counts an open tunnel, answers 200 and runs serve until the
@@ -172,6 +162,7 @@ type tunnel struct {
 	upgraded     io.Closer      // the upstream of an upgraded plain request
 	dialled      netip.AddrPort // the address reached, when the gateway dialled it
 	lastActivity atomic.Int64   // unix nanoseconds of the last byte in either direction
+	turn         firstTurn      // relayed or served as plain HTTP (firstbytes.go)
 	closeOnce    sync.Once
 	revoked      atomic.Pointer[string] // why a policy reload or the end of its grant closed it
 	grantEnded   atomic.Bool            // the end of the grant that allowed it closed it (grants.go)
@@ -234,7 +225,9 @@ func (t *tunnel) relay(parent context.Context, idle time.Duration) {
 			t.copyDirection(ctx, t.upstream, t.client, egress, &t.ex.bytesUp, idle)
 		}
 	}()
-	t.copyDirection(ctx, t.client, t.upstream, ingress, &t.ex.bytesDown, idle)
+	if t.receiveFirstBytes(ctx, ingress, idle) {
+		t.copyDirection(ctx, t.client, t.upstream, ingress, &t.ex.bytesDown, idle)
+	}
 	<-upstreamDone
 	t.close()
 }
