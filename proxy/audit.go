@@ -392,6 +392,7 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 	if ex.inner {
 		return // counted by the tunnel, as the bytes that crossed it
 	}
+	ex.accountUsage()
 	if rec.BytesUp > 0 {
 		series.egress.Add(float64(rec.BytesUp))
 	}
