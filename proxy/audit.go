@@ -392,7 +392,7 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 	if ex.inner {
 		return // counted by the tunnel, as the bytes that crossed it
 	}
-	ex.accountUsage()
+	ex.accountUsage(ex.start.Add(elapsed)) // the time record was called at
 	if rec.BytesUp > 0 {
 		series.egress.Add(float64(rec.BytesUp))
 	}

@@ -60,14 +60,13 @@ func (m *minuteBytes) thisMinute(now time.Time) int64 {
 }
 
 // accountUsage adds the bytes ex moved since it last did to its tenant's
-// usage. Any goroutine may call it at any time: each byte is added once.
-// A request inside an inspected tunnel adds nothing: the tunnel's own
-// exchange counts the bytes that crossed it.
-func (ex *exchange) accountUsage() {
+// usage, as moved at now. Any goroutine may call it at any time: each
+// byte is added once. A request inside an inspected tunnel adds nothing:
+// the tunnel's own exchange counts the bytes that crossed it.
+func (ex *exchange) accountUsage(now time.Time) {
 	if ex.ts == nil || ex.inner {
 		return
 	}
-	now := ex.gw.now()
 	ex.ts.usage.egress.add(now, unaccounted(&ex.bytesUp, &ex.usageUp))
 	ex.ts.usage.ingress.add(now, unaccounted(&ex.bytesDown, &ex.usageDown))
 }
@@ -99,9 +98,10 @@ func (g *Gateway) accountOpenExchanges(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		now := g.now()
 		for _, t := range g.tunnels.snapshot() {
 			if t.ex != nil {
-				t.ex.accountUsage()
+				t.ex.accountUsage(now)
 			}
 		}
 	}

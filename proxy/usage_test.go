@@ -3,6 +3,8 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,8 +12,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"testing/fstest"
 	"time"
+
+	"github.com/egressgw/egressgw/policy"
 )
 
 const usageBytes = 100 << 10
@@ -138,5 +144,103 @@ func TestUsageCountsUnlimitedTenants(t *testing.T) {
 		if s := sg.bandwidth.Lookup(bandwidthKey("acme", direction)); s != nil {
 			t.Errorf("a %s shaper was made for a tenant without a bandwidth limit", direction)
 		}
+	}
+}
+
+// A minute's count starts from nothing when the minute turns, and reads
+// as nothing once it is over.
+func TestMinuteBytes(t *testing.T) {
+	var m minuteBytes
+	start := time.Date(2026, 12, 6, 19, 0, 59, 0, time.UTC)
+	m.add(start, 5)
+	m.add(start, 0)
+	m.add(start, -3) // never subtracts
+	if got := m.thisMinute(start); got != 5 {
+		t.Errorf("thisMinute = %d, want 5", got)
+	}
+	next := start.Add(time.Second)
+	if got := m.thisMinute(next); got != 0 {
+		t.Errorf("the next minute reads %d before any byte, want 0", got)
+	}
+	m.add(next, 7)
+	if got := m.thisMinute(next); got != 7 {
+		t.Errorf("the next minute reads %d, want 7", got)
+	}
+	if got := m.thisMinute(start); got != 0 {
+		t.Errorf("the minute before reads %d once over, want 0", got)
+	}
+}
+
+// Callers that account one exchange at once add each byte exactly once.
+func TestAccountUsageCountsEachByteOnce(t *testing.T) {
+	now := time.Date(2026, 12, 6, 19, 0, 0, 0, time.UTC)
+	ex := &exchange{ts: newTenantState("acme", nil)}
+	const writers, steps = 4, 1000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range steps {
+			ex.bytesUp.Add(3)
+			ex.bytesDown.Add(5)
+			ex.accountUsage(now)
+		}
+	}()
+	var accounting sync.WaitGroup
+	for range writers {
+		accounting.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+					ex.accountUsage(now)
+				}
+			}
+		})
+	}
+	<-done
+	accounting.Wait()
+	ex.accountUsage(now)
+	if up, down := ex.ts.usage.egress.thisMinute(now), ex.ts.usage.ingress.thisMinute(now); up != 3*steps || down != 5*steps {
+		t.Errorf("counted %d up, %d down; want %d, %d", up, down, 3*steps, 5*steps)
+	}
+}
+
+// A reload hands each tenant's usage to the new generation; a tenant the
+// reload adds starts from nothing, one it removes is forgotten.
+func TestTenantUsageSurvivesReload(t *testing.T) {
+	tenant := func(id string) string {
+		sum := sha256.Sum256([]byte(benchToken + id))
+		return "id: " + id + "\nauth: { token_sha256: \"" + hex.EncodeToString(sum[:]) + "\" }\n"
+	}
+	load := func(ids ...string) *policy.Snapshot {
+		fsys := fstest.MapFS{"gateway.yaml": {Data: []byte("listen: \"127.0.0.1:3128\"\n")}}
+		for _, id := range ids {
+			fsys["tenants/"+id+".yaml"] = &fstest.MapFile{Data: []byte(tenant(id))}
+		}
+		snap, err := policy.Load(fsys, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return snap
+	}
+	first := &runtimeState{tenants: newTenantStates(load("kept", "removed"), nil)}
+	stateOf := func(rt *runtimeState, id string) *tenantState {
+		for tn, s := range rt.tenants {
+			if tn.ID == id {
+				return s
+			}
+		}
+		return nil
+	}
+	second := &runtimeState{tenants: newTenantStates(load("kept", "added"), first)}
+	if stateOf(second, "kept").usage != stateOf(first, "kept").usage {
+		t.Error("a reload gave the kept tenant new usage counts")
+	}
+	if u := stateOf(second, "added").usage; u == nil || u == stateOf(first, "removed").usage {
+		t.Error("the added tenant does not start with counts of its own")
+	}
+	if stateOf(second, "removed") != nil {
+		t.Error("the removed tenant still has a state")
 	}
 }
