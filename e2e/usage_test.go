@@ -18,12 +18,14 @@ func TestUsageAlwaysShowsBandwidth(t *testing.T) {
 	t.Parallel()
 	const size = 100 << 10
 	origin := startHTTPUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost { // takes an upload, answers a download of the same size
+		switch r.URL.Path {
+		case "/upload":
 			io.Copy(io.Discard, r.Body)
+		case "/download":
 			w.Write(bytes.Repeat([]byte("d"), size))
-			return
+		default:
+			greet.ServeHTTP(w, r)
 		}
-		greet.ServeHTTP(w, r)
 	}))
 	limited := credentials{tenant: "limited", token: "limited-token-usage"}
 	open := credentials{tenant: "open", token: "open-token-usage"}
@@ -90,12 +92,15 @@ func TestUsageAlwaysShowsBandwidth(t *testing.T) {
 	// Without a limit, as many bytes as moved, each way.
 	client := g.client(t, open)
 	eventually(t, 10*time.Second, func() error {
-		resp, err := client.Post(origin.url(hostAPI, "/bulk"), "application/octet-stream", bytes.NewReader(bytes.Repeat([]byte("u"), size)))
+		resp, err := client.Post(origin.url(hostAPI, "/upload"), "application/octet-stream", bytes.NewReader(bytes.Repeat([]byte("u"), size)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if body := readBody(t, resp); resp.StatusCode != http.StatusOK || len(body) != size {
-			t.Fatalf("POST /bulk: status %d, %d bytes back; want 200 and %d", resp.StatusCode, len(body), size)
+		if body := readBody(t, resp); resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST /upload: status %d, body %q", resp.StatusCode, body)
+		}
+		if status, body := fetch(t, client, origin.url(hostAPI, "/download")); status != http.StatusOK || len(body) != size {
+			t.Fatalf("GET /download: status %d, %d bytes; want 200 and %d", status, len(body), size)
 		}
 		u := usage(open.tenant)
 		if e, i := *u["egress"].BytesThisMinute, *u["ingress"].BytesThisMinute; e < size || i < size {
