@@ -44,16 +44,16 @@ func newTenantState(id string, usage *tenantUsage) *tenantState {
 // prev, the generation it replaces (nil for the first), keeps its usage
 // counts; a removed tenant's go with prev.
 func newTenantStates(snap *policy.Snapshot, prev *runtimeState) map[*policy.Tenant]*tenantState {
-	usage := map[string]*tenantUsage{}
-	if prev != nil {
-		for t, s := range prev.tenants {
-			usage[t.ID] = s.usage
-		}
-	}
 	states := make(map[*policy.Tenant]*tenantState, len(snap.TenantIDs()))
 	for _, id := range snap.TenantIDs() {
 		t, _ := snap.Tenant(id)
-		states[t] = newTenantState(id, usage[id])
+		var usage *tenantUsage
+		if prev != nil {
+			if before, ok := prev.live.Tenant(id); ok && prev.tenants[before] != nil {
+				usage = prev.tenants[before].usage
+			}
+		}
+		states[t] = newTenantState(id, usage)
 	}
 	return states
 }

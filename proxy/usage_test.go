@@ -233,7 +233,10 @@ func TestTenantUsageSurvivesReload(t *testing.T) {
 		}
 		return snap
 	}
-	first := &runtimeState{tenants: newTenantStates(load("kept", "removed"), nil)}
+	generation := func(snap *policy.Snapshot, prev *runtimeState) *runtimeState {
+		return &runtimeState{live: &policy.Live{Snapshot: snap}, tenants: newTenantStates(snap, prev)}
+	}
+	first := generation(load("kept", "removed"), nil)
 	stateOf := func(rt *runtimeState, id string) *tenantState {
 		for tn, s := range rt.tenants {
 			if tn.ID == id {
@@ -242,7 +245,7 @@ func TestTenantUsageSurvivesReload(t *testing.T) {
 		}
 		return nil
 	}
-	second := &runtimeState{tenants: newTenantStates(load("kept", "added"), first)}
+	second := generation(load("kept", "added"), first)
 	if stateOf(second, "kept").usage != stateOf(first, "kept").usage {
 		t.Error("a reload gave the kept tenant new usage counts")
 	}
