@@ -104,7 +104,7 @@ func (p *AddressPolicy) Check(ap netip.AddrPort) error {
 		return &AddressError{Addr: ap, Reason: "not a valid IP address"}
 	}
 	if p.isListener(addr, ap.Port()) {
-		return &AddressError{Addr: ap, Reason: "the gateway's own listener"}
+		return &AddressError{Addr: ap, Reason: "the gateway's own listener", OwnListener: true}
 	}
 	for _, r := range p.deny {
 		if r.prefix.Contains(addr) {
@@ -185,6 +185,10 @@ type AddressError struct {
 	// 10.1.0.0/16", "address of the gateway host" or "the gateway's own
 	// listener".
 	Reason string
+	// OwnListener marks an address refused because it is one of the
+	// gateway's own listeners, which no setting opens; Allow does for the
+	// other reasons.
+	OwnListener bool
 }
 
 // Error returns a message naming the address and the reason.

@@ -1,18 +1,32 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"testing"
 	"time"
 )
 
 // TestUsageAlwaysShowsBandwidth: /v1/tenants/ID/usage lists both
 // bandwidth directions for every tenant, with bytes this minute, also
-// before any traffic and for a tenant without a limit.
+// before any traffic and for a tenant without a limit, whose bytes are
+// counted too.
 func TestUsageAlwaysShowsBandwidth(t *testing.T) {
 	t.Parallel()
-	origin := startHTTPUpstream(t, "127.0.0.1", nil)
+	const size = 100 << 10
+	origin := startHTTPUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/upload":
+			io.Copy(io.Discard, r.Body)
+		case "/download":
+			w.Write(bytes.Repeat([]byte("d"), size))
+		default:
+			greet.ServeHTTP(w, r)
+		}
+	}))
 	limited := credentials{tenant: "limited", token: "limited-token-usage"}
 	open := credentials{tenant: "open", token: "open-token-usage"}
 	g := startGateway(t, configFiles{
@@ -56,7 +70,7 @@ func TestUsageAlwaysShowsBandwidth(t *testing.T) {
 		counted         bool
 	}{
 		{limited.tenant, 64 << 10, 128 << 10, true},
-		{open.tenant, 0, 0, false},
+		{open.tenant, 0, 0, true},
 	}
 	for _, c := range cases {
 		u := usage(c.tenant)
@@ -72,6 +86,25 @@ func TestUsageAlwaysShowsBandwidth(t *testing.T) {
 		g.expectAllowedGET(t, limited, origin.url(hostAPI, "/counted"))
 		if n := *usage(limited.tenant)["ingress"].BytesThisMinute; n <= 0 {
 			return fmt.Errorf("ingress bytes this minute %d after a download", n)
+		}
+		return nil
+	})
+	// Without a limit, as many bytes as moved, each way.
+	client := g.client(t, open)
+	eventually(t, 10*time.Second, func() error {
+		resp, err := client.Post(origin.url(hostAPI, "/upload"), "application/octet-stream", bytes.NewReader(bytes.Repeat([]byte("u"), size)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body := readBody(t, resp); resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST /upload: status %d, body %q", resp.StatusCode, body)
+		}
+		if status, body := fetch(t, client, origin.url(hostAPI, "/download")); status != http.StatusOK || len(body) != size {
+			t.Fatalf("GET /download: status %d, %d bytes; want 200 and %d", status, len(body), size)
+		}
+		u := usage(open.tenant)
+		if e, i := *u["egress"].BytesThisMinute, *u["ingress"].BytesThisMinute; e < size || i < size {
+			return fmt.Errorf("after a %d-byte upload and download: egress %d, ingress %d bytes this minute", size, e, i)
 		}
 		return nil
 	})

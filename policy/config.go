@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"net/http"
 	"reflect"
 	"strconv"
 	"strings"
@@ -206,18 +207,20 @@ type ruleFile struct {
 }
 
 type connectorFile struct {
-	Name    string              `yaml:"name"`
-	Version *int                `yaml:"version"`
-	Hosts   []string            `yaml:"hosts"`
-	Ports   []int               `yaml:"ports"`
-	Methods []string            `yaml:"methods"`
-	Paths   []string            `yaml:"paths"`
-	Inspect bool                `yaml:"inspect"`
-	Upgrade bool                `yaml:"upgrade"`
-	Inject  *injectFile         `yaml:"inject"`
-	Hooks   *connectorHooksFile `yaml:"hooks"`
-	Redact  *redactRefsFile     `yaml:"redact"`
-	Quota   *connectorQuotaFile `yaml:"quota"`
+	Name    string      `yaml:"name"`
+	Version *int        `yaml:"version"`
+	Hosts   []string    `yaml:"hosts"`
+	Ports   []int       `yaml:"ports"`
+	Methods []string    `yaml:"methods"`
+	Paths   []string    `yaml:"paths"`
+	Inspect bool        `yaml:"inspect"`
+	Upgrade bool        `yaml:"upgrade"`
+	Inject  *injectFile `yaml:"inject"`
+	// RequestIDHeader: nil (unset) means DefaultRequestIDHeader, "" none.
+	RequestIDHeader *string             `yaml:"request_id_header"`
+	Hooks           *connectorHooksFile `yaml:"hooks"`
+	Redact          *redactRefsFile     `yaml:"redact"`
+	Quota           *connectorQuotaFile `yaml:"quota"`
 }
 
 type injectFile struct {
@@ -239,6 +242,45 @@ type redactRefsFile struct {
 type connectorQuotaFile struct {
 	RequestsPerSecond *float64 `yaml:"requests_per_second"`
 	Burst             *int     `yaml:"burst"`
+}
+
+// DefaultRequestIDHeader is the header that carries the gateway's request
+// id to upstreams, for requests that no connector allows and connectors
+// that do not set request_id_header (docs/reference.md).
+const DefaultRequestIDHeader = "X-Request-Id"
+
+// requestIDHeader validates a connector's request_id_header and returns
+// the canonical header name, "" for none. A key written with no value is
+// refused rather than read as either: "" turns the header off, and an
+// admin who meant that should say so.
+func (b *builder) requestIDHeader(doc *yamlDoc, cf connectorFile) string {
+	line := doc.line("request_id_header")
+	if cf.RequestIDHeader == nil {
+		if doc.root != nil && child(doc.root, "request_id_header") != nil {
+			b.errorf(doc, line, `request_id_header: write "" to send no request id, or a header name`)
+		}
+		return DefaultRequestIDHeader
+	}
+	name := *cf.RequestIDHeader
+	if name == "" {
+		return ""
+	}
+	canonical := http.CanonicalHeaderKey(name)
+	if !headerName.MatchString(name) || isHopOrFraming(canonical) {
+		b.errorf(doc, line, "request_id_header %q: not a header a connector may set", name)
+		return ""
+	}
+	if cf.Inject != nil {
+		for injected := range cf.Inject.Headers {
+			if http.CanonicalHeaderKey(injected) == canonical {
+				// One would overwrite the other: a credential replaced by
+				// an id, or an id by a credential.
+				b.errorf(doc, line, "request_id_header %q: the connector injects that header (inject.headers)", name)
+				return ""
+			}
+		}
+	}
+	return canonical
 }
 
 // Size is a byte count written as a plain number or with a unit:

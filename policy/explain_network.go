@@ -126,6 +126,7 @@ func (tr *Trace) checkNetwork(ctx context.Context, gw Gateway, n Network) {
 		addrs = ips
 	}
 	var refused []string
+	ownListener := true // every refused address is one of the gateway's listeners
 	for _, ip := range addrs {
 		ap := netip.AddrPortFrom(ip.Unmap(), tr.Port)
 		at := AddressTrace{Address: ap.String(), Allowed: true}
@@ -133,9 +134,11 @@ func (tr *Trace) checkNetwork(ctx context.Context, gw Gateway, n Network) {
 		if err := n.Addresses.Check(ap); errors.As(err, &ae) {
 			at.Allowed, at.Reason = false, ae.Reason
 			refused = append(refused, fmt.Sprintf("%s (%s)", ap, ae.Reason))
+			ownListener = ownListener && ae.OwnListener
 		} else if err != nil {
 			at.Allowed, at.Reason = false, err.Error()
 			refused = append(refused, fmt.Sprintf("%s (%s)", ap, err))
+			ownListener = false
 		}
 		tr.Addresses = append(tr.Addresses, at)
 	}
@@ -152,6 +155,13 @@ func (tr *Trace) checkNetwork(ctx context.Context, gw Gateway, n Network) {
 		return // the rules refuse it first; nothing is dialled
 	}
 	tr.Decision, tr.Code = "deny", CodeDestinationIPDenied
+	if ownListener {
+		// No setting opens these: pointing to allow_cidrs would mislead.
+		tr.Reason = fmt.Sprintf("tenant %q may not reach %s: that is the gateway itself (one of its own listeners), never a destination; send requests through the gateway as the proxy (HTTP_PROXY, HTTPS_PROXY) rather than to it",
+			tr.Tenant, hostPort(tr.Host, tr.Port))
+		tr.Rule, tr.Inject, tr.Upgrade = "", nil, ""
+		return
+	}
 	tr.Reason = fmt.Sprintf("tenant %q may not reach %s: it resolves to an address the gateway never dials (%s); if it is meant to be reachable, the operator can add it to network.allow_cidrs",
 		tr.Tenant, hostPort(tr.Host, tr.Port), strings.Join(refused, ", "))
 	tr.Rule, tr.Inject, tr.Upgrade = "", nil, ""

@@ -35,6 +35,7 @@ func TestExplainNetworkSafety(t *testing.T) {
 		decision          string
 		code              Code
 		inReason          string // part of the reason; "" to skip
+		notInReason       string // never in the reason; "" to skip
 		addresses         int    // addresses in the trace
 	}{
 		{name: "loopback literal", tenant: "t", url: "http://127.0.0.2/", decision: "deny", code: CodeDestinationIPDenied, inReason: "127.0.0.0/8", addresses: 1},
@@ -44,7 +45,7 @@ func TestExplainNetworkSafety(t *testing.T) {
 		{name: "reopened by allow_cidrs", tenant: "t", url: "http://127.0.0.3/", decision: "allow", code: CodeOK, addresses: 1},
 		{name: "reopened, on the listener's port", tenant: "t", url: "http://127.0.0.3:3128/", decision: "allow", code: CodeOK, addresses: 1},
 		{name: "reopened, another port than the listener's", tenant: "t", url: "http://127.0.0.1/", decision: "allow", code: CodeOK, addresses: 1},
-		{name: "the gateway's own listener, even when reopened", tenant: "t", url: "http://127.0.0.1:3128/", decision: "deny", code: CodeDestinationIPDenied, inReason: "listener", addresses: 1},
+		{name: "the gateway's own listener, even when reopened", tenant: "t", url: "http://127.0.0.1:3128/", decision: "deny", code: CodeDestinationIPDenied, inReason: "the gateway itself", notInReason: "allow_cidrs", addresses: 1},
 		{name: "operator deny_cidrs", tenant: "t", url: "http://8.8.4.4/", decision: "deny", code: CodeDestinationIPDenied, inReason: "deny_cidrs 8.8.4.0/24", addresses: 1},
 		{name: "the gateway host's address", tenant: "t", url: "http://8.8.8.9/", decision: "deny", code: CodeDestinationIPDenied, inReason: "gateway host", addresses: 1},
 		{name: "public literal", tenant: "t", url: "http://8.8.8.8/", decision: "allow", code: CodeOK, addresses: 1},
@@ -70,6 +71,9 @@ func TestExplainNetworkSafety(t *testing.T) {
 			}
 			if tr.Decision != c.decision || tr.Code != c.code || !strings.Contains(tr.Reason, c.inReason) {
 				t.Errorf("decision %s (%s), reason %q; want %s (%s) with %q", tr.Decision, tr.Code, tr.Reason, c.decision, c.code, c.inReason)
+			}
+			if c.notInReason != "" && strings.Contains(tr.Reason, c.notInReason) {
+				t.Errorf("reason %q mentions %q, which would not help", tr.Reason, c.notInReason)
 			}
 			if !c.resolve && len(tr.Addresses) != c.addresses {
 				t.Errorf("addresses %+v, want %d", tr.Addresses, c.addresses)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"path"
 	"strings"
 	"testing"
@@ -21,6 +22,10 @@ func FuzzLoad(f *testing.F) {
 	f.Add("id: [\n", "name: x\nversion: -3\nhosts: [\"*.co.uk\"]\n")
 	f.Add("id: acme\nid: acme\n", "name: x\nhosts: [\"10.0.0.1/8\", \"0x7f.1\"]\n")
 	f.Add("&a [*a]", "? [a]\n: b\n")
+	f.Add("id: acme\nauth: { token_sha256: \""+testTokenHash+"\" }\nconnectors: [github]\n",
+		"name: github\nhosts: [\"api.github.com\"]\nrequest_id_header: x-trace\n")
+	f.Add("id: acme\nauth: { token_sha256: \""+testTokenHash+"\" }\nconnectors: [github]\n",
+		"name: github\nhosts: [\"api.github.com\"]\nrequest_id_header: \"Proxy-X\"\n")
 	f.Fuzz(func(t *testing.T, tenant, connector string) {
 		fsys := fstest.MapFS{
 			"tenants/t.yaml":    {Data: []byte(tenant)},
@@ -42,7 +47,11 @@ func FuzzLoad(f *testing.F) {
 		for _, id := range snap.TenantIDs() {
 			tn, _ := snap.Tenant(id)
 			for _, port := range []uint16{80, 443, 8080} {
-				tn.Decide(Request{Host: "api.github.com", Port: port, Method: "GET", Path: "/x"})
+				d := tn.Decide(Request{Host: "api.github.com", Port: port, Method: "GET", Path: "/x"})
+				if c := d.Connector; c != nil && c.RequestIDHeader != "" &&
+					(!headerName.MatchString(c.RequestIDHeader) || isHopOrFraming(c.RequestIDHeader) || c.RequestIDHeader != http.CanonicalHeaderKey(c.RequestIDHeader)) {
+					t.Fatalf("connector %s sends the request id in %q, not a header a connector may set", c.Name, c.RequestIDHeader)
+				}
 				tn.Decide(Request{Host: "a.example.com", Port: port, Tunnel: true})
 			}
 		}

@@ -611,6 +611,7 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 		inject = b.injectHeaders(doc, cf.Inject.Headers)
 		allowPlaintext = cf.Inject.AllowPlaintext
 	}
+	requestIDHeader := b.requestIDHeader(doc, cf)
 	connectorHooks := b.connectorHooks(doc, cf.Hooks)
 	beforeRedact := len(b.errs)
 	redact := b.connectorRedaction(doc, cf.Redact)
@@ -629,7 +630,7 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 	c := &Connector{
 		Name: cf.Name, Version: version, File: doc.file,
 		Inspect: cf.Inspect, Upgrade: cf.Upgrade, Inject: inject, AllowPlaintext: allowPlaintext,
-		Rate: rate, Hooks: connectorHooks, Redact: redact, rule: rule,
+		RequestIDHeader: requestIDHeader, Rate: rate, Hooks: connectorHooks, Redact: redact, rule: rule,
 	}
 	if secrets := c.SecretValues(); len(secrets) > 0 {
 		values := make([][]byte, len(secrets))

@@ -135,6 +135,10 @@ type Connector struct {
 	// AllowPlaintext lets a connector that injects be used over plain
 	// HTTP, where the secret would cross the network in clear text.
 	AllowPlaintext bool
+	// RequestIDHeader is the canonical header that carries the gateway's
+	// request id to the upstream (request_id_header, DefaultRequestIDHeader
+	// when unset); "" sends none.
+	RequestIDHeader string
 	// Rate limits requests through this connector, per tenant; the zero
 	// Limit: none.
 	Rate quota.Limit

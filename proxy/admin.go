@@ -98,8 +98,9 @@ type bucketUsage struct {
 
 // bandwidthUsage is one direction of a tenant's bandwidth. Both directions
 // are always listed (docs/operators.md): BytesPerSecond is the tenant's
-// configured limit, 0 for none; Counted says whether the gateway counts
-// that direction's bytes, which it does where a limit is set.
+// configured limit, 0 for none; BytesThisMinute what this replica moved
+// that way since the minute began, limit or not; Counted is always true,
+// kept for readers of the time when only limited directions were counted.
 type bandwidthUsage struct {
 	Direction       string `json:"direction"`
 	BytesPerSecond  int64  `json:"bytes_per_second"`
@@ -109,11 +110,12 @@ type bandwidthUsage struct {
 
 func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	live := g.Live()
-	if live == nil {
+	rt := g.runtime.Load()
+	if rt == nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "no policy loaded"})
 		return
 	}
+	live := rt.live
 	tenant, ok := live.Tenant(id)
 	if !ok {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "unknown tenant " + id})
@@ -147,15 +149,12 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
 		return
 	}
-	// A limited direction's shaper appears with its first byte (and goes
-	// when idle): until then its count is zero, not unknown.
-	limits := map[string]int64{"egress": tenant.Quota.EgressBytes, "ingress": tenant.Quota.IngressBytes}
-	for _, direction := range []string{"egress", "ingress"} {
-		b := bandwidthUsage{Direction: direction, BytesPerSecond: limits[direction], Counted: limits[direction] > 0}
-		if s := g.bandwidth.Lookup(bandwidthKey(id, direction)); s != nil && b.Counted {
-			b.BytesThisMinute = s.BytesThisMinute()
-		}
-		u.Bandwidth = append(u.Bandwidth, b)
+	// Counted per tenant whatever its limit (tenantUsage), so that an
+	// unlimited tenant needs no shaper for it.
+	counts, now := rt.tenantState(tenant).usage, g.now()
+	u.Bandwidth = []bandwidthUsage{
+		{Direction: "egress", BytesPerSecond: tenant.Quota.EgressBytes, BytesThisMinute: counts.egress.thisMinute(now), Counted: true},
+		{Direction: "ingress", BytesPerSecond: tenant.Quota.IngressBytes, BytesThisMinute: counts.ingress.thisMinute(now), Counted: true},
 	}
 	writeJSON(w, http.StatusOK, u)
 }

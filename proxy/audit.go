@@ -36,6 +36,10 @@ type auditRecord struct {
 	Hooks      []string  `json:"hooks"`
 	Redactions []string  `json:"redactions"`
 	Reason     string    `json:"reason,omitempty"`
+	// On an exchange only report mode let in: what enforce would have
+	// answered, whatever the exchange ended with (Code, Reason).
+	ReportCode   string `json:"report_code,omitempty"`
+	ReportReason string `json:"report_reason,omitempty"`
 }
 
 // auditFlushInterval bounds how long a line may wait in memory: the log is
@@ -345,6 +349,7 @@ func (a *auditLog) close() error {
 // record closes the books on an exchange: audit line, then metrics.
 func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 	decision, code, reason := ex.out.audited()
+	reportCode, reportReason := ex.out.reported()
 	rec := auditRecord{
 		Time:       ex.start.UTC(),
 		RequestID:  ex.id,
@@ -364,9 +369,11 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 		DurationMS: float64(elapsed.Microseconds()) / 1000,
 		// Not copied: rec is encoded before write returns, and an
 		// exchange runs no hook or redaction once it is finished.
-		Hooks:      orEmpty(ex.hooks),
-		Redactions: orEmpty(ex.redactions),
-		Reason:     reason,
+		Hooks:        orEmpty(ex.hooks),
+		Redactions:   orEmpty(ex.redactions),
+		Reason:       reason,
+		ReportCode:   string(reportCode),
+		ReportReason: reportReason,
 	}
 	if err := g.audit.write(&rec); err != nil {
 		g.log.Error("audit log write failed", "error", err)
@@ -385,6 +392,7 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 	if ex.inner {
 		return // counted by the tunnel, as the bytes that crossed it
 	}
+	ex.accountUsage(ex.start.Add(elapsed)) // the time record was called at
 	if rec.BytesUp > 0 {
 		series.egress.Add(float64(rec.BytesUp))
 	}

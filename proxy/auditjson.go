@@ -52,6 +52,14 @@ func (rec *auditRecord) appendJSON(b []byte) []byte {
 		b = append(b, `,"reason":`...)
 		b = appendJSONString(b, rec.Reason)
 	}
+	if rec.ReportCode != "" {
+		b = append(b, `,"report_code":`...)
+		b = appendJSONString(b, rec.ReportCode)
+	}
+	if rec.ReportReason != "" {
+		b = append(b, `,"report_reason":`...)
+		b = appendJSONString(b, rec.ReportReason)
+	}
 	return append(b, '}')
 }
 

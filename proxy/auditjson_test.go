@@ -111,6 +111,11 @@ func TestAuditAppendJSON(t *testing.T) {
 		{"offset time", func(r *auditRecord) { r.Time = r.Time.In(time.FixedZone("", -(3*3600 + 30*60))) }},
 		{"report", func(r *auditRecord) {
 			r.Decision, r.Code, r.Reason = "report", "destination_not_allowed", `host "evil.example" is not in tenant "acme"'s allowlist`
+			r.ReportCode, r.ReportReason = r.Code, r.Reason
+		}},
+		{"report the upstream failed", func(r *auditRecord) {
+			r.Decision, r.Code, r.Status = "report", "upstream_unreachable", 502
+			r.ReportCode, r.ReportReason = "destination_not_allowed", "no rule for \"a<b>\"\n\u2028"
 		}},
 		{"deny", func(r *auditRecord) {
 			r.Decision, r.Code, r.Status, r.Reason = "deny", "bad_request", 400, "the request target is malformed or ambiguous: bad\x00host\n<&>"
@@ -128,6 +133,8 @@ func TestAuditAppendJSON(t *testing.T) {
 func TestAuditAppendJSONAllocs(t *testing.T) {
 	rec := sampleAuditRecord()
 	rec.Path = "/a\u2028\xff<&>\n"
+	rec.Decision, rec.Code, rec.Reason = "report", "upstream_unreachable", "the connection to a.example:443 failed"
+	rec.ReportCode, rec.ReportReason = "destination_not_allowed", "no rule for a.example:443"
 	buf := make([]byte, 0, 1024)
 	if n := testing.AllocsPerRun(100, func() { buf = rec.appendJSON(buf[:0]) }); n != 0 {
 		t.Fatalf("appendJSON allocated %v times per line", n)
@@ -236,6 +243,7 @@ func FuzzAuditLine(f *testing.F) {
 		}
 		if names != "" {
 			rec.Hooks, rec.Redactions = strings.Split(names, ","), strings.Split(names, ";")
+			rec.ReportCode, rec.ReportReason = method, reason
 		}
 		checkAuditLine(t, &rec)
 

@@ -44,7 +44,10 @@ func newDialer(g policy.Gateway, addresses *allowlist.AddressPolicy) *dialer {
 type dialError struct {
 	code policy.Code
 	dns  dnsFault // which DNS failure, when code is dns_failure
-	err  error
+	// ownListener: every address refused was one of the gateway's own
+	// listeners, which network.allow_cidrs cannot open.
+	ownListener bool
+	err         error
 }
 
 // dnsFault tells apart the DNS failures a client must act on differently:
@@ -78,12 +81,15 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		return nil, err
 	}
 	var firstDenied, lastErr error
+	ownListener := true
 	for _, ip := range ips {
 		ap := netip.AddrPortFrom(ip.Unmap(), uint16(port))
 		if err := d.addresses.Check(ap); err != nil {
 			if firstDenied == nil {
 				firstDenied = err
 			}
+			var ae *allowlist.AddressError
+			ownListener = ownListener && errors.As(err, &ae) && ae.OwnListener
 			continue
 		}
 		c, err := d.dialAddr(ctx, network, ap)
@@ -93,7 +99,7 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		lastErr = err
 	}
 	if lastErr == nil && firstDenied != nil {
-		return nil, &dialError{code: policy.CodeDestinationIPDenied, err: firstDenied}
+		return nil, &dialError{code: policy.CodeDestinationIPDenied, ownListener: ownListener, err: firstDenied}
 	}
 	if isTimeout(lastErr) {
 		return nil, &dialError{code: policy.CodeUpstreamTimeout, err: lastErr}
@@ -186,7 +192,10 @@ func failureMessage(err error, tenant, target string) (policy.Code, string) {
 	if errors.As(err, &de) {
 		switch de.code {
 		case policy.CodeDestinationIPDenied:
-			return de.code, fmt.Sprintf("tenant %q may not reach %s: it resolves to an address the gateway never dials (private, loopback, link-local, the gateway itself or another special-purpose range); if it is meant to be reachable, the operator can add it to network.allow_cidrs", tenant, target)
+			if de.ownListener {
+				return de.code, fmt.Sprintf("tenant %q may not reach %s: that is the gateway itself (one of its own listeners), never a destination; send requests through the gateway as the proxy (HTTP_PROXY, HTTPS_PROXY) rather than to it", tenant, target)
+			}
+			return de.code, fmt.Sprintf("tenant %q may not reach %s: it resolves to an address the gateway never dials (private, loopback, link-local, the gateway host's own addresses or another special-purpose range); if it is meant to be reachable, the operator can add it to network.allow_cidrs", tenant, target)
 		case policy.CodeDNSFailure:
 			switch de.dns {
 			case dnsNotFound:

@@ -79,6 +79,9 @@ type exchange struct {
 	body      *requestBody // the client's request body, nil without one
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
+	// usageUp and usageDown are how much of bytesUp and bytesDown is in
+	// the tenant's usage already (accountUsage).
+	usageUp, usageDown atomic.Int64
 	// clientGone is set when reading the request body from the client
 	// failed, or the client's connection ended before the exchange did: a
 	// forward that fails then is the client's doing, not the upstream's.

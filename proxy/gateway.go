@@ -144,6 +144,7 @@ func New(opts Options) (*Gateway, error) {
 	}
 	g.grants.start(ctx, g.grantsChanged)
 	g.metrics.setMaxTenants(opts.Settings.MaxTenantLabels)
+	go g.accountOpenExchanges(ctx) // ends with cancelBase, at Shutdown
 	g.server = &http.Server{
 		Handler: g,
 		// OPTIONS * is no proxy request: it gets the gateway's JSON
@@ -168,7 +169,7 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	addresses := snap.Gateway.AddressPolicy(g.hostAddrs, g.listeners) // as explain builds it
 	g.updateLeafCache(snap.Gateway)
 	d := newDialer(snap.Gateway, addresses)
-	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway), tenants: newTenantStates(snap)}
+	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway), tenants: newTenantStates(snap, g.runtime.Load())}
 	rt.live = &policy.Live{Snapshot: snap, Generation: 1}
 	prev := g.runtime.Load()
 	if prev != nil {

@@ -16,11 +16,12 @@ type outcome struct {
 
 	// What the decision said, kept whatever comes after it: the deciding
 	// rule, and whether only report mode let the exchange through, with
-	// what enforce would have answered (wouldBe, and reason while the
-	// exchange is ok).
-	rule    string
-	report  bool
-	wouldBe policy.Code
+	// what enforce would have answered (wouldBe and wouldBeReason; reason
+	// too while the exchange is ok).
+	rule          string
+	report        bool
+	wouldBe       policy.Code
+	wouldBeReason string
 }
 
 // refused is the gateway refusing an exchange.
@@ -39,7 +40,7 @@ func decided(d policy.Decision) outcome {
 	case !d.Allow:
 		return outcome{code: d.Code, reason: d.Reason, denied: true, rule: d.Rule}
 	case d.Report:
-		return outcome{rule: d.Rule, report: true, wouldBe: d.Code, reason: d.Reason}
+		return outcome{rule: d.Rule, report: true, wouldBe: d.Code, wouldBeReason: d.Reason, reason: d.Reason}
 	default:
 		return outcome{rule: d.Rule}
 	}
@@ -64,7 +65,7 @@ func (o outcome) replied() bool {
 // let in, unless next is a decision of its own.
 func (o outcome) then(next outcome) outcome {
 	if next.rule == "" && !next.report {
-		next.rule, next.report, next.wouldBe = o.rule, o.report, o.wouldBe
+		next.rule, next.report, next.wouldBe, next.wouldBeReason = o.rule, o.report, o.wouldBe, o.wouldBeReason
 		if next.ok() && o.report {
 			next.reason = o.reason
 		}
@@ -95,6 +96,18 @@ func (o outcome) audited() (decision string, code policy.Code, reason string) {
 	default:
 		return "allow", o.Code(), ""
 	}
+}
+
+// reported is the denial enforce would have answered for an exchange that
+// only report mode let in, kept apart from how the exchange ended (the
+// audit line's report_code and report_reason): an upstream that then
+// fails, or a hook that refuses, does not hide it. Empty for any other
+// exchange.
+func (o outcome) reported() (code policy.Code, reason string) {
+	if !o.report {
+		return "", ""
+	}
+	return o.wouldBe, o.wouldBeReason
 }
 
 // Error lets a refusal made while the response is transformed travel, as

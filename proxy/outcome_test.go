@@ -18,15 +18,23 @@ func TestOutcomeAudited(t *testing.T) {
 		steps                []outcome
 		decision, code, rule string
 		reason               string
+		// what enforce would have answered, on every exchange only report
+		// mode let in, whatever ended it
+		reportCode, reportReason string
 	}{
-		{"allowed", []outcome{decided(allow), {}}, "allow", "ok", "api", ""},
-		{"denied", []outcome{decided(deny)}, "deny", "destination_not_allowed", "", "no rule"},
-		{"refused before any decision", []outcome{refused(policy.CodeProxyAuthRequired, "who")}, "deny", "proxy_auth_required", "", "who"},
-		{"refused after the decision keeps its rule", []outcome{decided(allow), refused(policy.CodeRateLimited, "slow")}, "deny", "rate_limited", "api", "slow"},
-		{"upstream failure", []outcome{decided(allow), failed(policy.CodeUpstreamTimeout, "late")}, "allow", "upstream_timeout", "api", ""},
-		{"report-mode pass", []outcome{decided(report), {}}, "report", "destination_not_allowed", "no", "denied by rule \"no\""},
-		{"report-mode pass the upstream failed", []outcome{decided(report), failed(policy.CodeUpstreamUnreachable, "gone")}, "report", "upstream_unreachable", "no", ""},
-		{"report-mode pass a hook denied", []outcome{decided(report), refused(policy.CodeHookDenied, "hook says no")}, "deny", "hook_denied", "no", "hook says no"},
+		{"allowed", []outcome{decided(allow), {}}, "allow", "ok", "api", "", "", ""},
+		{"denied", []outcome{decided(deny)}, "deny", "destination_not_allowed", "", "no rule", "", ""},
+		{"refused before any decision", []outcome{refused(policy.CodeProxyAuthRequired, "who")}, "deny", "proxy_auth_required", "", "who", "", ""},
+		{"refused after the decision keeps its rule", []outcome{decided(allow), refused(policy.CodeRateLimited, "slow")}, "deny", "rate_limited", "api", "slow", "", ""},
+		{"upstream failure", []outcome{decided(allow), failed(policy.CodeUpstreamTimeout, "late")}, "allow", "upstream_timeout", "api", "", "", ""},
+		{"report-mode pass", []outcome{decided(report), {}}, "report", "destination_not_allowed", "no", "denied by rule \"no\"",
+			"destination_not_allowed", "denied by rule \"no\""},
+		{"report-mode pass the upstream failed", []outcome{decided(report), failed(policy.CodeUpstreamUnreachable, "gone")}, "report", "upstream_unreachable", "no", "",
+			"destination_not_allowed", "denied by rule \"no\""},
+		{"report-mode pass the client left", []outcome{decided(report), failed(policy.CodeClientClosed, "left")}, "report", "client_closed", "no", "",
+			"destination_not_allowed", "denied by rule \"no\""},
+		{"report-mode pass a hook denied", []outcome{decided(report), refused(policy.CodeHookDenied, "hook says no")}, "deny", "hook_denied", "no", "hook says no",
+			"destination_not_allowed", "denied by rule \"no\""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var o outcome
@@ -43,6 +51,9 @@ func TestOutcomeAudited(t *testing.T) {
 			if decision != tc.decision || string(code) != tc.code || o.rule != tc.rule || reason != tc.reason {
 				t.Errorf("audited %s %s rule %q reason %q, want %s %s rule %q reason %q",
 					decision, code, o.rule, reason, tc.decision, tc.code, tc.rule, tc.reason)
+			}
+			if reportCode, reportReason := o.reported(); string(reportCode) != tc.reportCode || reportReason != tc.reportReason {
+				t.Errorf("reported %q %q, want %q %q", reportCode, reportReason, tc.reportCode, tc.reportReason)
 			}
 		})
 	}

@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"math/rand/v2"
+	"net/http"
 	"time"
+
+	"github.com/egressgw/egressgw/policy"
 )
 
 // crockford is the base32 alphabet of ULIDs: no I, L, O or U.
@@ -25,4 +28,21 @@ func newRequestID(now time.Time) string {
 		hi >>= 5
 	}
 	return string(out[:])
+}
+
+// setUpstreamRequestID names the exchange to the upstream with the id of
+// its audit line and of the X-Request-Id its client gets back, in the
+// header the allowing connector names (X-Request-Id unless it says
+// otherwise, none when it says ""; docs/reference.md). It replaces what
+// the client or a hook put there: the id must be the gateway's for the
+// upstream's logs to lead back to the audit line. It runs where
+// credentials are injected, after every hook.
+func (ex *exchange) setUpstreamRequestID(h http.Header) {
+	name := policy.DefaultRequestIDHeader
+	if c := ex.connector; c != nil {
+		name = c.RequestIDHeader
+	}
+	if name != "" {
+		h[name] = []string{ex.id}
+	}
 }

@@ -20,6 +20,9 @@ type tenantState struct {
 	egressKey  string // its bandwidth shapers
 	ingressKey string
 	series     atomic.Pointer[tenantSeries]
+	// usage is the tenant's bytes this minute, the same value in every
+	// generation the tenant is part of.
+	usage *tenantUsage
 }
 
 // tenantSeries are the metric children every allowed exchange of a tenant
@@ -30,16 +33,27 @@ type tenantSeries struct {
 	egress, ingress prometheus.Counter // bytes_total by direction
 }
 
-func newTenantState(id string) *tenantState {
-	return &tenantState{egressKey: bandwidthKey(id, "egress"), ingressKey: bandwidthKey(id, "ingress")}
+func newTenantState(id string, usage *tenantUsage) *tenantState {
+	if usage == nil {
+		usage = &tenantUsage{}
+	}
+	return &tenantState{egressKey: bandwidthKey(id, "egress"), ingressKey: bandwidthKey(id, "ingress"), usage: usage}
 }
 
-// newTenantStates derives the state of every tenant of snap.
-func newTenantStates(snap *policy.Snapshot) map[*policy.Tenant]*tenantState {
+// newTenantStates derives the state of every tenant of snap. A tenant of
+// prev, the generation it replaces (nil for the first), keeps its usage
+// counts; a removed tenant's go with prev.
+func newTenantStates(snap *policy.Snapshot, prev *runtimeState) map[*policy.Tenant]*tenantState {
 	states := make(map[*policy.Tenant]*tenantState, len(snap.TenantIDs()))
 	for _, id := range snap.TenantIDs() {
 		t, _ := snap.Tenant(id)
-		states[t] = newTenantState(id)
+		var usage *tenantUsage
+		if prev != nil {
+			if before, ok := prev.live.Tenant(id); ok && prev.tenants[before] != nil {
+				usage = prev.tenants[before].usage
+			}
+		}
+		states[t] = newTenantState(id, usage)
 	}
 	return states
 }
@@ -52,7 +66,7 @@ func (rt *runtimeState) tenantState(t *policy.Tenant) *tenantState {
 	}
 	// Not of this snapshot (cannot happen on the request path): derive it
 	// on the spot rather than fail.
-	return newTenantState(t.ID)
+	return newTenantState(t.ID, nil)
 }
 
 // seriesFor returns the tenant's metric children, resolving them on first

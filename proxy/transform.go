@@ -242,6 +242,7 @@ func queryPart(q string) string {
 // comes back is scrubbed of the secrets, and transformed, which a
 // compressed body would hide.
 func (ex *exchange) inject(h http.Header) {
+	ex.setUpstreamRequestID(h)
 	c := ex.connector
 	if c == nil {
 		return
