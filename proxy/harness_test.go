@@ -122,6 +122,11 @@ type pathGateway struct {
 	addr      string // the proxy listener
 	adminAddr string // the admin listener
 	audit     *pathAudit
+	log       *pathAudit // the operational log, debug level included
+	registry  *prometheus.Registry
+	// network holds more lines for the network block of gateway.yaml,
+	// indented by two spaces; set it before serve.
+	network string
 
 	proxyLn, adminLn net.Listener
 	dns              string // network.dns_servers entry
@@ -139,7 +144,7 @@ func startPathGateway(t *testing.T, gatewayExtra string, files map[string]string
 // can write their addresses into the policy before serve.
 func newPathGateway(t *testing.T) *pathGateway {
 	t.Helper()
-	g := &pathGateway{audit: &pathAudit{}, dns: startPathDNS(t)}
+	g := &pathGateway{audit: &pathAudit{}, log: &pathAudit{}, registry: prometheus.NewRegistry(), dns: startPathDNS(t)}
 	var err error
 	if g.proxyLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
@@ -159,7 +164,7 @@ func newPathGateway(t *testing.T) *pathGateway {
 func (g *pathGateway) serve(t *testing.T, gatewayExtra string, files map[string]string) {
 	t.Helper()
 	fsys := fstest.MapFS{
-		"gateway.yaml": {Data: []byte(fmt.Sprintf("network:\n  allow_cidrs: [\"127.0.0.1/32\"]\n  dns_servers: [%q]\n", g.dns) + gatewayExtra)},
+		"gateway.yaml": {Data: []byte(fmt.Sprintf("network:\n  allow_cidrs: [\"127.0.0.1/32\"]\n  dns_servers: [%q]\n", g.dns) + g.network + gatewayExtra)},
 	}
 	for name, content := range files {
 		fsys[name] = &fstest.MapFile{Data: []byte(content)}
@@ -169,9 +174,9 @@ func (g *pathGateway) serve(t *testing.T, gatewayExtra string, files map[string]
 		t.Fatalf("loading the policy: %v", err)
 	}
 	gw, err := New(Options{
-		Logger:    slog.New(slog.DiscardHandler),
+		Logger:    slog.New(slog.NewJSONHandler(g.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Audit:     g.audit,
-		Registry:  prometheus.NewRegistry(),
+		Registry:  g.registry,
 		Listeners: []netip.AddrPort{netip.MustParseAddrPort(g.addr), netip.MustParseAddrPort(g.adminAddr)},
 		Settings:  snap.Gateway,
 		Quota:     quota.NewMemory(quota.MemoryOptions{}),
@@ -445,10 +450,64 @@ func assertNoInternalDetail(t *testing.T, e pathRefusal) {
 	}
 }
 
+// metric sums the samples of the counter or gauge name whose labels
+// include labels, and reports whether there were any.
+func (g *pathGateway) metric(t *testing.T, name string, labels map[string]string) (sum float64, found bool) {
+	t.Helper()
+	families, err := g.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	samples:
+		for _, m := range f.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue samples
+				}
+			}
+			found = true
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return sum, found
+}
+
+// eventually polls cond until it returns nil, failing with its last error
+// after pathGuard.
+func eventually(t *testing.T, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(pathGuard)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // ---- the audit log ----
 
-// pathAudit is the gateway's audit output: a buffer safe to read while
-// the gateway writes it.
+// pathAudit is the gateway's audit (or operational) output: a buffer safe
+// to read while the gateway writes it.
 type pathAudit struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
@@ -458,6 +517,12 @@ func (a *pathAudit) Write(p []byte) (int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.buf.Write(p)
+}
+
+func (a *pathAudit) String() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.buf.String()
 }
 
 // records parses the audit lines written so far.
@@ -838,3 +903,30 @@ func answerDNS(records map[string]netip.Addr, query []byte) ([]byte, error) {
 	}
 	return b.Finish()
 }
+
+// admin fetches path from the admin listener and fails unless it is a 200.
+func (g *pathGateway) admin(t *testing.T, path string) string {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: pathGuard}
+	defer client.CloseIdleConnections()
+	resp, err := client.Get("http://" + g.adminAddr + path)
+	if err != nil {
+		t.Fatalf("GET admin %s: %v", path, err)
+	}
+	body := pathBody(t, resp)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET admin %s: status %d, body %q", path, resp.StatusCode, body)
+	}
+	return body
+}
+
+// jsonEcho answers with what it received, as JSON, plus an internal field
+// a response filter is meant to remove.
+var jsonEcho = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]any{
+		"method": r.Method, "path": r.URL.Path, "stamp": r.Header.Get("X-Stamp"),
+		"body": string(body), "internal_id": "db-7731",
+	})
+})
