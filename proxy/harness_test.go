@@ -14,6 +14,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -829,6 +830,36 @@ func closedPort(t *testing.T) int {
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 	return port
+}
+
+// pathInspecting is gateway.yaml text for a gateway that inspects
+// tunnels, signing with the zone certificate (a CA too) and trusting it
+// for upstreams; pathInspectingFiles holds the files it names.
+const pathInspecting = "tls:\n  ca_cert: ca/ca.pem\n  ca_key: ca/ca-key.pem\n  upstream_roots: [ca/ca.pem]\n"
+
+func pathInspectingFiles(t *testing.T, files map[string]string) map[string]string {
+	t.Helper()
+	cert := zoneCertificate(t)
+	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files["ca/ca.pem"] = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}))
+	files["ca/ca-key.pem"] = string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}))
+	return files
+}
+
+// zoneRoots trusts the zone certificate: the upstreams' and, as a CA,
+// the leaves an inspecting gateway makes.
+func zoneRoots(t *testing.T) *x509.CertPool {
+	t.Helper()
+	leaf, err := x509.ParseCertificate(zoneCertificate(t).Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return pool
 }
 
 // ---- DNS ----
