@@ -2,10 +2,15 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -133,4 +138,242 @@ func TestPathReportModeKeepsNetworkSafetyForTunnels(t *testing.T) {
 			g.expectRefused(t, http.MethodGet, pathLenient.auth(), "http://"+authority+"/", http.StatusForbidden, "destination_ip_denied", victim)
 		})
 	}
+}
+
+// pipelinedConn sends a CONNECT head in the same write as the client's
+// first bytes, as a client that does not wait for the 200 does, and reads
+// the gateway's answer before handing the tunnel's bytes on.
+type pipelinedConn struct {
+	net.Conn
+	head []byte // sent with the first Write, then nil
+
+	once    sync.Once
+	reader  *bufio.Reader
+	readErr error
+}
+
+func newPipelinedConn(t *testing.T, g *pathGateway, c pathTenant, authority string) *pipelinedConn {
+	t.Helper()
+	conn := g.dial(t)
+	head := fmt.Sprintf("CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\n\r\n", authority, authority, c.auth())
+	return &pipelinedConn{Conn: conn, head: []byte(head)}
+}
+
+func (c *pipelinedConn) Write(p []byte) (int, error) {
+	if c.head == nil {
+		return c.Conn.Write(p)
+	}
+	n, err := c.Conn.Write(append(c.head, p...)) // one write: one segment
+	n -= len(c.head)
+	c.head = nil
+	return max(n, 0), err
+}
+
+func (c *pipelinedConn) Read(p []byte) (int, error) {
+	c.once.Do(func() {
+		c.reader = bufio.NewReader(c.Conn)
+		resp, err := http.ReadResponse(c.reader, &http.Request{Method: http.MethodConnect})
+		switch {
+		case err != nil:
+			c.readErr = fmt.Errorf("reading the CONNECT's answer: %w", err)
+		case resp.StatusCode != http.StatusOK:
+			c.readErr = fmt.Errorf("CONNECT answered %d", resp.StatusCode)
+		}
+	})
+	if c.readErr != nil {
+		return 0, c.readErr
+	}
+	return c.reader.Read(p)
+}
+
+// byteCounter is a raw TCP upstream that counts what it receives and
+// answers nothing: the witness that a closed tunnel sent it no byte.
+type byteCounter struct {
+	*pathTCPServer
+	received atomic.Int64
+}
+
+func startByteCounter(t *testing.T) *byteCounter {
+	b := &byteCounter{}
+	b.pathTCPServer = startPathTCPServer(t, "127.0.0.1", func(c net.Conn) {
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			b.received.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	})
+	return b
+}
+
+// Moved from e2e/tunnel_bytes_test.go: what a client writes in the same
+// segment as its CONNECT reaches the upstream, to a host name (through
+// the first-bytes check) and to an IP literal alike.
+func TestPathBytesBehindConnectAreDelivered(t *testing.T) {
+	t.Parallel()
+	echoServer := startPathTCPServer(t, "127.0.0.1", echoConn)
+	g := startPathGateway(t, "", map[string]string{
+		"tenants/acme.yaml": pathAcme.yaml(pathRule("echo", []string{zoneAPI, "127.0.0.1"}, echoServer.port)),
+	})
+	for _, host := range []string{zoneAPI, "127.0.0.1"} {
+		t.Run(host, func(t *testing.T) {
+			conn := newPipelinedConn(t, g, pathAcme, echoServer.authority(host))
+			const payload = "sent with the CONNECT head"
+			if _, err := io.WriteString(conn, payload); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(payload))
+			if _, err := io.ReadFull(conn, got); err != nil || string(got) != payload {
+				t.Fatalf("echo of the bytes behind the CONNECT: %q, %v", got, err)
+			}
+			pingThroughTunnel(t, conn) // and the tunnel goes on as usual
+		})
+	}
+}
+
+// Moved from e2e/tunnel_bytes_test.go: a ClientHello sent with the
+// CONNECT head completes its handshake, with the upstream through an
+// opaque tunnel (the first-bytes check reads it from what came with the
+// head) and with the gateway through an inspected one.
+func TestPathTLSBehindConnect(t *testing.T) {
+	t.Parallel()
+	t.Run("inspected", func(t *testing.T) {
+		fx := startPathInspectFixture(t)
+		conn := newPipelinedConn(t, fx.g, pathInspector, fx.origin.authority(zoneAPI))
+		status, body := getOverTLS(t, conn, zoneAPI, fx.origin.authority(zoneAPI), "/v1/early-bytes")
+		if status != http.StatusOK || !strings.Contains(body, "GET /v1/early-bytes") {
+			t.Fatalf("inspected GET after a pipelined ClientHello: %d %q", status, body)
+		}
+	})
+	t.Run("opaque", func(t *testing.T) {
+		origin := startPathUpstream(t, "127.0.0.1", true, nil)
+		g := startPathGateway(t, "", map[string]string{
+			"tenants/acme.yaml": pathAcme.yaml(pathRule("tls", []string{zoneAPI}, origin.port)),
+		})
+		conn := newPipelinedConn(t, g, pathAcme, origin.authority(zoneAPI))
+		status, body := getOverTLS(t, conn, zoneAPI, origin.authority(zoneAPI), "/opaque")
+		if status != http.StatusOK || body != pathGreeting("/opaque") {
+			t.Fatalf("GET through an opaque tunnel after a pipelined ClientHello: %d %q", status, body)
+		}
+	})
+}
+
+// getOverTLS speaks TLS to serverName over conn, trusting the zone
+// certificate, and sends GET path to authority.
+func getOverTLS(t *testing.T, conn net.Conn, serverName, authority, path string) (int, string) {
+	t.Helper()
+	_ = conn.SetDeadline(time.Now().Add(pathGuard))
+	tlsConn := tls.Client(conn, &tls.Config{ServerName: serverName, RootCAs: zoneRoots(t)})
+	if err := tlsConn.Handshake(); err != nil {
+		t.Fatalf("TLS handshake through the tunnel: %v", err)
+	}
+	fmt.Fprintf(tlsConn, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, authority)
+	resp, err := http.ReadResponse(bufio.NewReader(tlsConn), nil)
+	if err != nil {
+		t.Fatalf("response through the tunnel: %v", err)
+	}
+	return resp.StatusCode, pathBody(t, resp)
+}
+
+// Moved from e2e/tunnel_bytes_test.go: a TLS client in an uninspected
+// tunnel must ask for the host its CONNECT named; a handshake for another
+// one (domain fronting) is cut before a byte of it reaches the upstream,
+// and audited as tunnel_sni_mismatch.
+func TestPathOpaqueTunnelServerNameMustMatch(t *testing.T) {
+	t.Parallel()
+	counter := startByteCounter(t)
+	origin := startPathUpstream(t, "127.0.0.1", true, nil)
+	g := startPathGateway(t, "", map[string]string{
+		"tenants/acme.yaml": pathAcme.yaml(pathRule("both", []string{zoneAPI, "127.0.0.1"}, counter.port, origin.port)),
+	})
+
+	refused := []struct {
+		name  string
+		open  func(t *testing.T) net.Conn
+		asked string
+	}{
+		{"another host", func(t *testing.T) net.Conn { return g.tunnel(t, pathAcme, counter.authority(zoneAPI)) }, zoneOther},
+		{"another host, hello sent with the CONNECT", func(t *testing.T) net.Conn {
+			return newPipelinedConn(t, g, pathAcme, counter.authority(zoneAPI))
+		}, "evil.example"},
+	}
+	for _, c := range refused {
+		t.Run(c.name, func(t *testing.T) {
+			conn := c.open(t)
+			_ = conn.SetDeadline(time.Now().Add(pathGuard))
+			err := tls.Client(conn, &tls.Config{ServerName: c.asked, InsecureSkipVerify: true}).Handshake()
+			if err == nil {
+				t.Fatal("the handshake for another host completed")
+			}
+			var rec map[string]any
+			eventually(t, func() error {
+				for _, r := range g.audit.records() {
+					if r["code"] == "tunnel_sni_mismatch" && strings.Contains(fmt.Sprint(r["reason"]), c.asked) {
+						rec = r
+						return nil
+					}
+				}
+				return fmt.Errorf("no tunnel_sni_mismatch audit line naming %q", c.asked)
+			})
+			if rec["decision"] != "deny" || rec["status"] != float64(http.StatusOK) || rec["host"] != zoneAPI || rec["bytes_up"] != float64(0) {
+				t.Errorf("audit line of the closed tunnel: %v", rec)
+			}
+		})
+	}
+	if n := counter.received.Load(); n != 0 {
+		t.Errorf("the upstream received %d bytes of handshakes the gateway should have stopped", n)
+	}
+	eventually(t, func() error {
+		if n, _ := g.metric(t, "egressgw_requests_total", map[string]string{"decision": "deny", "code": "tunnel_sni_mismatch"}); n < 2 {
+			return fmt.Errorf("requests_total{code=tunnel_sni_mismatch} = %v, want 2", n)
+		}
+		return nil
+	})
+
+	allowed := []struct {
+		name, authority string
+		cfg             *tls.Config
+	}{
+		{"the CONNECT's host", origin.authority(zoneAPI), &tls.Config{ServerName: zoneAPI, RootCAs: zoneRoots(t)}},
+		{"no server name", origin.authority(zoneAPI), &tls.Config{InsecureSkipVerify: true}},
+		{"an IP literal CONNECT names no host to compare", origin.authority("127.0.0.1"), &tls.Config{ServerName: zoneOther, RootCAs: zoneRoots(t)}},
+	}
+	for _, c := range allowed {
+		t.Run(c.name, func(t *testing.T) {
+			conn := g.tunnel(t, pathAcme, c.authority)
+			_ = conn.SetDeadline(time.Now().Add(pathGuard))
+			tlsConn := tls.Client(conn, c.cfg)
+			fmt.Fprintf(tlsConn, "GET /sni HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", zoneAPI)
+			resp, err := http.ReadResponse(bufio.NewReader(tlsConn), nil)
+			if err != nil {
+				t.Fatalf("through the tunnel: %v", err)
+			}
+			if body := pathBody(t, resp); resp.StatusCode != http.StatusOK || body != pathGreeting("/sni") {
+				t.Errorf("got %d %q", resp.StatusCode, body)
+			}
+		})
+	}
+}
+
+// Moved from e2e/tunnel_bytes_test.go: the first-bytes check waits for
+// the client without holding back the upstream, so a protocol where the
+// server speaks first (SSH, SMTP) works through a tunnel to a host name.
+func TestPathTunnelServerSpeaksFirst(t *testing.T) {
+	t.Parallel()
+	const banner = "SSH-2.0-egressgw-test\r\n"
+	server := startPathTCPServer(t, "127.0.0.1", func(c net.Conn) {
+		io.WriteString(c, banner)
+		echoConn(c)
+	})
+	g := startPathGateway(t, "", map[string]string{
+		"tenants/acme.yaml": pathAcme.yaml(pathRule("ssh", []string{zoneAPI}, server.port)),
+	})
+	conn := g.tunnel(t, pathAcme, server.authority(zoneAPI))
+	got := make([]byte, len(banner))
+	if _, err := io.ReadFull(conn, got); err != nil || string(got) != banner {
+		t.Fatalf("the server's greeting before the client sent anything: %q, %v", got, err)
+	}
+	pingThroughTunnel(t, conn)
 }
