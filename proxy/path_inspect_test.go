@@ -523,3 +523,98 @@ func TestPathInspectedUpgradeNeedsUpgradeTrue(t *testing.T) {
 		}
 	}
 }
+
+// upgradeEcho accepts an upgrade (the WebSocket shape, without framing:
+// the bytes after the 101 only need to flow) and echoes whatever arrives.
+var upgradeEcho = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		http.Error(w, "want an upgrade", http.StatusBadRequest)
+		return
+	}
+	conn, rw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	fmt.Fprint(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	rw.Flush()
+	_ = conn.SetDeadline(time.Now().Add(pathGuard))
+	io.Copy(conn, rw)
+})
+
+// Moved from e2e/websocket_test.go: a plain-HTTP request that upgrades is
+// decided like any other, then its bytes flow both ways and are counted.
+func TestPathUpgradePassesThrough(t *testing.T) {
+	t.Parallel()
+	origin := startPathUpstream(t, "127.0.0.1", false, upgradeEcho)
+	g := startPathGateway(t, "", map[string]string{
+		"tenants/acme.yaml": pathAcme.yaml(pathRule("ws", []string{zoneAPI}, origin.port)),
+	})
+	conn := g.dial(t)
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+		origin.url(zoneAPI, "/socket"), origin.authority(zoneAPI), pathAcme.auth())
+	br := bufio.NewReader(conn)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v, %v; want 101", resp, err)
+	}
+	for _, msg := range []string{"hello", "through the gateway"} {
+		if _, err := io.WriteString(conn, msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(br, got); err != nil || string(got) != msg {
+			t.Fatalf("echo %q, %v; want %q", got, err, msg)
+		}
+	}
+	conn.Close()
+	rec := g.audit.wait(t, "tenant", pathAcme.id, "path", "/socket")
+	if rec["status"] != float64(101) || auditNumber(rec, "bytes_up") < 5 || auditNumber(rec, "bytes_down") < 5 {
+		t.Errorf("audit line of the upgraded connection: %v", rec)
+	}
+
+	// A refused upgrade is refused like any request.
+	g.expectRefused(t, http.MethodGet, pathAcme.auth(), origin.url(zoneOther, "/socket"), http.StatusForbidden, "destination_not_allowed", origin)
+}
+
+// Moved from e2e/websocket_test.go: a connector that injects credentials
+// scrubs every response; frames after an upgrade could not be scrubbed,
+// so the upgrade is refused before it reaches the upstream.
+func TestPathUpgradeRefusedWhereResponsesAreScrubbed(t *testing.T) {
+	t.Parallel()
+	fx := startPathInspectFixture(t)
+	tunnel := fx.g.tunnel(t, pathInspector, fx.origin.authority(zoneAPI))
+	tlsConn := tls.Client(tunnel, &tls.Config{ServerName: zoneAPI, RootCAs: zoneRoots(t)})
+	fmt.Fprintf(tlsConn, "GET /v1/socket HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", fx.origin.authority(zoneAPI))
+	resp, err := http.ReadResponse(bufio.NewReader(tlsConn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := assertPathRefusal(t, resp, http.StatusForbidden, "destination_not_allowed")
+	if !strings.Contains(e.Message, "upgrade") {
+		t.Errorf("message %q does not say why", e.Message)
+	}
+	if len(fx.origin.requestsTo("/v1/socket")) != 0 {
+		t.Error("the upgrade reached the upstream")
+	}
+}
+
+// Moved from e2e/websocket_test.go: what the sandbox sends after an
+// upgrade would leave unredacted, so a connector with request redaction
+// refuses upgrades, on plain HTTP too.
+func TestPathUpgradeRefusedWhereRequestsAreRedacted(t *testing.T) {
+	t.Parallel()
+	origin := startPathUpstream(t, "127.0.0.1", false, upgradeEcho)
+	g := startPathGateway(t, "redaction:\n  profiles:\n    pii: { detectors: [email], action: mask }\n", map[string]string{
+		"connectors/crm.yaml": fmt.Sprintf("name: crm\nhosts: [%q]\nports: [%d]\nredact: { request: [pii] }\n", zoneAPI, origin.port),
+		"tenants/acme.yaml":   pathAcme.yaml("connectors: [crm]\n"),
+	})
+	before := pathSnapshotReach(origin)
+	resp, _ := g.exchange(t, http.MethodGet, []byte(fmt.Sprintf(
+		"GET %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+		origin.url(zoneAPI, "/ws"), origin.authority(zoneAPI), pathAcme.auth())))
+	e := assertPathRefusal(t, resp, http.StatusForbidden, "destination_not_allowed")
+	if !strings.Contains(e.Message, "upgrade") {
+		t.Errorf("message %q does not say why", e.Message)
+	}
+	before.assertUnchanged(t)
+}
