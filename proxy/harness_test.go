@@ -961,3 +961,69 @@ var jsonEcho = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		"body": string(body), "internal_id": "db-7731",
 	})
 })
+
+// startDNSReplier serves a resolver that answers every query with rcode
+// and no record, and returns its address. When silent it answers nothing
+// while the test runs, and everything as it ends: Go's resolver keeps a
+// lookup the gateway gave up on (dns_timeout) reading for its own
+// timeout, which would outlive the test.
+func startDNSReplier(t *testing.T, rcode dnsmessage.RCode, silent bool) string {
+	t.Helper()
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type query struct {
+		from    net.Addr
+		payload []byte
+	}
+	var mu sync.Mutex
+	var held []query
+	reply := func(q query) {
+		var p dnsmessage.Parser
+		h, err := p.Start(q.payload)
+		if err != nil {
+			return
+		}
+		question, err := p.Question()
+		if err != nil {
+			return
+		}
+		b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true, RCode: rcode})
+		if b.StartQuestions() != nil || b.Question(question) != nil {
+			return
+		}
+		if answer, err := b.Finish(); err == nil {
+			_, _ = conn.WriteTo(answer, q.from)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				return // closed
+			}
+			q := query{from: from, payload: bytes.Clone(buf[:n])}
+			if silent {
+				mu.Lock()
+				held = append(held, q)
+				mu.Unlock()
+				continue
+			}
+			reply(q)
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		for _, q := range held {
+			reply(q)
+		}
+		mu.Unlock()
+		conn.Close()
+		<-done
+	})
+	return conn.LocalAddr().String()
+}

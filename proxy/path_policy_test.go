@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
 )
 
 // Moved from e2e/core_test.go.
@@ -277,4 +279,52 @@ func TestPathUpstreamFailures(t *testing.T) {
 		}
 		assertNoInternalDetail(t, e)
 	})
+}
+
+// Moved from e2e/timeouts_test.go: a name that does not exist, a
+// resolver that fails and a resolver that does not answer within
+// dns_timeout all get 502 dns_failure, each with a message that says
+// which, so nobody checks the spelling of a name the resolver never
+// looked up.
+func TestPathDNSFailuresSayWhichKind(t *testing.T) {
+	t.Parallel()
+	origin := startPathUpstream(t, "127.0.0.1", false, nil)
+	cases := []struct {
+		name, resolver, host string // resolver "": the zone's
+		say, not             string
+	}{
+		{"no such host", "", zoneNXDomain, "check the spelling", "resolver"},
+		{"resolver fails", startDNSReplier(t, dnsmessage.RCodeServerFailure, false), zoneAPI, "resolver failed", "spelling"},
+		{"resolver refuses", startDNSReplier(t, dnsmessage.RCodeRefused, false), zoneAPI, "resolver failed", "spelling"},
+		{"resolver silent", startDNSReplier(t, 0, true), zoneAPI, "did not answer in time", "spelling"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			g := newPathGateway(t)
+			if tc.resolver != "" {
+				g.dns = tc.resolver
+			}
+			g.network = "  dns_timeout: 500ms\n"
+			g.serve(t, "", map[string]string{
+				"tenants/acme.yaml": pathAcme.yaml(pathRule("api", []string{zoneAPI, zoneNXDomain}, origin.port)),
+			})
+			target := net.JoinHostPort(tc.host, fmt.Sprint(origin.port))
+			for _, e := range []pathRefusal{
+				g.expectRefused(t, http.MethodGet, pathAcme.auth(), "http://"+target+"/", http.StatusBadGateway, "dns_failure", origin),
+				g.expectRefusedCONNECT(t, pathAcme.auth(), target, http.StatusBadGateway, "dns_failure", origin),
+			} {
+				if !strings.Contains(e.Message, tc.say) || strings.Contains(e.Message, tc.not) {
+					t.Errorf("message %q: want it to say %q, not %q", e.Message, tc.say, tc.not)
+				}
+				assertNoInternalDetail(t, e)
+			}
+			// The operator is told when the resolver is at fault, with
+			// its error; a misspelt name is no news for the operator.
+			warned := strings.Contains(g.log.String(), `"msg":"the DNS resolver`)
+			if resolverFault := tc.not == "spelling"; warned != resolverFault {
+				t.Errorf("resolver warning logged: %v, want %v; log:\n%s", warned, resolverFault, g.log.String())
+			}
+		})
+	}
 }
