@@ -123,7 +123,7 @@ func TestPathSpellingsCannotPassADeny(t *testing.T) {
 	})
 	g := fx.g
 	// One of each family; every spelling, and the clean paths that still
-	// pass, are in proxy/path_content_test.go.
+	// pass, are in the proxy package's tests.
 	spellings := []string{
 		"/%C0%AE%C0%AE/admin", // overlong UTF-8 for ".."
 		"/%EF%BD%81dmin",      // fullwidth a, encoded
@@ -371,7 +371,7 @@ func TestSecretEchoesInOtherSpellings(t *testing.T) {
 	t.Cleanup(transport.CloseIdleConnections)
 	client := &http.Client{Transport: transport}
 	mid := strings.ToLower(secret[2 : len(secret)-2]) // an encoding's edges may keep a byte
-	// A few encodings; every one is in proxy/path_content_test.go.
+	// A few encodings; every one is in the proxy package's tests.
 	for _, name := range []string{"plain", "base64", "json-every"} {
 		e := echoEncodings[name]
 		t.Run(name, func(t *testing.T) {

@@ -57,7 +57,7 @@ func TestProxyAuthentication(t *testing.T) {
 	plainURL := origin.url(hostAPI, "/auth")
 	authority := tlsOrigin.authority(hostAPI)
 
-	// Each kind of bad credentials is refused in proxy/path_policy_test.go.
+	// Each kind of bad credentials is refused in the proxy package's tests.
 	t.Run("no credentials/GET", func(t *testing.T) {
 		g.expectRefused(t, http.MethodGet, "", plainURL, http.StatusProxyAuthRequired, "proxy_auth_required", origin)
 	})
@@ -98,7 +98,7 @@ func TestSourceAddressIdentifiesTenant(t *testing.T) {
 
 	g.expectAllowedGET(t, anonymous, origin.url(hostAPI, "/by-address"))
 	g.waitAudit(t, auditWith("tenant", "ci", "path", "/by-address", "decision", "allow"))
-	// The tunnel case is in proxy/path_policy_test.go.
+	// The tunnel case is in the proxy package's tests.
 }
 
 func TestDestinationPolicy(t *testing.T) {
@@ -118,7 +118,7 @@ func TestDestinationPolicy(t *testing.T) {
 	const notAllowed = "destination_not_allowed"
 
 	// Methods, paths, deny rules, wildcards and connector versions are
-	// decided in proxy/path_policy_test.go.
+	// decided in the proxy package's tests.
 	t.Run("allowed host", func(t *testing.T) {
 		g.expectAllowedGET(t, acme, origin.url(hostAPI, "/allowed"))
 		tunnel := g.tunnel(t, acme, tlsOrigin.authority(hostAPI))
@@ -166,7 +166,7 @@ func TestReportMode(t *testing.T) {
 	})
 	// What report mode never relaxes (auth, network safety, redaction,
 	// credentials, quotas, unreadable tunnels) is in
-	// proxy/path_plain_test.go.
+	// the proxy package's tests.
 
 	client := g.client(t, lenient)
 	t.Run("allowed read gets the connector's credentials", func(t *testing.T) {
@@ -211,7 +211,7 @@ func TestNetworkSafety(t *testing.T) {
 		untouched []reachable
 	}{
 		// The listeners the program opens are its own to deny; literals
-		// and other names are refused in proxy/path_policy_test.go.
+		// and other names are refused in the proxy package's tests.
 		{"name resolving to a denied address", victim.authority(hostRebind), http.StatusForbidden, ipDenied, []reachable{victim}},
 		{"gateway's own admin listener", g.adminAddr, http.StatusForbidden, ipDenied, nil},
 		{"gateway's own proxy listener", g.proxyAddr, http.StatusForbidden, ipDenied, nil},
@@ -236,7 +236,7 @@ func TestUpstreamFailures(t *testing.T) {
 	closedAuthority := net.JoinHostPort(hostAPI, fmt.Sprint(closedPort))
 
 	// Each failure on both kinds of request, and an upstream that never
-	// answers, are in proxy/path_policy_test.go.
+	// answers, are in the proxy package's tests.
 	t.Run("unknown name/GET", func(t *testing.T) {
 		e := g.expectRefused(t, http.MethodGet, acme.header(), "http://"+hostNXDomain+"/", http.StatusBadGateway, "dns_failure")
 		assertNoInternalDetail(t, e)
@@ -297,7 +297,7 @@ func TestAuditLog(t *testing.T) {
 			t.Errorf("audit bytes_down %v, want > 0 for a response with a body", rec["bytes_down"])
 		}
 	})
-	// Denials' audit lines are checked in proxy/path_plain_test.go.
+	// Denials' audit lines are checked in the proxy package's tests.
 	t.Run("tunnel", func(t *testing.T) {
 		tunnel := g.tunnel(t, acme, tlsOrigin.authority(hostAPI))
 		if status, _ := httpsOverTunnel(t, tunnel, hostAPI, "/tunnelled"); status != http.StatusOK {
@@ -415,7 +415,7 @@ func TestAdminEndpoints(t *testing.T) {
 		})
 	})
 
-	// /v1/explain and /v1/config are checked in proxy/path_plain_test.go.
+	// /v1/explain and /v1/config are checked in the proxy package's tests.
 
 	// docs/operators.md lists /debug/pprof/ on the admin listener; the load
 	// harness's --gateway-pprof admin fetches from it.
@@ -475,7 +475,7 @@ func TestMalformedRequests(t *testing.T) {
 	})
 	target := origin.url(hostAPI, "/malformed")
 	for _, c := range []struct{ name, head, inMessage string }{
-		// The other malformations are in proxy/path_plain_test.go.
+		// The other malformations are in the proxy package's tests.
 		{"missing Host", "GET " + target + " HTTP/1.1\r\n", "Host"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -672,7 +672,7 @@ func TestNotAProxyRequest(t *testing.T) {
 		"tenants/acme.yaml": tenantYAML(acme, allowRule("api", []string{hostAPI}, origin.port)),
 	})
 	for _, c := range []struct{ name, method, requestLine string }{
-		{"origin form", http.MethodGet, "GET /padded HTTP/1.1"}, // OPTIONS * is in proxy/path_plain_test.go
+		{"origin form", http.MethodGet, "GET /padded HTTP/1.1"}, // OPTIONS * is in the proxy package's tests
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			before := snapshotReach(origin)

@@ -237,7 +237,7 @@ func TestInspectedTunnel(t *testing.T) {
 
 	// The network policy, trailers, encodings, methods and paths, other
 	// hosts, malformed requests, untrusted certificates and bodies that
-	// stream inside the tunnel are in proxy/path_inspect_test.go.
+	// stream inside the tunnel are in the proxy package's tests.
 
 	// A body a hook read whole goes out in one piece and is counted in
 	// the audit line.

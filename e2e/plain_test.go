@@ -10,7 +10,7 @@ import (
 
 // The gateway forwards plain responses itself: streams flow as they
 // arrive (trailers, HEAD and bodies cut short are in
-// proxy/path_plain_test.go).
+// the proxy package's tests).
 func TestPlainResponses(t *testing.T) {
 	t.Parallel()
 	secondPiece := make(chan struct{})

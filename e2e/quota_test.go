@@ -239,7 +239,7 @@ func TestQuotaConcurrency(t *testing.T) {
 	})
 
 	// Failed requests giving their slot back is in
-	// proxy/path_quota_test.go.
+	// the proxy package's tests.
 }
 
 // Bandwidth figures: the limit, and transfers long enough (seconds at the

@@ -86,7 +86,7 @@ func TestRedaction(t *testing.T) {
 	})
 
 	// The stable hash and the oversized body are in
-	// proxy/path_plain_test.go.
+	// the proxy package's tests.
 	t.Run("metrics, audit and logs", func(t *testing.T) {
 		samples, err := g.metrics()
 		if err != nil {

@@ -179,7 +179,7 @@ func (fx *streamFixture) expectAudit(t *testing.T, path, code string, status int
 
 // An upstream that breaks off mid-body: the client gets the bytes that
 // came and then a truncated body (curl exit 18; Go's unexpected EOF is in
-// proxy/path_stream_test.go), plain and inside an inspected tunnel;
+// the proxy package's tests), plain and inside an inspected tunnel;
 // upstream_failed_midway with the status the client got, in the audit
 // line and the metrics.
 func TestResponseBrokenOffMidway(t *testing.T) {
@@ -239,7 +239,7 @@ func TestClientGoesAwayMidRequest(t *testing.T) {
 		upload(t, fx.g.dial(t), fx.plain.url(hostAPI, "/upload/plain"))
 		fx.expectAudit(t, "/upload/plain", "client_closed", 0, 0)
 	})
-	// The inspected upload and stream are in proxy/path_stream_test.go.
+	// The inspected upload and stream are in the proxy package's tests.
 	for _, scheme := range []string{"http"} {
 		t.Run(scheme+" stream left mid-way", func(t *testing.T) {
 			path := "/events/left-" + scheme

@@ -136,7 +136,7 @@ func TestDNSFailuresSayWhichKind(t *testing.T) {
 		name, resolver, host string
 		say, not             string
 	}{
-		// The other kinds are in proxy/path_policy_test.go.
+		// The other kinds are in the proxy package's tests.
 		{"resolver fails", startDNSReplier(t, dnsmessage.RCodeServerFailure, false), hostAPI, "resolver failed", "spelling"},
 	}
 	for _, tc := range cases {

@@ -96,7 +96,7 @@ func TestTLSBehindConnect(t *testing.T) {
 		}
 	})
 	// The opaque tunnel, and bytes other than a ClientHello, are in
-	// proxy/path_tunnel_test.go.
+	// the proxy package's tests.
 }
 
 // getOverTLS speaks TLS to serverName over conn and sends GET path to
@@ -134,7 +134,7 @@ func TestOpaqueTunnelServerNameMustMatch(t *testing.T) {
 		open  func(t *testing.T) net.Conn
 		asked string
 	}{
-		// The hello sent with the CONNECT is in proxy/path_tunnel_test.go.
+		// The hello sent with the CONNECT is in the proxy package's tests.
 		{"another host", func(t *testing.T) net.Conn { return g.tunnel(t, acme, counter.authority(hostAPI)) }, hostOther},
 	}
 	for _, c := range refused {
@@ -171,7 +171,7 @@ func TestOpaqueTunnelServerNameMustMatch(t *testing.T) {
 		name, authority string
 		cfg             *tls.Config
 	}{
-		// No server name, and IP literals, are in proxy/path_tunnel_test.go.
+		// No server name, and IP literals, are in the proxy package's tests.
 		{"the CONNECT's host", origin.authority(hostAPI), &tls.Config{ServerName: hostAPI, RootCAs: testPKI.pool}},
 	}
 	for _, c := range allowed {

@@ -164,8 +164,8 @@ func TestUpgradeNeedsUpgradeTrueWhereRulesRestrict(t *testing.T) {
 		  profiles:
 		    pii: { detectors: [email], action: mask }
 	`))
-	// Redaction cannot reach past the 101 either: refused as in
-	// TestUpgradeRefusedWhereRequestsAreRedacted, unless upgrade: true.
+	// Redaction cannot reach past the 101 either: an upgrade through a
+	// redacting connector is refused unless it says upgrade: true.
 	files["connectors/redacting.yaml"] = yamlf(`
 		name: redacting
 		hosts: [%q]
@@ -177,7 +177,7 @@ func TestUpgradeNeedsUpgradeTrueWhereRulesRestrict(t *testing.T) {
 	g := startGateway(t, files)
 	cases := append(upgradeCases[:len(upgradeCases):len(upgradeCases)], upgradeCase{"redacting connector with upgrade: true", hostSubSub, true})
 	// h2c, and the same inside inspected tunnels, are in
-	// proxy/path_inspect_test.go.
+	// the proxy package's tests.
 	for _, protocol := range []string{"websocket"} {
 		for _, c := range cases {
 			t.Run(protocol+"/"+c.name, func(t *testing.T) {
