@@ -112,13 +112,8 @@ func TestPathSpellingsCannotPassADeny(t *testing.T) {
 			inspect: true
 			paths: ["/"]
 		`, hostAPI, secure.port),
-		"connectors/open.yaml": yamlf(`
-			name: open
-			hosts: [%q]
-			ports: [%d]
-		`, hostOther, plain.port),
 		"tenants/spelled.yaml": tenantYAML(spelled, yamlf(`
-			connectors: [plain, secure, open]
+			connectors: [plain, secure]
 			rules:
 			  - name: no-admin
 			    action: deny
@@ -127,43 +122,15 @@ func TestPathSpellingsCannotPassADeny(t *testing.T) {
 		`, hostAPI)),
 	})
 	g := fx.g
+	// One of each family; every spelling, and the clean paths that still
+	// pass, are in the proxy package's tests.
 	spellings := []string{
-		"/%C0%AE%C0%AE/admin",   // overlong UTF-8 for ".."
-		"/x/%C0%AE%C0%AE/admin", //
-		"/%C0%AFadmin",          // overlong "/"
-		"/\xef\xbd\x81dmin",     // fullwidth a, raw
-		"/%EF%BD%81dmin",        // fullwidth a, encoded
-		"/%EF%BC%8Fadmin",       // fullwidth solidus
-		"/\xf0\x9d\x97\xaedmin", // mathematical sans-serif a, NFKC "a"
-		"/%ED%A0%80admin",       // a surrogate
-		"/%E2%82admin",          // a cut-off sequence
-		"/%252e%252e/admin",     // double encoding
-		"/x/%252e%252e/admin",   //
-		"/%2541dmin",            //
-		"/%u002e%u002e/admin",   // IIS encoding
-		"/%u0061dmin",           //
-		"/x/%2E%2e/admin",       // mixed-case hex
-		"/%41dmin",              // needless encoding
-		"/adm%69n",              //
-		"/admin%20",             // trailing space
-		"/admin%20/users",       //
-		"/admin.",               // trailing dot
-		"/admin./users",         //
-		"/admin%2e/users",       //
-		"/admin;x=1/users",      // parameters
-		"/admin%3Bx=1/users",    //
-		"/ADMIN/users",          // case
-		"/Admin",                //
-		"/admin%00",             // NUL
-		"/admin%00.json",        //
-		"/admin%09",             // tab
-		"/admin%0A",             // line feed
-		"/x%2F..%2Fadmin",       // encoded slash
-		"/x%2f%2e%2e%2fadmin",   //
-		"/x%5C..%5Cadmin",       // encoded backslash
-		"/x\\..\\admin",         // raw backslash
-		"/x/..;/admin",          // dot segment with parameters
-		"//admin",               // empty segment
+		"/%C0%AE%C0%AE/admin", // overlong UTF-8 for ".."
+		"/%EF%BD%81dmin",      // fullwidth a, encoded
+		"/%252e%252e/admin",   // double encoding
+		"/admin;x=1/users",    // parameters
+		"/ADMIN/users",        // case
+		"/x%2F..%2Fadmin",     // encoded slash
 	}
 	t.Run("plain", func(t *testing.T) {
 		for _, path := range spellings {
@@ -183,30 +150,6 @@ func TestPathSpellingsCannotPassADeny(t *testing.T) {
 			// The tunnel itself reached the upstream only if the gateway
 			// dialled it for the inner request, which it must not.
 			before.assertUnchanged(t)
-		}
-	})
-	get := func(host, path string) *http.Response {
-		raw := fmt.Sprintf("GET http://%s:%d%s HTTP/1.1\r\nHost: %s:%d\r\nProxy-Authorization: %s\r\nConnection: close\r\n\r\n",
-			host, plain.port, path, host, plain.port, spelled.header())
-		resp, _ := g.exchange(t, http.MethodGet, []byte(raw))
-		return resp
-	}
-	t.Run("clean paths still pass", func(t *testing.T) {
-		for _, path := range []string{"/v1/users", "/a%20b", "/v1/users%3Abatch", "/file.tar.gz"} {
-			if resp := get(hostAPI, path); resp.StatusCode != http.StatusOK {
-				t.Errorf("%s: status %d, want 200 (body %q)", path, resp.StatusCode, readBody(t, resp))
-			}
-		}
-		assertGatewayError(t, get(hostAPI, "/administrator-guide"), http.StatusForbidden, "destination_not_allowed") // under the /admin prefix
-	})
-	t.Run("spellings only rules naming paths care about", func(t *testing.T) {
-		for _, path := range []string{"/caf%C3%A9", "/repos/group%2Fproject", "/\xef\xbd\x81dmin", "/v1/.../x"} {
-			before := snapshotReach(plain)
-			assertGatewayError(t, get(hostAPI, path), http.StatusBadRequest, "bad_request")
-			before.assertUnchanged(t)
-			if resp := get(hostOther, path); resp.StatusCode != http.StatusOK {
-				t.Errorf("%s on a host whose rules name no paths: status %d, want 200 (body %q)", path, resp.StatusCode, readBody(t, resp))
-			}
 		}
 	})
 }
@@ -428,7 +371,9 @@ func TestSecretEchoesInOtherSpellings(t *testing.T) {
 	t.Cleanup(transport.CloseIdleConnections)
 	client := &http.Client{Transport: transport}
 	mid := strings.ToLower(secret[2 : len(secret)-2]) // an encoding's edges may keep a byte
-	for name, e := range echoEncodings {
+	// A few encodings; every one is in the proxy package's tests.
+	for _, name := range []string{"plain", "base64", "json-every"} {
+		e := echoEncodings[name]
 		t.Run(name, func(t *testing.T) {
 			// The upstream got the secret and encoded it: the test is real.
 			if got := e.decode(e.encode("Bearer " + secret)); !strings.Contains(got, secret) {

@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bufio"
 	"compress/gzip"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -212,22 +210,6 @@ func TestInspectedTunnel(t *testing.T) {
 		}
 	})
 
-	t.Run("requests inside are dialled under the network policy", func(t *testing.T) {
-		// The CONNECT dials nothing; each request inside is checked on
-		// the address it is dialled to, as a plain request is.
-		before := snapshotReach(fx.victim)
-		resp, err := fx.client(t).Get(fx.victim.url(hostRebind, "/v1/rebound"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		assertGatewayError(t, resp, http.StatusForbidden, "destination_ip_denied")
-		before.assertUnchanged(t)
-	})
-
-	t.Run("trailers are scrubbed too", func(t *testing.T) {
-		assertTrailerScrubbed(t, fx.client(t), fx.origin.url(hostAPI, "/v1/trailer"))
-	})
-
 	t.Run("informational responses never reach the sandbox", func(t *testing.T) {
 		res := run(t, nil, "", "curl", "-sS", "-i",
 			"-x", "http://"+g.proxyAddr, "--proxy-user", inspector.tenant+":"+inspector.token,
@@ -237,13 +219,6 @@ func TestInspectedTunnel(t *testing.T) {
 		}
 		if strings.Contains(res.stdout, injectedSecret) || strings.Contains(res.stdout, " 103 ") || !strings.Contains(res.stdout, "after early hints") {
 			t.Errorf("curl saw:\n%s", res.stdout)
-		}
-	})
-
-	t.Run("an encoding over several header lines is not taken for the first", func(t *testing.T) {
-		status, body := fetch(t, fx.client(t), fx.origin.url(hostAPI, "/v1/double-encoding"))
-		if strings.Contains(body, injectedSecret) || status != http.StatusBadGateway {
-			t.Errorf("status %d, body %q; want 502, the body refused rather than passed unscrubbed", status, body)
 		}
 	})
 
@@ -260,83 +235,16 @@ func TestInspectedTunnel(t *testing.T) {
 		}
 	})
 
-	t.Run("methods and paths apply inside the tunnel", func(t *testing.T) {
-		client := fx.client(t)
-		for _, c := range []struct{ method, path string }{{http.MethodDelete, "/v1/items"}, {http.MethodGet, "/v2/items"}} {
-			before := len(fx.origin.requestsTo(c.path))
-			req, _ := http.NewRequest(c.method, fx.origin.url(hostAPI, c.path), nil)
-			resp, err := client.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			e := assertGatewayError(t, resp, http.StatusForbidden, "destination_not_allowed")
-			if after := len(fx.origin.requestsTo(c.path)); after != before {
-				t.Errorf("%s %s reached the upstream", c.method, c.path)
-			}
-			// explain, asked about the same URL, says what the gateway did.
-			query := url.Values{"tenant": {inspector.tenant}, "method": {c.method}, "url": {fx.origin.url(hostAPI, c.path)}}
-			var trace struct{ Decision, Code, Reason string }
-			if body := g.admin(t, "/v1/explain?"+query.Encode()); json.Unmarshal([]byte(body), &trace) != nil ||
-				trace.Decision != "deny" || trace.Code != "destination_not_allowed" || trace.Reason != e.Message {
-				t.Errorf("/v1/explain for %s %s: %s\nwant deny, destination_not_allowed, %q", c.method, c.path, body, e.Message)
-			}
-		}
-	})
+	// The network policy, trailers, encodings, methods and paths, other
+	// hosts, malformed requests, untrusted certificates and bodies that
+	// stream inside the tunnel are in the proxy package's tests.
 
-	t.Run("an inner request for another host is refused", func(t *testing.T) {
-		for _, c := range []struct{ name, requestLine, host string }{
-			{"Host header", "GET /v1/elsewhere HTTP/1.1", hostOther},
-			{"absolute URL", "GET https://" + fx.origin.authority(hostOther) + "/v1/elsewhere HTTP/1.1", hostOther},
-		} {
-			t.Run(c.name, func(t *testing.T) {
-				tunnel := g.tunnel(t, inspector, fx.origin.authority(hostAPI))
-				tlsConn := tls.Client(tunnel, &tls.Config{ServerName: hostAPI, RootCAs: fx.caPool})
-				fmt.Fprintf(tlsConn, "%s\r\nHost: %s\r\n\r\n", c.requestLine, fx.origin.authority(c.host))
-				resp, err := http.ReadResponse(bufio.NewReader(tlsConn), nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				assertGatewayError(t, resp, http.StatusBadRequest, "bad_request")
-				if seen := fx.origin.requestsTo("/v1/elsewhere"); len(seen) != 0 {
-					t.Errorf("the other host was reached: %+v", seen)
-				}
-			})
-		}
-	})
-
-	t.Run("an inner request net/http cannot parse gets the gateway's reply", func(t *testing.T) {
-		tunnel := g.tunnel(t, inspector, fx.origin.authority(hostAPI))
-		tlsConn := tls.Client(tunnel, &tls.Config{ServerName: hostAPI, RootCAs: fx.caPool})
-		fmt.Fprintf(tlsConn, "POST /v1/malformed HTTP/1.1\r\nHost: %s\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", fx.origin.authority(hostAPI))
-		resp, err := http.ReadResponse(bufio.NewReader(tlsConn), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		assertGatewayError(t, resp, http.StatusBadRequest, "bad_request")
-		if seen := fx.origin.requestsTo("/v1/malformed"); len(seen) != 0 {
-			t.Errorf("the upstream was reached: %+v", seen)
-		}
-	})
-
-	t.Run("an upstream certificate the gateway does not trust", func(t *testing.T) {
-		req, _ := http.NewRequest(http.MethodGet, fx.badCert.URL+"/v1/x", nil)
-		resp, err := fx.client(t).Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e := assertGatewayError(t, resp, http.StatusBadGateway, "upstream_unreachable")
-		if !strings.Contains(e.Message, "certificate") {
-			t.Errorf("message %q does not say the certificate failed", e.Message)
-		}
-	})
-
-	// A body a hook read whole goes out in one piece, one passed through
-	// streams; both are counted in the audit line.
+	// A body a hook read whole goes out in one piece and is counted in
+	// the audit line.
 	for _, tc := range []struct {
 		name, host, path, stamp string
 	}{
 		{"a body a hook held goes out whole and is counted", hostOther, "/v1/held", "stamped"},
-		{"a body passed through as it streams is counted too", hostAPI, "/v1/streamed", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			body := strings.Repeat("body of "+tc.path+" ", 300)
@@ -362,7 +270,6 @@ func TestInspectedTunnel(t *testing.T) {
 		if rec["decision"] != "allow" || !ruleIs(rec["rule"], "api") {
 			t.Errorf("audit line %v", rec)
 		}
-		g.waitAudit(t, auditWith("tenant", inspector.tenant, "path", "/v2/items", "decision", "deny"))
 		for name, text := range map[string]string{"stdout": g.stdout.String(), "stderr": g.stderr.String()} {
 			if strings.Contains(text, injectedSecret) {
 				t.Errorf("the injected secret appears in the gateway's %s", name)

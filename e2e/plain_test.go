@@ -9,8 +9,8 @@ import (
 )
 
 // The gateway forwards plain responses itself: streams flow as they
-// arrive, trailers pass, a HEAD keeps its length, and an upstream that
-// fails mid-body never looks like a complete response to the client.
+// arrive (trailers, HEAD and bodies cut short are in
+// the proxy package's tests).
 func TestPlainResponses(t *testing.T) {
 	t.Parallel()
 	secondPiece := make(chan struct{})
@@ -28,25 +28,6 @@ func TestPlainResponses(t *testing.T) {
 				return
 			}
 			_, _ = io.WriteString(w, "data: second\n\n")
-		case "/trailer":
-			w.Header().Set("Trailer", "X-Checksum")
-			_, _ = io.WriteString(w, "body with a trailer")
-			w.Header().Set("X-Checksum", "c0ffee")
-		case "/sized":
-			w.Header().Set("Content-Length", "1234")
-			if r.Method != http.MethodHead {
-				_, _ = w.Write(make([]byte, 1234))
-			}
-		case "/cut":
-			// Promise a chunked body, send part of it, then drop the
-			// connection.
-			w.(http.Flusher).Flush()
-			_, _ = io.WriteString(w, "partial")
-			w.(http.Flusher).Flush()
-			conn, _, err := http.NewResponseController(w).Hijack()
-			if err == nil {
-				conn.Close()
-			}
 		}
 	}))
 	g := startGateway(t, configFiles{
@@ -71,41 +52,6 @@ func TestPlainResponses(t *testing.T) {
 		rest, err := io.ReadAll(lines)
 		if err != nil || !strings.Contains(string(rest), "data: second") {
 			t.Fatalf("rest of the stream %q, %v", rest, err)
-		}
-	})
-	t.Run("trailers reach the client", func(t *testing.T) {
-		resp, err := client.Get(base + "/trailer")
-		if err != nil {
-			t.Fatal(err)
-		}
-		body := readBody(t, resp)
-		if body != "body with a trailer" || resp.Trailer.Get("X-Checksum") != "c0ffee" {
-			t.Errorf("body %q, trailer %q; want the body and X-Checksum: c0ffee", body, resp.Trailer.Get("X-Checksum"))
-		}
-	})
-	t.Run("HEAD keeps the length", func(t *testing.T) {
-		resp, err := client.Head(base + "/sized")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || resp.ContentLength != 1234 {
-			t.Errorf("HEAD: status %d, length %d; want 200 and 1234", resp.StatusCode, resp.ContentLength)
-		}
-	})
-	t.Run("a body cut by the upstream is an error, not an end", func(t *testing.T) {
-		resp, err := client.Get(base + "/cut")
-		if err != nil {
-			t.Fatalf("the upstream's headers did not arrive: %v", err)
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err == nil {
-			t.Errorf("read %q and a clean end; want an error after the upstream dropped the connection", body)
-		}
-		rec := g.waitAudit(t, auditWith("path", "/cut"))
-		if auditNumber(rec, "status") != http.StatusOK {
-			t.Errorf("audit status %v, want the upstream's 200", rec["status"])
 		}
 	})
 }

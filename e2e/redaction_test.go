@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"net/http"
-	"regexp"
 	"strings"
 	"testing"
 )
@@ -86,42 +85,8 @@ func TestRedaction(t *testing.T) {
 		}
 	})
 
-	t.Run("hash is stable across requests", func(t *testing.T) {
-		hmac := regexp.MustCompile(`hmac:[0-9a-f]{16}`)
-		var hashes []string
-		for range 2 {
-			resp, err := client.Post(origin.url(hostOther, "/v1/events"), "text/plain", strings.NewReader("signup by alice@example.com"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var echoed map[string]any
-			json.NewDecoder(resp.Body).Decode(&echoed)
-			resp.Body.Close()
-			h := hmac.FindString(echoed["body"].(string))
-			if h == "" || strings.Contains(echoed["body"].(string), "alice@example.com") {
-				t.Fatalf("not pseudonymised: %v", echoed["body"])
-			}
-			hashes = append(hashes, h)
-		}
-		if hashes[0] != hashes[1] {
-			t.Errorf("hash differs between requests: %v", hashes)
-		}
-	})
-
-	t.Run("oversized body refused, never sent unredacted", func(t *testing.T) {
-		before := len(origin.requestsTo("/v1/big"))
-		req, _ := http.NewRequest(http.MethodPost, origin.url(hostAPI, "/v1/big"), strings.NewReader(`{"email":"alice@example.com","pad":"`+strings.Repeat("x", 70<<10)+`"}`))
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		assertGatewayError(t, resp, http.StatusRequestEntityTooLarge, "body_too_large")
-		if len(origin.requestsTo("/v1/big")) != before {
-			t.Error("the oversized body reached the upstream")
-		}
-	})
-
+	// The stable hash and the oversized body are in
+	// the proxy package's tests.
 	t.Run("metrics, audit and logs", func(t *testing.T) {
 		samples, err := g.metrics()
 		if err != nil {

@@ -136,10 +136,8 @@ func TestDNSFailuresSayWhichKind(t *testing.T) {
 		name, resolver, host string
 		say, not             string
 	}{
-		{"no such host", testDNS.Addr(), hostNXDomain, "check the spelling", "resolver"},
+		// The other kinds are in the proxy package's tests.
 		{"resolver fails", startDNSReplier(t, dnsmessage.RCodeServerFailure, false), hostAPI, "resolver failed", "spelling"},
-		{"resolver refuses", startDNSReplier(t, dnsmessage.RCodeRefused, false), hostAPI, "resolver failed", "spelling"},
-		{"resolver silent", startDNSReplier(t, 0, true), hostAPI, "did not answer in time", "spelling"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

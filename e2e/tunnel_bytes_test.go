@@ -83,36 +83,8 @@ func startByteCounter(t *testing.T) *byteCounter {
 	return b
 }
 
-// TestBytesBehindConnectAreDelivered: what a client writes in the same
-// segment as its CONNECT reaches the upstream, to a host name (through
-// the first-bytes check) and to an IP literal alike.
-func TestBytesBehindConnectAreDelivered(t *testing.T) {
-	t.Parallel()
-	echoServer := startTCPServer(t, "127.0.0.1", echo)
-	g := startGateway(t, configFiles{
-		"gateway.yaml":      gatewayYAML(""),
-		"tenants/acme.yaml": tenantYAML(acme, allowRule("echo", []string{hostAPI, "127.0.0.1"}, echoServer.port)),
-	})
-	for _, host := range []string{hostAPI, "127.0.0.1"} {
-		t.Run(host, func(t *testing.T) {
-			conn := newPipelinedConn(t, g, acme, echoServer.authority(host))
-			const payload = "sent with the CONNECT head"
-			if _, err := io.WriteString(conn, payload); err != nil {
-				t.Fatal(err)
-			}
-			got := make([]byte, len(payload))
-			if _, err := io.ReadFull(conn, got); err != nil || string(got) != payload {
-				t.Fatalf("echo of the bytes behind the CONNECT: %q, %v", got, err)
-			}
-			pingThroughTunnel(t, conn) // and the tunnel goes on as usual
-		})
-	}
-}
-
 // TestTLSBehindConnect: a ClientHello sent with the CONNECT head completes
-// its handshake, with the upstream through an opaque tunnel (the
-// first-bytes check reads it from what came with the head) and with the
-// gateway through an inspected one.
+// its handshake with the gateway through an inspected tunnel.
 func TestTLSBehindConnect(t *testing.T) {
 	t.Parallel()
 	fx := startInspectFixture(t)
@@ -123,18 +95,8 @@ func TestTLSBehindConnect(t *testing.T) {
 			t.Fatalf("inspected GET after a pipelined ClientHello: %d %q", status, body)
 		}
 	})
-	t.Run("opaque", func(t *testing.T) {
-		origin := startTLSUpstream(t, "127.0.0.1", nil)
-		g := startGateway(t, configFiles{
-			"gateway.yaml":      gatewayYAML(""),
-			"tenants/acme.yaml": tenantYAML(acme, allowRule("tls", []string{hostAPI}, origin.port)),
-		})
-		conn := newPipelinedConn(t, g, acme, origin.authority(hostAPI))
-		status, body := getOverTLS(t, conn, hostAPI, origin.authority(hostAPI), testPKI.pool, "/opaque")
-		if status != http.StatusOK || body != greeting("/opaque") {
-			t.Fatalf("GET through an opaque tunnel after a pipelined ClientHello: %d %q", status, body)
-		}
-	})
+	// The opaque tunnel, and bytes other than a ClientHello, are in
+	// the proxy package's tests.
 }
 
 // getOverTLS speaks TLS to serverName over conn and sends GET path to
@@ -172,10 +134,8 @@ func TestOpaqueTunnelServerNameMustMatch(t *testing.T) {
 		open  func(t *testing.T) net.Conn
 		asked string
 	}{
+		// The hello sent with the CONNECT is in the proxy package's tests.
 		{"another host", func(t *testing.T) net.Conn { return g.tunnel(t, acme, counter.authority(hostAPI)) }, hostOther},
-		{"another host, hello sent with the CONNECT", func(t *testing.T) net.Conn {
-			return newPipelinedConn(t, g, acme, counter.authority(hostAPI))
-		}, "evil.example"},
 	}
 	for _, c := range refused {
 		t.Run(c.name, func(t *testing.T) {
@@ -201,8 +161,8 @@ func TestOpaqueTunnelServerNameMustMatch(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if n, _ := sumMetric(samples, "egressgw_requests_total", map[string]string{"decision": "deny", "code": "tunnel_sni_mismatch"}); n < 2 {
-			return fmt.Errorf("requests_total{code=tunnel_sni_mismatch} = %v, want 2", n)
+		if n, _ := sumMetric(samples, "egressgw_requests_total", map[string]string{"decision": "deny", "code": "tunnel_sni_mismatch"}); n < 1 {
+			return fmt.Errorf("requests_total{code=tunnel_sni_mismatch} = %v, want 1", n)
 		}
 		return nil
 	})
@@ -211,9 +171,8 @@ func TestOpaqueTunnelServerNameMustMatch(t *testing.T) {
 		name, authority string
 		cfg             *tls.Config
 	}{
+		// No server name, and IP literals, are in the proxy package's tests.
 		{"the CONNECT's host", origin.authority(hostAPI), &tls.Config{ServerName: hostAPI, RootCAs: testPKI.pool}},
-		{"no server name", origin.authority(hostAPI), &tls.Config{InsecureSkipVerify: true}},
-		{"an IP literal CONNECT names no host to compare", origin.authority("127.0.0.1"), &tls.Config{ServerName: hostOther, RootCAs: testPKI.pool}},
 	}
 	for _, c := range allowed {
 		t.Run(c.name, func(t *testing.T) {

@@ -162,34 +162,3 @@ func TestUpgradeOneSidedTrafficIsNotIdle(t *testing.T) {
 		t.Fatalf("a silent upgraded connection: read %d, %v; want the gateway to close it after idle_timeout", n, err)
 	}
 }
-
-// TestUpgradeRefusedWhereRequestsAreRedacted: what the sandbox sends after
-// an upgrade would leave unredacted, so a connector with request redaction
-// refuses upgrades, on plain HTTP too.
-func TestUpgradeRefusedWhereRequestsAreRedacted(t *testing.T) {
-	t.Parallel()
-	origin := startHTTPUpstream(t, "127.0.0.1", upgradeEcho)
-	g := startGateway(t, configFiles{
-		"gateway.yaml": gatewayYAML(yamlf(`
-			redaction:
-			  profiles:
-			    pii: { detectors: [email], action: mask }
-		`)),
-		"connectors/crm.yaml": yamlf(`
-			name: crm
-			hosts: [%q]
-			ports: [%d]
-			redact: { request: [pii] }
-		`, hostAPI, origin.port),
-		"tenants/acme.yaml": tenantYAML(acme, "connectors: [crm]\n"),
-	})
-	before := snapshotReach(origin)
-	resp, _ := g.exchange(t, http.MethodGet, []byte(fmt.Sprintf(
-		"GET %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-		origin.url(hostAPI, "/ws"), origin.authority(hostAPI), acme.header())))
-	e := assertGatewayError(t, resp, http.StatusForbidden, "destination_not_allowed")
-	if !strings.Contains(e.Message, "upgrade") {
-		t.Errorf("message %q does not say why", e.Message)
-	}
-	before.assertUnchanged(t)
-}
