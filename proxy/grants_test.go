@@ -201,7 +201,7 @@ func (sg *servedGateway) metricValue(t *testing.T, name string, labels map[strin
 
 // eventually polls cond until it holds or within passes, and fails with
 // what.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+func pollWithin(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
@@ -259,7 +259,7 @@ func TestRefusalRecordsAccessRequest(t *testing.T) {
 	if cresp.StatusCode != http.StatusForbidden || creq.AccessRequest == nil || creq.AccessRequest.ID != refusal.AccessRequest.ID {
 		t.Fatalf("CONNECT: %d, access_request %+v; want 403 with %s", cresp.StatusCode, creq.AccessRequest, refusal.AccessRequest.ID)
 	}
-	eventually(t, grantWait, "the count of the folded refusal", func() bool {
+	pollWithin(t, grantWait, "the count of the folded refusal", func() bool {
 		reqs, err := store.ListRequests(context.Background(), state.Filter{Tenant: "acme"})
 		return err == nil && len(reqs) == 1 && reqs[0].Count == 2
 	})
@@ -372,14 +372,14 @@ func TestGrantAllowsRequests(t *testing.T) {
 	g := addGrant(t, store, host, atoi(t, port), time.Now().Add(time.Hour))
 	var resp *http.Response
 	var body []byte
-	eventually(t, grantWait, "the grant applied", func() bool {
+	pollWithin(t, grantWait, "the grant applied", func() bool {
 		resp, body = sg.get(t, url)
 		return resp.StatusCode == http.StatusOK
 	})
 	if string(body) != "hello" {
 		t.Errorf("body %q", body)
 	}
-	eventually(t, hangGuard, "an audit line with rule grant:"+g.ID, func() bool {
+	pollWithin(t, hangGuard, "an audit line with rule grant:"+g.ID, func() bool {
 		return strings.Contains(sg.audit.String(), `"decision":"allow","code":"ok","rule":"grant:`+g.ID+`","status":200`)
 	})
 	// The grant names one port: another is refused still.
@@ -401,7 +401,7 @@ func TestGrantKeepsNetworkSafety(t *testing.T) {
 	host, port, _ := countedUpstream(t)
 	// A second grant, to see when grants have been read.
 	addGrant(t, store, host, atoi(t, port), time.Now().Add(time.Hour))
-	eventually(t, grantWait, "grants read", func() bool {
+	pollWithin(t, grantWait, "grants read", func() bool {
 		resp, _ := sg.get(t, "http://"+net.JoinHostPort(host, port)+"/ready")
 		return resp.StatusCode == http.StatusOK
 	})
@@ -428,7 +428,7 @@ func TestGrantWithPathsRefusesTunnels(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, grantWait, "the grant applied", func() bool {
+	pollWithin(t, grantWait, "the grant applied", func() bool {
 		resp, _ := sg.get(t, "http://"+net.JoinHostPort(host, port)+"/v1/x")
 		return resp.StatusCode == http.StatusOK
 	})
@@ -476,7 +476,7 @@ func openGrantedTunnel(t *testing.T, sg *servedGateway, host, port string) (net.
 	t.Helper()
 	var conn net.Conn
 	var br *bufio.Reader
-	eventually(t, grantWait, "the grant applied", func() bool {
+	pollWithin(t, grantWait, "the grant applied", func() bool {
 		var resp *http.Response
 		conn, br, resp = sg.connect(t, net.JoinHostPort(host, port))
 		if resp.StatusCode == http.StatusOK {
@@ -509,7 +509,7 @@ func expectTunnelClosed(t *testing.T, conn net.Conn, br *bufio.Reader) {
 func revokedTunnelLine(t *testing.T, sg *servedGateway, port string) auditRecord {
 	t.Helper()
 	var rec auditRecord
-	eventually(t, hangGuard, "the tunnel's audit line", func() bool {
+	pollWithin(t, hangGuard, "the tunnel's audit line", func() bool {
 		for _, line := range strings.Split(sg.audit.String(), "\n") {
 			var r auditRecord
 			if json.Unmarshal([]byte(line), &r) == nil && r.Method == http.MethodConnect && r.Code == string(policy.CodeRevoked) && itoa(r.Port) == port {
@@ -641,7 +641,7 @@ func TestGatewaysShareGrantsThroughRedis(t *testing.T) {
 	}
 	g := addGrant(t, stores[0], host, atoi(t, port), time.Now().Add(time.Hour))
 	for i, sg := range gateways {
-		eventually(t, grantWait, "the grant applied on gateway "+itoa(uint16(i)), func() bool {
+		pollWithin(t, grantWait, "the grant applied on gateway "+itoa(uint16(i)), func() bool {
 			resp, _ := sg.get(t, url)
 			return resp.StatusCode == http.StatusOK
 		})
@@ -650,7 +650,7 @@ func TestGatewaysShareGrantsThroughRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, sg := range gateways {
-		eventually(t, grantWait, "the revocation applied on gateway "+itoa(uint16(i)), func() bool {
+		pollWithin(t, grantWait, "the revocation applied on gateway "+itoa(uint16(i)), func() bool {
 			resp, _ := sg.get(t, url)
 			return resp.StatusCode == http.StatusForbidden
 		})
@@ -765,14 +765,14 @@ func TestInnerRefusalRecordsAccessRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, grantWait, "the grant applied inside the tunnel", func() bool {
+	pollWithin(t, grantWait, "the grant applied inside the tunnel", func() bool {
 		resp, body := sg.innerGet(t, ca, host, port, "/admin/users")
 		return resp.StatusCode == http.StatusOK && string(body) == "inner /admin/users"
 	})
 	if resp, _ := sg.innerGet(t, ca, host, port, "/other"); resp.StatusCode != http.StatusForbidden {
 		t.Errorf("a path neither the connector nor the grant allows: %d", resp.StatusCode)
 	}
-	eventually(t, hangGuard, "an audit line with rule grant:"+g.ID, func() bool {
+	pollWithin(t, hangGuard, "an audit line with rule grant:"+g.ID, func() bool {
 		return strings.Contains(sg.audit.String(), `"path":"/admin/users","decision":"allow","code":"ok","rule":"grant:`+g.ID+`"`)
 	})
 }
@@ -784,7 +784,7 @@ func TestAdminExplainShowsGrants(t *testing.T) {
 	host, port, _ := countedUpstream(t)
 	expires := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
 	g := addGrant(t, store, host, atoi(t, port), expires)
-	eventually(t, grantWait, "the grant applied", func() bool {
+	pollWithin(t, grantWait, "the grant applied", func() bool {
 		resp, _ := sg.get(t, "http://"+net.JoinHostPort(host, port)+"/")
 		return resp.StatusCode == http.StatusOK
 	})
@@ -865,7 +865,7 @@ func TestGrantedStreamClosedWhenRevoked(t *testing.T) {
 	g := addGrant(t, store, host, atoi(t, port), time.Now().Add(time.Hour))
 	target := "http://" + net.JoinHostPort(host, port)
 	var events *bufio.Reader
-	eventually(t, grantWait, "the grant applied", func() bool {
+	pollWithin(t, grantWait, "the grant applied", func() bool {
 		resp, _ := sg.send(t, mustRequest(t, target+"/stream"))
 		events = bufio.NewReader(resp.Body)
 		return resp.StatusCode == http.StatusOK
@@ -884,7 +884,7 @@ func TestGrantedStreamClosedWhenRevoked(t *testing.T) {
 		t.Errorf("the stream ended with %v, want it cut short (unexpected EOF)", err)
 	}
 	var rec auditRecord
-	eventually(t, hangGuard, "the stream's audit line", func() bool {
+	pollWithin(t, hangGuard, "the stream's audit line", func() bool {
 		for _, line := range strings.Split(sg.audit.String(), "\n") {
 			var r auditRecord
 			if json.Unmarshal([]byte(line), &r) == nil && r.Path == "/stream" && r.Status == http.StatusOK {
@@ -907,7 +907,7 @@ func TestUnparsableGrantDropped(t *testing.T) {
 	addGrant(t, store, "*.com", 80, time.Now().Add(time.Hour))
 	host, port, hits := countedUpstream(t)
 	addGrant(t, store, host, atoi(t, port), time.Now().Add(time.Hour))
-	eventually(t, grantWait, "the valid grant applied", func() bool {
+	pollWithin(t, grantWait, "the valid grant applied", func() bool {
 		resp, _ := sg.get(t, "http://"+net.JoinHostPort(host, port)+"/")
 		return resp.StatusCode == http.StatusOK
 	})
