@@ -119,28 +119,37 @@ func setRateLimitHeaders(h http.Header, res quota.Result) {
 // under the exchange's own policy generation (docs/admins.md, "Saving:
 // reload": requests in flight finish under the policy they started
 // with). A request inside an inspected tunnel gets none: the tunnel's own
-// connection is shaped already. Each path asks once, for both.
+// connection is shaped already. Each lookup takes the shapers' registry
+// lock: a path asks once, and only for the directions it carries.
 func (ex *exchange) shapers() (egress, ingress *quota.Shaper) {
+	return ex.egressShaper(), ex.ingressShaper()
+}
+
+func (ex *exchange) egressShaper() *quota.Shaper {
 	if ex.inner {
-		return nil, nil
+		return nil
 	}
-	q := ex.tenant.Quota
-	// A shaper is the tenant's, shared with the exchanges of newer
-	// generations: once a reload has replaced this exchange's, it joins
-	// the shaper the reload left (set to the new limit) rather than set
-	// it back to its own older limit.
-	replaced := ex.gw.runtime.Load() != ex.rt
-	return ex.shaper(ex.ts.egressKey, q.EgressBytes, replaced), ex.shaper(ex.ts.ingressKey, q.IngressBytes, replaced)
+	return ex.shaper(ex.ts.egressKey, ex.tenant.Quota.EgressBytes)
+}
+
+func (ex *exchange) ingressShaper() *quota.Shaper {
+	if ex.inner {
+		return nil
+	}
+	return ex.shaper(ex.ts.ingressKey, ex.tenant.Quota.IngressBytes)
 }
 
 // shaper is the shaper of key at limit bytes a second; nil, and no lookup
 // at all, when limit is unlimited (a shaper left from an earlier limit was
-// already set unlimited by the reload).
-func (ex *exchange) shaper(key string, limit int64, replaced bool) *quota.Shaper {
+// already set unlimited by the reload). A shaper is the tenant's, shared
+// with the exchanges of newer generations: once a reload has replaced
+// this exchange's generation, it joins the shaper the reload left (set to
+// the new limit) rather than set it back to its own older limit.
+func (ex *exchange) shaper(key string, limit int64) *quota.Shaper {
 	if limit <= 0 {
 		return nil
 	}
-	if replaced {
+	if ex.gw.runtime.Load() != ex.rt {
 		if s := ex.gw.bandwidth.Lookup(key); s != nil {
 			return s
 		}

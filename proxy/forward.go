@@ -27,7 +27,6 @@ import (
 // arms a flush timer, which cost more than the small-request budget allows
 // (docs/design.md, "The forwarder").
 func (ex *exchange) forward(w http.ResponseWriter, r *http.Request, out transformed, rate quota.Result, t *tunnel) outcome {
-	egress, ingress := ex.shapers()
 	r.RequestURI = "" // a server's request, sent on as a client's
 	// The client's Connection header was its own connection's: the
 	// gateway's connection to the upstream stays in its pool.
@@ -39,18 +38,16 @@ func (ex *exchange) forward(w http.ResponseWriter, r *http.Request, out transfor
 	}
 	ex.inject(r.Header)
 	var upload *uploadBody
-	switch {
-	case r.Body == nil || r.Body == http.NoBody:
+	if r.Body == nil || r.Body == http.NoBody {
 		// No body at all: the transport then writes none, rather than
 		// copy an empty one through a reader of its own.
 		r.Body = nil
-	case out.bodyHeld && egress == nil:
-		// Left unwrapped, the transport sees a body in memory and sends
-		// it with the head in one write; it is counted once answered.
-	default:
+	} else if egress := ex.egressShaper(); !out.bodyHeld || egress != nil {
 		upload = &uploadBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
 		r.Body = upload
 	}
+	// A held body left unwrapped is sent with the head in one write, as
+	// the transport sees it is in memory; it is counted once answered.
 
 	resp, err := ex.body.roundTrip(ex.rt.transport, r)
 	if err == nil && upload == nil {
@@ -87,7 +84,7 @@ func (ex *exchange) forward(w http.ResponseWriter, r *http.Request, out transfor
 	setRateLimitHeaders(h, rate)
 	announceTrailers(h, resp.Trailer)
 	w.WriteHeader(resp.StatusCode)
-	if o := ex.copyResponse(r.Context(), w, resp.Body, ingress); !o.ok() {
+	if o := ex.copyResponse(r.Context(), w, resp.Body, ex.ingressShaper()); !o.ok() {
 		return o
 	}
 	for k, v := range resp.Trailer {

@@ -106,7 +106,7 @@ func (g *Gateway) serveInner(outer *tunnel, w http.ResponseWriter, r *http.Reque
 	}
 
 	authority := net.JoinHostPort(ex.host, itoa(ex.port))
-	r.URL.Scheme, r.URL.Host, r.Host = "https", authority, authority
+	r.URL.Scheme, r.URL.Host, r.Host = ex.scheme, authority, authority
 	t := g.holdStream(ex, r)
 	o = ex.forward(w, r, out, rate, t)
 	switch reason := g.releaseStream(t); {
