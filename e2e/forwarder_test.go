@@ -211,3 +211,38 @@ func TestClientConnectionCloseKeepsUpstreamConnection(t *testing.T) {
 		t.Errorf("the upstream saw %d connections for %d requests; want its connection reused", n, requests)
 	}
 }
+
+// TestUndecodableResponseSaysWhy: a plain request's response that the
+// connector must inspect (here, redact) but whose encoding the gateway
+// cannot decode is refused with a message that names the encoding, as
+// inside an inspected tunnel, and nothing of it reaches the client.
+func TestUndecodableResponseSaysWhy(t *testing.T) {
+	t.Parallel()
+	const secret = "alice@example.com"
+	origin := startHTTPUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Encoding", "br")
+		io.WriteString(w, secret)
+	}))
+	g := startGateway(t, configFiles{
+		"gateway.yaml": gatewayYAML(yamlf(`
+			redaction:
+			  profiles:
+			    pii: { detectors: [email], action: mask }
+		`)),
+		"connectors/api.yaml": yamlf(`
+			name: api
+			hosts: [%q]
+			ports: [%d]
+			redact: { response: [pii] }
+		`, hostAPI, origin.port),
+		"tenants/acme.yaml": tenantYAML(acme, "connectors: [api]\n"),
+	})
+	resp := g.get(t, acme.header(), origin.url(hostAPI, "/compressed"))
+	e := assertGatewayError(t, resp, http.StatusBadGateway, "upstream_unreachable")
+	if !strings.Contains(e.Message, "br encoding") {
+		t.Errorf("message %q does not name the encoding", e.Message)
+	}
+	if strings.Contains(e.Message, secret) {
+		t.Errorf("message %q carries the response", e.Message)
+	}
+}

@@ -117,9 +117,11 @@ func (ex *exchange) upstreamFailed(err error) outcome {
 		// failed body read cancels; the client stalled, it did not leave.
 		err = fmt.Errorf("%w: %w", errBodyStalled, err)
 	}
-	var unscrubbable *encodingError
-	if errors.As(err, &unscrubbable) {
-		return failed(policy.CodeUpstreamUnreachable, fmt.Sprintf("%s answered with %s encoding, which the gateway cannot scrub of injected credentials", target, unscrubbable.encoding))
+	var undecodable *encodingError
+	if errors.As(err, &undecodable) {
+		// Scrubbing, redaction and hooks read the body decoded: one
+		// the gateway cannot decode is never passed on unread.
+		return failed(policy.CodeUpstreamUnreachable, fmt.Sprintf("%s answered with %s encoding, which the gateway cannot decode to scrub, redact or hook the response, so it is not passed on", target, undecodable.encoding))
 	}
 	if errors.Is(err, errUnsolicitedUpgrade) {
 		return failed(policy.CodeUpstreamUnreachable, target+" answered 101 Switching Protocols to a request that asked for no such switch; the gateway does not relay it")
