@@ -37,18 +37,17 @@ func (ex *exchange) forward(w http.ResponseWriter, r *http.Request, out transfor
 		r.Header["User-Agent"] = noUserAgent
 	}
 	ex.inject(r.Header)
+	// The body is counted and shaped on its way, except a held one with
+	// no shaper: left unwrapped, the transport sees it is in memory and
+	// sends it with the head in one write; it is counted once answered.
+	// No body at all is sent as none, not copied through a reader.
 	var upload *uploadBody
 	if r.Body == nil || r.Body == http.NoBody {
-		// No body at all: the transport then writes none, rather than
-		// copy an empty one through a reader of its own.
 		r.Body = nil
-	} else if egress := ex.egressShaper(); !out.bodyHeld || egress != nil {
+	} else if egress := ex.egressShaper(); egress != nil || !out.bodyHeld {
 		upload = &uploadBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
 		r.Body = upload
 	}
-	// A held body left unwrapped is sent with the head in one write, as
-	// the transport sees it is in memory; it is counted once answered.
-
 	resp, err := ex.body.roundTrip(ex.rt.transport, r)
 	if err == nil && upload == nil {
 		ex.bytesUp.Add(max(r.ContentLength, 0)) // sent: the upstream answered it
