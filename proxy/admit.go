@@ -16,8 +16,9 @@ import (
 // admit is the quota step of the request path: a token from the tenant's
 // and the connector's buckets, then, for requests and tunnels that hold a
 // connection open (not requests inside an inspected tunnel, which its
-// tunnel already holds), a concurrency slot.
-func (ex *exchange) admit(ctx context.Context, holdsSlot bool) outcome {
+// tunnel already holds), a concurrency slot. It returns the rate decision,
+// whose RateLimit headers the response carries (setRateLimitHeaders).
+func (ex *exchange) admit(ctx context.Context, holdsSlot bool) (quota.Result, outcome) {
 	tenant := ex.tenant
 	limiter := ex.gw.quota
 	// Keys and limits were compiled at load (docs/design.md).
@@ -32,7 +33,7 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) outcome {
 		res, err = limiter.Allow(ctx, tenant.QuotaKey, tenant.Quota.Rate)
 	}
 	if o := ex.quotaOutcome(res.FailedOpen, err); !o.ok() {
-		return o
+		return quota.Result{}, o
 	}
 	if res.Limit > 0 && !res.Allowed {
 		retryAfter := res.RetryAfterSeconds()
@@ -44,9 +45,8 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) outcome {
 		o := refused(policy.CodeRateLimited, fmt.Sprintf(
 			"tenant %q is over its request rate (%s limit of %d burst); retry after %d s", tenant.ID, which, res.Limit, retryAfter))
 		o.retryAfter = retryAfter
-		return o
+		return quota.Result{}, o
 	}
-	ex.rate = res
 
 	if holdsSlot && tenant.Quota.MaxConcurrent > 0 {
 		slot, err := limiter.Acquire(ctx, tenant.QuotaKey, tenant.Quota.MaxConcurrent)
@@ -54,15 +54,15 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) outcome {
 		// A request that passed unchecked is counted once, however many
 		// checks did.
 		if o := ex.quotaOutcome(slot.FailedOpen && !res.FailedOpen, err); !o.ok() {
-			return o
+			return quota.Result{}, o
 		}
 		if !slot.Acquired {
 			ex.gw.metrics.quotaRejection(tenant.ID, "concurrency")
-			return refused(policy.CodeConcurrencyLimited, fmt.Sprintf(
+			return quota.Result{}, refused(policy.CodeConcurrencyLimited, fmt.Sprintf(
 				"tenant %q already has %d requests and tunnels open, its max_concurrent; close some or retry later", tenant.ID, tenant.Quota.MaxConcurrent))
 		}
 	}
-	return outcome{}
+	return res, outcome{}
 }
 
 // quotaOutcome handles the quota backend failing: with on_error: deny
@@ -85,58 +85,71 @@ func (ex *exchange) quotaOutcome(failedOpen bool, err error) outcome {
 }
 
 // setAllowedHeaders adds to an allowed response its X-Request-Id and,
-// when it passed a request-rate quota, the RateLimit headers
+// for a tunnel's 200, the RateLimit headers of the token its CONNECT took
 // (docs/reference.md, "What clients see").
+func (ex *exchange) setAllowedHeaders(h http.Header) {
+	ex.requestIDValue[0] = ex.id
+	h["X-Request-Id"] = ex.requestIDValue[:]
+	setRateLimitHeaders(h, ex.rate)
+}
+
+// setRateLimitHeaders adds the RateLimit headers of res, the request-rate
+// decision admit made, when a request-rate quota applied.
 // Canonical keys are written directly (as Set would, without
 // canonicalising per call); the values share one backing array and the
 // numbers one string.
-func (ex *exchange) setAllowedHeaders(h http.Header) {
-	if ex.rate.Limit <= 0 {
-		h["X-Request-Id"] = []string{ex.id}
+func setRateLimitHeaders(h http.Header, res quota.Result) {
+	if res.Limit <= 0 {
 		return
 	}
 	var buf [3 * 20]byte
-	digits := strconv.AppendInt(buf[:0], int64(ex.rate.Limit), 10)
+	digits := strconv.AppendInt(buf[:0], int64(res.Limit), 10)
 	limitEnd := len(digits)
-	digits = strconv.AppendInt(digits, int64(ex.rate.Remaining), 10)
+	digits = strconv.AppendInt(digits, int64(res.Remaining), 10)
 	remainingEnd := len(digits)
-	digits = strconv.AppendInt(digits, int64(ex.rate.ResetSeconds()), 10)
+	digits = strconv.AppendInt(digits, int64(res.ResetSeconds()), 10)
 	numbers := string(digits)
-	values := []string{ex.id, numbers[:limitEnd], numbers[limitEnd:remainingEnd], numbers[remainingEnd:]}
-	h["X-Request-Id"] = values[0:1:1]
-	h["Ratelimit-Limit"] = values[1:2:2]
-	h["Ratelimit-Remaining"] = values[2:3:3]
-	h["Ratelimit-Reset"] = values[3:4:4]
+	values := []string{numbers[:limitEnd], numbers[limitEnd:remainingEnd], numbers[remainingEnd:]}
+	h["Ratelimit-Limit"] = values[0:1:1]
+	h["Ratelimit-Remaining"] = values[1:2:2]
+	h["Ratelimit-Reset"] = values[2:3:3]
 }
 
 // shapers returns the tenant's bandwidth shapers, nil where unlimited,
 // under the exchange's own policy generation (docs/admins.md, "Saving:
 // reload": requests in flight finish under the policy they started
-// with). They are looked up
-// once per exchange: a plain request needs them twice (its body, then the
-// response's), and a lookup takes the shapers' registry lock.
+// with). A request inside an inspected tunnel gets none: the tunnel's own
+// connection is shaped already. Each lookup takes the shapers' registry
+// lock: a path asks once, and only for the directions it carries.
 func (ex *exchange) shapers() (egress, ingress *quota.Shaper) {
-	ex.shapersOnce.Do(func() {
-		q := ex.tenant.Quota
-		// A shaper is the tenant's, shared with the exchanges of newer
-		// generations: once a reload has replaced this exchange's, it joins
-		// the shaper the reload left (set to the new limit) rather than set
-		// it back to its own older limit.
-		replaced := ex.gw.runtime.Load() != ex.rt
-		ex.egress = ex.shaper(ex.ts.egressKey, q.EgressBytes, replaced)
-		ex.ingress = ex.shaper(ex.ts.ingressKey, q.IngressBytes, replaced)
-	})
-	return ex.egress, ex.ingress
+	return ex.egressShaper(), ex.ingressShaper()
+}
+
+func (ex *exchange) egressShaper() *quota.Shaper {
+	if ex.inner {
+		return nil
+	}
+	return ex.shaper(ex.ts.egressKey, ex.tenant.Quota.EgressBytes)
+}
+
+func (ex *exchange) ingressShaper() *quota.Shaper {
+	if ex.inner {
+		return nil
+	}
+	return ex.shaper(ex.ts.ingressKey, ex.tenant.Quota.IngressBytes)
 }
 
 // shaper is the shaper of key at limit bytes a second; nil, and no lookup
 // at all, when limit is unlimited (a shaper left from an earlier limit was
-// already set unlimited by the reload).
-func (ex *exchange) shaper(key string, limit int64, replaced bool) *quota.Shaper {
+// already set unlimited by the reload). A shaper is the tenant's, shared
+// with the exchanges of newer generations: once a reload has replaced
+// this exchange's generation, it joins the shaper the reload left (set to
+// the new limit) rather than set it back to its own older limit.
+func (ex *exchange) shaper(key string, limit int64) *quota.Shaper {
 	if limit <= 0 {
 		return nil
 	}
-	if replaced {
+	if ex.gw.runtime.Load() != ex.rt {
 		if s := ex.gw.bandwidth.Lookup(key); s != nil {
 			return s
 		}

@@ -89,7 +89,7 @@ func admitConnect(ctx context.Context, ex *exchange, r *http.Request, authority 
 		o = ex.decide(connectTarget(authority))
 	}
 	if o.ok() {
-		o = ex.admit(ctx, true)
+		ex.rate, o = ex.admit(ctx, true)
 	}
 	return o
 }

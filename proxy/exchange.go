@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -13,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
 	"github.com/egressgw/egressgw/redaction"
@@ -64,29 +62,24 @@ type exchange struct {
 	grants        *policy.Grants
 	accessRequest *state.RequestRef
 
-	rate quota.Result // the rate decision, for the RateLimit headers
-	slot quota.Slot   // the concurrency slot, released by finish
+	// rate is a tunnel's rate decision, for the RateLimit headers of its
+	// 200 (connectEstablished); requests take theirs from admit.
+	rate quota.Result
+	slot quota.Slot // the concurrency slot, released by finish
 
-	shapersOnce     sync.Once
-	egress, ingress *quota.Shaper // the tenant's bandwidth shapers, nil where unlimited
-	hooks           []string      // scripts run, for the audit line
-	redactions      []string      // profile:detector=count, for the audit line
+	hooks      []string // scripts run, for the audit line
+	redactions []string // profile:detector=count, for the audit line
 
-	bodyHeld bool // a hook or redaction replaced the request body with one held whole
-	// answered is the request as the connector's response hook sees it:
-	// what left, before injection. Set only where there is such a hook.
-	answered  *hooks.Request
 	body      *requestBody // the client's request body, nil without one
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
 	// usageUp and usageDown are how much of bytesUp and bytesDown is in
 	// the tenant's usage already (accountUsage).
 	usageUp, usageDown atomic.Int64
-	// clientGone is set when reading the request body from the client
-	// failed, or the client's connection ended before the exchange did: a
-	// forward that fails then is the client's doing, not the upstream's.
-	clientGone atomic.Bool
-	finished   sync.Once
+	// requestIDValue is the X-Request-Id header's value, shared by the
+	// headers that carry it (setAllowedHeaders).
+	requestIDValue [1]string
+	finished       sync.Once
 }
 
 func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
@@ -130,15 +123,16 @@ func (ex *exchange) upstreamFailed(err error) outcome {
 		return *refusal
 	}
 	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
-	switch {
-	case ex.body.timedOut():
+	if ex.body.timedOut() {
 		// What the transport reports is the request's context, which a
 		// failed body read cancels; the client stalled, it did not leave.
 		err = fmt.Errorf("%w: %w", errBodyStalled, err)
-	case ex.clientGone.Load():
-		// Not an upstream failure: counted apart, so the upstream-errors
-		// alert (docs/operators.md) does not fire on clients that give up.
-		return failed(policy.CodeClientClosed, "the client went away before the upstream answered")
+	}
+	var undecodable *encodingError
+	if errors.As(err, &undecodable) {
+		// Scrubbing, redaction and hooks read the body decoded: one
+		// the gateway cannot decode is never passed on unread.
+		return failed(policy.CodeUpstreamUnreachable, fmt.Sprintf("%s answered with %s encoding, which the gateway cannot decode to scrub, redact or hook the response, so it is not passed on", target, undecodable.encoding))
 	}
 	if errors.Is(err, errUnsolicitedUpgrade) {
 		return failed(policy.CodeUpstreamUnreachable, target+" answered 101 Switching Protocols to a request that asked for no such switch; the gateway does not relay it")
@@ -189,7 +183,6 @@ func (ex *exchange) finish() {
 // clientClosed is the outcome of the client going away before the
 // exchange was complete.
 func (ex *exchange) clientClosed() outcome {
-	ex.clientGone.Store(true)
 	return failed(policy.CodeClientClosed, "the client went away before the response was complete")
 }
 
@@ -205,29 +198,15 @@ func (ex *exchange) upstreamBrokeOff(err error) outcome {
 
 // forwardFailed is why sending r on failed: r's context ends when the
 // client's connection does, so a forward cut short by that, or by a
-// request body the client broke off, is the client's doing
-// (client_closed); anything else is the upstream's.
-func (ex *exchange) forwardFailed(r *http.Request, err error) outcome {
-	if r.Context().Err() != nil {
-		ex.clientGone.Store(true)
+// request body the client broke off (uploadFailed), is the client's doing
+// (client_closed), unless the body stalled; anything else is the
+// upstream's.
+func (ex *exchange) forwardFailed(r *http.Request, err error, uploadFailed bool) outcome {
+	var refusal *outcome
+	if !errors.As(err, &refusal) && !ex.body.timedOut() && (uploadFailed || r.Context().Err() != nil) {
+		// Not an upstream failure: counted apart, so the upstream-errors
+		// alert (docs/operators.md) does not fire on clients that give up.
+		return failed(policy.CodeClientClosed, "the client went away before the upstream answered")
 	}
 	return ex.upstreamFailed(err)
-}
-
-// uploadBody is a request body on its way to the upstream: it counts the
-// bytes that pass and notes a read that fails, which is the client
-// breaking off its upload (or its connection going away) mid-body, unless
-// the connection's requestBody says the client stalled.
-type uploadBody struct {
-	io.ReadCloser
-	ex *exchange
-}
-
-func (b *uploadBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.ex.bytesUp.Add(int64(n))
-	if err != nil && err != io.EOF {
-		b.ex.clientGone.Store(true)
-	}
-	return n, err
 }

@@ -3,14 +3,10 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,11 +63,10 @@ func (g *Gateway) serveTunnelRequests(t *tunnel, conn net.Conn, scheme string) {
 	// after shaping; only the body bound applies here.
 	ln := newOneConnListener(&countedConn{Conn: conn, malformed: g.malformedReply,
 		limits: clientLimits{bodyTimeout: g.settings.RequestBodyTimeout}})
-	// ReverseProxy hijacks the connection for an upgrade (WebSocket, h2c)
-	// and relays it in the handler: the tunnel ends when that handler
+	// An upgrade (WebSocket, h2c) takes the connection over and relays
+	// it in the handler (relayUpgrade): the tunnel ends when that handler
 	// does, not when the connection changes hands.
 	var hijacked atomic.Bool
-	serveInner := g.innerProxy(t, scheme)
 	inner := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			defer func() {
@@ -79,7 +74,7 @@ func (g *Gateway) serveTunnelRequests(t *tunnel, conn net.Conn, scheme string) {
 					ln.Close()
 				}
 			}()
-			serveInner.ServeHTTP(w, r)
+			g.serveInner(t, scheme, w, r)
 		}),
 		MaxHeaderBytes:    g.settings.MaxHeaderBytes,
 		ReadHeaderTimeout: min(idle, 30*time.Second),
@@ -103,156 +98,6 @@ func (g *Gateway) serveTunnelRequests(t *tunnel, conn net.Conn, scheme string) {
 	}
 	_ = inner.Serve(ln)
 }
-
-// innerProxy serves the requests of one tunnel (serveInner), forwarding
-// them to its host over scheme with a ReverseProxy whose hooks are those
-// of the exchange in the request's context.
-func (g *Gateway) innerProxy(outer *tunnel, scheme string) http.Handler {
-	tunnelEx := outer.ex
-	authority := net.JoinHostPort(tunnelEx.host, strconv.Itoa(int(tunnelEx.port)))
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			ex := pr.In.Context().Value(exchangeKey{}).(*exchange)
-			pr.Out.URL.Scheme = scheme
-			pr.Out.URL.Host = authority
-			pr.Out.Host = authority
-			switch {
-			case ex.bodyHeld:
-				// ReverseProxy wraps the body so that a failed dial cannot
-				// close the client's. A held body has nothing to close, and
-				// unwrapped the transport sees it is in memory and sends it
-				// with the head in one write instead of flushing the head
-				// first; exchangeTransport counts it.
-				pr.Out.Body = pr.In.Body
-			case pr.Out.Body != nil && pr.Out.Body != http.NoBody:
-				pr.Out.Body = &uploadBody{ReadCloser: pr.Out.Body, ex: ex}
-			}
-			ex.inject(pr.Out.Header)
-		},
-		Transport: exchangeTransport{},
-		ModifyResponse: func(resp *http.Response) error {
-			ex := resp.Request.Context().Value(exchangeKey{}).(*exchange)
-			ex.setAllowedHeaders(resp.Header)
-			return ex.transformResponse(resp)
-		},
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			ex := r.Context().Value(exchangeKey{}).(*exchange)
-			var o outcome
-			var unscrubbable *encodingError
-			if errors.As(err, &unscrubbable) {
-				o = failed(policy.CodeUpstreamUnreachable, fmt.Sprintf("%s answered with %s encoding, which the gateway cannot scrub of injected credentials", authority, unscrubbable.encoding))
-			} else {
-				o = ex.forwardFailed(r, err)
-			}
-			if o.code == policy.CodeClientClosed {
-				ex.end(o)
-				panic(http.ErrAbortHandler) // nobody left to answer
-			}
-			ex.reply(w, o)
-		},
-		// A body copy that fails mid-way is logged here and then aborts
-		// the handler; relayInner records why.
-		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		g.serveInner(outer, scheme, rp, w, r)
-	})
-}
-
-// relayInner is the forward step of a request inside the inspected tunnel
-// outer: rp forwards it and copies the response to cw, the client's
-// writer. t holds it for revocation until the response is over.
-func (ex *exchange) relayInner(rp *httputil.ReverseProxy, cw *countingWriter, r *http.Request, outer *tunnel, t *tunnel) outcome {
-	whole := serveWhole(rp, cw, withExchange(r, ex))
-	if ex.status == 0 {
-		ex.status = cw.status
-	}
-	// The client's connection ending (its context is done then) cuts
-	// the response short even when the copy ended: the upstream may
-	// have finished as its side was closed, but the end never reached
-	// the client.
-	clientGone := cw.failed || r.Context().Err() != nil
-	switch reason := ex.gw.releaseStream(t); {
-	case reason != "":
-		return refused(policy.CodeRevoked, "response ended by a policy reload: "+reason)
-	case outer.revoked.Load() != nil && (!whole || clientGone):
-		return refused(policy.CodeRevoked, "the tunnel it came through was closed by a policy reload: "+*outer.revoked.Load())
-	case !ex.out.ok(): // the error handler's
-		return ex.out
-	case clientGone:
-		return ex.clientClosed()
-	case !whole:
-		return ex.upstreamBrokeOff(errors.New("the response body could not be read to its end"))
-	}
-	return outcome{}
-}
-
-// serveWhole runs rp and reports whether it ended the response normally:
-// ReverseProxy aborts the handler (http.ErrAbortHandler) when it cannot
-// copy the whole body, which the caller records before passing it on.
-func serveWhole(rp *httputil.ReverseProxy, w http.ResponseWriter, r *http.Request) (whole bool) {
-	defer func() {
-		if p := recover(); p != nil {
-			if p != http.ErrAbortHandler {
-				panic(p)
-			}
-			whole = false
-		}
-	}()
-	rp.ServeHTTP(w, r)
-	return true
-}
-
-type exchangeKey struct{}
-
-// exchangeTransport forwards with the transport of the exchange's own
-// policy generation, found in the request context.
-type exchangeTransport struct{}
-
-func (exchangeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	ex := r.Context().Value(exchangeKey{}).(*exchange)
-	resp, err := ex.body.roundTrip(ex.rt.transport, r)
-	if err == nil && ex.bodyHeld {
-		ex.bytesUp.Add(r.ContentLength) // sent: the upstream answered it
-	}
-	return resp, err
-}
-
-// countingWriter counts the body bytes sent to the client and remembers
-// the status; Unwrap lets http.ResponseController reach Flush and Hijack
-// (streaming and WebSocket upgrades).
-type countingWriter struct {
-	http.ResponseWriter
-	n      interface{ Add(int64) int64 }
-	status int
-	failed bool // a write to the client failed: it went away
-}
-
-func (w *countingWriter) WriteHeader(status int) {
-	if status >= 100 && status < 200 && status != http.StatusSwitchingProtocols {
-		// An informational response (103 Early Hints) that ReverseProxy
-		// would pass on as it arrives, before any scrubbing: dropped.
-		return
-	}
-	if w.status == 0 {
-		w.status = status
-	}
-	w.ResponseWriter.WriteHeader(status)
-}
-
-func (w *countingWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	n, err := w.ResponseWriter.Write(p)
-	w.n.Add(int64(n))
-	if err != nil {
-		w.failed = true
-	}
-	return n, err
-}
-
-func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // countingConn counts the raw bytes of a connection in both directions,
 // reading and writing through read and write (the tenant's shapers over

@@ -2,11 +2,11 @@ package proxy
 
 import (
 	"bytes"
-	"context"
+	"net"
 	"net/http"
-	"net/http/httputil"
 
 	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/quota"
 )
 
 // The request path (docs/design.md): every request, tunnel and request
@@ -54,11 +54,13 @@ func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 	if o.ok() {
 		o = ex.decide(plainTarget(r))
 	}
+	var rate quota.Result
 	if o.ok() {
-		o = ex.admit(r.Context(), true)
+		rate, o = ex.admit(r.Context(), true)
 	}
+	var out transformed
 	if o.ok() {
-		o = ex.transform(r)
+		out, o = ex.transform(r)
 	}
 	if !o.ok() {
 		ex.reply(w, o)
@@ -66,7 +68,7 @@ func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 	}
 
 	t := g.holdStream(ex, r)
-	o = ex.relayPlain(w, r, t)
+	o = ex.forward(w, r, out, rate, t)
 	if reason := g.releaseStream(t); reason != "" {
 		o = refused(policy.CodeRevoked, "response ended by a policy reload: "+reason)
 	}
@@ -79,8 +81,9 @@ func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 // serveInner is the path of one request inside a tunnel, outer, that is
 // inspected (scheme https) or carries plain HTTP (scheme http): a request
 // of its own, decided under the policy live now, for the tenant the
-// tunnel was opened as, and forwarded by rp (see innerProxy).
-func (g *Gateway) serveInner(outer *tunnel, scheme string, rp *httputil.ReverseProxy, w http.ResponseWriter, r *http.Request) {
+// tunnel was opened as, and forwarded as a plain request is, to the
+// tunnel's own host and port.
+func (g *Gateway) serveInner(outer *tunnel, scheme string, w http.ResponseWriter, r *http.Request) {
 	markHandling(r)
 	ex := g.begin(r, false)
 	ex.scheme, ex.inner = scheme, true
@@ -90,25 +93,32 @@ func (g *Gateway) serveInner(outer *tunnel, scheme string, rp *httputil.ReverseP
 	if o.ok() {
 		o = ex.decide(innerTarget(r, outer.ex, scheme))
 	}
+	var rate quota.Result
 	if o.ok() {
-		o = ex.admit(r.Context(), false) // the tunnel holds the concurrency slot
+		rate, o = ex.admit(r.Context(), false) // the tunnel holds the concurrency slot
 	}
+	var out transformed
 	if o.ok() {
-		o = ex.transform(r)
+		out, o = ex.transform(r)
 	}
 	if !o.ok() {
 		ex.reply(w, o)
 		return
 	}
 
-	cw := &countingWriter{ResponseWriter: w, n: &ex.bytesDown}
+	authority := net.JoinHostPort(ex.host, itoa(ex.port))
+	r.URL.Scheme, r.URL.Host, r.Host = ex.scheme, authority, authority
 	t := g.holdStream(ex, r)
-	o = ex.relayInner(rp, cw, r, outer, t)
+	o = ex.forward(w, r, out, rate, t)
+	switch reason := g.releaseStream(t); {
+	case reason != "":
+		o = refused(policy.CodeRevoked, "response ended by a policy reload: "+reason)
+	case outer.revoked.Load() != nil && o.replied():
+		// Cut short because a reload closed the tunnel it came through.
+		o = refused(policy.CodeRevoked, "the tunnel it came through was closed by a policy reload: "+*outer.revoked.Load())
+	}
 	ex.end(o)
 	if o.replied() {
-		// What arrived goes out before the connection is aborted, so
-		// the client sees a body cut short, not none at all.
-		_ = http.NewResponseController(cw).Flush()
 		panic(http.ErrAbortHandler)
 	}
 }
@@ -129,7 +139,9 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 		o = ex.decide(connectTarget(r.URL.Host))
 	}
 	if o.ok() {
-		o = ex.admit(r.Context(), true)
+		// The tunnel's 200 carries the RateLimit headers of the token it
+		// took (connectEstablished).
+		ex.rate, o = ex.admit(r.Context(), true)
 	}
 
 	client, buffered, err := http.NewResponseController(w).Hijack()
@@ -171,12 +183,7 @@ func (g *Gateway) nonProxyHandler(w http.ResponseWriter, r *http.Request) {
 // then the connector's request hook and redaction (transformRequest).
 // Credentials are injected as the request is forwarded, after everything
 // that could see them.
-func (ex *exchange) transform(r *http.Request) outcome {
+func (ex *exchange) transform(r *http.Request) (transformed, outcome) {
 	removeHopByHop(r.Header, isUpgrade(r.Header))
 	return ex.transformRequest(r)
-}
-
-// withExchange carries ex to the transport and to rp's hooks.
-func withExchange(r *http.Request, ex *exchange) *http.Request {
-	return r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
 }

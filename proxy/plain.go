@@ -2,140 +2,14 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/egressgw/egressgw/policy"
 )
-
-// relayPlain is the forward step of a plain request: it injects the
-// connector's credentials, forwards r and sends the response, or the
-// gateway's error, back to the client. An outcome the client had its
-// status before (outcome.replied) makes the caller abort the client's
-// connection.
-func (ex *exchange) relayPlain(w http.ResponseWriter, r *http.Request, t *tunnel) outcome {
-	r.RequestURI = "" // a server's request, sent on as a client's
-	ex.inject(r.Header)
-	if r.Body != nil && r.Body != http.NoBody {
-		egress, _ := ex.shapers()
-		r.Body = &uploadBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
-	}
-	resp, err := ex.forward(r)
-	if err != nil {
-		o := ex.forwardFailed(r, err)
-		if o.code == policy.CodeClientClosed {
-			return o // nobody left to answer
-		}
-		ex.reply(w, o)
-		return ex.out
-	}
-	defer resp.Body.Close()
-	ex.status = resp.StatusCode
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		// The connection changes hands: from now on it is held, and
-		// revoked, as a tunnel is.
-		if reason := ex.gw.releaseStream(t); reason != "" {
-			return outcome{} // servePlain records the revocation
-		}
-		return ex.relayUpgrade(w, resp)
-	}
-	removeHopByHop(resp.Header, false)
-	h := w.Header()
-	for k, v := range resp.Header {
-		h[k] = v
-	}
-	ex.setAllowedHeaders(h)
-	announceTrailers(h, resp.Trailer)
-	w.WriteHeader(resp.StatusCode)
-	_, ingress := ex.shapers()
-	body := ingress.Reader(r.Context(), resp.Body)
-	if o := ex.copyResponse(r.Context(), w, body); !o.ok() {
-		return o
-	}
-	for k, v := range resp.Trailer {
-		h[http.TrailerPrefix+k] = v
-	}
-	return outcome{}
-}
-
-// forward sends an allowed plain request with the transport of the
-// exchange's policy generation and applies the connector's response
-// transforms.
-func (ex *exchange) forward(r *http.Request) (*http.Response, error) {
-	resp, err := ex.body.roundTrip(ex.rt.transport, r)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		if !sameUpgrade(r.Header, resp.Header) {
-			// Relayed, it would hand the sandbox raw bytes that no scrubbing,
-			// redaction or hook ever sees.
-			_ = resp.Body.Close()
-			return nil, errUnsolicitedUpgrade
-		}
-	}
-	if err := ex.transformResponse(resp); err != nil {
-		_ = resp.Body.Close()
-		return nil, err
-	}
-	return resp, nil
-}
-
-// copyResponse sends body to the client, counting what it delivers,
-// through a pooled buffer. Each piece is flushed as soon as it is written
-// (unless it is the last, which the end of the handler sends): whether a
-// stream (server-sent events, a long poll) or a body that arrives slowly,
-// nothing that has arrived waits in the gateway for the upstream's next
-// bytes, or is lost with the connection if those never come. It reports
-// whether the body went out whole; if not, why: the client went away
-// (ctx, the request's, is done then), or the upstream broke off.
-func (ex *exchange) copyResponse(ctx context.Context, w http.ResponseWriter, body io.Reader) outcome {
-	buf := relayBuffers.Get().(*[]byte)
-	defer relayBuffers.Put(buf)
-	rc := http.NewResponseController(w)
-	for {
-		n, err := body.Read(*buf)
-		if n > 0 {
-			if _, werr := w.Write((*buf)[:n]); werr != nil {
-				return ex.clientClosed()
-			}
-			if err != io.EOF {
-				if ferr := rc.Flush(); ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
-					return ex.clientClosed()
-				}
-			}
-			ex.bytesDown.Add(int64(n))
-		}
-		switch {
-		case err == io.EOF && ctx.Err() == nil:
-			return outcome{}
-		case err != nil && ctx.Err() != nil:
-			// Gone before the end reached it, even if the upstream
-			// finished as the gateway let go of it.
-			return ex.clientClosed()
-		case err != nil:
-			return ex.upstreamBrokeOff(err)
-		}
-	}
-}
-
-// announceTrailers declares the trailers the upstream announced, so that
-// the server sends the body chunked and the trailers after it.
-func announceTrailers(h http.Header, trailer http.Header) {
-	if len(trailer) == 0 {
-		return
-	}
-	keys := make([]string, 0, len(trailer))
-	for k := range trailer {
-		keys = append(keys, k)
-	}
-	h["Trailer"] = []string{strings.Join(keys, ", ")}
-}
 
 // relayUpgrade completes a protocol switch (WebSocket): it takes over the
 // client's connection, passes the upstream's 101 on and relays both ways,

@@ -17,13 +17,25 @@ import (
 	"github.com/egressgw/egressgw/redaction"
 )
 
+// transformed is what the transform step leaves for the forward step
+// besides the request itself.
+type transformed struct {
+	// bodyHeld says a hook or redaction replaced the request body with
+	// one held whole.
+	bodyHeld bool
+	// answered is the request as the connector's response hook sees it:
+	// what left, before injection. Set only where there is such a hook.
+	answered *hooks.Request
+}
+
 // transformRequest is the request side of the transform step: the hook
 // sees what the sandbox sent, then redaction scrubs what will leave. A
 // request the hook edited goes on under the edit's decision.
-func (ex *exchange) transformRequest(r *http.Request) outcome {
-	edit, o := ex.requestHook(r)
+func (ex *exchange) transformRequest(r *http.Request) (transformed, outcome) {
+	var out transformed
+	edit, o := ex.requestHook(r, &out)
 	if !o.ok() {
-		return o
+		return out, o
 	}
 	if edit.Report && !ex.out.report {
 		// Report mode lets the edited request through, as what enforce
@@ -32,19 +44,19 @@ func (ex *exchange) transformRequest(r *http.Request) outcome {
 		edit.Rule = ex.out.rule
 		ex.setDecision(edit)
 	}
-	if o := ex.redactRequest(r); !o.ok() {
-		return o
+	if o := ex.redactRequest(r, &out); !o.ok() {
+		return out, o
 	}
 	if c := ex.connector; c != nil && c.Hooks != nil && c.Hooks.Response != nil {
-		ex.answered = ex.keepForResponseHook(r, c.Hooks.Limits.MaxBodyBytes)
+		out.answered = ex.keepForResponseHook(r, c.Hooks.Limits.MaxBodyBytes, &out)
 	}
-	return outcome{}
+	return out, outcome{}
 }
 
 // keepForResponseHook records what leaves for the response hook, body
 // included when it fits the hook's max_body_bytes (a larger one is only
 // context, not worth holding), and leaves r able to send it all.
-func (ex *exchange) keepForResponseHook(r *http.Request, limit int64) *hooks.Request {
+func (ex *exchange) keepForResponseHook(r *http.Request, limit int64, out *transformed) *hooks.Request {
 	body, tooLarge := readBounded(r.Body, limit)
 	switch {
 	case tooLarge:
@@ -54,7 +66,7 @@ func (ex *exchange) keepForResponseHook(r *http.Request, limit int64) *hooks.Req
 		}{io.MultiReader(bytes.NewReader(body), r.Body), r.Body}
 		body = nil
 	case body != nil:
-		ex.setRequestBody(r, body)
+		out.setRequestBody(r, body)
 	}
 	req := ex.hookRequest(r, body)
 	return &req
@@ -85,7 +97,7 @@ func (ex *exchange) hookRequest(r *http.Request, body []byte) hooks.Request {
 // without the proxy credentials. An edited method or path is decided again,
 // so a hook cannot carry a request outside the connector's rules: it
 // returns the edit's decision, the zero Decision when there was no edit.
-func (ex *exchange) requestHook(r *http.Request) (edit policy.Decision, o outcome) {
+func (ex *exchange) requestHook(r *http.Request, out *transformed) (edit policy.Decision, o outcome) {
 	c := ex.connector
 	if c == nil || c.Hooks == nil || c.Hooks.Request == nil {
 		return edit, outcome{}
@@ -134,13 +146,14 @@ func (ex *exchange) requestHook(r *http.Request) (edit policy.Decision, o outcom
 	r.Method = in.Method
 	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = target.Path, target.RawPath, target.RawQuery
 	r.Header = in.Headers
-	ex.setRequestBody(r, in.Body)
+	out.setRequestBody(r, in.Body)
 	return edit, outcome{}
 }
 
 // responseHook runs the connector's response hook on resp (already
-// scrubbed of injected secrets) and applies its edits.
-func (ex *exchange) responseHook(resp *http.Response) error {
+// scrubbed of injected secrets) and applies its edits; answered is the
+// request as the hook sees it (transformed.answered).
+func (ex *exchange) responseHook(resp *http.Response, answered *hooks.Request) error {
 	c := ex.connector
 	if c == nil || c.Hooks == nil || c.Hooks.Response == nil {
 		return nil
@@ -156,8 +169,8 @@ func (ex *exchange) responseHook(resp *http.Response) error {
 		return refusedErr(policy.CodeBodyTooLarge, fmt.Sprintf("the response body is larger than the %d bytes connector %q's hook may read", limits.MaxBodyBytes, c.Name))
 	}
 	req := hooks.Request{Method: ex.method, Scheme: ex.scheme, Host: ex.host, Port: int(ex.port), Path: ex.path}
-	if ex.answered != nil {
-		req = *ex.answered
+	if answered != nil {
+		req = *answered
 	}
 	in := hooks.Response{Status: resp.StatusCode, Headers: resp.Header, Body: body}
 	result, o := ex.runHook(resp.Request.Context(), c, script, func(rt *hooks.Runtime, ctx context.Context, meta hooks.Meta) (hooks.Outcome, error) {
@@ -259,8 +272,9 @@ func (ex *exchange) inject(h http.Header) {
 
 // transformResponse is the response side of the transform step: injected
 // secrets scrubbed first, so neither redaction nor the response hook ever
-// sees them, then the connector's response redaction, then the hook.
-func (ex *exchange) transformResponse(resp *http.Response) error {
+// sees them, then the connector's response redaction, then the hook, which
+// sees the request as answered.
+func (ex *exchange) transformResponse(resp *http.Response, answered *hooks.Request) error {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Only the head is still HTTP: the policy let the switch through
 		// (upgrade: true), and the connection changes hands after it.
@@ -275,14 +289,14 @@ func (ex *exchange) transformResponse(resp *http.Response) error {
 	if err := ex.redactResponse(resp); err != nil {
 		return err
 	}
-	return ex.responseHook(resp)
+	return ex.responseHook(resp, answered)
 }
 
 // redactRequest applies the connector's request redaction to what leaves:
 // after the request hook, so a script cannot put back what redaction
 // removes, and before injection, so the injected credential is not
 // redacted away. A body it cannot inspect whole is refused, never sent.
-func (ex *exchange) redactRequest(r *http.Request) outcome {
+func (ex *exchange) redactRequest(r *http.Request, out *transformed) outcome {
 	c := ex.connector
 	if c == nil || c.Redact == nil || len(c.Redact.Request) == 0 {
 		return outcome{}
@@ -303,12 +317,12 @@ func (ex *exchange) redactRequest(r *http.Request) outcome {
 	if tooLarge {
 		return refused(policy.CodeBodyTooLarge, fmt.Sprintf("the request body is larger than redaction.max_body_bytes (%d) and is never sent unredacted", limit))
 	}
-	out, rep, err := chain.Body(r.Header.Get("Content-Type"), body)
+	redacted, rep, err := chain.Body(r.Header.Get("Content-Type"), body)
 	if err != nil {
 		return refused(policy.CodeBodyTooLarge, err.Error())
 	}
 	ex.recordRedactions(rep)
-	ex.setRequestBody(r, out)
+	out.setRequestBody(r, redacted)
 	return outcome{}
 }
 
@@ -344,13 +358,13 @@ func (ex *exchange) redactResponse(resp *http.Response) error {
 
 // setRequestBody replaces a request's body with b, which the transport
 // frames itself: no header of the old body's length survives.
-func (ex *exchange) setRequestBody(r *http.Request, b []byte) {
+func (out *transformed) setRequestBody(r *http.Request, b []byte) {
 	r.Body, r.ContentLength = http.NoBody, 0
 	if len(b) > 0 {
 		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
 	}
 	r.Header.Del("Content-Length")
-	ex.bodyHeld = true
+	out.bodyHeld = true
 }
 
 // setResponseBody replaces a response's body with b, framed by its length.
