@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -35,8 +34,11 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	ctx, cancel := context.WithCancel(g.baseCtx)
 	defer cancel()
 	egress, ingress := ex.shapers()
-	counted := &countingConn{Conn: t.client, up: &ex.bytesUp, down: &ex.bytesDown}
-	counted.read, counted.write = egress.Reader(ctx, counted.rawReader()), ingress.Writer(ctx, counted.rawWriter())
+	// The raw side is counted and paced by the tenant's shapers; its
+	// idleness is the inner server's to bound (IdleTimeout below).
+	counted := meter(t.client)
+	counted.received, counted.sent = &ex.bytesUp, &ex.bytesDown
+	counted.readShaper, counted.writeShaper, counted.shaping = egress, ingress, ctx
 	tlsConn := tls.Server(counted, &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"http/1.1"},
@@ -57,7 +59,7 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	// Writes inside reach the client through the tenant's shaper and the
 	// tunnel's own connection, whose writes response_write_timeout bounds
 	// after shaping; only the body bound applies here.
-	ln := newOneConnListener(&countedConn{Conn: tlsConn, malformed: g.malformedReply,
+	ln := newOneConnListener(&countedConn{meteredConn: meteredConn{Conn: tlsConn}, malformed: g.malformedReply,
 		limits: clientLimits{bodyTimeout: g.settings.RequestBodyTimeout}})
 	// ReverseProxy hijacks the connection for an upgrade (WebSocket, h2c)
 	// and relays it in the handler: the tunnel ends when that handler
@@ -245,31 +247,6 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 }
 
 func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// countingConn counts the raw bytes of a connection in both directions,
-// reading and writing through read and write (the tenant's shapers over
-// the raw connection).
-type countingConn struct {
-	net.Conn
-	up, down interface{ Add(int64) int64 }
-	read     io.Reader
-	write    io.Writer
-}
-
-func (c *countingConn) rawReader() io.Reader { return c.Conn }
-func (c *countingConn) rawWriter() io.Writer { return c.Conn }
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.read.Read(p)
-	c.up.Add(int64(n))
-	return n, err
-}
-
-func (c *countingConn) Write(p []byte) (int, error) {
-	n, err := c.write.Write(p)
-	c.down.Add(int64(n))
-	return n, err
-}
 
 // oneConnListener hands out one connection, then waits until closed, so
 // that http.Server can serve a single hijacked connection.
