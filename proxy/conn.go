@@ -145,8 +145,12 @@ func (c *meteredConn) Read(p []byte) (int, error) {
 }
 
 // Write pays for p, a step at a time, and writes it, counting what the
-// peer took.
+// peer took. An empty p is written too: it reports a closed connection or
+// a deadline that passed, as the connection's own Write does.
 func (c *meteredConn) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return c.writeOnce(p)
+	}
 	written := 0
 	for len(p) > 0 {
 		chunk := p

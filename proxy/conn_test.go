@@ -189,3 +189,22 @@ func TestRelayWithoutHalfCloseClosesBoth(t *testing.T) {
 }
 
 var _ net.Conn = upgradedStream{}
+
+// An empty write reaches the connection, as it does without the wrapper:
+// it is how a caller learns that the connection is closed or its write
+// deadline passed (net/http's server relies on it at shutdown).
+func TestMeteredConnEmptyWriteReportsTheConnection(t *testing.T) {
+	near, _ := tcpPair(t)
+	m := meter(near)
+	if _, err := m.Write(nil); err != nil {
+		t.Fatalf("empty write on an open connection: %v", err)
+	}
+	_ = near.SetWriteDeadline(time.Unix(1, 0))
+	if _, err := m.Write(nil); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("empty write past the deadline returned %v, want the deadline error", err)
+	}
+	_ = near.Close()
+	if _, err := m.Write(nil); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("empty write on a closed connection returned %v, want net.ErrClosed", err)
+	}
+}
