@@ -233,29 +233,6 @@ type idleConn struct {
 	readRenew, writeRenew deadlineRenewal
 }
 
-// deadlineRenewal keeps a deadline bound after the last progress at a
-// fraction of the cost of setting it on every call: it is renewed on a
-// read or write only once an eighth of the bound has passed since the last
-// renewal, so the cut comes between 7/8 and all of the bound after the
-// last progress. Upstream connections (idleConn) and client connections
-// (countedConn's response_write_timeout) share it.
-type deadlineRenewal struct {
-	last atomic.Int64 // unix nanoseconds of the last renewal; 0 forces the next
-}
-
-func (r *deadlineRenewal) renew(bound time.Duration, set func(time.Time) error) error {
-	now := time.Now()
-	if now.UnixNano()-r.last.Load() < int64(bound/8) {
-		return nil
-	}
-	r.last.Store(now.UnixNano())
-	return set(now.Add(bound))
-}
-
-// reset makes the next renew set the deadline, after something else has
-// changed it.
-func (r *deadlineRenewal) reset() { r.last.Store(0) }
-
 func (c *idleConn) Read(p []byte) (int, error) {
 	if err := c.readRenew.renew(c.idle, c.Conn.SetReadDeadline); err != nil {
 		return 0, err

@@ -60,21 +60,15 @@ func (t *tunnel) sendFirstBytes(ctx context.Context, egress *quota.Shaper, idle 
 // says settles the tunnel as a relay; once the client's plain HTTP has
 // settled it as the gateway's to serve instead, it returns at once, with
 // nothing sent to the client.
-func (t *tunnel) receiveFirstBytes(ctx context.Context, ingress *quota.Shaper, idle time.Duration) bool {
+func (t *tunnel) receiveFirstBytes(upstream, client *meteredConn) bool {
 	buf := make([]byte, idleReadBuffer)
 	for {
-		_ = t.upstream.SetReadDeadline(t.idleDeadline(idle))
-		n, err := t.upstream.Read(buf)
+		n, err := upstream.Read(buf) // bounded by the tunnel's idle timeout
 		if (n > 0 || errors.Is(err, io.EOF)) && !t.turn.take(turnRelay) {
 			return false
 		}
 		if n > 0 {
-			now := time.Now()
-			t.lastActivity.Store(now.UnixNano())
-			_ = t.client.SetWriteDeadline(now.Add(t.writeBound(t.client, idle)))
-			written, werr := ingress.Writer(ctx, t.client).Write(buf[:n])
-			t.ex.bytesDown.Add(int64(written))
-			if werr != nil {
+			if _, werr := client.Write(buf[:n]); werr != nil {
 				t.close()
 				return false
 			}
@@ -86,10 +80,9 @@ func (t *tunnel) receiveFirstBytes(ctx context.Context, ingress *quota.Shaper, i
 			}
 		case t.turn.servesHTTP():
 			return false // its connection was closed for that
-		case t.stillActive(err, idle):
 		case errors.Is(err, io.EOF):
 			// As the relay does on an end: let the other direction finish.
-			if hc, ok := t.client.(interface{ CloseWrite() error }); !ok || hc.CloseWrite() != nil {
+			if client.CloseWrite() != nil {
 				t.close()
 			}
 			return false

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,6 +19,18 @@ import (
 // tunnel's host, and is decided on its own method and path. The gateway's
 // own http.Server reads them, so the header size cap and the timeouts of
 // the proxy listener apply inside tunnels too.
+// meterServed wraps the client side of a tunnel whose requests the
+// gateway serves itself (inspected, or carrying plain HTTP): counted and
+// paced by the tenant's shapers both ways; its idleness is the inner
+// server's to bound.
+func (t *tunnel) meterServed(ctx context.Context, c net.Conn) *meteredConn {
+	egress, ingress := t.ex.shapers()
+	m := meter(c)
+	m.received, m.sent = &t.ex.bytesUp, &t.ex.bytesDown
+	m.readShaper, m.writeShaper, m.shaping = egress, ingress, ctx
+	return m
+}
+
 func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	leaves := g.leaves.Load()
 	if leaves == nil || ex.rt.live.Gateway.CA == nil {
@@ -30,10 +41,7 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	idle := ex.rt.dialer.idleTimeout
 	ctx, cancel := context.WithCancel(g.baseCtx)
 	defer cancel()
-	egress, ingress := ex.shapers()
-	counted := &countingConn{Conn: t.client, up: &ex.bytesUp, down: &ex.bytesDown}
-	counted.read, counted.write = egress.Reader(ctx, counted.rawReader()), ingress.Writer(ctx, counted.rawWriter())
-	tlsConn := tls.Server(counted, &tls.Config{
+	tlsConn := tls.Server(t.meterServed(ctx, t.client), &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"http/1.1"},
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -61,7 +69,7 @@ func (g *Gateway) serveTunnelRequests(t *tunnel, conn net.Conn, scheme string) {
 	// Writes inside reach the client through the tenant's shaper and the
 	// tunnel's own connection, whose writes response_write_timeout bounds
 	// after shaping; only the body bound applies here.
-	ln := newOneConnListener(&countedConn{Conn: conn, malformed: g.malformedReply,
+	ln := newOneConnListener(&countedConn{meteredConn: meteredConn{Conn: conn}, malformed: g.malformedReply,
 		limits: clientLimits{bodyTimeout: g.settings.RequestBodyTimeout}})
 	// An upgrade (WebSocket, h2c) takes the connection over and relays
 	// it in the handler (relayUpgrade): the tunnel ends when that handler
@@ -97,31 +105,6 @@ func (g *Gateway) serveTunnelRequests(t *tunnel, conn net.Conn, scheme string) {
 		return // shutdown began during the handshake
 	}
 	_ = inner.Serve(ln)
-}
-
-// countingConn counts the raw bytes of a connection in both directions,
-// reading and writing through read and write (the tenant's shapers over
-// the raw connection).
-type countingConn struct {
-	net.Conn
-	up, down interface{ Add(int64) int64 }
-	read     io.Reader
-	write    io.Writer
-}
-
-func (c *countingConn) rawReader() io.Reader { return c.Conn }
-func (c *countingConn) rawWriter() io.Writer { return c.Conn }
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.read.Read(p)
-	c.up.Add(int64(n))
-	return n, err
-}
-
-func (c *countingConn) Write(p []byte) (int, error) {
-	n, err := c.write.Write(p)
-	c.down.Add(int64(n))
-	return n, err
 }
 
 // oneConnListener hands out one connection, then waits until closed, so

@@ -95,7 +95,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 				}
 			}
 		}
-		cc := &countedConn{Conn: c, malformed: l.malformed, ln: l, limits: l.limits, accepted: time.Now().UnixNano()}
+		cc := &countedConn{meteredConn: meteredConn{Conn: c, writeBound: l.limits.writeTimeout}, malformed: l.malformed, ln: l, limits: l.limits, accepted: time.Now().UnixNano()}
 		cc.release = func() { l.forget(cc) }
 		l.unauthenticated.Add(1)
 		l.mu.Lock()
@@ -249,23 +249,22 @@ func (l *limitListener) closeAll() {
 // net/http's own plain-text error replies with the gateway's (see
 // malformed.go). It enforces the client's time bounds: a pause in reading
 // a request body (requestBody) and a response write the client does not
-// take (Write).
+// take (the meteredConn's write bound, response_write_timeout).
 type countedConn struct {
-	net.Conn
+	meteredConn
 	once    sync.Once
 	release func()
 	ln      *limitListener // nil for the connections inside inspected tunnels
 	limits  clientLimits
 
 	malformed     func(client net.Addr, status int, detail string) []byte
-	handling      atomic.Bool     // a handler runs: writes are its response
-	hijacked      atomic.Bool     // a tunnel owns the connection
-	idleSince     atomic.Int64    // unix nanoseconds it began waiting for a request; 0 when busy
-	accepted      int64           // unix nanoseconds it was accepted
-	authenticated atomic.Bool     // a request on it authenticated (or it was closed)
-	bodyWait      atomic.Int64    // unix nanoseconds a body read began waiting; 0 when none waits
-	lingering     atomic.Bool     // shutdown asked to close it while idle, in its window
-	writeRenew    deadlineRenewal // of the response_write_timeout deadline
+	handling      atomic.Bool  // a handler runs: writes are its response
+	hijacked      atomic.Bool  // a tunnel owns the connection
+	idleSince     atomic.Int64 // unix nanoseconds it began waiting for a request; 0 when busy
+	accepted      int64        // unix nanoseconds it was accepted
+	authenticated atomic.Bool  // a request on it authenticated (or it was closed)
+	bodyWait      atomic.Int64 // unix nanoseconds a body read began waiting; 0 when none waits
+	lingering     atomic.Bool  // shutdown asked to close it while idle, in its window
 	// head follows each request head as net/http reads it (headscan.go);
 	// smuggling is set when one carried a smuggling sign.
 	head      headScan
@@ -277,7 +276,7 @@ type countedConn struct {
 // heads are scanned: never while a handler runs or a tunnel owns the
 // connection.
 func (c *countedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
+	n, err := c.meteredConn.Read(p)
 	if n > 0 && c.malformed != nil && !c.handling.Load() && !c.hijacked.Load() && c.head.scan(p[:n]) {
 		c.smuggling.Store(true)
 		return 0, errSmuggling
@@ -286,36 +285,18 @@ func (c *countedConn) Read(p []byte) (int, error) {
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
-	if d := c.limits.writeTimeout; d > 0 {
-		if err := c.writeRenew.renew(d, c.Conn.SetWriteDeadline); err != nil {
-			return 0, err
-		}
-	}
 	if c.malformed != nil && !c.handling.Load() && !c.hijacked.Load() {
 		if status, detail, ok := parseServerError(p); ok {
 			if detail == "" && c.smuggling.Load() {
 				detail = smugglingDetail
 			}
-			if _, err := c.Conn.Write(c.malformed(c.RemoteAddr(), status, detail)); err != nil {
+			if _, err := c.meteredConn.Write(c.malformed(c.RemoteAddr(), status, detail)); err != nil {
 				return 0, err
 			}
 			return len(p), nil
 		}
 	}
-	return c.Conn.Write(p)
-}
-
-// SetDeadline and SetWriteDeadline pass through, and make the next Write
-// set the response_write_timeout deadline afresh (net/http clears all
-// deadlines on Hijack).
-func (c *countedConn) SetDeadline(t time.Time) error {
-	c.writeRenew.reset()
-	return c.Conn.SetDeadline(t)
-}
-
-func (c *countedConn) SetWriteDeadline(t time.Time) error {
-	c.writeRenew.reset()
-	return c.Conn.SetWriteDeadline(t)
+	return c.meteredConn.Write(p)
 }
 
 // Close closes the connection, except an idle keep-alive connection in the
@@ -346,18 +327,6 @@ func (c *countedConn) markAuthenticated() {
 	if c.authenticated.CompareAndSwap(false, true) && c.ln != nil {
 		c.ln.unauthenticated.Add(-1)
 	}
-}
-
-// NetConn returns the connection underneath, for the tunnel's splice.
-func (c *countedConn) NetConn() net.Conn { return c.Conn }
-
-// CloseWrite keeps half-close working through the wrapper, which tunnels
-// need to finish one direction while the other still flows.
-func (c *countedConn) CloseWrite() error {
-	if hc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return hc.CloseWrite()
-	}
-	return nil
 }
 
 // connOf is the client connection r came on, nil where it did not come

@@ -1,11 +1,11 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/egressgw/egressgw/policy"
@@ -28,60 +28,53 @@ func (ex *exchange) relayUpgrade(w http.ResponseWriter, resp *http.Response) out
 		ex.reply(w, o)
 		return ex.out
 	}
-	ex.gw.keepOpen(&tunnel{ex: ex, client: client, upgraded: upstream}, "upgraded connection", func() {
+	t := &tunnel{ex: ex, client: client, upgraded: upstream}
+	ex.gw.keepOpen(t, "upgraded connection", func() {
 		removeHopByHop(resp.Header, true)
 		ex.setAllowedHeaders(resp.Header)
 		resp.Body = nil // Write sends the status line and headers only
 		if err := resp.Write(buffered); err != nil || buffered.Flush() != nil {
 			return
 		}
-		ex.relayUpgraded(client, buffered, upstream)
+		ex.relayUpgraded(t, buffered.Reader, upstream)
 	})
 	return outcome{}
 }
 
 // relayUpgraded relays an upgraded connection both ways until either side
-// ends, paced by the tenant's shapers as a tunnel is, on a context of the
-// relay's own: the request's ends with the handler. What the client sent
-// right behind its request is in buffered.
-func (ex *exchange) relayUpgraded(client net.Conn, buffered io.Reader, upstream io.ReadWriteCloser) {
-	var lastActivity atomic.Int64 // unix nanoseconds of the last byte either way
-	lastActivity.Store(time.Now().UnixNano())
+// ends, or neither moved a byte for the idle timeout, paced by the
+// tenant's shapers as a tunnel is, on a context of the relay's own: the
+// request's ends with the handler. What the client sent right behind its
+// request is in buffered. Neither end is half-closed: the protocols
+// spoken after a 101 close both ways at once.
+func (ex *exchange) relayUpgraded(t *tunnel, buffered *bufio.Reader, upstream io.ReadWriteCloser) {
 	idle := ex.rt.dialer.idleTimeout
 	egress, ingress := ex.shapers()
 	ctx, cancel := context.WithCancel(ex.gw.baseCtx)
-	toUpstream := make(chan struct{})
-	go func() {
-		defer close(toUpstream)
-		copyUpgraded(upstream, egress.Reader(ctx, buffered), &ex.bytesUp, &lastActivity, idle)
-		_ = upstream.Close()
-	}()
-	copyUpgraded(client, ingress.Reader(ctx, upstream), &ex.bytesDown, &lastActivity, idle)
-	_ = client.Close()
-	_ = upstream.Close()
-	cancel() // a direction waiting on its shaper stops waiting
-	<-toUpstream
+	defer cancel()
+	t.lastActivity.touch(time.Now())
+	clientConn := t.client
+	if n := buffered.Buffered(); n > 0 {
+		early, _ := buffered.Peek(n)
+		clientConn = &earlyConn{Conn: t.client, early: early}
+	}
+	client := t.meter(ctx, clientConn, true, egress, &ex.bytesDown, idle)
+	up := t.meter(ctx, upgradedStream{upstream}, false, ingress, &ex.bytesUp, idle)
+	relay(client, up, false, func() {
+		t.close()
+		cancel() // a direction waiting on its shaper stops waiting
+	}, nil, nil)
 }
 
-// copyUpgraded copies one direction of an upgraded connection. The
-// upstream's side carries the idle read deadline of every upstream
-// connection; a read it cuts short ends the relay only if neither
-// direction moved a byte for idle, so a stream where one side does all
-// the talking stays open.
-func copyUpgraded(dst io.Writer, src io.Reader, counter, lastActivity *atomic.Int64, idle time.Duration) {
-	buf := relayBuffers.Get().(*[]byte)
-	defer relayBuffers.Put(buf)
-	for {
-		n, err := src.Read(*buf)
-		if n > 0 {
-			lastActivity.Store(time.Now().UnixNano())
-			if _, werr := dst.Write((*buf)[:n]); werr != nil {
-				return
-			}
-			counter.Add(int64(n))
-		}
-		if err != nil && !deadlineWhileActive(err, lastActivity, idle) {
-			return
-		}
-	}
-}
+// upgradedStream is the upstream of an upgraded connection as the
+// transport hands it over: a stream, not a net.Conn. Its deadlines are
+// kept by the connection underneath (the dialer's idleConn), so setting
+// them here does nothing; a deadline that fires there still ends the
+// relay only when neither direction is active.
+type upgradedStream struct{ io.ReadWriteCloser }
+
+func (upgradedStream) LocalAddr() net.Addr              { return nil }
+func (upgradedStream) RemoteAddr() net.Addr             { return nil }
+func (upgradedStream) SetDeadline(time.Time) error      { return nil }
+func (upgradedStream) SetReadDeadline(time.Time) error  { return nil }
+func (upgradedStream) SetWriteDeadline(time.Time) error { return nil }

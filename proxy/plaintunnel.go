@@ -52,13 +52,9 @@ func (g *Gateway) readTunnel(t *tunnel) {
 // The tunnel's own line counts the bytes that cross it, through the
 // tenant's shapers, as for an inspected tunnel.
 func (g *Gateway) servePlainTunnel(t *tunnel, first []byte) {
-	ex := t.ex
 	ctx, cancel := context.WithCancel(g.baseCtx)
 	defer cancel()
-	egress, ingress := ex.shapers()
-	counted := &countingConn{Conn: &earlyConn{Conn: t.client, early: first}, up: &ex.bytesUp, down: &ex.bytesDown}
-	counted.read, counted.write = egress.Reader(ctx, counted.rawReader()), ingress.Writer(ctx, counted.rawWriter())
-	g.serveTunnelRequests(t, counted, "http")
+	g.serveTunnelRequests(t, t.meterServed(ctx, &earlyConn{Conn: t.client, early: first}), "http")
 }
 
 // requestLine is what the first bytes of a tunnel say about whether it

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -161,7 +160,7 @@ type tunnel struct {
 	early        []byte         // what an opaque tunnel's client sent behind its CONNECT head
 	upgraded     io.Closer      // the upstream of an upgraded plain request
 	dialled      netip.AddrPort // the address reached, when the gateway dialled it
-	lastActivity atomic.Int64   // unix nanoseconds of the last byte in either direction
+	lastActivity activity       // the last byte in either direction
 	turn         firstTurn      // relayed or served as plain HTTP (firstbytes.go)
 	closeOnce    sync.Once
 	revoked      atomic.Pointer[string] // why a policy reload or the end of its grant closed it
@@ -208,227 +207,52 @@ func (t *tunnel) closeConns() {
 	}
 }
 
-// relay copies both ways, each direction paced by the tenant's shaper for
-// it (nil, and so nothing, when unlimited); the shapers wait on a context
-// of the tunnel's own, since the CONNECT request's is done.
+// relay relays the tunnel both ways until either side is done or it has
+// been idle for idle, each direction paced by the tenant's shaper for it
+// (nil, and so nothing, when unlimited); the shapers wait on a context of
+// the tunnel's own, since the CONNECT request's is done. The client's first
+// bytes are checked and sent on before the relay takes over that direction
+// (sendFirstBytes).
 func (t *tunnel) relay(parent context.Context, idle time.Duration) {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	egress, ingress := t.ex.shapers()
-	t.lastActivity.Store(time.Now().UnixNano())
-	// One direction in a goroutine of its own, the other in this one: an
-	// idle tunnel costs two goroutine stacks, not three.
-	upstreamDone := make(chan struct{})
-	go func() {
-		defer close(upstreamDone)
-		if t.sendFirstBytes(ctx, egress, idle) {
-			t.copyDirection(ctx, t.upstream, t.client, egress, &t.ex.bytesUp, idle)
-		}
-	}()
-	if t.receiveFirstBytes(ctx, ingress, idle) {
-		t.copyDirection(ctx, t.client, t.upstream, ingress, &t.ex.bytesDown, idle)
-	}
-	<-upstreamDone
-	t.close()
-}
-
-// relayBuffers hold the 32 KiB buffers of copies in progress: plain
-// response bodies, and tunnel directions that cannot splice (an idle one
-// gives its buffer back, see pipe).
-var relayBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-// idleReadBuffer is what a waiting direction holds: small, since a
-// thousand idle tunnels must cost little memory.
-const idleReadBuffer = 2 << 10
-
-// unshapedSpliceStep is the most one splice call may move for an unlimited
-// tenant: as much as a shaped one at most, which the gateway's kernel
-// pipes are asked to hold.
-const unshapedSpliceStep = quota.MaxSpliceStep
-
-// copyDirection moves src to dst for one direction of the tunnel. Between
-// two TCP connections the kernel copies (splice) and the shaper, if any,
-// is paid for each step; otherwise pipe copies through a buffer.
-func (t *tunnel) copyDirection(ctx context.Context, dst, src net.Conn, shaper *quota.Shaper, counter *atomic.Int64, idle time.Duration) {
-	if dstTCP, srcTCP := tcpConn(dst), tcpConn(src); canSplice && dstTCP != nil && srcTCP != nil {
-		t.splice(ctx, dstTCP, srcTCP, shaper, counter, idle)
-		return
-	}
-	t.pipe(dst, src, shaper.Reader(ctx, src), counter, idle)
-}
-
-// splice relays with splice(2): each step waits for src to be readable,
-// moves what has arrived (at most one shaper step) into a kernel pipe,
-// pays the shaper for it and writes it out. Deadlines are renewed at most
-// every eighth of the shorter bound (idle, or the write bound toward the
-// client); one that fires ends the tunnel only if neither direction moved
-// a byte for that bound.
-func (t *tunnel) splice(ctx context.Context, dst, src *net.TCPConn, shaper *quota.Shaper, counter *atomic.Int64, idle time.Duration) {
-	rawSrc, err1 := src.SyscallConn()
-	rawDst, err2 := dst.SyscallConn()
-	if err1 != nil || err2 != nil {
+	t.lastActivity.touch(time.Now())
+	client := t.meter(ctx, t.client, true, egress, &t.ex.bytesDown, idle)
+	upstream := t.meter(ctx, t.upstream, false, ingress, &t.ex.bytesUp, idle)
+	stop := func() {
 		t.close()
-		return
+		cancel() // a direction waiting on its shaper stops waiting
 	}
-	step := unshapedSpliceStep
-	writeIdle := t.writeBound(dst, idle)
-	var renewed time.Time
-	sp := newSplicer(rawSrc, rawDst)
-	defer sp.release()
-	for {
-		if now := time.Now(); now.Sub(renewed) >= writeIdle/8 {
-			renewed = now
-			_ = src.SetReadDeadline(t.idleDeadline(idle))
-			_ = dst.SetWriteDeadline(now.Add(writeIdle))
-		}
-		if !sp.holding() {
-			if shaper != nil {
-				step = shaper.Step()
-			}
-			n, err := sp.in(step)
-			switch {
-			case err != nil:
-				if t.stillActive(err, idle) {
-					renewed = time.Time{} // re-arm from the last byte now
-					continue
-				}
-				t.close()
-				return
-			case n == 0: // src reached EOF: let the other direction finish
-				if dst.CloseWrite() != nil {
-					t.close()
-				}
-				return
-			}
-			if shaper.Pass(ctx, n) != nil {
-				t.close()
-				return
-			}
-			if shaper != nil {
-				// The wait for the shaper is not the client's.
-				_ = dst.SetWriteDeadline(time.Now().Add(writeIdle))
-			}
-		}
-		n, err := sp.out()
-		if n > 0 {
-			t.lastActivity.Store(time.Now().UnixNano())
-			counter.Add(int64(n))
-		}
-		if err != nil {
-			if !t.stillActive(err, writeIdle) {
-				t.close()
-				return
-			}
-			renewed = time.Time{} // re-arm the write deadline now
-		}
-	}
+	relay(client, upstream, true, stop, func() bool {
+		return t.sendFirstBytes(ctx, egress, idle)
+	}, func() bool {
+		return t.receiveFirstBytes(upstream, client)
+	})
 }
 
-// writeBound is how long a write to dst may wait: toward the client, no
-// longer than response_write_timeout, the most a client may leave what it
-// is sent unread.
-func (t *tunnel) writeBound(dst net.Conn, idle time.Duration) time.Duration {
-	if t.ex == nil {
-		return idle
+// meter wraps one end of the relay: what is read from c is paced by
+// shaper, what is written to it counted in sent, and both are bounded by
+// the tunnel's idle timeout (and writes to the client by
+// response_write_timeout, the most a client may leave what it is sent
+// unread).
+func (t *tunnel) meter(ctx context.Context, c net.Conn, toClient bool, shaper *quota.Shaper, sent *atomic.Int64, idle time.Duration) *meteredConn {
+	m := meter(c)
+	m.activity, m.sent = &t.lastActivity, sent
+	m.readShaper, m.shaping = shaper, ctx
+	m.readIdle, m.writeBound = idle, idle
+	if toClient && t.ex != nil {
+		if rwt := t.ex.gw.settings.ResponseWriteTimeout; rwt > 0 {
+			m.writeBound = min(idle, rwt)
+		}
 	}
-	toClient := dst == t.client
-	if c := tcpConn(dst); c != nil && c == tcpConn(t.client) {
-		toClient = true
-	}
-	if rwt := t.ex.gw.settings.ResponseWriteTimeout; rwt > 0 && toClient {
-		return min(idle, rwt)
-	}
-	return idle
-}
-
-// idleDeadline is when the tunnel has been idle for idle: counted from its
-// last byte either way, not from now, so a read re-armed after the other
-// direction's traffic kept the tunnel open still ends idle after the last
-// byte, not up to twice that.
-func (t *tunnel) idleDeadline(idle time.Duration) time.Time {
-	return time.Unix(0, t.lastActivity.Load()).Add(idle)
+	return m
 }
 
 // stillActive says whether err is a deadline that fired while the tunnel
 // is still in use: either direction moved a byte within idle.
 func (t *tunnel) stillActive(err error, idle time.Duration) bool {
-	return deadlineWhileActive(err, &t.lastActivity, idle)
-}
-
-// deadlineWhileActive says whether err is a deadline that fired although
-// a byte moved, either way, within idle (lastActivity holds Unix
-// nanoseconds): a one-way stream is not idle, so it must not end there.
-func deadlineWhileActive(err error, lastActivity *atomic.Int64, idle time.Duration) bool {
-	return isTimeout(err) && time.Since(time.Unix(0, lastActivity.Load())) < idle
-}
-
-// tcpConn finds the TCP connection under the gateway's wrappers, nil if
-// there is none.
-func tcpConn(c net.Conn) *net.TCPConn {
-	for {
-		switch v := c.(type) {
-		case *net.TCPConn:
-			return v
-		case interface{ NetConn() net.Conn }:
-			c = v.NetConn()
-		default:
-			return nil
-		}
-	}
-}
-
-// pipe copies src to dst through read (src behind a shaper). A read that
-// times out ends the tunnel only if neither direction moved a byte for
-// idle; a one-way stream keeps the tunnel alive. On a clean EOF the write
-// side is half-closed so the other direction can finish; on any error both
-// connections are closed. While waiting it holds only a small buffer, and
-// a full one only while reads keep filling it.
-func (t *tunnel) pipe(dst, src net.Conn, read io.Reader, counter *atomic.Int64, idle time.Duration) {
-	small := make([]byte, idleReadBuffer)
-	var big *[]byte
-	defer func() {
-		if big != nil {
-			relayBuffers.Put(big)
-		}
-	}()
-	for {
-		buf := small
-		if big != nil {
-			buf = *big
-		}
-		_ = src.SetReadDeadline(t.idleDeadline(idle))
-		n, err := read.Read(buf)
-		if n > 0 {
-			now := time.Now()
-			t.lastActivity.Store(now.UnixNano())
-			_ = dst.SetWriteDeadline(now.Add(t.writeBound(dst, idle)))
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				t.close()
-				return
-			}
-			counter.Add(int64(n))
-		}
-		switch {
-		case n == len(buf) && big == nil:
-			big = relayBuffers.Get().(*[]byte)
-		case n < len(buf) && big != nil:
-			relayBuffers.Put(big)
-			big = nil
-		}
-		if err == nil {
-			continue
-		}
-		if t.stillActive(err, idle) {
-			continue
-		}
-		if errors.Is(err, io.EOF) {
-			if hc, ok := dst.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
-				return
-			}
-		}
-		t.close()
-		return
-	}
+	return t.lastActivity.stillActive(err, idle)
 }
 
 // tunnelSet tracks open tunnels so shutdown can wait for and then close

@@ -60,24 +60,24 @@ type relayUnderTest struct {
 
 func startRelay(t testing.TB, shaper *quota.Shaper, wrap func(net.Conn) net.Conn) *relayUnderTest {
 	t.Helper()
+	return startRelayIdle(t, shaper, wrap, time.Minute)
+}
+
+// startRelayIdle is startRelay with the tunnel's idle timeout.
+func startRelayIdle(t testing.TB, shaper *quota.Shaper, wrap func(net.Conn) net.Conn, idle time.Duration) *relayUnderTest {
+	t.Helper()
 	clientFar, clientNear := tcpPair(t)
 	upstreamNear, upstreamFar := tcpPair(t)
 	r := &relayUnderTest{client: clientFar, upstream: upstreamFar, done: make(chan struct{})}
 	tun := &tunnel{client: wrap(clientNear), upstream: wrap(upstreamNear)}
-	tun.lastActivity.Store(time.Now().UnixNano())
+	tun.lastActivity.touch(time.Now())
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	const idle = time.Minute
-	upDone := make(chan struct{})
-	go func() {
-		defer close(upDone)
-		tun.copyDirection(ctx, tun.upstream, tun.client, shaper, &r.up, idle)
-	}()
+	client := tun.meter(ctx, tun.client, true, shaper, &r.down, idle)
+	upstream := tun.meter(ctx, tun.upstream, false, shaper, &r.up, idle)
 	go func() {
 		defer close(r.done)
-		tun.copyDirection(ctx, tun.client, tun.upstream, shaper, &r.down, idle)
-		<-upDone
-		tun.close()
+		relay(client, upstream, true, tun.close, nil, nil)
 	}()
 	return r
 }
@@ -211,5 +211,51 @@ func BenchmarkTunnelRelay(b *testing.B) {
 				b.Fatalf("received %d, %v; want %d", n, err, b.N*len(chunk))
 			}
 		})
+	}
+}
+
+// deadlineCounting hides the TCP connection, as opaque does, and counts
+// the deadlines set on it.
+type deadlineCounting struct {
+	opaque
+	reads, writes *atomic.Int64
+}
+
+func (d deadlineCounting) SetReadDeadline(t time.Time) error {
+	d.reads.Add(1)
+	return d.opaque.SetReadDeadline(t)
+}
+
+func (d deadlineCounting) SetWriteDeadline(t time.Time) error {
+	d.writes.Add(1)
+	return d.opaque.SetWriteDeadline(t)
+}
+
+// The copy relay renews its deadlines at most every eighth of the bound,
+// not on every read and write: a system call each, for nothing, on a busy
+// tunnel.
+func TestTunnelCopyRenewsDeadlinesSparingly(t *testing.T) {
+	var reads, writes atomic.Int64
+	r := startRelay(t, nil, func(c net.Conn) net.Conn {
+		return deadlineCounting{opaque: opaque{c}, reads: &reads, writes: &writes}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	_ = r.client.SetDeadline(deadline)
+	_ = r.upstream.SetDeadline(deadline)
+	const size = 8 << 20
+	go func() {
+		_, _ = r.upstream.Write(make([]byte, size))
+		_ = r.upstream.CloseWrite()
+	}()
+	n, err := io.Copy(io.Discard, r.client)
+	if err != nil || n != size {
+		t.Fatalf("client received %d bytes (%v), want %d", n, err, size)
+	}
+	_ = r.client.CloseWrite()
+	<-r.done
+	// 8 MiB is at least 256 reads and writes of 32 KiB; a minute's idle
+	// bound renews its deadlines a handful of times at most.
+	if reads.Load() > 16 || writes.Load() > 16 {
+		t.Errorf("%d read and %d write deadlines set while relaying %d bytes; want a few", reads.Load(), writes.Load(), size)
 	}
 }
