@@ -53,8 +53,8 @@ var filedMethod = regexp.MustCompile(`^[A-Z][A-Z-]{0,31}$`)
 // rules or the dialer.
 func (ex *exchange) selfServiceHost(r *http.Request) bool {
 	ss := ex.rt.live.Gateway.SelfService
-	if !ss.Enabled {
-		return false
+	if !ss.Enabled || (r.URL.Scheme != "http" && r.URL.Scheme != "https") {
+		return false // other schemes are refused as malformed (plainTarget)
 	}
 	host, _, err := policy.SplitTarget(r.URL.Host, 80)
 	return err == nil && host == ss.Host
