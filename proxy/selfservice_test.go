@@ -508,3 +508,23 @@ func connectTo(t *testing.T, addr, authority, user, token string) (statusLine, c
 	defer resp.Body.Close()
 	return "HTTP/1.1 " + resp.Status, resp.Header.Get("X-Egressgw-Error")
 }
+
+// self_service is reloadable: a new policy that turns it off applies to
+// the next request.
+func TestSelfServiceFollowsReload(t *testing.T) {
+	f := newSelfServiceFixture(t, selfServiceSetup{})
+	resp, body := f.acme(t, "GET", "http://"+policy.DefaultSelfServiceHost+"/v1/policy", "")
+	f.checkAnswer(t, resp, body, 200, "")
+	snap, err := policy.Load(fstest.MapFS{
+		"gateway.yaml":      {Data: []byte("listen: \"127.0.0.1:3128\"\nself_service: { enabled: false }\n")},
+		"tenants/acme.yaml": {Data: []byte("id: acme\nauth: { token_sha256: \"" + hexSum("acme-proxy-token") + "\" }\nrules: [{ hosts: [\"docs.python.org\"] }]\n")},
+	}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.g.Apply(snap)
+	resp, body = f.acme(t, "GET", "http://"+policy.DefaultSelfServiceHost+"/v1/policy", "")
+	if resp.StatusCode != 403 || resp.Header.Get("X-Egressgw-Error") != "destination_not_allowed" {
+		t.Errorf("after turning it off: %d %s, want 403 destination_not_allowed", resp.StatusCode, body)
+	}
+}
