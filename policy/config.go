@@ -34,6 +34,7 @@ type gatewayFile struct {
 	Admin          adminFile          `yaml:"admin"`
 	State          stateFile          `yaml:"state"`
 	Access         accessFile         `yaml:"access"`
+	SelfService    selfServiceFile    `yaml:"self_service"`
 }
 
 // adminFile lists who may use the admin API (docs/admins.md, "Admin
@@ -59,6 +60,13 @@ type stateFile struct {
 type accessFile struct {
 	MaxPending       *int      `yaml:"max_pending"`
 	MaxGrantDuration *Duration `yaml:"max_grant_duration"`
+}
+
+// selfServiceFile names the host through which a sandbox asks the
+// gateway about itself (docs/sandbox-runtimes.md, "Asking the gateway").
+type selfServiceFile struct {
+	Enabled *bool   `yaml:"enabled"`
+	Host    *string `yaml:"host"`
 }
 
 type tenantDefaultsFile struct {

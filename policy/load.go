@@ -424,6 +424,7 @@ func (b *builder) gateway(file *configFile, refused bool) {
 	g.AdminTokens = b.adminTokens(doc, gf.Admin)
 	g.State = b.stateSettings(doc, gf.State)
 	g.Access = b.accessSettings(doc, gf.Access)
+	g.SelfService = b.selfServiceSettings(doc, gf.SelfService)
 	b.lintAdmin = func() { b.lintAdminTenants(doc, gf.Admin) }
 }
 

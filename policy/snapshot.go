@@ -225,6 +225,9 @@ type Gateway struct {
 	AdminTokens []AdminToken
 	State       StateSettings
 	Access      AccessSettings
+	// SelfService is where the gateway answers a sandbox about itself;
+	// reloadable.
+	SelfService SelfServiceSettings
 }
 
 // Tenant returns the tenant with the given id.

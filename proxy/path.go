@@ -51,6 +51,10 @@ func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 	defer ex.finish()
 
 	o := ex.identify(r)
+	if o.ok() && ex.selfServiceHost(r) {
+		ex.answerSelf(w, r) // never forwarded (selfservice.go)
+		return
+	}
 	if o.ok() {
 		o = ex.decide(plainTarget(r))
 	}
@@ -135,6 +139,9 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	ex.scheme = "tunnel"
 
 	o := ex.identify(r)
+	if o.ok() {
+		o = ex.connectsToSelfService(r.URL.Host)
+	}
 	if o.ok() {
 		o = ex.decide(connectTarget(r.URL.Host))
 	}
