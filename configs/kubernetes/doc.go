@@ -4,5 +4,6 @@
 // every manifest and check that the references between them agree (names,
 // labels, ports, keys, mounted paths, the binary's flags) and that the
 // ConfigMap is a config directory `egressgw check` accepts and
-// `egressgw serve` serves.
+// `egressgw serve` serves, with its admin API behind the example's admin
+// tokens and its probes and metrics open.
 package kubernetes

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -828,6 +829,61 @@ type gatewaySettings struct {
 		} `yaml:"redis"`
 		Replicas *int `yaml:"replicas"`
 	} `yaml:"quota"`
+	State struct {
+		Backend string `yaml:"backend"`
+	} `yaml:"state"`
+	Admin struct {
+		Tokens []adminToken `yaml:"tokens"`
+	} `yaml:"admin"`
+}
+
+type adminToken struct {
+	Name        string   `yaml:"name"`
+	TokenSHA256 string   `yaml:"token_sha256"`
+	Role        string   `yaml:"role"`
+	Tenants     []string `yaml:"tenants"`
+}
+
+// adminListenerGuarded fails when the admin listener is reachable beyond
+// the pod's loopback with no admin token configured: every /v1/ read
+// (explain, usage, access requests, grants) would then answer whoever the
+// NetworkPolicy lets in, and no write would work (docs/admins.md, "Admin
+// tokens").
+func adminListenerGuarded(s gatewaySettings) error {
+	host, _, err := net.SplitHostPort(s.AdminListen)
+	if err != nil {
+		return fmt.Errorf("admin_listen %q: %w", s.AdminListen, err)
+	}
+	if ip, err := netip.ParseAddr(host); host == "localhost" || (err == nil && ip.IsLoopback()) {
+		return nil
+	}
+	if len(s.Admin.Tokens) == 0 {
+		return fmt.Errorf("admin_listen %q is beyond loopback but admin.tokens is empty: the admin API reads without a token and refuses every write", s.AdminListen)
+	}
+	for _, tok := range s.Admin.Tokens {
+		if tok.Role == "admin" {
+			return nil
+		}
+	}
+	return errors.New("no admin.tokens entry has role admin: nobody could run every admin command")
+}
+
+// stateShared fails when replicas would each keep their own access
+// requests and grants: with more than one replica, a grant approved
+// through one must apply on all, which only the redis backend does
+// (docs/operators.md, "The state store").
+func stateShared(s gatewaySettings, replicas int) error {
+	backend := s.State.Backend
+	if backend == "" {
+		backend = "file" // the default of docs/reference.md
+	}
+	if replicas > 1 && backend != "redis" {
+		return fmt.Errorf("state.backend %s with %d replicas: each replica would keep its own grants and access requests; want redis", backend, replicas)
+	}
+	if backend == "redis" && s.Quota.Redis.Addr == "" {
+		return errors.New("state.backend redis connects with quota.redis, which sets no addr")
+	}
+	return nil
 }
 
 func parseSettings(t *testing.T, text string) gatewaySettings {
@@ -1350,7 +1406,8 @@ func TestConfigMapIsAValidConfig(t *testing.T) {
 	e := loadExample(t)
 	g := gatewayOf(t, e)
 	env := containerEnv(t, e, g)
-	dir := materialize(t, e, g, newCA(t), nil)
+	caDir := newCA(t)
+	dir := materialize(t, e, g, caDir, nil)
 
 	res := egressgw(t, env, "check", "--config", dir)
 	connectors := 0
@@ -1382,9 +1439,20 @@ func TestConfigMapIsAValidConfig(t *testing.T) {
 	}
 
 	t.Run("serves it and answers the probes", func(t *testing.T) {
+		// The Redis Service's name resolves only in the cluster: with a
+		// local redis-server, the config is served with its address
+		// instead, so that the state store answers as it would there.
+		served := dir
+		settings := parseSettings(t, g.gatewayYAML(t, e))
+		redisAddr := startRedis(t)
+		if redisAddr != "" {
+			served = materialize(t, e, g, caDir, func(key, value string) string {
+				return strings.ReplaceAll(value, settings.Quota.Redis.Addr, redisAddr)
+			})
+		}
 		proxyAddr, adminAddr := freeAddr(t), freeAddr(t)
 		args := append(slices.Clone(g.container.Args), "--listen", proxyAddr, "--admin-listen", adminAddr)
-		args[slices.Index(args, "--config")+1] = dir
+		args[slices.Index(args, "--config")+1] = served
 		cmd := exec.Command(egressgwBinary, args...)
 		cmd.Env = append(os.Environ(), env...)
 		var stderr bytes.Buffer
@@ -1447,6 +1515,53 @@ func TestConfigMapIsAValidConfig(t *testing.T) {
 		if resp.StatusCode != http.StatusForbidden || resp.Header.Get("X-Egressgw-Error") != "destination_not_allowed" {
 			t.Errorf("GET http://pastebin.com/ as the sandbox: %s, X-Egressgw-Error %q; want 403 destination_not_allowed (no rule allows it)", resp.Status, resp.Header.Get("X-Egressgw-Error"))
 		}
+
+		// Prometheus scrapes without a token; the admin API needs one.
+		if status, _, _ := adminGet(t, client, "http://"+adminAddr+"/metrics", ""); status != http.StatusOK {
+			t.Errorf("GET /metrics without a token: %d; want 200, as the ServiceMonitor scrapes it", status)
+		}
+		status, header, body := adminGet(t, client, "http://"+adminAddr+"/v1/config", "")
+		if status != http.StatusUnauthorized || header.Get("X-Egressgw-Error") != "admin_auth_required" ||
+			!strings.HasPrefix(header.Get("WWW-Authenticate"), "Bearer") || jsonErrorCode(body) != "admin_auth_required" {
+			t.Errorf("GET /v1/config without a token: %d, X-Egressgw-Error %q, WWW-Authenticate %q, body %s; want 401 admin_auth_required with a Bearer challenge",
+				status, header.Get("X-Egressgw-Error"), header.Get("WWW-Authenticate"), body)
+		}
+		tokens := e.lookup(t, "Secret", g.pod.namespace, adminTokenSecret, "the admin tokens").values
+		for name, token := range tokens {
+			if status, _, body := adminGet(t, client, "http://"+adminAddr+"/v1/config", token); status != http.StatusOK {
+				t.Errorf("GET /v1/config with the Secret's %s token: %d %s; want 200", name, status, body)
+			}
+		}
+
+		// An approver runs the CLI with its token from the Secret: the
+		// refusal above is an access request of acme's.
+		if redisAddr == "" {
+			return
+		}
+		approver := ""
+		for _, tok := range settings.Admin.Tokens {
+			if tok.Role == "approver" {
+				approver = tok.Name
+			}
+		}
+		if approver == "" {
+			t.Fatal("admin.tokens has no approver")
+		}
+		adminURL := "http://" + adminAddr
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			res := egressgw(t, []string{"EGRESSGW_ADMIN_TOKEN=" + tokens[approver]}, "access", "list", "--admin-url", adminURL, "--tenant", "acme")
+			if res.exitCode == 0 && strings.Contains(res.stdout, "pastebin.com") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("egressgw access list as %s: exit %d, want 0 and the refused pastebin.com; output:\n%s", approver, res.exitCode, res.output())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if res := egressgw(t, []string{"EGRESSGW_ADMIN_TOKEN="}, "access", "list", "--admin-url", adminURL); res.exitCode == 0 || strings.Contains(res.stdout, "pastebin.com") {
+			t.Errorf("egressgw access list without a token: exit %d; want a refusal and no access request; output:\n%s", res.exitCode, res.output())
+		}
 	})
 
 	t.Run("shared quotas", func(t *testing.T) {
@@ -1463,6 +1578,112 @@ func TestConfigMapIsAValidConfig(t *testing.T) {
 			t.Errorf("quota.replicas %s differs from the Deployment's replicas %s: each replica's bandwidth share would be wrong", show(settings.Quota.Replicas), show(g.spec.Replicas))
 		}
 	})
+
+	t.Run("shared state", func(t *testing.T) {
+		if g.spec.Replicas == nil {
+			t.Fatalf("%s: replicas unset", g.deployment)
+		}
+		if err := stateShared(parseSettings(t, g.gatewayYAML(t, e)), *g.spec.Replicas); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// adminTokenSecret holds the admin tokens themselves, for the people and
+// automation that run `egressgw access` and `egressgw grant`.
+const adminTokenSecret = "egressgw-admin-tokens"
+
+// TestAdminTokens checks that the admin listener, which listens beyond
+// loopback for the probes and Prometheus, needs a token for the admin
+// API; that the Secret of admin tokens holds, under each token's name, a
+// token of gateway.yaml's admin.tokens, as an example value; and that the
+// gateway itself never gets that Secret, since it needs only the hashes.
+func TestAdminTokens(t *testing.T) {
+	e := loadExample(t)
+	g := gatewayOf(t, e)
+	settings := parseSettings(t, g.gatewayYAML(t, e))
+	if err := adminListenerGuarded(settings); err != nil {
+		t.Fatal(err)
+	}
+	tenants := tenantFiles(t, e, g)
+	secret := e.lookup(t, "Secret", g.pod.namespace, adminTokenSecret, "the admin tokens")
+	for _, tok := range settings.Admin.Tokens {
+		token, ok := secret.values[tok.Name]
+		if !ok {
+			t.Errorf("admin token %q has no key in Secret %s (keys: %v)", tok.Name, adminTokenSecret, slices.Sorted(maps.Keys(secret.values)))
+			continue
+		}
+		sum := sha256.Sum256([]byte(token))
+		if hex.EncodeToString(sum[:]) != tok.TokenSHA256 {
+			t.Errorf("Secret %s key %s does not hash to admin token %s's token_sha256: the gateway would answer 401", adminTokenSecret, tok.Name, tok.Name)
+		}
+		if !strings.Contains(token, "example") || !strings.Contains(token, "replace-me") {
+			t.Errorf("Secret %s key %s does not read as an example value: a real token must never be committed", adminTokenSecret, tok.Name)
+		}
+		for _, id := range tok.Tenants {
+			if _, ok := tenants[id]; !ok {
+				t.Errorf("admin token %s lists tenant %q, which the ConfigMap does not define", tok.Name, id)
+			}
+		}
+	}
+	for key := range secret.values {
+		if !slices.ContainsFunc(settings.Admin.Tokens, func(tok adminToken) bool { return tok.Name == key }) {
+			t.Errorf("Secret %s key %s names no admin.tokens entry", adminTokenSecret, key)
+		}
+	}
+	for _, p := range e.pods {
+		for _, v := range p.spec.Volumes {
+			for _, r := range v.refs() {
+				if r.kind == "Secret" && r.Name == adminTokenSecret {
+					t.Errorf("%s mounts Secret %s: the gateway checks hashes and needs no admin token", p, adminTokenSecret)
+				}
+			}
+		}
+		for _, c := range p.allContainers() {
+			for _, env := range c.Env {
+				if env.ValueFrom != nil && env.ValueFrom.SecretKeyRef != nil && env.ValueFrom.SecretKeyRef.Name == adminTokenSecret {
+					t.Errorf("%s container %s reads Secret %s into %s: the gateway checks hashes and needs no admin token", p, c.Name, adminTokenSecret, env.Name)
+				}
+			}
+			for _, ef := range c.EnvFrom {
+				if ef.SecretRef != nil && ef.SecretRef.Name == adminTokenSecret {
+					t.Errorf("%s container %s reads Secret %s: the gateway checks hashes and needs no admin token", p, c.Name, adminTokenSecret)
+				}
+			}
+		}
+	}
+}
+
+// TestSettingsChecks keeps adminListenerGuarded and stateShared honest:
+// each refuses the unsafe settings it exists for.
+func TestSettingsChecks(t *testing.T) {
+	const hash = "0000000000000000000000000000000000000000000000000000000000000000"
+	for _, tc := range []struct {
+		name, gatewayYAML  string
+		replicas           int
+		adminErr, stateErr bool
+	}{
+		{"loopback admin listener without tokens", `admin_listen: "127.0.0.1:9128"`, 1, false, false},
+		{"default admin listener without tokens", ``, 1, false, false},
+		{"open admin listener without tokens", `admin_listen: "0.0.0.0:9128"`, 1, true, false},
+		{"open admin listener with a viewer only", `{admin_listen: ":9128", admin: {tokens: [{name: v, role: viewer, token_sha256: "` + hash + `"}]}}`, 1, true, false},
+		{"open admin listener with an admin", `{admin_listen: ":9128", admin: {tokens: [{name: ops, role: admin, token_sha256: "` + hash + `"}]}}`, 1, false, false},
+		{"file state, two replicas", `{admin_listen: "127.0.0.1:9128", state: {backend: file}, quota: {backend: redis, redis: {addr: "r:6379"}}}`, 2, false, true},
+		{"default state, two replicas", `{admin_listen: "127.0.0.1:9128", quota: {backend: redis, redis: {addr: "r:6379"}}}`, 2, false, true},
+		{"file state, one replica", `{admin_listen: "127.0.0.1:9128", state: {backend: file}}`, 1, false, false},
+		{"redis state without an address", `{admin_listen: "127.0.0.1:9128", state: {backend: redis}}`, 2, false, true},
+		{"redis state, two replicas", `{admin_listen: "127.0.0.1:9128", state: {backend: redis}, quota: {backend: redis, redis: {addr: "r:6379"}}}`, 2, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := parseSettings(t, tc.gatewayYAML)
+			if err := adminListenerGuarded(s); (err != nil) != tc.adminErr {
+				t.Errorf("adminListenerGuarded: %v; want an error: %v", err, tc.adminErr)
+			}
+			if err := stateShared(s, tc.replicas); (err != nil) != tc.stateErr {
+				t.Errorf("stateShared with %d replicas: %v; want an error: %v", tc.replicas, err, tc.stateErr)
+			}
+		})
+	}
 }
 
 // showMode prints an optional file mode.
@@ -1479,6 +1700,86 @@ func show(n *int) string {
 		return "(unset)"
 	}
 	return strconv.Itoa(*n)
+}
+
+// adminGet GETs url, with an admin token when token is not empty, and
+// returns the status, the header and the body.
+func adminGet(t *testing.T, client *http.Client, url, token string) (int, http.Header, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		t.Fatalf("GET %s: reading the body: %v", url, err)
+	}
+	return resp.StatusCode, resp.Header, string(body)
+}
+
+// jsonErrorCode is the error field of a JSON error body; "" when there is
+// none.
+func jsonErrorCode(body string) string {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal([]byte(body), &e) != nil {
+		return ""
+	}
+	return e.Error
+}
+
+// startRedis runs a redis-server on a free loopback port until the test
+// ends and returns its address; "" when redis-server is not installed.
+func startRedis(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Logf("redis-server is not installed, so the state store is not exercised: %v", err)
+		return ""
+	}
+	addr := freeAddr(t)
+	cmd := exec.Command(bin, "--port", strconv.Itoa(portOf(t, addr)), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	var output bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &output, &output
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting redis-server: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("redis-server output:\n%s", output.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return addr
+		}
+		select {
+		case err := <-exited:
+			exited <- err // for the cleanup
+			t.Fatalf("redis-server exited (%v):\n%s", err, output.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server never listened on %s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func freeAddr(t *testing.T) string {

@@ -38,6 +38,7 @@ var specMetrics = map[string][]string{
 	"egressgw_config_last_success_timestamp_seconds": {},
 	"egressgw_audit_dropped_lines_total":             {},
 	"egressgw_audit_write_errors_total":              {},
+	"egressgw_state_errors_total":                    {"operation"},
 }
 
 // histograms are exported as NAME_bucket (with le), NAME_count and NAME_sum.
@@ -56,6 +57,7 @@ var labelValues = map[string][]string{
 	"decision":  {"allow", "deny", "report"},
 	"direction": {"egress", "ingress"},
 	"kind":      {"rate", "concurrency", "unavailable"},
+	"operation": {"read_grants", "record_refusal"},
 	"code": {"ok", "proxy_auth_required", "destination_not_allowed", "destination_ip_denied", "bad_request",
 		"rate_limited", "concurrency_limited", "quota_unavailable", "body_too_large", "hook_denied", "hook_failed",
 		"dns_failure", "upstream_unreachable", "upstream_timeout", "client_closed", "upstream_failed_midway", "revoked"},
@@ -538,6 +540,7 @@ func TestPrometheusAlerts(t *testing.T) {
 		"EgressgwUpstreamErrors":          {"egressgw_requests_total", "upstream_unreachable", "upstream_timeout", "dns_failure"},
 		"EgressgwDown":                    {"up"},
 		"EgressgwQuotaBackendUnavailable": {"egressgw_quota_rejections_total", "unavailable"},
+		"EgressgwStateStoreUnreadable":    {"egressgw_state_errors_total", "read_grants"},
 	}
 	seen := map[string]bool{}
 	for _, g := range rf.Groups {
