@@ -47,6 +47,14 @@ func (ex *exchange) forward(w http.ResponseWriter, r *http.Request, out transfor
 	} else if egress := ex.egressShaper(); egress != nil || !out.bodyHeld {
 		upload = &uploadBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
 		r.Body = upload
+		if !out.bodyHeld {
+			// The upload goes on while the response comes back. Otherwise
+			// the server, as the response starts, reads and discards
+			// what is left of the body and closes it under the transport,
+			// which then drops the upstream connection mid-response (or
+			// the upstream gets the upload cut short).
+			_ = http.NewResponseController(w).EnableFullDuplex()
+		}
 	}
 	resp, err := ex.body.roundTrip(ex.rt.transport, r)
 	if err == nil && upload == nil {

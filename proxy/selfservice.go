@@ -81,7 +81,8 @@ func (ex *exchange) answerSelf(w http.ResponseWriter, r *http.Request) {
 	ex.host, ex.port, _ = policy.SplitTarget(r.URL.Host, 80)
 	ex.path = r.URL.EscapedPath() // never the query, which may hold a URL
 	ex.out = outcome{rule: selfServiceRule}
-	if o := ex.admit(r.Context(), true); !o.ok() {
+	rate, o := ex.admit(r.Context(), true)
+	if !o.ok() {
 		ex.reply(w, o)
 		return
 	}
@@ -101,6 +102,7 @@ func (ex *exchange) answerSelf(w http.ResponseWriter, r *http.Request) {
 		h.Set("Allow", a.allow)
 	}
 	ex.setAllowedHeaders(h)
+	setRateLimitHeaders(h, rate)
 	ex.status = a.status
 	w.WriteHeader(a.status)
 	_, _ = w.Write(a.body)
