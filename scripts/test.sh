@@ -56,6 +56,12 @@ fuzz ./proxy FuzzRawRequest 15000x
 fuzz ./proxy FuzzParseClientHello 200000x
 fuzz ./proxy FuzzHeadScan 100000x
 fuzz ./proxy FuzzConnectReasonPhrase 100000x
+fuzz ./proxy FuzzClassifyRequestLine 150000x
+fuzz ./proxy FuzzAdminAuthorization 60000x
+fuzz ./proxy FuzzApproveBody 30000x
+fuzz ./proxy FuzzGrantBody 15000x
+fuzz ./proxy FuzzParseFiling 60000x
+fuzz ./policy FuzzCompileGrants 80000x
 fuzz ./state FuzzDecodeFile 50000x
 fuzz ./policy FuzzPatternCovers 30000x
 fuzz ./internal/jsonstr FuzzAppend 500000x
