@@ -49,7 +49,8 @@ const grantsNotShown = "grants:   not shown: this reads the config directory alo
 func explain(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("explain", stderr)
 	configPath := fs.String("config", "", "config directory")
-	admin := &adminClient{jsonOut: fs.Bool("json", false, "print the trace as JSON")}
+	asJSON := fs.Bool("json", false, "print the trace as JSON")
+	admin := &adminClient{jsonOut: asJSON}
 	fs.StringVar(&admin.base, "admin-url", "", "ask the running gateway's admin listener instead of reading --config: its live policy and grants decide (token in "+adminTokenEnv+")")
 	tenantID := fs.String("tenant", "", "tenant id")
 	method := fs.String("method", "GET", "request method")
@@ -72,18 +73,18 @@ func explain(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "egressgw explain:", err)
 			return exitFail
 		}
-		return printTrace(trace, *admin.jsonOut, stdout)
+		return printTrace(trace, *asJSON, stdout)
 	}
 	trace, code := explainConfig(*configPath, *tenantID, *method, positional[0], *resolve, stderr)
 	if code != exitOK {
 		return code
 	}
-	if code := printTrace(trace, *admin.jsonOut, stdout); code != exitOK {
+	if code := printTrace(trace, *asJSON, stdout); code != exitOK {
 		return code
 	}
 	// One line, where it does not spoil the JSON a script reads.
 	note := stdout
-	if *admin.jsonOut {
+	if *asJSON {
 		note = stderr
 	}
 	if _, err := io.WriteString(note, grantsNotShown); err != nil {
