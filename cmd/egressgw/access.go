@@ -96,14 +96,23 @@ func parseAdmin(fs *flag.FlagSet, c *adminClient, args []string, want int, stder
 		}
 		return nil, false
 	}
+	if err := c.ready(); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
+		return nil, false
+	}
+	return rest, true
+}
+
+// ready checks --admin-url and reads the token from the environment; the
+// error is a usage error.
+func (c *adminClient) ready() error {
 	u, err := url.Parse(c.base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		fmt.Fprintf(stderr, "%s: --admin-url: want http://HOST:PORT, got %q\n", fs.Name(), c.base)
-		return nil, false
+		return fmt.Errorf("--admin-url: want http://HOST:PORT, got %q", c.base)
 	}
 	c.base = strings.TrimRight(c.base, "/")
 	c.token = os.Getenv(adminTokenEnv)
-	return rest, true
+	return nil
 }
 
 // adminHTTP never uses HTTP_PROXY: the admin listener is reached
@@ -118,8 +127,13 @@ type apiError struct {
 }
 
 func (e *apiError) Error() string {
-	if e.Code == "" {
+	switch {
+	case e.Code == "":
 		return fmt.Sprintf("the gateway answered %d", e.Status)
+	case e.Message == "":
+		// Some replies (explain's unknown tenant or bad URL) carry their
+		// message in "error" alone.
+		return fmt.Sprintf("%s (%d)", e.Code, e.Status)
 	}
 	return fmt.Sprintf("%s (%d %s)", e.Message, e.Status, e.Code)
 }

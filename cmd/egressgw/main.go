@@ -30,7 +30,7 @@ const usage = `egressgw: an egress gateway for sandboxes.
 Usage:
   egressgw serve [--config DIR_OR_FILE] [--listen ADDR] [--admin-listen ADDR] [--log-format json|text] [--watch=false]
   egressgw check --config DIR
-  egressgw explain --config DIR --tenant ID [--method M] [--json] [--resolve] URL
+  egressgw explain (--config DIR | --admin-url URL) --tenant ID [--method M] [--json] [--resolve] URL
   egressgw hook test --script FILE [--request REQ.json] [--response RESP.json]
   egressgw ca init --out DIR
   egressgw token new
