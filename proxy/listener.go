@@ -215,13 +215,16 @@ func (l *limitListener) closeOldest(kind spareKind) bool {
 }
 
 // closeLingering ends the shutdown window: the idle connections kept open
-// for it are closed now.
+// for it are closed now, except those whose next request has arrived but
+// not yet been read (a loaded machine may take a while to get to it):
+// closing those would reset a request already sent. They are served, with
+// Connection: close, within shutdown_grace.
 func (l *limitListener) closeLingering() {
 	l.lingerUntil.Store(0)
 	l.mu.Lock()
 	var idle []*countedConn
 	for cc := range l.conns {
-		if cc.lingering.Load() && cc.idleSince.Load() != 0 {
+		if cc.lingering.Load() && cc.idleSince.Load() != 0 && !hasUnreadInput(tcpConn(cc.Conn)) {
 			idle = append(idle, cc)
 		}
 	}
