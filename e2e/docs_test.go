@@ -171,11 +171,6 @@ func assertLinesInOrder(t *testing.T, where, command, want, got string) {
 	}
 }
 
-// upcomingCommands are documented with the issues that bring them; until
-// the binary lists them in its usage, their lines are logged, not checked.
-// Once it does, they are checked like any other.
-var upcomingCommands = map[string]string{"hook test": "the hooks issue"}
-
 var (
 	inlineCommand = regexp.MustCompile("`(egressgw [^`]+)`")
 	imageCommand  = regexp.MustCompile(`\begressgw:[\w.-]+\s+(.*)$`)
@@ -255,11 +250,6 @@ func TestDocsCommandsAreReal(t *testing.T) {
 				command = words[0] + " " + words[1]
 			}
 			if !commands[command] {
-				two := strings.Join(words[:min(2, len(words))], " ")
-				if issue, ok := upcomingCommands[two]; ok {
-					t.Logf("%s: %s arrives with %s; not checked yet", where, two, issue)
-					continue
-				}
 				t.Errorf("%s: %q is not a command of egressgw (`egressgw help` lists %v)", where, command, slices.Sorted(maps.Keys(commands)))
 				continue
 			}
