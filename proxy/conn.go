@@ -30,14 +30,6 @@ type activity struct{ atomic.Int64 }
 
 func (a *activity) touch(now time.Time) { a.Store(now.UnixNano()) }
 
-// idleDeadline is when the connection will have been idle for idle:
-// counted from its last byte either way, not from now, so a read re-armed
-// after the other direction's traffic kept it open still ends idle after
-// the last byte, not up to twice that.
-func (a *activity) idleDeadline(idle time.Duration) time.Time {
-	return time.Unix(0, a.Load()).Add(idle)
-}
-
 // stillActive says whether err is a deadline that fired although a byte
 // moved, either way, within idle: a one-way stream is not idle, so it
 // must not end there.
@@ -49,7 +41,7 @@ func (a *activity) stillActive(err error, idle time.Duration) bool {
 // fraction of the cost of setting it on every call: it is renewed on a
 // read or write only once an eighth of the bound has passed since the last
 // renewal, so the cut comes between 7/8 and all of the bound after the
-// last progress. Upstream connections (idleConn) and meteredConn share it.
+// last progress.
 type deadlineRenewal struct {
 	last atomic.Int64 // unix nanoseconds of the last renewal; 0 forces the next
 }
@@ -150,7 +142,7 @@ func (c *meteredConn) Read(p []byte) (int, error) {
 func (c *meteredConn) readConn(p []byte) (int, error) {
 	for {
 		if c.readIdle > 0 {
-			if err := c.armRead(time.Now()); err != nil {
+			if err := c.armRead(); err != nil {
 				return 0, err
 			}
 		}
@@ -249,10 +241,16 @@ func (c *meteredConn) moved(n int, counter *atomic.Int64) {
 	}
 }
 
-// armRead sets the read deadline from the last activity, if it is due.
-func (c *meteredConn) armRead(now time.Time) error {
-	if c.readRenew.due(c.readIdle, now) {
-		return c.Conn.SetReadDeadline(c.activity.idleDeadline(c.readIdle))
+// armRead sets the read deadline to when the connection will have been
+// idle for readIdle, if the last activity has moved an eighth of the
+// bound since the deadline was last set. Counted from the last byte
+// either way, not from now, so a read re-armed after the other
+// direction's traffic kept it open still ends idle after the last byte,
+// not up to twice that; and a read costs no clock reading of its own.
+func (c *meteredConn) armRead() error {
+	last := time.Unix(0, c.activity.Load())
+	if c.readRenew.due(c.readIdle, last) {
+		return c.Conn.SetReadDeadline(last.Add(c.readIdle))
 	}
 	return nil
 }
@@ -444,7 +442,7 @@ func spliceInto(dst, src *meteredConn) error {
 	for {
 		now := time.Now()
 		if src.readIdle > 0 {
-			if err := src.armRead(now); err != nil {
+			if err := src.armRead(); err != nil {
 				return err
 			}
 		}
