@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,14 +30,6 @@ type activity struct{ atomic.Int64 }
 
 func (a *activity) touch(now time.Time) { a.Store(now.UnixNano()) }
 
-// idleDeadline is when the connection will have been idle for idle:
-// counted from its last byte either way, not from now, so a read re-armed
-// after the other direction's traffic kept it open still ends idle after
-// the last byte, not up to twice that.
-func (a *activity) idleDeadline(idle time.Duration) time.Time {
-	return time.Unix(0, a.Load()).Add(idle)
-}
-
 // stillActive says whether err is a deadline that fired although a byte
 // moved, either way, within idle: a one-way stream is not idle, so it
 // must not end there.
@@ -48,7 +41,7 @@ func (a *activity) stillActive(err error, idle time.Duration) bool {
 // fraction of the cost of setting it on every call: it is renewed on a
 // read or write only once an eighth of the bound has passed since the last
 // renewal, so the cut comes between 7/8 and all of the bound after the
-// last progress. Upstream connections (idleConn) and meteredConn share it.
+// last progress.
 type deadlineRenewal struct {
 	last atomic.Int64 // unix nanoseconds of the last renewal; 0 forces the next
 }
@@ -86,6 +79,13 @@ type meteredConn struct {
 	// between two of them a relay splices.
 	tcp *net.TCPConn
 
+	// unread is what was read from the connection but not yet returned by
+	// Read: what the HTTP server had read past a CONNECT head, and a
+	// tunnel's first bytes, peeked at before the gateway decides what the
+	// tunnel carries. Read returns it first and counts and pays for it
+	// then, so bytes peeked at and never passed on cost nothing.
+	unread []byte
+
 	activity *activity     // the last byte either way; shared by a relay's pair
 	received *atomic.Int64 // bytes read from the connection
 	sent     *atomic.Int64 // bytes written to it
@@ -119,29 +119,68 @@ func (c *meteredConn) readSize(n int) int {
 	return n
 }
 
-// Read reads, counts and pays for what it read. With readIdle, a deadline
-// that fires while the connection (or its pair) is still active is not
-// an error: the read waits on.
+// Read reads, counts and pays for what it read, unread bytes first.
 func (c *meteredConn) Read(p []byte) (int, error) {
 	p = p[:c.readSize(len(p))]
+	if len(c.unread) > 0 && len(p) > 0 {
+		chunk, err := c.takeUnread(len(p))
+		return copy(p, chunk), err
+	}
+	n, err := c.readConn(p)
+	if n > 0 {
+		c.moved(n, c.received)
+		if perr := c.readShaper.Pass(c.shaping, n); perr != nil {
+			return n, perr
+		}
+	}
+	return n, err
+}
+
+// readConn reads from the connection itself. With readIdle, a deadline
+// that fires while the connection (or its pair) is still active is not an
+// error: the read waits on.
+func (c *meteredConn) readConn(p []byte) (int, error) {
 	for {
 		if c.readIdle > 0 {
-			if err := c.armRead(time.Now()); err != nil {
+			if err := c.armRead(); err != nil {
 				return 0, err
 			}
 		}
 		n, err := c.Conn.Read(p)
-		if n > 0 {
-			c.moved(n, c.received)
-			if perr := c.readShaper.Pass(c.shaping, n); perr != nil {
-				return n, perr
-			}
-		} else if c.readIdle > 0 && c.activity.stillActive(err, c.readIdle) {
+		if n == 0 && c.readIdle > 0 && c.activity.stillActive(err, c.readIdle) {
 			c.readRenew.reset()
 			continue
 		}
 		return n, err
 	}
+}
+
+// takeUnread returns up to n unread bytes, counted and paid for as read
+// now.
+func (c *meteredConn) takeUnread(n int) ([]byte, error) {
+	chunk := c.unread[:min(n, len(c.unread))]
+	c.unread = c.unread[len(chunk):]
+	if len(c.unread) == 0 {
+		c.unread = nil // a peek's buffer is not kept for the connection's life
+	}
+	c.moved(len(chunk), c.received)
+	return chunk, c.readShaper.Pass(c.shaping, len(chunk))
+}
+
+// peek reads at most limit more bytes from the connection, under the read
+// bound, behind those unread, and returns all that is unread now: what
+// Read returns next. It stamps the activity clock but counts and pays for
+// nothing; Read does, when it returns the bytes.
+func (c *meteredConn) peek(limit int) ([]byte, error) {
+	have := len(c.unread)
+	limit = min(limit, idleReadBuffer)
+	c.unread = slices.Grow(c.unread, limit)
+	n, err := c.readConn(c.unread[have : have+limit])
+	c.unread = c.unread[:have+n]
+	if n > 0 && c.activity != nil {
+		c.activity.touch(time.Now())
+	}
+	return c.unread, err
 }
 
 // Write pays for p, a step at a time, and writes it, counting what the
@@ -202,10 +241,16 @@ func (c *meteredConn) moved(n int, counter *atomic.Int64) {
 	}
 }
 
-// armRead sets the read deadline from the last activity, if it is due.
-func (c *meteredConn) armRead(now time.Time) error {
-	if c.readRenew.due(c.readIdle, now) {
-		return c.Conn.SetReadDeadline(c.activity.idleDeadline(c.readIdle))
+// armRead sets the read deadline to when the connection will have been
+// idle for readIdle, if the last activity has moved an eighth of the
+// bound since the deadline was last set. Counted from the last byte
+// either way, not from now, so a read re-armed after the other
+// direction's traffic kept it open still ends idle after the last byte,
+// not up to twice that; and a read costs no clock reading of its own.
+func (c *meteredConn) armRead() error {
+	last := time.Unix(0, c.activity.Load())
+	if c.readRenew.due(c.readIdle, last) {
+		return c.Conn.SetReadDeadline(last.Add(c.readIdle))
 	}
 	return nil
 }
@@ -294,16 +339,33 @@ func relay(a, b *meteredConn, halfClose bool, closeAll func(), firstAToB, firstB
 // relayDirection moves src to dst: in the kernel (splice) between two TCP
 // connections, otherwise through a buffer.
 func relayDirection(dst, src *meteredConn, halfClose bool, closeAll func()) {
-	var err error
-	if canSplice && dst.tcp != nil && src.tcp != nil {
+	err := passUnread(dst, src)
+	switch {
+	case err != nil:
+	case canSplice && dst.tcp != nil && src.tcp != nil:
 		err = spliceInto(dst, src)
-	} else {
+	default:
 		err = copyInto(dst, src)
 	}
 	if errors.Is(err, io.EOF) && halfClose && dst.CloseWrite() == nil {
 		return
 	}
 	closeAll()
+}
+
+// passUnread writes what src holds unread to dst, paid for and counted as
+// any read, before a splice reads the connection around it.
+func passUnread(dst, src *meteredConn) error {
+	for len(src.unread) > 0 {
+		chunk, err := src.takeUnread(src.readSize(len(src.unread)))
+		if err != nil {
+			return err
+		}
+		if _, err := dst.Write(chunk); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // relayBuffers hold the 32 KiB buffers of copies in progress: plain
@@ -380,7 +442,7 @@ func spliceInto(dst, src *meteredConn) error {
 	for {
 		now := time.Now()
 		if src.readIdle > 0 {
-			if err := src.armRead(now); err != nil {
+			if err := src.armRead(); err != nil {
 				return err
 			}
 		}

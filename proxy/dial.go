@@ -94,7 +94,7 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		}
 		c, err := d.dialAddr(ctx, network, ap)
 		if err == nil {
-			return &idleConn{Conn: c, idle: d.idleTimeout}, nil
+			return newUpstreamConn(c, d.idleTimeout), nil
 		}
 		lastErr = err
 	}
@@ -224,38 +224,24 @@ func failureMessage(err error, tenant, target string) (policy.Code, string) {
 	return policy.CodeUpstreamUnreachable, fmt.Sprintf("the connection to %s failed", target)
 }
 
-// idleConn closes an upstream connection that makes no progress for idle,
-// so a silent upstream surfaces as a timeout instead of holding a request,
-// or a pooled connection, forever.
-type idleConn struct {
-	net.Conn
-	idle                  time.Duration
-	readRenew, writeRenew deadlineRenewal
+// upstreamConn is an upstream connection wrapped once, as every
+// connection the gateway holds is (docs/design.md, "The connection
+// wrapper"), with its own clock: a read or write fails once it has moved
+// no byte either way for idle, so a silent upstream surfaces as a timeout
+// instead of holding a request, or a pooled connection, forever. Counted
+// from its last byte, not from when a read began: the read a pooled
+// connection was parked with waits on for the answer to the next request
+// sent on it.
+type upstreamConn struct {
+	meteredConn
+	clock activity
 }
 
-func (c *idleConn) Read(p []byte) (int, error) {
-	if err := c.readRenew.renew(c.idle, c.Conn.SetReadDeadline); err != nil {
-		return 0, err
-	}
-	return c.Conn.Read(p)
-}
-
-func (c *idleConn) Write(p []byte) (int, error) {
-	if err := c.writeRenew.renew(c.idle, c.Conn.SetWriteDeadline); err != nil {
-		return 0, err
-	}
-	return c.Conn.Write(p)
-}
-
-// NetConn returns the connection underneath, for the tunnel's splice.
-func (c *idleConn) NetConn() net.Conn { return c.Conn }
-
-// CloseWrite passes half-close through, which tunnels rely on.
-func (c *idleConn) CloseWrite() error {
-	if hc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return hc.CloseWrite()
-	}
-	return nil
+func newUpstreamConn(c net.Conn, idle time.Duration) *meteredConn {
+	u := &upstreamConn{meteredConn: meteredConn{Conn: c, tcp: tcpConn(c), readIdle: idle, writeBound: idle}}
+	u.activity = &u.clock
+	u.clock.touch(time.Now())
+	return &u.meteredConn
 }
 
 // resolverWarning tells the operator, at most every resolverWarnEvery,

@@ -3,7 +3,9 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -96,5 +98,45 @@ func TestShutdownStopsHostAddressRefresh(t *testing.T) {
 			t.Fatalf("%d refresh goroutines after Shutdown, want %d", refreshers(), before)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// An upstream connection the gateway keeps for reuse is idle after
+// idle_timeout from its last byte either way: a request sent on it after
+// a pause waits for its answer as long as on a new connection, not only
+// for what was left of an idle timeout counted from when the connection
+// was parked.
+func TestPathReusedUpstreamConnectionIsIdleFromItsLastByte(t *testing.T) {
+	t.Parallel()
+	const idle = 6 * time.Second
+	origin := startPathUpstream(t, "127.0.0.1", false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(idle * 7 / 8) // the upstream's pace: less than idle_timeout
+		}
+		io.WriteString(w, "answered "+r.URL.Path)
+	}))
+	g := startPathGateway(t, "limits:\n  idle_timeout: 6s\n", map[string]string{
+		"tenants/acme.yaml": pathAcme.yaml(pathRule("api", []string{zoneAPI}, origin.port)),
+	})
+	client := g.client(t, pathAcme, nil)
+	post := func(path string) (int, string) {
+		t.Helper()
+		resp, err := client.Post(origin.url(zoneAPI, path), "text/plain", strings.NewReader("body"))
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		return resp.StatusCode, pathBody(t, resp)
+	}
+	if status, body := post("/first"); status != http.StatusOK {
+		t.Fatalf("first request: %d %q", status, body)
+	}
+	// The client's pause: the connection waits in the gateway's pool,
+	// well within the pool's own limit (half of idle_timeout).
+	time.Sleep(idle / 4)
+	if status, body := post("/slow"); status != http.StatusOK || body != "answered /slow" {
+		t.Errorf("request on the reused connection, answered %v after it was sent: %d %q", idle*7/8, status, body)
+	}
+	if n := origin.conns.Load(); n != 1 {
+		t.Fatalf("the upstream saw %d connections; the second request must reuse the first's", n)
 	}
 }

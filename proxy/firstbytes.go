@@ -1,23 +1,20 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"sync"
-	"time"
 
 	"github.com/egressgw/egressgw/allowlist"
 	"github.com/egressgw/egressgw/policy"
-	"github.com/egressgw/egressgw/quota"
 )
 
-// sendFirstBytes reads what the client of an opaque tunnel sends first,
-// decides on it and sends it on to the upstream, before the relay takes
-// over; it reports whether the relay should. It runs once per tunnel, in
-// the client-to-upstream direction only, so an upstream that speaks first
+// decideFirstBytes reads what the client of an opaque tunnel sends first
+// and decides on it before the relay sends it on; it reports whether the
+// relay should go on in the client-to-upstream direction. It runs once
+// per tunnel, in that direction only, so an upstream that speaks first
 // (SSH, SMTP) is heard meanwhile (receiveFirstBytes).
 //
 // A TLS ClientHello must name the CONNECT's host (docs/sandbox-runtimes.md):
@@ -27,12 +24,14 @@ import (
 // IP literal. Plain HTTP, unless the upstream spoke first, is the
 // gateway's to serve request by request (plaintunnel.go): the upstream
 // connection dialled for the tunnel is closed unused. Anything else is
-// relayed as it is. Nothing reaches the upstream before this decision.
-func (t *tunnel) sendFirstBytes(ctx context.Context, egress *quota.Shaper, idle time.Duration) bool {
+// relayed as it is. Nothing reaches the upstream before this decision:
+// the bytes stay unread on client, and the relay passes them on first,
+// counted and paced as the rest.
+func (t *tunnel) decideFirstBytes(client *meteredConn) bool {
 	ex := t.ex
 	// What might still become a request line is relayed as it is: a
 	// client may send a word ("ping") and wait for the answer.
-	first, ok := t.readFirstBytes(idle, false)
+	first, ok := t.readFirstBytes(client, false)
 	if !ok {
 		return false
 	}
@@ -51,7 +50,7 @@ func (t *tunnel) sendFirstBytes(ctx context.Context, egress *quota.Shaper, idle 
 			return false
 		}
 	}
-	return t.sendEarly(ctx, first, egress, idle)
+	return true
 }
 
 // receiveFirstBytes waits for the upstream of an opaque tunnel to speak
@@ -126,17 +125,16 @@ func (f *firstTurn) servesHTTP() bool {
 	return f.state == turnServeHTTP
 }
 
-// readFirstBytes returns the tunnel's first bytes: those that came behind
-// the CONNECT head, then what the client sends, until they hold a whole
-// ClientHello (or too much to be one), the start of an HTTP/1.x request
-// line, or anything else; with wholeLine unset, bytes that may yet become
-// a request line end the wait as well. ok is false when the tunnel was
-// closed instead: idle for idle_timeout, or broken off in the middle of a
-// handshake.
-func (t *tunnel) readFirstBytes(idle time.Duration, wholeLine bool) (first []byte, ok bool) {
-	first = t.early
-	t.early = nil
-	var chunk []byte
+// readFirstBytes returns the tunnel's first bytes as client holds them
+// unread (those that came behind the CONNECT head first), peeking at
+// what the client sends until they hold a whole ClientHello (or too much
+// to be one), the start of an HTTP/1.x request line, or anything else;
+// with wholeLine unset, bytes that may yet become a request line end the
+// wait as well. The wait is client's read bound: the tunnel's idle
+// timeout from its last byte either way. ok is false when the tunnel was
+// closed instead: idle, or broken off in the middle of a handshake.
+func (t *tunnel) readFirstBytes(client *meteredConn, wholeLine bool) (first []byte, ok bool) {
+	first = client.unread
 	for {
 		switch {
 		case len(first) == 0:
@@ -149,18 +147,10 @@ func (t *tunnel) readFirstBytes(idle time.Duration, wholeLine bool) (first []byt
 		case !wholeLine || classifyRequestLine(first) != mayBeRequestLine:
 			return first, true
 		}
-		if chunk == nil {
-			chunk = make([]byte, idleReadBuffer)
-		}
-		_ = t.client.SetReadDeadline(time.Now().Add(idle))
-		n, err := t.client.Read(chunk[:min(len(chunk), maxFirstBytes-len(first))])
-		if n > 0 {
-			t.lastActivity.Store(time.Now().UnixNano())
-			first = append(first, chunk[:n]...)
-		}
+		var err error
+		first, err = client.peek(maxFirstBytes - len(first))
 		switch {
 		case err == nil:
-		case t.stillActive(err, idle):
 		case errors.Is(err, io.EOF) && (len(first) == 0 || !looksLikeTLS(first[0])):
 			return first, true // what came is all there is
 		default:
@@ -193,21 +183,4 @@ func (ex *exchange) checkClientHello(first []byte) string {
 		shown = shown[:255] + "..."
 	}
 	return fmt.Sprintf("the TLS ClientHello asks for server %q but the tunnel was opened to %s; a tunnel carries TLS only for the host its CONNECT names", shown, ex.host)
-}
-
-// sendEarly writes the bytes read before the relay began to the upstream,
-// paced and counted as the relay would.
-func (t *tunnel) sendEarly(ctx context.Context, data []byte, egress *quota.Shaper, idle time.Duration) bool {
-	if len(data) == 0 {
-		return true
-	}
-	_ = t.upstream.SetWriteDeadline(time.Now().Add(idle))
-	n, err := egress.Writer(ctx, t.upstream).Write(data)
-	t.ex.bytesUp.Add(int64(n))
-	if err != nil {
-		t.close()
-		return false
-	}
-	t.lastActivity.Store(time.Now().UnixNano())
-	return true
 }

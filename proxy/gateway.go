@@ -264,12 +264,11 @@ func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 		TLSHandshakeTimeout: gw.DialTimeout,
 		// A silent upstream gets its 504 after response_header_timeout,
 		// counted from the end of the request (docs/operators.md,
-		// "Timeouts"); idleConn's deadline, idle_timeout, bounds the body.
+		// "Timeouts"); upstreamConn's idle bound, idle_timeout, bounds the body.
 		ResponseHeaderTimeout: gw.ResponseHeaderTimeout,
 		ExpectContinueTimeout: time.Second,
-		// A pooled connection's pending read carries the deadline it was
-		// parked with; retire it well before that deadline can cut a
-		// request that reuses it.
+		// Retire a pooled connection well before its own idle bound
+		// (upstreamConn) closes it under the pool.
 		IdleConnTimeout:        min(90*time.Second, gw.IdleTimeout/2),
 		MaxIdleConns:           1024,
 		MaxIdleConnsPerHost:    64,

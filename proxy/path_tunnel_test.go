@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -229,6 +230,13 @@ func TestPathBytesBehindConnectAreDelivered(t *testing.T) {
 				t.Fatalf("echo of the bytes behind the CONNECT: %q, %v", got, err)
 			}
 			pingThroughTunnel(t, conn) // and the tunnel goes on as usual
+			conn.Close()
+			// Counted once each way: neither the peek at the first bytes
+			// nor their replay counts them again.
+			rec := g.audit.wait(t, "tenant", pathAcme.id, "method", http.MethodConnect, "host", host)
+			if want := float64(len(payload) + len("ping")); auditNumber(rec, "bytes_up") != want || auditNumber(rec, "bytes_down") != want {
+				t.Errorf("audit bytes_up %v, bytes_down %v; want %v each", rec["bytes_up"], rec["bytes_down"], want)
+			}
 		})
 	}
 }
@@ -376,4 +384,72 @@ func TestPathTunnelServerSpeaksFirst(t *testing.T) {
 		t.Fatalf("the server's greeting before the client sent anything: %q, %v", got, err)
 	}
 	pingThroughTunnel(t, conn)
+}
+
+// A shaped tenant's first bytes (too many for the shaper's burst), sent
+// behind its CONNECT or after the 200, cross at the tenant's egress rate,
+// are paid to its shaper once and counted once in bytes_up; and while
+// they are paced the tunnel is active, not idle, however long pacing them
+// takes, even with an upstream that answers nothing.
+func TestPathShapedFirstBytesArePaidOnceAndKeepTheTunnelActive(t *testing.T) {
+	t.Parallel()
+	const (
+		rate = 1 << 10 // bytes a second: the smallest egress limit
+		size = 3000    // about three seconds at rate, three idle timeouts
+	)
+	for _, tc := range []struct {
+		name string
+		open func(t *testing.T, g *pathGateway, authority string) net.Conn
+	}{
+		{"behind the CONNECT", func(t *testing.T, g *pathGateway, authority string) net.Conn {
+			return newPipelinedConn(t, g, pathAcme, authority)
+		}},
+		{"after the 200", func(t *testing.T, g *pathGateway, authority string) net.Conn {
+			return g.tunnel(t, pathAcme, authority)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			counter := startByteCounter(t)
+			g := startPathGateway(t, "limits:\n  idle_timeout: 1s\n", map[string]string{
+				"tenants/acme.yaml": pathAcme.yaml("quota: { bandwidth: { egress: 1KiB } }\n" + pathRule("sink", []string{zoneAPI}, counter.port)),
+			})
+			payload := bytes.Repeat([]byte{0x01, 0xfe, 0x7f, 0x00}, size/4) // neither TLS nor a request line
+			conn := tc.open(t, g, counter.authority(zoneAPI))
+			minuteBefore := time.Now().Unix() / 60
+			start := time.Now()
+			if _, err := conn.Write(payload); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, func() error {
+				n := counter.received.Load()
+				if n == int64(len(payload)) {
+					return nil
+				}
+				for _, rec := range g.audit.records() {
+					if auditMatches(rec, "tenant", pathAcme.id, "method", http.MethodConnect) {
+						t.Fatalf("the tunnel ended (%v) after the upstream received %d of the %d first bytes", rec, n, len(payload))
+					}
+				}
+				return fmt.Errorf("the upstream received %d of the %d first bytes", n, len(payload))
+			})
+			elapsed := time.Since(start)
+			sameMinute := time.Now().Unix()/60 == minuteBefore
+			conn.Close()
+
+			rec := g.audit.wait(t, "tenant", pathAcme.id, "method", http.MethodConnect)
+			if auditNumber(rec, "bytes_up") != float64(len(payload)) || rec["code"] != "ok" {
+				t.Errorf("audit line %v; want code ok and bytes_up the %d bytes sent", rec, len(payload))
+			}
+			// The shaper's burst (a tenth of a second's worth) goes at once;
+			// the rest at the rate, within the tolerance the bandwidth tests
+			// allow.
+			if least := time.Duration(float64(len(payload)-rate/10) / rate * 0.85 * float64(time.Second)); elapsed < least {
+				t.Errorf("%d bytes crossed in %v, faster than %d bytes a second allows (%v at least)", len(payload), elapsed, rate, least)
+			}
+			if paid := g.bandwidth.Lookup(bandwidthKey(pathAcme.id, "egress")).BytesThisMinute(); sameMinute && paid != int64(len(payload)) {
+				t.Errorf("the egress shaper was paid for %d bytes, want the %d sent, once", paid, len(payload))
+			}
+		})
+	}
 }

@@ -68,7 +68,7 @@ func (ex *exchange) relayUpgraded(t *tunnel, buffered *bufio.Reader, upstream io
 
 // upgradedStream is the upstream of an upgraded connection as the
 // transport hands it over: a stream, not a net.Conn. Its deadlines are
-// kept by the connection underneath (the dialer's idleConn), so setting
+// kept by the connection underneath (the dialer's upstreamConn), so setting
 // them here does nothing; a deadline that fires there still ends the
 // relay only when neither direction is active.
 type upgradedStream struct{ io.ReadWriteCloser }

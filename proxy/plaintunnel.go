@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"strings"
+	"time"
 
 	"github.com/egressgw/egressgw/policy"
 )
@@ -29,7 +30,13 @@ const plainHTTPPort = 80
 // before a byte reaches the upstream, which it never dialled.
 func (g *Gateway) readTunnel(t *tunnel) {
 	ex := t.ex
-	first, ok := t.readFirstBytes(ex.rt.dialer.idleTimeout, true)
+	// The peek only waits, bounded by the idle timeout: the path that
+	// serves the tunnel reads the bytes again, and counts and paces them.
+	peek := meter(t.client)
+	peek.activity, peek.readIdle = &t.lastActivity, ex.rt.dialer.idleTimeout
+	peek.unread, t.early = t.early, nil
+	t.lastActivity.touch(time.Now())
+	first, ok := t.readFirstBytes(peek, true)
 	switch {
 	case !ok:
 		return

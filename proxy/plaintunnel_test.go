@@ -551,6 +551,46 @@ func TestOpaqueTunnelRelaysWhatIsNotHTTP(t *testing.T) {
 	}
 }
 
+// The bytes of a shaped tenant's tunnel that carries plain HTTP are paid
+// to its egress shaper once, as they are counted in the tunnel's bytes_up:
+// the first bytes, read before the gateway knew what the tunnel carries,
+// are paid when the HTTP server reads them, not also when they were read
+// first. Whether the tunnel's rule must read it or lets anything through.
+func TestShapedPlainTunnelPaysItsFirstBytesOnce(t *testing.T) {
+	up := startPort80Upstream(t)
+	authority := net.JoinHostPort(up.host, "80")
+	for _, tc := range []struct{ name, rule string }{
+		{"rule reads the tunnel", "  - { name: api, hosts: [\"" + up.host + "\"], ports: [80], methods: [POST] }\n"},
+		{"rule lets anything through", "  - { name: api, hosts: [\"" + up.host + "\"], ports: [80] }\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sg := plainTunnelGatewayWith(t, "quota: { bandwidth: { egress: 1MiB } }\nrules:\n"+tc.rule, nil)
+			minuteBefore := time.Now().Unix() / 60
+			body := strings.Repeat("b", 3000)
+			request := "POST /paid HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: 3000\r\nConnection: close\r\n\r\n" + body
+			c := openTunnel(t, sg, authority, "")
+			if _, err := io.WriteString(c, request); err != nil {
+				t.Fatal(err)
+			}
+			if resp, got := readInner(t, c); resp.StatusCode != http.StatusOK || got != "served /paid" {
+				t.Fatalf("POST through the tunnel: %d %q", resp.StatusCode, got)
+			}
+			c.Close()
+			var tunnelLine auditRecord
+			for _, rec := range sg.waitAudit(t, "tunnel", "", 1) {
+				tunnelLine = rec
+			}
+			paid := sg.bandwidth.Lookup(bandwidthKey("acme", "egress")).BytesThisMinute()
+			if tunnelLine.BytesUp != int64(len(request)) {
+				t.Errorf("tunnel bytes_up %d, want the %d bytes of the request", tunnelLine.BytesUp, len(request))
+			}
+			if time.Now().Unix()/60 == minuteBefore && paid != tunnelLine.BytesUp {
+				t.Errorf("the egress shaper was paid for %d bytes; the tunnel sent %d", paid, tunnelLine.BytesUp)
+			}
+		})
+	}
+}
+
 // isRequestLine recognises the start of an HTTP/1.x request and nothing
 // else, and asks for more bytes only while they could still be one.
 func TestRequestLineDetection(t *testing.T) {

@@ -224,8 +224,9 @@ func (t *tunnel) relay(parent context.Context, idle time.Duration) {
 		t.close()
 		cancel() // a direction waiting on its shaper stops waiting
 	}
+	client.unread, t.early = t.early, nil
 	relay(client, upstream, true, stop, func() bool {
-		return t.sendFirstBytes(ctx, egress, idle)
+		return t.decideFirstBytes(client)
 	}, func() bool {
 		return t.receiveFirstBytes(upstream, client)
 	})
@@ -247,12 +248,6 @@ func (t *tunnel) meter(ctx context.Context, c net.Conn, toClient bool, shaper *q
 		}
 	}
 	return m
-}
-
-// stillActive says whether err is a deadline that fired while the tunnel
-// is still in use: either direction moved a byte within idle.
-func (t *tunnel) stillActive(err error, idle time.Duration) bool {
-	return t.lastActivity.stillActive(err, idle)
 }
 
 // tunnelSet tracks open tunnels so shutdown can wait for and then close
