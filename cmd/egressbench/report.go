@@ -145,7 +145,7 @@ type targetFigure struct {
 	Unavailable   string     `json:"unavailable,omitempty"`
 }
 
-// goalResult is one of the issue's performance targets, judged on this
+// goalResult is one of the project's performance goals (BENCHMARKS.md), judged on this
 // run's figures.
 type goalResult struct {
 	Goal   string `json:"goal"`
@@ -298,7 +298,7 @@ func (r *benchResult) unavailableOf(id, target string) string {
 	return ""
 }
 
-// evaluateGoals judges the issue's targets on the medians of this run;
+// evaluateGoals judges the performance goals on the medians of this run;
 // ratios compare figures measured in the same run on the same machine.
 func evaluateGoals(r *benchResult) []goalResult {
 	type operand struct{ figure, target string }
@@ -546,7 +546,7 @@ func writeText(w io.Writer, r *benchResult) error {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", row.target, row.median, row.spread, row.vsDirect, row.vsBare, row.note)
 		}
 	}
-	fmt.Fprintln(tw, "\ngoals (from the issue; ratios within this run):")
+	fmt.Fprintln(tw, "\ngoals (ratios within this run):")
 	for _, g := range r.Goals {
 		fmt.Fprintf(tw, "  [%s]\t%s\t%s\n", g.Status, g.Goal, g.Detail)
 	}
@@ -577,7 +577,7 @@ func writeMarkdown(w io.Writer, r *benchResult) error {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", title, row.target, row.median, row.spread, row.vsDirect, row.vsBare, markdownEscape(row.note))
 		}
 	}
-	b.WriteString("\n| goal (issue) | status | measured |\n|---|---|---|\n")
+	b.WriteString("\n| goal | status | measured |\n|---|---|---|\n")
 	for _, g := range r.Goals {
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", g.Goal, g.Status, markdownEscape(g.Detail))
 	}

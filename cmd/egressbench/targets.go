@@ -51,7 +51,7 @@ func skipTarget(format string, args ...any) error {
 // preparedTarget is a target ready to be started for each run.
 type preparedTarget struct {
 	name  string
-	notes []string // printed under the table: what differs from the setup
+	notes []string // printed under the table: what differs from the goals' setup
 	// unavailable maps a scenario id to why this target cannot run it; the
 	// report prints the reason instead of a figure.
 	unavailable map[string]string
