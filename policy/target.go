@@ -17,6 +17,18 @@ import (
 // (docs/reference.md, "What clients see" bad_request).
 var ErrBadTarget = errors.New("bad request target")
 
+// SchemePort is the port a URL of scheme names when it names none: 80 for
+// http, 443 for https; ok is false for any other scheme.
+func SchemePort(scheme string) (port uint16, ok bool) {
+	switch scheme {
+	case "http":
+		return 80, true
+	case "https":
+		return 443, true
+	}
+	return 0, false
+}
+
 // SplitTarget splits and normalises an authority such as "Example.COM:8080"
 // or "[::1]:443"; defaultPort is used when none is given.
 func SplitTarget(authority string, defaultPort uint16) (string, uint16, error) {
@@ -216,13 +228,8 @@ func requestsForURL(method, rawURL string) (outer, inner Request, err error) {
 		// The trace goes back to whoever asked, and to logs: no query.
 		return Request{}, Request{}, fmt.Errorf("%w: %s", ErrBadTarget, redaction.ErrorForMessage(err))
 	}
-	var defaultPort uint16
-	switch u.Scheme {
-	case "http":
-		defaultPort = 80
-	case "https":
-		defaultPort = 443
-	default:
+	defaultPort, ok := SchemePort(u.Scheme)
+	if !ok {
 		return Request{}, Request{}, fmt.Errorf("%w: want an http:// or https:// URL, got %q", ErrBadTarget, redaction.URLForMessage(rawURL))
 	}
 	host, port, err := SplitTarget(u.Host, defaultPort)

@@ -219,3 +219,22 @@ func TestCleanPathsDoNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+func TestSchemePort(t *testing.T) {
+	cases := []struct {
+		scheme string
+		port   uint16
+		ok     bool
+	}{
+		{"http", 80, true},
+		{"https", 443, true},
+		{"HTTP", 0, false}, // url.Parse lowercases schemes; anything else is not a URL it made
+		{"ftp", 0, false},
+		{"", 0, false},
+	}
+	for _, c := range cases {
+		if port, ok := SchemePort(c.scheme); port != c.port || ok != c.ok {
+			t.Errorf("SchemePort(%q) = %d, %v; want %d, %v", c.scheme, port, ok, c.port, c.ok)
+		}
+	}
+}

@@ -69,10 +69,8 @@ func (ex *exchange) policyRequest() policy.Request {
 
 // plainTarget is the target of a plain proxy request: its absolute URL.
 func plainTarget(r *http.Request) (target, outcome) {
-	defaultPort := uint16(80)
-	if r.URL.Scheme == "https" {
-		defaultPort = 443
-	} else if r.URL.Scheme != "http" {
+	defaultPort, ok := policy.SchemePort(r.URL.Scheme)
+	if !ok {
 		return target{}, refused(policy.CodeBadRequest, "only http:// URLs can be sent as plain proxy requests; use CONNECT (HTTPS_PROXY) for https")
 	}
 	path, o := requestPath(r)

@@ -375,13 +375,8 @@ func parseFiling(data []byte, tenant, selfHost string) (state.Sighting, error) {
 	if err != nil {
 		return state.Sighting{}, errors.New("url is not a valid URL")
 	}
-	var defaultPort uint16
-	switch u.Scheme {
-	case "http":
-		defaultPort = 80
-	case "https":
-		defaultPort = 443
-	default:
+	defaultPort, ok := policy.SchemePort(u.Scheme)
+	if !ok {
 		return state.Sighting{}, errors.New("url: want an http:// or https:// URL")
 	}
 	if u.User != nil || u.Opaque != "" || u.Host == "" {
