@@ -186,10 +186,10 @@ func readAdminBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
-		adminError(w, http.StatusRequestEntityTooLarge, adminBodyTooLarge, fmt.Sprintf("the body is larger than %d bytes", maxAdminBody))
+		adminError(w, http.StatusRequestEntityTooLarge, policy.CodeBodyTooLarge, fmt.Sprintf("the body is larger than %d bytes", maxAdminBody))
 		return nil, false
 	case err != nil:
-		adminError(w, http.StatusBadRequest, adminBadRequest, "the body could not be read")
+		adminError(w, http.StatusBadRequest, policy.CodeBadRequest, "the body could not be read")
 		return nil, false
 	}
 	return data, true
@@ -198,7 +198,7 @@ func readAdminBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 // store returns the state store, or replies 503 when there is none.
 func (g *Gateway) store(w http.ResponseWriter) (state.Store, bool) {
 	if g.state == nil {
-		adminError(w, http.StatusServiceUnavailable, adminStateUnavailable, "this gateway has no state store")
+		adminError(w, http.StatusServiceUnavailable, codeStateUnavailable, "this gateway has no state store")
 		return nil, false
 	}
 	return g.state, true
@@ -209,14 +209,14 @@ func (g *Gateway) store(w http.ResponseWriter) (state.Store, bool) {
 func (g *Gateway) stateError(w http.ResponseWriter, err error, what string) {
 	switch {
 	case errors.Is(err, state.ErrNotFound):
-		adminError(w, http.StatusNotFound, adminNotFound, what+" not found")
+		adminError(w, http.StatusNotFound, codeNotFound, what+" not found")
 	case errors.Is(err, state.ErrNotPending):
-		adminError(w, http.StatusConflict, adminConflict, what+" was already decided")
+		adminError(w, http.StatusConflict, codeAlreadyDecided, what+" was already decided")
 	case errors.Is(err, state.ErrInvalid):
-		adminError(w, http.StatusBadRequest, adminBadRequest, strings.TrimPrefix(err.Error(), state.ErrInvalid.Error()+": "))
+		adminError(w, http.StatusBadRequest, policy.CodeBadRequest, strings.TrimPrefix(err.Error(), state.ErrInvalid.Error()+": "))
 	default:
 		g.log.Error("state store failed", "what", what, "error", err)
-		adminError(w, http.StatusServiceUnavailable, adminStateUnavailable, "the state store could not be read or written; try again")
+		adminError(w, http.StatusServiceUnavailable, codeStateUnavailable, "the state store could not be read or written; try again")
 	}
 }
 
@@ -241,7 +241,7 @@ func forbidTenant(w http.ResponseWriter, caller *policy.AdminToken, tenant strin
 	if caller != nil {
 		name = fmt.Sprintf("admin token %q", caller.Name)
 	}
-	adminError(w, http.StatusForbidden, adminAuthRequired, fmt.Sprintf("%s may not decide for tenant %q", name, tenant))
+	adminError(w, http.StatusForbidden, codeAdminAuthRequired, fmt.Sprintf("%s may not decide for tenant %q", name, tenant))
 	return true
 }
 
@@ -256,7 +256,7 @@ func (g *Gateway) listAccessRequests(w http.ResponseWriter, r *http.Request) {
 	switch f.Status {
 	case "", state.StatusPending, state.StatusApproved, state.StatusDenied:
 	default:
-		adminError(w, http.StatusBadRequest, adminBadRequest, fmt.Sprintf("status %q: want pending, approved or denied", f.Status))
+		adminError(w, http.StatusBadRequest, policy.CodeBadRequest, fmt.Sprintf("status %q: want pending, approved or denied", f.Status))
 		return
 	}
 	reqs, err := st.ListRequests(r.Context(), f)
@@ -306,7 +306,7 @@ func (g *Gateway) approveAccessRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	spec, err := parseApproveBody(data, g.now(), g.maxGrantDuration())
 	if err != nil {
-		adminError(w, http.StatusBadRequest, adminBadRequest, err.Error())
+		adminError(w, http.StatusBadRequest, policy.CodeBadRequest, err.Error())
 		return
 	}
 	spec.By = caller.Name
@@ -332,7 +332,7 @@ func (g *Gateway) denyAccessRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(bytes.TrimSpace(data)) > 0 {
 		if err := decodeAdminJSON(data, &struct{}{}, "none"); err != nil {
-			adminError(w, http.StatusBadRequest, adminBadRequest, err.Error())
+			adminError(w, http.StatusBadRequest, policy.CodeBadRequest, err.Error())
 			return
 		}
 	}
@@ -389,7 +389,7 @@ func (g *Gateway) addGrant(w http.ResponseWriter, r *http.Request) {
 	}
 	spec, err := parseGrantBody(data, g.now(), g.maxGrantDuration())
 	if err != nil {
-		adminError(w, http.StatusBadRequest, adminBadRequest, err.Error())
+		adminError(w, http.StatusBadRequest, policy.CodeBadRequest, err.Error())
 		return
 	}
 	caller := adminCaller(r)
@@ -398,11 +398,11 @@ func (g *Gateway) addGrant(w http.ResponseWriter, r *http.Request) {
 	}
 	live := g.Live()
 	if live == nil {
-		adminError(w, http.StatusServiceUnavailable, adminStateUnavailable, "no policy loaded")
+		adminError(w, http.StatusServiceUnavailable, codeStateUnavailable, "no policy loaded")
 		return
 	}
 	if _, ok := live.Tenant(spec.Tenant); !ok {
-		adminError(w, http.StatusBadRequest, adminBadRequest, fmt.Sprintf("tenant %q is not defined in the live policy", spec.Tenant))
+		adminError(w, http.StatusBadRequest, policy.CodeBadRequest, fmt.Sprintf("tenant %q is not defined in the live policy", spec.Tenant))
 		return
 	}
 	spec.By = caller.Name

@@ -22,7 +22,7 @@ func TestAdminAccessRefusesBadInput(t *testing.T) {
 		grant   bool // POST /v1/grants; otherwise an approval of acme's request
 		body    string
 		status  int
-		code    string
+		code    policy.Code
 		message string // a part of the message
 	}{
 		{"unknown field", false, `{"for": "1h", "hosts": ["a.example"]}`, 400, "bad_request", `unknown field "hosts"; the fields are for, host, ports`},
@@ -102,7 +102,7 @@ func TestAdminApproveCreatesGrant(t *testing.T) {
 	// A decided request cannot be decided again.
 	for action, body := range map[string]string{"approve": `{"for": "1h"}`, "deny": ""} {
 		w = f.do("POST", "/v1/access-requests/"+f.reqAcme+"/"+action, adminTok, body)
-		if w.Code != http.StatusConflict || errorCode(t, w) != adminConflict {
+		if w.Code != http.StatusConflict || errorCode(t, w) != codeAlreadyDecided {
 			t.Errorf("%s a decided request: %d %s, want 409 already_decided", action, w.Code, w.Body.String())
 		}
 	}
@@ -112,7 +112,7 @@ func TestAdminApproveCreatesGrant(t *testing.T) {
 	if err := json.Unmarshal(w.Body.Bytes(), &list); err != nil || len(list.Requests) != 1 || list.Requests[0].Tenant != "beta" {
 		t.Errorf("pending requests: %s", w.Body.String())
 	}
-	if w = f.do("GET", "/v1/access-requests?status=open", viewerTok, ""); w.Code != 400 || errorCode(t, w) != adminBadRequest {
+	if w = f.do("GET", "/v1/access-requests?status=open", viewerTok, ""); w.Code != 400 || errorCode(t, w) != policy.CodeBadRequest {
 		t.Errorf("status=open: %d %s, want 400", w.Code, w.Body.String())
 	}
 }
@@ -126,7 +126,7 @@ func TestAdminUnknownIDs(t *testing.T) {
 		{"GET", "/v1/grants/gr_nosuch/rule", ""},
 	} {
 		w := f.do(c.method, c.path, adminTok, c.body)
-		if w.Code != http.StatusNotFound || errorCode(t, w) != adminNotFound {
+		if w.Code != http.StatusNotFound || errorCode(t, w) != codeNotFound {
 			t.Errorf("%s %s: %d %s, want 404 not_found", c.method, c.path, w.Code, w.Body.String())
 		}
 	}
@@ -143,7 +143,7 @@ func TestAdminWithoutStore(t *testing.T) {
 		{"POST", "/v1/grants", `{"tenant": "acme", "for": "1h", "host": "a.example"}`},
 	} {
 		w := f.do(c.method, c.path, adminTok, c.body)
-		if w.Code != http.StatusServiceUnavailable || errorCode(t, w) != adminStateUnavailable {
+		if w.Code != http.StatusServiceUnavailable || errorCode(t, w) != codeStateUnavailable {
 			t.Errorf("%s %s: %d %s, want 503 state_unavailable", c.method, c.path, w.Code, w.Body.String())
 		}
 	}

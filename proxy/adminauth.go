@@ -11,14 +11,15 @@ import (
 	"github.com/egressgw/egressgw/policy"
 )
 
-// Error codes of the admin API (docs/reference.md, "Admin API").
+// Error codes of the admin API and the tenant's own endpoint, besides the
+// gateway's own (docs/reference.md, "Admin API" and "The tenant's own
+// endpoint").
 const (
-	adminAuthRequired     = "admin_auth_required"
-	adminBadRequest       = "bad_request"
-	adminNotFound         = "not_found"
-	adminConflict         = "already_decided"
-	adminBodyTooLarge     = "body_too_large"
-	adminStateUnavailable = "state_unavailable"
+	codeAdminAuthRequired policy.Code = "admin_auth_required"
+	codeNotFound          policy.Code = "not_found"
+	codeAlreadyDecided    policy.Code = "already_decided"
+	codeStateUnavailable  policy.Code = "state_unavailable"
+	codeMethodNotAllowed  policy.Code = "method_not_allowed"
 )
 
 // openAdminPaths answer without a token: probes and scrapers carry none.
@@ -52,7 +53,7 @@ func (g *Gateway) requireAdmin(next http.Handler) http.Handler {
 		write := r.Method != http.MethodGet && r.Method != http.MethodHead
 		if !settings.AdminConfigured() {
 			if write {
-				adminError(w, http.StatusForbidden, adminAuthRequired, "the admin API is read-only: no admin tokens are configured (admin.tokens in gateway.yaml)")
+				adminError(w, http.StatusForbidden, codeAdminAuthRequired, "the admin API is read-only: no admin tokens are configured (admin.tokens in gateway.yaml)")
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -61,17 +62,17 @@ func (g *Gateway) requireAdmin(next http.Handler) http.Handler {
 		token, ok := bearerToken(r)
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="egressgw-admin"`)
-			adminError(w, http.StatusUnauthorized, adminAuthRequired, "send an admin token as Authorization: Bearer TOKEN")
+			adminError(w, http.StatusUnauthorized, codeAdminAuthRequired, "send an admin token as Authorization: Bearer TOKEN")
 			return
 		}
 		caller, ok := settings.AuthenticateAdmin(token)
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="egressgw-admin", error="invalid_token"`)
-			adminError(w, http.StatusUnauthorized, adminAuthRequired, "the admin token is not valid")
+			adminError(w, http.StatusUnauthorized, codeAdminAuthRequired, "the admin token is not valid")
 			return
 		}
 		if write && !mayWrite(caller, r.URL.Path) {
-			adminError(w, http.StatusForbidden, adminAuthRequired,
+			adminError(w, http.StatusForbidden, codeAdminAuthRequired,
 				fmt.Sprintf("admin token %q has role %s, which may not %s %s", caller.Name, caller.Role, r.Method, r.URL.Path))
 			return
 		}
@@ -103,9 +104,9 @@ func bearerToken(r *http.Request) (string, bool) {
 
 // adminError writes an admin API error like the gateway's own replies:
 // a code to branch on and a message saying what to change.
-func adminError(w http.ResponseWriter, status int, code, message string) {
-	w.Header().Set("X-Egressgw-Error", code)
-	writeJSON(w, status, map[string]string{"error": code, "message": message})
+func adminError(w http.ResponseWriter, status int, code policy.Code, message string) {
+	w.Header().Set("X-Egressgw-Error", string(code))
+	writeJSON(w, status, map[string]string{"error": string(code), "message": message})
 }
 
 // adminAuditRecord is the audit line of an admin write (docs/reference.md,

@@ -111,7 +111,7 @@ func (f *adminFixture) do(method, path, token, body string) *httptest.ResponseRe
 }
 
 // errorCode is the error field of a JSON error reply.
-func errorCode(t *testing.T, w *httptest.ResponseRecorder) string {
+func errorCode(t *testing.T, w *httptest.ResponseRecorder) policy.Code {
 	t.Helper()
 	var body struct {
 		Error   string `json:"error"`
@@ -123,7 +123,7 @@ func errorCode(t *testing.T, w *httptest.ResponseRecorder) string {
 	if body.Message == "" || w.Header().Get("X-Egressgw-Error") != body.Error {
 		t.Errorf("error reply %q without a message or X-Egressgw-Error header", w.Body.String())
 	}
-	return body.Error
+	return policy.Code(body.Error)
 }
 
 // unchanged asserts that the fixture's state is as it was set up: both
@@ -162,26 +162,26 @@ func TestAdminAuthMatrix(t *testing.T) {
 		token  string
 		call   func(f *adminFixture) call
 		status int
-		code   string // for refusals
+		code   policy.Code // for refusals
 	}{
 		// Open paths.
 		{"healthz open", "", func(*adminFixture) call { return call{"GET", "/healthz", ""} }, 200, ""},
 		{"readyz open", "", func(*adminFixture) call { return call{"GET", "/readyz", ""} }, 200, ""},
 		{"metrics open", "", func(*adminFixture) call { return call{"GET", "/metrics", ""} }, 200, ""},
 		// No token, or a wrong one.
-		{"config without token", "", func(*adminFixture) call { return call{"GET", "/v1/config", ""} }, 401, adminAuthRequired},
+		{"config without token", "", func(*adminFixture) call { return call{"GET", "/v1/config", ""} }, 401, codeAdminAuthRequired},
 		{"explain without token", "", func(*adminFixture) call {
 			return call{"GET", "/v1/explain?tenant=acme&url=http://docs.python.org/", ""}
-		}, 401, adminAuthRequired},
-		{"debug without token", "", func(*adminFixture) call { return call{"GET", "/debug/pprof/", ""} }, 401, adminAuthRequired},
-		{"unknown path without token", "", func(*adminFixture) call { return call{"GET", "/v2/anything", ""} }, 401, adminAuthRequired},
-		{"requests with wrong token", "not-a-token", func(*adminFixture) call { return call{"GET", "/v1/access-requests", ""} }, 401, adminAuthRequired},
+		}, 401, codeAdminAuthRequired},
+		{"debug without token", "", func(*adminFixture) call { return call{"GET", "/debug/pprof/", ""} }, 401, codeAdminAuthRequired},
+		{"unknown path without token", "", func(*adminFixture) call { return call{"GET", "/v2/anything", ""} }, 401, codeAdminAuthRequired},
+		{"requests with wrong token", "not-a-token", func(*adminFixture) call { return call{"GET", "/v1/access-requests", ""} }, 401, codeAdminAuthRequired},
 		{"approve with wrong token", "not-a-token", func(f *adminFixture) call {
 			return call{"POST", "/v1/access-requests/" + f.reqAcme + "/approve", approve}
-		}, 401, adminAuthRequired},
+		}, 401, codeAdminAuthRequired},
 		{"approve without token", "", func(f *adminFixture) call {
 			return call{"POST", "/v1/access-requests/" + f.reqAcme + "/approve", approve}
-		}, 401, adminAuthRequired},
+		}, 401, codeAdminAuthRequired},
 		// Viewer reads, writes nothing.
 		{"viewer reads config", viewerTok, func(*adminFixture) call { return call{"GET", "/v1/config", ""} }, 200, ""},
 		{"viewer reads requests", viewerTok, func(*adminFixture) call { return call{"GET", "/v1/access-requests", ""} }, 200, ""},
@@ -189,10 +189,10 @@ func TestAdminAuthMatrix(t *testing.T) {
 		{"viewer reads a rule", viewerTok, func(f *adminFixture) call { return call{"GET", "/v1/grants/" + f.grAcme + "/rule", ""} }, 200, ""},
 		{"viewer approves", viewerTok, func(f *adminFixture) call {
 			return call{"POST", "/v1/access-requests/" + f.reqAcme + "/approve", approve}
-		}, 403, adminAuthRequired},
-		{"viewer denies", viewerTok, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqAcme + "/deny", ""} }, 403, adminAuthRequired},
-		{"viewer adds a grant", viewerTok, func(*adminFixture) call { return call{"POST", "/v1/grants", grantFor("acme")} }, 403, adminAuthRequired},
-		{"viewer revokes", viewerTok, func(f *adminFixture) call { return call{"DELETE", "/v1/grants/" + f.grAcme, ""} }, 403, adminAuthRequired},
+		}, 403, codeAdminAuthRequired},
+		{"viewer denies", viewerTok, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqAcme + "/deny", ""} }, 403, codeAdminAuthRequired},
+		{"viewer adds a grant", viewerTok, func(*adminFixture) call { return call{"POST", "/v1/grants", grantFor("acme")} }, 403, codeAdminAuthRequired},
+		{"viewer revokes", viewerTok, func(f *adminFixture) call { return call{"DELETE", "/v1/grants/" + f.grAcme, ""} }, 403, codeAdminAuthRequired},
 		// Approver of acme: acme only.
 		{"approver reads beta's requests", approverAcme, func(*adminFixture) call { return call{"GET", "/v1/access-requests?tenant=beta", ""} }, 200, ""},
 		{"approver approves acme", approverAcme, func(f *adminFixture) call {
@@ -200,13 +200,13 @@ func TestAdminAuthMatrix(t *testing.T) {
 		}, 200, ""},
 		{"approver approves beta", approverAcme, func(f *adminFixture) call {
 			return call{"POST", "/v1/access-requests/" + f.reqBeta + "/approve", approve}
-		}, 403, adminAuthRequired},
+		}, 403, codeAdminAuthRequired},
 		{"approver denies acme", approverAcme, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqAcme + "/deny", ""} }, 200, ""},
-		{"approver denies beta", approverAcme, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqBeta + "/deny", ""} }, 403, adminAuthRequired},
+		{"approver denies beta", approverAcme, func(f *adminFixture) call { return call{"POST", "/v1/access-requests/" + f.reqBeta + "/deny", ""} }, 403, codeAdminAuthRequired},
 		{"approver grants acme", approverAcme, func(*adminFixture) call { return call{"POST", "/v1/grants", grantFor("acme")} }, 201, ""},
-		{"approver grants beta", approverAcme, func(*adminFixture) call { return call{"POST", "/v1/grants", grantFor("beta")} }, 403, adminAuthRequired},
+		{"approver grants beta", approverAcme, func(*adminFixture) call { return call{"POST", "/v1/grants", grantFor("beta")} }, 403, codeAdminAuthRequired},
 		{"approver revokes acme", approverAcme, func(f *adminFixture) call { return call{"DELETE", "/v1/grants/" + f.grAcme, ""} }, 200, ""},
-		{"approver revokes beta", approverAcme, func(f *adminFixture) call { return call{"DELETE", "/v1/grants/" + f.grBeta, ""} }, 403, adminAuthRequired},
+		{"approver revokes beta", approverAcme, func(f *adminFixture) call { return call{"DELETE", "/v1/grants/" + f.grBeta, ""} }, 403, codeAdminAuthRequired},
 		// Approver of every tenant.
 		{"approver-all approves beta", approverAllTok, func(f *adminFixture) call {
 			return call{"POST", "/v1/access-requests/" + f.reqBeta + "/approve", approve}
@@ -261,7 +261,7 @@ func TestAdminWithoutTokensIsReadOnly(t *testing.T) {
 		// A token is no help when none is configured.
 		for _, token := range []string{"", adminTok} {
 			w := f.do(wr.method, wr.path, token, wr.body)
-			if w.Code != http.StatusForbidden || errorCode(t, w) != adminAuthRequired {
+			if w.Code != http.StatusForbidden || errorCode(t, w) != codeAdminAuthRequired {
 				t.Errorf("%s %s (token %q) without tokens configured: %d %s, want 403 admin_auth_required", wr.method, wr.path, token, w.Code, w.Body.String())
 			}
 		}

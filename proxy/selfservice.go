@@ -30,14 +30,6 @@ import (
 // self-service host through.
 const selfServiceRule = "self_service"
 
-// Codes of the self-service answers besides the gateway's own
-// (docs/reference.md, "The tenant's own endpoint").
-const (
-	codeNotFound         policy.Code = "not_found"
-	codeMethodNotAllowed policy.Code = "method_not_allowed"
-	codeStateUnavailable policy.Code = "state_unavailable"
-)
-
 // Bounds on what a sandbox files: an access request is a URL and a
 // sentence, not a document.
 const (
