@@ -153,8 +153,8 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 	// unlimited tenant needs no shaper for it.
 	counts, now := rt.tenantState(tenant).usage, g.now()
 	u.Bandwidth = []bandwidthUsage{
-		{Direction: "egress", BytesPerSecond: tenant.Quota.EgressBytes, BytesThisMinute: counts.egress.thisMinute(now), Counted: true},
-		{Direction: "ingress", BytesPerSecond: tenant.Quota.IngressBytes, BytesThisMinute: counts.ingress.thisMinute(now), Counted: true},
+		{Direction: "egress", BytesPerSecond: tenant.Quota.EgressBytes, BytesThisMinute: counts.egress.ThisMinute(now), Counted: true},
+		{Direction: "ingress", BytesPerSecond: tenant.Quota.IngressBytes, BytesThisMinute: counts.ingress.ThisMinute(now), Counted: true},
 	}
 	writeJSON(w, http.StatusOK, u)
 }

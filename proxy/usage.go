@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/egressgw/egressgw/quota"
 )
 
 // tenantUsage is a tenant's bytes this minute, each way, for
@@ -14,7 +16,7 @@ import (
 // it. Exchanges add to it as they account their bytes: at their end, and
 // every usageAccountInterval while a tunnel or stream is open.
 type tenantUsage struct {
-	egress, ingress minuteBytes
+	egress, ingress quota.MinuteBytes
 }
 
 // usageAccountInterval is how often the bytes of open tunnels and
@@ -22,42 +24,6 @@ type tenantUsage struct {
 // usage endpoint shows them, and how far a minute's count can be off at
 // its turn.
 const usageAccountInterval = time.Second
-
-// minuteBytes is the bytes of the current minute and which minute that
-// is, in one word, so that counting takes no lock: the Unix minute modulo
-// 2^20 above 44 bits of bytes (16 TiB, far above what a minute moves).
-type minuteBytes struct{ v atomic.Uint64 }
-
-const minuteBytesBits = 44
-
-func unixMinute(t time.Time) uint64 { return uint64(t.Unix()/60) % (1 << 20) }
-
-// add counts n bytes moved at now.
-func (m *minuteBytes) add(now time.Time, n int64) {
-	if n <= 0 {
-		return
-	}
-	current := unixMinute(now)
-	for {
-		old := m.v.Load()
-		bytes := old & (1<<minuteBytesBits - 1)
-		if old>>minuteBytesBits != current {
-			bytes = 0 // a new minute starts from nothing
-		}
-		if m.v.CompareAndSwap(old, current<<minuteBytesBits|(bytes+uint64(n))&(1<<minuteBytesBits-1)) {
-			return
-		}
-	}
-}
-
-// thisMinute returns the bytes counted in the minute of now.
-func (m *minuteBytes) thisMinute(now time.Time) int64 {
-	v := m.v.Load()
-	if v>>minuteBytesBits != unixMinute(now) {
-		return 0
-	}
-	return int64(v & (1<<minuteBytesBits - 1))
-}
 
 // accountUsage adds the bytes ex moved since it last did to its tenant's
 // usage, as moved at now. Any goroutine may call it at any time: each
@@ -67,8 +33,8 @@ func (ex *exchange) accountUsage(now time.Time) {
 	if ex.ts == nil || ex.inner {
 		return
 	}
-	ex.ts.usage.egress.add(now, unaccounted(&ex.bytesUp, &ex.usageUp))
-	ex.ts.usage.ingress.add(now, unaccounted(&ex.bytesDown, &ex.usageDown))
+	ex.ts.usage.egress.Add(now, unaccounted(&ex.bytesUp, &ex.usageUp))
+	ex.ts.usage.ingress.Add(now, unaccounted(&ex.bytesDown, &ex.usageDown))
 }
 
 // unaccounted moves accounted up to total and returns by how much; the

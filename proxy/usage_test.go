@@ -156,30 +156,6 @@ func TestUsageCountsUnlimitedTenants(t *testing.T) {
 	}
 }
 
-// A minute's count starts from nothing when the minute turns, and reads
-// as nothing once it is over.
-func TestMinuteBytes(t *testing.T) {
-	var m minuteBytes
-	start := time.Date(2026, 12, 6, 19, 0, 59, 0, time.UTC)
-	m.add(start, 5)
-	m.add(start, 0)
-	m.add(start, -3) // never subtracts
-	if got := m.thisMinute(start); got != 5 {
-		t.Errorf("thisMinute = %d, want 5", got)
-	}
-	next := start.Add(time.Second)
-	if got := m.thisMinute(next); got != 0 {
-		t.Errorf("the next minute reads %d before any byte, want 0", got)
-	}
-	m.add(next, 7)
-	if got := m.thisMinute(next); got != 7 {
-		t.Errorf("the next minute reads %d, want 7", got)
-	}
-	if got := m.thisMinute(start); got != 0 {
-		t.Errorf("the minute before reads %d once over, want 0", got)
-	}
-}
-
 // Callers that account one exchange at once add each byte exactly once.
 func TestAccountUsageCountsEachByteOnce(t *testing.T) {
 	now := time.Date(2026, 12, 6, 19, 0, 0, 0, time.UTC)
@@ -210,7 +186,7 @@ func TestAccountUsageCountsEachByteOnce(t *testing.T) {
 	<-done
 	accounting.Wait()
 	ex.accountUsage(now)
-	if up, down := ex.ts.usage.egress.thisMinute(now), ex.ts.usage.ingress.thisMinute(now); up != 3*steps || down != 5*steps {
+	if up, down := ex.ts.usage.egress.ThisMinute(now), ex.ts.usage.ingress.ThisMinute(now); up != 3*steps || down != 5*steps {
 		t.Errorf("counted %d up, %d down; want %d, %d", up, down, 3*steps, 5*steps)
 	}
 }

@@ -134,10 +134,7 @@ type Shaper struct {
 	burst    atomic.Int64 // the limiter's burst, readable without its lock
 	clock    func() time.Time
 	lastUsed atomic.Int64 // clock time of the last byte, in Unix nanoseconds
-	// minute is the bytes moved in the current minute of the clock and
-	// which minute that is, in one word (see packMinute), so that counting
-	// a step takes no lock.
-	minute atomic.Uint64
+	minute   MinuteBytes  // bytes moved in the current minute of the clock
 }
 
 func newShaper(bytesPerSecond int64, clock func() time.Time) *Shaper {
@@ -150,21 +147,42 @@ func newShaper(bytesPerSecond int64, clock func() time.Time) *Shaper {
 	return s
 }
 
-// A minute count is packed as the Unix minute modulo 2^20 (two years, and
-// only compared with the current minute) above 44 bits of bytes (16 TiB,
-// far above what a minute can move).
+// MinuteBytes counts the bytes moved in the current minute, lock-free:
+// the Unix minute modulo 2^20 (two years, and only compared with the
+// current minute) above 44 bits of bytes (16 TiB, far above what a minute
+// can move), in one word. The zero value is an empty count.
+type MinuteBytes struct{ v atomic.Uint64 }
+
 const minuteBytesBits = 44
 
-func packMinute(minute int64, bytes uint64) uint64 {
-	return uint64(minute)<<minuteBytesBits | bytes&(1<<minuteBytesBits-1)
+func unixMinute(t time.Time) uint64 { return uint64(t.Unix()/60) % (1 << 20) }
+
+// Add counts n bytes moved at now; n of zero or less counts nothing.
+func (m *MinuteBytes) Add(now time.Time, n int64) {
+	if n <= 0 {
+		return
+	}
+	current := unixMinute(now)
+	for {
+		old := m.v.Load()
+		bytes := old & (1<<minuteBytesBits - 1)
+		if old>>minuteBytesBits != current {
+			bytes = 0 // a new minute starts from nothing
+		}
+		if m.v.CompareAndSwap(old, current<<minuteBytesBits|(bytes+uint64(n))&(1<<minuteBytesBits-1)) {
+			return
+		}
+	}
 }
 
-func unpackMinute(v uint64) (minute int64, bytes uint64) {
-	return int64(v >> minuteBytesBits), v & (1<<minuteBytesBits - 1)
+// ThisMinute returns the bytes counted in the minute of now.
+func (m *MinuteBytes) ThisMinute(now time.Time) int64 {
+	v := m.v.Load()
+	if v>>minuteBytesBits != unixMinute(now) {
+		return 0
+	}
+	return int64(v & (1<<minuteBytesBits - 1))
 }
-
-// clockMinute is the minute of t as packMinute keeps it.
-func clockMinute(t time.Time) int64 { return t.Unix() / 60 % (1 << 20) }
 
 // shaperBurst returns the bucket size for a rate: a tenth of a second's
 // worth. That is what an idle tenant may send at once, small against the
@@ -206,11 +224,7 @@ func (s *Shaper) BytesThisMinute() int64 {
 	if s == nil {
 		return 0
 	}
-	minute, bytes := unpackMinute(s.minute.Load())
-	if minute != clockMinute(s.clock()) {
-		return 0
-	}
-	return int64(bytes)
+	return s.minute.ThisMinute(s.clock())
 }
 
 // Reader returns r with its reads shaped: each read of r asks for at most one
@@ -309,17 +323,7 @@ func (s *Shaper) wait(ctx context.Context, n int) error {
 func (s *Shaper) count(n int) {
 	now := s.clock()
 	s.lastUsed.Store(now.UnixNano())
-	current := clockMinute(now)
-	for {
-		old := s.minute.Load()
-		minute, bytes := unpackMinute(old)
-		if minute != current {
-			bytes = 0 // a new minute starts from nothing
-		}
-		if s.minute.CompareAndSwap(old, packMinute(current, bytes+uint64(n))) {
-			return
-		}
-	}
+	s.minute.Add(now, int64(n))
 }
 
 // shapedReader pays for each step before returning it. Every step is as

@@ -395,3 +395,27 @@ func TestShaperCountsBytesPerMinute(t *testing.T) {
 		t.Fatalf("after counting 7 in the new minute: %d", got)
 	}
 }
+
+// A minute's count starts from nothing when the minute turns, and reads
+// as nothing once it is over.
+func TestMinuteBytes(t *testing.T) {
+	var m MinuteBytes
+	start := time.Date(2026, 12, 6, 19, 0, 59, 0, time.UTC)
+	m.Add(start, 5)
+	m.Add(start, 0)
+	m.Add(start, -3) // never subtracts
+	if got := m.ThisMinute(start); got != 5 {
+		t.Errorf("ThisMinute = %d, want 5", got)
+	}
+	next := start.Add(time.Second)
+	if got := m.ThisMinute(next); got != 0 {
+		t.Errorf("the next minute reads %d before any byte, want 0", got)
+	}
+	m.Add(next, 7)
+	if got := m.ThisMinute(next); got != 7 {
+		t.Errorf("the next minute reads %d, want 7", got)
+	}
+	if got := m.ThisMinute(start); got != 0 {
+		t.Errorf("the minute before reads %d once over, want 0", got)
+	}
+}
