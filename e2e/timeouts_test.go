@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -214,23 +215,38 @@ func TestShutdownServesRequestsOnIdleConnections(t *testing.T) {
 		}
 		return nil
 	})
+	shutdownBegan := shutdownLogTime(t, g.stderr.String())
 	// Every client writes its next request on its idle connection now,
 	// then reads the response.
 	var failed []string
 	written := make([]bool, clients)
+	writtenAt := make([]time.Time, clients)
 	for i, conn := range conns {
 		if _, err := io.WriteString(conn, request); err != nil {
 			failed = append(failed, fmt.Sprintf("%d: write: %v", i, err))
 			continue
 		}
-		written[i] = true
+		written[i], writtenAt[i] = true, time.Now()
 	}
+	inWindow := 0
 	for i := range conns {
 		if !written[i] {
 			continue
 		}
+		// The gateway serves what arrives within a second of the start
+		// of its shutdown (docs/operators.md); a loaded machine may run
+		// this loop later than that, and what it writes then may meet a
+		// closed connection.
+		late := writtenAt[i].Sub(shutdownBegan) > time.Second
+		if !late {
+			inWindow++
+		}
 		resp, err := http.ReadResponse(readers[i], nil)
 		if err != nil {
+			if late {
+				t.Logf("%d: written %v after the shutdown began, past its window: %v", i, writtenAt[i].Sub(shutdownBegan), err)
+				continue
+			}
 			failed = append(failed, fmt.Sprintf("%d: %v", i, err))
 			continue
 		}
@@ -242,6 +258,9 @@ func TestShutdownServesRequestsOnIdleConnections(t *testing.T) {
 	}
 	if len(failed) > 0 {
 		t.Errorf("%d of %d requests written during shutdown got no proper response: %v", len(failed), clients, failed)
+	}
+	if inWindow == 0 {
+		t.Logf("no request was written within the shutdown window on this loaded machine: only the later checks ran")
 	}
 
 	if code := g.waitExit(t, 30*time.Second); code != 0 {
@@ -409,4 +428,21 @@ func TestStalledBodyReadByAHookNeverLeaves(t *testing.T) {
 	if got := origin.requestsTo("/upload"); len(got) != 0 {
 		t.Errorf("the upstream got %d requests cut short", len(got))
 	}
+}
+
+// shutdownLogTime is the time of the gateway's "shutting down" log line,
+// which comes just before its shutdown window opens.
+func shutdownLogTime(t *testing.T, log string) time.Time {
+	t.Helper()
+	for _, line := range strings.Split(log, "\n") {
+		var rec struct {
+			Time time.Time `json:"time"`
+			Msg  string    `json:"msg"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "shutting down" {
+			return rec.Time
+		}
+	}
+	t.Fatalf("no \"shutting down\" line in the gateway's log")
+	return time.Time{}
 }
