@@ -91,6 +91,13 @@ func NormalizeHost(host string) (string, error) {
 			return "", fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalidHost, host)
 		}
 		ascii, err := hostProfile.ToASCII(host)
+		if err == nil {
+			// The A-label form must itself be valid: a name whose
+			// punycode does not decode back under the same rules (as
+			// "ℶκ" mapped to Hebrew and Greek in one label) would be a
+			// host no later normalisation accepts.
+			_, err = hostProfile.ToASCII(ascii)
+		}
 		if err != nil {
 			return "", fmt.Errorf("%w: %q is not a valid internationalised host name: %v", ErrInvalidHost, host, err)
 		}
