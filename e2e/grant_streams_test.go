@@ -1,0 +1,222 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egressgw/egressgw/state"
+)
+
+// Streams that only a grant allows end when the grant does, revoked
+// through the admin API or expired: plain HTTP, and inside an inspected
+// tunnel whose connector allows the tunnel but not the stream's path. The
+// client sees its body cut short, never a clean end; the audit line says
+// revoked and names the grant.
+
+// grantStreamFixture is a gateway with admin tokens and inspection where
+// streamer reaches streamOrigin only through grants: its one connector,
+// streams-narrow, inspects tunnels to secure and allows only /narrow/
+// inside them; nothing allows plain.
+type grantStreamFixture struct {
+	*streamFixture
+}
+
+func startGrantStreamFixture(t *testing.T) *grantStreamFixture {
+	t.Helper()
+	fx := &streamFixture{
+		plain:  startHTTPUpstream(t, "127.0.0.1", streamOrigin),
+		secure: startTLSUpstream(t, "127.0.0.1", streamOrigin),
+	}
+	fx.dir = writeConfig(t, configFiles{
+		"gateway.yaml": inspectingGatewayYAML(yamlf(`
+			admin:
+			  tokens:
+			    - { name: ops, role: admin, token_sha256: %q }
+		`, sha256Hex(accessOpsToken))),
+		"connectors/streams-narrow.yaml": yamlf(`
+			name: streams-narrow
+			hosts: [%q]
+			ports: [%d]
+			paths: ["/narrow/"]
+			inspect: true
+		`, hostAPI, fx.secure.port),
+		"tenants/streamer.yaml": tenantYAML(streamer, "connectors: [streams-narrow]\n"),
+	})
+	if res := egressgw(t, "ca", "init", "--out", filepath.Join(fx.dir, "ca")); res.exitCode != 0 {
+		t.Fatalf("ca init: exit %d\n%s", res.exitCode, res.stderr)
+	}
+	fx.caFile = filepath.Join(fx.dir, "ca", "ca.pem")
+	pem, err := os.ReadFile(fx.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.caPool = x509.NewCertPool()
+	fx.caPool.AppendCertsFromPEM(pem)
+	fx.g = newGateway(t)
+	fx.g.start(t, "--config", fx.dir, "--log-format", "json")
+	return &grantStreamFixture{fx}
+}
+
+// adminCall sends method path with body (nil: none) to the admin API as
+// the ops admin and decodes the JSON answer into out, failing unless the
+// status is want.
+func (fx *grantStreamFixture) adminCall(t *testing.T, method, path string, body any, want int, out any) {
+	t.Helper()
+	var reader io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reader = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, "http://"+fx.g.adminAddr+path, reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+accessOpsToken)
+	resp, err := directClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	data := readBody(t, resp)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: status %d, body %s; want %d", method, path, resp.StatusCode, data, want)
+	}
+	if out != nil {
+		if err := json.Unmarshal([]byte(data), out); err != nil {
+			t.Fatalf("%s %s: %v in %s", method, path, err, data)
+		}
+	}
+}
+
+// grant adds, through POST /v1/grants, a grant to streamer for hostAPI on
+// both upstreams' ports, lasting lifetime, and waits until the gateway
+// applies it to plain HTTP and inside the inspected tunnel.
+func (fx *grantStreamFixture) grant(t *testing.T, lifetime time.Duration) state.Grant {
+	t.Helper()
+	var added struct{ Grant state.Grant }
+	fx.adminCall(t, http.MethodPost, "/v1/grants", map[string]any{
+		"tenant": streamer.tenant, "host": hostAPI, "ports": []int{fx.plain.port, fx.secure.port},
+		"for": lifetime.String(), "note": "streams under a grant",
+	}, http.StatusCreated, &added)
+	client := fx.client(t)
+	eventually(t, 5*time.Second, func() error {
+		for _, up := range []*upstream{fx.plain, fx.secure} {
+			if status, err := statusOf(client, up.url(hostAPI, "/probe")); err != nil || status != http.StatusOK {
+				return fmt.Errorf("grant %s on %s: status %d, %v", added.Grant.ID, up.url(hostAPI, "/"), status, err)
+			}
+		}
+		return nil
+	})
+	return added.Grant
+}
+
+// endlessStream is an event stream under way: its path, and how its
+// reader ended, once it ends.
+type endlessStream struct {
+	path  string
+	ended chan streamEnd
+}
+
+// streamEnd is the error a stream's reader ended with, and when.
+type streamEnd struct {
+	err error
+	at  time.Time
+}
+
+// openStreams starts an endless event stream from each upstream as a Go
+// client would, reads its first event, and reads on in the background.
+func (fx *grantStreamFixture) openStreams(t *testing.T, name string) []endlessStream {
+	t.Helper()
+	var streams []endlessStream
+	for _, scheme := range []string{"http", "https"} {
+		s := endlessStream{path: "/events/" + name + "-" + scheme, ended: make(chan streamEnd, 1)}
+		resp, err := fx.client(t).Get(fx.upstreamOf(scheme).url(hostAPI, s.path))
+		if err != nil {
+			t.Fatalf("%s: %v", s.path, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: status %d (%s)", s.path, resp.StatusCode, resp.Header.Get("X-Egressgw-Error"))
+		}
+		events := bufio.NewReader(resp.Body)
+		if _, err := events.ReadString('\n'); err != nil {
+			t.Fatalf("%s: first event: %v", s.path, err)
+		}
+		go func() {
+			defer resp.Body.Close()
+			for {
+				if _, err := events.ReadString('\n'); err != nil {
+					s.ended <- streamEnd{err: err, at: time.Now()}
+					return
+				}
+			}
+		}()
+		streams = append(streams, s)
+	}
+	return streams
+}
+
+// expectCutShort waits until each stream has ended, cut short (unexpected
+// EOF), between notBefore and deadline, and checks its audit line:
+// revoked, by grant, for the reason given.
+func (fx *grantStreamFixture) expectCutShort(t *testing.T, streams []endlessStream, notBefore, deadline time.Time, grant state.Grant, reason string) {
+	t.Helper()
+	timeout := time.After(time.Until(deadline))
+	for _, s := range streams {
+		select {
+		case end := <-s.ended:
+			if !errors.Is(end.err, io.ErrUnexpectedEOF) {
+				t.Errorf("%s ended with %v, want it cut short (unexpected EOF)", s.path, end.err)
+			}
+			if end.at.Before(notBefore) {
+				t.Errorf("%s ended %v too early", s.path, notBefore.Sub(end.at))
+			}
+		case <-timeout:
+			t.Fatalf("%s still streams after the grant ended", s.path)
+		}
+		rec := fx.expectAudit(t, s.path, "revoked", http.StatusOK, -1)
+		why, _ := rec["reason"].(string)
+		if rec["decision"] != "deny" || !ruleIs(rec["rule"], "grant:"+grant.ID) || !strings.Contains(why, grant.ID) || !strings.Contains(why, reason) {
+			t.Errorf("audit line of %s: %v; want decision deny, rule grant:%s and a reason saying it %s", s.path, rec, grant.ID, reason)
+		}
+	}
+}
+
+func TestGrantEndEndsStreams(t *testing.T) {
+	t.Parallel()
+	fx := startGrantStreamFixture(t)
+
+	// Revoked through the admin API: ended at once, without the grace a
+	// reload gives, within the refresh window.
+	revoked := fx.grant(t, time.Hour)
+	streams := fx.openStreams(t, "revoked")
+	var answer struct{ Revoked string }
+	fx.adminCall(t, http.MethodDelete, "/v1/grants/"+revoked.ID, nil, http.StatusOK, &answer)
+	if answer.Revoked != revoked.ID {
+		t.Errorf("DELETE /v1/grants/%s answered revoked %q", revoked.ID, answer.Revoked)
+	}
+	revokedAt := time.Now()
+	fx.expectCutShort(t, streams, revokedAt, revokedAt.Add(scaled(reloadWindow+time.Second)), revoked, "was revoked")
+
+	// Expired: ended at its expiry, not before.
+	expiring := fx.grant(t, scaled(4*time.Second))
+	streams = fx.openStreams(t, "expired")
+	fx.expectCutShort(t, streams, expiring.ExpiresAt, expiring.ExpiresAt.Add(scaled(3*time.Second)), expiring, "expired")
+
+	// The two streams of each grant; the probes ended whole.
+	if n := fx.requests(t, "revoked"); n != 4 {
+		t.Errorf("egressgw_requests_total{code=revoked} = %v, want 4", n)
+	}
+}
