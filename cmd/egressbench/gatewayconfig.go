@@ -46,6 +46,7 @@ const loadTenantCount = 8
 var (
 	inspectPlainTenant  = credentials{tenant: "inspect-plain", token: "bench-token-inspect-plain"}
 	inspectHookedTenant = credentials{tenant: "inspect-hooked", token: "bench-token-inspect-hooked"}
+	sseRedactedTenant   = credentials{tenant: "sse-redacted", token: "bench-token-sse-redacted"}
 )
 
 const (
@@ -68,6 +69,9 @@ type policyShape struct {
 	quotas    bool
 	inspect   *interceptFiles // nil: no inspected path
 	hooked    bool            // with inspect: also a connector with a header-edit hook and the pii profile
+	// redactsResponses, with inspect: also a connector that redacts
+	// responses with the pii profile, for the event streams.
+	redactsResponses bool
 }
 
 // interceptFiles are what the inspected path needs: the gateway's signing
@@ -113,6 +117,11 @@ func (s policyShape) files() map[string]string {
 		files[headerHookScript] = "// A header-edit hook: the cheapest transform a connector does.\nrequest.headers[\"" + hookHeader + "\"] = [\"edited\"]\n"
 		files["tenants/inspect-hooked.yaml"] = s.authYAML(inspectHookedTenant) + "connectors: [bench-inspect-hooked]\n" + s.quotaYAML()
 	}
+	if s.inspect != nil && s.redactsResponses {
+		files["connectors/bench-sse-redacted.yaml"] = fmt.Sprintf(
+			"name: bench-sse-redacted\nversion: 1\nhosts: [\"127.0.0.1\"]\nports: [%d]\ninspect: true\nredact: { response: [pii] }\n", s.tlsPort)
+		files["tenants/sse-redacted.yaml"] = s.authYAML(sseRedactedTenant) + "connectors: [bench-sse-redacted]\n" + s.quotaYAML()
+	}
 	return files
 }
 
@@ -150,7 +159,7 @@ audit:
   upstream_roots: [%q]
 `, s.inspect.caCert, s.inspect.caKey, s.inspect.upstreamRoot)
 	}
-	if s.inspect != nil && s.hooked {
+	if s.inspect != nil && (s.hooked || s.redactsResponses) {
 		fmt.Fprintf(&b, `redaction:
   hmac_key: { env: %s }
   profiles:
@@ -239,11 +248,12 @@ type gatewayPolicy struct {
 	auditPath string
 	env       []string // extra environment for egressgw (the redaction key)
 	notes     []string
-	// inspectUnavailable and hookedUnavailable say why the plain inspected
-	// scenario and the inspected + hook + redaction one cannot run; ""
-	// when they can.
-	inspectUnavailable string
-	hookedUnavailable  string
+	// inspectUnavailable, hookedUnavailable and redactedUnavailable say
+	// why the plain inspected scenarios, the inspected + hook + redaction
+	// one and the redacted event streams cannot run; "" when they can.
+	inspectUnavailable  string
+	hookedUnavailable   string
+	redactedUnavailable string
 }
 
 // writeGatewayPolicy writes the benchmark policy and asks `egressgw check`
@@ -290,7 +300,7 @@ func writeGatewayPolicy(ctx context.Context, env *benchEnv, binary string) (*gat
 	switch {
 	case !env.opts.inspected:
 		p.inspectUnavailable = "not run (--inspected=false)"
-		p.hookedUnavailable = p.inspectUnavailable
+		p.hookedUnavailable, p.redactedUnavailable = p.inspectUnavailable, p.inspectUnavailable
 	default:
 		withInspect := shape
 		withInspect.inspect = &interceptFiles{caCert: env.interceptCAFile, caKey: env.interceptKeyFile, upstreamRoot: env.upstreamCAFile}
@@ -299,10 +309,20 @@ func writeGatewayPolicy(ctx context.Context, env *benchEnv, binary string) (*gat
 		}
 		if refusal != "" {
 			p.inspectUnavailable = "not available in this build (egressgw check: " + summarizeRefusal(refusal) + ")"
-			p.hookedUnavailable = p.inspectUnavailable
+			p.hookedUnavailable, p.redactedUnavailable = p.inspectUnavailable, p.inspectUnavailable
 			break
 		}
 		shape = withInspect
+		withRedaction := shape
+		withRedaction.redactsResponses = true
+		if refusal, err = check(withRedaction); err != nil {
+			return nil, err
+		}
+		if refusal != "" {
+			p.redactedUnavailable = "not available in this build (egressgw check: " + summarizeRefusal(refusal) + ")"
+		} else {
+			shape = withRedaction
+		}
 		withHooks := shape
 		withHooks.hooked = true
 		if refusal, err = check(withHooks); err != nil {

@@ -372,6 +372,8 @@ func evaluateGoals(r *benchResult) []goalResult {
 			Detail: "a micro-benchmark, not load: go test -run '^$' -bench PolicyDecision -benchmem ./proxy",
 		},
 		atLeast("egressgw inspected + hook + redaction ≥ 0.5 × plain inspected", gw(figInspectedHooked), gw(figInspectedRPS), 0.5),
+		atMost("egressgw time to event added over direct ≤ 1 ms at the median, server-sent events under pii redaction", gw(figsSSEPacedRedacted.addedP50), 1, "ms"),
+		atLeast("egressgw server-sent events/s under pii redaction ≥ 0.5 × inspected without", gw(figSSERedacted), gw(figSSEEvents), 0.5),
 	}
 }
 

@@ -25,6 +25,10 @@ const (
 	scenarioHalfLoad        = "half-load"
 	scenarioInspected       = "inspected"
 	scenarioInspectedHooked = "inspected-hooked"
+	scenarioSSE             = "sse"
+	scenarioSSERedacted     = "sse-redacted"
+	scenarioSSEPaced        = "sse-paced"
+	scenarioSSEPacedRedact  = "sse-paced-redacted"
 )
 
 // Figure ids: the keys of the JSON output and of every table row.
@@ -47,6 +51,20 @@ const (
 	figHalfLoadSliced   = "half_load_p99_added_sliced_ms"
 	figInspectedRPS     = "inspected_rps"
 	figInspectedHooked  = "inspected_hooked_rps"
+	figSSEEvents        = "sse_events_per_s"
+	figSSERedacted      = "sse_redacted_events_per_s"
+)
+
+// The figures of the paced event streams, without and with redaction.
+var (
+	figsSSEPaced = timeToEventFigures{
+		p50: "sse_time_to_event_p50_ms", p99: "sse_time_to_event_p99_ms",
+		addedP50: "sse_time_to_event_p50_added_ms", addedP99: "sse_time_to_event_p99_added_ms",
+	}
+	figsSSEPacedRedacted = timeToEventFigures{
+		p50: "sse_redacted_time_to_event_p50_ms", p99: "sse_redacted_time_to_event_p99_ms",
+		addedP50: "sse_redacted_time_to_event_p50_added_ms", addedP99: "sse_redacted_time_to_event_p99_added_ms",
+	}
 )
 
 // figureSpec says what a figure is and which way is better.
@@ -168,6 +186,54 @@ func scenarios(o options) []scenario {
 				return runInspected(ctx, s, t, inspectHookedTenant, figInspectedHooked)
 			},
 		},
+		{
+			id: scenarioSSE,
+			figures: []figureSpec{{
+				id:    figSSEEvents,
+				title: fmt.Sprintf("server-sent events (1 KiB JSON) over HTTPS, as fast as read, %d streams; egressgw: an inspecting connector", o.streams),
+				unit:  "events/s", higherIsBetter: true,
+			}},
+			only: []string{targetDirect, targetEgressgw},
+			run: func(ctx context.Context, s *session, t *runningTarget) (outcome, error) {
+				return runEventFlood(ctx, s, sseSideOf(t, inspectPlainTenant, false), figSSEEvents)
+			},
+		},
+		{
+			id:      scenarioSSERedacted,
+			figures: []figureSpec{{id: figSSERedacted, title: "server-sent events, same load, pii redaction of responses", unit: "events/s", higherIsBetter: true}},
+			only:    []string{targetEgressgw},
+			run: func(ctx context.Context, s *session, t *runningTarget) (outcome, error) {
+				return runEventFlood(ctx, s, sseSideOf(t, sseRedactedTenant, true), figSSERedacted)
+			},
+		},
+		{
+			id:      scenarioSSEPaced,
+			figures: timeToEventSpecs(figsSSEPaced, fmt.Sprintf("server-sent events, one every %v, %d streams", pacedEventInterval, o.streams)),
+			only:    []string{targetDirect, targetEgressgw},
+			run: func(ctx context.Context, s *session, t *runningTarget) (outcome, error) {
+				return runTimeToEvent(ctx, s, sseSideOf(t, inspectPlainTenant, false), figsSSEPaced)
+			},
+		},
+		{
+			id:      scenarioSSEPacedRedact,
+			figures: timeToEventSpecs(figsSSEPacedRedacted, "paced server-sent events, pii redaction of responses"),
+			only:    []string{targetEgressgw},
+			run: func(ctx context.Context, s *session, t *runningTarget) (outcome, error) {
+				return runTimeToEvent(ctx, s, sseSideOf(t, sseRedactedTenant, true), figsSSEPacedRedacted)
+			},
+		},
+	}
+}
+
+// timeToEventSpecs are the figures of a paced event scenario: time from
+// the upstream writing an event to the client reading it, and what the
+// proxy adds to it over direct, measured in the same run.
+func timeToEventSpecs(f timeToEventFigures, what string) []figureSpec {
+	return []figureSpec{
+		{id: f.p50, title: what + ": time to event, p50", unit: "ms"},
+		{id: f.p99, title: what + ": time to event, p99", unit: "ms"},
+		{id: f.addedP50, title: what + ": time to event added over direct, p50", unit: "ms", mayBeNonPositive: true, difference: true},
+		{id: f.addedP99, title: what + ": time to event added over direct, p99", unit: "ms", mayBeNonPositive: true, difference: true},
 	}
 }
 

@@ -74,6 +74,10 @@ func TestSmoke(t *testing.T) {
 				}
 			case f.ID == figSmallPairedRatio && tf.Target != targetEgressgw:
 				// egressgw against bare goproxy: one figure, egressgw's
+			case !figureAppliesTo(f.ID, tf.Target):
+				if tf.Unavailable == "" {
+					t.Errorf("%s of %s: the scenario does not apply to it, yet it is not marked unavailable", f.ID, tf.Target)
+				}
 			case f.ID == figIdleTunnelKiB && tf.Target == targetDirect:
 				if tf.Unavailable == "" {
 					t.Errorf("idle tunnel RSS of direct should be unavailable, got %v", tf.Runs)
@@ -85,6 +89,19 @@ func TestSmoke(t *testing.T) {
 			}
 		}
 	}
+}
+
+// figureAppliesTo reports whether the scenario of figure id runs on
+// target (its only list names it, or it has none).
+func figureAppliesTo(id, target string) bool {
+	for _, sc := range scenarios(options{}) {
+		for _, f := range sc.figures {
+			if f.id == id {
+				return sc.only == nil || slices.Contains(sc.only, target)
+			}
+		}
+	}
+	return false
 }
 
 func figureIDs() []string {

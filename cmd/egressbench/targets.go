@@ -229,6 +229,16 @@ func prepareEgressgw(ctx context.Context, env *benchEnv) (*preparedTarget, error
 	if policy.hookedUnavailable != "" {
 		p.unavailable[scenarioInspectedHooked] = policy.hookedUnavailable
 	}
+	for _, sc := range []string{scenarioSSE, scenarioSSEPaced} {
+		if policy.inspectUnavailable != "" {
+			p.unavailable[sc] = policy.inspectUnavailable
+		}
+	}
+	for _, sc := range []string{scenarioSSERedacted, scenarioSSEPacedRedact} {
+		if policy.redactedUnavailable != "" {
+			p.unavailable[sc] = policy.redactedUnavailable
+		}
+	}
 	p.start = func(ctx context.Context) (*runningTarget, error) {
 		listen, err := freeLoopbackAddr()
 		if err != nil {

@@ -20,8 +20,8 @@ import (
 	"time"
 )
 
-// Upstream paths. Every response has a Content-Length, so proxies can pass
-// it through without chunking.
+// Upstream paths. Every response but pathEvents' has a Content-Length, so
+// proxies can pass it through without chunking.
 const (
 	pathSmall  = "/small"  // smallBodySize bytes
 	pathLarge  = "/large"  // largeBodySize bytes
@@ -128,8 +128,9 @@ func (a *authority) writeFiles(certPath, keyPath string) error {
 // and one TLS listener on 127.0.0.1, both HTTP/1.1, serving fixed bodies
 // from memory so that they cost as little as possible.
 type upstreams struct {
-	plainAddr string // 127.0.0.1:P
-	tlsAddr   string // 127.0.0.1:Q
+	plainAddr string    // 127.0.0.1:P
+	tlsAddr   string    // 127.0.0.1:Q
+	events    *eventLog // when each registered event stream's events were written
 	servers   []*http.Server
 }
 
@@ -139,8 +140,8 @@ func startUpstreams(ca *authority) (*upstreams, error) {
 	if err != nil {
 		return nil, err
 	}
-	handler := newUpstreamHandler()
-	u := &upstreams{}
+	u := &upstreams{events: newEventLog()}
+	handler := newUpstreamHandler(u.events)
 	plainLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("listen for the plain upstream: %w", err)
@@ -204,8 +205,9 @@ func portOf(addr string) int {
 	return n
 }
 
-// newUpstreamHandler serves the upstream paths from preallocated buffers.
-func newUpstreamHandler() http.Handler {
+// newUpstreamHandler serves the upstream paths from preallocated buffers;
+// event streams record their write times in events.
+func newUpstreamHandler(events *eventLog) http.Handler {
 	small := make([]byte, smallBodySize)
 	for i := range small {
 		small[i] = 'a' + byte(i%26)
@@ -234,6 +236,7 @@ func newUpstreamHandler() http.Handler {
 		w.Header().Set(headerEmailSeen, yesNo(bytes.Contains(body, []byte(sampleEmail))))
 		writeFixed(w, small)
 	})
+	mux.HandleFunc("GET "+pathEvents, serveEvents(events))
 	mux.HandleFunc("GET "+pathStream, func(w http.ResponseWriter, r *http.Request) {
 		n, err := strconv.ParseInt(r.URL.Query().Get("bytes"), 10, 64)
 		if err != nil || n <= 0 || n > maxStreamBytes {
