@@ -53,6 +53,7 @@ const (
 	figInspectedHooked  = "inspected_hooked_rps"
 	figSSEEvents        = "sse_events_per_s"
 	figSSERedacted      = "sse_redacted_events_per_s"
+	figSSERedactedRatio = "sse_redacted_vs_inspected_paired"
 )
 
 // The figures of the paced event streams, without and with redaction.
@@ -199,12 +200,17 @@ func scenarios(o options) []scenario {
 			},
 		},
 		{
-			id:      scenarioSSERedacted,
-			figures: []figureSpec{{id: figSSERedacted, title: "server-sent events, same load, pii redaction of responses", unit: "events/s", higherIsBetter: true}},
-			only:    []string{targetEgressgw},
-			run: func(ctx context.Context, s *session, t *runningTarget) (outcome, error) {
-				return runEventFlood(ctx, s, sseSideOf(t, sseRedactedTenant, true), figSSERedacted)
+			id: scenarioSSERedacted,
+			figures: []figureSpec{
+				{id: figSSERedacted, title: "server-sent events, same load, pii redaction of responses (alternating slices with the inspected path)", unit: "events/s", higherIsBetter: true},
+				{
+					id:    figSSERedactedRatio,
+					title: "server-sent events: pii-redacted events/s ÷ inspected, median over pairs of alternating slices of " + pairedSlice.String(),
+					unit:  "×", higherIsBetter: true, difference: true,
+				},
 			},
+			only: []string{targetEgressgw},
+			run:  runEventFloodPaired,
 		},
 		{
 			id:      scenarioSSEPaced,

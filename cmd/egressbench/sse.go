@@ -279,54 +279,138 @@ func intercepted(resp *http.Response) error {
 	return nil
 }
 
-// runEventFlood reads streams of floodEventsPerStream events, as fast as
-// the upstream can send and the client read, on opts.streams connections,
-// and reports events per second as figure.
-func runEventFlood(ctx context.Context, s *session, side sseSide, figure string) (outcome, error) {
-	env, workers := s.env, s.env.opts.streams
-	clients := newClientGroup(side.target, []credentials{side.tenant}, env.clientTLS, workers, keepAlive)
-	defer clients.close()
+// eventFlood is a load of event streams read as fast as they come:
+// workers read streams of floodEventsPerStream events one after another,
+// each through side. One operation is one event.
+type eventFlood struct {
+	clients *clientGroup
+	open    []*eventStream // each worker's stream, touched by that worker alone
+	op      operation
+}
+
+func newEventFlood(env *benchEnv, side sseSide, workers int) *eventFlood {
+	f := &eventFlood{
+		clients: newClientGroup(side.target, []credentials{side.tenant}, env.clientTLS, workers, keepAlive),
+		open:    make([]*eventStream, workers),
+	}
 	url := env.up.eventsURL(floodEventsPerStream, 0, 0)
-	open := make([]*eventStream, workers) // each worker's stream, touched by that worker alone
-	defer func() {
-		for _, st := range open {
-			if st != nil {
-				st.close()
-			}
-		}
-	}()
-	// One operation is one event; a worker opens the next stream when
-	// one ends. A stream redacted whole arrives at once at its end, so a
-	// window may hold none of it: it is stretched until one event came.
-	op := func(ctx context.Context, worker int, m *meter) error {
+	// A stream redacted whole arrives at once at its end, so its first
+	// event takes the whole stream's time and the rest none.
+	f.op = func(ctx context.Context, worker int, m *meter) error {
 		for {
-			st := open[worker]
+			st := f.open[worker]
 			if st == nil {
 				var err error
-				if st, err = openEventStream(ctx, clients.client(worker), url, floodEventsPerStream, !side.redacted, side.check); err != nil {
+				if st, err = openEventStream(ctx, f.clients.client(worker), url, floodEventsPerStream, !side.redacted, side.check); err != nil {
 					return err
 				}
-				open[worker] = st
+				f.open[worker] = st
 			}
 			n, err := st.next()
 			if errors.Is(err, io.EOF) {
 				st.close()
-				open[worker] = nil
+				f.open[worker] = nil
 				continue
 			}
 			m.bytes.Add(int64(n))
 			if err != nil {
 				st.close()
-				open[worker] = nil
+				f.open[worker] = nil
 				return err
 			}
 			return nil
 		}
 	}
+	return f
+}
+
+// close ends the streams still open and drops the pooled connections;
+// the workers must have stopped.
+func (f *eventFlood) close() {
+	for _, st := range f.open {
+		if st != nil {
+			st.close()
+		}
+	}
+	f.clients.close()
+}
+
+// runEventFlood reads event streams through side on opts.streams
+// connections for a window and reports events per second as figure. The
+// window is stretched until an event came: one stream redacted whole may
+// take all of it.
+func runEventFlood(ctx context.Context, s *session, side sseSide, figure string) (outcome, error) {
+	f := newEventFlood(s.env, side, s.env.opts.streams)
+	defer f.close()
 	w := s.window()
 	w.minOps = 1
-	r := runClosedLoop(ctx, workers, w, processCPU(side.target), op)
+	r := runClosedLoop(ctx, s.env.opts.streams, w, processCPU(side.target), f.op)
 	return outcome{values: map[string]float64{figure: r.opsPerSecond()}, problems: problemsOf(r)}, nil
+}
+
+// runEventFloodPaired reads event streams through egressgw t's redacting
+// connector and its plain inspecting one in alternating slices of the
+// same window (pairedSlice, each side going first in every other pair),
+// and reports the redacted side's events per second and the median over
+// pairs of the ratio between the two: a burst of load from elsewhere on
+// the machine then spoils a pair rather than one side.
+func runEventFloodPaired(ctx context.Context, s *session, t *runningTarget) (outcome, error) {
+	env, workers := s.env, s.env.opts.streams
+	type side struct {
+		name   string
+		flood  *eventFlood
+		rates  []float64
+		events int64
+		failed int64
+		first  string
+	}
+	sides := [2]*side{
+		{name: "pii-redacted", flood: newEventFlood(env, sseSideOf(t, sseRedactedTenant, true), workers)},
+		{name: "inspected", flood: newEventFlood(env, sseSideOf(t, inspectPlainTenant, false), workers)},
+	}
+	defer func() {
+		for _, sd := range sides {
+			sd.flood.close()
+		}
+	}()
+	for _, sd := range sides { // streams open before anything counts
+		runSlice(ctx, workers, s.window().warmup, sd.flood.op)
+	}
+	pairs := max(2, int(s.window().measure/pairedSlice))
+	slice := s.window().measure / time.Duration(pairs)
+	for i := range pairs {
+		for k := range 2 {
+			sd := sides[(i+k)%2]
+			r := runSlice(ctx, workers, slice, sd.flood.op)
+			if err := ctx.Err(); err != nil {
+				return outcome{}, err
+			}
+			sd.rates = append(sd.rates, float64(r.ops)/r.elapsed.Seconds())
+			sd.events += r.ops
+			if r.errors > 0 && sd.failed == 0 {
+				sd.first = r.firstErr
+			}
+			sd.failed += r.errors
+		}
+	}
+	redacted, inspected := sides[0], sides[1]
+	ratios := make([]float64, pairs)
+	for i := range ratios {
+		if inspected.rates[i] <= 0 {
+			return outcome{}, fmt.Errorf("the inspected side read no event in slice %d of %v", i+1, slice)
+		}
+		ratios[i] = redacted.rates[i] / inspected.rates[i]
+	}
+	out := outcome{values: map[string]float64{
+		figSSERedacted:      float64(redacted.events) / (slice * time.Duration(pairs)).Seconds(),
+		figSSERedactedRatio: median(ratios),
+	}}
+	for _, sd := range sides {
+		if sd.failed > 0 {
+			out.problems = append(out.problems, fmt.Sprintf("%s: %d failed (first: %s)", sd.name, sd.failed, sd.first))
+		}
+	}
+	return out, nil
 }
 
 // measureTimeToEvent reads paced streams on opts.streams connections for
