@@ -199,24 +199,43 @@ func TestGrantEndEndsStreams(t *testing.T) {
 	fx := startGrantStreamFixture(t)
 
 	// Revoked through the admin API: ended at once, without the grace a
-	// reload gives, within the refresh window.
+	// reload gives, within the refresh window. curl reads a plain stream
+	// too, as it comes.
 	revoked := fx.grant(t, time.Hour)
 	streams := fx.openStreams(t, "revoked")
+	curlDone := make(chan commandResult, 1)
+	go func() { curlDone <- fx.curl(t, fx.plain.url(hostAPI, "/events/revoked-curl"), "-N") }()
+	eventually(t, 5*time.Second, func() error {
+		if len(fx.plain.requestsTo("/events/revoked-curl")) == 0 {
+			return errors.New("curl's stream has not started")
+		}
+		return nil
+	})
+	revokedAt := time.Now()
 	var answer struct{ Revoked string }
 	fx.adminCall(t, http.MethodDelete, "/v1/grants/"+revoked.ID, nil, http.StatusOK, &answer)
 	if answer.Revoked != revoked.ID {
 		t.Errorf("DELETE /v1/grants/%s answered revoked %q", revoked.ID, answer.Revoked)
 	}
-	revokedAt := time.Now()
-	fx.expectCutShort(t, streams, revokedAt, revokedAt.Add(scaled(reloadWindow+time.Second)), revoked, "was revoked")
+	deadline := revokedAt.Add(scaled(2 * reloadWindow))
+	fx.expectCutShort(t, streams, revokedAt, deadline, revoked, "was revoked")
+	select {
+	case res := <-curlDone:
+		if res.exitCode != 18 {
+			t.Errorf("curl exit %d, want 18 (transfer closed with data remaining)\n%s", res.exitCode, res.stderr)
+		}
+	case <-time.After(time.Until(deadline)):
+		t.Fatal("curl's stream still runs after the grant was revoked")
+	}
+	fx.expectAudit(t, "/events/revoked-curl", "revoked", http.StatusOK, -1)
 
 	// Expired: ended at its expiry, not before.
-	expiring := fx.grant(t, scaled(4*time.Second))
+	expiring := fx.grant(t, scaled(6*time.Second))
 	streams = fx.openStreams(t, "expired")
-	fx.expectCutShort(t, streams, expiring.ExpiresAt, expiring.ExpiresAt.Add(scaled(3*time.Second)), expiring, "expired")
+	fx.expectCutShort(t, streams, expiring.ExpiresAt, expiring.ExpiresAt.Add(scaled(2*reloadWindow)), expiring, "expired")
 
-	// The two streams of each grant; the probes ended whole.
-	if n := fx.requests(t, "revoked"); n != 4 {
-		t.Errorf("egressgw_requests_total{code=revoked} = %v, want 4", n)
+	// The streams of each grant; the probes ended whole.
+	if n := fx.requests(t, "revoked"); n != 5 {
+		t.Errorf("egressgw_requests_total{code=revoked} = %v, want 5", n)
 	}
 }
