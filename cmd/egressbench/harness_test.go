@@ -41,6 +41,13 @@ func TestPolicyShapeHasTheRequestedSize(t *testing.T) {
 	if files = shape.files(); files["tenants/inspect-hooked.yaml"] != "" || strings.Contains(files["gateway.yaml"], "redaction") {
 		t.Error("the plain inspected path should come without hooks and redaction")
 	}
+	shape.redactsResponses = true
+	files = shape.files()
+	if !strings.Contains(files["connectors/bench-sse-redacted.yaml"], "redact: { response: [pii] }") || files["tenants/sse-redacted.yaml"] == "" ||
+		!strings.Contains(files["gateway.yaml"], "pii:") {
+		t.Errorf("the redacted event streams need their connector, tenant and the pii profile:\n%s", files["gateway.yaml"])
+	}
+	shape.redactsResponses = false
 	shape.hooked = true
 	files = shape.files()
 	for _, want := range []string{"tenants/inspect-plain.yaml", "tenants/inspect-hooked.yaml", "connectors/bench-inspect-hooked.yaml", headerHookScript} {
