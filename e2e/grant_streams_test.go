@@ -3,12 +3,14 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,17 +21,20 @@ import (
 )
 
 // Streams that only a grant allows end when the grant does, revoked
-// through the admin API or expired: plain HTTP, and inside an inspected
-// tunnel whose connector allows the tunnel but not the stream's path. The
-// client sees its body cut short, never a clean end; the audit line says
-// revoked and names the grant.
+// through the admin API or expired: plain HTTP, inside an inspected
+// tunnel whose connector allows the tunnel but not the stream's path, and
+// through an opaque tunnel the grant allows. The client sees its body cut
+// short, never a clean end; the audit line says revoked and names the
+// grant.
 
 // grantStreamFixture is a gateway with admin tokens and inspection where
 // streamer reaches streamOrigin only through grants: its one connector,
 // streams-narrow, inspects tunnels to secure and allows only /narrow/
-// inside them; nothing allows plain.
+// inside them; nothing allows plain or opaque.
 type grantStreamFixture struct {
 	*streamFixture
+	opaque *upstream      // a TLS upstream no connector names: its tunnels are not inspected
+	roots  *x509.CertPool // the gateway's CA and the test CA, which signs opaque's certificate
 }
 
 func startGrantStreamFixture(t *testing.T) *grantStreamFixture {
@@ -38,6 +43,7 @@ func startGrantStreamFixture(t *testing.T) *grantStreamFixture {
 		plain:  startHTTPUpstream(t, "127.0.0.1", streamOrigin),
 		secure: startTLSUpstream(t, "127.0.0.1", streamOrigin),
 	}
+	opaque := startTLSUpstream(t, "127.0.0.1", streamOrigin)
 	fx.dir = writeConfig(t, configFiles{
 		"gateway.yaml": inspectingGatewayYAML(yamlf(`
 			admin:
@@ -63,9 +69,33 @@ func startGrantStreamFixture(t *testing.T) *grantStreamFixture {
 	}
 	fx.caPool = x509.NewCertPool()
 	fx.caPool.AppendCertsFromPEM(pem)
+	testCA, err := os.ReadFile(testPKI.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	roots.AppendCertsFromPEM(testCA)
 	fx.g = newGateway(t)
 	fx.g.start(t, "--config", fx.dir, "--log-format", "json")
-	return &grantStreamFixture{fx}
+	return &grantStreamFixture{streamFixture: fx, opaque: opaque, roots: roots}
+}
+
+// client is a Go client through the gateway as streamer that trusts the
+// gateway's CA (inspected tunnels) and the test CA (opaque ones); without
+// keep-alive, each request's connection, and so its tunnel, closes after
+// it.
+func (fx *grantStreamFixture) client(t *testing.T, keepAlive bool) *http.Client {
+	proxy := &url.URL{Scheme: "http", Host: fx.g.proxyAddr, User: url.UserPassword(streamer.tenant, streamer.token)}
+	transport := &http.Transport{Proxy: http.ProxyURL(proxy), TLSClientConfig: &tls.Config{RootCAs: fx.roots}, DisableKeepAlives: !keepAlive}
+	t.Cleanup(transport.CloseIdleConnections)
+	return &http.Client{Transport: transport, Timeout: scaled(requestTimeout)}
+}
+
+// upstreams are the three ways to the stream origin: plain HTTP, an
+// inspected tunnel and an opaque one.
+func (fx *grantStreamFixture) upstreams() map[string]*upstream {
+	return map[string]*upstream{"plain": fx.plain, "inspected": fx.secure, "opaque": fx.opaque}
 }
 
 // adminCall sends method path with body (nil: none) to the admin API as
@@ -102,18 +132,18 @@ func (fx *grantStreamFixture) adminCall(t *testing.T, method, path string, body 
 }
 
 // grant adds, through POST /v1/grants, a grant to streamer for hostAPI on
-// both upstreams' ports, lasting lifetime, and waits until the gateway
-// applies it to plain HTTP and inside the inspected tunnel.
+// the three upstreams' ports, lasting lifetime, and waits until the
+// gateway applies it to each.
 func (fx *grantStreamFixture) grant(t *testing.T, lifetime time.Duration) state.Grant {
 	t.Helper()
 	var added struct{ Grant state.Grant }
 	fx.adminCall(t, http.MethodPost, "/v1/grants", map[string]any{
-		"tenant": streamer.tenant, "host": hostAPI, "ports": []int{fx.plain.port, fx.secure.port},
+		"tenant": streamer.tenant, "host": hostAPI, "ports": []int{fx.plain.port, fx.secure.port, fx.opaque.port},
 		"for": lifetime.String(), "note": "streams under a grant",
 	}, http.StatusCreated, &added)
-	client := fx.client(t)
+	client := fx.client(t, false) // no probe's tunnel outlives it
 	eventually(t, 5*time.Second, func() error {
-		for _, up := range []*upstream{fx.plain, fx.secure} {
+		for _, up := range fx.upstreams() {
 			if status, err := statusOf(client, up.url(hostAPI, "/probe")); err != nil || status != http.StatusOK {
 				return fmt.Errorf("grant %s on %s: status %d, %v", added.Grant.ID, up.url(hostAPI, "/"), status, err)
 			}
@@ -123,11 +153,13 @@ func (fx *grantStreamFixture) grant(t *testing.T, lifetime time.Duration) state.
 	return added.Grant
 }
 
-// endlessStream is an event stream under way: its path, and how its
-// reader ended, once it ends.
+// endlessStream is an event stream under way: its path, whether it runs
+// in an opaque tunnel (audited as the tunnel, without a path), and how
+// its reader ended, once it ends.
 type endlessStream struct {
-	path  string
-	ended chan streamEnd
+	path   string
+	opaque bool
+	ended  chan streamEnd
 }
 
 // streamEnd is the error a stream's reader ended with, and when.
@@ -141,9 +173,9 @@ type streamEnd struct {
 func (fx *grantStreamFixture) openStreams(t *testing.T, name string) []endlessStream {
 	t.Helper()
 	var streams []endlessStream
-	for _, scheme := range []string{"http", "https"} {
-		s := endlessStream{path: "/events/" + name + "-" + scheme, ended: make(chan streamEnd, 1)}
-		resp, err := fx.client(t).Get(fx.upstreamOf(scheme).url(hostAPI, s.path))
+	for way, up := range fx.upstreams() {
+		s := endlessStream{path: "/events/" + name + "-" + way, opaque: up == fx.opaque, ended: make(chan streamEnd, 1)}
+		resp, err := fx.client(t, true).Get(up.url(hostAPI, s.path))
 		if err != nil {
 			t.Fatalf("%s: %v", s.path, err)
 		}
@@ -186,7 +218,12 @@ func (fx *grantStreamFixture) expectCutShort(t *testing.T, streams []endlessStre
 		case <-timeout:
 			t.Fatalf("%s still streams after the grant ended", s.path)
 		}
-		rec := fx.expectAudit(t, s.path, "revoked", http.StatusOK, -1)
+		var rec map[string]any
+		if s.opaque {
+			rec = fx.g.waitAudit(t, auditWith("tenant", streamer.tenant, "method", http.MethodConnect, "port", fx.opaque.port, "code", "revoked", "rule", "grant:"+grant.ID))
+		} else {
+			rec = fx.expectAudit(t, s.path, "revoked", http.StatusOK, -1)
+		}
 		why, _ := rec["reason"].(string)
 		if rec["decision"] != "deny" || !ruleIs(rec["rule"], "grant:"+grant.ID) || !strings.Contains(why, grant.ID) || !strings.Contains(why, reason) {
 			t.Errorf("audit line of %s: %v; want decision deny, rule grant:%s and a reason saying it %s", s.path, rec, grant.ID, reason)
@@ -235,7 +272,7 @@ func TestGrantEndEndsStreams(t *testing.T) {
 	fx.expectCutShort(t, streams, expiring.ExpiresAt, expiring.ExpiresAt.Add(scaled(2*reloadWindow)), expiring, "expired")
 
 	// The streams of each grant; the probes ended whole.
-	if n := fx.requests(t, "revoked"); n != 5 {
-		t.Errorf("egressgw_requests_total{code=revoked} = %v, want 5", n)
+	if n := fx.requests(t, "revoked"); n != 7 {
+		t.Errorf("egressgw_requests_total{code=revoked} = %v, want 7", n)
 	}
 }
