@@ -91,6 +91,7 @@ func (ex *exchange) admitBudget(ctx context.Context) outcome {
 	refusal, err := m.Admit(ctx, now)
 	if err != nil {
 		if errors.Is(err, budget.ErrUnavailable) && ex.gw.settings.Quota.FailOpen {
+			m.Count(now)
 			ex.gw.metrics.quotaFailedOpen(ex.tenant.ID)
 			ex.gw.failOpen.note(ex.gw, ex.id)
 			return outcome{}
