@@ -23,11 +23,15 @@ type metrics struct {
 	reloads         *prometheus.CounterVec
 	quotaRejects    *prometheus.CounterVec
 	quotaFailOpen   *prometheus.CounterVec
-	hookRuns        *prometheus.CounterVec
-	redactions      *prometheus.CounterVec
-	hookDuration    *prometheus.HistogramVec
-	generation      prometheus.Gauge
-	lastReloadTime  prometheus.Gauge
+	// budgetWarnings counts budgets crossing warn_at; budget_used and
+	// budget_limit are read at scrape time (budgetCollector).
+	budgetWarnings    *prometheus.CounterVec
+	budgetFlushErrors prometheus.Counter
+	hookRuns          *prometheus.CounterVec
+	redactions        *prometheus.CounterVec
+	hookDuration      *prometheus.HistogramVec
+	generation        prometheus.Gauge
+	lastReloadTime    prometheus.Gauge
 
 	labelsMu   sync.Mutex
 	maxTenants int
@@ -51,11 +55,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "egressgw_active_tunnels", Help: "Open CONNECT tunnels by tenant.",
 		}, []string{"tenant"}),
 		quotaRejects: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "egressgw_quota_rejections_total", Help: "Requests refused by quota, by kind: rate, concurrency or unavailable.",
+			Name: "egressgw_quota_rejections_total", Help: "Requests refused by quota, by kind: rate, concurrency, unavailable or budget.",
 		}, []string{"tenant", "kind"}),
 		quotaFailOpen: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressgw_quota_fail_open_total", Help: "Requests let through without a quota check because the backend was unreachable and on_error is allow.",
 		}, []string{"tenant"}),
+		budgetWarnings: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressgw_budget_warnings_total", Help: "Budgets crossing their warn_at, once per budget, limit and period on each replica.",
+		}, []string{"tenant", "budget"}),
+		budgetFlushErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "egressgw_budget_flush_errors_total", Help: "Flushes of the budget counters to Redis or the state directory that failed.",
+		}),
 		hookRuns: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressgw_hook_runs_total", Help: "Hook runs by connector and result: ok, denied, body_too_large, or how the run failed.",
 		}, []string{"connector", "result"}),
