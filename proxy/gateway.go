@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/budget"
 	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
@@ -52,7 +53,12 @@ type Options struct {
 	// admin API's access-request and grant endpoints answer 503
 	// state_unavailable.
 	State state.Store
-	Now   func() time.Time
+	// Ledger counts traffic per connector version and period and holds
+	// the tenants' budgets (docs/reference.md, "Budgets and cost"); the
+	// program builds it on the quota backend's Redis or the state store
+	// and closes it after Shutdown. Nil: the gateway keeps one in memory.
+	Ledger *budget.Ledger
+	Now    func() time.Time
 }
 
 // Gateway is the egress proxy: an HTTP proxy server whose every step
@@ -65,6 +71,7 @@ type Gateway struct {
 	hooks     *hooks.Runtime
 	profiling http.Handler // admin /debug/pprof/, or nil
 	state     state.Store  // access requests and grants, or nil
+	ledger    *budget.Ledger
 	registry  *prometheus.Registry
 	metrics   *metrics
 	now       func() time.Time
@@ -122,6 +129,9 @@ func New(opts Options) (*Gateway, error) {
 	go hostAddrs.Run(ctx, allowlist.HostAddrsRefresh, func(err error) {
 		opts.Logger.Warn("refreshing the host's addresses failed; the last list stays denied", "error", err)
 	})
+	if opts.Ledger == nil {
+		opts.Ledger = budget.New(budget.Options{Now: opts.Now})
+	}
 	g := &Gateway{
 		log: opts.Logger,
 		audit: newAuditLog(opts.Audit,
@@ -130,6 +140,7 @@ func New(opts Options) (*Gateway, error) {
 		hooks:      opts.Hooks,
 		profiling:  opts.Profiling,
 		state:      opts.State,
+		ledger:     opts.Ledger,
 		bandwidth:  opts.Bandwidth,
 		registry:   opts.Registry,
 		metrics:    newMetrics(opts.Registry),
