@@ -35,6 +35,13 @@ type gatewayFile struct {
 	State          stateFile          `yaml:"state"`
 	Access         accessFile         `yaml:"access"`
 	SelfService    selfServiceFile    `yaml:"self_service"`
+	Budgets        budgetsFile        `yaml:"budgets"`
+}
+
+// budgetsFile is gateway.yaml's budgets section (docs/reference.md,
+// "Budgets and cost").
+type budgetsFile struct {
+	Currency string `yaml:"currency"`
 }
 
 // adminFile lists who may use the admin API (docs/admins.md, "Admin
@@ -185,6 +192,20 @@ type tenantFile struct {
 	Quota      *tenantQuotaFile `yaml:"quota"`
 	Connectors []string         `yaml:"connectors"`
 	Rules      []ruleFile       `yaml:"rules"`
+	Budgets    []budgetFile     `yaml:"budgets"`
+}
+
+// budgetFile is one of a tenant's budgets: totals over a UTC calendar
+// period (docs/reference.md, "Budgets and cost").
+type budgetFile struct {
+	Name       string   `yaml:"name"`
+	Period     string   `yaml:"period"`
+	Requests   *int64   `yaml:"requests"`
+	Egress     *Size    `yaml:"egress"`
+	Ingress    *Size    `yaml:"ingress"`
+	Cost       *float64 `yaml:"cost"`
+	Connectors []string `yaml:"connectors"`
+	WarnAt     *float64 `yaml:"warn_at"`
 }
 
 type tenantAuthFile struct {
@@ -229,6 +250,14 @@ type connectorFile struct {
 	Hooks           *connectorHooksFile `yaml:"hooks"`
 	Redact          *redactRefsFile     `yaml:"redact"`
 	Quota           *connectorQuotaFile `yaml:"quota"`
+	Price           *priceFile          `yaml:"price"`
+}
+
+// priceFile is what a connector's traffic costs, in budgets.currency.
+type priceFile struct {
+	PerRequest    *float64 `yaml:"per_request"`
+	PerGiBEgress  *float64 `yaml:"per_gib_egress"`
+	PerGiBIngress *float64 `yaml:"per_gib_ingress"`
 }
 
 type injectFile struct {

@@ -425,6 +425,7 @@ func (b *builder) gateway(file *configFile, refused bool) {
 	g.State = b.stateSettings(doc, gf.State)
 	g.Access = b.accessSettings(doc, gf.Access)
 	g.SelfService = b.selfServiceSettings(doc, gf.SelfService)
+	g.Budgets = b.budgetSettings(doc, gf.Budgets)
 	b.lintAdmin = func() { b.lintAdminTenants(doc, gf.Admin) }
 }
 
@@ -625,10 +626,11 @@ func (b *builder) connector(doc *yamlDoc, cf connectorFile) (*Connector, bool) {
 	if cf.Quota != nil {
 		rate = b.rate(doc, cf.Quota.RequestsPerSecond, cf.Quota.Burst, "quota")
 	}
+	price := b.price(doc, cf.Price)
 	if len(b.errs) > before {
 		return nil, false
 	}
-	c := &Connector{
+	c := &Connector{Price: price,
 		Name: cf.Name, Version: version, File: doc.file,
 		Inspect: cf.Inspect, Upgrade: cf.Upgrade, Inject: inject, AllowPlaintext: allowPlaintext,
 		RequestIDHeader: requestIDHeader, Rate: rate, Hooks: connectorHooks, Redact: redact, rule: rule,
@@ -807,6 +809,7 @@ func (b *builder) tenant(doc *yamlDoc, tf tenantFile, connectors connectorSet) (
 			b.warnf(doc, doc.line("rules", i), "rule %q restricts methods or paths, which an HTTPS tunnel (CONNECT) hides and a tenant rule cannot inspect: tunnels to its hosts are refused; %s", name, moveToConnector)
 		}
 	}
+	t.Budgets = b.budgets(doc, tf.Budgets, used)
 	if len(t.rules) == 0 && len(b.errs) == before && !brokenRef {
 		b.warnf(doc, doc.line("id"), "tenant %q has no connectors or rules: every request will be denied", tf.ID)
 	}

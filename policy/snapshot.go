@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/egressgw/egressgw/allowlist"
+	"github.com/egressgw/egressgw/budget"
 	"github.com/egressgw/egressgw/quota"
 	"github.com/egressgw/egressgw/redaction"
 )
@@ -63,6 +64,9 @@ type Tenant struct {
 	// QuotaKey keys the tenant's request bucket and concurrency slots in
 	// the quota backend.
 	QuotaKey string
+	// Budgets bound the tenant's totals over calendar periods, in file
+	// order (docs/reference.md, "Budgets and cost").
+	Budgets []budget.Budget
 
 	tokenHash [sha256.Size]byte
 	hasToken  bool
@@ -142,6 +146,8 @@ type Connector struct {
 	// Rate limits requests through this connector, per tenant; the zero
 	// Limit: none.
 	Rate quota.Limit
+	// Price is what its traffic costs (price), for budgets and statements.
+	Price budget.Price
 	// Hooks transform requests and responses; nil: none.
 	Hooks *ConnectorHooks
 	// Redact scrubs what leaves and what comes back; nil: nothing.
@@ -228,6 +234,8 @@ type Gateway struct {
 	// SelfService is where the gateway answers a sandbox about itself;
 	// reloadable.
 	SelfService SelfServiceSettings
+	// Budgets holds what budgets share across tenants; reloadable.
+	Budgets BudgetSettings
 }
 
 // Tenant returns the tenant with the given id.
