@@ -61,10 +61,11 @@ var KindNames = [dimensions]string{"requests", "egress", "ingress", "cost"}
 // late by the same bound.
 type Ledger struct {
 	backend    Backend
-	currency   string
+	currency   atomic.Pointer[string]
 	now        func() time.Time
 	onWarn     func(Warning)
 	onFlushErr func(error)
+	notify     atomic.Pointer[notifiers]
 
 	mu      sync.Mutex
 	lines   map[lineID]*line
@@ -145,11 +146,12 @@ func New(opts Options) *Ledger {
 		opts.FlushEvery = DefaultFlushEvery
 	}
 	l := &Ledger{
-		backend: opts.Backend, currency: opts.Currency, now: opts.Now,
+		backend: opts.Backend, now: opts.Now,
 		onWarn: opts.OnWarn, onFlushErr: opts.OnFlushError,
 		lines: map[lineID]*line{}, budgets: map[budgetID]*budgetCounter{}, live: map[string][]*budgetCounter{},
 		stop: make(chan struct{}), stopped: make(chan struct{}),
 	}
+	l.currency.Store(&opts.Currency)
 	if opts.FlushEvery > 0 {
 		go l.flushLoop(opts.FlushEvery)
 	} else {
@@ -159,7 +161,40 @@ func New(opts Options) *Ledger {
 }
 
 // Currency is the currency of prices, cost limits and statements.
-func (l *Ledger) Currency() string { return l.currency }
+func (l *Ledger) Currency() string { return *l.currency.Load() }
+
+// SetCurrency renames the currency, as a reload of budgets.currency does.
+func (l *Ledger) SetCurrency(c string) { l.currency.Store(&c) }
+
+type notifiers struct {
+	onWarn     func(Warning)
+	onFlushErr func(error)
+}
+
+// Notify sends warnings and flush errors to the given functions as well
+// as to Options.OnWarn and Options.OnFlushError: the gateway that uses a
+// Ledger built before it hears of them.
+func (l *Ledger) Notify(onWarn func(Warning), onFlushError func(error)) {
+	l.notify.Store(&notifiers{onWarn: onWarn, onFlushErr: onFlushError})
+}
+
+func (l *Ledger) warn(w Warning) {
+	if l.onWarn != nil {
+		l.onWarn(w)
+	}
+	if n := l.notify.Load(); n != nil && n.onWarn != nil {
+		n.onWarn(w)
+	}
+}
+
+func (l *Ledger) flushFailed(err error) {
+	if l.onFlushErr != nil {
+		l.onFlushErr(err)
+	}
+	if n := l.notify.Load(); n != nil && n.onFlushErr != nil {
+		n.onFlushErr(err)
+	}
+}
 
 func (l *Ledger) flushLoop(every time.Duration) {
 	defer close(l.stopped)
@@ -172,8 +207,8 @@ func (l *Ledger) flushLoop(every time.Duration) {
 		case <-tick.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), every*5)
-		if err := l.Flush(ctx); err != nil && l.onFlushErr != nil {
-			l.onFlushErr(err)
+		if err := l.Flush(ctx); err != nil {
+			l.flushFailed(err)
 		}
 		cancel()
 	}
@@ -420,6 +455,24 @@ func (m *Meter) Charge(egressBytes, ingressBytes int64) (spent bool) {
 	return spent
 }
 
+// Spent names a budget of m that is spent on bytes or cost now, or "".
+func (m *Meter) Spent(now time.Time) string {
+	for _, c := range m.budgets {
+		p := c.cur.Load()
+		if p == nil || now.UnixNano() >= p.endNano {
+			continue
+		}
+		def := c.def.Load()
+		lim := &def.Limit
+		if (lim.Egress > 0 && p.used(egress) >= lim.Egress) ||
+			(lim.Ingress > 0 && p.used(ingress) >= lim.Ingress) ||
+			(lim.Cost > 0 && p.used(cost) >= costUnits(lim.Cost)) {
+			return def.Name
+		}
+	}
+	return ""
+}
+
 // slotAt is the line's slot for the hour holding now, starting a new one
 // when the hour has turned.
 func (ln *line) slotAt(l *Ledger, now time.Time, nowNano int64) *lineSlot {
@@ -500,7 +553,7 @@ func (c *budgetCounter) key(p *budgetPeriod) Key {
 // just crossed.
 func (l *Ledger) checkWarn(c *budgetCounter, p *budgetPeriod) {
 	def := c.def.Load()
-	if def.WarnAt <= 0 || l.onWarn == nil || p == nil {
+	if def.WarnAt <= 0 || p == nil {
 		return
 	}
 	limits := [dimensions]int64{def.Limit.Requests, def.Limit.Egress, def.Limit.Ingress, costUnits(def.Limit.Cost)}
@@ -515,7 +568,7 @@ func (l *Ledger) checkWarn(c *budgetCounter, p *budgetPeriod) {
 		if d == cost {
 			used, lim = used/picoUnits, def.Limit.Cost
 		}
-		l.onWarn(Warning{Tenant: c.id.tenant, Budget: def.Name, Kind: KindNames[d], Used: used, Limit: lim, Reset: p.end})
+		l.warn(Warning{Tenant: c.id.tenant, Budget: def.Name, Kind: KindNames[d], Used: used, Limit: lim, Reset: p.end})
 	}
 }
 

@@ -24,7 +24,7 @@ func (l *Ledger) Statement(ctx context.Context, tenant string, p Period, at time
 		return Statement{}, errors.New("budget: period: want hour, day or month")
 	}
 	start, end := p.Bounds(at)
-	st := Statement{Tenant: tenant, Period: p, Start: start, End: end, Currency: l.currency, Lines: []Line{}}
+	st := Statement{Tenant: tenant, Period: p, Start: start, End: end, Currency: l.Currency(), Lines: []Line{}}
 	if err := l.Flush(ctx); err != nil {
 		return Statement{}, err
 	}

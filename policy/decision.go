@@ -28,6 +28,9 @@ const (
 	CodeDNSFailure            Code = "dns_failure"
 	CodeUpstreamUnreachable   Code = "upstream_unreachable"
 	CodeUpstreamTimeout       Code = "upstream_timeout"
+	// CodeBudgetExhausted: a budget of the tenant that counts the request
+	// is spent for its period (docs/reference.md, "Budgets and cost").
+	CodeBudgetExhausted Code = "budget_exhausted"
 )
 
 // Audit-only codes: the client already had its status when an exchange

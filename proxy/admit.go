@@ -62,6 +62,10 @@ func (ex *exchange) admit(ctx context.Context, holdsSlot bool) (quota.Result, ou
 				"tenant %q already has %d requests and tunnels open, its max_concurrent; close some or retry later", tenant.ID, tenant.Quota.MaxConcurrent))
 		}
 	}
+	// Budgets last: a request a quota refused is not counted against them.
+	if o := ex.admitBudget(ctx); !o.ok() {
+		return quota.Result{}, o
+	}
 	return res, outcome{}
 }
 
@@ -91,6 +95,7 @@ func (ex *exchange) setAllowedHeaders(h http.Header) {
 	ex.requestIDValue[0] = ex.id
 	h["X-Request-Id"] = ex.requestIDValue[:]
 	setRateLimitHeaders(h, ex.rate)
+	ex.setBudgetHeaders(h)
 }
 
 // setRateLimitHeaders adds the RateLimit headers of res, the request-rate

@@ -40,6 +40,12 @@ type auditRecord struct {
 	// answered, whatever the exchange ended with (Code, Reason).
 	ReportCode   string `json:"report_code,omitempty"`
 	ReportReason string `json:"report_reason,omitempty"`
+	// The connector version that allowed it, so that a statement can be
+	// added up from audit lines; absent for the tenant's rules and grants.
+	Connector        string `json:"connector,omitempty"`
+	ConnectorVersion int    `json:"connector_version,omitempty"`
+	// Budget names the budget that refused or closed it.
+	Budget string `json:"budget,omitempty"`
 }
 
 // auditFlushInterval bounds how long a line may wait in memory: the log is
@@ -375,6 +381,12 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 		ReportCode:   string(reportCode),
 		ReportReason: reportReason,
 	}
+	if c := ex.connector; c != nil {
+		rec.Connector, rec.ConnectorVersion = c.Name, c.Version
+	}
+	if b := ex.budget.name.Load(); b != nil {
+		rec.Budget = *b
+	}
 	if err := g.audit.write(&rec); err != nil {
 		g.log.Error("audit log write failed", "error", err)
 	}
@@ -392,6 +404,7 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 	if ex.inner {
 		return // counted by the tunnel, as the bytes that crossed it
 	}
+	ex.chargeBudget()
 	ex.accountUsage(ex.start.Add(elapsed)) // the time record was called at
 	if rec.BytesUp > 0 {
 		series.egress.Add(float64(rec.BytesUp))

@@ -60,6 +60,18 @@ func (rec *auditRecord) appendJSON(b []byte) []byte {
 		b = append(b, `,"report_reason":`...)
 		b = appendJSONString(b, rec.ReportReason)
 	}
+	if rec.Connector != "" {
+		b = append(b, `,"connector":`...)
+		b = appendJSONString(b, rec.Connector)
+	}
+	if rec.ConnectorVersion != 0 {
+		b = append(b, `,"connector_version":`...)
+		b = strconv.AppendInt(b, int64(rec.ConnectorVersion), 10)
+	}
+	if rec.Budget != "" {
+		b = append(b, `,"budget":`...)
+		b = appendJSONString(b, rec.Budget)
+	}
 	return append(b, '}')
 }
 

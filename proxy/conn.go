@@ -102,6 +102,10 @@ type meteredConn struct {
 	// a byte within it.
 	readIdle, writeBound  time.Duration
 	readRenew, writeRenew deadlineRenewal
+
+	// charge, when set, is called after every counted step: budgets are
+	// charged as bytes move (proxy/budget.go).
+	charge func()
 }
 
 // meter wraps c; the caller sets what it needs counted, timed or paced
@@ -239,6 +243,9 @@ func (c *meteredConn) moved(n int, counter *atomic.Int64) {
 	if counter != nil {
 		counter.Add(int64(n))
 	}
+	if c.charge != nil {
+		c.charge()
+	}
 }
 
 // armRead sets the read deadline to when the connection will have been
@@ -342,7 +349,9 @@ func relayDirection(dst, src *meteredConn, halfClose bool, closeAll func()) {
 	err := passUnread(dst, src)
 	switch {
 	case err != nil:
-	case canSplice && dst.tcp != nil && src.tcp != nil:
+	// A budget is charged per step: a copy's 32 KiB, not a splice's 1 MiB,
+	// is what may pass its limit.
+	case canSplice && dst.tcp != nil && src.tcp != nil && dst.charge == nil && src.charge == nil:
 		err = spliceInto(dst, src)
 	default:
 		err = copyInto(dst, src)

@@ -76,6 +76,7 @@ type exchange struct {
 	// usageUp and usageDown are how much of bytesUp and bytesDown is in
 	// the tenant's usage already (accountUsage).
 	usageUp, usageDown atomic.Int64
+	budget             exchangeBudget // its meter and what it charged (budget.go)
 	// requestIDValue is the X-Request-Id header's value, shared by the
 	// headers that carry it (setAllowedHeaders).
 	requestIDValue [1]string

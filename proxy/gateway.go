@@ -130,7 +130,8 @@ func New(opts Options) (*Gateway, error) {
 		opts.Logger.Warn("refreshing the host's addresses failed; the last list stays denied", "error", err)
 	})
 	if opts.Ledger == nil {
-		opts.Ledger = budget.New(budget.Options{Now: opts.Now})
+		// In memory, nothing to flush to: no flusher to stop.
+		opts.Ledger = budget.New(budget.Options{Now: opts.Now, FlushEvery: -1, Currency: opts.Settings.Budgets.Currency})
 	}
 	g := &Gateway{
 		log: opts.Logger,
@@ -153,6 +154,8 @@ func New(opts Options) (*Gateway, error) {
 		baseCtx:    ctx,
 		cancelBase: cancel,
 	}
+	g.ledger.Notify(g.budgetWarning, g.budgetFlushFailed)
+	opts.Registry.MustRegister(newBudgetCollector(g))
 	g.grants.start(ctx, g.grantsChanged)
 	g.metrics.setMaxTenants(opts.Settings.MaxTenantLabels)
 	go g.accountOpenExchanges(ctx) // ends with cancelBase, at Shutdown
@@ -181,6 +184,7 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	g.updateLeafCache(snap.Gateway)
 	d := newDialer(snap.Gateway, addresses)
 	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway), tenants: newTenantStates(snap, g.runtime.Load())}
+	g.applyBudgets(snap, rt.tenants)
 	rt.live = &policy.Live{Snapshot: snap, Generation: 1}
 	prev := g.runtime.Load()
 	if prev != nil {

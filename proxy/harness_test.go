@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"github.com/egressgw/egressgw/budget"
 	"io"
 	"log/slog"
 	"math/big"
@@ -131,6 +132,8 @@ type pathGateway struct {
 
 	proxyLn, adminLn net.Listener
 	dns              string // network.dns_servers entry
+	// ledger, set before serve, counts budgets; nil: the gateway's own.
+	ledger *budget.Ledger
 }
 
 // startPathGateway is newPathGateway then serve.
@@ -182,6 +185,7 @@ func (g *pathGateway) serve(t *testing.T, gatewayExtra string, files map[string]
 		Settings:  snap.Gateway,
 		Quota:     quota.NewMemory(quota.MemoryOptions{}),
 		Bandwidth: quota.NewBandwidth(quota.BandwidthOptions{}),
+		Ledger:    g.ledger,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -28,6 +28,7 @@ func (t *tunnel) meterServed(ctx context.Context, c net.Conn) *meteredConn {
 	m := meter(c)
 	m.received, m.sent = &t.ex.bytesUp, &t.ex.bytesDown
 	m.readShaper, m.writeShaper, m.shaping = egress, ingress, ctx
+	t.meterRelay(m)
 	return m
 }
 

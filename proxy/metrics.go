@@ -26,11 +26,15 @@ type metrics struct {
 	quotaRejects    *prometheus.CounterVec
 	quotaFailOpen   *prometheus.CounterVec
 	quotaRate       *prometheus.GaugeVec
-	hookRuns        *prometheus.CounterVec
-	redactions      *prometheus.CounterVec
-	hookDuration    *prometheus.HistogramVec
-	generation      prometheus.Gauge
-	lastReloadTime  prometheus.Gauge
+	// budgetWarnings counts budgets crossing warn_at; budget_used and
+	// budget_limit are read at scrape time (budgetCollector).
+	budgetWarnings    *prometheus.CounterVec
+	budgetFlushErrors prometheus.Counter
+	hookRuns          *prometheus.CounterVec
+	redactions        *prometheus.CounterVec
+	hookDuration      *prometheus.HistogramVec
+	generation        prometheus.Gauge
+	lastReloadTime    prometheus.Gauge
 
 	labelsMu   sync.Mutex
 	maxTenants int
@@ -62,6 +66,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		quotaRate: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "egressgw_quota_requests_per_second", Help: "Each tenant's request rate limit (quota.requests_per_second); no series for a tenant without one.",
 		}, []string{"tenant"}),
+		budgetWarnings: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressgw_budget_warnings_total", Help: "Budgets crossing their warn_at, once per budget, limit and period on each replica.",
+		}, []string{"tenant", "budget"}),
+		budgetFlushErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "egressgw_budget_flush_errors_total", Help: "Flushes of the budget counters to Redis or the state directory that failed.",
+		}),
 		hookRuns: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressgw_hook_runs_total", Help: "Hook runs by connector and result: ok, denied, body_too_large, or how the run failed.",
 		}, []string{"connector", "result"}),

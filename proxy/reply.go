@@ -23,7 +23,7 @@ func statusFor(code policy.Code) int {
 		return http.StatusForbidden
 	case policy.CodeBadRequest:
 		return http.StatusBadRequest
-	case policy.CodeRateLimited, policy.CodeConcurrencyLimited:
+	case policy.CodeRateLimited, policy.CodeConcurrencyLimited, policy.CodeBudgetExhausted:
 		return http.StatusTooManyRequests
 	case policy.CodeQuotaUnavailable:
 		return http.StatusServiceUnavailable
@@ -70,7 +70,7 @@ func errorResponse(ex *exchange, req *http.Request) *http.Response {
 	h.Set("X-Egressgw-Error", string(code))
 	h.Set("X-Request-Id", ex.id)
 	h.Set("Content-Length", strconv.Itoa(len(body)))
-	if code == policy.CodeRateLimited && o.retryAfter > 0 {
+	if (code == policy.CodeRateLimited || code == policy.CodeBudgetExhausted) && o.retryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(o.retryAfter))
 	}
 	if code == policy.CodeProxyAuthRequired {

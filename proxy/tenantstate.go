@@ -23,6 +23,9 @@ type tenantState struct {
 	// usage is the tenant's bytes this minute, the same value in every
 	// generation the tenant is part of.
 	usage *tenantUsage
+	// budget holds the tenant's budget meters in this generation
+	// (applyBudgets).
+	budget *tenantMeters
 }
 
 // tenantSeries are the metric children every allowed exchange of a tenant

@@ -114,6 +114,8 @@ func (g *Gateway) keepOpen(t *tunnel, what string, serve func()) {
 	// and the audit line says why.
 	if t.cut.Load() {
 		ex.end(refused(policy.CodeRevoked, what+" closed by the gateway shutdown: it was still open when limits.shutdown_grace ran out"))
+	} else if reason := t.revoked.Load(); reason != nil && ex.budget.name.Load() != nil {
+		ex.end(refused(policy.CodeRevoked, what+" closed: "+*reason))
 	} else if reason := t.revoked.Load(); reason != nil {
 		cause := "a policy reload"
 		if t.grantEnded.Load() {
@@ -246,6 +248,9 @@ func (t *tunnel) meter(ctx context.Context, c net.Conn, toClient bool, shaper *q
 		if rwt := t.ex.gw.settings.ResponseWriteTimeout; rwt > 0 {
 			m.writeBound = min(idle, rwt)
 		}
+	}
+	if t.ex != nil {
+		t.meterRelay(m)
 	}
 	return m
 }

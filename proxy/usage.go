@@ -68,6 +68,9 @@ func (g *Gateway) accountOpenExchanges(ctx context.Context) {
 		for _, t := range g.tunnels.snapshot() {
 			if t.ex != nil {
 				t.ex.accountUsage(now)
+				if t.ex.chargeBudget() {
+					t.budgetSpent()
+				}
 			}
 		}
 	}

@@ -1,0 +1,178 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/egressgw/egressgw/budget"
+)
+
+// countingTCPServer counts every byte its connections receive.
+type countingTCPServer struct {
+	*pathTCPServer
+	received atomic.Int64
+}
+
+func startCountingTCPServer(t *testing.T) *countingTCPServer {
+	s := &countingTCPServer{}
+	s.pathTCPServer = startPathTCPServer(t, "127.0.0.1", func(c net.Conn) {
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			s.received.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	})
+	return s
+}
+
+func TestPathBudgetRequestsExhaust(t *testing.T) {
+	t.Parallel()
+	spender := pathTenant{"spender", "spender-token-5e2b8c0a91"}
+	origin := startPathUpstream(t, "127.0.0.1", false, nil)
+	echoServer := startPathTCPServer(t, "127.0.0.1", echoConn)
+	g := startPathGateway(t, "", map[string]string{
+		"tenants/spender.yaml": spender.yaml(pathRule("api", []string{zoneAPI}, origin.port, echoServer.port) +
+			"budgets:\n  - { name: daily, period: day, requests: 3 }\n  - { name: hourly, period: hour, requests: 100, egress: 1MiB }\n"),
+	})
+	for i := range 2 {
+		resp := g.request(t, http.MethodGet, spender.auth(), origin.url(zoneAPI, "/spend"))
+		body := pathBody(t, resp)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: status %d, body %q", i+1, resp.StatusCode, body)
+		}
+		lines := resp.Header.Values("X-Egressgw-Budget")
+		if len(lines) != 2 {
+			t.Fatalf("X-Egressgw-Budget %q: want one line per budget", lines)
+		}
+		wantDaily := fmt.Sprintf("daily; remaining-requests=%d; reset=", 2-i)
+		if !strings.HasPrefix(lines[0], wantDaily) {
+			t.Errorf("budget header %q, want it to start %q", lines[0], wantDaily)
+		}
+		if !strings.HasPrefix(lines[1], fmt.Sprintf("hourly; remaining-requests=%d; remaining-egress=", 99-i)) {
+			t.Errorf("budget header %q", lines[1])
+		}
+		reset, err := strconv.Atoi(lines[0][strings.LastIndex(lines[0], "=")+1:])
+		if err != nil || reset < 1 || reset > 24*3600 {
+			t.Errorf("reset %q: want seconds to the end of the UTC day", lines[0])
+		}
+	}
+	// The third is the last the daily budget holds: a tunnel's 200 carries the header too.
+	resp, tunnel := g.connect(t, spender.auth(), echoServer.authority(zoneAPI))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT: status %d", resp.StatusCode)
+	}
+	if h := resp.Header.Values("X-Egressgw-Budget"); len(h) != 2 || !strings.HasPrefix(h[0], "daily; remaining-requests=0; reset=") {
+		t.Errorf("tunnel 200 X-Egressgw-Budget %q", h)
+	}
+	pingThroughTunnel(t, tunnel)
+	tunnel.Close()
+
+	e := g.expectRefused(t, http.MethodGet, spender.auth(), origin.url(zoneAPI, "/spent"), http.StatusTooManyRequests, "budget_exhausted", origin)
+	if !strings.Contains(e.Message, `"daily"`) {
+		t.Errorf("message %q does not name the budget", e.Message)
+	}
+	g.expectRefusedCONNECT(t, spender.auth(), echoServer.authority(zoneAPI), http.StatusTooManyRequests, "budget_exhausted", echoServer)
+	resp = g.request(t, http.MethodGet, spender.auth(), origin.url(zoneAPI, "/spent"))
+	pathBody(t, resp)
+	retryAfter, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	_, end := budget.Day.Bounds(time.Now())
+	if err != nil || retryAfter < 1 || retryAfter > int(time.Until(end)/time.Second)+2 {
+		t.Errorf("Retry-After %q: want the seconds to the end of the UTC day", resp.Header.Get("Retry-After"))
+	}
+	g.audit.wait(t, "code", "budget_exhausted", "budget", "daily", "status", 429)
+	g.assertQuotaRejections(t, spender.id, "budget", 3)
+	if got, _ := g.metric(t, "egressgw_budget_used", map[string]string{"tenant": spender.id, "budget": "daily", "kind": "requests"}); got != 3 {
+		t.Errorf("egressgw_budget_used{daily,requests} = %v, want 3", got)
+	}
+	if got, _ := g.metric(t, "egressgw_budget_limit", map[string]string{"tenant": spender.id, "budget": "hourly", "kind": "egress"}); got != 1<<20 {
+		t.Errorf("egressgw_budget_limit{hourly,egress} = %v, want %d", got, 1<<20)
+	}
+	if _, found := g.metric(t, "egressgw_budget_limit", map[string]string{"tenant": spender.id, "budget": "daily", "kind": "egress"}); found {
+		t.Error("a limit the budget does not set is exported")
+	}
+}
+
+func TestPathBudgetEgressCutsTunnel(t *testing.T) {
+	t.Parallel()
+	leaky := pathTenant{"leaky", "leaky-token-8d1e4a7f20"}
+	sink := startCountingTCPServer(t)
+	const limit = 256 << 10
+	g := startPathGateway(t, "", map[string]string{
+		"tenants/leaky.yaml": leaky.yaml(pathRule("sink", []string{zoneAPI}, sink.port) +
+			fmt.Sprintf("budgets:\n  - { name: exfil, period: month, egress: %d, warn_at: 0.5 }\n", limit)),
+	})
+	tunnel := g.tunnel(t, leaky, sink.authority(zoneAPI))
+	chunk := make([]byte, 16<<10)
+	var sent int64
+	var werr error
+	for sent < 4*limit {
+		var n int
+		n, werr = tunnel.Write(chunk)
+		sent += int64(n)
+		if werr != nil {
+			break
+		}
+	}
+	// The gateway closes the tunnel: the client's reads end.
+	_ = tunnel.SetReadDeadline(time.Now().Add(pathGuard))
+	if _, err := io.Copy(io.Discard, tunnel); err != nil && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("tunnel not closed: %v", err)
+	}
+	rec := g.audit.wait(t, "tenant", leaky.id, "scheme", "tunnel", "code", "revoked", "budget", "exfil")
+	eventually(t, func() error {
+		if got := sink.received.Load(); got < limit || got > limit+32<<10 {
+			return fmt.Errorf("upstream received %d bytes; want the limit %d and at most one 32 KiB step more", got, limit)
+		}
+		return nil
+	})
+	if !strings.Contains(fmt.Sprint(rec["reason"]), "exfil") {
+		t.Errorf("reason %q does not name the budget", rec["reason"])
+	}
+	g.audit.wait(t, "kind", "budget_warning", "tenant", leaky.id, "budget", "exfil", "budget_kind", "egress")
+	if got, _ := g.metric(t, "egressgw_budget_warnings_total", map[string]string{"tenant": leaky.id, "budget": "exfil"}); got != 1 {
+		t.Errorf("egressgw_budget_warnings_total = %v, want 1", got)
+	}
+	// A spent byte budget refuses the next tunnel outright.
+	g.expectRefusedCONNECT(t, leaky.auth(), sink.authority(zoneAPI), http.StatusTooManyRequests, "budget_exhausted", sink)
+}
+
+// unreadableCounters is a budget backend that can neither read nor write.
+type unreadableCounters struct{ *budget.Memory }
+
+func (unreadableCounters) Add(context.Context, []budget.Delta) error {
+	return errors.New("connection refused")
+}
+
+func (unreadableCounters) Counts(context.Context, []budget.Key) ([]budget.Counts, error) {
+	return nil, errors.New("connection refused")
+}
+
+func TestPathBudgetCountersUnavailableFailsClosed(t *testing.T) {
+	t.Parallel()
+	spender := pathTenant{"spender", "spender-token-5e2b8c0a91"}
+	origin := startPathUpstream(t, "127.0.0.1", false, nil)
+	g := newPathGateway(t)
+	g.ledger = budget.New(budget.Options{Backend: unreadableCounters{budget.NewMemory(nil)}, FlushEvery: -1})
+	t.Cleanup(func() { _ = g.ledger.Close() })
+	g.serve(t, "", map[string]string{
+		"tenants/spender.yaml": spender.yaml(pathRule("api", []string{zoneAPI}, origin.port) +
+			"budgets:\n  - { name: daily, period: day, requests: 3 }\n"),
+		"tenants/acme.yaml": pathAcme.yaml(pathRule("api", []string{zoneAPI}, origin.port)),
+	})
+	g.expectRefused(t, http.MethodGet, spender.auth(), origin.url(zoneAPI, "/x"), http.StatusServiceUnavailable, "quota_unavailable", origin)
+	g.expectRefusedCONNECT(t, spender.auth(), origin.authority(zoneAPI), http.StatusServiceUnavailable, "quota_unavailable", origin)
+	// A tenant without budgets does not depend on the counters.
+	g.expectAllowedGET(t, pathAcme, origin.url(zoneAPI, "/x"))
+}
