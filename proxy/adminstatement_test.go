@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -53,6 +54,21 @@ func TestAdminStatementErrors(t *testing.T) {
 		}
 		if strings.Contains(w.Body.String(), counterFailure) {
 			t.Errorf("the reply shows the backend's error: %s", w.Body.String())
+		}
+		// The usage shows the quota state all the same, and says why no
+		// budget is shown rather than showing nothing used.
+		ledger.SetBudgets(map[string][]budget.Budget{"acme": {{Name: "daily", Period: budget.Day, Limit: budget.Usage{Requests: 100}}}})
+		w = f.do("GET", "/v1/tenants/acme/usage", viewerTok, "")
+		var u struct {
+			Tenant             string `json:"tenant"`
+			Budgets            []any  `json:"budgets"`
+			BudgetsUnavailable string `json:"budgets_unavailable"`
+		}
+		if err := json.Unmarshal(w.Body.Bytes(), &u); w.Code != http.StatusOK || err != nil || u.Tenant != "acme" || u.Budgets != nil || u.BudgetsUnavailable == "" {
+			t.Errorf("usage with unreadable counters: %d %s; want 200, budgets null and budgets_unavailable", w.Code, w.Body.String())
+		}
+		if strings.Contains(w.Body.String(), counterFailure) {
+			t.Errorf("the usage shows the backend's error: %s", w.Body.String())
 		}
 	})
 }
