@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -175,4 +176,83 @@ func TestPathBudgetCountersUnavailableFailsClosed(t *testing.T) {
 	g.expectRefusedCONNECT(t, spender.auth(), origin.authority(zoneAPI), http.StatusServiceUnavailable, "quota_unavailable", origin)
 	// A tenant without budgets does not depend on the counters.
 	g.expectAllowedGET(t, pathAcme, origin.url(zoneAPI, "/x"))
+}
+
+// The ledger's statement is the sum of the audit lines, per connector
+// version, at that version's price: cost is reproducible from the log.
+func TestPathBudgetStatementEqualsAuditSums(t *testing.T) {
+	t.Parallel()
+	origin := startPathUpstream(t, "127.0.0.1", false, nil)
+	echoServer := startPathTCPServer(t, "127.0.0.1", echoConn)
+	price := budget.Price{PerRequest: 0.002, PerGiBEgress: 0.09, PerGiBIngress: 0.01}
+	g := startPathGateway(t, "", map[string]string{
+		"connectors/priced.yaml": fmt.Sprintf("name: priced\nversion: 3\nhosts: [%q]\nports: [%d]\nprice: { per_request: %v, per_gib_egress: %v, per_gib_ingress: %v }\n",
+			zoneV1, origin.port, price.PerRequest, price.PerGiBEgress, price.PerGiBIngress),
+		"tenants/acme.yaml": pathAcme.yaml("connectors: [priced]\n" + pathRule("api", []string{zoneAPI}, origin.port, echoServer.port) +
+			"budgets:\n  - { name: daily, period: day, requests: 1000 }\n"),
+	})
+	client := g.client(t, pathAcme, nil)
+	for i := range 5 {
+		for _, target := range []string{origin.url(zoneV1, "/priced"), origin.url(zoneAPI, "/rules")} {
+			resp, err := client.Post(target, "text/plain", strings.NewReader(strings.Repeat("x", 1000*(i+1))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pathBody(t, resp)
+		}
+	}
+	tunnel := g.tunnel(t, pathAcme, echoServer.authority(zoneAPI))
+	pingThroughTunnel(t, tunnel)
+	tunnel.Close()
+	eventually(t, func() error {
+		if n := len(g.audit.records()); n < 11 {
+			return fmt.Errorf("%d audit lines, want 11", n)
+		}
+		return nil
+	})
+
+	type key struct {
+		connector string
+		version   int
+	}
+	sums := map[key]*budget.Usage{}
+	for _, rec := range g.audit.records() {
+		if rec["tenant"] != pathAcme.id || rec["decision"] != "allow" {
+			continue
+		}
+		k := key{}
+		if c, ok := rec["connector"].(string); ok {
+			k = key{c, int(rec["connector_version"].(float64))}
+		}
+		if sums[k] == nil {
+			sums[k] = &budget.Usage{}
+		}
+		sums[k].Requests++
+		sums[k].Egress += int64(rec["bytes_up"].(float64))
+		sums[k].Ingress += int64(rec["bytes_down"].(float64))
+	}
+	st, err := g.Gateway.ledger.Statement(context.Background(), pathAcme.id, budget.Day, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Lines) != len(sums) {
+		t.Fatalf("statement has %d lines, the audit log %d connector versions: %+v", len(st.Lines), len(sums), st.Lines)
+	}
+	for _, line := range st.Lines {
+		want := sums[key{line.Connector, line.Version}]
+		if want == nil {
+			t.Fatalf("statement line %+v has no audit lines", line)
+		}
+		p := budget.Price{}
+		if line.Connector == "priced" {
+			p = price
+		}
+		want.Cost = p.Cost(*want)
+		if line.Requests != want.Requests || line.Egress != want.Egress || line.Ingress != want.Ingress || math.Abs(line.Cost-want.Cost) > 1e-12 {
+			t.Errorf("statement line %s@%d = %+v; audit sums %+v", line.Connector, line.Version, line.Usage, *want)
+		}
+	}
+	if st.Lines[0].Connector != "priced" || st.Lines[0].Version != 3 || st.Lines[0].Cost == 0 {
+		t.Errorf("first line %+v: want priced@3 with a cost", st.Lines[0])
+	}
 }

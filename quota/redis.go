@@ -227,6 +227,10 @@ func redisClientOptions(addr string) (*redis.Options, error) {
 	return &redis.Options{Addr: addr}, nil
 }
 
+// Client is the Redis client the backend uses, for other counters kept
+// beside the quota's (budgets); it stays the backend's to close.
+func (r *Redis) Client() *redis.Client { return r.client }
+
 // Close stops renewing leases and closes the connections. It does not
 // release the leases still held: slots of requests that are still running
 // come free after LeaseTTL, as if the replica had died. A graceful shutdown

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -22,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/egressgw/egressgw/budget"
 	"github.com/egressgw/egressgw/configs"
 	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
@@ -128,6 +131,15 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		logger.Info("state store opened", "backend", "redis", "addr", redactedAddr(settings.Quota.RedisAddr))
 	}
 
+	ledger, closeLedgerBackend, err := openLedger(settings, limiter, logger)
+	if err != nil {
+		proxyLn.Close()
+		adminLn.Close()
+		logger.Error("cannot open the budget counters", "error", err)
+		return exitFail
+	}
+	defer closeLedger(ledger, closeLedgerBackend, logger) // after the gateway's Shutdown: its last counts go in
+
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gw, err := proxy.New(proxy.Options{
@@ -141,6 +153,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		Hooks:     hookRuntime,
 		Profiling: profilingHandler(),
 		State:     store,
+		Ledger:    ledger,
 	})
 	if err != nil {
 		logger.Error("cannot start", "error", err)
@@ -262,6 +275,60 @@ func openState(gw policy.Gateway) (state.Store, error) {
 		return state.NewRedis(state.RedisOptions{Options: opts, Addr: gw.Quota.RedisAddr, Prefix: gw.Quota.RedisPrefix})
 	}
 	return state.NewFile(state.FileOptions{Options: opts, Dir: gw.State.Dir})
+}
+
+// openLedger builds the budget ledger once per process, beside the state
+// store (docs/reference.md, "Budgets and cost"): on the quota backend's
+// Redis client with quota.backend: redis, on Redis with state.backend:
+// redis, otherwise in budgets.json in state.dir. Counters that cannot be
+// read fail start-up rather than start from zero.
+func openLedger(gw policy.Gateway, limiter quota.Limiter, logger *slog.Logger) (*budget.Ledger, func() error, error) {
+	opts := budget.Options{Currency: gw.Budgets.Currency}
+	closeBackend := func() error { return nil }
+	switch q, isRedis := limiter.(*quota.Redis); {
+	case isRedis:
+		opts.Backend = budget.NewRedis(q.Client(), gw.Quota.RedisPrefix)
+	case gw.State.Backend == "redis":
+		clientOpts, err := redisOptions(gw.Quota.RedisAddr)
+		if err != nil {
+			return nil, nil, err
+		}
+		client := redis.NewClient(clientOpts)
+		opts.Backend = budget.NewRedis(client, gw.Quota.RedisPrefix)
+		closeBackend = client.Close
+	default:
+		f, err := budget.NewFile(cmp.Or(gw.State.Dir, state.DefaultDir), nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		opts.Backend = f
+	}
+	opts.OnFlushError = func(err error) {
+		logger.Debug("budget flush failed", "error", err)
+	}
+	return budget.New(opts), closeBackend, nil
+}
+
+func closeLedger(l *budget.Ledger, closeBackend func() error, logger *slog.Logger) {
+	if err := l.Close(); err != nil {
+		logger.Error("the last budget counts could not be saved", "error", err)
+	}
+	if err := closeBackend(); err != nil {
+		logger.Error("closing the budget counters' Redis client failed", "error", err)
+	}
+}
+
+// redisOptions are the client options of a Redis address or redis:// URL,
+// as the quota backend reads it.
+func redisOptions(addr string) (*redis.Options, error) {
+	if strings.HasPrefix(addr, "redis://") || strings.HasPrefix(addr, "rediss://") {
+		opts, err := redis.ParseURL(addr)
+		if err != nil {
+			return nil, errors.New("quota.redis.addr: not a valid redis:// URL")
+		}
+		return opts, nil
+	}
+	return &redis.Options{Addr: addr}, nil
 }
 
 func closeState(store state.Store, logger *slog.Logger) {
