@@ -343,6 +343,34 @@ func (m *Meter) Admit(ctx context.Context, now time.Time) (Refusal, error) {
 	return Refusal{}, nil
 }
 
+// Count counts one request under every budget of m without checking
+// them: a request let through while the counters cannot be kept
+// (quota.redis.on_error: allow) still spends its budgets, sent with the
+// next flush that succeeds.
+func (m *Meter) Count(now time.Time) {
+	nowNano := now.UnixNano()
+	for _, c := range m.budgets {
+		p := c.cur.Load()
+		if p == nil || nowNano >= p.endNano || nowNano < p.start.UnixNano() {
+			p = m.l.rotate(c, now, nowNano)
+		}
+		p.local[requests].Add(1)
+		if m.requestCost != 0 {
+			p.local[cost].Add(m.requestCost)
+		}
+	}
+	m.line.slotAt(m.l, now, nowNano).counts[requests].Add(1)
+}
+
+func allSent(p *budgetPeriod) bool {
+	for i := range p.sent {
+		if p.local[i].Load() != p.sent[i] {
+			return false
+		}
+	}
+	return true
+}
+
 // rollback gives back the reservations Admit made.
 func (m *Meter) rollback(reserved []*budgetPeriod) {
 	for _, p := range reserved {
@@ -726,7 +754,7 @@ func (l *Ledger) pruneLocked() {
 	}
 	for id, c := range l.budgets {
 		p := c.cur.Load()
-		if !live[c] && len(c.retired) == 0 && (p == nil || nowNano > p.endNano) {
+		if !live[c] && len(c.retired) == 0 && (p == nil || nowNano > p.endNano && allSent(p)) {
 			delete(l.budgets, id)
 		}
 	}

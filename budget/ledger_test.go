@@ -384,3 +384,25 @@ func TestFileCountersUnreadableRefused(t *testing.T) {
 		t.Fatalf("NewFile on a broken file: %v; want an error naming it, never a fresh start", err)
 	}
 }
+
+func TestCountWhileUnavailableIsKept(t *testing.T) {
+	c := newClock("2026-05-10T10:20:00Z")
+	b := &failingBackend{Memory: NewMemory(c.Now)}
+	l := newTestLedger(t, c, b, nil)
+	l.SetBudgets(map[string][]Budget{"acme": {{Name: "daily", Period: Day, Limit: Usage{Requests: 5}}}})
+	m := l.Meter(Source{Tenant: "acme"})
+	admitN(t, m, c.Now(), 1)
+	b.down.Store(true)
+	if err := l.Flush(context.Background()); err == nil {
+		t.Fatal("flush succeeded with the backend down")
+	}
+	m.Count(c.Now()) // let through unchecked
+	m.Count(c.Now())
+	b.down.Store(false)
+	if err := l.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if allowed, _ := admitN(t, m, c.Now(), 5); allowed != 2 {
+		t.Fatalf("allowed %d after 3 counted; want 2", allowed)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -69,6 +70,11 @@ type exchangeBudget struct {
 	chargedUp   atomic.Int64
 	chargedDown atomic.Int64
 	name        atomic.Pointer[string]
+
+	// The X-Egressgw-Budget lines, set once (setBudgetHeaders).
+	headerSet bool
+	header    [384]byte
+	values    [4]string
 }
 
 // admitBudget is the budget step of admit: the request is counted on its
@@ -85,6 +91,7 @@ func (ex *exchange) admitBudget(ctx context.Context) outcome {
 	refusal, err := m.Admit(ctx, now)
 	if err != nil {
 		if errors.Is(err, budget.ErrUnavailable) && ex.gw.settings.Quota.FailOpen {
+			m.Count(now)
 			ex.gw.metrics.quotaFailedOpen(ex.tenant.ID)
 			ex.gw.failOpen.note(ex.gw, ex.id)
 			return outcome{}
@@ -111,29 +118,35 @@ func (ex *exchange) admitBudget(ctx context.Context) outcome {
 
 // setBudgetHeaders adds one X-Egressgw-Budget line per budget that
 // applies to an allowed response (docs/reference.md, "Budgets and
-// cost"). The values share one string.
+// cost"). The lines are written into the exchange's own buffer and
+// values, so a request under budgets allocates no more than one without:
+// the header is set once per exchange and the buffer never written again.
 func (ex *exchange) setBudgetHeaders(h map[string][]string) {
 	m := ex.budget.meter
-	if m == nil || m.Budgets() == 0 {
+	if m == nil || m.Budgets() == 0 || ex.budget.headerSet {
 		return
 	}
+	ex.budget.headerSet = true
 	now := ex.gw.now()
-	var buf [256]byte
-	b := buf[:0]
-	var ends [8]int
+	b := ex.budget.header[:0]
+	var ends [len(exchangeBudget{}.values)]int
 	n := min(m.Budgets(), len(ends))
 	for i := range n {
 		b = m.AppendHeader(b, i, now)
 		ends[i] = len(b)
 	}
-	all := string(b)
-	values := make([]string, n)
+	var all string
+	if &b[0] == &ex.budget.header[0] {
+		all = unsafe.String(&b[0], len(b)) // the buffer is not written again
+	} else {
+		all = string(b) // outgrew the buffer
+	}
 	start := 0
 	for i := range n {
-		values[i] = all[start:ends[i]]
+		ex.budget.values[i] = all[start:ends[i]]
 		start = ends[i]
 	}
-	h["X-Egressgw-Budget"] = values
+	h["X-Egressgw-Budget"] = ex.budget.values[:n:n]
 }
 
 // chargeBudget charges the exchange's meter with the bytes it moved since

@@ -155,7 +155,9 @@ func New(opts Options) (*Gateway, error) {
 		cancelBase: cancel,
 	}
 	g.ledger.Notify(g.budgetWarning, g.budgetFlushFailed)
-	opts.Registry.MustRegister(newBudgetCollector(g))
+	if opts.Registry != nil {
+		opts.Registry.MustRegister(newBudgetCollector(g))
+	}
 	g.grants.start(ctx, g.grantsChanged)
 	g.metrics.setMaxTenants(opts.Settings.MaxTenantLabels)
 	go g.accountOpenExchanges(ctx) // ends with cancelBase, at Shutdown

@@ -58,7 +58,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "egressgw_active_tunnels", Help: "Open CONNECT tunnels by tenant.",
 		}, []string{"tenant"}),
 		quotaRejects: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "egressgw_quota_rejections_total", Help: "Requests refused by quota, by kind: rate, concurrency or unavailable.",
+			Name: "egressgw_quota_rejections_total", Help: "Requests refused by quota, by kind: rate, concurrency, unavailable or budget.",
 		}, []string{"tenant", "kind"}),
 		quotaFailOpen: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressgw_quota_fail_open_total", Help: "Requests let through without a quota check because the backend was unreachable and on_error is allow.",

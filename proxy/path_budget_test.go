@@ -256,3 +256,22 @@ func TestPathBudgetStatementEqualsAuditSums(t *testing.T) {
 		t.Errorf("first line %+v: want priced@3 with a cost", st.Lines[0])
 	}
 }
+
+// With quota.redis.on_error: allow, unreadable budget counters let
+// requests through unchecked, as the quota backend does, and say so.
+func TestPathBudgetCountersUnavailableFailsOpenWhenAllowed(t *testing.T) {
+	t.Parallel()
+	spender := pathTenant{"spender", "spender-token-5e2b8c0a91"}
+	origin := startPathUpstream(t, "127.0.0.1", false, nil)
+	g := newPathGateway(t)
+	g.ledger = budget.New(budget.Options{Backend: unreadableCounters{budget.NewMemory(nil)}, FlushEvery: -1})
+	t.Cleanup(func() { _ = g.ledger.Close() })
+	g.serve(t, "quota: { redis: { on_error: allow } }\n", map[string]string{
+		"tenants/spender.yaml": spender.yaml(pathRule("api", []string{zoneAPI}, origin.port) +
+			"budgets:\n  - { name: daily, period: day, requests: 3 }\n"),
+	})
+	g.expectAllowedGET(t, spender, origin.url(zoneAPI, "/x"))
+	if got, _ := g.metric(t, "egressgw_quota_fail_open_total", map[string]string{"tenant": spender.id}); got != 1 {
+		t.Errorf("egressgw_quota_fail_open_total = %v, want 1", got)
+	}
+}

@@ -85,11 +85,19 @@ func (d *discardResponse) WriteHeader(status int)      { d.status = status }
 // on loopback: what the gateway adds per request, without a client-side
 // server or a network client in the figure.
 func BenchmarkServePlain(b *testing.B) {
+	for _, c := range []struct{ name, budgets string }{{"no-budgets", ""}, {"three-budgets", threeBudgets}} {
+		b.Run(c.name, func(b *testing.B) { benchServePlain(b, c.budgets) })
+	}
+}
+
+// benchServePlain is BenchmarkServePlain for a tenant with budgets, the
+// given tenant-file section.
+func benchServePlain(b *testing.B, budgets string) {
 	upstream := cannedUpstream(b)
 	host, port, _ := net.SplitHostPort(upstream)
 	g := benchGateway(b, "listen: \"127.0.0.1:3128\"\nnetwork: { allow_cidrs: [\"127.0.0.1/32\"] }\n",
 		"quota: { requests_per_second: 1000000000, burst: 1000000000, max_concurrent: 1000000, bandwidth: { egress: 64GiB, ingress: 64GiB } }\n"+
-			"rules:\n  - { name: upstream, hosts: [\""+host+"\"], ports: ["+port+"] }\n")
+			"rules:\n  - { name: upstream, hosts: [\""+host+"\"], ports: ["+port+"] }\n"+budgets)
 	target, _ := url.Parse("http://" + upstream + "/small")
 	authorization := "Basic " + basicEncode("acme", benchToken)
 	w := &discardResponse{header: http.Header{}}
