@@ -6,10 +6,13 @@ import (
 	"io/fs"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/egressgw/egressgw/budget"
 )
 
 // FuzzLoad feeds arbitrary tenant and connector files to the loader: it must
@@ -26,6 +29,8 @@ func FuzzLoad(f *testing.F) {
 		"name: github\nhosts: [\"api.github.com\"]\nrequest_id_header: x-trace\n")
 	f.Add("id: acme\nauth: { token_sha256: \""+testTokenHash+"\" }\nconnectors: [github]\n",
 		"name: github\nhosts: [\"api.github.com\"]\nrequest_id_header: \"Proxy-X\"\n")
+	f.Add("id: acme\nauth: { token_sha256: \""+testTokenHash+"\" }\nconnectors: [github]\nbudgets:\n  - { name: daily, period: day, requests: 10, egress: 1GiB, cost: 2.5, warn_at: 0.8, connectors: [github] }\n",
+		"name: github\nhosts: [\"api.github.com\"]\nprice: { per_request: 0.002, per_gib_egress: 0.09 }\n")
 	f.Fuzz(func(t *testing.T, tenant, connector string) {
 		fsys := fstest.MapFS{
 			"tenants/t.yaml":    {Data: []byte(tenant)},
@@ -46,6 +51,27 @@ func FuzzLoad(f *testing.F) {
 		}
 		for _, id := range snap.TenantIDs() {
 			tn, _ := snap.Tenant(id)
+			for _, b := range tn.Budgets {
+				l := b.Limit
+				if !b.Period.Valid() || l.Requests < 0 || l.Egress < 0 || l.Ingress < 0 || !(l.Cost >= 0 && l.Cost <= maxCost) ||
+					l == (budget.Usage{}) || !(b.WarnAt >= 0 && b.WarnAt < 1) {
+					t.Fatalf("budget loaded that the gateway cannot enforce: %+v", b)
+				}
+				for _, c := range b.Connectors {
+					if !slices.ContainsFunc(tn.Rules(), func(r Rule) bool { return r.Connector != nil && r.Connector.Name == c }) {
+						t.Fatalf("budget %q counts connector %q the tenant does not list", b.Name, c)
+					}
+				}
+			}
+			for _, r := range tn.Rules() {
+				if c := r.Connector; c != nil {
+					for _, v := range []float64{c.Price.PerRequest, c.Price.PerGiBEgress, c.Price.PerGiBIngress} {
+						if !(v >= 0 && v <= maxPrice) {
+							t.Fatalf("connector %s has price %+v", c.Name, c.Price)
+						}
+					}
+				}
+			}
 			for _, port := range []uint16{80, 443, 8080} {
 				d := tn.Decide(Request{Host: "api.github.com", Port: port, Method: "GET", Path: "/x"})
 				if c := d.Connector; c != nil && c.RequestIDHeader != "" &&

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -274,4 +275,33 @@ func TestPathBudgetCountersUnavailableFailsOpenWhenAllowed(t *testing.T) {
 	if got, _ := g.metric(t, "egressgw_quota_fail_open_total", map[string]string{"tenant": spender.id}); got != 1 {
 		t.Errorf("egressgw_quota_fail_open_total = %v, want 1", got)
 	}
+}
+
+// An inspected tunnel is charged as its bytes cross: a response that
+// spends the ingress budget has its tunnel closed mid-body.
+func TestPathBudgetIngressCutsInspectedTunnel(t *testing.T) {
+	t.Parallel()
+	big := strings.Repeat("x", 4<<20)
+	origin := startPathUpstream(t, "127.0.0.1", true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, big)
+	}))
+	const limit = 512 << 10
+	g := startPathGateway(t, pathInspecting, pathInspectingFiles(t, map[string]string{
+		"connectors/api.yaml": fmt.Sprintf("name: api\ninspect: true\nhosts: [%q]\nports: [%d]\n", zoneAPI, origin.port),
+		"tenants/acme.yaml": pathAcme.yaml("connectors: [api]\n" +
+			fmt.Sprintf("budgets:\n  - { name: downloads, period: day, ingress: %d, connectors: [api] }\n", limit)),
+	}))
+	tunnel := g.tunnel(t, pathAcme, origin.authority(zoneAPI))
+	conn := tls.Client(tunnel, &tls.Config{ServerName: zoneAPI, RootCAs: zoneRoots(t)})
+	_ = conn.SetDeadline(time.Now().Add(pathGuard))
+	fmt.Fprintf(conn, "GET /big HTTP/1.1\r\nHost: %s\r\n\r\n", origin.authority(zoneAPI))
+	got, _ := io.Copy(io.Discard, conn)
+	if got >= int64(len(big)) || got < limit-64<<10 {
+		t.Fatalf("client read %d bytes of a %d-byte body under an ingress budget of %d; want it cut near the limit", got, len(big), limit)
+	}
+	rec := g.audit.wait(t, "scheme", "tunnel", "code", "revoked", "budget", "downloads")
+	if down := rec["bytes_down"].(float64); down < limit || down > limit+64<<10 {
+		t.Errorf("tunnel bytes_down %v; want the limit %d and at most a step or two more", down, limit)
+	}
+	g.expectRefusedCONNECT(t, pathAcme.auth(), origin.authority(zoneAPI), http.StatusTooManyRequests, "budget_exhausted", origin)
 }
