@@ -68,28 +68,41 @@ func TestDocsAccessWalkthrough(t *testing.T) {
 		ids:       map[string]string{},
 		dir:       t.TempDir(),
 	}
+	ran, compared := steps.follow(t, blocks, func(where, path, text string) {
+		want, err := fs.ReadFile(configs.Quickstart(), path)
+		if err != nil {
+			t.Fatalf("%s: the quickstart has no %s: %v", where, path, err)
+		}
+		if text != string(want) {
+			t.Errorf("%s: the block differs from the quickstart's %s, which is:\n%s", where, path, want)
+		}
+	})
+	if ran < 8 || compared < 8 {
+		t.Errorf("the walkthrough ran %d commands and compared %d outputs; is the block search broken?", ran, compared)
+	}
+}
+
+// follow runs a walkthrough's blocks in order (their markers' first word
+// stripped): file:PATH blocks go to file, run and poll blocks are run,
+// output blocks compared. It returns how many commands ran and outputs
+// were compared.
+func (s *walkthroughSteps) follow(t *testing.T, blocks []docBlock, file func(where, path, text string)) (ran, compared int) {
+	t.Helper()
 	var last []string            // the last command's words, as run
 	var lastLine, lastOut string // the doc's line for it, and what it printed
 	polling := false
-	ran, compared := 0, 0
 	for _, b := range blocks {
 		where := fmt.Sprintf("admins.md:%d", b.line)
 		switch kind, path, _ := strings.Cut(b.arg, ":"); kind {
 		case "file":
-			want, err := fs.ReadFile(configs.Quickstart(), path)
-			if err != nil {
-				t.Fatalf("%s: the quickstart has no %s: %v", where, path, err)
-			}
-			if b.text != string(want) {
-				t.Errorf("%s: the block differs from the quickstart's %s, which is:\n%s", where, path, want)
-			}
+			file(where, path, b.text)
 		case "run", "poll":
 			lines := commandLines(b.text)
 			if kind == "poll" && len(lines) != 1 {
 				t.Fatalf("%s: a poll block holds one command, this one %d", where, len(lines))
 			}
 			for _, line := range lines {
-				if words, out := steps.run(t, where, line); words != nil {
+				if words, out := s.run(t, where, line); words != nil {
 					last, lastLine, lastOut = words, line, out
 				}
 				ran++
@@ -100,11 +113,11 @@ func TestDocsAccessWalkthrough(t *testing.T) {
 				t.Fatalf("%s: an output block with no command before it", where)
 			}
 			if !polling {
-				bound, err := matchDocOutput(b.text, lastOut, steps.ids)
+				bound, err := matchDocOutput(b.text, lastOut, s.ids)
 				if err != nil {
 					t.Fatalf("%s: `%s` %v\nit printed:\n%s", where, lastLine, err, lastOut)
 				}
-				steps.bind(bound)
+				s.bind(bound)
 				compared++
 				continue
 			}
@@ -112,10 +125,10 @@ func TestDocsAccessWalkthrough(t *testing.T) {
 			// applied the change yet, so it runs again until it prints
 			// what the doc shows.
 			deadline := time.Now().Add(scaled(accessWalkthroughRefresh))
-			for out := lastOut; ; out = steps.exec(t, where, lastLine, last) {
-				bound, err := matchDocOutput(b.text, out, steps.ids)
+			for out := lastOut; ; out = s.exec(t, where, lastLine, last) {
+				bound, err := matchDocOutput(b.text, out, s.ids)
 				if err == nil {
-					steps.bind(bound)
+					s.bind(bound)
 					break
 				}
 				if time.Now().After(deadline) {
@@ -126,12 +139,10 @@ func TestDocsAccessWalkthrough(t *testing.T) {
 			polling = false
 			compared++
 		default:
-			t.Fatalf("%s: unknown marker `quickstart %s`", where, b.arg)
+			t.Fatalf("%s: unknown marker `%s`", where, b.arg)
 		}
 	}
-	if ran < 8 || compared < 8 {
-		t.Errorf("the walkthrough ran %d commands and compared %d outputs; is the block search broken?", ran, compared)
-	}
+	return ran, compared
 }
 
 // requireNXDomainForInvalid skips on a machine whose resolver cannot say
@@ -200,6 +211,9 @@ func (s *walkthroughSteps) run(t *testing.T, where, line string) ([]string, stri
 	// --admin-url; the doc relies on its default, the quickstart's.
 	if words[0] == "egressgw" && len(words) > 2 && (words[1] == "access" || words[1] == "grant") && !strings.Contains(line, "--admin-url") {
 		words = append(words[:3], append([]string{"--admin-url", "http://" + s.adminAddr}, words[3:]...)...)
+	}
+	if words[0] == "egressgw" && len(words) > 1 && words[1] == "usage" && !strings.Contains(line, "--admin-url") {
+		words = append(words, "--admin-url", "http://"+s.adminAddr)
 	}
 	return words, s.exec(t, where, line, words)
 }

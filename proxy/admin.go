@@ -33,6 +33,7 @@ func (g *Gateway) AdminHandler(config *ConfigStatus) http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /v1/explain", g.explainHandler)
 	mux.HandleFunc("GET /v1/tenants/{id}/usage", g.usageHandler)
+	mux.HandleFunc("GET /v1/tenants/{id}/statement", g.statementHandler)
 	mux.HandleFunc("GET /v1/config", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, config.view(g.Live()))
 	})
@@ -87,6 +88,10 @@ type usage struct {
 	MaxConcurrent int              `json:"max_concurrent,omitempty"`
 	Open          int              `json:"open"`
 	Bandwidth     []bandwidthUsage `json:"bandwidth"`
+	// Budgets is nil, and BudgetsUnavailable says why, when the budget
+	// counters could not be read; the quota state is shown all the same.
+	Budgets            []budgetView `json:"budgets"`
+	BudgetsUnavailable string       `json:"budgets_unavailable,omitempty"`
 }
 
 type bucketUsage struct {
@@ -156,6 +161,7 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 		{Direction: "egress", BytesPerSecond: tenant.Quota.EgressBytes, BytesThisMinute: counts.egress.ThisMinute(now), Counted: true},
 		{Direction: "ingress", BytesPerSecond: tenant.Quota.IngressBytes, BytesThisMinute: counts.ingress.ThisMinute(now), Counted: true},
 	}
+	u.Budgets, u.BudgetsUnavailable = g.tenantBudgets(ctx, id, "")
 	writeJSON(w, http.StatusOK, u)
 }
 

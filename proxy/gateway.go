@@ -201,6 +201,7 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 		g.revokeTunnels(rt)
 		g.updateBandwidth(prev.live.Snapshot, snap)
 	}
+	g.metrics.setQuotaRates(snap)
 	g.metrics.generation.Set(float64(rt.live.Generation))
 	g.metrics.lastReloadTime.Set(float64(snap.LoadedAt.Unix()))
 	return rt.live

@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/egressgw/egressgw/policy"
 )
 
 // otherTenants is the tenant label for tenants past max_tenant_labels.
@@ -23,6 +25,7 @@ type metrics struct {
 	reloads         *prometheus.CounterVec
 	quotaRejects    *prometheus.CounterVec
 	quotaFailOpen   *prometheus.CounterVec
+	quotaRate       *prometheus.GaugeVec
 	// budgetWarnings counts budgets crossing warn_at; budget_used and
 	// budget_limit are read at scrape time (budgetCollector).
 	budgetWarnings    *prometheus.CounterVec
@@ -59,6 +62,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"tenant", "kind"}),
 		quotaFailOpen: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressgw_quota_fail_open_total", Help: "Requests let through without a quota check because the backend was unreachable and on_error is allow.",
+		}, []string{"tenant"}),
+		quotaRate: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "egressgw_quota_requests_per_second", Help: "Each tenant's request rate limit (quota.requests_per_second); no series for a tenant without one.",
 		}, []string{"tenant"}),
 		budgetWarnings: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressgw_budget_warnings_total", Help: "Budgets crossing their warn_at, once per budget, limit and period on each replica.",
@@ -140,6 +146,28 @@ func (m *metrics) forgetRemovedTenants(prev, next interface{ TenantIDs() []strin
 		m.activeTunnels.DeletePartialMatch(match)
 		m.quotaRejects.DeletePartialMatch(match)
 		m.quotaFailOpen.DeletePartialMatch(match)
+		m.quotaRate.DeletePartialMatch(match)
+	}
+}
+
+// setQuotaRates exports the request rate limit of every tenant of snap,
+// so that alerts can compare a tenant's request rate with its limit
+// before requests are refused (docs/operators.md, "Dashboards and
+// alerts"). A tenant without a limit, or counted under "_other", has no
+// series: one limit could not stand for many tenants.
+func (m *metrics) setQuotaRates(snap *policy.Snapshot) {
+	for _, id := range snap.TenantIDs() {
+		t, ok := snap.Tenant(id)
+		if !ok {
+			continue
+		}
+		if t.Quota.Rate.Unlimited() {
+			m.quotaRate.DeleteLabelValues(id)
+			continue
+		}
+		if m.tenantLabel(id) == id {
+			m.quotaRate.WithLabelValues(id).Set(t.Quota.Rate.Rate)
+		}
 	}
 }
 

@@ -176,7 +176,10 @@ type selfPolicyView struct {
 	Grants            []selfGrant `json:"grants"`
 	GrantsUnavailable string      `json:"grants_unavailable,omitempty"`
 	Quota             selfQuota   `json:"quota"`
-	Budgets           []struct{}  `json:"budgets"`
+	// Budgets is nil, and BudgetsUnavailable says why, when the budget
+	// counters could not be read.
+	Budgets            []budgetView `json:"budgets"`
+	BudgetsUnavailable string       `json:"budgets_unavailable,omitempty"`
 }
 
 type selfConnector struct {
@@ -228,7 +231,7 @@ type selfBucket struct {
 
 func (ex *exchange) selfPolicy(ctx context.Context) selfPolicyView {
 	t := ex.tenant
-	v := selfPolicyView{Tenant: t.ID, Mode: t.Mode, Connectors: []selfConnector{}, Rules: []selfRule{}, Budgets: []struct{}{}}
+	v := selfPolicyView{Tenant: t.ID, Mode: t.Mode, Connectors: []selfConnector{}, Rules: []selfRule{}}
 	for _, rule := range t.Rules() {
 		m := rule.Match
 		ports := m.Ports
@@ -253,6 +256,7 @@ func (ex *exchange) selfPolicy(ctx context.Context) selfPolicyView {
 	}
 	v.Grants, v.GrantsUnavailable = ex.selfGrants(ctx)
 	v.Quota = ex.selfQuota(ctx)
+	v.Budgets, v.BudgetsUnavailable = ex.gw.tenantBudgets(ctx, t.ID, ex.id)
 	return v
 }
 

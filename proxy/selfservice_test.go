@@ -16,6 +16,7 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/egressgw/egressgw/budget"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
 	"github.com/egressgw/egressgw/state"
@@ -44,6 +45,7 @@ type selfServiceSetup struct {
 	acmeHost     string // a further host acme's rule allows (default: none)
 	noStore      bool
 	clock        func() time.Time // the quota's clock
+	ledger       *budget.Ledger   // the budget counters (default: the gateway's own)
 }
 
 func newSelfServiceFixture(t *testing.T, setup selfServiceSetup) *selfServiceFixture {
@@ -79,6 +81,9 @@ func newSelfServiceFixture(t *testing.T, setup selfServiceSetup) *selfServiceFix
 	f.g = testGateway(t, snap, f.audit)
 	if setup.clock != nil {
 		f.g.quota = quota.NewMemory(quota.MemoryOptions{Clock: setup.clock})
+	}
+	if setup.ledger != nil {
+		f.g.ledger = setup.ledger
 	}
 	if !setup.noStore {
 		store, err := state.NewFile(state.FileOptions{Dir: t.TempDir()})
@@ -377,6 +382,28 @@ func TestSelfServiceWithoutStore(t *testing.T) {
 	}
 	if err := json.Unmarshal(body, &p); err != nil || p.Grants == nil || len(p.Grants) != 0 || p.GrantsUnavailable == "" {
 		t.Errorf("policy without a store: %s", body)
+	}
+}
+
+// Budget counters that cannot be read are said to be so, never shown as
+// budgets with nothing used; the rest of the policy is answered as ever.
+func TestSelfServiceBudgetsUnavailable(t *testing.T) {
+	ledger := budget.New(budget.Options{Backend: unreadableCounters{budget.NewMemory(nil)}, FlushEvery: -1})
+	t.Cleanup(func() { ledger.Close() })
+	ledger.SetBudgets(map[string][]budget.Budget{"acme": {{Name: "daily", Period: budget.Day, Limit: budget.Usage{Requests: 100}}}})
+	f := newSelfServiceFixture(t, selfServiceSetup{ledger: ledger})
+	resp, body := f.acme(t, "GET", "http://"+policy.DefaultSelfServiceHost+"/v1/policy", "")
+	f.checkAnswer(t, resp, body, 200, "")
+	var p struct {
+		Grants             []any  `json:"grants"`
+		Budgets            []any  `json:"budgets"`
+		BudgetsUnavailable string `json:"budgets_unavailable"`
+	}
+	if err := json.Unmarshal(body, &p); err != nil || p.Budgets != nil || p.BudgetsUnavailable == "" || len(p.Grants) != 1 {
+		t.Errorf("policy with unreadable budget counters: %s; want budgets null, budgets_unavailable and the grant", body)
+	}
+	if strings.Contains(string(body), counterFailure) {
+		t.Errorf("the answer shows the backend's error: %s", body)
 	}
 }
 

@@ -42,11 +42,12 @@ Usage:
   egressgw grant add [--admin-url URL] --tenant ID --host PATTERN --for DURATION [--ports P,..] [--methods M,..] [--paths P,..] [--note TEXT] [--json]
   egressgw grant revoke [--admin-url URL] [--json] ID
   egressgw grant rule [--admin-url URL] [--json] ID
+  egressgw usage [--admin-url URL] --tenant ID [--period hour|day|month] [--at DATE] [--json]
   egressgw version
 
 With no --config, serve runs the embedded quickstart policy.
-access and grant talk to a running gateway; they send the admin token in
-$EGRESSGW_ADMIN_TOKEN.
+access, grant and usage talk to a running gateway; they send the admin
+token in $EGRESSGW_ADMIN_TOKEN.
 `
 
 func main() {
@@ -93,6 +94,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return accessCommand(rest, stdout, stderr)
 	case "grant":
 		return grantCommand(rest, stdout, stderr)
+	case "usage":
+		return usageCommand(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		return printVersion(stdout)
 	case "help", "-h", "--help":

@@ -39,6 +39,10 @@ var specMetrics = map[string][]string{
 	"egressgw_audit_dropped_lines_total":             {},
 	"egressgw_audit_write_errors_total":              {},
 	"egressgw_state_errors_total":                    {"operation"},
+	"egressgw_quota_requests_per_second":             {"tenant"},
+	"egressgw_budget_used":                           {"tenant", "budget", "kind"},
+	"egressgw_budget_limit":                          {"tenant", "budget", "kind"},
+	"egressgw_budget_warnings_total":                 {"tenant", "budget"},
 }
 
 // histograms are exported as NAME_bucket (with le), NAME_count and NAME_sum.
@@ -56,11 +60,13 @@ var targetLabels = []string{"job", "instance", "namespace", "pod", "service", "c
 var labelValues = map[string][]string{
 	"decision":  {"allow", "deny", "report"},
 	"direction": {"egress", "ingress"},
-	"kind":      {"rate", "concurrency", "unavailable"},
+	// kind: quota_rejections_total's, then budget_used's and budget_limit's.
+	"kind":      {"rate", "concurrency", "unavailable", "budget", "requests", "egress", "ingress", "cost"},
 	"operation": {"read_grants", "record_refusal"},
 	"code": {"ok", "proxy_auth_required", "destination_not_allowed", "destination_ip_denied", "bad_request",
 		"rate_limited", "concurrency_limited", "quota_unavailable", "body_too_large", "hook_denied", "hook_failed",
-		"dns_failure", "upstream_unreachable", "upstream_timeout", "client_closed", "upstream_failed_midway", "revoked"},
+		"dns_failure", "upstream_unreachable", "upstream_timeout", "client_closed", "upstream_failed_midway", "revoked",
+		"budget_exhausted"},
 }
 
 // reloadResults are egressgw_config_reloads_total's result values.
@@ -534,8 +540,11 @@ func TestPrometheusAlerts(t *testing.T) {
 	// What each required alert must watch: a metric, and for upstream
 	// errors every code of docs/reference.md, "What clients see" for them.
 	required := map[string][]string{
-		"EgressgwConfigReloadFailing":     {"egressgw_config_reloads_total", "error"},
-		"EgressgwTenantNearQuota":         {"egressgw_quota_rejections_total"},
+		"EgressgwConfigReloadFailing": {"egressgw_config_reloads_total", "error"},
+		// Near: before any refusal, from the rate against the limit.
+		"EgressgwTenantNearQuota":         {"egressgw_requests_total", "egressgw_quota_requests_per_second"},
+		"EgressgwBudgetWarning":           {"egressgw_budget_warnings_total"},
+		"EgressgwBudgetExhausted":         {"egressgw_budget_used", "egressgw_budget_limit"},
 		"EgressgwHookFailureRate":         {"egressgw_requests_total", "hook_failed"},
 		"EgressgwUpstreamErrors":          {"egressgw_requests_total", "upstream_unreachable", "upstream_timeout", "dns_failure"},
 		"EgressgwDown":                    {"up"},
