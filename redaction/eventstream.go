@@ -142,14 +142,16 @@ func (r *EventReader) step() error {
 	end := r.srcErr == io.EOF
 	for {
 		ev, err := r.dec.Next(end)
+		if err == nil && ev != nil {
+			err = r.take(ev)
+		}
 		if err != nil {
+			// The events before the one that ends the stream still go.
+			r.scrubWire(false)
 			return err
 		}
 		if ev == nil {
 			break
-		}
-		if err := r.take(ev); err != nil {
-			return err
 		}
 	}
 	if end {
