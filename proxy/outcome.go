@@ -54,7 +54,8 @@ func (o outcome) ok() bool { return o.code == "" || o.code == policy.CodeOK }
 // no reply of the gateway can follow.
 func (o outcome) replied() bool {
 	switch o.code {
-	case policy.CodeClientClosed, policy.CodeUpstreamFailedMidway, policy.CodeRevoked, policy.CodeTunnelSNIMismatch:
+	case policy.CodeClientClosed, policy.CodeUpstreamFailedMidway, policy.CodeRevoked, policy.CodeTunnelSNIMismatch,
+		policy.CodeEventTooLarge:
 		return true
 	}
 	return false

@@ -273,7 +273,8 @@ func (ex *exchange) inject(h http.Header) {
 // transformResponse is the response side of the transform step: injected
 // secrets scrubbed first, so neither redaction nor the response hook ever
 // sees them, then the connector's response redaction, then the hook, which
-// sees the request as answered.
+// sees the request as answered. A stream of events (server-sent events,
+// NDJSON) is transformed event by event instead (streamResponseEvents).
 func (ex *exchange) transformResponse(resp *http.Response, answered *hooks.Request) error {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Only the head is still HTTP: the policy let the switch through
@@ -282,6 +283,9 @@ func (ex *exchange) transformResponse(resp *http.Response, answered *hooks.Reque
 			c.Scrubber.Headers(resp.Header)
 		}
 		return nil
+	}
+	if format := ex.responseEventFormat(resp); format != redaction.NotEvents {
+		return ex.streamResponseEvents(resp, format)
 	}
 	if err := scrubResponse(resp, ex.connector); err != nil {
 		return err
@@ -295,7 +299,9 @@ func (ex *exchange) transformResponse(resp *http.Response, answered *hooks.Reque
 // redactRequest applies the connector's request redaction to what leaves:
 // after the request hook, so a script cannot put back what redaction
 // removes, and before injection, so the injected credential is not
-// redacted away. A body it cannot inspect whole is refused, never sent.
+// redacted away. A body it cannot inspect whole is refused, never sent;
+// an NDJSON or JSON Lines body not already held is redacted line by line
+// as it goes up (streamRequestEvents).
 func (ex *exchange) redactRequest(r *http.Request, out *transformed) outcome {
 	c := ex.connector
 	if c == nil || c.Redact == nil || len(c.Redact.Request) == 0 {
@@ -311,6 +317,10 @@ func (ex *exchange) redactRequest(r *http.Request, out *transformed) outcome {
 	}
 	if enc := r.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
 		return refused(policy.CodeBodyTooLarge, "a "+enc+"-encoded request body cannot be redacted; send it uncompressed")
+	}
+	if !out.bodyHeld && redaction.EventFormatOf(r.Header.Get("Content-Type")) == redaction.JSONLines {
+		ex.streamRequestEvents(r, chain)
+		return outcome{}
 	}
 	limit := ex.rt.live.Gateway.Redaction.MaxBodyBytes
 	body, tooLarge := readBounded(r.Body, limit)
@@ -376,8 +386,6 @@ func setResponseBody(resp *http.Response, b []byte) {
 }
 
 func (ex *exchange) recordRedactions(rep redaction.Report) {
-	for _, f := range rep {
-		ex.gw.metrics.redactions.WithLabelValues(f.Profile, f.Detector).Add(float64(f.Count))
-	}
+	ex.countRedactions(rep)
 	ex.redactions = append(ex.redactions, rep.Strings()...)
 }
