@@ -79,7 +79,7 @@ func (ex *exchange) forward(w http.ResponseWriter, r *http.Request, out transfor
 		if reason := ex.gw.releaseStream(t); reason != "" {
 			return outcome{} // the caller records the revocation
 		}
-		setRateLimitHeaders(resp.Header, rate)
+		ex.setRateLimitHeaders(resp.Header, rate)
 		return ex.relayUpgrade(w, resp)
 	}
 	removeHopByHop(resp.Header, false)
@@ -88,7 +88,7 @@ func (ex *exchange) forward(w http.ResponseWriter, r *http.Request, out transfor
 		h[k] = v
 	}
 	ex.setAllowedHeaders(h)
-	setRateLimitHeaders(h, rate)
+	ex.setRateLimitHeaders(h, rate)
 	announceTrailers(h, resp.Trailer)
 	w.WriteHeader(resp.StatusCode)
 	if o := ex.copyResponse(r.Context(), w, resp.Body, ex.ingressShaper()); !o.ok() {
