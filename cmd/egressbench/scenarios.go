@@ -378,7 +378,9 @@ func runLargeBodies(ctx context.Context, s *session, t *runningTarget) (outcome,
 	env, c := s.env, s.env.opts.streams
 	clients := newClientGroup(t, env.loadTenants, env.clientTLS, perTenant(c, len(env.loadTenants)), keepAlive)
 	defer clients.close()
+	profiled := s.profileWindow(ctx, t, largeCPUProfileFile, "1 MiB plain bodies")
 	r := runClosedLoop(ctx, c, s.window(), processCPU(t), fetchOp(clients, newBodyBuffers(c), "GET", env.up.plainURL(pathLarge), nil, largeBodySize, nil))
+	profiled()
 	return outcome{values: map[string]float64{figLargeMiBps: r.mibPerSecond()}, problems: problemsOf(r)}, nil
 }
 
