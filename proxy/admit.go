@@ -92,18 +92,17 @@ func (ex *exchange) quotaOutcome(failedOpen bool, err error) outcome {
 // for a tunnel's 200, the RateLimit headers of the token its CONNECT took
 // (docs/reference.md, "What clients see").
 func (ex *exchange) setAllowedHeaders(h http.Header) {
-	ex.requestIDValue[0] = ex.id
 	h["X-Request-Id"] = ex.requestIDValue[:]
-	setRateLimitHeaders(h, ex.rate)
+	ex.setRateLimitHeaders(h, ex.rate)
 	ex.setBudgetHeaders(h)
 }
 
 // setRateLimitHeaders adds the RateLimit headers of res, the request-rate
 // decision admit made, when a request-rate quota applied.
 // Canonical keys are written directly (as Set would, without
-// canonicalising per call); the values share one backing array and the
-// numbers one string.
-func setRateLimitHeaders(h http.Header, res quota.Result) {
+// canonicalising per call); the values share one backing array, the
+// exchange's, and the numbers one string.
+func (ex *exchange) setRateLimitHeaders(h http.Header, res quota.Result) {
 	if res.Limit <= 0 {
 		return
 	}
@@ -114,7 +113,8 @@ func setRateLimitHeaders(h http.Header, res quota.Result) {
 	remainingEnd := len(digits)
 	digits = strconv.AppendInt(digits, int64(res.ResetSeconds()), 10)
 	numbers := string(digits)
-	values := []string{numbers[:limitEnd], numbers[limitEnd:remainingEnd], numbers[remainingEnd:]}
+	values := ex.rateLimitValues[:]
+	values[0], values[1], values[2] = numbers[:limitEnd], numbers[limitEnd:remainingEnd], numbers[remainingEnd:]
 	h["Ratelimit-Limit"] = values[0:1:1]
 	h["Ratelimit-Remaining"] = values[1:2:2]
 	h["Ratelimit-Reset"] = values[2:3:3]

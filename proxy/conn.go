@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -306,12 +307,22 @@ func (c *meteredConn) CloseWrite() error {
 }
 
 // tcpConn finds the TCP connection under the gateway's wrappers, nil if
-// there is none.
+// there is none, or if a wrapper in between has work of its own that a
+// splice around it would skip: TLS, or a meteredConn that counts or paces
+// (a tunnel whose requests the gateway serves, whose inner connections
+// may be upgraded and relayed).
 func tcpConn(c net.Conn) *net.TCPConn {
 	for {
 		switch v := c.(type) {
 		case *net.TCPConn:
 			return v
+		case *tls.Conn:
+			return nil
+		case *meteredConn:
+			if v.received != nil || v.sent != nil || v.readShaper != nil || v.writeShaper != nil {
+				return nil
+			}
+			c = v.Conn
 		case interface{ NetConn() net.Conn }:
 			c = v.NetConn()
 		default:

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -206,5 +207,48 @@ func TestMeteredConnEmptyWriteReportsTheConnection(t *testing.T) {
 	_ = near.Close()
 	if _, err := m.Write(nil); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("empty write on a closed connection returned %v, want net.ErrClosed", err)
+	}
+}
+
+// A relay splices between the sockets under its two ends only when no
+// wrapper in between has work of its own: the listener's connection and
+// a dialled one may be spliced around; a tunnel's wrapper that counts and
+// paces what its inner server reads and writes, or TLS, may not, or an
+// upgrade inside a tunnel would move bytes past the tunnel's counters and
+// shapers, or past its encryption.
+func TestSpliceReachesOnlyAroundWrappersWithoutWorkOfTheirOwn(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dialled, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dialled.Close()
+	accepted, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer accepted.Close()
+	socket := accepted.(*net.TCPConn)
+
+	var counted atomic.Int64
+	served := meter(accepted)
+	served.received, served.sent = &counted, &counted
+	for _, tc := range []struct {
+		name  string
+		conn  net.Conn
+		wants *net.TCPConn
+	}{
+		{"listener's connection", &countedConn{meteredConn: meteredConn{Conn: accepted}}, socket},
+		{"dialled connection", newUpstreamConn(accepted, time.Minute), socket},
+		{"inside a counted tunnel", &countedConn{meteredConn: meteredConn{Conn: served}}, nil},
+		{"under TLS", &countedConn{meteredConn: meteredConn{Conn: tls.Server(accepted, &tls.Config{})}}, nil},
+	} {
+		if got := tcpConn(tc.conn); got != tc.wants {
+			t.Errorf("%s: tcpConn = %v, want %v", tc.name, got, tc.wants)
+		}
 	}
 }

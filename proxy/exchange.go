@@ -83,21 +83,30 @@ type exchange struct {
 	// requestIDValue is the X-Request-Id header's value, shared by the
 	// headers that carry it (setAllowedHeaders).
 	requestIDValue [1]string
-	finished       sync.Once
+	// rateLimitValues are the RateLimit headers' values, sharing one
+	// backing array (setRateLimitHeaders).
+	rateLimitValues [3]string
+	// streamHold holds the response in flight for revocation (stream.go),
+	// in the exchange so that it costs no allocation of its own.
+	streamHold tunnel
+	finished   sync.Once
 }
 
 func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
 	now := g.now()
 	body, _ := r.Body.(*requestBody)
+	id := newRequestID(now)
 	return &exchange{
-		gw:     g,
-		rt:     g.runtime.Load(),
-		id:     newRequestID(now),
-		start:  now,
-		client: r.RemoteAddr,
-		tunnel: tunnel,
-		method: r.Method,
-		body:   body,
+		// Set once, so that the headers that carry the id share it.
+		requestIDValue: [1]string{id},
+		gw:             g,
+		rt:             g.runtime.Load(),
+		id:             id,
+		start:          now,
+		client:         r.RemoteAddr,
+		tunnel:         tunnel,
+		method:         r.Method,
+		body:           body,
 	}
 }
 

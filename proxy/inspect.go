@@ -22,10 +22,12 @@ import (
 // meterServed wraps the client side of a tunnel whose requests the
 // gateway serves itself (inspected, or carrying plain HTTP): counted and
 // paced by the tenant's shapers both ways; its idleness is the inner
-// server's to bound.
+// server's to bound. What the tunnel's client sent that was read already
+// (tunnel.early) is read first.
 func (t *tunnel) meterServed(ctx context.Context, c net.Conn) *meteredConn {
 	egress, ingress := t.ex.shapers()
 	m := meter(c)
+	m.unread, t.early = t.early, nil
 	m.received, m.sent = &t.ex.bytesUp, &t.ex.bytesDown
 	m.readShaper, m.writeShaper, m.shaping = egress, ingress, ctx
 	t.meterRelay(m)

@@ -53,12 +53,12 @@ func (ex *exchange) relayUpgraded(t *tunnel, buffered *bufio.Reader, upstream io
 	ctx, cancel := context.WithCancel(ex.gw.baseCtx)
 	defer cancel()
 	t.lastActivity.touch(time.Now())
-	clientConn := t.client
+	client := t.meter(ctx, t.client, true, egress, &ex.bytesDown, idle)
 	if n := buffered.Buffered(); n > 0 {
-		early, _ := buffered.Peek(n)
-		clientConn = &earlyConn{Conn: t.client, early: early}
+		// Relayed first, then the connection itself, whether copied or
+		// spliced (relayDirection).
+		client.unread, _ = buffered.Peek(n)
 	}
-	client := t.meter(ctx, clientConn, true, egress, &ex.bytesDown, idle)
 	up := t.meter(ctx, upgradedStream{upstream}, false, ingress, &ex.bytesUp, idle)
 	relay(client, up, false, func() {
 		t.close()

@@ -49,7 +49,7 @@ func (g *Gateway) readTunnel(t *tunnel) {
 			ex.host+" must read, and carried something else; it was closed before anything reached the upstream"))
 		t.close()
 	default:
-		t.client.(*earlyConn).early = first // the handshake, read again by TLS
+		t.early = first // the handshake, read again by TLS
 		g.inspect(ex, t)
 	}
 }
@@ -61,7 +61,8 @@ func (g *Gateway) readTunnel(t *tunnel) {
 func (g *Gateway) servePlainTunnel(t *tunnel, first []byte) {
 	ctx, cancel := context.WithCancel(g.baseCtx)
 	defer cancel()
-	g.serveTunnelRequests(t, t.meterServed(ctx, &earlyConn{Conn: t.client, early: first}), "http")
+	t.early = first
+	g.serveTunnelRequests(t, t.meterServed(ctx, t.client), "http")
 }
 
 // requestLine is what the first bytes of a tunnel say about whether it

@@ -43,6 +43,6 @@ func (ex *exchange) setUpstreamRequestID(h http.Header) {
 		name = c.RequestIDHeader
 	}
 	if name != "" {
-		h[name] = []string{ex.id}
+		h[name] = ex.requestIDValue[:] // the transport only reads it
 	}
 }

@@ -94,7 +94,7 @@ func (ex *exchange) answerSelf(w http.ResponseWriter, r *http.Request) {
 		h.Set("Allow", a.allow)
 	}
 	ex.setAllowedHeaders(h)
-	setRateLimitHeaders(h, rate)
+	ex.setRateLimitHeaders(h, rate)
 	ex.status = a.status
 	w.WriteHeader(a.status)
 	_, _ = w.Write(a.body)

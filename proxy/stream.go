@@ -21,9 +21,13 @@ import (
 const streamGrace = time.Second
 
 // holdStream registers ex's response, answered on r's connection, for
-// revocation. The caller ends the hold with releaseStream.
+// revocation. The caller ends the hold with releaseStream. The hold is
+// part of the exchange (exchange.streamHold), not a tunnel of its own: a
+// small request then costs no allocation for it. An exchange holds one
+// response at most.
 func (g *Gateway) holdStream(ex *exchange, r *http.Request) *tunnel {
-	t := &tunnel{ex: ex, stream: true}
+	t := &ex.streamHold
+	t.ex, t.stream = ex, true
 	if cc, ok := r.Context().Value(connKey{}).(*countedConn); ok {
 		t.client = cc
 	}

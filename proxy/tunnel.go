@@ -23,7 +23,7 @@ import (
 func (g *Gateway) tunnel(ex *exchange, client net.Conn, early []byte) {
 	defer ex.finish()
 	if c := ex.connector; ex.plainTunnel || c != nil && c.Inspect {
-		g.runTunnel(&tunnel{ex: ex, client: &earlyConn{Conn: client}, early: early}, g.readTunnel)
+		g.runTunnel(&tunnel{ex: ex, client: client, early: early}, g.readTunnel)
 		return
 	}
 	ctx, cancel := context.WithTimeout(g.baseCtx, ex.rt.dialer.dialTimeout+ex.rt.dialer.dnsTimeout)
@@ -40,31 +40,6 @@ func (g *Gateway) tunnel(ex *exchange, client net.Conn, early []byte) {
 	g.runTunnel(t, func(t *tunnel) {
 		t.relay(g.baseCtx, ex.rt.dialer.idleTimeout)
 	})
-}
-
-// earlyConn reads early before the connection itself: the bytes the HTTP
-// server had read past a CONNECT head. It hides the connection underneath
-// (no NetConn), so that nothing reads around early.
-type earlyConn struct {
-	net.Conn
-	early []byte
-}
-
-func (c *earlyConn) Read(p []byte) (int, error) {
-	if len(c.early) > 0 {
-		n := copy(p, c.early)
-		c.early = c.early[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
-}
-
-// CloseWrite keeps half-close working through the wrapper.
-func (c *earlyConn) CloseWrite() error {
-	if hc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return hc.CloseWrite()
-	}
-	return nil
 }
 
 // runTunnel counts an open tunnel, answers 200 and runs serve until the
@@ -156,10 +131,14 @@ func (t *tunnel) recheck(rt *runtimeState) string {
 // tunnel is one open CONNECT relay, or a plain request's upgraded
 // (WebSocket) connection, or, with stream set, a response in flight.
 type tunnel struct {
-	ex           *exchange
-	client       net.Conn
-	upstream     net.Conn
-	early        []byte         // what an opaque tunnel's client sent behind its CONNECT head
+	ex       *exchange
+	client   net.Conn
+	upstream net.Conn
+	// early is what the client sent that no wrapper of client holds yet:
+	// what came behind the CONNECT head, then what the gateway peeked at
+	// to tell what the tunnel carries. The wrapper that serves the tunnel
+	// takes it as its unread bytes (meteredConn.unread).
+	early        []byte
 	upgraded     io.Closer      // the upstream of an upgraded plain request
 	dialled      netip.AddrPort // the address reached, when the gateway dialled it
 	lastActivity activity       // the last byte in either direction

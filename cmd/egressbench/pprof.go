@@ -14,7 +14,7 @@ import (
 
 // gatewayProfiler fetches pprof profiles from egressgw while the benchmark
 // loads it: a CPU profile over the first run's small-request window,
-// another over its tunnel window, and a heap profile while the idle
+// others over its plain 1 MiB and tunnel windows, and a heap profile while the idle
 // tunnels are open.
 type gatewayProfiler struct {
 	// base is the URL the /debug/pprof/ paths hang off, or "admin" for the
@@ -26,6 +26,7 @@ type gatewayProfiler struct {
 // profileFiles are the names written into outDir.
 const (
 	cpuProfileFile            = "egressgw-cpu.pprof"
+	largeCPUProfileFile       = "egressgw-large-cpu.pprof"
 	tunnelCPUProfileFile      = "egressgw-tunnel-cpu.pprof"
 	tunnelLargeCPUProfileFile = "egressgw-tunnel-large-cpu.pprof"
 	heapProfileFile           = "egressgw-heap.pprof"

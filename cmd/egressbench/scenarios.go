@@ -39,6 +39,7 @@ const (
 	figSmallCPU         = "small_proxy_cpu_us_per_request"
 	figSmallPairedRatio = "small_rps_vs_bare_goproxy_paired"
 	figLargeMiBps       = "large_mib_per_s"
+	figLargeCPU         = "large_proxy_cpu_us_per_mib"
 	figTunnelMiBps      = "tunnel_mib_per_s"
 	figTunnelCPU        = "tunnel_proxy_cpu_us_per_mib"
 	figTunnelLargeMiBps = "tunnel_large_mib_per_s"
@@ -136,9 +137,12 @@ func scenarios(o options) []scenario {
 			run:  runSmallPaired,
 		},
 		{
-			id:      scenarioLarge,
-			figures: []figureSpec{{id: figLargeMiBps, title: fmt.Sprintf("1 MiB bodies, plain HTTP, %d streams", o.streams), unit: "MiB/s", higherIsBetter: true}},
-			run:     runLargeBodies,
+			id: scenarioLarge,
+			figures: []figureSpec{
+				{id: figLargeMiBps, title: fmt.Sprintf("1 MiB bodies, plain HTTP, %d streams", o.streams), unit: "MiB/s", higherIsBetter: true},
+				{id: figLargeCPU, title: "1 MiB bodies, plain HTTP: proxy CPU time per MiB", unit: "µs", mayBeNonPositive: true},
+			},
+			run: runLargeBodies,
 		},
 		{
 			id: scenarioTunnel,
@@ -450,8 +454,12 @@ func runLargeBodies(ctx context.Context, s *session, t *runningTarget) (outcome,
 	env, c := s.env, s.env.opts.streams
 	clients := newClientGroup(t, env.loadTenants, env.clientTLS, perTenant(c, len(env.loadTenants)), keepAlive)
 	defer clients.close()
+	profiled := s.profileWindow(ctx, t, largeCPUProfileFile, "1 MiB plain bodies")
 	r := runClosedLoop(ctx, c, s.window(), processCPU(t), fetchOp(clients, newBodyBuffers(c), "GET", env.up.plainURL(pathLarge), nil, largeBodySize, nil))
-	return outcome{values: map[string]float64{figLargeMiBps: r.mibPerSecond()}, problems: problemsOf(r)}, nil
+	profiled()
+	out := outcome{values: map[string]float64{figLargeMiBps: r.mibPerSecond()}, problems: problemsOf(r)}
+	setPerUnit(&out, t, figLargeCPU, r.cpuSeconds*1e6, float64(r.bytes)/(1<<20))
+	return out, nil
 }
 
 // runTunnelStream measures how fast a long TLS response flows through a
