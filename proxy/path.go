@@ -74,7 +74,7 @@ func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 	t := g.holdStream(ex, r)
 	o = ex.forward(w, r, out, rate, t)
 	if reason := g.releaseStream(t); reason != "" {
-		o = refused(policy.CodeRevoked, "response ended: "+reason)
+		o = refused(policy.CodeRevoked, "response ended by "+t.revokedBy()+": "+reason)
 	}
 	ex.end(o)
 	if o.replied() {
@@ -116,10 +116,10 @@ func (g *Gateway) serveInner(outer *tunnel, scheme string, w http.ResponseWriter
 	o = ex.forward(w, r, out, rate, t)
 	switch reason := g.releaseStream(t); {
 	case reason != "":
-		o = refused(policy.CodeRevoked, "response ended: "+reason)
+		o = refused(policy.CodeRevoked, "response ended by "+t.revokedBy()+": "+reason)
 	case outer.revoked.Load() != nil && o.replied():
 		// Cut short because a reload closed the tunnel it came through.
-		o = refused(policy.CodeRevoked, "the tunnel it came through was closed: "+*outer.revoked.Load())
+		o = refused(policy.CodeRevoked, "the tunnel it came through was closed by "+outer.revokedBy()+": "+*outer.revoked.Load())
 	}
 	ex.end(o)
 	if o.replied() {

@@ -63,3 +63,17 @@ func (g *Gateway) revokeStreamLater(t *tunnel) {
 		}
 	})
 }
+
+// revokedBy names what revoked t, for the reason its audit line gives: a
+// spent budget, the end of the grant that allowed it, or else a policy
+// reload.
+func (t *tunnel) revokedBy() string {
+	switch {
+	case t.ex.budget.name.Load() != nil:
+		return "a spent budget"
+	case t.grantEnded.Load():
+		return "the end of its grant"
+	default:
+		return "a policy reload"
+	}
+}
