@@ -61,7 +61,7 @@ func (g *Gateway) readTunnel(t *tunnel) {
 func (g *Gateway) servePlainTunnel(t *tunnel, first []byte) {
 	ctx, cancel := context.WithCancel(g.baseCtx)
 	defer cancel()
-	g.serveTunnelRequests(t, t.meterServed(ctx, &earlyConn{Conn: t.client, early: first}), "http")
+	g.serveTunnelRequests(t, t.meterServed(ctx, &earlyConn{Conn: t.client, early: first}), "http", false)
 }
 
 // requestLine is what the first bytes of a tunnel say about whether it

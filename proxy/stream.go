@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net/http"
 	"time"
 )
@@ -24,7 +25,9 @@ const streamGrace = time.Second
 // revocation. The caller ends the hold with releaseStream.
 func (g *Gateway) holdStream(ex *exchange, r *http.Request) *tunnel {
 	t := &tunnel{ex: ex, stream: true}
-	if cc, ok := r.Context().Value(connKey{}).(*countedConn); ok {
+	if cancel, ok := r.Context().Value(streamCancelKey{}).(context.CancelFunc); ok {
+		t.endStream = cancel // an HTTP/2 stream: its connection carries others
+	} else if cc, ok := r.Context().Value(connKey{}).(*countedConn); ok {
 		t.client = cc
 	}
 	g.tunnels.add(t) // never refused: see tunnelSet.add

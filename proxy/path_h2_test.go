@@ -1,0 +1,289 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// h2Echo answers with the protocol it was spoken to in, the credential
+// it got and the TE header, and under /v1/trailer with trailers after the
+// body (gRPC's grpc-status among them); under /v1/trailers-only with a
+// head and no body, as a gRPC error is answered.
+var h2Echo = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Upstream-Proto", r.Proto)
+	w.Header().Set("X-Echo-Te", r.Header.Get("Te"))
+	w.Header().Set("X-Echo-Authorization", r.Header.Get("Authorization"))
+	switch r.URL.Path {
+	case "/v1/trailer":
+		w.Header().Set("Trailer", "Grpc-Status, Grpc-Message")
+		io.WriteString(w, "body before trailers")
+		w.Header().Set("Grpc-Status", "0")
+		w.Header().Set("Grpc-Message", "fine, "+r.Header.Get("Authorization"))
+		return
+	case "/v1/trailers-only":
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Grpc-Status", "5")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	io.WriteString(w, "served "+r.Method+" "+r.URL.Path)
+})
+
+// pathH2Fixture is a gateway inspecting tunnels to an upstream that
+// speaks HTTP/2 and to one that speaks HTTP/1.1 only, both behind
+// connector api (inject, methods, paths).
+type pathH2Fixture struct {
+	g      *pathGateway
+	h2     *pathUpstream
+	h1only *pathUpstream
+	client *http.Client
+}
+
+func startPathH2Fixture(t *testing.T) *pathH2Fixture {
+	t.Helper()
+	fx := &pathH2Fixture{
+		h2:     startPathUpstreamH2(t, h2Echo),
+		h1only: startPathUpstream(t, "127.0.0.1", true, h2Echo),
+	}
+	fx.g = startPathGateway(t, pathInspecting+"secrets:\n  api_token: { file: secrets/api_token }\n", pathInspectingFiles(t, map[string]string{
+		"secrets/api_token": pathInjected,
+		"connectors/api.yaml": fmt.Sprintf(`name: api
+hosts: [%q, %q]
+ports: [%d, %d]
+methods: [GET, POST]
+paths: ["/v1/"]
+inspect: true
+inject:
+  headers: { Authorization: "Bearer ${secret:api_token}" }
+`, zoneAPI, zoneSub, fx.h2.port, fx.h1only.port),
+		"tenants/inspector.yaml": pathInspector.yaml("connectors: [api]\n"),
+	}))
+	fx.client = fx.g.h2Client(t, pathInspector)
+	return fx
+}
+
+// startPathUpstreamH2 is startPathUpstream over TLS offering h2 by ALPN.
+func startPathUpstreamH2(t *testing.T, handler http.Handler) *pathUpstream {
+	t.Helper()
+	ln := listenOrSkip(t, "127.0.0.1")
+	u := &pathUpstream{ip: "127.0.0.1", port: ln.Addr().(*net.TCPAddr).Port, scheme: "https"}
+	u.server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.seen = append(u.seen, pathSeen{Method: r.Method, Host: r.Host, Path: r.URL.Path, Query: r.URL.RawQuery, Header: r.Header.Clone()})
+		u.mu.Unlock()
+		handler.ServeHTTP(w, r)
+	}))
+	u.server.Listener.Close()
+	u.server.Listener = ln
+	u.server.Config.ConnState = func(_ net.Conn, state http.ConnState) {
+		if state == http.StateNew {
+			u.conns.Add(1)
+		}
+	}
+	u.server.EnableHTTP2 = true
+	u.server.TLS = &tls.Config{Certificates: []tls.Certificate{zoneCertificate(t)}}
+	u.server.StartTLS()
+	t.Cleanup(u.server.Close)
+	return u
+}
+
+// h2Client is a Go client that asks for HTTP/2 inside its tunnels
+// through the gateway, trusting the gateway's leaves.
+func (g *pathGateway) h2Client(t *testing.T, c pathTenant) *http.Client {
+	proxyURL := &url.URL{Scheme: "http", Host: g.addr, User: url.UserPassword(c.id, c.token)}
+	transport := &http.Transport{Proxy: http.ProxyURL(proxyURL), TLSClientConfig: &tls.Config{RootCAs: zoneRoots(t)}, ForceAttemptHTTP2: true}
+	t.Cleanup(transport.CloseIdleConnections)
+	return &http.Client{Transport: transport, Timeout: pathGuard}
+}
+
+// h2Do sends req and reports whether it went on a connection already
+// open (one tunnel for all of a test's streams).
+func h2Do(t *testing.T, client *http.Client, req *http.Request) (*http.Response, bool) {
+	t.Helper()
+	var reused bool
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused },
+	}))
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, reused
+}
+
+func TestPathInspectedH2(t *testing.T) {
+	t.Parallel()
+	fx := startPathH2Fixture(t)
+	get := func(t *testing.T, u *pathUpstream, host, path string) (*http.Response, bool) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, u.url(host, path), nil)
+		return h2Do(t, fx.client, req)
+	}
+
+	t.Run("the client gets HTTP/2 inside the tunnel, and so does the upstream", func(t *testing.T) {
+		resp, _ := get(t, fx.h2, zoneAPI, "/v1/echo")
+		body := pathBody(t, resp)
+		if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+			t.Fatalf("status %d over %s, body %q; want 200 over HTTP/2", resp.StatusCode, resp.Proto, body)
+		}
+		if got := resp.Header.Get("X-Upstream-Proto"); got != "HTTP/2.0" {
+			t.Errorf("the upstream was spoken to in %q, want HTTP/2.0", got)
+		}
+		if resp.Header.Get("X-Request-Id") == "" {
+			t.Errorf("no X-Request-Id on the stream's response")
+		}
+	})
+
+	t.Run("a stream may go out as HTTP/1.1 to an upstream without h2", func(t *testing.T) {
+		resp, _ := get(t, fx.h1only, zoneSub, "/v1/echo")
+		body := pathBody(t, resp)
+		if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 || resp.Header.Get("X-Upstream-Proto") != "HTTP/1.1" {
+			t.Fatalf("status %d over %s, upstream %q, body %q; want 200 over HTTP/2 from an HTTP/1.1 upstream",
+				resp.StatusCode, resp.Proto, resp.Header.Get("X-Upstream-Proto"), body)
+		}
+	})
+
+	t.Run("methods and paths are refused per stream, and the connection serves on", func(t *testing.T) {
+		if resp, _ := get(t, fx.h2, zoneAPI, "/v1/warm"); pathBody(t, resp) == "" {
+			t.Fatal("no body on the warm-up stream")
+		}
+		for _, c := range []struct {
+			method, path string
+			body         io.Reader
+		}{
+			{http.MethodDelete, "/v1/items", nil},
+			{http.MethodGet, "/v2/items", nil},
+			{http.MethodPost, "/v2/upload", strings.NewReader(strings.Repeat("x", 64<<10))}, // refused before its body is read
+		} {
+			before := len(fx.h2.requestsTo(c.path))
+			req, _ := http.NewRequest(c.method, fx.h2.url(zoneAPI, c.path), c.body)
+			resp, reused := h2Do(t, fx.client, req)
+			if !reused {
+				t.Errorf("%s %s went on a new connection", c.method, c.path)
+			}
+			if resp.ProtoMajor != 2 {
+				t.Errorf("%s %s answered over %s", c.method, c.path, resp.Proto)
+			}
+			assertPathRefusal(t, resp, http.StatusForbidden, "destination_not_allowed")
+			if after := len(fx.h2.requestsTo(c.path)); after != before {
+				t.Errorf("%s %s reached the upstream", c.method, c.path)
+			}
+			// The next stream goes on the same connection: a refusal ends
+			// its stream, not the tunnel.
+			resp, reused = get(t, fx.h2, zoneAPI, "/v1/after-refusal")
+			if body := pathBody(t, resp); resp.StatusCode != http.StatusOK || !reused {
+				t.Errorf("after %s %s: status %d, reused %v, body %q; want 200 on the same connection", c.method, c.path, resp.StatusCode, reused, body)
+			}
+		}
+	})
+
+	t.Run("each stream gets the credential, and the sandbox never sees it", func(t *testing.T) {
+		var wg sync.WaitGroup
+		const streams = 8
+		errs := make(chan error, streams)
+		for i := range streams {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				path := fmt.Sprintf("/v1/concurrent/%d", i)
+				resp, err := fx.client.Get(fx.h2.url(zoneAPI, path))
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer resp.Body.Close()
+				if echoed := resp.Header.Get("X-Echo-Authorization"); resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 || strings.Contains(echoed, pathInjected) {
+					errs <- fmt.Errorf("%s: status %d over %s, echoed credential %q", path, resp.StatusCode, resp.Proto, echoed)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		for i := range streams {
+			seen := fx.h2.requestsTo(fmt.Sprintf("/v1/concurrent/%d", i))
+			if len(seen) != 1 || seen[0].Header.Get("Authorization") != "Bearer "+pathInjected {
+				t.Errorf("stream %d: the upstream did not get the injected credential: %+v", i, seen)
+			}
+		}
+		for _, rec := range fx.g.audit.records() {
+			if path, _ := rec["path"].(string); strings.HasPrefix(path, "/v1/concurrent/") && rec["decision"] != "allow" {
+				t.Errorf("audit line of %s: %v", path, rec)
+			}
+		}
+		for i := range streams {
+			fx.g.audit.wait(t, "path", fmt.Sprintf("/v1/concurrent/%d", i), "decision", "allow", "scheme", "https")
+		}
+	})
+
+	t.Run("TE: trailers reaches the upstream and trailers come back, scrubbed", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, fx.h2.url(zoneAPI, "/v1/trailer"), nil)
+		req.Header.Set("Te", "trailers")
+		resp, _ := h2Do(t, fx.client, req)
+		body := pathBody(t, resp)
+		if body != "body before trailers" || resp.Header.Get("X-Echo-Te") != "trailers" || resp.ProtoMajor != 2 || resp.Header.Get("X-Upstream-Proto") != "HTTP/2.0" {
+			t.Errorf("body %q over %s, TE at the upstream %q over %q; want the body and TE: trailers, HTTP/2 both sides",
+				body, resp.Proto, resp.Header.Get("X-Echo-Te"), resp.Header.Get("X-Upstream-Proto"))
+		}
+		if got := resp.Trailer.Get("Grpc-Status"); got != "0" {
+			t.Errorf("trailer Grpc-Status %q, want 0 (trailers %v)", got, resp.Trailer)
+		}
+		if got := resp.Trailer.Get("Grpc-Message"); strings.Contains(got, pathInjected) || !strings.Contains(got, "[REDACTED:secret]") {
+			t.Errorf("trailer Grpc-Message %q: the injected secret must be scrubbed", got)
+		}
+	})
+
+	t.Run("a trailers-only answer keeps its status in the head", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodPost, fx.h2.url(zoneAPI, "/v1/trailers-only"), strings.NewReader("\x00\x00\x00\x00\x00"))
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("Te", "trailers")
+		resp, _ := h2Do(t, fx.client, req)
+		body := pathBody(t, resp)
+		if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 || resp.Header.Get("Grpc-Status") != "5" || body != "" {
+			t.Errorf("status %d over %s, grpc-status %q, body %q; want 200 over HTTP/2, 5 and no body", resp.StatusCode, resp.Proto, resp.Header.Get("Grpc-Status"), body)
+		}
+	})
+
+	t.Run("gRPC to an upstream without h2 is refused before it is sent", func(t *testing.T) {
+		before := len(fx.h1only.requestsTo("/v1/grpc"))
+		req, _ := http.NewRequest(http.MethodPost, fx.h1only.url(zoneSub, "/v1/grpc"), strings.NewReader("\x00\x00\x00\x00\x00"))
+		req.Header.Set("Content-Type", "application/grpc+proto")
+		req.Header.Set("Te", "trailers")
+		resp, _ := h2Do(t, fx.client, req)
+		e := assertPathRefusal(t, resp, http.StatusBadGateway, "upstream_unreachable")
+		if !strings.Contains(e.Message, "HTTP/2") || !strings.Contains(e.Message, "gRPC") {
+			t.Errorf("message %q does not say the upstream lacks HTTP/2 for gRPC", e.Message)
+		}
+		if after := len(fx.h1only.requestsTo("/v1/grpc")); after != before {
+			t.Errorf("the gRPC request reached the HTTP/1.1 upstream")
+		}
+	})
+
+	t.Run("a CONNECT stream is refused", func(t *testing.T) {
+		before := fx.h2.reached()
+		req, _ := http.NewRequest(http.MethodConnect, fx.h2.url(zoneAPI, ""), nil)
+		req.Host = fx.h2.authority(zoneAPI)
+		resp, _ := h2Do(t, fx.client, req)
+		if resp.ProtoMajor != 2 {
+			t.Errorf("answered over %s, want HTTP/2", resp.Proto)
+		}
+		e := assertPathRefusal(t, resp, http.StatusBadRequest, "bad_request")
+		if !strings.Contains(e.Message, "CONNECT") {
+			t.Errorf("message %q does not name CONNECT", e.Message)
+		}
+		if after := fx.h2.reached(); after != before {
+			t.Errorf("the upstream was reached")
+		}
+	})
+}
