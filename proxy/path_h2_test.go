@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -12,6 +14,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/redaction"
 )
 
 // h2Echo answers with the protocol it was spoken to in, the credential
@@ -28,6 +35,17 @@ var h2Echo = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "body before trailers")
 		w.Header().Set("Grpc-Status", "0")
 		w.Header().Set("Grpc-Message", "fine, "+r.Header.Get("Authorization"))
+		return
+	case "/v1/grpc-echo": // one gRPC message holding the credential, then grpc-status
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Trailer", "Grpc-Status")
+		w.Write(grpcFrame("you sent " + r.Header.Get("Authorization")))
+		w.Header().Set("Grpc-Status", "0")
+		return
+	case "/v1/stream", "/v1/held": // a first piece, then nothing until the client goes
+		io.WriteString(w, "first piece\n")
+		http.NewResponseController(w).Flush()
+		<-r.Context().Done()
 		return
 	case "/v1/trailers-only":
 		w.Header().Set("Content-Type", "application/grpc")
@@ -284,6 +302,159 @@ func TestPathInspectedH2(t *testing.T) {
 		}
 		if after := fx.h2.reached(); after != before {
 			t.Errorf("the upstream was reached")
+		}
+	})
+}
+
+// reloadPath applies a policy built as serve builds it, from
+// gatewayExtra and files: what a saved config change does.
+func reloadPath(t *testing.T, g *pathGateway, gatewayExtra string, files map[string]string) {
+	t.Helper()
+	fsys := fstest.MapFS{
+		"gateway.yaml": {Data: []byte(fmt.Sprintf("network:\n  allow_cidrs: [\"127.0.0.1/32\"]\n  dns_servers: [%q]\n", g.dns) + g.network + gatewayExtra)},
+	}
+	for name, content := range files {
+		fsys[name] = &fstest.MapFile{Data: []byte(content)}
+	}
+	snap, err := policy.Load(fsys, time.Now())
+	if err != nil {
+		t.Fatalf("loading the policy: %v", err)
+	}
+	g.Apply(snap)
+}
+
+// h2StreamStarted opens a GET of path as a stream of client's connection
+// and reads the first piece of its body.
+func h2StreamStarted(t *testing.T, client *http.Client, u *pathUpstream, path string) *http.Response {
+	t.Helper()
+	resp, err := client.Get(u.url(zoneAPI, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("%s answered over %s, want HTTP/2", path, resp.Proto)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "first piece\n" {
+		t.Fatalf("%s: read %q, %v; want the first piece", path, line, err)
+	}
+	return resp
+}
+
+func TestPathInspectedH2Revocation(t *testing.T) {
+	t.Parallel()
+	upstream := startPathUpstreamH2(t, h2Echo)
+	connector := func(paths string) string {
+		return fmt.Sprintf("name: api\nhosts: [%q]\nports: [%d]\npaths: [%s]\ninspect: true\n", zoneAPI, upstream.port, paths)
+	}
+	files := pathInspectingFiles(t, map[string]string{
+		"connectors/api.yaml":    connector(`"/v1/"`),
+		"tenants/inspector.yaml": pathInspector.yaml("connectors: [api]\n"),
+	})
+	g := startPathGateway(t, pathInspecting, files)
+	client := g.h2Client(t, pathInspector)
+
+	t.Run("a reload that no longer allows a path ends its stream, not the connection", func(t *testing.T) {
+		stream := h2StreamStarted(t, client, upstream, "/v1/stream")
+		files["connectors/api.yaml"] = connector(`"/v1/held", "/v1/echo"`)
+		reloadPath(t, g, pathInspecting, files)
+		if _, err := io.ReadAll(stream.Body); err == nil {
+			t.Fatal("the revoked stream ended as if complete")
+		}
+		g.audit.wait(t, "path", "/v1/stream", "code", "revoked")
+		req, _ := http.NewRequest(http.MethodGet, upstream.url(zoneAPI, "/v1/echo"), nil)
+		resp, reused := h2Do(t, client, req)
+		if body := pathBody(t, resp); resp.StatusCode != http.StatusOK || !reused {
+			t.Errorf("after the revocation: status %d, reused %v, body %q; want 200 on the same connection", resp.StatusCode, reused, body)
+		}
+	})
+
+	t.Run("a reload that no longer allows the host closes the tunnel and all its streams", func(t *testing.T) {
+		held := h2StreamStarted(t, client, upstream, "/v1/held")
+		files["connectors/api.yaml"] = fmt.Sprintf("name: api\nhosts: [%q]\nports: [%d]\ninspect: true\n", zoneOther, upstream.port)
+		reloadPath(t, g, pathInspecting, files)
+		if _, err := io.ReadAll(held.Body); err == nil {
+			t.Fatal("a stream of the revoked tunnel ended as if complete")
+		}
+		g.audit.wait(t, "method", "CONNECT", "host", zoneAPI, "code", "revoked")
+	})
+}
+
+func TestPathInspectedGRPC(t *testing.T) {
+	t.Parallel()
+	upstream := startPathUpstreamH2(t, h2Echo)
+	connector := func(name, host, extra string) string {
+		return fmt.Sprintf("name: %s\nhosts: [%q]\nports: [%d]\ninspect: true\n", name, host, upstream.port) + extra
+	}
+	g := startPathGateway(t, pathInspecting+`secrets:
+  api_token: { file: secrets/api_token }
+redaction:
+  profiles:
+    lenient: { detectors: [email], headers: [X-Contact], on_unsupported_body: pass }
+    strict: { detectors: [email], on_unsupported_body: block }
+`, pathInspectingFiles(t, map[string]string{
+		"secrets/api_token": pathInjected,
+		"connectors/api.yaml": connector("api", zoneAPI,
+			"inject:\n  headers: { Authorization: \"Bearer ${secret:api_token}\" }\nredact: { request: [lenient] }\n"),
+		"connectors/hooked.yaml":   connector("hooked", zoneSub, "hooks: { request: hooks/stamp.tengo }\n"),
+		"connectors/blocking.yaml": connector("blocking", zoneReadOnly, "redact: { response: [strict] }\n"),
+		"hooks/stamp.tengo":        "request.headers[\"X-Stamp\"] = [\"stamped\"]\n",
+		"tenants/inspector.yaml":   pathInspector.yaml("connectors: [api, hooked, blocking]\n"),
+	}))
+	client := g.h2Client(t, pathInspector)
+	call := func(t *testing.T, host, path string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, upstream.url(host, path), bytes.NewReader(grpcFrame("hello")))
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("Te", "trailers")
+		req.Header.Set("Grpc-Accept-Encoding", "gzip")
+		req.Header.Set("X-Contact", "alice@example.com")
+		resp, _ := h2Do(t, client, req)
+		return resp
+	}
+
+	t.Run("messages are scrubbed one by one and keep their framing", func(t *testing.T) {
+		resp := call(t, zoneAPI, "/v1/grpc-echo")
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d, %v", resp.StatusCode, err)
+		}
+		if got := grpcMessages(t, body); len(got) != 1 || got[0] != "you sent Bearer "+redaction.SecretMask {
+			t.Errorf("messages %q, want the credential scrubbed inside one well-framed message", got)
+		}
+		if resp.Trailer.Get("Grpc-Status") != "0" {
+			t.Errorf("trailers %v, want grpc-status 0", resp.Trailer)
+		}
+		seen := upstream.requestsTo("/v1/grpc-echo")
+		if len(seen) != 1 {
+			t.Fatalf("the upstream saw %d calls", len(seen))
+		}
+		if h := seen[0].Header; h.Get("Grpc-Accept-Encoding") != "" || h.Get("Te") != "trailers" || strings.Contains(h.Get("X-Contact"), "alice@") {
+			t.Errorf("upstream headers %v: want no grpc-accept-encoding (a compressed answer could not be scrubbed), TE: trailers, X-Contact redacted", h)
+		}
+	})
+
+	t.Run("a connector with hooks refuses gRPC before it is sent", func(t *testing.T) {
+		before := len(upstream.requestsTo("/v1/hooked"))
+		e := assertPathRefusal(t, call(t, zoneSub, "/v1/hooked"), http.StatusBadGateway, "hook_failed")
+		if !strings.Contains(e.Message, "gRPC") {
+			t.Errorf("message %q does not say why", e.Message)
+		}
+		if len(upstream.requestsTo("/v1/hooked")) != before {
+			t.Error("the call reached the upstream")
+		}
+	})
+
+	t.Run("a profile that blocks unparsed bodies refuses gRPC before it is sent", func(t *testing.T) {
+		before := len(upstream.requestsTo("/v1/blocked"))
+		e := assertPathRefusal(t, call(t, zoneReadOnly, "/v1/blocked"), http.StatusRequestEntityTooLarge, "body_too_large")
+		if !strings.Contains(e.Message, "strict") {
+			t.Errorf("message %q does not name the profile", e.Message)
+		}
+		if len(upstream.requestsTo("/v1/blocked")) != before {
+			t.Error("the call reached the upstream")
 		}
 	})
 }
