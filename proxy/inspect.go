@@ -13,12 +13,6 @@ import (
 	"github.com/egressgw/egressgw/policy"
 )
 
-// inspect terminates the sandbox's TLS with a leaf signed by the gateway's
-// CA and serves the requests inside as if they had come as plain proxy
-// requests: each is identified as the tunnel's tenant, must name the
-// tunnel's host, and is decided on its own method and path. The gateway's
-// own http.Server reads them, so the header size cap and the timeouts of
-// the proxy listener apply inside tunnels too.
 // meterServed wraps the client side of a tunnel whose requests the
 // gateway serves itself (inspected, or carrying plain HTTP): counted and
 // paced by the tenant's shapers both ways; its idleness is the inner
@@ -31,6 +25,13 @@ func (t *tunnel) meterServed(ctx context.Context, c net.Conn) *meteredConn {
 	return m
 }
 
+// inspect terminates the sandbox's TLS with a leaf signed by the gateway's
+// CA and serves the requests inside as if they had come as plain proxy
+// requests: each is identified as the tunnel's tenant, must name the
+// tunnel's host, and is decided on its own method and path. The gateway's
+// own http.Server reads them, over HTTP/2 or HTTP/1.1 as the client chose
+// by ALPN, so the header size cap and the timeouts of the proxy listener
+// apply inside tunnels too.
 func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	leaves := g.leaves.Load()
 	if leaves == nil || ex.rt.live.Gateway.CA == nil {
