@@ -458,3 +458,47 @@ redaction:
 		}
 	})
 }
+
+// A stream whose body stalls is answered on its own: the body's bound is
+// the stream's, so the connection's other streams go on.
+func TestPathInspectedH2BodyStall(t *testing.T) {
+	t.Parallel()
+	upstream := startPathUpstreamH2(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			return
+		}
+		io.WriteString(w, "served "+r.URL.Path)
+	}))
+	g := startPathGateway(t, pathInspecting+"limits:\n  request_body_timeout: 300ms\n", pathInspectingFiles(t, map[string]string{
+		"connectors/api.yaml":    fmt.Sprintf("name: api\nhosts: [%q]\nports: [%d]\ninspect: true\n", zoneAPI, upstream.port),
+		"tenants/inspector.yaml": pathInspector.yaml("connectors: [api]\n"),
+	}))
+	client := g.h2Client(t, pathInspector)
+	warm, _ := h2Do(t, client, h2Request(t, http.MethodGet, upstream.url(zoneAPI, "/warm"), nil))
+	pathBody(t, warm)
+
+	body, stall := io.Pipe()
+	defer stall.Close()
+	go stall.Write([]byte("the start of a body that never ends"))
+	resp, reused := h2Do(t, client, h2Request(t, http.MethodPost, upstream.url(zoneAPI, "/stalled"), body))
+	if !reused || resp.ProtoMajor != 2 {
+		t.Errorf("the stalled stream went on a new connection (reused %v) over %s", reused, resp.Proto)
+	}
+	e := assertPathRefusal(t, resp, http.StatusBadRequest, "bad_request")
+	if !strings.Contains(e.Message, "request_body_timeout") {
+		t.Errorf("message %q does not name request_body_timeout", e.Message)
+	}
+	after, reused := h2Do(t, client, h2Request(t, http.MethodGet, upstream.url(zoneAPI, "/after"), nil))
+	if got := pathBody(t, after); after.StatusCode != http.StatusOK || !reused || got != "served /after" {
+		t.Errorf("after the stall: status %d, reused %v, body %q; want 200 on the same connection", after.StatusCode, reused, got)
+	}
+}
+
+func h2Request(t *testing.T, method, url string, body io.Reader) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
