@@ -103,9 +103,10 @@ type runtimeState struct {
 	live      *policy.Live
 	dialer    *dialer
 	transport *http.Transport
-	// grpcTransport sends gRPC requests: HTTP/2 or nothing (transportFor).
-	grpcTransport *http.Transport
-	tenants       map[*policy.Tenant]*tenantState
+	// grpcTransport sends gRPC requests, HTTP/2 or nothing, and
+	// upgradeTransport protocol upgrades, HTTP/1.1 only (transportFor).
+	grpcTransport, upgradeTransport *http.Transport
+	tenants                         map[*policy.Tenant]*tenantState
 }
 
 // New builds a gateway; it serves nothing until Apply has given it a policy
@@ -171,7 +172,8 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	addresses := snap.Gateway.AddressPolicy(g.hostAddrs, g.listeners) // as explain builds it
 	g.updateLeafCache(snap.Gateway)
 	d := newDialer(snap.Gateway, addresses)
-	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway), grpcTransport: newGRPCTransport(d, snap.Gateway),
+	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway),
+		grpcTransport: newGRPCTransport(d, snap.Gateway), upgradeTransport: newUpgradeTransport(d, snap.Gateway),
 		tenants: newTenantStates(snap, g.runtime.Load())}
 	rt.live = &policy.Live{Snapshot: snap, Generation: 1}
 	prev := g.runtime.Load()
@@ -182,8 +184,7 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	if prev != nil {
 		// Idle pooled connections were checked under the old network
 		// policy; new requests use the new transport, so retire them.
-		prev.transport.CloseIdleConnections()
-		prev.grpcTransport.CloseIdleConnections()
+		prev.closeIdleConnections()
 		g.metrics.forgetRemovedTenants(prev.live.Snapshot, snap)
 		g.revokeTunnels(rt)
 		g.updateBandwidth(prev.live.Snapshot, snap)
@@ -280,7 +281,7 @@ func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 		MaxResponseHeaderBytes: int64(gw.MaxHeaderBytes),
 		// HTTP/2 with an upstream that offers it by ALPN, HTTP/1.1
 		// otherwise, whatever the client spoke (docs/design.md, "The
-		// forwarder"); WebSocket upgrades always go over HTTP/1.1.
+		// forwarder"); protocol upgrades go over HTTP/1.1 (transportFor).
 		ForceAttemptHTTP2: true,
 	}
 }
@@ -369,8 +370,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.log.Error("audit log flush failed", "error", ferr)
 	}
 	if rt := g.runtime.Load(); rt != nil {
-		rt.transport.CloseIdleConnections()
-		rt.grpcTransport.CloseIdleConnections()
+		rt.closeIdleConnections()
 	}
 	return err
 }

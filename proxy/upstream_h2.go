@@ -68,11 +68,36 @@ func (d *dialer) dialH2(ctx context.Context, network, addr string, base *tls.Con
 	return tc, nil
 }
 
+// newUpgradeTransport is the transport of protocol upgrades: the
+// generation's transport (newTransport) that speaks HTTP/1.1 alone, where
+// a 101 exists. Go's transport keeps WebSocket upgrades on HTTP/1.1 by
+// itself, but would send any other upgrade over HTTP/2 to an upstream
+// that offers it, which refuses such a request.
+func newUpgradeTransport(d *dialer, gw policy.Gateway) *http.Transport {
+	t := newTransport(d, gw)
+	t.ForceAttemptHTTP2 = false
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetHTTP1(true)
+	return t
+}
+
 // transportFor is the transport that sends r: gRPC's for a gRPC request,
-// the generation's own for every other.
+// the upgrades' for a protocol upgrade, the generation's own for every
+// other.
 func (rt *runtimeState) transportFor(r *http.Request) *http.Transport {
-	if isGRPC(r.Header) {
+	switch {
+	case isGRPC(r.Header):
 		return rt.grpcTransport
+	case isUpgrade(r.Header):
+		return rt.upgradeTransport
 	}
 	return rt.transport
+}
+
+// closeIdleConnections retires the idle pooled connections of every
+// transport of the generation.
+func (rt *runtimeState) closeIdleConnections() {
+	rt.transport.CloseIdleConnections()
+	rt.grpcTransport.CloseIdleConnections()
+	rt.upgradeTransport.CloseIdleConnections()
 }
