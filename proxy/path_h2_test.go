@@ -502,3 +502,57 @@ func h2Request(t *testing.T, method, url string, body io.Reader) *http.Request {
 	}
 	return req
 }
+
+// What refuses one request refuses one stream: a stream naming another
+// host, or one over the connector's rate, gets the gateway's reply and
+// nothing reaches the upstream, while the connection serves on.
+func TestPathInspectedH2StreamRefusals(t *testing.T) {
+	t.Parallel()
+	upstream := startPathUpstreamH2(t, h2Echo)
+	g := startPathGateway(t, pathInspecting, pathInspectingFiles(t, map[string]string{
+		"connectors/api.yaml": fmt.Sprintf("name: api\nhosts: [%q, %q]\nports: [%d]\ninspect: true\nquota: { requests_per_second: 0.001, burst: 3 }\n",
+			zoneAPI, zoneOther, upstream.port),
+		"tenants/inspector.yaml": pathInspector.yaml("connectors: [api]\n"),
+	}))
+	client := g.h2Client(t, pathInspector)
+	first, _ := h2Do(t, client, h2Request(t, http.MethodGet, upstream.url(zoneAPI, "/v1/first"), nil))
+	if body := pathBody(t, first); first.StatusCode != http.StatusOK || first.ProtoMajor != 2 {
+		t.Fatalf("first stream: status %d over %s, body %q", first.StatusCode, first.Proto, body)
+	}
+
+	t.Run("a stream whose :authority names another host", func(t *testing.T) {
+		before := len(upstream.requestsTo("/v1/elsewhere"))
+		req := h2Request(t, http.MethodGet, upstream.url(zoneAPI, "/v1/elsewhere"), nil)
+		req.Host = upstream.authority(zoneOther) // allowed too, but not the tunnel's host
+		resp, reused := h2Do(t, client, req)
+		if !reused || resp.ProtoMajor != 2 {
+			t.Errorf("the refusal came over %s on a new connection (reused %v), want a stream of the tunnel's", resp.Proto, reused)
+		}
+		assertPathRefusal(t, resp, http.StatusBadRequest, "bad_request")
+		if len(upstream.requestsTo("/v1/elsewhere")) != before {
+			t.Error("the stream reached the upstream")
+		}
+	})
+
+	t.Run("a stream over the rate", func(t *testing.T) {
+		// The burst of three: the CONNECT took one, the first stream one,
+		// the stream refused above none (refused before admission), this
+		// one the last.
+		ok, _ := h2Do(t, client, h2Request(t, http.MethodGet, upstream.url(zoneAPI, "/v1/second"), nil))
+		if body := pathBody(t, ok); ok.StatusCode != http.StatusOK {
+			t.Fatalf("the stream within the burst: status %d, body %q", ok.StatusCode, body)
+		}
+		before := len(upstream.requestsTo("/v1/over"))
+		resp, reused := h2Do(t, client, h2Request(t, http.MethodGet, upstream.url(zoneAPI, "/v1/over"), nil))
+		if !reused || resp.ProtoMajor != 2 {
+			t.Errorf("the refusal came over %s on a new connection (reused %v), want a stream of the tunnel's", resp.Proto, reused)
+		}
+		assertPathRefusal(t, resp, http.StatusTooManyRequests, "rate_limited")
+		if resp.Header.Get("Retry-After") == "" {
+			t.Error("no Retry-After")
+		}
+		if len(upstream.requestsTo("/v1/over")) != before {
+			t.Error("the stream reached the upstream")
+		}
+	})
+}
