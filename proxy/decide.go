@@ -94,6 +94,11 @@ func innerTarget(r *http.Request, tunnelEx *exchange, scheme string) (target, ou
 		defaultPort = plainHTTPPort
 	}
 	host, port, err := policy.SplitTarget(r.Host, defaultPort)
+	if r.Method == http.MethodConnect && err == nil {
+		// A tunnel inside the tunnel would carry bytes no rule reads.
+		return target{host: host, port: port}, refused(policy.CodeBadRequest,
+			"a CONNECT inside a tunnel is not forwarded (this includes WebSockets over HTTP/2, extended CONNECT); open WebSockets over HTTP/1.1")
+	}
 	otherScheme := r.URL.IsAbs() && r.URL.Scheme != scheme
 	if err != nil || otherScheme || host != tunnelEx.host || port != tunnelEx.port {
 		named := r.Host

@@ -212,6 +212,9 @@ func failureMessage(err error, tenant, target string) (policy.Code, string) {
 		}
 		return policy.CodeUpstreamUnreachable, fmt.Sprintf("could not connect to %s", target)
 	}
+	if errors.Is(err, errUpstreamNoH2) {
+		return policy.CodeUpstreamUnreachable, fmt.Sprintf("%s does not offer HTTP/2 (ALPN h2) over TLS, which gRPC needs; the gateway does not send gRPC over HTTP/1.1", target)
+	}
 	var certErr *tls.CertificateVerificationError
 	var unknownAuthority x509.UnknownAuthorityError
 	var hostnameErr x509.HostnameError

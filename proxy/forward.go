@@ -57,7 +57,7 @@ func (ex *exchange) forward(w http.ResponseWriter, r *http.Request, out transfor
 			_ = http.NewResponseController(w).EnableFullDuplex()
 		}
 	}
-	resp, err := ex.body.roundTrip(ex.rt.transport, r)
+	resp, err := ex.body.roundTrip(ex.rt.transportFor(r), r)
 	if err == nil && upload == nil {
 		ex.bytesUp.Add(max(r.ContentLength, 0)) // sent: the upstream answered it
 	}
@@ -114,7 +114,11 @@ func (ex *exchange) checkResponse(r *http.Request, resp *http.Response, out tran
 		_ = resp.Body.Close()
 		return errUnsolicitedUpgrade
 	}
-	if err := ex.transformResponse(resp, out.answered); err != nil {
+	transform := ex.transformResponse
+	if isGRPC(r.Header) {
+		transform = ex.transformGRPCResponse // grpc.go
+	}
+	if err := transform(resp, out.answered); err != nil {
 		_ = resp.Body.Close()
 		return err
 	}

@@ -110,7 +110,10 @@ type runtimeState struct {
 	live      *policy.Live
 	dialer    *dialer
 	transport *http.Transport
-	tenants   map[*policy.Tenant]*tenantState
+	// grpcTransport sends gRPC requests, HTTP/2 or nothing, and
+	// upgradeTransport protocol upgrades, HTTP/1.1 only (transportFor).
+	grpcTransport, upgradeTransport *http.Transport
+	tenants                         map[*policy.Tenant]*tenantState
 }
 
 // New builds a gateway; it serves nothing until Apply has given it a policy
@@ -185,7 +188,9 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	addresses := snap.Gateway.AddressPolicy(g.hostAddrs, g.listeners) // as explain builds it
 	g.updateLeafCache(snap.Gateway)
 	d := newDialer(snap.Gateway, addresses)
-	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway), tenants: newTenantStates(snap, g.runtime.Load())}
+	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway),
+		grpcTransport: newGRPCTransport(d, snap.Gateway), upgradeTransport: newUpgradeTransport(d, snap.Gateway),
+		tenants: newTenantStates(snap, g.runtime.Load())}
 	g.applyBudgets(snap, rt.tenants)
 	rt.live = &policy.Live{Snapshot: snap, Generation: 1}
 	prev := g.runtime.Load()
@@ -196,7 +201,7 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	if prev != nil {
 		// Idle pooled connections were checked under the old network
 		// policy; new requests use the new transport, so retire them.
-		prev.transport.CloseIdleConnections()
+		prev.closeIdleConnections()
 		g.metrics.forgetRemovedTenants(prev.live.Snapshot, snap)
 		g.revokeTunnels(rt)
 		g.updateBandwidth(prev.live.Snapshot, snap)
@@ -292,6 +297,10 @@ func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
 		MaxIdleConnsPerHost:    64,
 		DisableCompression:     true, // the client's Accept-Encoding goes through; bodies pass as they are
 		MaxResponseHeaderBytes: int64(gw.MaxHeaderBytes),
+		// HTTP/2 with an upstream that offers it by ALPN, HTTP/1.1
+		// otherwise, whatever the client spoke (docs/design.md, "The
+		// forwarder"); protocol upgrades go over HTTP/1.1 (transportFor).
+		ForceAttemptHTTP2: true,
 	}
 }
 
@@ -379,7 +388,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.log.Error("audit log flush failed", "error", ferr)
 	}
 	if rt := g.runtime.Load(); rt != nil {
-		rt.transport.CloseIdleConnections()
+		rt.closeIdleConnections()
 	}
 	return err
 }

@@ -38,12 +38,33 @@ func removeHopByHop(h http.Header, upgrade bool) {
 		switch {
 		case !isHopByHop(name):
 		case upgrade && (name == "Connection" || name == "Upgrade"):
-		case name == "Te" && len(values) > 0 && strings.EqualFold(values[0], "trailers"):
-			// asks for trailers, which the transport handles end to end
+		case name == "Te" && asksForTrailers(values):
+			// Asks for trailers (gRPC needs them), which pass end to end;
+			// the rest of TE is the connection's, and HTTP/2 allows
+			// nothing else in it.
+			h[name] = teTrailers
 		default:
 			delete(h, name)
 		}
 	}
+}
+
+// teTrailers is the one TE value that is forwarded; shared, as the
+// transport only reads it.
+var teTrailers = []string{"trailers"}
+
+// asksForTrailers says whether a TE header names "trailers" among its
+// transfer codings.
+func asksForTrailers(values []string) bool {
+	for _, v := range values {
+		for _, token := range strings.Split(v, ",") {
+			token, _, _ = strings.Cut(token, ";")
+			if strings.EqualFold(textproto.TrimString(token), "trailers") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // errUnsolicitedUpgrade is an upstream switching protocols when the client

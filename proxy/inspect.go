@@ -13,12 +13,6 @@ import (
 	"github.com/egressgw/egressgw/policy"
 )
 
-// inspect terminates the sandbox's TLS with a leaf signed by the gateway's
-// CA and serves the requests inside as if they had come as plain proxy
-// requests: each is identified as the tunnel's tenant, must name the
-// tunnel's host, and is decided on its own method and path. The gateway's
-// own http.Server reads them, so the header size cap and the timeouts of
-// the proxy listener apply inside tunnels too.
 // meterServed wraps the client side of a tunnel whose requests the
 // gateway serves itself (inspected, or carrying plain HTTP): counted and
 // paced by the tenant's shapers both ways; its idleness is the inner
@@ -34,6 +28,13 @@ func (t *tunnel) meterServed(ctx context.Context, c net.Conn) *meteredConn {
 	return m
 }
 
+// inspect terminates the sandbox's TLS with a leaf signed by the gateway's
+// CA and serves the requests inside as if they had come as plain proxy
+// requests: each is identified as the tunnel's tenant, must name the
+// tunnel's host, and is decided on its own method and path. The gateway's
+// own http.Server reads them, over HTTP/2 or HTTP/1.1 as the client chose
+// by ALPN, so the header size cap and the timeouts of the proxy listener
+// apply inside tunnels too.
 func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	leaves := g.leaves.Load()
 	if leaves == nil || ex.rt.live.Gateway.CA == nil {
@@ -46,7 +47,9 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 	defer cancel()
 	tlsConn := tls.Server(t.meterServed(ctx, t.client), &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		NextProtos: []string{"http/1.1"},
+		// HTTP/2 for the clients that offer it (gRPC needs it), HTTP/1.1
+		// for the rest (docs/design.md, "CONNECT, inspected").
+		NextProtos: []string{innerH2, "http/1.1"},
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return leaves.get(ex.host) // always the CONNECT host, whatever the SNI says
 		},
@@ -58,22 +61,28 @@ func (g *Gateway) inspect(ex *exchange, t *tunnel) {
 		return
 	}
 	_ = tlsConn.SetDeadline(time.Time{})
-	g.serveTunnelRequests(t, tlsConn, "https")
+	g.serveTunnelRequests(t, tlsConn, "https", tlsConn.ConnectionState().NegotiatedProtocol == innerH2)
 }
 
 // serveTunnelRequests serves the requests on conn, the connection inside
 // the tunnel t, with the gateway's own http.Server, each on the path of
 // serveInner, read as scheme: https for an inspected tunnel, http for one
-// that carries plain HTTP. It returns when the connection ends.
-func (g *Gateway) serveTunnelRequests(t *tunnel, conn net.Conn, scheme string) {
+// that carries plain HTTP; over HTTP/2 when h2 (the client chose it by
+// ALPN), each stream a request of its own (serveStream). It returns when
+// the connection ends.
+func (g *Gateway) serveTunnelRequests(t *tunnel, conn net.Conn, scheme string, h2 bool) {
 	idle := t.ex.rt.dialer.idleTimeout
 	// Requests inside that net/http cannot parse get the gateway's reply,
-	// as on the listener (malformed.go).
+	// as on the listener (malformed.go); HTTP/2 frames are no HTTP/1 head
+	// to scan, and its server answers errors in frames of its own.
 	// Writes inside reach the client through the tenant's shaper and the
 	// tunnel's own connection, whose writes response_write_timeout bounds
 	// after shaping; only the body bound applies here.
-	ln := newOneConnListener(&countedConn{meteredConn: meteredConn{Conn: conn}, malformed: g.malformedReply,
-		limits: clientLimits{bodyTimeout: g.settings.RequestBodyTimeout}})
+	cc := &countedConn{meteredConn: meteredConn{Conn: conn}, limits: clientLimits{bodyTimeout: g.settings.RequestBodyTimeout}}
+	if !h2 {
+		cc.malformed = g.malformedReply
+	}
+	ln := newOneConnListener(cc)
 	// An upgrade (WebSocket, h2c) takes the connection over and relays
 	// it in the handler (relayUpgrade): the tunnel ends when that handler
 	// does, not when the connection changes hands.
@@ -85,6 +94,10 @@ func (g *Gateway) serveTunnelRequests(t *tunnel, conn net.Conn, scheme string) {
 					ln.Close()
 				}
 			}()
+			if h2 {
+				g.serveStream(t, scheme, w, r)
+				return
+			}
 			g.serveInner(t, scheme, w, r)
 		}),
 		MaxHeaderBytes:    g.settings.MaxHeaderBytes,
@@ -102,6 +115,9 @@ func (g *Gateway) serveTunnelRequests(t *tunnel, conn net.Conn, scheme string) {
 				hijacked.Store(true)
 			}
 		},
+	}
+	if h2 {
+		serveH2Only(inner)
 	}
 	t.inner.Store(inner)
 	if g.draining.Load() {

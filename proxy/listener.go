@@ -353,6 +353,10 @@ func authenticated(r *http.Request) {
 type requestBody struct {
 	io.ReadCloser
 	conn *countedConn
+	// stream is the HTTP/2 stream the body comes on, nil over HTTP/1: its
+	// own read deadline bounds the body, since the connection's would cut
+	// every stream it carries.
+	stream *http.ResponseController
 	// Read by the handler while the transport's goroutine reads the body.
 	done      atomic.Bool // read to its end
 	stalled   atomic.Bool // a read ran out of time
@@ -367,7 +371,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		return 0, errBodyStalled
 	}
 	now := time.Now()
-	_ = b.conn.SetReadDeadline(now.Add(b.conn.limits.bodyTimeout))
+	_ = b.setReadDeadline(now.Add(b.conn.limits.bodyTimeout))
 	b.conn.bodyWait.Store(now.UnixNano())
 	n, err := b.ReadCloser.Read(p)
 	b.conn.bodyWait.Store(0)
@@ -384,7 +388,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	}
 	// Done with the body: net/http's own read for the next request must
 	// not inherit the body's deadline.
-	_ = b.conn.SetReadDeadline(time.Time{})
+	_ = b.setReadDeadline(time.Time{})
 	return n, err
 }
 
@@ -398,8 +402,21 @@ func (b *requestBody) timedOut() bool { return b != nil && b.stalled.Load() }
 // of reading, and waiting for, up to 256 KiB of it before closing.
 func (b *requestBody) abandon() {
 	b.abandoned.Store(true)
-	_ = b.conn.SetReadDeadline(time.Unix(1, 0))
+	_ = b.setReadDeadline(time.Unix(1, 0))
 }
+
+// setReadDeadline bounds the body's next read: on its stream, or on the
+// connection.
+func (b *requestBody) setReadDeadline(t time.Time) error {
+	if b.stream != nil {
+		return b.stream.SetReadDeadline(t)
+	}
+	return b.conn.SetReadDeadline(t)
+}
+
+// onStream says whether the body comes on an HTTP/2 stream, whose
+// connection other requests share.
+func (b *requestBody) onStream() bool { return b != nil && b.stream != nil }
 
 // roundTrip sends r with transport unless its body stalled, and fails the
 // exchange if the body stalls while it runs, even when the upstream

@@ -99,6 +99,9 @@ func markHandling(r *http.Request) {
 		return
 	}
 	cc.handling.Store(true)
+	if _, bounded := r.Body.(*requestBody); bounded {
+		return // an HTTP/2 stream's, bounded on the stream (serveStream)
+	}
 	if cc.limits.bodyTimeout > 0 && r.Body != nil && r.Body != http.NoBody {
 		r.Body = &requestBody{ReadCloser: r.Body, conn: cc}
 	}

@@ -192,5 +192,8 @@ func (g *Gateway) nonProxyHandler(w http.ResponseWriter, r *http.Request) {
 // that could see them.
 func (ex *exchange) transform(r *http.Request) (transformed, outcome) {
 	removeHopByHop(r.Header, isUpgrade(r.Header))
+	if isGRPC(r.Header) {
+		return ex.transformGRPCRequest(r) // grpc.go: streams, never held whole
+	}
 	return ex.transformRequest(r)
 }

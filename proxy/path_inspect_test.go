@@ -371,7 +371,9 @@ func startLenientUpstream(t *testing.T, useTLS bool) *lenientUpstream {
 	}
 	u.pathTCPServer = startPathTCPServer(t, "127.0.0.1", func(c net.Conn) {
 		if useTLS {
-			c = tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
+			// It offers h2 as most servers do: an upgrade must reach it
+			// over HTTP/1.1 all the same, where the switch exists.
+			c = tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}})
 		}
 		_ = c.SetDeadline(time.Now().Add(pathGuard))
 		br := bufio.NewReader(c)

@@ -62,7 +62,7 @@ func (g *Gateway) servePlainTunnel(t *tunnel, first []byte) {
 	ctx, cancel := context.WithCancel(g.baseCtx)
 	defer cancel()
 	t.early = first
-	g.serveTunnelRequests(t, t.meterServed(ctx, t.client), "http")
+	g.serveTunnelRequests(t, t.meterServed(ctx, t.client), "http", false)
 }
 
 // requestLine is what the first bytes of a tunnel say about whether it

@@ -96,10 +96,14 @@ func TestRemoveHopByHop(t *testing.T) {
 		t.Errorf("WebSocket handshake headers: %v", ws)
 	}
 
-	trailers := http.Header{"Te": {"trailers"}}
-	removeHopByHop(trailers, false)
-	if trailers.Get("Te") != "trailers" {
-		t.Errorf("TE: trailers was removed")
+	// TE goes on as "trailers" alone: gRPC needs it end to end, HTTP/2
+	// allows no other value, and the rest is the connection's.
+	for _, te := range [][]string{{"trailers"}, {"Trailers"}, {"gzip, trailers"}, {"deflate", "trailers;q=0.5"}} {
+		h := http.Header{"Te": te}
+		removeHopByHop(h, false)
+		if got := h["Te"]; len(got) != 1 || got[0] != "trailers" {
+			t.Errorf("TE %q became %q, want [trailers]", te, got)
+		}
 	}
 }
 

@@ -108,9 +108,10 @@ func (ex *exchange) reply(w http.ResponseWriter, o outcome) {
 	}
 	w.Header().Del("Content-Length")
 	// A refusal before the body was read closes the connection rather
-	// than wait for the body to read past it (docs/operators.md).
+	// than wait for the body to read past it (docs/operators.md); an
+	// HTTP/2 stream ends alone, and its connection serves the others.
 	unread := ex.body.pending()
-	if unread {
+	if unread && !ex.body.onStream() {
 		w.Header().Set("Connection", "close")
 	}
 	w.WriteHeader(resp.StatusCode)

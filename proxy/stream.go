@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net/http"
 	"time"
 )
@@ -28,7 +29,9 @@ const streamGrace = time.Second
 func (g *Gateway) holdStream(ex *exchange, r *http.Request) *tunnel {
 	t := &ex.streamHold
 	t.ex, t.stream = ex, true
-	if cc, ok := r.Context().Value(connKey{}).(*countedConn); ok {
+	if cancel, ok := r.Context().Value(streamCancelKey{}).(context.CancelFunc); ok {
+		t.endStream = cancel // an HTTP/2 stream: its connection carries others
+	} else if cc, ok := r.Context().Value(connKey{}).(*countedConn); ok {
 		t.client = cc
 	}
 	g.tunnels.add(t) // never refused: see tunnelSet.add

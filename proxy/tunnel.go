@@ -154,6 +154,10 @@ type tunnel struct {
 	// tunnel (see stream.go): client is the connection it is answered on,
 	// which stays the HTTP server's, and revoking it closes that.
 	stream bool
+	// endStream ends a response on an HTTP/2 stream instead (serveStream):
+	// the upstream request is cancelled and the stream reset, and the
+	// connection goes on with its other streams.
+	endStream context.CancelFunc
 }
 
 // revoke closes a tunnel the live policy no longer allows, and reports
@@ -185,6 +189,9 @@ func (t *tunnel) closeConns() {
 	}
 	if t.upgraded != nil {
 		_ = t.upgraded.Close()
+	}
+	if t.endStream != nil {
+		t.endStream()
 	}
 }
 
