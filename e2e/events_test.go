@@ -104,6 +104,9 @@ func startModelFixture(t *testing.T) *modelFixture {
 	}
 	rewrite("connectors/model.yaml", `hosts: ["api.model.example.com"]`, fmt.Sprintf("hosts: [%q]", hostAPI))
 	rewrite("connectors/model.yaml", "ports: [443]", fmt.Sprintf("ports: [%d]", fx.origin.port))
+	// Each client takes two of the connector's tokens (its CONNECT and its
+	// request): the example's burst of 5 would refuse the third client.
+	rewrite("connectors/model.yaml", "burst: 5 }", "burst: 50 }")
 	rewrite("gateway.yaml", "\ntls:\n", fmt.Sprintf("\nconfig: { allow_paths: [%q] }\ntls:\n  upstream_roots: [%q]\n", filepath.Dir(testPKI.caFile), testPKI.caFile))
 	raw, err := os.ReadFile(filepath.Join(dir, "gateway.yaml"))
 	if err != nil {
