@@ -29,6 +29,10 @@ type scriptKey [sha256.Size]byte
 // positions use it.
 func (s *Script) Name() string { return s.name }
 
+// PerEvent reports whether the script was compiled by CompileEventHook,
+// so Runtime.NewEventHook accepts it.
+func (s *Script) PerEvent() bool { return s.events }
+
 // The variables the gateway sets before a run (docs/connector-authors.md, "Hooks"). Their order is
 // their global index in every compiled script.
 const (
