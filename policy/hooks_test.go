@@ -55,3 +55,19 @@ func TestResponsePerEvent(t *testing.T) {
 		}
 	})
 }
+
+func TestExplainSaysResponseHookRunsPerEvent(t *testing.T) {
+	snap := mustLoad(t, map[string]string{
+		"connectors/llm.yaml":    "name: llm\nhosts: [\"api.llm.example\"]\nports: [80]\nhooks:\n  response: hooks/llm_events.tengo\n  response_per_event: true\n",
+		"hooks/llm_events.tengo": "x := 1\n",
+		"tenants/t.yaml":         "id: t\nauth: { token_sha256: \"" + testTokenHash + "\" }\nconnectors: [llm]\n",
+	})
+	tenant, _ := snap.Tenant("t")
+	tr, err := tenant.ExplainURL("GET", "http://api.llm.example/v1/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(tr.Hooks, "response hooks/llm_events.tengo (per event on streamed bodies)") {
+		t.Errorf("explain's hooks %q do not say the response script runs per event", tr.Hooks)
+	}
+}
