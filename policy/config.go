@@ -150,9 +150,10 @@ type secretSourceFile struct {
 }
 
 type redactionFile struct {
-	HMACKey      *secretSourceFile               `yaml:"hmac_key"`
-	MaxBodyBytes *Size                           `yaml:"max_body_bytes"`
-	Profiles     map[string]redactionProfileFile `yaml:"profiles"`
+	HMACKey       *secretSourceFile               `yaml:"hmac_key"`
+	MaxBodyBytes  *Size                           `yaml:"max_body_bytes"`
+	MaxEventBytes *Size                           `yaml:"max_event_bytes"`
+	Profiles      map[string]redactionProfileFile `yaml:"profiles"`
 }
 
 type redactionProfileFile struct {

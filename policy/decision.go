@@ -49,6 +49,11 @@ const (
 	// it, ended a tunnel, upgraded connection or response that the policy
 	// no longer allows.
 	CodeRevoked Code = "revoked"
+	// CodeEventTooLarge: a stream redacted event by event carried an
+	// event longer than redaction.max_event_bytes (or held back more than
+	// that while it might continue a secret); the client's connection was
+	// aborted, never ended as if the body were whole.
+	CodeEventTooLarge Code = "event_too_large"
 )
 
 // Request is what the allowlist decides on. Host must already be normalised

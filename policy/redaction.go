@@ -9,7 +9,10 @@ import (
 // Redaction is gateway.yaml's redaction section, compiled.
 type Redaction struct {
 	MaxBodyBytes int64
-	Profiles     map[string]*redaction.Profile
+	// MaxEventBytes bounds one event of a stream redacted event by event
+	// (docs/reference.md, "Streamed bodies").
+	MaxEventBytes int64
+	Profiles      map[string]*redaction.Profile
 }
 
 // ConnectorRedaction holds the profile chains a connector applies to what
@@ -23,6 +26,10 @@ func (b *builder) redactionSettings(doc *yamlDoc, f redactionFile) Redaction {
 	r := Redaction{MaxBodyBytes: int64(sizeOr(f.MaxBodyBytes, 16<<20)), Profiles: map[string]*redaction.Profile{}}
 	if r.MaxBodyBytes < 1 {
 		b.errorf(doc, doc.line("redaction", "max_body_bytes"), "max_body_bytes: must be greater than zero")
+	}
+	r.MaxEventBytes = int64(sizeOr(f.MaxEventBytes, 1<<20))
+	if r.MaxEventBytes < 1 || r.MaxEventBytes > 1<<30 {
+		b.errorf(doc, doc.line("redaction", "max_event_bytes"), "max_event_bytes: must be between 1 byte and 1GiB")
 	}
 	var key []byte
 	if f.HMACKey != nil {

@@ -370,7 +370,7 @@ func (g *Gateway) record(ex *exchange, elapsed time.Duration) {
 		// Not copied: rec is encoded before write returns, and an
 		// exchange runs no hook or redaction once it is finished.
 		Hooks:        orEmpty(ex.hooks),
-		Redactions:   orEmpty(ex.redactions),
+		Redactions:   orEmpty(ex.auditRedactions()),
 		Reason:       reason,
 		ReportCode:   string(reportCode),
 		ReportReason: reportReason,

@@ -69,6 +69,9 @@ type exchange struct {
 
 	hooks      []string // scripts run, for the audit line
 	redactions []string // profile:detector=count, for the audit line
+	// uploadRedactions counts what a request body streamed line by line
+	// had redacted (streamRequestEvents); nil for any other.
+	uploadRedactions *eventTally
 
 	body      *requestBody // the client's request body, nil without one
 	bytesUp   atomic.Int64
@@ -191,6 +194,9 @@ func (ex *exchange) clientClosed() outcome {
 // for idle_timeout mid-body. The client has its status already; its
 // connection is aborted.
 func (ex *exchange) upstreamBrokeOff(err error) outcome {
+	if o, ok := eventStreamEnded(err); ok {
+		return o
+	}
 	target := net.JoinHostPort(ex.host, strconv.Itoa(int(ex.port)))
 	ex.gw.log.Debug("upstream failed mid-response", "request_id", ex.id, "error", err)
 	return failed(policy.CodeUpstreamFailedMidway, fmt.Sprintf("%s broke off its response after %d bytes of the body", target, ex.bytesDown.Load()))

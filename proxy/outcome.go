@@ -61,7 +61,8 @@ func (o outcome) replied() bool {
 		return true
 	}
 	switch o.code {
-	case policy.CodeClientClosed, policy.CodeUpstreamFailedMidway, policy.CodeRevoked, policy.CodeTunnelSNIMismatch:
+	case policy.CodeClientClosed, policy.CodeUpstreamFailedMidway, policy.CodeRevoked, policy.CodeTunnelSNIMismatch,
+		policy.CodeEventTooLarge:
 		return true
 	}
 	return false

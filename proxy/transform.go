@@ -283,6 +283,9 @@ func (ex *exchange) transformResponse(resp *http.Response, answered *hooks.Reque
 		}
 		return nil
 	}
+	if format := ex.responseEventFormat(resp); format != redaction.NotEvents {
+		return ex.streamResponseEvents(resp, format)
+	}
 	if err := scrubResponse(resp, ex.connector); err != nil {
 		return err
 	}
@@ -311,6 +314,10 @@ func (ex *exchange) redactRequest(r *http.Request, out *transformed) outcome {
 	}
 	if enc := r.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
 		return refused(policy.CodeBodyTooLarge, "a "+enc+"-encoded request body cannot be redacted; send it uncompressed")
+	}
+	if !out.bodyHeld && redaction.EventFormatOf(r.Header.Get("Content-Type")) == redaction.JSONLines {
+		ex.streamRequestEvents(r, chain)
+		return outcome{}
 	}
 	limit := ex.rt.live.Gateway.Redaction.MaxBodyBytes
 	body, tooLarge := readBounded(r.Body, limit)
@@ -376,8 +383,6 @@ func setResponseBody(resp *http.Response, b []byte) {
 }
 
 func (ex *exchange) recordRedactions(rep redaction.Report) {
-	for _, f := range rep {
-		ex.gw.metrics.redactions.WithLabelValues(f.Profile, f.Detector).Add(float64(f.Count))
-	}
+	ex.countRedactions(rep)
 	ex.redactions = append(ex.redactions, rep.Strings()...)
 }

@@ -3,7 +3,6 @@ package redaction
 import (
 	"bytes"
 	"fmt"
-	"strings"
 )
 
 // EventFormat is a media type whose body is a sequence of events that a
@@ -70,6 +69,9 @@ type Event struct {
 	unterminated bool
 	// size is how many bytes the event took on the wire.
 	size int
+	// bom: the stream started with a byte order mark, written back
+	// before this, its first event, so a second one stays a second one.
+	bom bool
 }
 
 // Size is how many bytes the event took in the stream it was read from.
@@ -104,6 +106,7 @@ type EventDecoder struct {
 	// to that line end, even when it arrives in the next write.
 	skipLF  bool
 	started bool // past a leading byte order mark
+	bom     bool // one was there, for the first event
 }
 
 // NewEventDecoder returns a decoder of format (ServerSentEvents or
@@ -134,8 +137,10 @@ func (d *EventDecoder) Next(end bool) (*Event, error) {
 		}
 		d.started = true
 		if d.format == ServerSentEvents && bytes.HasPrefix(d.buf, []byte(bom)) {
-			// The event-stream decoder drops it; so do the clients.
+			// The event-stream decoder drops it, as the clients do; it
+			// is written back with the first event.
 			d.off, d.pos = len(bom), len(bom)
+			d.bom = true
 		}
 	}
 	if d.format == JSONLines {
@@ -251,6 +256,7 @@ func (d *EventDecoder) field(line []byte) {
 func (d *EventDecoder) finish(n int) *Event {
 	ev := d.cur
 	ev.format, ev.size = ServerSentEvents, n-d.off
+	ev.bom, d.bom = d.bom, false
 	ev.Data = bytes.Clone(d.data)
 	d.cur, d.data = Event{}, d.data[:0]
 	d.off, d.pos = n, n
@@ -265,7 +271,8 @@ func (d *EventDecoder) finish(n int) *Event {
 // there, is dropped, since it would start a field of its own.
 func AppendEvent(dst []byte, e *Event) []byte {
 	if e.format == JSONLines {
-		dst = append(dst, dropLineEnds(e.Data)...)
+		// Only LF ends a line there; a CR inside one is its data.
+		dst = append(dst, bytes.ReplaceAll(e.Data, []byte{'\n'}, nil)...)
 		if e.unterminated {
 			return dst
 		}
@@ -273,6 +280,9 @@ func AppendEvent(dst []byte, e *Event) []byte {
 			dst = append(dst, '\r')
 		}
 		return append(dst, '\n')
+	}
+	if e.bom {
+		dst = append(dst, "\xef\xbb\xbf"...)
 	}
 	wroteData := false
 	writeData := func() {
@@ -305,12 +315,11 @@ func AppendEvent(dst []byte, e *Event) []byte {
 			dst = append(dst, dropLineEnds(f.Value)...)
 			dst = append(dst, '\n')
 		default:
-			dst = append(dst, strings.Map(func(r rune) rune {
-				if r == '\r' || r == '\n' || r == ':' {
-					return -1
+			for i := 0; i < len(f.Name); i++ {
+				if c := f.Name[i]; c != '\r' && c != '\n' && c != ':' {
+					dst = append(dst, c)
 				}
-				return r
-			}, f.Name)...)
+			}
 			dst = append(dst, ':')
 			dst = appendFieldValue(dst, dropLineEnds(f.Value))
 			dst = append(dst, '\n')
