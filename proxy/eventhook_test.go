@@ -3,7 +3,10 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -174,5 +177,118 @@ func TestResponseEventHookOnlyWhereConnectorSaysSo(t *testing.T) {
 	resp := &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"text/event-stream"}}}
 	if ex.responseHookPerEvent() || ex.responseEventHook(resp, nil, redaction.ServerSentEvents) != nil {
 		t.Error("a connector without hooks.response_per_event runs its response hook per event")
+	}
+}
+
+// pathEventsHookScript edits, drops and denies events of the events
+// origin's streams (events_test.go).
+const pathEventsHookScript = `
+if event != undefined {
+	if event.json != undefined && event.json.key != undefined {
+		deny = "the stream leaked " + event.json.key
+	} else if event.event == "done" {
+		event = undefined
+	} else if event.json != undefined && event.json.t == "hi" {
+		event.json.t = "HI"
+	}
+}
+`
+
+// startEventHookFixture serves the events origin behind connector
+// hooked (inspected, injecting eventsSecret, its response script per
+// event), with hooks run in real workers.
+func startEventHookFixture(t *testing.T) *eventsFixture {
+	t.Helper()
+	rt, err := hooks.NewRuntime(hooks.RuntimeConfig{MaxConcurrent: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	fx := &eventsFixture{origin: &eventsOrigin{next: make(chan struct{}), lines: make(chan string, 16)}}
+	fx.up = startPathUpstream(t, "127.0.0.1", true, fx.origin)
+	fx.g = newPathGateway(t)
+	fx.g.hooks = rt
+	fx.g.serve(t, pathInspecting+"secrets:\n  model_key: { file: secrets/model_key }\n", pathInspectingFiles(t, map[string]string{
+		"secrets/model_key":     eventsSecret,
+		"hooks/events.tengo":    pathEventsHookScript,
+		"tenants/streamer.yaml": pathStreamer.yaml("connectors: [hooked]\n"),
+		"connectors/hooked.yaml": fmt.Sprintf("name: hooked\nhosts: [%q]\nports: [%d]\ninspect: true\n", zoneAPI, fx.up.port) +
+			"inject: { headers: { Authorization: \"Bearer ${secret:model_key}\" } }\n" +
+			"hooks: { response: hooks/events.tengo, response_per_event: true }\n",
+	}))
+	fx.client = fx.g.client(t, pathStreamer, zoneRoots(t))
+	return fx
+}
+
+// Each event reaches the client as the hook leaves it, before the
+// upstream sends the next; a dropped event is not sent; what the hook
+// passes on is still scrubbed of the injected secret.
+func TestPathEventHookStreamsEventByEvent(t *testing.T) {
+	t.Parallel()
+	fx := startEventHookFixture(t)
+	resp, err := fx.client.Get(fx.up.url(zoneAPI, "/sse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := bufio.NewReader(resp.Body)
+	if ev := readEvent(t, r); ev != "data: {\"t\":\"HI\",\"to\":\"jane@example.com\"}\n\n" {
+		t.Fatalf("first event %q, want it edited by the hook", ev)
+	}
+	fx.origin.next <- struct{}{}
+	fx.origin.next <- struct{}{}
+	second, third := readEvent(t, r), readEvent(t, r)
+	if second != "data: {\"t\":\"your key is [REDACTED:secret]\"}\n\n" || third != "data: {\"t\":\"\"}\n\n" {
+		t.Fatalf("events %q, %q: the key, split across them, is not scrubbed after the hook", second, third)
+	}
+	fx.origin.next <- struct{}{}
+	if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+		t.Fatalf("after the hook dropped the last event: %q, %v", rest, err)
+	}
+	rec := fx.g.audit.wait(t, "tenant", pathStreamer.id, "path", "/sse")
+	if rec["code"] != "ok" || fmt.Sprint(rec["hooks"]) != "[hooks/events.tengo]" {
+		t.Errorf("audit line %v: want ok and the script named once", rec)
+	}
+	if n, _ := fx.g.metric(t, "egressgw_hook_runs_total", map[string]string{"connector": "hooked", "result": "ok"}); n != 4 {
+		t.Errorf("hook_runs_total{hooked,ok} = %v, want one per event (4)", n)
+	}
+}
+
+// A per-event hook that denies ends the stream: the client has the
+// events before it, then its connection is aborted, not ended as if the
+// stream were whole; the audit line says hook_denied with a reason that
+// holds no injected secret.
+func TestPathEventHookDenyAbortsTheStream(t *testing.T) {
+	t.Parallel()
+	fx := startEventHookFixture(t)
+	resp, err := fx.client.Get(fx.up.url(zoneAPI, "/ndjson"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	r := bufio.NewReader(resp.Body)
+	if line, err := r.ReadString('\n'); err != nil || line != "{\"to\":\"jane@example.com\"}\n" {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	fx.origin.next <- struct{}{}
+	rest, err := io.ReadAll(r)
+	if err == nil {
+		t.Fatalf("the stream ended cleanly after a denied event (rest %q): want the connection aborted", rest)
+	}
+	if strings.Contains(string(rest), eventsSecret) || strings.Contains(string(rest), "key") {
+		t.Errorf("the denied event reached the client: %q", rest)
+	}
+	rec := fx.g.audit.wait(t, "tenant", pathStreamer.id, "path", "/ndjson")
+	if rec["code"] != "hook_denied" || rec["decision"] != "deny" {
+		t.Errorf("audit line %v: want deny, hook_denied", rec)
+	}
+	if reason := fmt.Sprint(rec["reason"]); !strings.Contains(reason, "the stream leaked") || strings.Contains(reason, eventsSecret) {
+		t.Errorf("audit reason %q: want the script's reason without the injected secret", reason)
+	}
+	if n, _ := fx.g.metric(t, "egressgw_hook_runs_total", map[string]string{"connector": "hooked", "result": "denied"}); n != 1 {
+		t.Errorf("hook_runs_total{hooked,denied} = %v, want 1", n)
 	}
 }
