@@ -120,7 +120,7 @@
 // machine: a header-editing run (BenchmarkHeaderEditHook) took 60–90 µs,
 // about 26 µs of CPU in the gateway and 29 µs in the worker; a per-event
 // run of a trivial script on a 45-byte event (BenchmarkEventHook) went at
-// 1.0–1.2 times the rate of the same script run on a whole response of
+// 1.0–1.4 times the rate of the same script run on a whole response of
 // that size, about 10,000 runs a second on one worker, with 10
 // allocations in the gateway against 24; editing one
 // field of a 64 KiB JSON body (BenchmarkJSONEdit64K) about 3 ms, 0.25 ms
