@@ -31,7 +31,7 @@ import (
 
 // exampleNames are the examples that must exist; any other directory under
 // configs/examples is tested the same way.
-var exampleNames = []string{"crm", "github", "webhook"}
+var exampleNames = []string{"crm", "github", "model", "webhook"}
 
 // exampleTenant is the tenant every example defines; its token is public.
 var exampleTenant = credentials{tenant: "example", token: "example-token-replace-me"}

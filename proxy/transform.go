@@ -273,7 +273,8 @@ func (ex *exchange) inject(h http.Header) {
 // transformResponse is the response side of the transform step: injected
 // secrets scrubbed first, so neither redaction nor the response hook ever
 // sees them, then the connector's response redaction, then the hook, which
-// sees the request as answered.
+// sees the request as answered. A stream of events (server-sent events,
+// NDJSON) is transformed event by event instead (streamResponseEvents).
 func (ex *exchange) transformResponse(resp *http.Response, answered *hooks.Request) error {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Only the head is still HTTP: the policy let the switch through
@@ -298,7 +299,9 @@ func (ex *exchange) transformResponse(resp *http.Response, answered *hooks.Reque
 // redactRequest applies the connector's request redaction to what leaves:
 // after the request hook, so a script cannot put back what redaction
 // removes, and before injection, so the injected credential is not
-// redacted away. A body it cannot inspect whole is refused, never sent.
+// redacted away. A body it cannot inspect whole is refused, never sent;
+// an NDJSON or JSON Lines body not already held is redacted line by line
+// as it goes up (streamRequestEvents).
 func (ex *exchange) redactRequest(r *http.Request, out *transformed) outcome {
 	c := ex.connector
 	if c == nil || c.Redact == nil || len(c.Redact.Request) == 0 {

@@ -12,7 +12,11 @@
 // redactions_total{profile,detector} and the audit log; a Report never
 // holds a value. A [SecretScrubber] replaces the exact values of the
 // credentials the gateway injects, whatever the profiles say, in bytes,
-// strings, headers and streams.
+// strings, headers and streams. An [EventReader] redacts and scrubs a
+// stream of server-sent events or JSON lines event by event, each event
+// returned as soon as it is complete ([EventDecoder] splits the stream),
+// keeping a secret whole across events (docs/reference.md, "Streamed
+// bodies").
 //
 // What a profile matches:
 //   - detectors (email, credit_card, us_ssn, phone, iban, aws_access_key,
@@ -51,12 +55,14 @@
 // for byte, and the output is always valid JSON.
 //
 // It deliberately does not:
-//   - read bodies, enforce redaction.max_body_bytes or undo
-//     Content-Encoding: the caller passes a whole, decoded body and refuses
-//     larger ones with 413 body_too_large;
-//   - parse multipart bodies, NDJSON or server-sent events as JSON (the
-//     latter two are scanned as text), or text in encodings other than
-//     ASCII-compatible ones;
+//   - read bodies from the network, enforce redaction.max_body_bytes or
+//     undo Content-Encoding: the caller passes a whole, decoded body and
+//     refuses larger ones with 413 body_too_large, or a decoded stream to
+//     an EventReader, which bounds only its events;
+//   - parse multipart bodies, or text in encodings other than
+//     ASCII-compatible ones. NDJSON and server-sent events passed to Body
+//     whole are scanned as text; an [EventReader] reads them event by
+//     event (each event's JSON as JSON) for a caller that streams them;
 //   - look inside JSON numbers (a card number sent as a number is left
 //     alone: turning it into a string would break typed clients; name the
 //     field in json_fields instead) or object keys;

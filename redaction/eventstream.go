@@ -75,11 +75,11 @@ type heldEvent struct {
 // is its span in Data, quotes included) or the whole data when it is
 // not JSON (raw is nil).
 type eventString struct {
-	path  string
+	path  []byte
 	start int
 	end   int
 	json  bool
-	text  []byte // decoded, edited in place by scrubbing
+	text  []byte // decoded; scrubbing replaces it, never writes into it
 	dirty bool
 }
 
@@ -232,8 +232,14 @@ func (r *EventReader) addReport(rep Report) {
 func (r *EventReader) scrubAcross(h *heldEvent, i int) error {
 	s := r.cfg.Scrubber
 	str := &h.strs[i]
-	t := r.paths[str.path]
+	t := r.paths[string(str.path)]
 	if t == nil {
+		// Nothing open at this path: most strings hold nothing like a
+		// secret and are done with here.
+		limit := s.HoldFrom(str.text)
+		if a, _ := s.nextMatch(str.text, 0); limit == len(str.text) && (a < 0 || a >= limit) {
+			return nil
+		}
 		t = &heldText{}
 	}
 	t.parts = append(t.parts, textPart{ev: h, str: i})
@@ -309,12 +315,12 @@ func (r *EventReader) scrubAcross(h *heldEvent, i int) error {
 		}
 	}
 	if k == len(t.parts) {
-		delete(r.paths, str.path)
+		delete(r.paths, string(str.path))
 		return nil
 	}
 	t.parts = slices.Clone(t.parts[k:])
 	t.parts[0].from += off
-	r.paths[str.path] = t
+	r.paths[string(str.path)] = t
 	if len(r.paths) > maxOpenPaths {
 		return &EventTooLargeError{Limit: r.cfg.MaxEventBytes, Held: true}
 	}
@@ -412,14 +418,15 @@ func eventStrings(data []byte) []eventString {
 			return w.out
 		}
 	}
-	return []eventString{{path: "\x00data", text: slices.Clone(data)}}
+	return []eventString{{path: []byte("\x00data"), text: data}}
 }
 
 // stringWalker collects the string values of valid JSON with their paths.
 type stringWalker struct {
-	in   []byte
-	path []byte
-	out  []eventString
+	in    []byte
+	path  []byte
+	paths []byte
+	out   []eventString
 }
 
 func (w *stringWalker) value(i, depth int) (int, bool) {
@@ -432,13 +439,14 @@ func (w *stringWalker) value(i, depth int) (int, bool) {
 		if !ok {
 			return i, false
 		}
-		text := w.in[i+1 : end-1]
+		text := w.in[i+1 : end-1] // read only: scrubbing replaces, never writes into it
 		if escaped {
 			text = appendUnescaped(nil, text)
-		} else {
-			text = slices.Clone(text)
 		}
-		w.out = append(w.out, eventString{path: string(w.path), start: i, end: end, json: true, text: text})
+		// The paths of one event share one buffer.
+		at := len(w.paths)
+		w.paths = append(w.paths, w.path...)
+		w.out = append(w.out, eventString{path: w.paths[at:len(w.paths):len(w.paths)], start: i, end: end, json: true, text: text})
 		return end, true
 	case '{', '[':
 		closer := byte('}')

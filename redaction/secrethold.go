@@ -15,7 +15,7 @@ func (s *SecretScrubber) HoldFrom(b []byte) int {
 		return len(b)
 	}
 	for i := max(0, len(b)-(s.maxLen-1)); i < len(b); i++ {
-		if s.couldStart(b[i:]) {
+		if s.firstBytes[b[i]] && s.couldStart(b[i:]) {
 			return i
 		}
 	}

@@ -73,6 +73,9 @@ fuzz ./redaction FuzzRedactJSON 150000x
 fuzz ./redaction FuzzRedactText 200000x
 fuzz ./redaction FuzzRedactURLEncoded 200000x
 fuzz ./redaction FuzzSecretScrubber 40000x
+fuzz ./redaction FuzzDecodeServerSentEvents 100000x
+fuzz ./redaction FuzzDecodeJSONLines 100000x
+fuzz ./redaction FuzzEventReaderSecret 60000x
 fuzz ./hooks FuzzConvertJSON 50000x
 fuzz ./hooks FuzzDecodeReplyFrame 400000x
 echo "all tests passed"

@@ -60,7 +60,8 @@ var labelValues = map[string][]string{
 	"operation": {"read_grants", "record_refusal"},
 	"code": {"ok", "proxy_auth_required", "destination_not_allowed", "destination_ip_denied", "bad_request",
 		"rate_limited", "concurrency_limited", "quota_unavailable", "body_too_large", "hook_denied", "hook_failed",
-		"dns_failure", "upstream_unreachable", "upstream_timeout", "client_closed", "upstream_failed_midway", "revoked"},
+		"dns_failure", "upstream_unreachable", "upstream_timeout", "client_closed", "upstream_failed_midway", "revoked",
+		"event_too_large"},
 }
 
 // reloadResults are egressgw_config_reloads_total's result values.
