@@ -99,9 +99,12 @@ type EventDecoder struct {
 	limit  int
 	buf    []byte // buf[off:] is not yet part of a returned event
 	off    int
-	pos    int    // buf[off:pos] is already split into lines of cur
-	cur    Event  // the event being read (server-sent events)
-	data   []byte // its data lines joined
+	pos    int // buf[off:pos] is already split into lines of cur
+	// scanned: buf[pos:scanned] holds no line end, so a line that arrives
+	// in many small writes is searched once, not once per write.
+	scanned int
+	cur     Event  // the event being read (server-sent events)
+	data    []byte // its data lines joined
 	// skipLF: the last line ended in CR, so a LF right after it belongs
 	// to that line end, even when it arrives in the next write.
 	skipLF  bool
@@ -121,6 +124,7 @@ func (d *EventDecoder) Write(p []byte) {
 		// Compacted once per write, not once per event.
 		d.buf = d.buf[:copy(d.buf, d.buf[d.off:])]
 		d.pos -= d.off
+		d.scanned -= d.off
 		d.off = 0
 	}
 	d.buf = append(d.buf, p...)
@@ -151,8 +155,13 @@ func (d *EventDecoder) Next(end bool) (*Event, error) {
 
 func (d *EventDecoder) nextLine(end bool) (*Event, error) {
 	rest := d.buf[d.off:]
-	i := bytes.IndexByte(rest, '\n')
+	from := max(d.scanned-d.off, 0)
+	i := bytes.IndexByte(rest[from:], '\n')
+	if i >= 0 {
+		i += from
+	}
 	if i < 0 {
+		d.scanned = len(d.buf)
 		if len(rest) > d.limit {
 			return nil, &EventTooLargeError{Limit: d.limit}
 		}
@@ -180,12 +189,20 @@ func (d *EventDecoder) nextSSE(end bool) (*Event, error) {
 	for {
 		if d.skipLF && d.pos < len(d.buf) {
 			if d.buf[d.pos] == '\n' {
+				if d.off == d.pos {
+					d.off++ // the line end of the event before: not this one's
+				}
 				d.pos++
 			}
 			d.skipLF = false
 		}
-		k := bytes.IndexAny(d.buf[d.pos:], "\r\n")
+		from := max(d.pos, d.scanned)
+		k := bytes.IndexAny(d.buf[from:], "\r\n")
+		if k >= 0 {
+			k += from - d.pos
+		}
 		if k < 0 {
+			d.scanned = len(d.buf)
 			if len(d.buf)-d.off > d.limit {
 				return nil, &EventTooLargeError{Limit: d.limit}
 			}
@@ -204,6 +221,11 @@ func (d *EventDecoder) nextSSE(end bool) (*Event, error) {
 		}
 		line := d.buf[d.pos : d.pos+k]
 		next := d.pos + k + 1
+		// The limit counts a CRLF's LF out, whether or not it has
+		// arrived yet, so how the stream is cut into reads cannot matter.
+		if next-d.off > d.limit {
+			return nil, &EventTooLargeError{Limit: d.limit}
+		}
 		if d.buf[d.pos+k] == '\r' {
 			if next < len(d.buf) {
 				if d.buf[next] == '\n' {
@@ -212,9 +234,6 @@ func (d *EventDecoder) nextSSE(end bool) (*Event, error) {
 			} else {
 				d.skipLF = true
 			}
-		}
-		if next-d.off > d.limit {
-			return nil, &EventTooLargeError{Limit: d.limit}
 		}
 		d.pos = next
 		if len(line) == 0 {

@@ -61,14 +61,18 @@ type EventReader struct {
 	err     error // what Read returns once out is drained
 	readBuf []byte
 	report  Report
+	// spareStrs and sparePaths are a released event's buffers, reused.
+	spareStrs  []eventString
+	sparePaths []byte
 }
 
 // heldEvent is an event waiting for release, with the strings that
 // cross-event scrubbing looks at.
 type heldEvent struct {
-	seq  int
-	ev   *Event
-	strs []eventString
+	seq   int
+	ev    *Event
+	strs  []eventString
+	paths []byte // the buffer strs' paths are in
 }
 
 // eventString is one string of an event's data: a JSON string value (raw
@@ -142,14 +146,16 @@ func (r *EventReader) step() error {
 	end := r.srcErr == io.EOF
 	for {
 		ev, err := r.dec.Next(end)
+		if err == nil && ev != nil {
+			err = r.take(ev)
+		}
 		if err != nil {
+			// The events before the one that ends the stream still go.
+			r.scrubWire(false)
 			return err
 		}
 		if ev == nil {
 			break
-		}
-		if err := r.take(ev); err != nil {
-			return err
 		}
 	}
 	if end {
@@ -191,7 +197,8 @@ func (r *EventReader) take(ev *Event) error {
 	r.queue = append(r.queue, h)
 	r.held += ev.size
 	if r.cfg.Scrubber != nil && len(r.cfg.Scrubber.needles) > 0 {
-		h.strs = eventStrings(ev.Data)
+		h.strs, h.paths = appendEventStrings(r.spareStrs[:0], r.sparePaths[:0], ev.Data)
+		r.spareStrs, r.sparePaths = nil, nil
 		for i := range h.strs {
 			if err := r.scrubAcross(h, i); err != nil {
 				return err
@@ -335,6 +342,11 @@ func (r *EventReader) release(n int) {
 		r.wire = AppendEvent(r.wire, h.ev)
 		r.bounds = append(r.bounds, len(r.wire))
 		r.held -= h.ev.size
+		// No open text refers to a released event: its buffers serve
+		// the next one.
+		if cap(h.strs) > cap(r.spareStrs) {
+			r.spareStrs, r.sparePaths = h.strs[:0], h.paths[:0]
+		}
 	}
 	r.queue = r.queue[:copy(r.queue, r.queue[n:])]
 }
@@ -409,16 +421,25 @@ func applyStrings(h *heldEvent) {
 // across events: every JSON string value with its path, or the data
 // itself when it is not JSON.
 func eventStrings(data []byte) []eventString {
+	strs, _ := appendEventStrings(nil, nil, data)
+	return strs
+}
+
+// appendEventStrings is eventStrings appending to strs, with the paths
+// appended to paths; it returns both, for reuse once the event is gone.
+func appendEventStrings(strs []eventString, paths, data []byte) ([]eventString, []byte) {
 	if len(data) == 0 {
-		return nil
+		return strs, paths
 	}
-	if json.Valid(data) {
-		w := stringWalker{in: data}
-		if _, ok := w.value(skipWS(data, 0), 0); ok {
-			return w.out
+	if i := skipWS(data, 0); i < len(data) && (data[i] == '{' || data[i] == '[' || data[i] == '"') {
+		// The walker checks strings and structure; anything it cannot
+		// read whole is taken as text.
+		w := stringWalker{in: data, out: strs, paths: paths}
+		if end, ok := w.value(i, 0); ok && skipWS(data, end) == len(data) {
+			return w.out, w.paths
 		}
 	}
-	return []eventString{{path: []byte("\x00data"), text: data}}
+	return append(strs[:0], eventString{path: []byte("\x00data"), text: data}), paths
 }
 
 // stringWalker collects the string values of valid JSON with their paths.
