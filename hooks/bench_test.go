@@ -125,3 +125,51 @@ func BenchmarkJSONEdit64K(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkEventHook measures per-event runs of a trivial script (append
+// one character to an SSE event's data) against the same script run once
+// on a whole response of the same size: what per-event hooks cost is
+// their per-run overhead, paid once per event.
+func BenchmarkEventHook(b *testing.B) {
+	ctx := context.Background()
+	meta := Meta{Tenant: "acme", Connector: "llm", ConnectorVersion: 1}
+	req := Request{
+		Method: "POST", URL: "https://api.example.com/v1/chat", Scheme: "https",
+		Host: "api.example.com", Port: 443, Path: "/v1/chat",
+		Headers: map[string][]string{"Accept": {"text/event-stream"}, "Content-Type": {"application/json"}},
+	}
+	resp := Response{Status: 200, Headers: map[string][]string{"Content-Type": {"text/event-stream"}, "Cache-Control": {"no-cache"}}}
+	data := []byte(`{"choices":[{"delta":{"content":"Hello"}}]}`)
+	b.Run("per-event", func(b *testing.B) {
+		rt := newBenchRuntime(b)
+		s := mustCompileEvents(b, "event.tengo", `event.data = event.data + " "`)
+		h, err := rt.NewEventHook(s, meta, req, resp, EventFormatSSE, Limits{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		start := time.Now()
+		reportCPU(b, rt, func() {
+			ev, _, err := h.Run(ctx, Event{Data: data, Type: "delta", ID: "1"})
+			if err != nil || len(ev.Data) != len(data)+1 {
+				b.Fatal(err)
+			}
+		})
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "runs/s")
+	})
+	b.Run("whole-response", func(b *testing.B) {
+		rt := newBenchRuntime(b)
+		s := mustCompile(b, "whole.tengo", `response.body = response.body + " "`)
+		whole := resp
+		whole.Body = data
+		b.ReportAllocs()
+		start := time.Now()
+		reportCPU(b, rt, func() {
+			out, _, err := rt.RunResponse(ctx, s, meta, req, whole, Limits{})
+			if err != nil || len(out.Body) != len(data)+1 {
+				b.Fatal(err)
+			}
+		})
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "runs/s")
+	})
+}

@@ -32,6 +32,22 @@
 // Anything the gateway cannot send (a header value with a line break, a
 // body over max_body_bytes, deny set to a number) fails the run.
 //
+// # Per-event runs
+//
+// A response script compiled by CompileEventHook may also run once per
+// event of a streamed body (SSE, NDJSON): Runtime.NewEventHook encodes
+// the stream's fixed part (limits, meta, request and response head, no
+// bodies) once, and EventHook.Run sends it with each event, so a run
+// costs the pipe round trip and a fresh VM, not the head again. The
+// script finds event {data, json, event, id} besides request and response
+// (both read-only, response without body); it may edit event.data or
+// event.json (json wins), drop the event (event = undefined) or set deny,
+// which the proxy turns into the end of the stream. event and id are
+// read-only. Data that would not stay one event (a line break in NDJSON,
+// a carriage return in SSE) fails the run. The variable exists only in
+// such scripts, so an ordinary hook may name its own variable event; a
+// per-event script run on a whole response finds event undefined.
+//
 // A JSON body is checked with encoding/json's scanner (which stops at
 // 10000 levels of nesting) and then converted to Tengo values by this
 // package, never by Tengo's decoder, which recurses without a limit. The
@@ -102,7 +118,11 @@
 // back. The gateway never compiles on the request path; each worker
 // compiles a script once and keeps it. Measured on a shared, busy 2-core
 // machine: a header-editing run (BenchmarkHeaderEditHook) took 60–90 µs,
-// about 26 µs of CPU in the gateway and 29 µs in the worker; editing one
+// about 26 µs of CPU in the gateway and 29 µs in the worker; a per-event
+// run of a trivial script on a 45-byte event (BenchmarkEventHook) went at
+// 1.0–1.4 times the rate of the same script run on a whole response of
+// that size, about 10,000 runs a second on one worker, with 10
+// allocations in the gateway against 24; editing one
 // field of a 64 KiB JSON body (BenchmarkJSONEdit64K) about 3 ms, 0.25 ms
 // of CPU in the gateway and 1.8 ms in the worker, mostly decoding,
 // fingerprinting and re-encoding the JSON. A worker costs about 7 MiB

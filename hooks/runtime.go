@@ -223,19 +223,26 @@ func (rt *Runtime) limitsFor(s *Script, lim Limits, body int) (Limits, error) {
 // run waits for a slot in the tenant's turn, runs the frame there and
 // returns a reply that is replyOK or replyDenied, or a *RunError.
 func (rt *Runtime) run(ctx context.Context, s *Script, frame *runFrame) (*replyFrame, error) {
+	// Encoded here, so the run holds nothing of the caller's after the
+	// caller has gone.
+	return rt.runEncoded(ctx, s, frame.flags, frame.meta.Tenant, encodeRunBody(nil, frame), frame.limits)
+}
+
+// runEncoded is run with the frame's body already encoded; body is the
+// run's own, never written to by the caller afterwards.
+func (rt *Runtime) runEncoded(ctx context.Context, s *Script, flags byte, tenant string, body []byte, lim Limits) (*replyFrame, error) {
 	unavailable := func(msg string, cause error) error {
 		return &RunError{Script: s.name, Kind: FailUnavailable, Message: msg, Err: cause}
 	}
 	if rt.closed.Load() {
 		return nil, unavailable("the hook runtime is shut down", errRuntimeClosed)
 	}
-	// Encoded here, so the run holds nothing of the caller's after the
-	// caller has gone.
-	body := encodeRunBody(nil, frame)
-	head := runFrame{flags: frame.flags, key: s.key, name: s.name, source: s.source}
-	lim := frame.limits
+	if s.events {
+		flags |= flagEventScript
+	}
+	head := runFrame{flags: flags, key: s.key, name: s.name, source: s.source}
 
-	sl, err := rt.sched.acquire(ctx, frame.meta.Tenant)
+	sl, err := rt.sched.acquire(ctx, tenant)
 	if err != nil {
 		return nil, unavailable("no hook worker became free in time", err)
 	}
@@ -301,7 +308,7 @@ func (rt *Runtime) exchange(sl *slot, script string, head *runFrame, body []byte
 			rt.retire(sl) // replaced before the slot is freed, see run
 		}
 		switch reply.status {
-		case replyOK, replyDenied:
+		case replyOK, replyDenied, replyEvent:
 			return reply, nil
 		case replyFailed:
 			return nil, &RunError{Script: script, Line: reply.line, Column: reply.column, Kind: reply.kind, Message: reply.message}

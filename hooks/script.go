@@ -15,9 +15,12 @@ import (
 type Script struct {
 	name   string
 	source []byte
-	// key names this exact script (name and source) to the workers, which
-	// compile it once and keep the bytecode.
+	// key names this exact script (name, source and whether it has the
+	// event variable) to the workers, which compile it once and keep the
+	// bytecode.
 	key scriptKey
+	// events: compiled by CompileEventHook, so it may run per event.
+	events bool
 }
 
 type scriptKey [sha256.Size]byte
@@ -25,6 +28,10 @@ type scriptKey [sha256.Size]byte
 // Name is the file name the script was compiled under; errors and
 // positions use it.
 func (s *Script) Name() string { return s.name }
+
+// PerEvent reports whether the script was compiled by CompileEventHook,
+// so Runtime.NewEventHook accepts it.
+func (s *Script) PerEvent() bool { return s.events }
 
 // The variables the gateway sets before a run (docs/connector-authors.md, "Hooks"). Their order is
 // their global index in every compiled script.
@@ -34,6 +41,9 @@ const (
 	globalTenant
 	globalConnector
 	globalDeny
+	// globalEvent exists only in scripts compiled by CompileEventHook, so
+	// that it does not take the name from an ordinary hook's own variables.
+	globalEvent
 )
 
 var globalNames = [...]string{
@@ -42,6 +52,7 @@ var globalNames = [...]string{
 	globalTenant:    "tenant",
 	globalConnector: "connector",
 	globalDeny:      "deny",
+	globalEvent:     "event",
 }
 
 // Compile checks src and returns the script. name is the script's file as
@@ -50,14 +61,29 @@ var globalNames = [...]string{
 // module outside text, math, times, json, base64, hex, enum and fmt is a
 // *CompileError with the line.
 func Compile(name string, src []byte) (*Script, error) {
-	if _, err := compileProgram(name, src); err != nil {
+	return compile(name, src, false)
+}
+
+// CompileEventHook is Compile for a response script that also runs once
+// per event of a streamed body (Runtime.NewEventHook): the script has one
+// more variable, event, which is undefined when it runs on a whole
+// response (docs/connector-authors.md, "Hooks on streamed responses").
+func CompileEventHook(name string, src []byte) (*Script, error) {
+	return compile(name, src, true)
+}
+
+func compile(name string, src []byte, events bool) (*Script, error) {
+	if _, err := compileProgram(name, src, events); err != nil {
 		return nil, err
 	}
 	h := sha256.New()
 	h.Write([]byte(name))
 	h.Write([]byte{0})
+	if events {
+		h.Write([]byte{1})
+	}
 	h.Write(src)
-	s := &Script{name: name, source: append([]byte(nil), src...)}
+	s := &Script{name: name, source: append([]byte(nil), src...), events: events}
 	h.Sum(s.key[:0])
 	return s, nil
 }
@@ -66,11 +92,12 @@ func Compile(name string, src []byte) (*Script, error) {
 // hold programs; the gateway compiles just to check.
 type program struct {
 	name       string
+	events     bool // has the event variable
 	bytecode   *tengo.Bytecode
 	numGlobals int
 }
 
-func compileProgram(name string, src []byte) (*program, error) {
+func compileProgram(name string, src []byte, events bool) (*program, error) {
 	if len(src) > tengo.MaxStringLen {
 		return nil, &CompileError{File: name, Message: "script too large"}
 	}
@@ -85,7 +112,10 @@ func compileProgram(name string, src []byte) (*program, error) {
 	for idx, fn := range tengo.GetAllBuiltinFunctions() {
 		symbols.DefineBuiltin(idx, fn.Name)
 	}
-	for _, g := range globalNames {
+	for i, g := range globalNames {
+		if i == globalEvent && !events {
+			continue
+		}
 		symbols.Define(g)
 	}
 	c := tengo.NewCompiler(srcFile, symbols, nil, allowedModules(), nil)
@@ -94,7 +124,7 @@ func compileProgram(name string, src []byte) (*program, error) {
 	}
 	bytecode := c.Bytecode()
 	bytecode.RemoveDuplicates()
-	return &program{name: name, bytecode: bytecode, numGlobals: symbols.MaxSymbols() + 1}, nil
+	return &program{name: name, events: events, bytecode: bytecode, numGlobals: symbols.MaxSymbols() + 1}, nil
 }
 
 // parseError turns the parser's error list into one CompileError at the

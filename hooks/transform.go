@@ -58,6 +58,9 @@ type Outcome struct {
 	// re-encoded from json): the proxy must send the new body and compute
 	// Content-Length itself.
 	BodyChanged bool
+	// EventDropped is set by a per-event run whose script set event to
+	// undefined: the event is not passed on (EventHook.Run).
+	EventDropped bool
 	// DroppedEdits names edits the gateway ignored: framing and hop-by-hop
 	// headers ("request.headers.Content-Length") and read-only fields
 	// ("request.host"). For logs and `egressgw hook test`.
@@ -377,7 +380,7 @@ func headerScalar(o tengo.Object) (string, error) {
 // body returns the new body: re-encoded from json when the script
 // assigned or edited json (which wins over a body edit), else the body
 // field, else the input.
-func (rb *readBack) body(input []byte, view jsonView, hasher valueHasher, maxBody int64) (body []byte, changed, reencoded bool, err error) {
+func (rb *readBack) body(field string, input []byte, view jsonView, hasher valueHasher, maxBody int64) (body []byte, changed, reencoded bool, err error) {
 	if jv, ok := rb.field("json"); ok && view.changed(jv, hasher) {
 		b, err := encodeJSONLimited(nil, jv, int(maxBody))
 		if err != nil {
@@ -388,7 +391,7 @@ func (rb *readBack) body(input []byte, view jsonView, hasher valueHasher, maxBod
 		}
 		return b, true, true, nil
 	}
-	v, ok := rb.field("body")
+	v, ok := rb.field(field)
 	if !ok {
 		return input, false, false, nil
 	}
@@ -405,10 +408,10 @@ func (rb *readBack) body(input []byte, view jsonView, hasher valueHasher, maxBod
 		}
 		s = string(v.Value)
 	default:
-		return nil, false, false, fmt.Errorf("%s.body must be a string or bytes, not %s", rb.variable, v.TypeName())
+		return nil, false, false, fmt.Errorf("%s.%s must be a string or bytes, not %s", rb.variable, field, v.TypeName())
 	}
 	if int64(len(s)) > maxBody {
-		return nil, false, false, fmt.Errorf("%s.body of %d bytes is larger than max_body_bytes (%d)", rb.variable, len(s), maxBody)
+		return nil, false, false, fmt.Errorf("%s.%s of %d bytes is larger than max_body_bytes (%d)", rb.variable, field, len(s), maxBody)
 	}
 	return []byte(s), true, false, nil
 }

@@ -13,17 +13,20 @@ import (
 // big-endian length, then the payload. Payloads are flat: integers are 8
 // bytes, strings and byte slices a 4-byte length and the bytes. The format
 // is private to one binary (a worker is the gateway's own executable), so
-// it has no versioning beyond the hello string.
+// it has no versioning beyond the hello string, whose number changes with
+// the format.
 
 // workerHello is the first frame a worker sends; it also names the
 // protocol, so a stale or foreign binary is refused.
-const workerHello = "egressgw-hooks-worker/1"
+const workerHello = "egressgw-hooks-worker/2"
 
 // Flags of a run frame.
 const (
-	flagSource     = 1 << iota // the script's source follows its key: compile and keep it
-	flagResetCache             // forget every kept script first
-	flagResponse               // a response hook: a response follows the request
+	flagSource      = 1 << iota // the script's source follows its key: compile and keep it
+	flagResetCache              // forget every kept script first
+	flagResponse                // a response hook: a response follows the request
+	flagEventScript             // the script has the event variable (CompileEventHook)
+	flagEvent                   // a run on one event: with flagResponse, an event follows the response
 )
 
 // Statuses of a reply frame.
@@ -35,6 +38,7 @@ const (
 	// max_memory allows (an earlier run had a larger one); it exits, and
 	// the gateway starts a fresh worker and sends the run again.
 	replyRetire
+	replyEvent // a per-event run went through: the event, or that it was dropped
 )
 
 // runFrame is one run as the worker receives it.
@@ -47,6 +51,8 @@ type runFrame struct {
 	meta   Meta
 	req    Request
 	resp   Response
+	format EventFormat // flagEvent
+	event  Event       // flagEvent
 }
 
 // replyFrame is a worker's answer to one run.
@@ -72,6 +78,10 @@ type replyFrame struct {
 	bodyChanged         bool
 	body                []byte
 	dropped             []string
+
+	// replyEvent: the script set event to undefined; else bodyChanged,
+	// body (the event's data) and dropped as for replyOK.
+	eventDropped bool
 }
 
 type wireWriter struct{ buf []byte }
@@ -238,6 +248,20 @@ func encodeRunBody(buf []byte, f *runFrame) []byte {
 		w.headers(f.resp.Headers)
 		w.bytes(f.resp.Body)
 	}
+	if f.flags&flagEvent != 0 {
+		w.buf = appendEvent(w.buf, f.format, f.event)
+	}
+	return w.buf
+}
+
+// appendEvent encodes the part of a per-event run frame that changes from
+// event to event; what comes before it is encoded once per stream.
+func appendEvent(buf []byte, format EventFormat, ev Event) []byte {
+	w := wireWriter{buf: buf}
+	w.u8(byte(format))
+	w.bytes(ev.Data)
+	w.str(ev.Type)
+	w.str(ev.ID)
 	return w.buf
 }
 
@@ -284,6 +308,12 @@ func decodeRunFrame(payload []byte) (*runFrame, error) {
 		f.resp.Headers = r.headers()
 		f.resp.Body = r.bytes()
 	}
+	if f.flags&flagEvent != 0 {
+		f.format = EventFormat(r.u8())
+		f.event.Data = r.bytes()
+		f.event.Type = r.str()
+		f.event.ID = r.str()
+	}
 	return f, r.done()
 }
 
@@ -310,6 +340,13 @@ func encodeReplyFrame(buf []byte, f *replyFrame) []byte {
 			w.bytes(f.body)
 		}
 		w.strs(f.dropped)
+	case replyEvent:
+		w.bool(f.eventDropped)
+		w.bool(f.bodyChanged)
+		if f.bodyChanged {
+			w.bytes(f.body)
+		}
+		w.strs(f.dropped)
 	}
 	return w.finish()
 }
@@ -331,6 +368,13 @@ func decodeReplyFrame(payload []byte) (*replyFrame, error) {
 		f.query = r.str()
 		f.code = int(r.i64())
 		f.headers = r.headers()
+		f.bodyChanged = r.bool()
+		if f.bodyChanged {
+			f.body = r.bytes()
+		}
+		f.dropped = r.strs()
+	case replyEvent:
+		f.eventDropped = r.bool()
 		f.bodyChanged = r.bool()
 		if f.bodyChanged {
 			f.body = r.bytes()

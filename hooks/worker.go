@@ -135,7 +135,7 @@ func (w *workerState) handle(run *runFrame) *replyFrame {
 		clear(w.programs)
 	}
 	if run.flags&flagSource != 0 {
-		p, err := compileProgram(run.name, run.source)
+		p, err := compileProgram(run.name, run.source, run.flags&flagEventScript != 0)
 		if err != nil {
 			return failed(&RunError{Kind: FailRuntime, Message: "does not compile: " + err.Error()})
 		}
@@ -151,7 +151,12 @@ func (w *workerState) handle(run *runFrame) *replyFrame {
 	if err := w.memory.apply(run.limits.MaxMemory); err != nil {
 		return failed(&RunError{Kind: FailUnavailable, Message: "cannot limit the hook worker's memory: " + err.Error()})
 	}
-	reply := w.execute(p, run)
+	var reply *replyFrame
+	if run.flags&flagEvent != 0 {
+		reply = w.executeEvent(p, run)
+	} else {
+		reply = w.execute(p, run)
+	}
 	reply.retiring = !w.memory.roomFor(run.limits.MaxMemory)
 	return reply
 }
@@ -170,14 +175,11 @@ func (w *workerState) execute(p *program, run *runFrame) *replyFrame {
 	} else {
 		globals[globalResponse] = tengo.UndefinedValue
 	}
-	globals[globalTenant] = &tengo.ImmutableMap{Value: map[string]tengo.Object{
-		"id": &tengo.String{Value: run.meta.Tenant},
-	}}
-	globals[globalConnector] = &tengo.ImmutableMap{Value: map[string]tengo.Object{
-		"name":    &tengo.String{Value: run.meta.Connector},
-		"version": &tengo.Int{Value: int64(run.meta.ConnectorVersion)},
-	}}
+	setMetaGlobals(globals, run.meta)
 	globals[globalDeny] = tengo.UndefinedValue
+	if p.events {
+		globals[globalEvent] = tengo.UndefinedValue // a whole response
+	}
 
 	if runErr := runVM(p, globals, run.limits); runErr != nil {
 		return failed(runErr)
@@ -201,6 +203,17 @@ func (w *workerState) execute(p *program, run *runFrame) *replyFrame {
 		return failed(&RunError{Kind: FailInvalidOutput, Message: err.Error()})
 	}
 	return reply
+}
+
+// setMetaGlobals sets tenant and connector, read-only.
+func setMetaGlobals(globals []tengo.Object, meta Meta) {
+	globals[globalTenant] = &tengo.ImmutableMap{Value: map[string]tengo.Object{
+		"id": &tengo.String{Value: meta.Tenant},
+	}}
+	globals[globalConnector] = &tengo.ImmutableMap{Value: map[string]tengo.Object{
+		"name":    &tengo.String{Value: meta.Connector},
+		"version": &tengo.Int{Value: int64(meta.ConnectorVersion)},
+	}}
 }
 
 func (w *workerState) readRequest(o tengo.Object, run *runFrame, view jsonView) (*replyFrame, error) {
@@ -272,7 +285,7 @@ func (w *workerState) readMessage(rb *readBack, reply *replyFrame, headers map[s
 	if reply.headers, err = rb.headers(headers); err != nil {
 		return err
 	}
-	out, changed, reencoded, err := rb.body(body, view, w.hasher, maxBody)
+	out, changed, reencoded, err := rb.body("body", body, view, w.hasher, maxBody)
 	if err != nil {
 		return err
 	}

@@ -267,9 +267,10 @@ type injectFile struct {
 }
 
 type connectorHooksFile struct {
-	Request        string `yaml:"request"`
-	Response       string `yaml:"response"`
-	hookLimitsFile `yaml:",inline"`
+	Request          string `yaml:"request"`
+	Response         string `yaml:"response"`
+	ResponsePerEvent bool   `yaml:"response_per_event"`
+	hookLimitsFile   `yaml:",inline"`
 }
 
 type redactRefsFile struct {

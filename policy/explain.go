@@ -221,7 +221,9 @@ func (tr *Trace) finish(r Request, d Decision) {
 			if h.Request != nil {
 				names = append(names, "request "+h.Request.Name())
 			}
-			if h.Response != nil {
+			if h.Response != nil && h.ResponsePerEvent {
+				names = append(names, "response "+h.Response.Name()+" (per event on streamed bodies)")
+			} else if h.Response != nil {
 				names = append(names, "response "+h.Response.Name())
 			}
 			tr.Hooks = fmt.Sprintf("%s (timeout %s, max_memory %d, max_allocs %d, max_body_bytes %d)",

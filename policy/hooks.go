@@ -19,7 +19,12 @@ type Hooks struct {
 type ConnectorHooks struct {
 	Request  *hooks.Script // nil: none
 	Response *hooks.Script // nil: none
-	Limits   hooks.Limits
+	// ResponsePerEvent: the response script runs once per event of a
+	// streamed body (server-sent events, NDJSON) instead of on the whole
+	// body; Response is then compiled with the event variable
+	// (docs/connector-authors.md, "Hooks on streamed responses").
+	ResponsePerEvent bool
+	Limits           hooks.Limits
 }
 
 func hookLimits(f hookLimitsFile) hooks.Limits {
@@ -63,12 +68,20 @@ func (b *builder) connectorHooks(doc *yamlDoc, f *connectorHooksFile) *Connector
 	if f.Request == "" && f.Response == "" {
 		b.errorf(doc, doc.line("hooks"), "hooks: name a request or a response script")
 	}
-	ch.Request = b.compileHook(doc, f.Request, "request")
-	ch.Response = b.compileHook(doc, f.Response, "response")
+	if f.ResponsePerEvent && f.Response == "" {
+		b.errorf(doc, doc.line("hooks", "response_per_event"), "hooks.response_per_event: runs the response script per event, but no hooks.response script is named")
+	}
+	ch.ResponsePerEvent = f.ResponsePerEvent
+	ch.Request = b.compileHook(doc, f.Request, "request", hooks.Compile)
+	compileResponse := hooks.Compile
+	if f.ResponsePerEvent {
+		compileResponse = hooks.CompileEventHook
+	}
+	ch.Response = b.compileHook(doc, f.Response, "response", compileResponse)
 	return ch
 }
 
-func (b *builder) compileHook(doc *yamlDoc, path, key string) *hooks.Script {
+func (b *builder) compileHook(doc *yamlDoc, path, key string, compile func(string, []byte) (*hooks.Script, error)) *hooks.Script {
 	if path == "" {
 		return nil
 	}
@@ -81,7 +94,7 @@ func (b *builder) compileHook(doc *yamlDoc, path, key string) *hooks.Script {
 		b.errorf(doc, doc.line("hooks", key), "hooks.%s: %s is a secret's or the CA key's file (see %s), not a script", key, path, GatewayFileName)
 		return nil
 	}
-	script, err := hooks.Compile(path, src)
+	script, err := compile(path, src)
 	var ce *hooks.CompileError
 	switch {
 	case errors.As(err, &ce) && loc.allowed:

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +8,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/redaction"
 )
@@ -29,9 +29,14 @@ func (ex *exchange) responseEventFormat(resp *http.Response) redaction.EventForm
 	if c == nil {
 		return redaction.NotEvents
 	}
-	if c.Hooks != nil && c.Hooks.Response != nil && ex.responsePerEvent() == nil {
-		// The hook sees the body whole, bounded by its max_body_bytes.
-		return redaction.NotEvents
+	if c.Hooks != nil && c.Hooks.Response != nil {
+		if !ex.responseHookPerEvent() {
+			// The hook sees the body whole, bounded by its max_body_bytes.
+			return redaction.NotEvents
+		}
+		// The hook runs on each event (responseEventHook), with or
+		// without redaction and scrubbing.
+		return redaction.EventFormatOf(resp.Header.Get("Content-Type"))
 	}
 	redacts := c.Redact != nil && c.Redact.Response.InspectsBody()
 	if c.Scrubber == nil && !redacts {
@@ -40,20 +45,12 @@ func (ex *exchange) responseEventFormat(resp *http.Response) redaction.EventForm
 	return redaction.EventFormatOf(resp.Header.Get("Content-Type"))
 }
 
-// responsePerEvent is the function run on each event of a streamed
-// response after redaction and before scrubbing
-// (redaction.EventStreamConfig.PerEvent). None runs today: a connector's
-// response hook sees a streamed body whole. Per-event response hooks
-// (hooks.response_per_event) return theirs here, and responseEventFormat
-// then streams a hooked connector's responses too.
-func (ex *exchange) responsePerEvent() func(context.Context, *redaction.Event) (bool, error) {
-	return nil
-}
-
 // streamResponseEvents is the response side of the transform step for a
 // streamed body: headers scrubbed and redacted at once, the body replaced
-// by a reader that redacts and scrubs it event by event.
-func (ex *exchange) streamResponseEvents(resp *http.Response, format redaction.EventFormat) error {
+// by a reader that redacts and scrubs it event by event, and runs the
+// connector's per-event response hook on each (after redaction, before
+// scrubbing); answered is the request as the hook sees it.
+func (ex *exchange) streamResponseEvents(resp *http.Response, format redaction.EventFormat, answered *hooks.Request) error {
 	c := ex.connector
 	c.Scrubber.Headers(resp.Header)
 	var chain redaction.Chain
@@ -75,7 +72,7 @@ func (ex *exchange) streamResponseEvents(resp *http.Response, format redaction.E
 		Redact:        chain,
 		Scrubber:      c.Scrubber,
 		MaxEventBytes: int(ex.rt.live.Gateway.Redaction.MaxEventBytes),
-		PerEvent:      ex.responsePerEvent(),
+		PerEvent:      ex.responseEventHook(resp, answered, format),
 		OnRedacted: func(rep redaction.Report) {
 			ex.countRedactions(rep)
 			seen = mergeReport(seen, rep)
@@ -186,6 +183,9 @@ func mergeReport(into, rep redaction.Report) redaction.Report {
 // reader ended (an event over redaction.max_event_bytes), false for any
 // other failure.
 func eventStreamEnded(err error) (outcome, bool) {
+	if o, ok := eventHookEnded(err); ok {
+		return o, true
+	}
 	var tooLarge *redaction.EventTooLargeError
 	if errors.As(err, &tooLarge) {
 		return refused(policy.CodeEventTooLarge, tooLarge.Error()+"; the stream was cut off"), true

@@ -37,6 +37,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/dns/dnsmessage"
 
+	"github.com/egressgw/egressgw/hooks"
 	"github.com/egressgw/egressgw/policy"
 	"github.com/egressgw/egressgw/quota"
 )
@@ -129,6 +130,9 @@ type pathGateway struct {
 	// network holds more lines for the network block of gateway.yaml,
 	// indented by two spaces; set it before serve.
 	network string
+	// hooks runs the policy's hook scripts; set it before serve (nil: a
+	// hooked request fails closed).
+	hooks *hooks.Runtime
 
 	proxyLn, adminLn net.Listener
 	dns              string // network.dns_servers entry
@@ -186,6 +190,7 @@ func (g *pathGateway) serve(t *testing.T, gatewayExtra string, files map[string]
 		Quota:     quota.NewMemory(quota.MemoryOptions{}),
 		Bandwidth: quota.NewBandwidth(quota.BandwidthOptions{}),
 		Ledger:    g.ledger,
+		Hooks:     g.hooks,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,10 @@ type outcome struct {
 	// client failing: the audit line says deny and gives the reason.
 	denied     bool
 	retryAfter int // seconds, for a rate_limited refusal
+	// cut marks an exchange ended after the client had its status (a
+	// per-event hook that ended a stream): like the audit-only codes, its
+	// connection is aborted.
+	cut bool
 
 	// What the decision said, kept whatever comes after it: the deciding
 	// rule, and whether only report mode let the exchange through, with
@@ -53,6 +57,9 @@ func (o outcome) ok() bool { return o.code == "" || o.code == policy.CodeOK }
 // ended this way (the audit-only codes): its connection is then cut, as
 // no reply of the gateway can follow.
 func (o outcome) replied() bool {
+	if o.cut {
+		return true
+	}
 	switch o.code {
 	case policy.CodeClientClosed, policy.CodeUpstreamFailedMidway, policy.CodeRevoked, policy.CodeTunnelSNIMismatch,
 		policy.CodeEventTooLarge:

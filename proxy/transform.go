@@ -285,7 +285,7 @@ func (ex *exchange) transformResponse(resp *http.Response, answered *hooks.Reque
 		return nil
 	}
 	if format := ex.responseEventFormat(resp); format != redaction.NotEvents {
-		return ex.streamResponseEvents(resp, format)
+		return ex.streamResponseEvents(resp, format, answered)
 	}
 	if err := scrubResponse(resp, ex.connector); err != nil {
 		return err

@@ -31,7 +31,7 @@ Usage:
   egressgw serve [--config DIR_OR_FILE] [--listen ADDR] [--admin-listen ADDR] [--log-format json|text] [--watch=false]
   egressgw check --config DIR
   egressgw explain (--config DIR | --admin-url URL) --tenant ID [--method M] [--json] [--resolve] URL
-  egressgw hook test --script FILE [--request REQ.json] [--response RESP.json]
+  egressgw hook test --script FILE [--request REQ.json] [--response RESP.json] [--events STREAM]
   egressgw ca init --out DIR
   egressgw token new
   egressgw healthcheck [--admin-listen ADDR]
@@ -80,7 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if len(rest) >= 1 && rest[0] == "test" {
 			return hookTest(rest[1:], stdout, stderr)
 		}
-		fmt.Fprint(stderr, "usage: egressgw hook test --script FILE [--request REQ.json] [--response RESP.json]\n")
+		fmt.Fprintln(stderr, hookTestUsage)
 		return exitUsage
 	case "ca":
 		if len(rest) >= 1 && rest[0] == "init" {
