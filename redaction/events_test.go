@@ -435,3 +435,36 @@ func TestEventReaderNeverLeaksSplitSecret(t *testing.T) {
 		}
 	}
 }
+
+// The per-event function is a connector's script: it must never see an
+// injected secret whole, or it could re-encode it (here: reverse it) past
+// the scrubbing that follows it.
+func TestEventReaderPerEventSeesNoWholeSecret(t *testing.T) {
+	var seen []string
+	cfg := EventStreamConfig{Format: ServerSentEvents, Scrubber: mustScrubber(t, testSecret),
+		PerEvent: func(_ context.Context, ev *Event) (bool, error) {
+			seen = append(seen, string(ev.Data), ev.Name, ev.ID)
+			reversed := make([]byte, len(ev.Data))
+			for i, c := range ev.Data {
+				reversed[len(ev.Data)-1-i] = c
+			}
+			ev.Data = reversed
+			return true, nil
+		}}
+	got, err := readEvents(t, cfg, "event: "+testSecret+"\nid: "+testSecret+"\ndata: key="+testSecret+"\n\n", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range seen {
+		if strings.Contains(s, testSecret) {
+			t.Errorf("the per-event function saw the secret: %q", s)
+		}
+	}
+	reversedSecret := []byte(testSecret)
+	for i, j := 0, len(reversedSecret)-1; i < j; i, j = i+1, j-1 {
+		reversedSecret[i], reversedSecret[j] = reversedSecret[j], reversedSecret[i]
+	}
+	if strings.Contains(got, string(reversedSecret)) {
+		t.Errorf("the secret left reversed: %q", got)
+	}
+}

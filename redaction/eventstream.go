@@ -19,8 +19,9 @@ type EventStreamConfig struct {
 	// MaxEventBytes bounds one event, and the events held back at once
 	// while they might continue a secret.
 	MaxEventBytes int
-	// PerEvent, when set, runs on each event after redaction and before
-	// scrubbing: it may edit ev.Data and ev.Fields, and drop the event by
+	// PerEvent, when set, runs on each event after redaction, on data
+	// already scrubbed of whole secrets, and before the scrubbing across
+	// events: it may edit ev.Data and ev.Fields, and drop the event by
 	// returning false. An error ends the stream with that error. It is the
 	// seam for per-event response hooks (hooks.response_per_event in
 	// docs/reference.md); nil runs nothing.
@@ -184,6 +185,16 @@ func (r *EventReader) take(ev *Event) error {
 		}
 	}
 	if r.cfg.PerEvent != nil {
+		// The function (a connector's hook) never sees an injected secret
+		// whole, as a whole-body response hook does not: a script that
+		// re-encoded one would otherwise get it past the scrubbing below.
+		// A secret split across events reaches it in pieces, one run
+		// each, with nothing kept between runs.
+		if s := r.cfg.Scrubber; s != nil {
+			ev.Data, _ = s.Scrub(ev.Data)
+			ev.Name, _ = s.ScrubString(ev.Name)
+			ev.ID, _ = s.ScrubString(ev.ID)
+		}
 		keep, err := r.cfg.PerEvent(r.ctx, ev)
 		if err != nil {
 			return err
