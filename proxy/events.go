@@ -190,5 +190,13 @@ func eventStreamEnded(err error) (outcome, bool) {
 	if errors.As(err, &tooLarge) {
 		return refused(policy.CodeEventTooLarge, tooLarge.Error()+"; the stream was cut off"), true
 	}
+	var unsupported *redaction.UnsupportedBodyError
+	if errors.As(err, &unsupported) {
+		// An event the profile cannot read and must not pass (on_unsupported_body:
+		// block): refused as such a whole body is, after the status went out.
+		o := refused(policy.CodeBodyTooLarge, unsupported.Error()+"; the stream was cut off")
+		o.cut = true
+		return o, true
+	}
 	return outcome{}, false
 }

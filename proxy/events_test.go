@@ -64,6 +64,9 @@ func (o *eventsOrigin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/big":
 		w.Header().Set("Content-Type", "text/event-stream")
 		send("data: small\n\n", "data: "+strings.Repeat("x", 8<<10)+"\n\n")
+	case "/deep":
+		w.Header().Set("Content-Type", "text/event-stream")
+		send("data: {\"to\":\"jane@example.com\"}\n\n", "data: "+strings.Repeat("[", 1100)+strings.Repeat("]", 1100)+"\n\n")
 	case "/upload":
 		sc := bufio.NewScanner(r.Body)
 		for sc.Scan() {
@@ -322,5 +325,43 @@ func TestPathEventsScrubbedWithoutProfile(t *testing.T) {
 	rest, err := io.ReadAll(r)
 	if err != nil || strings.Contains(string(rest), eventsSecret[9:]) || !strings.Contains(string(rest), "[REDACTED:secret]") {
 		t.Fatalf("rest %q, %v", rest, err)
+	}
+}
+
+// An event that a blocking profile cannot read (JSON nested deeper than
+// redaction follows) ends the stream as such a whole body is refused:
+// body_too_large, the client's connection aborted, nothing of the event
+// delivered.
+func TestPathEventsUnsupportedEventUnderBlockingProfile(t *testing.T) {
+	t.Parallel()
+	origin := &eventsOrigin{next: make(chan struct{}), lines: make(chan string, 16)}
+	up := startPathUpstream(t, "127.0.0.1", true, origin)
+	g := startPathGateway(t, pathInspecting+`redaction:
+  profiles:
+    strict: { detectors: [email], on_unsupported_body: block }
+`, pathInspectingFiles(t, map[string]string{
+		"connectors/model.yaml": fmt.Sprintf("name: model\nhosts: [%q]\nports: [%d]\ninspect: true\n", zoneAPI, up.port) +
+			"redact: { response: [strict] }\n",
+		"tenants/streamer.yaml": pathStreamer.yaml("connectors: [model]\n"),
+	}))
+	client := g.client(t, pathStreamer, zoneRoots(t))
+	resp, err := client.Get(up.url(zoneAPI, "/deep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := bufio.NewReader(resp.Body)
+	if ev := readEvent(t, r); ev != "data: {\"to\":\"[REDACTED:email]\"}\n\n" {
+		t.Fatalf("first event %q", ev)
+	}
+	origin.next <- struct{}{}
+	rest, err := io.ReadAll(r)
+	if !errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(string(rest), "[[[") {
+		t.Fatalf("after the unreadable event: %q, %v; want the stream cut off, nothing of the event", rest, err)
+	}
+	rec := g.audit.wait(t, "tenant", pathStreamer.id, "path", "/deep")
+	if rec["code"] != "body_too_large" || rec["decision"] != "deny" || auditNumber(rec, "status") != 200 ||
+		!strings.Contains(fmt.Sprint(rec["reason"]), "strict") {
+		t.Errorf("audit line %v: want body_too_large naming the profile", rec)
 	}
 }
