@@ -100,8 +100,8 @@ func (o *chatOrigin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // TestPerEventHookThroughCurl: curl --no-buffer, through the real
 // gateway, inspecting, gets each event as the connector's per-event hook
 // leaves it, before the upstream sends the next; a dropped event never
-// comes; an event the hook denies ends the transfer as broken (curl exit
-// 18), not as a whole stream, and the audit line says hook_denied.
+// comes; an event the hook denies ends the transfer as broken (a stream
+// reset over HTTP/2, curl exit 92), not as a whole stream, and the audit line says hook_denied.
 func TestPerEventHookThroughCurl(t *testing.T) {
 	t.Parallel()
 	curl := lookPathOrSkip(t, "curl")
@@ -183,8 +183,10 @@ func TestPerEventHookThroughCurl(t *testing.T) {
 	rest := readEvent()
 	err = cmd.Wait()
 	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 18 {
-		t.Errorf("curl ended with %v after %q; want exit 18 (transfer closed with data remaining)\nstderr: %s", err, rest, stderr.String())
+	// Inside the inspected tunnel curl speaks HTTP/2, where the cut is a
+	// stream reset: exit 92 (stream not closed cleanly), never a clean end.
+	if !errors.As(err, &exit) || exit.ExitCode() != 92 {
+		t.Errorf("curl ended with %v after %q; want exit 92 (stream reset mid-body)\nstderr: %s", err, rest, stderr.String())
 	}
 	if rest != "" {
 		t.Errorf("after the first event curl got %q; want nothing (the ping dropped, the leak denied)", rest)
