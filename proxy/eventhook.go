@@ -60,7 +60,7 @@ func (ex *exchange) responseEventHook(resp *http.Response, answered *hooks.Reque
 	hook, err := rt.NewEventHook(script, meta, req, hooks.Response{Status: resp.StatusCode, Headers: resp.Header}, hookEventFormat(format), limits)
 	if err != nil {
 		return func(context.Context, *redaction.Event) (bool, error) {
-			label, o := ex.hookRunOutcome(script, hooks.Outcome{}, err)
+			label, o := ex.hookRunOutcome(script, hooks.Outcome{}, err, true)
 			ex.gw.metrics.hookRun(c.Name, label, 0)
 			return false, endStream(o)
 		}
@@ -68,7 +68,7 @@ func (ex *exchange) responseEventHook(resp *http.Response, answered *hooks.Reque
 	return func(ctx context.Context, ev *redaction.Event) (bool, error) {
 		start := ex.gw.now()
 		out, result, err := hook.Run(ctx, hooks.Event{Data: ev.Data, Type: ev.Name, ID: ev.ID})
-		label, o := ex.hookRunOutcome(script, result, err)
+		label, o := ex.hookRunOutcome(script, result, err, true)
 		ex.gw.metrics.hookRun(c.Name, label, ex.gw.now().Sub(start))
 		switch {
 		case !o.ok():
@@ -85,15 +85,19 @@ func (ex *exchange) responseEventHook(resp *http.Response, answered *hooks.Reque
 	}
 }
 
-// hookRunOutcome is the metric label and the outcome of one hook run, as
-// runHook counts whole-body runs.
-func (ex *exchange) hookRunOutcome(script *hooks.Script, result hooks.Outcome, err error) (string, outcome) {
+// hookRunOutcome is the metric label and the outcome of one hook run,
+// whole-body (runHook) or per event: a body or event over the hook's
+// max_body_bytes, a failed run (its message scrubbed), or a denial, which
+// the caller acts on.
+func (ex *exchange) hookRunOutcome(script *hooks.Script, result hooks.Outcome, err error, perEvent bool) (string, outcome) {
 	var tooLarge *hooks.BodyTooLargeError
 	var failed *hooks.RunError
 	switch {
-	case errors.As(err, &tooLarge):
+	case errors.As(err, &tooLarge) && perEvent:
 		return "body_too_large", refused(policy.CodeBodyTooLarge, fmt.Sprintf(
 			"an event of %d bytes is larger than the %d bytes hook %s may read", tooLarge.Size, tooLarge.Limit, script.Name()))
+	case errors.As(err, &tooLarge):
+		return "body_too_large", refused(policy.CodeBodyTooLarge, tooLarge.Error())
 	case errors.As(err, &failed):
 		return failed.Kind.String(), refused(policy.CodeHookFailed, ex.scrubbed(failed.Error()))
 	case err != nil:
@@ -104,9 +108,10 @@ func (ex *exchange) hookRunOutcome(script *hooks.Script, result hooks.Outcome, e
 	return "ok", outcome{}
 }
 
-// scrubbed is a message a script may have built from an event, with the
-// connector's injected secrets removed: a per-event script runs before
-// the stream is scrubbed, and the message goes to the audit line.
+// scrubbed is a message a script may have built from what it read, with
+// the connector's injected secrets removed, since the message goes to
+// the audit line and the client: a per-event script reads events before
+// the scrubbing across events.
 func (ex *exchange) scrubbed(msg string) string {
 	if c := ex.connector; c != nil && c.Scrubber != nil {
 		msg, _ = c.Scrubber.ScrubString(msg)

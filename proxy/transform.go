@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -207,25 +206,9 @@ func (ex *exchange) runHook(ctx context.Context, c *policy.Connector, script *ho
 	}
 	start := ex.gw.now()
 	result, err := run(rt, ctx, hooks.Meta{Tenant: ex.tenant.ID, Connector: c.Name, ConnectorVersion: c.Version})
-	elapsed := ex.gw.now().Sub(start)
-	var tooLarge *hooks.BodyTooLargeError
-	var failed *hooks.RunError
-	switch {
-	case errors.As(err, &tooLarge):
-		ex.gw.metrics.hookRun(c.Name, "body_too_large", elapsed)
-		return result, refused(policy.CodeBodyTooLarge, tooLarge.Error())
-	case errors.As(err, &failed):
-		ex.gw.metrics.hookRun(c.Name, failed.Kind.String(), elapsed)
-		return result, refused(policy.CodeHookFailed, failed.Error())
-	case err != nil:
-		ex.gw.metrics.hookRun(c.Name, "error", elapsed)
-		return result, refused(policy.CodeHookFailed, "hook "+script.Name()+" failed")
-	case result.Denied:
-		ex.gw.metrics.hookRun(c.Name, "denied", elapsed)
-	default:
-		ex.gw.metrics.hookRun(c.Name, "ok", elapsed)
-	}
-	return result, outcome{}
+	label, o := ex.hookRunOutcome(script, result, err, false)
+	ex.gw.metrics.hookRun(c.Name, label, ex.gw.now().Sub(start))
+	return result, o
 }
 
 // readBounded reads at most limit bytes of body and reports whether there
