@@ -88,7 +88,9 @@ func TestEventStreamsDoNotStarveOtherTenants(t *testing.T) {
 	if limit := int64(2*slots + 2); median > limit {
 		t.Errorf("a median of %d of tenant a's event runs finished while each of tenant b's runs waited, want at most %d", median, limit)
 	}
-	if aDuring < bRuns {
+	// Fair is about one of a's runs per run of b (b runs one at a time);
+	// the stream is starved only if it gets far fewer.
+	if aDuring < bRuns/2 {
 		t.Errorf("tenant a's streams made %d runs while b made %d: the scheduler starved the stream instead", aDuring, bRuns)
 	}
 }
