@@ -128,9 +128,19 @@ func (ex *exchange) setBudgetHeaders(h map[string][]string) {
 	}
 	ex.budget.headerSet = true
 	now := ex.gw.now()
+	n := m.Budgets()
+	if n > len(ex.budget.values) {
+		// More budgets than the exchange has room for: every one still
+		// gets its line, at the cost of allocating them.
+		values := make([]string, n)
+		for i := range n {
+			values[i] = string(m.AppendHeader(ex.budget.header[:0], i, now))
+		}
+		h["X-Egressgw-Budget"] = values
+		return
+	}
 	b := ex.budget.header[:0]
 	var ends [len(exchangeBudget{}.values)]int
-	n := min(m.Budgets(), len(ends))
 	for i := range n {
 		b = m.AppendHeader(b, i, now)
 		ends[i] = len(b)

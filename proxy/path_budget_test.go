@@ -305,3 +305,33 @@ func TestPathBudgetIngressCutsInspectedTunnel(t *testing.T) {
 	}
 	g.expectRefusedCONNECT(t, pathAcme.auth(), origin.authority(zoneAPI), http.StatusTooManyRequests, "budget_exhausted", origin)
 }
+
+// Every budget that applies gets its line, however many the tenant has:
+// past the exchange's own room for them, the lines are allocated.
+func TestPathBudgetHeaderForEveryBudget(t *testing.T) {
+	t.Parallel()
+	spender := pathTenant{"many", "many-budgets-token-7f3a1c"}
+	origin := startPathUpstream(t, "127.0.0.1", false, nil)
+	var budgets strings.Builder
+	budgets.WriteString("budgets:\n")
+	const count = 7
+	for i := range count {
+		fmt.Fprintf(&budgets, "  - { name: b%d, period: day, requests: %d }\n", i, 100+i)
+	}
+	g := startPathGateway(t, "", map[string]string{
+		"tenants/many.yaml": spender.yaml(pathRule("api", []string{zoneAPI}, origin.port) + budgets.String()),
+	})
+	resp := g.request(t, http.MethodGet, spender.auth(), origin.url(zoneAPI, "/spend"))
+	if body := pathBody(t, resp); resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, body %q", resp.StatusCode, body)
+	}
+	lines := resp.Header.Values("X-Egressgw-Budget")
+	if len(lines) != count {
+		t.Fatalf("X-Egressgw-Budget %q: want %d lines, one per budget", lines, count)
+	}
+	for i, line := range lines {
+		if want := fmt.Sprintf("b%d; remaining-requests=%d; reset=", i, 100+i-1); !strings.HasPrefix(line, want) {
+			t.Errorf("line %d %q, want it to start %q", i, line, want)
+		}
+	}
+}
