@@ -90,39 +90,13 @@ func startModelFixture(t *testing.T) *modelFixture {
 			}
 		}
 	}))
-	rewrite := func(file, old, new string) {
-		t.Helper()
-		path := filepath.Join(dir, file)
-		raw, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Contains(raw, []byte(old)) {
-			t.Fatalf("%s no longer holds %q; update this test", file, old)
-		}
-		writeFile(t, path, strings.Replace(string(raw), old, new, 1))
-	}
-	rewrite("connectors/model.yaml", `hosts: ["api.model.example.com"]`, fmt.Sprintf("hosts: [%q]", hostAPI))
-	rewrite("connectors/model.yaml", "ports: [443]", fmt.Sprintf("ports: [%d]", fx.origin.port))
+	rewriteExampleFile(t, dir, "connectors/model.yaml", `hosts: ["api.model.example.com"]`, fmt.Sprintf("hosts: [%q]", hostAPI))
+	rewriteExampleFile(t, dir, "connectors/model.yaml", "ports: [443]", fmt.Sprintf("ports: [%d]", fx.origin.port))
 	// Each client takes two of the connector's tokens (its CONNECT and its
 	// request): the example's burst of 5 would refuse the third client.
-	rewrite("connectors/model.yaml", "burst: 5 }", "burst: 50 }")
-	rewrite("gateway.yaml", "\ntls:\n", fmt.Sprintf("\nconfig: { allow_paths: [%q] }\ntls:\n  upstream_roots: [%q]\n", filepath.Dir(testPKI.caFile), testPKI.caFile))
-	raw, err := os.ReadFile(filepath.Join(dir, "gateway.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(dir, "gateway.yaml"), string(raw)+gatewayYAML(""))
-	fx.g = newGateway(t)
-	fx.g.env = env
-	fx.g.start(t, "--config", dir, "--log-format", "json")
+	rewriteExampleFile(t, dir, "connectors/model.yaml", "burst: 5 }", "burst: 50 }")
+	fx.g, fx.caPool = startExampleGateway(t, dir, env)
 	fx.caFile = filepath.Join(dir, "ca", "ca.pem")
-	caPEM, err := os.ReadFile(fx.caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fx.caPool = x509.NewCertPool()
-	fx.caPool.AppendCertsFromPEM(caPEM)
 	return fx
 }
 

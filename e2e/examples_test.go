@@ -512,37 +512,9 @@ func TestExamplesCRMThroughGateway(t *testing.T) {
 
 	// Point the example at the local upstream; everything else (tenant,
 	// inject, hooks) is the example's own.
-	rewrite := func(file, old, new string) {
-		t.Helper()
-		path := filepath.Join(dir, file)
-		raw, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Contains(raw, []byte(old)) {
-			t.Fatalf("%s no longer holds %q; update this test", file, old)
-		}
-		writeFile(t, path, strings.Replace(string(raw), old, new, 1))
-	}
-	rewrite("connectors/crm.yaml", `hosts: ["api.crm.example.com"]`, fmt.Sprintf("hosts: [%q]", hostAPI))
-	rewrite("connectors/crm.yaml", "ports: [443]", fmt.Sprintf("ports: [%d]", origin.port))
-	rewrite("gateway.yaml", "\ntls:\n", fmt.Sprintf("\nconfig: { allow_paths: [%q] }\ntls:\n  upstream_roots: [%q]\n", filepath.Dir(testPKI.caFile), testPKI.caFile))
-	raw, err := os.ReadFile(filepath.Join(dir, "gateway.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(dir, "gateway.yaml"), string(raw)+gatewayYAML(""))
-
-	g := newGateway(t)
-	g.env = env
-	g.start(t, "--config", dir, "--log-format", "json")
-
-	caPEM, err := os.ReadFile(filepath.Join(dir, "ca", "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
+	rewriteExampleFile(t, dir, "connectors/crm.yaml", `hosts: ["api.crm.example.com"]`, fmt.Sprintf("hosts: [%q]", hostAPI))
+	rewriteExampleFile(t, dir, "connectors/crm.yaml", "ports: [443]", fmt.Sprintf("ports: [%d]", origin.port))
+	g, pool := startExampleGateway(t, dir, env)
 	proxyURL, err := url.Parse(g.proxyURL(exampleTenant))
 	if err != nil {
 		t.Fatal(err)
@@ -614,4 +586,43 @@ func TestExamplesCRMThroughGateway(t *testing.T) {
 			t.Errorf("the CRM got %d DELETE request(s)", n)
 		}
 	})
+}
+
+// rewriteExampleFile replaces old with new, once, in file of the example
+// copied to dir; a file that no longer holds old fails the test, so the
+// example and its test cannot drift apart unnoticed.
+func rewriteExampleFile(t *testing.T, dir, file, old, new string) {
+	t.Helper()
+	path := filepath.Join(dir, file)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(raw, []byte(old)) {
+		t.Fatalf("%s no longer holds %q; update this test", file, old)
+	}
+	writeFile(t, path, strings.Replace(string(raw), old, new, 1))
+}
+
+// startExampleGateway starts the real binary on the example copied to
+// dir, made to trust the test's upstreams and to listen where the tests
+// say, and returns it with a pool holding the example's interception CA.
+func startExampleGateway(t *testing.T, dir string, env []string) (*gateway, *x509.CertPool) {
+	t.Helper()
+	rewriteExampleFile(t, dir, "gateway.yaml", "\ntls:\n", fmt.Sprintf("\nconfig: { allow_paths: [%q] }\ntls:\n  upstream_roots: [%q]\n", filepath.Dir(testPKI.caFile), testPKI.caFile))
+	raw, err := os.ReadFile(filepath.Join(dir, "gateway.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "gateway.yaml"), string(raw)+gatewayYAML(""))
+	g := newGateway(t)
+	g.env = env
+	g.start(t, "--config", dir, "--log-format", "json")
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	return g, pool
 }
