@@ -326,7 +326,7 @@ func TestClose(t *testing.T) {
 // A binary that does not call WorkerMain cannot host workers; the runtime
 // says so instead of hanging or running scripts some other way.
 func TestWorkerMustStart(t *testing.T) {
-	_, err := startWorker("/bin/true")
+	_, err := startWorker(workerImage{path: "/bin/true"})
 	if err == nil || !strings.Contains(err.Error(), "hooks.WorkerMain") {
 		t.Errorf("starting /bin/true as a worker: %v, want an error naming hooks.WorkerMain", err)
 	}

@@ -168,8 +168,9 @@ func lowerThreadStacks() {
 		return
 	}
 	env := append(os.Environ(), workerStackLoweredVar+"=1")
-	// The pipes (descriptors 3 and 4) are inherited without close-on-exec.
-	_ = syscall.Exec(selfExe, os.Args, env) // returns only on failure: carry on with big stacks
+	// The pipes (descriptors 3 and 4) and the executable (5) are inherited
+	// without close-on-exec.
+	_ = syscall.Exec(workerImagePath, os.Args, env) // returns only on failure: carry on with big stacks
 }
 
 // selfExe is the running executable's file, even if it was replaced or
@@ -177,7 +178,21 @@ func lowerThreadStacks() {
 // code as the gateway that speaks to them.
 const selfExe = "/proc/self/exe"
 
-func workerExecutable() (string, error) { return selfExe, nil }
+// workerImagePath is where a starting worker finds the executable: the
+// gateway opens selfExe once and hands it down as descriptor 5, and the
+// worker is executed from that descriptor (as fexecve does). Executing
+// selfExe itself would run whatever the kernel calls this process's
+// executable when the worker starts, which under a program loader such as
+// valgrind is the loader, not the gateway.
+const workerImagePath = "/proc/self/fd/5"
+
+func workerExecutable() (workerImage, error) {
+	f, err := os.Open(selfExe)
+	if err != nil {
+		return workerImage{}, err
+	}
+	return workerImage{path: workerImagePath, file: f}, nil
+}
 
 // workerSysProcAttr kills a worker when the gateway dies, should the
 // worker be busy rather than reading (it exits on its own at end of input).

@@ -21,6 +21,11 @@ func (*memoryGuard) roomFor(int64) bool       { return false }
 func (*memoryGuard) apply(int64) error        { return errNoMemoryLimit }
 func workerSysProcAttr() *syscall.SysProcAttr { return nil }
 func lowerThreadStacks()                      {}
-func workerExecutable() (string, error)       { return os.Executable() }
-func maxRSS(*os.ProcessState) int64           { return 0 }
-func growPipe(*os.File)                       {}
+
+func workerExecutable() (workerImage, error) {
+	exe, err := os.Executable()
+	return workerImage{path: exe}, err
+}
+
+func maxRSS(*os.ProcessState) int64 { return 0 }
+func growPipe(*os.File)             {}

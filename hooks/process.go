@@ -43,9 +43,17 @@ type workerDeath struct {
 	state            *os.ProcessState
 }
 
+// workerImage is what workers are executed from: path, and the open file
+// it names when path is a descriptor (which a worker gets as descriptor 5,
+// after its two pipes).
+type workerImage struct {
+	path string
+	file *os.File // nil when path is an ordinary file name
+}
+
 // startWorker starts a worker from the running executable and waits for
 // its hello.
-func startWorker(exe string) (*workerProcess, error) {
+func startWorker(exe workerImage) (*workerProcess, error) {
 	runsRead, runsWrite, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -63,10 +71,10 @@ func startWorker(exe string) (*workerProcess, error) {
 		// test binary whose TestMain forgot WorkerMain: it then runs no
 		// tests and exits, and the missing hello says what is wrong.
 		cmd: &exec.Cmd{
-			Path:        exe,
+			Path:        exe.path,
 			Args:        []string{"egressgw-hooks-worker", "-test.run=^$"},
 			Env:         workerEnv(),
-			ExtraFiles:  []*os.File{runsRead, resultsWrite},
+			ExtraFiles:  []*os.File{runsRead, resultsWrite, exe.file},
 			SysProcAttr: workerSysProcAttr(),
 		},
 		toProc:  runsWrite,
@@ -104,7 +112,7 @@ func startWorker(exe string) (*workerProcess, error) {
 // of Go tooling that a test or race build needs.
 func workerEnv() []string {
 	env := []string{workerEnvVar + "=" + workerHello, "GOTRACEBACK=none"}
-	for _, name := range []string{"GORACE", "GOCOVERDIR", "TMPDIR"} {
+	for _, name := range []string{"GORACE", "GOCOVERDIR", "GODEBUG", "TMPDIR"} {
 		if v, ok := os.LookupEnv(name); ok {
 			env = append(env, name+"="+v)
 		}

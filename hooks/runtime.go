@@ -29,7 +29,7 @@ type RuntimeConfig struct {
 // gateway (it outlives config reloads); it is safe for concurrent use.
 type Runtime struct {
 	defaults Limits
-	exe      string
+	exe      workerImage
 	slots    []*slot
 	sched    *scheduler
 	closed   atomic.Bool
@@ -348,6 +348,10 @@ func (rt *Runtime) Close() error {
 		if sl.proc != nil {
 			rt.retire(sl)
 		}
+	}
+	// Every slot is idle and the scheduler closed: no worker starts again.
+	if rt.exe.file != nil {
+		rt.exe.file.Close()
 	}
 	return nil
 }

@@ -49,14 +49,17 @@ func findCallgrind() (callgrindTools, error) {
 
 // wrap makes cmd run under callgrind with instrumentation off until asked,
 // writing its dumps to out.1, out.2, ... Go's asynchronous preemption
-// signals trip an assertion in callgrind, so they are turned off.
+// signals trip an assertion in callgrind, so they are turned off, and so is
+// the runtime's use of RDTSCP, an instruction this valgrind does not know.
+// Children are followed so that egressgw's hook workers, executed from the
+// gateway's own file, start under the same loader.
 func (t callgrindTools) wrap(cmd *exec.Cmd, out string) {
-	cmd.Args = append([]string{t.valgrind, "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=" + out}, cmd.Args...)
+	cmd.Args = append([]string{t.valgrind, "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes", "--callgrind-out-file=" + out}, cmd.Args...)
 	cmd.Path = t.valgrind
 	if cmd.Env == nil {
 		cmd.Env = childEnv()
 	}
-	cmd.Env = append(cmd.Env, "GODEBUG=asyncpreemptoff=1")
+	cmd.Env = append(cmd.Env, "GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off")
 }
 
 func (t callgrindTools) command(ctx context.Context, pid int, args ...string) error {
