@@ -24,38 +24,48 @@ const smugglingDetail = "it has both Content-Length and Transfer-Encoding, which
 type headScan struct {
 	line   [len("transfer-encoding:")]byte // the start of the current line
 	n      int                             // bytes of the current line seen
+	named  bool                            // the current line's name ended (its first colon)
 	cl, te bool
 	done   bool // the head ended; wait for reset
 }
 
 // scan reads p, the next bytes of the head, and reports whether the head
-// ended in it with both Content-Length and Transfer-Encoding.
+// ended in it with both Content-Length and Transfer-Encoding. It jumps
+// from line end to line end and looks only at the start of each line, as
+// a name longer than the two cannot be either.
 func (h *headScan) scan(p []byte) bool {
-	if h.done {
-		return false
-	}
-	for _, b := range p {
-		if b == '\n' {
-			if h.n == 0 || (h.n == 1 && h.line[0] == '\r') {
-				h.done = true
-				return h.cl && h.te
-			}
-			h.n = 0
-			continue
+	for !h.done && len(p) > 0 {
+		end := bytes.IndexByte(p, '\n')
+		if end < 0 {
+			h.take(p)
+			return false
 		}
-		if h.n < len(h.line) {
-			h.line[h.n] = b
-			h.n++
-			if b == ':' {
-				name := h.line[:h.n-1]
-				h.cl = h.cl || bytes.EqualFold(name, []byte("Content-Length"))
-				h.te = h.te || bytes.EqualFold(name, []byte("Transfer-Encoding"))
-			}
-		} else {
-			h.n++ // a long line: its name is none of the two
+		h.take(p[:end])
+		p = p[end+1:]
+		if h.n == 0 || (h.n == 1 && h.line[0] == '\r') {
+			h.done = true
+			return h.cl && h.te
 		}
+		h.n, h.named = 0, false
 	}
 	return false
+}
+
+// take adds part, a piece of the current line without its line feed.
+func (h *headScan) take(part []byte) {
+	if !h.named && h.n < len(h.line) {
+		seen := h.n + copy(h.line[h.n:], part)
+		if colon := bytes.IndexByte(h.line[h.n:seen], ':'); colon >= 0 {
+			h.named = true
+			switch name := h.line[:h.n+colon]; len(name) {
+			case len("Content-Length"):
+				h.cl = h.cl || bytes.EqualFold(name, []byte("Content-Length"))
+			case len("Transfer-Encoding"):
+				h.te = h.te || bytes.EqualFold(name, []byte("Transfer-Encoding"))
+			}
+		}
+	}
+	h.n += len(part)
 }
 
 // reset starts on the next request's head.
