@@ -71,10 +71,16 @@ type exchangeBudget struct {
 	chargedDown atomic.Int64
 	name        atomic.Pointer[string]
 
-	// The X-Egressgw-Budget lines, set once (setBudgetHeaders).
-	headerSet bool
-	header    [384]byte
-	values    [4]string
+	// The X-Egressgw-Budget lines, set once (setBudgetHeaders); nil for a
+	// tenant without budgets, whose exchanges carry no room for them.
+	headers *budgetHeaders
+}
+
+// budgetHeaders holds the X-Egressgw-Budget lines of an exchange: one
+// buffer for up to four of them, which the header values point into.
+type budgetHeaders struct {
+	header [384]byte
+	values [4]string
 }
 
 // admitBudget is the budget step of admit: the request is counted on its
@@ -123,40 +129,41 @@ func (ex *exchange) admitBudget(ctx context.Context) outcome {
 // the header is set once per exchange and the buffer never written again.
 func (ex *exchange) setBudgetHeaders(h map[string][]string) {
 	m := ex.budget.meter
-	if m == nil || m.Budgets() == 0 || ex.budget.headerSet {
+	if m == nil || m.Budgets() == 0 || ex.budget.headers != nil {
 		return
 	}
-	ex.budget.headerSet = true
+	lines := new(budgetHeaders)
+	ex.budget.headers = lines
 	now := ex.gw.now()
 	n := m.Budgets()
-	if n > len(ex.budget.values) {
-		// More budgets than the exchange has room for: every one still
-		// gets its line, at the cost of allocating them.
+	if n > len(lines.values) {
+		// More budgets than the buffer has room for: every one still gets
+		// its line, at the cost of allocating them.
 		values := make([]string, n)
 		for i := range n {
-			values[i] = string(m.AppendHeader(ex.budget.header[:0], i, now))
+			values[i] = string(m.AppendHeader(lines.header[:0], i, now))
 		}
 		h["X-Egressgw-Budget"] = values
 		return
 	}
-	b := ex.budget.header[:0]
-	var ends [len(exchangeBudget{}.values)]int
+	b := lines.header[:0]
+	var ends [len(budgetHeaders{}.values)]int
 	for i := range n {
 		b = m.AppendHeader(b, i, now)
 		ends[i] = len(b)
 	}
 	var all string
-	if &b[0] == &ex.budget.header[0] {
+	if &b[0] == &lines.header[0] {
 		all = unsafe.String(&b[0], len(b)) // the buffer is not written again
 	} else {
 		all = string(b) // outgrew the buffer
 	}
 	start := 0
 	for i := range n {
-		ex.budget.values[i] = all[start:ends[i]]
+		lines.values[i] = all[start:ends[i]]
 		start = ends[i]
 	}
-	h["X-Egressgw-Budget"] = ex.budget.values[:n:n]
+	h["X-Egressgw-Budget"] = lines.values[:n:n]
 }
 
 // chargeBudget charges the exchange's meter with the bytes it moved since
