@@ -103,6 +103,9 @@ type meteredConn struct {
 	// a byte within it.
 	readIdle, writeBound  time.Duration
 	readRenew, writeRenew deadlineRenewal
+	// readCleared is set while the connection has no read deadline, as
+	// the last SetReadDeadline or SetDeadline left it.
+	readCleared atomic.Bool
 
 	// charge, when set, is called after every counted step: budgets are
 	// charged as bytes move (proxy/budget.go).
@@ -258,6 +261,7 @@ func (c *meteredConn) moved(n int, counter *atomic.Int64) {
 func (c *meteredConn) armRead() error {
 	last := time.Unix(0, c.activity.Load())
 	if c.readRenew.due(c.readIdle, last) {
+		c.readCleared.Store(false)
 		return c.Conn.SetReadDeadline(last.Add(c.readIdle))
 	}
 	return nil
@@ -277,15 +281,31 @@ func (c *meteredConn) armWrite(now time.Time) error {
 func (c *meteredConn) SetDeadline(t time.Time) error {
 	c.readRenew.reset()
 	c.writeRenew.reset()
+	c.readCleared.Store(t.IsZero())
 	return c.Conn.SetDeadline(t)
 }
 
 func (c *meteredConn) SetReadDeadline(t time.Time) error {
 	c.readRenew.reset()
+	if t.IsZero() {
+		// net/http clears the read deadline twice in a row on every
+		// request; the second would only cost a trip into the runtime.
+		if c.readCleared.Swap(true) {
+			return nil
+		}
+	} else {
+		c.readCleared.Store(false)
+	}
 	return c.Conn.SetReadDeadline(t)
 }
 
 func (c *meteredConn) SetWriteDeadline(t time.Time) error {
+	if t.IsZero() && c.writeBound > 0 {
+		// Clearing (as net/http does before every response) would leave
+		// the next write unbounded until it re-armed; the connection's
+		// own bound stays instead, renewed by every write as it falls due.
+		return nil
+	}
 	c.writeRenew.reset()
 	return c.Conn.SetWriteDeadline(t)
 }
