@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"net"
+	"net/http"
 
 	"github.com/egressgw/egressgw/policy"
 )
@@ -25,8 +26,8 @@ type authMemo struct {
 
 type authMemoKey struct{}
 
-// withAuthMemo gives every client connection (see connContext)
-// its own empty memo.
+// withAuthMemo gives a client connection that is not the gateway's own
+// (see connContext) its own empty memo.
 func withAuthMemo(ctx context.Context, _ net.Conn) context.Context {
 	return context.WithValue(ctx, authMemoKey{}, new(authMemo))
 }
@@ -36,6 +37,15 @@ func withAuthMemo(ctx context.Context, _ net.Conn) context.Context {
 func authMemoOf(ctx context.Context) *authMemo {
 	memo, _ := ctx.Value(authMemoKey{}).(*authMemo)
 	return memo
+}
+
+// authMemo is the memo of the connection r came on: the gateway's own
+// connections hold theirs (countedConn), others have it in r's context.
+func (ex *exchange) authMemo(r *http.Request) *authMemo {
+	if ex.conn != nil {
+		return &ex.conn.memo
+	}
+	return authMemoOf(r.Context())
 }
 
 // recall returns the tenant header identified under rt, if it is the

@@ -28,6 +28,7 @@ type exchange struct {
 	id     string
 	start  time.Time
 	client string
+	conn   *countedConn // the client connection, nil where there is none of the gateway's
 	tunnel bool
 	// inner marks a request inside an inspected tunnel or a tunnel read
 	// as plain HTTP, whose bytes the tunnel's own line already counts.
@@ -42,8 +43,9 @@ type exchange struct {
 	port   uint16
 	path   string
 	// upgrade marks a request that asks to switch protocols, which the
-	// policy decides on its own terms (policy.Request.Upgrade).
-	upgrade bool
+	// policy decides on its own terms (policy.Request.Upgrade); grpc a
+	// gRPC request (transform).
+	upgrade, grpc bool
 
 	tenant   *policy.Tenant
 	ts       *tenantState      // the tenant's keys and series in this generation
@@ -92,7 +94,9 @@ type exchange struct {
 	finished   sync.Once
 }
 
-func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
+// begin starts the exchange of r, which came on conn (nil where it did not
+// come through the gateway's listener or an inspected tunnel).
+func (g *Gateway) begin(r *http.Request, conn *countedConn, tunnel bool) *exchange {
 	now := g.now()
 	body, _ := r.Body.(*requestBody)
 	id := newRequestID(now)
@@ -104,6 +108,7 @@ func (g *Gateway) begin(r *http.Request, tunnel bool) *exchange {
 		id:             id,
 		start:          now,
 		client:         r.RemoteAddr,
+		conn:           conn,
 		tunnel:         tunnel,
 		method:         r.Method,
 		body:           body,

@@ -57,7 +57,7 @@ func (ex *exchange) forward(w http.ResponseWriter, r *http.Request, out transfor
 			_ = http.NewResponseController(w).EnableFullDuplex()
 		}
 	}
-	resp, err := ex.body.roundTrip(ex.rt.transportFor(r), r)
+	resp, err := ex.body.roundTrip(ex.rt.transportFor(ex.grpc, ex.upgrade), r)
 	if err == nil && upload == nil {
 		ex.bytesUp.Add(max(r.ContentLength, 0)) // sent: the upstream answered it
 	}
@@ -115,7 +115,7 @@ func (ex *exchange) checkResponse(r *http.Request, resp *http.Response, out tran
 		return errUnsolicitedUpgrade
 	}
 	transform := ex.transformResponse
-	if isGRPC(r.Header) {
+	if ex.grpc {
 		transform = ex.transformGRPCResponse // grpc.go
 	}
 	if err := transform(resp, out.answered); err != nil {

@@ -868,7 +868,7 @@ func BenchmarkRefusal(b *testing.B) {
 			r.Header.Set("Proxy-Authorization", "Basic "+basicEncode("acme", benchToken))
 			b.ReportAllocs()
 			for b.Loop() {
-				ex := g.begin(r, false)
+				ex := g.begin(r, nil, false)
 				o := ex.identify(r)
 				if o.ok() {
 					o = ex.decide(plainTarget(r))

@@ -20,11 +20,11 @@ func (ex *exchange) identify(r *http.Request) outcome {
 	// value as Get would return.
 	if values := r.Header["Proxy-Authorization"]; len(values) > 0 && values[0] != "" {
 		header := values[0]
-		memo := authMemoOf(r.Context())
+		memo := ex.authMemo(r)
 		if t, sum, ok := memo.recall(ex.rt, header); ok {
 			ex.setTenant(t)
 			ex.tokenSum = sum
-			authenticated(r)
+			ex.authenticated()
 			return outcome{}
 		}
 		var buf [basicBuffer]byte
@@ -35,7 +35,7 @@ func (ex *exchange) identify(r *http.Request) outcome {
 				ex.setTenant(t)
 				ex.tokenSum = sum
 				memo.remember(ex.rt, header, t, sum)
-				authenticated(r)
+				ex.authenticated()
 				return outcome{}
 			}
 		}
@@ -47,7 +47,7 @@ func (ex *exchange) identify(r *http.Request) outcome {
 		if t := snap.TenantBySource(ap.Addr()); t != nil {
 			ex.setTenant(t)
 			ex.source = ap.Addr()
-			authenticated(r)
+			ex.authenticated()
 			return outcome{}
 		}
 	}

@@ -47,3 +47,13 @@ func (g *Gateway) serveStream(t *tunnel, scheme string, w http.ResponseWriter, r
 	r = r.WithContext(context.WithValue(ctx, streamCancelKey{}, cancel))
 	g.serveInner(t, scheme, w, r)
 }
+
+// streamCancel is what ends r's HTTP/2 stream (serveStream), if r came on
+// one; HTTP/1 requests skip the context lookup.
+func streamCancel(r *http.Request) (context.CancelFunc, bool) {
+	if r.ProtoMajor != 2 {
+		return nil, false
+	}
+	cancel, ok := r.Context().Value(streamCancelKey{}).(context.CancelFunc)
+	return cancel, ok
+}

@@ -272,6 +272,9 @@ type countedConn struct {
 	// smuggling is set when one carried a smuggling sign.
 	head      headScan
 	smuggling atomic.Bool
+	// memo is the credentials its requests last proved (authmemo.go),
+	// touched only by the goroutine serving its requests one at a time.
+	memo authMemo
 }
 
 // Read passes the connection's bytes on, except the read that completes
@@ -339,11 +342,11 @@ func connOf(r *http.Request) *countedConn {
 	return cc
 }
 
-// authenticated notes that r authenticated, so that its connection no
-// longer counts against max_unauthenticated.
-func authenticated(r *http.Request) {
-	if cc := connOf(r); cc != nil {
-		cc.markAuthenticated()
+// authenticated notes that the exchange authenticated, so that its
+// connection no longer counts against max_unauthenticated.
+func (ex *exchange) authenticated() {
+	if ex.conn != nil {
+		ex.conn.markAuthenticated()
 	}
 }
 

@@ -68,7 +68,7 @@ func (g *Gateway) malformedMessage(status int, detail string) string {
 // net/http refused to parse on the connection from client.
 func (g *Gateway) malformedReply(client net.Addr, status int, detail string) []byte {
 	r := &http.Request{RemoteAddr: client.String(), URL: &url.URL{}, Header: http.Header{}}
-	ex := g.begin(r, false)
+	ex := g.begin(r, nil, false)
 	defer ex.finish()
 	ex.end(refused(policy.CodeBadRequest, g.malformedMessage(status, detail)))
 	resp := errorResponse(ex, nil)
@@ -83,28 +83,30 @@ type connKey struct{}
 // connContext is the server's ConnContext: the auth memo, and the
 // connection itself so that ServeHTTP can mark it as handling a request.
 func connContext(ctx context.Context, c net.Conn) context.Context {
-	ctx = withAuthMemo(ctx, c)
 	if cc, ok := c.(*countedConn); ok {
-		ctx = context.WithValue(ctx, connKey{}, cc)
+		return context.WithValue(ctx, connKey{}, cc) // which holds its memo
 	}
-	return ctx
+	return withAuthMemo(ctx, c)
 }
 
 // markHandling notes that a handler runs on r's connection: until it goes
 // idle again, what is written on it is the handler's response. It bounds
 // each pause in reading r's body by request_body_timeout (requestBody).
-func markHandling(r *http.Request) {
+// It returns the connection, nil where r did not come through the
+// gateway's listener or an inspected tunnel.
+func markHandling(r *http.Request) *countedConn {
 	cc := connOf(r)
 	if cc == nil {
-		return
+		return nil
 	}
 	cc.handling.Store(true)
 	if _, bounded := r.Body.(*requestBody); bounded {
-		return // an HTTP/2 stream's, bounded on the stream (serveStream)
+		return cc // an HTTP/2 stream's, bounded on the stream (serveStream)
 	}
 	if cc.limits.bodyTimeout > 0 && r.Body != nil && r.Body != http.NoBody {
 		r.Body = &requestBody{ReadCloser: r.Body, conn: cc}
 	}
+	return cc
 }
 
 // connState is the server's ConnState hook: an idle connection waits for

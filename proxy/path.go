@@ -30,12 +30,12 @@ import (
 // which the gateway forwards itself (servePlain), from the decision to the
 // last byte. Anything else was meant for a web server.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	markHandling(r)
+	conn := markHandling(r)
 	switch {
 	case r.Method == http.MethodConnect:
-		g.serveConnect(w, r)
+		g.serveConnect(w, r, conn)
 	case r.URL.IsAbs():
-		g.servePlain(w, r)
+		g.servePlain(w, r, conn)
 	default:
 		g.nonProxyHandler(w, r)
 	}
@@ -45,18 +45,19 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // the exchange is held for revocation (stream.go). A response that cannot
 // be sent whole aborts the client's connection, so that the client sees
 // it cut short rather than ended as if complete.
-func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
-	ex := g.begin(r, false)
+func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request, conn *countedConn) {
+	ex := g.begin(r, conn, false)
 	ex.scheme = r.URL.Scheme
 	defer ex.finish()
 
 	o := ex.identify(r)
-	if o.ok() && ex.selfServiceHost(r) {
+	tg, targetOutcome := plainTarget(r)
+	if o.ok() && ex.selfServiceHost(r, tg, targetOutcome) {
 		ex.answerSelf(w, r) // never forwarded (selfservice.go)
 		return
 	}
 	if o.ok() {
-		o = ex.decide(plainTarget(r))
+		o = ex.decide(tg, targetOutcome)
 	}
 	var rate quota.Result
 	if o.ok() {
@@ -88,8 +89,7 @@ func (g *Gateway) servePlain(w http.ResponseWriter, r *http.Request) {
 // tunnel was opened as, and forwarded as a plain request is, to the
 // tunnel's own host and port.
 func (g *Gateway) serveInner(outer *tunnel, scheme string, w http.ResponseWriter, r *http.Request) {
-	markHandling(r)
-	ex := g.begin(r, false)
+	ex := g.begin(r, markHandling(r), false)
 	ex.scheme, ex.inner = scheme, true
 	defer ex.finish()
 
@@ -134,8 +134,8 @@ func (g *Gateway) serveInner(outer *tunnel, scheme string, w http.ResponseWriter
 // server's read buffer, and goes first into the tunnel, never dropped.
 // What a tunnel carries is transformed only when it is inspected, request
 // by request (serveInner).
-func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
-	ex := g.begin(r, true)
+func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request, conn *countedConn) {
+	ex := g.begin(r, conn, true)
 	ex.scheme = "tunnel"
 
 	o := ex.identify(r)
@@ -181,7 +181,7 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 // nonProxyHandler answers requests sent to the gateway as if it were a web
 // server, which is what a client that mistook it for its upstream does.
 func (g *Gateway) nonProxyHandler(w http.ResponseWriter, r *http.Request) {
-	ex := g.begin(r, false)
+	ex := g.begin(r, nil, false)
 	ex.reply(w, refused(policy.CodeBadRequest, "this is an egress gateway: send requests through it as a proxy (HTTP_PROXY / HTTPS_PROXY), with an absolute URL"))
 }
 
@@ -191,8 +191,11 @@ func (g *Gateway) nonProxyHandler(w http.ResponseWriter, r *http.Request) {
 // Credentials are injected as the request is forwarded, after everything
 // that could see them.
 func (ex *exchange) transform(r *http.Request) (transformed, outcome) {
-	removeHopByHop(r.Header, isUpgrade(r.Header))
-	if isGRPC(r.Header) {
+	removeHopByHop(r.Header, ex.upgrade)
+	// Whether it is gRPC is settled on what the client sent, before any
+	// hook could relabel it (to escape the other response transforms).
+	ex.grpc = isGRPC(r.Header)
+	if ex.grpc {
 		return ex.transformGRPCRequest(r) // grpc.go: streams, never held whole
 	}
 	return ex.transformRequest(r)

@@ -169,7 +169,7 @@ func BenchmarkServeInner(b *testing.B) {
 		Header: http.Header{"Proxy-Authorization": {"Basic " + basicEncode("acme", benchToken)}}, Body: http.NoBody,
 		RemoteAddr: "10.0.0.7:40000"}
 	connect = connect.WithContext(withAuthMemo(context.Background(), nil))
-	outer := &tunnel{ex: g.begin(connect, true)}
+	outer := &tunnel{ex: g.begin(connect, nil, true)}
 	if o := admitConnect(context.Background(), outer.ex, connect, upstream); !o.ok() {
 		b.Fatalf("CONNECT refused: %s", o.reason)
 	}

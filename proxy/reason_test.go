@@ -77,7 +77,7 @@ var connectCodes = []struct {
 // read: the raw status line and the parsed response, body read.
 func refuseConnect(t *testing.T, g *Gateway, code policy.Code, message string) (statusLine string, resp *http.Response, body []byte) {
 	t.Helper()
-	ex := g.begin(httptest.NewRequest(http.MethodConnect, "x.example:443", nil), true)
+	ex := g.begin(httptest.NewRequest(http.MethodConnect, "x.example:443", nil), nil, true)
 	tenant, ok := g.runtime.Load().live.Snapshot.Tenant("acme")
 	if !ok {
 		t.Fatal("no tenant acme in the test policy")
@@ -217,7 +217,7 @@ func FuzzConnectReasonPhrase(f *testing.F) {
 	g := benchGateway(f, "listen: \"127.0.0.1:3128\"\n", "rules: [{ name: r, hosts: [\"a.example\"], ports: [443] }]\n")
 	f.Fuzz(func(t *testing.T, which uint8, message string) {
 		tc := connectCodes[int(which)%len(connectCodes)]
-		ex := g.begin(httptest.NewRequest(http.MethodConnect, "x.example:443", nil), true)
+		ex := g.begin(httptest.NewRequest(http.MethodConnect, "x.example:443", nil), nil, true)
 		ex.end(refused(tc.code, message))
 		var raw bytes.Buffer
 		if err := errorResponse(ex, nil).Write(&raw); err != nil {

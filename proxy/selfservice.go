@@ -39,14 +39,17 @@ const (
 
 var filedMethod = regexp.MustCompile(`^[A-Z][A-Z-]{0,31}$`)
 
-// selfServiceHost reports whether r, a plain request, is for the
-// self-service host of the exchange's policy. The host is normalised as
-// the decide step normalises it, so no spelling of the name reaches the
-// rules or the dialer.
-func (ex *exchange) selfServiceHost(r *http.Request) bool {
+// selfServiceHost reports whether r, a plain request whose target is tg
+// (or o, why it has none), is for the self-service host of the exchange's
+// policy. The host is normalised as the decide step normalises it, so no
+// spelling of the name reaches the rules or the dialer.
+func (ex *exchange) selfServiceHost(r *http.Request, tg target, o outcome) bool {
 	ss := ex.rt.live.Gateway.SelfService
 	if !ss.Enabled || (r.URL.Scheme != "http" && r.URL.Scheme != "https") {
 		return false // other schemes are refused as malformed (plainTarget)
+	}
+	if r.URL.Scheme == "http" && o.ok() {
+		return tg.host == ss.Host // normalised once, for both
 	}
 	host, _, err := policy.SplitTarget(r.URL.Host, 80)
 	return err == nil && host == ss.Host

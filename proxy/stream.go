@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"net/http"
 	"time"
 )
@@ -29,10 +28,10 @@ const streamGrace = time.Second
 func (g *Gateway) holdStream(ex *exchange, r *http.Request) *tunnel {
 	t := &ex.streamHold
 	t.ex, t.stream = ex, true
-	if cancel, ok := r.Context().Value(streamCancelKey{}).(context.CancelFunc); ok {
+	if cancel, ok := streamCancel(r); ok {
 		t.endStream = cancel // an HTTP/2 stream: its connection carries others
-	} else if cc, ok := r.Context().Value(connKey{}).(*countedConn); ok {
-		t.client = cc
+	} else if ex.conn != nil {
+		t.client = ex.conn
 	}
 	g.tunnels.add(t) // never refused: see tunnelSet.add
 	// A reload between the decision and now was not seen by revokeTunnels.

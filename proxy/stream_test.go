@@ -409,7 +409,7 @@ func mustRequest(t *testing.T, url string) *http.Request {
 func BenchmarkHoldStream(b *testing.B) {
 	g := benchGateway(b, "listen: \"127.0.0.1:3128\"\n", "rules:\n  - { name: upstream, hosts: [\"upstream.example\"] }\n")
 	r := httptest.NewRequest(http.MethodGet, "http://upstream.example/", nil)
-	ex := g.begin(r, false)
+	ex := g.begin(r, nil, false)
 	b.ReportAllocs()
 	for b.Loop() {
 		t := g.holdStream(ex, r)

@@ -81,14 +81,14 @@ func newUpgradeTransport(d *dialer, gw policy.Gateway) *http.Transport {
 	return t
 }
 
-// transportFor is the transport that sends r: gRPC's for a gRPC request,
-// the upgrades' for a protocol upgrade, the generation's own for every
-// other.
-func (rt *runtimeState) transportFor(r *http.Request) *http.Transport {
+// transportFor is the transport that sends a request: gRPC's for a gRPC
+// request, the upgrades' for a protocol upgrade, the generation's own for
+// every other.
+func (rt *runtimeState) transportFor(grpc, upgrade bool) *http.Transport {
 	switch {
-	case isGRPC(r.Header):
+	case grpc:
 		return rt.grpcTransport
-	case isUpgrade(r.Header):
+	case upgrade:
 		return rt.upgradeTransport
 	}
 	return rt.transport
