@@ -110,6 +110,10 @@ type meteredConn struct {
 	// charge, when set, is called after every counted step: budgets are
 	// charged as bytes move (proxy/budget.go).
 	charge func()
+
+	// head, on an upstream connection of the request transport, bounds
+	// the wait for a byte back after a write (headwait.go).
+	head *headAwait
 }
 
 // meter wraps c; the caller sets what it needs counted, timed or paced
@@ -136,6 +140,9 @@ func (c *meteredConn) Read(p []byte) (int, error) {
 	}
 	n, err := c.readConn(p)
 	if n > 0 {
+		if c.head != nil {
+			c.head.read()
+		}
 		c.moved(n, c.received)
 		if perr := c.readShaper.Pass(c.shaping, n); perr != nil {
 			return n, perr
@@ -149,12 +156,18 @@ func (c *meteredConn) Read(p []byte) (int, error) {
 // error: the read waits on.
 func (c *meteredConn) readConn(p []byte) (int, error) {
 	for {
+		if c.head != nil && c.head.expired.Load() {
+			return 0, errHeadTimeout
+		}
 		if c.readIdle > 0 {
 			if err := c.armRead(); err != nil {
 				return 0, err
 			}
 		}
 		n, err := c.Conn.Read(p)
+		if n == 0 && c.head != nil && c.head.expired.Load() {
+			return 0, errHeadTimeout
+		}
 		if n == 0 && c.readIdle > 0 && c.activity.stillActive(err, c.readIdle) {
 			c.readRenew.reset()
 			continue
@@ -229,6 +242,9 @@ func (c *meteredConn) writeOnce(p []byte) (int, error) {
 		n, err := c.Conn.Write(p[written:])
 		if n > 0 {
 			c.moved(n, c.sent)
+			if c.head != nil {
+				c.head.wrote(c.activity.Load())
+			}
 			written += n
 		}
 		if err != nil && c.activity != nil && c.activity.stillActive(err, c.writeBound) {
@@ -308,6 +324,14 @@ func (c *meteredConn) SetWriteDeadline(t time.Time) error {
 	}
 	c.writeRenew.reset()
 	return c.Conn.SetWriteDeadline(t)
+}
+
+// Close closes the connection, which a watch then forgets.
+func (c *meteredConn) Close() error {
+	if c.head != nil {
+		c.head.watch.forget(c)
+	}
+	return c.Conn.Close()
 }
 
 // NetConn returns the connection underneath.

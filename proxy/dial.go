@@ -28,16 +28,32 @@ type dialer struct {
 	dnsTimeout  time.Duration
 	dialTimeout time.Duration
 	idleTimeout time.Duration
+	// heads watches the connections dialRequests makes for a response
+	// head within headWait (headwait.go); nil watches none.
+	heads    *headWatch
+	headWait time.Duration
 }
 
-func newDialer(g policy.Gateway, addresses *allowlist.AddressPolicy) *dialer {
+func newDialer(g policy.Gateway, addresses *allowlist.AddressPolicy, heads *headWatch) *dialer {
 	return &dialer{
 		addresses:   addresses,
 		resolver:    g.Resolver(), // the one explain --resolve uses too
 		dnsTimeout:  g.DNSTimeout,
 		dialTimeout: g.DialTimeout,
 		idleTimeout: g.IdleTimeout,
+		heads:       heads,
+		headWait:    g.ResponseHeaderTimeout,
 	}
+}
+
+// dialRequests is DialContext for the transport of ordinary requests,
+// whose connections bound the wait for a response head (headwait.go).
+func (d *dialer) dialRequests(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := d.DialContext(ctx, network, addr)
+	if err == nil && d.heads != nil && d.headWait > 0 {
+		d.heads.watch(c.(*meteredConn), d.headWait)
+	}
+	return c, err
 }
 
 // dialError carries the client-facing code of a failed dial.

@@ -39,7 +39,7 @@ func TestDialAddrRefusesDeniedAddress(t *testing.T) {
 			}
 			defer ln.Close()
 			d := newDialer(policy.Gateway{DialTimeout: 5 * time.Second, DNSTimeout: 5 * time.Second, IdleTimeout: time.Minute},
-				allowlist.NewAddressPolicy(allowlist.AddressConfig{Allow: c.allow}))
+				allowlist.NewAddressPolicy(allowlist.AddressConfig{Allow: c.allow}), nil)
 			target := ln.Addr().(*net.TCPAddr).AddrPort()
 			conn, err := d.dialAddr(context.Background(), "tcp", target)
 			if !c.refused {

@@ -48,6 +48,9 @@ func (ex *exchange) forward(w http.ResponseWriter, r *http.Request, out transfor
 	} else if egress := ex.egressShaper(); egress != nil || !out.bodyHeld {
 		upload = &uploadBody{ReadCloser: egress.ReadCloser(r.Context(), r.Body), ex: ex}
 		r.Body = upload
+		if ex.rt.dialer.heads != nil {
+			r = awaitAfterUpload(r) // headwait.go
+		}
 		if !out.bodyHeld {
 			// The upload goes on while the response comes back. Otherwise
 			// the server, as the response starts, reads and discards

@@ -65,6 +65,7 @@ type Options struct {
 // (identify, decide, dial, relay, account) is its own, CONNECT included.
 type Gateway struct {
 	log       *slog.Logger
+	heads     *headWatch // upstream connections awaiting a response head
 	audit     *auditLog
 	quota     quota.Limiter
 	bandwidth *quota.Bandwidth
@@ -132,12 +133,15 @@ func New(opts Options) (*Gateway, error) {
 	go hostAddrs.Run(ctx, allowlist.HostAddrsRefresh, func(err error) {
 		opts.Logger.Warn("refreshing the host's addresses failed; the last list stays denied", "error", err)
 	})
+	heads := newHeadWatch()
+	go heads.run(ctx) // until Shutdown's cancelBase
 	if opts.Ledger == nil {
 		// In memory, nothing to flush to: no flusher to stop.
 		opts.Ledger = budget.New(budget.Options{Now: opts.Now, FlushEvery: -1, Currency: opts.Settings.Budgets.Currency})
 	}
 	g := &Gateway{
-		log: opts.Logger,
+		log:   opts.Logger,
+		heads: heads,
 		audit: newAuditLog(opts.Audit,
 			auditReports(opts.Logger, opts.Registry)),
 		quota:      opts.Quota,
@@ -187,8 +191,8 @@ func (g *Gateway) Apply(snap *policy.Snapshot) *policy.Live {
 	defer g.applyMu.Unlock()
 	addresses := snap.Gateway.AddressPolicy(g.hostAddrs, g.listeners) // as explain builds it
 	g.updateLeafCache(snap.Gateway)
-	d := newDialer(snap.Gateway, addresses)
-	rt := &runtimeState{dialer: d, transport: newTransport(d, snap.Gateway),
+	d := newDialer(snap.Gateway, addresses, g.heads)
+	rt := &runtimeState{dialer: d, transport: newRequestTransport(d, snap.Gateway),
 		grpcTransport: newGRPCTransport(d, snap.Gateway), upgradeTransport: newUpgradeTransport(d, snap.Gateway),
 		tenants: newTenantStates(snap, g.runtime.Load())}
 	g.applyBudgets(snap, rt.tenants)
@@ -277,6 +281,18 @@ func (g *Gateway) Live() *policy.Live {
 		return rt.live
 	}
 	return nil
+}
+
+// newRequestTransport is the transport of ordinary requests: its
+// connections bound the wait for a response head themselves (headwait.go),
+// instead of a timer per request.
+func newRequestTransport(d *dialer, gw policy.Gateway) *http.Transport {
+	t := newTransport(d, gw)
+	if d.heads != nil && d.headWait > 0 {
+		t.DialContext = d.dialRequests
+		t.ResponseHeaderTimeout = 0
+	}
+	return t
 }
 
 func newTransport(d *dialer, gw policy.Gateway) *http.Transport {
