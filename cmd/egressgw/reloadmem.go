@@ -3,7 +3,7 @@ package main
 import "runtime/debug"
 
 // reloadGCPercent is the collector's target while a reload builds the next
-// policy. At the serving target (defaultGCPercent) the heap may grow to 3x
+// policy. At the serving target (gctarget.go) the heap may grow to 3-5x
 // what was live at the last collection before the collector runs, and the
 // reload's garbage (file text, YAML parse trees) would fill that headroom
 // on top of the live policy. A low target collects as the load goes; the
@@ -11,8 +11,9 @@ import "runtime/debug"
 // (docs/operators.md, "Memory").
 const reloadGCPercent = 25
 
-// boundReloadMemory lowers the collector's target for a reload, unless
-// GOGC already set a lower one, and returns the function that restores it
+// boundReloadMemory lowers the collector's target for a reload when GOGC
+// is set (gcTarget.boundReload otherwise), unless GOGC set a lower one,
+// and returns the function that restores it
 // once the new policy is live or refused. That function also collects the
 // old policy and the reload's garbage and returns their pages to the
 // system: without it the resident set would stay at its reload peak until

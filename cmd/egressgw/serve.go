@@ -33,14 +33,6 @@ import (
 	"github.com/egressgw/egressgw/state"
 )
 
-// defaultGCPercent is the collector's target when GOGC is not set. The
-// gateway's live heap is mostly its policy, metrics and trust roots: a few
-// MB that every collection marks again, while what requests allocate dies
-// young. Collecting when the heap reaches 3× the live heap rather than 2×
-// halves that marking per request (3.5% of the gateway's instructions
-// on a small request) for a few MB more heap. GOGC, when set, wins.
-const defaultGCPercent = 200
-
 func serve(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("serve", stderr)
 	configPath := fs.String("config", "", "config directory, or its gateway.yaml (default: the embedded quickstart)")
@@ -56,9 +48,11 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "egressgw:", err)
 		return exitUsage
 	}
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(defaultGCPercent)
-	}
+	_, gogcSet := os.LookupEnv("GOGC")
+	gcTarget := newGCTarget(gogcSet) // gctarget.go
+	gcCtx, stopGCTarget := context.WithCancel(context.Background())
+	defer stopGCTarget()
+	go gcTarget.run(gcCtx)
 	source, err := openConfig(*configPath)
 	if err != nil {
 		logger.Error("cannot open config", "error", err)
@@ -159,7 +153,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		logger.Error("cannot start", "error", err)
 		return exitFail
 	}
-	rl := &reloader{gw: gw, source: source, loaded: snap.Gateway, log: logger, audit: audit}
+	rl := &reloader{gw: gw, source: source, loaded: snap.Gateway, log: logger, audit: audit, gc: gcTarget}
 	gw.RecordReload(true)
 	live := gw.Apply(snap)
 	logger.Info("policy loaded", "source", source.name, "generation", live.Generation,
@@ -542,6 +536,7 @@ type reloader struct {
 	loaded policy.Gateway // as first loaded, before flags override it
 	log    *slog.Logger
 	audit  *auditOutput
+	gc     *gcTarget // nil when GOGC is set
 
 	mu        sync.Mutex
 	lastErr   string
@@ -567,7 +562,7 @@ func (r *reloader) reload(trigger string) {
 		}
 		prev = live.Snapshot
 	}
-	defer boundReloadMemory()()
+	defer r.gc.boundReload()()
 	snap, err := r.source.reload(prev)
 	if err != nil {
 		r.gw.RecordReload(false)
