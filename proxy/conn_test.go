@@ -32,11 +32,16 @@ func TestMeteredConnCountsPacesAndTimes(t *testing.T) {
 	_ = far.SetDeadline(time.Now().Add(30 * time.Second))
 
 	out := bytes.Repeat([]byte("gateway "), 100_000) // 800,000 bytes: many shaper steps
-	go func() { _, _ = m.Write(out) }()
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		_, _ = m.Write(out)
+	}()
 	got := make([]byte, len(out))
 	if _, err := io.ReadFull(far, got); err != nil || !bytes.Equal(got, out) {
 		t.Fatalf("far end read %d bytes intact %v (%v)", len(got), bytes.Equal(got, out), err)
 	}
+	<-wrote // the far end can read the last bytes before Write has counted them
 	in := []byte("and back")
 	if _, err := far.Write(in); err != nil {
 		t.Fatal(err)
