@@ -36,16 +36,16 @@ type exchange struct {
 	// plainTunnel marks a CONNECT let in only to carry plain HTTP, which
 	// is read and decided request by request (docs/design.md).
 	plainTunnel bool
-
-	method string
-	scheme string
-	host   string
-	port   uint16
-	path   string
 	// upgrade marks a request that asks to switch protocols, which the
 	// policy decides on its own terms (policy.Request.Upgrade); grpc a
 	// gRPC request (transform).
 	upgrade, grpc bool
+	port          uint16
+
+	method string
+	scheme string
+	host   string
+	path   string
 
 	tenant   *policy.Tenant
 	ts       *tenantState      // the tenant's keys and series in this generation

@@ -7,12 +7,12 @@ import "github.com/egressgw/egressgw/policy"
 // (docs/reference.md, "What clients see"). A step of the request path that
 // can refuse returns one; the zero value lets the exchange go on.
 type outcome struct {
-	code   policy.Code // "" (ok) while the exchange goes on
-	reason string      // the reply's message and, for a refusal, the audit reason
+	code       policy.Code // "" (ok) while the exchange goes on
+	reason     string      // the reply's message and, for a refusal, the audit reason
+	retryAfter int         // seconds, for a rate_limited refusal
 	// denied marks the gateway refusing, as opposed to the upstream or the
 	// client failing: the audit line says deny and gives the reason.
-	denied     bool
-	retryAfter int // seconds, for a rate_limited refusal
+	denied bool
 	// cut marks an exchange ended after the client had its status (a
 	// per-event hook that ended a stream): like the audit-only codes, its
 	// connection is aborted.
@@ -22,8 +22,8 @@ type outcome struct {
 	// rule, and whether only report mode let the exchange through, with
 	// what enforce would have answered (wouldBe and wouldBeReason; reason
 	// too while the exchange is ok).
-	rule          string
 	report        bool
+	rule          string
 	wouldBe       policy.Code
 	wouldBeReason string
 }
