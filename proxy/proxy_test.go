@@ -341,3 +341,32 @@ func TestClassifyDNSFailures(t *testing.T) {
 		})
 	}
 }
+
+// ulidReference is the plain 128-bit encoding of a ULID: the number
+// ms<<80 | random<<16 | extra as 26 base32 digits, five bits at a time
+// from the end.
+func ulidReference(ms, random uint64, extra uint16) string {
+	hi := (ms&(1<<48-1))<<16 | random>>48
+	lo := random<<16 | uint64(extra)
+	var out [26]byte
+	for i := 25; i >= 0; i-- {
+		out[i] = crockford[lo&31]
+		lo = lo>>5 | hi<<59
+		hi >>= 5
+	}
+	return string(out[:])
+}
+
+// FuzzEncodeULID holds the request id's encoding to the reference, whose
+// digits, read as one number, are the time then the random bits.
+func FuzzEncodeULID(f *testing.F) {
+	f.Add(uint64(1_700_000_000_000), uint64(0x0123456789abcdef), uint16(0xbeef))
+	f.Add(uint64(1<<48-1), ^uint64(0), ^uint16(0))
+	f.Add(uint64(0), uint64(0), uint16(0))
+	f.Fuzz(func(t *testing.T, ms, random uint64, extra uint16) {
+		got := encodeULID(ms, random, extra)
+		if want := ulidReference(ms, random, extra); string(got[:]) != want {
+			t.Fatalf("encodeULID(%d, %#x, %#x) = %s, want %s", ms, random, extra, got[:], want)
+		}
+	})
+}

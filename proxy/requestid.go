@@ -17,17 +17,25 @@ const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 // per-thread ChaCha8 generator (seeded by the OS) rather than a
 // getrandom per request.
 func newRequestID(now time.Time) string {
-	random := rand.Uint64()
-	hi := uint64(now.UnixMilli())<<16 | random>>48
-	lo := random<<16 | rand.Uint64()>>48
-	var out [26]byte
-	// 128 bits as 26 base32 digits, the first digit carrying 3 bits.
-	for i := 25; i >= 0; i-- {
-		out[i] = crockford[lo&31]
-		lo = lo>>5 | hi<<59
-		hi >>= 5
-	}
+	out := encodeULID(uint64(now.UnixMilli()), rand.Uint64(), uint16(rand.Uint64()>>48))
 	return string(out[:])
+}
+
+// encodeULID writes 48 bits of ms then 80 random bits (random, then
+// extra) as 26 base32 digits: ten for the time, whose first carries 3
+// bits, and eight for each 40-bit half of the random bits.
+func encodeULID(ms, random uint64, extra uint16) (out [26]byte) {
+	ms &= 1<<48 - 1
+	high := random >> 24                          // random bits 0-39
+	low := (random&(1<<24-1))<<16 | uint64(extra) // random bits 40-79
+	for i := range 10 {
+		out[i] = crockford[ms>>(5*(9-i))&31]
+	}
+	for i := range 8 {
+		out[10+i] = crockford[high>>(5*(7-i))&31]
+		out[18+i] = crockford[low>>(5*(7-i))&31]
+	}
+	return out
 }
 
 // setUpstreamRequestID names the exchange to the upstream with the id of

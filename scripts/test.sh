@@ -58,6 +58,7 @@ fuzz ./proxy FuzzParseServerError 60000x
 fuzz ./proxy FuzzRawRequest 3000x
 fuzz ./proxy FuzzParseClientHello 200000x
 fuzz ./proxy FuzzHeadScan 100000x
+fuzz ./proxy FuzzEncodeULID 200000x
 fuzz ./proxy FuzzConnectReasonPhrase 100000x
 fuzz ./proxy FuzzClassifyRequestLine 150000x
 fuzz ./proxy FuzzAdminAuthorization 60000x
