@@ -24,6 +24,7 @@ const smugglingDetail = "it has both Content-Length and Transfer-Encoding, which
 type headScan struct {
 	line   [len("transfer-encoding:")]byte // the start of the current line
 	n      int                             // bytes of the current line seen
+	first  byte                            // the current line's first byte
 	named  bool                            // the current line's name ended (its first colon)
 	cl, te bool
 	done   bool // the head ended; wait for reset
@@ -42,7 +43,7 @@ func (h *headScan) scan(p []byte) bool {
 		}
 		h.take(p[:end])
 		p = p[end+1:]
-		if h.n == 0 || (h.n == 1 && h.line[0] == '\r') {
+		if h.n == 0 || (h.n == 1 && h.first == '\r') {
 			h.done = true
 			return h.cl && h.te
 		}
@@ -52,12 +53,25 @@ func (h *headScan) scan(p []byte) bool {
 }
 
 // take adds part, a piece of the current line without its line feed.
+// A line that starts in part is looked at where it is; only the start of
+// one cut across reads is copied.
 func (h *headScan) take(part []byte) {
+	if h.n == 0 && len(part) > 0 {
+		h.first = part[0]
+	}
 	if !h.named && h.n < len(h.line) {
-		seen := h.n + copy(h.line[h.n:], part)
-		if colon := bytes.IndexByte(h.line[h.n:seen], ':'); colon >= 0 {
+		start := part[:min(len(part), len(h.line))]
+		if h.n > 0 {
+			seen := h.n + copy(h.line[h.n:], part)
+			start = h.line[:seen]
+		}
+		colon := bytes.IndexByte(start[h.n:], ':')
+		if colon < 0 && h.n == 0 {
+			copy(h.line[:], start) // the line may go on in the next read
+		}
+		if colon >= 0 {
 			h.named = true
-			switch name := h.line[:h.n+colon]; len(name) {
+			switch name := start[:h.n+colon]; len(name) {
 			case len("Content-Length"):
 				h.cl = h.cl || bytes.EqualFold(name, []byte("Content-Length"))
 			case len("Transfer-Encoding"):

@@ -57,6 +57,8 @@ func TestHeadScan(t *testing.T) {
 		{"a longer name", "POST / HTTP/1.1\r\nX-Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n", false},
 		{"a name as a value", "POST / HTTP/1.1\r\nX-A: Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n", false},
 		{"a head not yet ended", "POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n", false},
+		{"a bare colon after a line that starts with a carriage return", "POST / HTTP/1.1\r\n\rX\r\n:\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n", true},
+		{"a name longer than the scan looks at", "POST / HTTP/1.1\r\nX-A-Very-Long-Header-Name: 1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n", true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			for step := 1; step <= len(c.head); step++ {
