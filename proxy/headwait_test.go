@@ -134,15 +134,7 @@ func TestPathResponseHeaderTimeoutLeavesTunnelsAndUpgradesAlone(t *testing.T) {
 	}
 	tunnelTarget := startPathTCPServer(t, "127.0.0.1", slowEcho)
 	upgrader := startPathUpstream(t, "127.0.0.1", false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, rw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		fmt.Fprint(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		rw.Flush()
-		_ = conn.SetDeadline(time.Now().Add(pathGuard))
-		slowEcho(&pathBufferedConn{Conn: conn, reader: rw.Reader})
+		acceptUpgrade(w, slowEcho)
 	}))
 	g := startHeadWaitGateway(t, tunnelTarget.port, upgrader.port)
 

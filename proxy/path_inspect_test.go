@@ -533,6 +533,12 @@ var upgradeEcho = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) 
 		http.Error(w, "want an upgrade", http.StatusBadRequest)
 		return
 	}
+	acceptUpgrade(w, func(c net.Conn) { io.Copy(c, c) })
+})
+
+// acceptUpgrade answers 101 and hands the connection, what the client
+// sent behind its request included, to serve.
+func acceptUpgrade(w http.ResponseWriter, serve func(net.Conn)) {
 	conn, rw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return
@@ -541,8 +547,8 @@ var upgradeEcho = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) 
 	fmt.Fprint(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
 	rw.Flush()
 	_ = conn.SetDeadline(time.Now().Add(pathGuard))
-	io.Copy(conn, rw)
-})
+	serve(&pathBufferedConn{Conn: conn, reader: rw.Reader})
+}
 
 // Moved from e2e/websocket_test.go: a plain-HTTP request that upgrades is
 // decided like any other, then its bytes flow both ways and are counted.
