@@ -15,9 +15,9 @@ import (
 // network.response_header_timeout bounds the wait for an upstream's
 // response head once the request is sent (docs/reference.md). For the
 // transport of ordinary requests it is kept on the connection rather than
-// by the transport's own timer, which would cost a timer per request (a
-// tenth of the gateway's own work on a small request, docs/design.md,
-// "The forwarder"): a connection that the gateway wrote to must send a
+// by the transport's own timer, which would cost a timer per request
+// (about 3,700 instructions on a small request, docs/design.md, "The
+// forwarder"): a connection that the gateway wrote to must send a
 // byte back within the bound of its last write. On HTTP/1.1 that is the
 // response head after the request's last byte; while a response streams,
 // nothing is written and nothing is awaited. A body streamed from the

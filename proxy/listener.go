@@ -305,11 +305,15 @@ func (c *countedConn) Write(p []byte) (int, error) {
 	return c.meteredConn.Write(p)
 }
 
-// Close closes the connection, except an idle keep-alive connection in the
-// shutdown window, which stays open until the window ends (closeLingering)
-// so that a request already on its way is served.
+// Close closes the connection, except in the shutdown window, where a
+// connection the HTTP server still has stays open until the window ends
+// (closeLingering), so that a request already on its way to an idle
+// keep-alive connection is served. That includes a connection not yet
+// marked idle: the server makes a connection idle, where its shutdown can
+// see and close it, a moment before telling connState. One the server is
+// done with is closed when it says so (StateClosed).
 func (c *countedConn) Close() error {
-	if l := c.ln; l != nil && c.idleSince.Load() != 0 {
+	if l := c.ln; l != nil && !c.hijacked.Load() {
 		if until := l.lingerUntil.Load(); until != 0 && time.Now().UnixNano() < until {
 			c.lingering.Store(true)
 			return nil

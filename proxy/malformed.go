@@ -128,5 +128,9 @@ func connState(c net.Conn, state http.ConnState) {
 	case http.StateHijacked:
 		cc.hijacked.Store(true)
 		cc.idleSince.Store(0)
+	case http.StateClosed:
+		if cc.lingering.Load() {
+			_ = cc.closeNow() // the server is done with it: no window keeps it
+		}
 	}
 }
