@@ -55,13 +55,13 @@ func (g *Gateway) AdminHandler(config *ConfigStatus) http.Handler {
 func (g *Gateway) explainHandler(w http.ResponseWriter, r *http.Request) {
 	live := g.Live()
 	if live == nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "no policy loaded"})
+		adminError(w, http.StatusServiceUnavailable, codeStateUnavailable, "no policy loaded")
 		return
 	}
 	q := r.URL.Query()
 	tenant, ok := live.Tenant(q.Get("tenant"))
 	if !ok {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "unknown tenant " + q.Get("tenant")})
+		adminError(w, http.StatusNotFound, codeNotFound, "unknown tenant "+q.Get("tenant"))
 		return
 	}
 	// The same address policy the dialer applies (network safety,
@@ -74,7 +74,7 @@ func (g *Gateway) explainHandler(w http.ResponseWriter, r *http.Request) {
 	}
 	trace, err := tenant.ExplainRequestGranted(r.Context(), q.Get("method"), q.Get("url"), gw, network, g.grants.at(g.now()))
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		adminError(w, http.StatusBadRequest, policy.CodeBadRequest, err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, trace)
@@ -117,14 +117,19 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	rt := g.runtime.Load()
 	if rt == nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "no policy loaded"})
+		adminError(w, http.StatusServiceUnavailable, codeStateUnavailable, "no policy loaded")
 		return
 	}
 	live := rt.live
 	tenant, ok := live.Tenant(id)
 	if !ok {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "unknown tenant " + id})
+		adminError(w, http.StatusNotFound, codeNotFound, "unknown tenant "+id)
 		return
+	}
+	quotaFailed := func(err error) {
+		// The backend's own error can name its addresses: logged, not sent.
+		g.log.Warn("usage: the quota backend could not be read", "tenant", id, "error", err)
+		adminError(w, http.StatusServiceUnavailable, policy.CodeQuotaUnavailable, "the quota backend could not be read; try again")
 	}
 	ctx := r.Context()
 	u := usage{Tenant: id, MaxConcurrent: tenant.Quota.MaxConcurrent}
@@ -135,7 +140,7 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 	var err error
 	if !tenant.Quota.Rate.Unlimited() {
 		if u.Requests, err = peek(quota.Bucket{Key: tenant.QuotaKey, Limit: tenant.Quota.Rate}); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
+			quotaFailed(err)
 			return
 		}
 	}
@@ -143,7 +148,7 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 		if rule.Connector != nil && !rule.Bucket.Limit.Unlimited() {
 			b, err := peek(rule.Bucket)
 			if err != nil {
-				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
+				quotaFailed(err)
 				return
 			}
 			b.Connector = rule.Name
@@ -151,7 +156,7 @@ func (g *Gateway) usageHandler(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if u.Open, err = g.quota.InUse(ctx, tenant.QuotaKey); err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "quota backend: " + err.Error()})
+		quotaFailed(err)
 		return
 	}
 	// Counted per tenant whatever its limit (tenantUsage), so that an

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/egressgw/egressgw/budget"
 	"github.com/egressgw/egressgw/policy"
+	"github.com/egressgw/egressgw/quota"
 )
 
 // counterFailure is what unreadableCounters answers; no reply may show
@@ -94,4 +97,49 @@ func TestParseStatementQuery(t *testing.T) {
 			t.Errorf("parseStatementQuery(%q, %q) = %s, %v, %v; want %s, %v", c.period, c.at, p, at, err, c.wantPeriod, c.wantAt)
 		}
 	}
+}
+
+// unreadableQuota is a quota backend that cannot be read.
+type unreadableQuota struct{ quota.Limiter }
+
+func (unreadableQuota) Peek(context.Context, string, quota.Limit) (quota.Result, error) {
+	return quota.Result{}, fmt.Errorf("%w: dial tcp 10.1.2.3:6379: %s", quota.ErrUnavailable, counterFailure)
+}
+
+func (unreadableQuota) InUse(context.Context, string) (int, error) {
+	return 0, fmt.Errorf("%w: dial tcp 10.1.2.3:6379: %s", quota.ErrUnavailable, counterFailure)
+}
+
+// The usage and explain endpoints answer with the admin API's typed
+// errors too, as the reference documents them for every admin endpoint:
+// the code in "error" and in X-Egressgw-Error, what went wrong in
+// "message", and never the quota backend's own error.
+func TestAdminUsageAndExplainErrors(t *testing.T) {
+	f := newAdminFixture(t, adminTokensYAML())
+	for _, c := range []struct {
+		name, path string
+		status     int
+		code       policy.Code
+	}{
+		{"usage of an unknown tenant", "/v1/tenants/nobody/usage", http.StatusNotFound, codeNotFound},
+		{"explain for an unknown tenant", "/v1/explain?tenant=nobody&method=GET&url=https://docs.python.org/", http.StatusNotFound, codeNotFound},
+		{"explain of a URL it cannot read", "/v1/explain?tenant=acme&method=GET&url=%25zz", http.StatusBadRequest, policy.CodeBadRequest},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := f.do("GET", c.path, viewerTok, "")
+			if w.Code != c.status || errorCode(t, w) != c.code || w.Header().Get("X-Egressgw-Error") != string(c.code) {
+				t.Errorf("GET %s: %d %v %s, want %d %s", c.path, w.Code, w.Header(), w.Body.String(), c.status, c.code)
+			}
+		})
+	}
+	t.Run("usage with the quota backend unreadable", func(t *testing.T) {
+		f.gw.quota = unreadableQuota{f.gw.quota}
+		w := f.do("GET", "/v1/tenants/acme/usage", viewerTok, "")
+		if w.Code != http.StatusServiceUnavailable || errorCode(t, w) != policy.CodeQuotaUnavailable {
+			t.Errorf("usage with the quota backend unreadable: %d %s, want 503 quota_unavailable", w.Code, w.Body.String())
+		}
+		if body := w.Body.String(); strings.Contains(body, counterFailure) || strings.Contains(body, "10.1.2.3") {
+			t.Errorf("the reply shows the backend's error: %s", body)
+		}
+	})
 }
