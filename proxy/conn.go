@@ -239,11 +239,15 @@ func (c *meteredConn) writeOnce(p []byte) (int, error) {
 				return written, err
 			}
 		}
+		var readsBefore uint64
+		if c.head != nil {
+			readsBefore = c.head.reading()
+		}
 		n, err := c.Conn.Write(p[written:])
 		if n > 0 {
 			c.moved(n, c.sent)
 			if c.head != nil {
-				c.head.wrote(c.activity.Load())
+				c.head.wrote(c.activity.Load(), readsBefore)
 			}
 			written += n
 		}

@@ -38,16 +38,32 @@ type headAwait struct {
 	// uploads counts the requests on the connection still sending a
 	// streamed body (more than one on HTTP/2): no wait starts meanwhile.
 	uploads atomic.Int32
+	// reads counts the reads that returned bytes, so that a write that
+	// completes after the answer to it was read starts no wait.
+	reads atomic.Uint64
 }
 
+// reading is what a write takes before it writes, to pass to wrote.
+func (a *headAwait) reading() uint64 { return a.reads.Load() }
+
 // wrote and read are called as bytes move: a write starts (or restarts)
-// the wait, a byte read ends it.
-func (a *headAwait) wrote(now int64) {
-	if a.uploads.Load() == 0 {
-		a.since.Store(now)
+// the wait, a byte read ends it. readsBefore is what reading said before
+// the write: on loopback the answer can be read before the write's own
+// call returns, and a wait started then would never end.
+func (a *headAwait) wrote(now int64, readsBefore uint64) {
+	if a.uploads.Load() != 0 || a.reads.Load() != readsBefore {
+		return
+	}
+	a.since.Store(now)
+	if a.reads.Load() != readsBefore {
+		a.since.CompareAndSwap(now, 0) // a read came in between: it ended the wait
 	}
 }
-func (a *headAwait) read() { a.since.Store(0) }
+
+func (a *headAwait) read() {
+	a.reads.Add(1)
+	a.since.Store(0)
+}
 
 // uploadStarted and uploadEnded bracket the sending of a streamed body:
 // the wait for the head starts at its end.
