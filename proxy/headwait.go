@@ -39,8 +39,9 @@ type headAwait struct {
 	// streamed body (more than one on HTTP/2): no wait starts meanwhile.
 	uploads atomic.Int32
 	// reads counts the reads that returned bytes, so that a write that
-	// completes after the answer to it was read starts no wait.
-	reads atomic.Uint64
+	// completes after the answer to it was read starts no wait;
+	// readsAtWrite is what it was before the last write began.
+	reads, readsAtWrite atomic.Uint64
 }
 
 // reading is what a write takes before it writes, to pass to wrote.
@@ -51,7 +52,16 @@ func (a *headAwait) reading() uint64 { return a.reads.Load() }
 // the write: on loopback the answer can be read before the write's own
 // call returns, and a wait started then would never end.
 func (a *headAwait) wrote(now int64, readsBefore uint64) {
-	if a.uploads.Load() != 0 || a.reads.Load() != readsBefore {
+	a.readsAtWrite.Store(readsBefore)
+	if a.uploads.Load() == 0 {
+		a.startIfUnanswered(now, readsBefore)
+	}
+}
+
+// startIfUnanswered starts the wait at now unless a read came in since
+// reads was readsBefore, checked again once it is set.
+func (a *headAwait) startIfUnanswered(now int64, readsBefore uint64) {
+	if a.reads.Load() != readsBefore {
 		return
 	}
 	a.since.Store(now)
@@ -74,7 +84,9 @@ func (a *headAwait) uploadStarted() {
 
 func (a *headAwait) uploadEnded(now int64) {
 	if a.uploads.Add(-1) == 0 {
-		a.since.Store(now)
+		// An answer read since the upload's last write (an upstream that
+		// answered before the body ended) leaves nothing to wait for.
+		a.startIfUnanswered(now, a.readsAtWrite.Load())
 	}
 }
 

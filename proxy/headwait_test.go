@@ -257,4 +257,12 @@ func TestHeadAwaitAnswerReadBeforeTheWriteReturned(t *testing.T) {
 	if got := a.since.Load(); got != 400 {
 		t.Fatalf("after the upload: wait since %d, want 400", got)
 	}
+	a.read()
+	a.uploadStarted()
+	a.wrote(500, a.reading())
+	a.read() // the upstream answered before the body ended
+	a.uploadEnded(600)
+	if got := a.since.Load(); got != 0 {
+		t.Fatalf("after an upload answered before it ended: wait since %d, want none", got)
+	}
 }
