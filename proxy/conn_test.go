@@ -7,7 +7,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -255,5 +257,49 @@ func TestSpliceReachesOnlyAroundWrappersWithoutWorkOfTheirOwn(t *testing.T) {
 		if got := tcpConn(tc.conn); got != tc.wants {
 			t.Errorf("%s: tcpConn = %v, want %v", tc.name, got, tc.wants)
 		}
+	}
+}
+
+// deadlineRecorder is a stream's response writer that fails the test
+// when its read deadline is set after its handler returned.
+type deadlineRecorder struct {
+	http.ResponseWriter
+	t        *testing.T
+	released atomic.Bool
+	sets     atomic.Int32
+}
+
+func (d *deadlineRecorder) SetReadDeadline(time.Time) error {
+	if d.released.Load() {
+		d.t.Error("the stream's read deadline was set after its handler returned")
+	}
+	d.sets.Add(1)
+	return nil
+}
+
+// The upstream's transport can go on reading an HTTP/2 request's body
+// after the stream's handler returned (an upstream that answered before
+// the body ended); net/http's response writer is released by then, and
+// setting its deadline crashed the gateway. After endStream the body's
+// reads leave the stream alone.
+func TestRequestBodyLeavesAFinishedStreamAlone(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	rec := &deadlineRecorder{t: t}
+	body := &requestBody{
+		ReadCloser: io.NopCloser(strings.NewReader("before, and after the handler")),
+		conn:       &countedConn{meteredConn: meteredConn{Conn: server}, limits: clientLimits{bodyTimeout: time.Minute}},
+		stream:     http.NewResponseController(rec),
+	}
+	if _, err := body.Read(make([]byte, 8)); err != nil {
+		t.Fatal(err)
+	}
+	if rec.sets.Load() == 0 {
+		t.Fatal("a read while the handler runs did not bound itself on the stream")
+	}
+	body.endStream()
+	rec.released.Store(true) // what net/http does once the handler returned
+	if _, err := io.ReadAll(body); err != nil {
+		t.Fatal(err)
 	}
 }

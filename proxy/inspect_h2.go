@@ -40,7 +40,11 @@ type streamCancelKey struct{}
 // pauses bounded on the stream rather than on the shared connection.
 func (g *Gateway) serveStream(t *tunnel, scheme string, w http.ResponseWriter, r *http.Request) {
 	if cc := connOf(r); cc != nil && cc.limits.bodyTimeout > 0 && r.Body != nil && r.Body != http.NoBody {
-		r.Body = &requestBody{ReadCloser: r.Body, conn: cc, stream: http.NewResponseController(w)}
+		body := &requestBody{ReadCloser: r.Body, conn: cc, stream: http.NewResponseController(w)}
+		// The upstream's transport can go on reading the body after the
+		// response is over; the stream is net/http's again by then.
+		defer body.endStream()
+		r.Body = body
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()

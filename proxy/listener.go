@@ -364,6 +364,11 @@ type requestBody struct {
 	// own read deadline bounds the body, since the connection's would cut
 	// every stream it carries.
 	stream *http.ResponseController
+	// streamGone is set, under streamMu, once the stream's handler has
+	// returned: the transport may go on reading the body after that, and
+	// the stream's deadlines are then net/http's no longer to set.
+	streamMu   sync.Mutex
+	streamGone bool
 	// Read by the handler while the transport's goroutine reads the body.
 	done      atomic.Bool // read to its end
 	stalled   atomic.Bool // a read ran out of time
@@ -416,9 +421,22 @@ func (b *requestBody) abandon() {
 // connection.
 func (b *requestBody) setReadDeadline(t time.Time) error {
 	if b.stream != nil {
+		b.streamMu.Lock()
+		defer b.streamMu.Unlock()
+		if b.streamGone {
+			return nil
+		}
 		return b.stream.SetReadDeadline(t)
 	}
 	return b.conn.SetReadDeadline(t)
+}
+
+// endStream notes that the stream's handler returns: its response writer,
+// which sets the stream's deadlines, is no longer to be used.
+func (b *requestBody) endStream() {
+	b.streamMu.Lock()
+	b.streamGone = true
+	b.streamMu.Unlock()
 }
 
 // onStream says whether the body comes on an HTTP/2 stream, whose
