@@ -538,9 +538,21 @@ type reloader struct {
 	audit  *auditOutput
 	gc     *gcTarget // nil when GOGC is set
 
-	mu        sync.Mutex
+	mu sync.Mutex // one reload at a time
+
+	// The last failed load's message and time, under errMu alone: /v1/config
+	// reads them while a reload, which can take seconds, holds mu.
+	errMu     sync.Mutex
 	lastErr   string
 	lastErrAt time.Time
+}
+
+// setLastError records the outcome of a load: a failure's message, or ""
+// once the files load again.
+func (r *reloader) setLastError(msg string, at time.Time) {
+	r.errMu.Lock()
+	r.lastErr, r.lastErrAt = msg, at
+	r.errMu.Unlock()
 }
 
 func (r *reloader) reload(trigger string) {
@@ -552,7 +564,7 @@ func (r *reloader) reload(trigger string) {
 			// Nothing changed: keep the generation, and the quota state
 			// with it. The files are the live policy's again (a broken
 			// edit reverted), so an earlier error no longer describes them.
-			r.lastErr, r.lastErrAt = "", time.Time{}
+			r.setLastError("", time.Time{})
 			// An audit output that could not be opened last time is
 			// tried again (after its directory was fixed, say).
 			r.audit.apply(r.gw, live.Gateway.AuditOutput, r.log)
@@ -566,7 +578,7 @@ func (r *reloader) reload(trigger string) {
 	snap, err := r.source.reload(prev)
 	if err != nil {
 		r.gw.RecordReload(false)
-		r.lastErr, r.lastErrAt = err.Error(), time.Now()
+		r.setLastError(err.Error(), time.Now())
 		r.log.Error("config reload refused; the last good policy keeps serving", "trigger", trigger, "error", err.Error())
 		return
 	}
@@ -574,7 +586,7 @@ func (r *reloader) reload(trigger string) {
 	r.gw.RecordReload(true)
 	live := r.gw.Apply(snap)
 	r.audit.apply(r.gw, snap.Gateway.AuditOutput, r.log)
-	r.lastErr, r.lastErrAt = "", time.Time{}
+	r.setLastError("", time.Time{})
 	r.log.Info("policy reloaded", "trigger", trigger, "generation", live.Generation, "hash", live.Hash,
 		"tenants", len(live.TenantIDs()), "connectors", live.Connectors())
 }
@@ -606,7 +618,7 @@ func (r *reloader) warnRestartOnly(next policy.Gateway) {
 }
 
 func (r *reloader) lastError() (string, time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.errMu.Lock()
+	defer r.errMu.Unlock()
 	return r.lastErr, r.lastErrAt
 }
