@@ -151,15 +151,8 @@ func (w *workerState) executeEvent(p *program, run *runFrame) *replyFrame {
 		"id":    &tengo.String{Value: run.event.ID},
 	}}
 
-	if runErr := runVM(p, globals, run.limits); runErr != nil {
-		return failed(runErr)
-	}
-	reason, denied, err := denyReason(globals[globalDeny])
-	if err != nil {
-		return failed(&RunError{Kind: FailInvalidOutput, Message: err.Error()})
-	}
-	if denied {
-		return &replyFrame{status: replyDenied, reason: reason}
+	if reply := runToDecision(p, globals, run.limits); reply != nil {
+		return reply
 	}
 	o := globals[globalEvent]
 	if o == nil || o == tengo.UndefinedValue {

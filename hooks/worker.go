@@ -181,19 +181,12 @@ func (w *workerState) execute(p *program, run *runFrame) *replyFrame {
 		globals[globalEvent] = tengo.UndefinedValue // a whole response
 	}
 
-	if runErr := runVM(p, globals, run.limits); runErr != nil {
-		return failed(runErr)
-	}
-
-	reason, denied, err := denyReason(globals[globalDeny])
-	if err != nil {
-		return failed(&RunError{Kind: FailInvalidOutput, Message: err.Error()})
-	}
-	if denied {
-		return &replyFrame{status: replyDenied, reason: reason}
+	if reply := runToDecision(p, globals, run.limits); reply != nil {
+		return reply
 	}
 
 	var reply *replyFrame
+	var err error
 	if isResponse {
 		reply, err = w.readResponse(globals[globalResponse], run, respJSON)
 	} else {
@@ -305,6 +298,23 @@ func (w *workerState) readMessage(rb *readBack, reply *replyFrame, headers map[s
 // one would keep the previous run's values reachable from its stack,
 // charging one tenant's garbage to the next run's max_memory, and Tengo
 // does not reset a VM's error between runs.
+// runToDecision runs p over globals and reads what it set in deny: the
+// reply when the run failed or denied, nil when its edits are to be read.
+// Whole-body and per-event runs end the same way.
+func runToDecision(p *program, globals []tengo.Object, lim Limits) *replyFrame {
+	if runErr := runVM(p, globals, lim); runErr != nil {
+		return failed(runErr)
+	}
+	reason, denied, err := denyReason(globals[globalDeny])
+	if err != nil {
+		return failed(&RunError{Kind: FailInvalidOutput, Message: err.Error()})
+	}
+	if denied {
+		return &replyFrame{status: replyDenied, reason: reason}
+	}
+	return nil
+}
+
 func runVM(p *program, globals []tengo.Object, lim Limits) *RunError {
 	maxAllocs := lim.MaxAllocs
 	vm := tengo.NewVM(p.bytecode, globals, maxAllocs)
