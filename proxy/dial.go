@@ -47,10 +47,11 @@ func newDialer(g policy.Gateway, addresses *allowlist.AddressPolicy, heads *head
 }
 
 // dialRequests is DialContext for the transport of ordinary requests,
-// whose connections bound the wait for a response head (headwait.go).
+// whose connections bound the wait for a response head (headwait.go);
+// newRequestTransport uses it only with a watch and a bound.
 func (d *dialer) dialRequests(ctx context.Context, network, addr string) (net.Conn, error) {
 	c, err := d.DialContext(ctx, network, addr)
-	if err == nil && d.heads != nil && d.headWait > 0 {
+	if err == nil {
 		d.heads.watch(c.(*meteredConn), d.headWait)
 	}
 	return c, err
