@@ -22,8 +22,9 @@ import (
 // ±15% between runs minutes apart; an instruction count is the same for
 // the same binary and load whatever else the machine does, so a change of
 // a few hundred instructions per request can be measured. It leaves out
-// the kernel's share (the same system calls for both: four reads and two
-// writes per request) and what instructions cost in cycles.
+// the kernel's share and what instructions cost in cycles; --perf-count
+// measures those (the system calls are the same for both: five reads and
+// two writes per request).
 
 // callgrindTargets are the targets the mode compares.
 var callgrindTargets = []string{targetBareGoproxy, targetEgressgw}

@@ -35,6 +35,9 @@
 // from the load. --callgrind N counts, instead of timing, the user-space
 // instructions bare goproxy and egressgw spend per small request, under
 // valgrind: a figure this shared machine's noise does not move.
+// --perf-count N counts what callgrind leaves out, under perf stat over
+// exactly N small requests: CPU time in user space and in the kernel,
+// system calls by kind and context switches per request.
 //
 // --smoke runs every scenario for a moment and checks that the figures are
 // sane, without judging timing; smoke_test.go runs it.

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -182,6 +184,9 @@ func TestFlagsAreBounded(t *testing.T) {
 		{"--proxy-cpus", "x"},
 		{"--callgrind", "10"},
 		{"--callgrind", "2000", "--smoke"},
+		{"--perf-count", "10"},
+		{"--perf-count", "20000", "--smoke"},
+		{"--perf-count", "20000", "--callgrind", "2000"},
 	} {
 		if _, _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q) accepted", args)
@@ -268,5 +273,33 @@ func TestSliceLetsOperationsInFlightFinish(t *testing.T) {
 	}
 	if r.errors != 0 || r.elapsed != 100*time.Millisecond {
 		t.Errorf("errors %d, elapsed %v", r.errors, r.elapsed)
+	}
+}
+
+func TestReadPerfCSV(t *testing.T) {
+	dir := t.TempDir()
+	var all strings.Builder
+	all.WriteString("# started on Mon Dec  7 04:04:20 2026\n\n")
+	for i, e := range perfEvents {
+		fmt.Fprintf(&all, "%d,,%s,1000000,100.00,,\n", (i+1)*10, e)
+	}
+	full := filepath.Join(dir, "full.csv")
+	if err := os.WriteFile(full, []byte(all.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	counts, err := readPerfCSV(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := counts[perfEvents[3]]; got != 40 {
+		t.Errorf("%s = %v, want 40", perfEvents[3], got)
+	}
+	notCounted := filepath.Join(dir, "refused.csv")
+	refused := strings.Replace(all.String(), "10,,task-clock", "<not supported>,,task-clock", 1)
+	if err := os.WriteFile(notCounted, []byte(refused), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readPerfCSV(notCounted); err == nil || !strings.Contains(err.Error(), "task-clock") {
+		t.Errorf("a counter perf could not read: err = %v, want one naming it", err)
 	}
 }

@@ -42,6 +42,7 @@ type options struct {
 	gatewayPprof      string
 	proxyCPUs         string
 	callgrind         int // requests per callgrind measurement; 0: the load benchmark instead
+	perfCount         int // requests per perf stat measurement; 0: the load benchmark instead
 	pprofOut          string
 	timeout           time.Duration
 	keepTemp          bool
@@ -121,6 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (options, outputFormat, error) 
 	fs.StringVar(&o.squidBinary, "squid", "", "squid binary (default: squid on PATH or /usr/sbin/squid; left out when missing)")
 	fs.StringVar(&o.gatewayPprof, "gateway-pprof", "", `base URL of egressgw's /debug/pprof/ endpoints, or "admin" for its admin listener; fetches a CPU profile during the first small-request window and a heap profile with the idle tunnels open`)
 	fs.StringVar(&o.proxyCPUs, "proxy-cpus", "", `CPUs (e.g. "1" or "2-3") for the proxies under test; the harness, clients and upstreams, runs on the others. Default: no pinning, everything shares every CPU`)
+	fs.IntVar(&o.perfCount, "perf-count", 0, "instead of the load benchmark: count bare goproxy's and egressgw's CPU time, system calls and context switches per small request under perf stat, over this many requests (e.g. 20000), three times")
 	fs.IntVar(&o.callgrind, "callgrind", 0, "instead of the load benchmark: count bare goproxy's and egressgw's user-space instructions per small request under valgrind's callgrind, over this many requests (e.g. 2000), three times")
 	fs.StringVar(&o.pprofOut, "pprof-out", ".", "directory for the profiles --gateway-pprof fetches")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "the whole benchmark stops after this long")
@@ -211,6 +213,14 @@ func (o options) validate() error {
 			return errors.New("--callgrind and --smoke exclude each other")
 		}
 	}
+	if o.perfCount != 0 {
+		if err := check("perf-count", int64(o.perfCount), 100, 10_000_000); err != nil {
+			return err
+		}
+		if o.smoke || o.callgrind != 0 {
+			return errors.New("--perf-count excludes --smoke and --callgrind")
+		}
+	}
 	if o.proxyCPUs != "" {
 		if _, err := parseCPUList(o.proxyCPUs); err != nil {
 			return fmt.Errorf("--proxy-cpus: %w", err)
@@ -257,6 +267,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if opts.callgrind > 0 {
 		opts.targets = slices.DeleteFunc(opts.targets, func(t string) bool { return !slices.Contains(callgrindTargets, t) })
 		if err := runCallgrind(ctx, opts, stdout, stderr); err != nil {
+			fmt.Fprintln(stderr, "egressbench:", err)
+			return exitFail
+		}
+		return exitOK
+	}
+	if opts.perfCount > 0 {
+		opts.targets = slices.DeleteFunc(opts.targets, func(t string) bool { return !slices.Contains(callgrindTargets, t) })
+		if err := runPerfCount(ctx, opts, stdout, stderr); err != nil {
 			fmt.Fprintln(stderr, "egressbench:", err)
 			return exitFail
 		}

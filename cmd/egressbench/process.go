@@ -137,9 +137,16 @@ const clockTicksPerSecond = 100
 // cpuSeconds reads the user plus system CPU time a process (all its
 // threads, live and exited) has used so far.
 func cpuSeconds(pid int) (float64, error) {
+	user, system, err := cpuTimes(pid)
+	return user + system, err
+}
+
+// cpuTimes returns the CPU seconds pid has spent in user space and in the
+// kernel.
+func cpuTimes(pid int) (user, system float64, err error) {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, fmt.Errorf("read CPU time of pid %d: %w", pid, err)
+		return 0, 0, fmt.Errorf("read CPU time of pid %d: %w", pid, err)
 	}
 	// The command name, in parentheses, may hold spaces: fields count
 	// from the last ')'. After it come state (field 3) ... utime (14) and
@@ -147,14 +154,14 @@ func cpuSeconds(pid int) (float64, error) {
 	text := string(data)
 	fields := strings.Fields(text[strings.LastIndexByte(text, ')')+1:])
 	if len(fields) < 13 {
-		return 0, fmt.Errorf("pid %d: short /proc stat line", pid)
+		return 0, 0, fmt.Errorf("pid %d: short /proc stat line", pid)
 	}
 	utime, err1 := strconv.ParseFloat(fields[11], 64)
 	stime, err2 := strconv.ParseFloat(fields[12], 64)
 	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("pid %d: unexpected /proc stat line", pid)
+		return 0, 0, fmt.Errorf("pid %d: unexpected /proc stat line", pid)
 	}
-	return (utime + stime) / clockTicksPerSecond, nil
+	return utime / clockTicksPerSecond, stime / clockTicksPerSecond, nil
 }
 
 // childEnv is the harness's environment without proxy variables, so no
