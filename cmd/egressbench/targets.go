@@ -95,8 +95,13 @@ func (t *runningTarget) stop() error {
 	return nil
 }
 
-// readyTimeout bounds a proxy's start-up.
-const readyTimeout = 15 * time.Second
+// readyTimeout bounds a proxy's start-up; wrappedReadyTimeout one started
+// under a wrapper (callgrind), which runs it tens of times slower: loading
+// the benchmark's 100 tenants there took close to 15 s, and sometimes more.
+const (
+	readyTimeout        = 15 * time.Second
+	wrappedReadyTimeout = 2 * time.Minute
+)
 
 // probeThrough fetches the small upstream body through t and fails unless
 // it arrives whole: a target is ready when it forwards, not when it listens.
@@ -126,8 +131,10 @@ func probeThrough(ctx context.Context, env *benchEnv, t *runningTarget) error {
 // waits until it forwards a request (and, if given, until ready succeeds)
 // and returns it as a running target.
 func startProxy(ctx context.Context, env *benchEnv, name string, cmd *exec.Cmd, addrOf func(*childProcess) (string, error), ready func(ctx context.Context) error) (*runningTarget, error) {
+	timeout := readyTimeout
 	if env.wrapChild != nil {
 		env.wrapChild(cmd)
+		timeout = wrappedReadyTimeout
 	}
 	proc, err := startChild(name, cmd, env.pinning)
 	if err != nil {
@@ -147,7 +154,7 @@ func startProxy(ctx context.Context, env *benchEnv, name string, cmd *exec.Cmd, 
 		}
 		return probeThrough(ctx, env, t)
 	}
-	if err := proc.waitReady(ctx, readyTimeout, probe); err != nil {
+	if err := proc.waitReady(ctx, timeout, probe); err != nil {
 		_ = proc.stop(time.Second)
 		return nil, err
 	}
