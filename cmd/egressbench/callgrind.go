@@ -85,6 +85,29 @@ func runCallgrind(ctx context.Context, opts options, stdout, progress io.Writer)
 	if err != nil {
 		return err
 	}
+	var figures []callgrindFigure
+	err = eachWarmedTarget(ctx, opts, progress, func(env *benchEnv, p *preparedTarget) func(*exec.Cmd) {
+		outFile := filepath.Join(env.dir, "callgrind-"+p.name+".out")
+		return func(cmd *exec.Cmd) { tools.wrap(cmd, outFile) }
+	}, func(env *benchEnv, t *runningTarget, load func(n int) error) error {
+		f, err := measureInstructions(ctx, env, tools, t, load)
+		figures = append(figures, f)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return writeCallgrind(stdout, opts, figures)
+}
+
+// eachWarmedTarget is what the per-request counting modes (--callgrind,
+// --perf-count) share: it prepares the targets, then one at a time starts
+// each (under the command wrap returns, if any), warms it with
+// callgrindWarmup small requests and hands it to measure with a load that
+// makes exactly n more.
+func eachWarmedTarget(ctx context.Context, opts options, progress io.Writer,
+	wrap func(*benchEnv, *preparedTarget) func(*exec.Cmd),
+	measure func(env *benchEnv, t *runningTarget, load func(n int) error) error) error {
 	ctx, cancel := context.WithTimeout(ctx, opts.timeout)
 	defer cancel()
 	if err := raiseOpenFileLimit(); err != nil {
@@ -95,39 +118,41 @@ func runCallgrind(ctx context.Context, opts options, stdout, progress io.Writer)
 		return err
 	}
 	defer closeEnv()
-	var outFile string
-	env.wrapChild = func(cmd *exec.Cmd) { tools.wrap(cmd, outFile) }
 	targets, err := prepareTargets(ctx, env)
 	if err != nil {
 		return err
 	}
-	var figures []callgrindFigure
 	for _, p := range targets {
-		outFile = filepath.Join(env.dir, "callgrind-"+p.name+".out")
-		f, err := measureInstructions(ctx, env, tools, p, outFile)
-		if err != nil {
+		if wrap != nil {
+			env.wrapChild = wrap(env, p)
+		}
+		if err := measureWarmed(ctx, env, p, measure); err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
-		figures = append(figures, f)
 	}
-	return writeCallgrind(stdout, opts, figures)
+	return nil
 }
 
-// measureInstructions starts p under callgrind, warms it up and counts its
-// instructions over opts.callgrind requests, callgrindMeasurements times.
-func measureInstructions(ctx context.Context, env *benchEnv, tools callgrindTools, p *preparedTarget, outFile string) (callgrindFigure, error) {
-	fig := callgrindFigure{target: p.name}
+func measureWarmed(ctx context.Context, env *benchEnv, p *preparedTarget, measure func(*benchEnv, *runningTarget, func(int) error) error) error {
 	t, err := p.start(ctx)
 	if err != nil {
-		return fig, err
+		return err
 	}
 	defer t.stop()
 	workers := env.opts.concurrency
 	clients, op := smallLoad(env, t, workers)
 	defer clients.close()
 	if err := runCount(ctx, workers, callgrindWarmup, op); err != nil {
-		return fig, fmt.Errorf("warm-up: %w", err)
+		return fmt.Errorf("warm-up: %w", err)
 	}
+	return measure(env, t, func(n int) error { return runCount(ctx, workers, n, op) })
+}
+
+// measureInstructions counts t's instructions over opts.callgrind
+// requests, callgrindMeasurements times.
+func measureInstructions(ctx context.Context, env *benchEnv, tools callgrindTools, t *runningTarget, load func(int) error) (callgrindFigure, error) {
+	fig := callgrindFigure{target: t.name}
+	outFile := filepath.Join(env.dir, "callgrind-"+t.name+".out")
 	pid, n := t.process.pid(), env.opts.callgrind
 	for i := 1; i <= callgrindMeasurements; i++ {
 		if err := tools.command(ctx, pid, "--zero"); err != nil {
@@ -136,7 +161,7 @@ func measureInstructions(ctx context.Context, env *benchEnv, tools callgrindTool
 		if err := tools.command(ctx, pid, "--instr=on"); err != nil {
 			return fig, err
 		}
-		if err := runCount(ctx, workers, n, op); err != nil {
+		if err := load(n); err != nil {
 			return fig, err
 		}
 		if err := tools.command(ctx, pid, "--instr=off"); err != nil {
@@ -150,7 +175,7 @@ func measureInstructions(ctx context.Context, env *benchEnv, tools callgrindTool
 			return fig, err
 		}
 		fig.perRequest = append(fig.perRequest, float64(total)/float64(n))
-		env.progressf("callgrind %d/%d %-12s %.0f instructions per request", i, callgrindMeasurements, p.name, fig.perRequest[i-1])
+		env.progressf("callgrind %d/%d %-12s %.0f instructions per request", i, callgrindMeasurements, t.name, fig.perRequest[i-1])
 	}
 	return fig, nil
 }

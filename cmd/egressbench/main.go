@@ -264,17 +264,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if opts.callgrind > 0 {
-		opts.targets = slices.DeleteFunc(opts.targets, func(t string) bool { return !slices.Contains(callgrindTargets, t) })
-		if err := runCallgrind(ctx, opts, stdout, stderr); err != nil {
-			fmt.Fprintln(stderr, "egressbench:", err)
-			return exitFail
-		}
-		return exitOK
+	var countMode func(context.Context, options, io.Writer, io.Writer) error // per request, instead of under load
+	switch {
+	case opts.callgrind > 0:
+		countMode = runCallgrind
+	case opts.perfCount > 0:
+		countMode = runPerfCount
 	}
-	if opts.perfCount > 0 {
+	if countMode != nil {
 		opts.targets = slices.DeleteFunc(opts.targets, func(t string) bool { return !slices.Contains(callgrindTargets, t) })
-		if err := runPerfCount(ctx, opts, stdout, stderr); err != nil {
+		if err := countMode(ctx, opts, stdout, stderr); err != nil {
 			fmt.Fprintln(stderr, "egressbench:", err)
 			return exitFail
 		}

@@ -65,50 +65,26 @@ func runPerfCount(ctx context.Context, opts options, stdout, progress io.Writer)
 	if err != nil {
 		return fmt.Errorf("--perf-count needs perf (Debian package linux-perf): %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, opts.timeout)
-	defer cancel()
-	if err := raiseOpenFileLimit(); err != nil {
-		return err
-	}
-	env, closeEnv, err := newBenchEnv(opts, progress)
-	if err != nil {
-		return err
-	}
-	defer closeEnv()
-	targets, err := prepareTargets(ctx, env)
-	if err != nil {
-		return err
-	}
 	var figures []perfFigure
-	for _, p := range targets {
-		f, err := measurePerf(ctx, env, perf, p)
-		if err != nil {
-			return fmt.Errorf("%s: %w", p.name, err)
-		}
+	err = eachWarmedTarget(ctx, opts, progress, nil, func(env *benchEnv, t *runningTarget, load func(int) error) error {
+		f, err := measurePerf(ctx, env, perf, t, load)
 		figures = append(figures, f)
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	return writePerfCount(stdout, opts, figures)
 }
 
-// measurePerf starts p, warms it up, attaches perf stat with its counters
-// disabled and enables them around each run of opts.perfCount requests.
-func measurePerf(ctx context.Context, env *benchEnv, perf string, p *preparedTarget) (perfFigure, error) {
-	fig := perfFigure{target: p.name}
-	t, err := p.start(ctx)
-	if err != nil {
-		return fig, err
-	}
-	defer t.stop()
-	workers := env.opts.concurrency
-	clients, op := smallLoad(env, t, workers)
-	defer clients.close()
-	if err := runCount(ctx, workers, callgrindWarmup, op); err != nil {
-		return fig, fmt.Errorf("warm-up: %w", err)
-	}
+// measurePerf attaches perf stat to t with its counters disabled and
+// enables them around each run of opts.perfCount requests.
+func measurePerf(ctx context.Context, env *benchEnv, perf string, t *runningTarget, load func(int) error) (perfFigure, error) {
+	fig := perfFigure{target: t.name}
 	n := env.opts.perfCount
 	for i := 1; i <= callgrindMeasurements; i++ {
-		out := filepath.Join(env.dir, fmt.Sprintf("perf-%s.%d.csv", p.name, i))
-		counts, err := perfAround(ctx, perf, t.process.pid(), out, func() error { return runCount(ctx, workers, n, op) })
+		out := filepath.Join(env.dir, fmt.Sprintf("perf-%s.%d.csv", t.name, i))
+		counts, err := perfAround(ctx, perf, t.process.pid(), out, func() error { return load(n) })
 		if err != nil {
 			return fig, err
 		}
@@ -118,7 +94,7 @@ func measurePerf(ctx context.Context, env *benchEnv, perf string, p *preparedTar
 		}
 		fig.perRequest = append(fig.perRequest, per)
 		env.progressf("perf %d/%d %-12s %.1f µs, %.2f system calls, %.2f context switches per request",
-			i, callgrindMeasurements, p.name, per["task-clock"]*1e3, per["raw_syscalls:sys_enter"], per["context-switches"])
+			i, callgrindMeasurements, t.name, per["task-clock"]*1e3, per["raw_syscalls:sys_enter"], per["context-switches"])
 	}
 	return fig, nil
 }
