@@ -14,7 +14,6 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
-	"time"
 )
 
 // The perf mode (--perf-count N) counts what callgrind leaves out: the
@@ -168,32 +167,27 @@ func perfAround(ctx context.Context, perf string, pid int, out string, load func
 
 // readPerfCSV reads perf stat's -x , output: value,unit,event,...
 func readPerfCSV(path string) (map[string]float64, error) {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return nil, err
-		}
-		counts := map[string]float64{}
-		for line := range bytes.Lines(data) {
-			fields := strings.Split(strings.TrimSpace(string(line)), ",")
-			if len(fields) < 3 || strings.HasPrefix(fields[0], "#") {
-				continue
-			}
-			v, err := strconv.ParseFloat(fields[0], 64)
-			if err != nil {
-				return nil, fmt.Errorf("perf stat counted no %s (%q): is it allowed here (kernel.perf_event_paranoid)?", fields[2], fields[0])
-			}
-			counts[fields[2]] = v
-		}
-		if len(counts) == len(perfEvents) {
-			return counts, nil
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("perf stat wrote %d of %d counters to %s", len(counts), len(perfEvents), path)
-		}
-		time.Sleep(50 * time.Millisecond)
+	// perfAround reads it after perf stat has exited: it is complete.
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
 	}
+	counts := map[string]float64{}
+	for line := range bytes.Lines(data) {
+		fields := strings.Split(strings.TrimSpace(string(line)), ",")
+		if len(fields) < 3 || strings.HasPrefix(fields[0], "#") {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			return nil, fmt.Errorf("perf stat counted no %s (%q): is it allowed here (kernel.perf_event_paranoid)?", fields[2], fields[0])
+		}
+		counts[fields[2]] = v
+	}
+	if len(counts) != len(perfEvents) {
+		return nil, fmt.Errorf("perf stat wrote %d of %d counters to %s", len(counts), len(perfEvents), path)
+	}
+	return counts, nil
 }
 
 func writePerfCount(w io.Writer, opts options, figures []perfFigure) error {
