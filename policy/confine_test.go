@@ -267,3 +267,44 @@ func TestCAKeyIsNoScript(t *testing.T) {
 		t.Errorf("load: %v; want %s", err, want)
 	}
 }
+
+// The decoder's messages keep their kind when they are fixed phrases and
+// lose it when they could hold the file's text, a key written over several
+// lines included; a message of a form this package does not know is
+// replaced whole (docs/admins.md).
+func TestDecoderMessagesQuoteOnlyFixedPhrases(t *testing.T) {
+	const value = "$6$SALT$HASHVALUE0123"
+	decoded := []struct{ name, doc, want string }{
+		{"syntax", "id: a\nsecrets: {\n", "f.yaml:2: did not find expected node content"},
+		{"mapping in a value", "id: a\nmode: a: " + value + "\n", "f.yaml:2: mapping values are not allowed in this context"},
+		{"tab indent", "id: a\n\tmode: " + value + "\n", "f.yaml:2: found a tab character that violates indentation"},
+		{"depth", "id: a\nmode: " + strings.Repeat("[", 10001), "f.yaml:2: exceeded max depth of 10000"},
+		{"unknown key", "id: a\n" + value + ": 1\n", "f.yaml:2: unknown key"},
+		{"unknown key on two lines", "id: a\n? " + value + "\n\n x\n", "f.yaml:2: unknown key"},
+		{"unknown key with a line break in quotes", "id: a\n\"" + value + "\\nx\": 1\n", "f.yaml:2: unknown key"},
+		{"unknown anchor", "id: a\nauth: *HASHVALUE0123\n", "f.yaml: not valid here (the value is not quoted: this file did not decode)"},
+		{"wrong type on two lines", "id: a\nquota: { burst: \"" + value + "\\n\" }\n", `f.yaml:2: wrong type for key "burst": got a string, want a whole number`},
+	}
+	for _, c := range decoded {
+		t.Run(c.name, func(t *testing.T) {
+			_, errs := decodeStrict("f.yaml", []byte(c.doc), &tenantFile{})
+			if len(errs) != 1 || errs[0].Error() != c.want {
+				t.Errorf("errors %v; want %q", errs, c.want)
+			}
+		})
+	}
+	// Messages the decoder can write for other types or versions.
+	worded := []struct{ msg, want string }{
+		{"yaml: line 4: field id already set in type policy.tenantFile", `f.yaml:4: duplicate key "id"`},
+		{"yaml: line 4: field " + value + "\nx already set in type policy.tenantFile", "f.yaml:4: duplicate key"},
+		{"yaml: line 2: invalid map key: []interface {}{12345678}", "f.yaml:2: not valid here (the value is not quoted: this file did not decode)"},
+		{"yaml: line 2: a message of a new decoder " + value, "f.yaml:2: not valid here (the value is not quoted: this file did not decode)"},
+		{"yaml: line 2: expected mapping start event but got scalar", "f.yaml:2: expected mapping start event but got scalar"},
+		{"yaml: attempted to go past the end of stream; corrupted value?", "f.yaml: attempted to go past the end of stream; corrupted value?"},
+	}
+	for _, c := range worded {
+		if got := parseYAMLMessage("f.yaml", c.msg, yamlSyntaxLine).Error(); got != c.want {
+			t.Errorf("%q worded as %q; want %q", c.msg, got, c.want)
+		}
+	}
+}

@@ -59,9 +59,10 @@ type yamlDoc struct {
 }
 
 var (
-	yamlLinePrefix  = regexp.MustCompile(`^line (\d+): (.*)$`)
-	yamlSyntaxLine  = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-	yamlUnknownKey  = regexp.MustCompile(`^field (.+) not found in type \S+$`) // a key may hold spaces
+	yamlLinePrefix  = regexp.MustCompile(`(?s)^line (\d+): (.*)$`)
+	yamlSyntaxLine  = regexp.MustCompile(`(?s)^yaml: line (\d+): (.*)$`)
+	yamlUnknownKey  = regexp.MustCompile(`(?s)^field (.+) not found in type \S+$`) // a key may hold spaces and line breaks
+	yamlFieldTwice  = regexp.MustCompile(`(?s)^field (.+) already set in type \S+$`)
 	yamlDuplicate   = regexp.MustCompile(`^mapping key "(.*)" already defined at line (\d+)$`)
 	yamlWrongType   = regexp.MustCompile("^cannot unmarshal !!(\\w+)(?: `(.*)`)? into (.+)$") // no value for a list or mapping
 	goTypeToEnglish = map[string]string{
@@ -148,13 +149,54 @@ func parseYAMLMessage(file, msg string, linePattern *regexp.Regexp) ConfigError 
 			got = "a value"
 		}
 		ce.Msg = fmt.Sprintf("wrong type: got %s, want %s", got, want)
-	case ownDecodeMessage(ce.Msg):
-	case strings.ContainsAny(ce.Msg, "`'\"") || strings.HasPrefix(ce.Msg, "cannot unmarshal"):
-		// Anchors, tags, map keys: the decoder would quote the file.
+	case yamlFieldTwice.MatchString(ce.Msg):
+		ce.Msg = "duplicate key" + quoteKey(yamlFieldTwice.FindStringSubmatch(ce.Msg)[1])
+	case ownDecodeMessage(ce.Msg), yamlSyntaxProblems[ce.Msg], yamlCountedProblem.MatchString(ce.Msg):
+	default:
+		// Anchors, tags, map keys, or a message this package does not know:
+		// it may quote the file, so only its kind and line are told.
 		ce.Msg = "not valid here (the value is not quoted: this file did not decode)"
 	}
 	return ce
 }
+
+// yamlSyntaxProblems are the decoder's messages that are fixed phrases,
+// quoting nothing from the file; any other message is replaced. A decoder
+// update that adds a phrase makes that message less specific, never leaky.
+var yamlSyntaxProblems = map[string]bool{
+	"block sequence entries are not allowed in this context": true, "control characters are not allowed": true,
+	"could not find expected ':'": true, "could not find expected directive name": true,
+	"did not find URI escaped octet": true, "did not find expected '!'": true,
+	"did not find expected ',' or ']'": true, "did not find expected ',' or '}'": true,
+	"did not find expected '-' indicator": true, "did not find expected <document start>": true,
+	"did not find expected <stream-start>": true, "did not find expected alphabetic or numeric character": true,
+	"did not find expected comment or line break": true, "did not find expected digit or '.' character": true,
+	"did not find expected hexdecimal number": true, "did not find expected key": true,
+	"did not find expected node content": true, "did not find expected tag URI": true,
+	"did not find expected version number": true, "did not find expected whitespace or line break": true,
+	"did not find expected whitespace": true, "did not find the expected '>'": true,
+	"expected low surrogate area": true, "found a tab character that violates indentation": true,
+	"found a tab character where an indentation space is expected": true, "found an incorrect leading UTF-8 octet": true,
+	"found an incorrect trailing UTF-8 octet": true, "found an indentation indicator equal to 0": true,
+	"found character that cannot start any token": true, "found duplicate %TAG directive": true,
+	"found duplicate %YAML directive": true, "found extremely long version number": true,
+	"found incompatible YAML document": true, "found invalid Unicode character escape code": true,
+	"found undefined tag handle": true, "found unexpected document indicator": true,
+	"found unexpected end of stream": true, "found unexpected non-alphabetical character": true,
+	"found unknown directive name": true, "found unknown escape character": true,
+	"incomplete UTF-16 character": true, "incomplete UTF-16 surrogate pair": true,
+	"incomplete UTF-8 octet sequence": true, "invalid Unicode character": true,
+	"invalid leading UTF-8 octet": true, "invalid length of a UTF-8 sequence": true,
+	"invalid trailing UTF-8 octet": true, "mapping keys are not allowed in this context": true,
+	"mapping values are not allowed in this context": true, "unexpected low surrogate area": true,
+	"unknown problem parsing YAML content": true, "document contains excessive aliasing": true,
+	"map merge requires map or sequence of maps as the value": true, "!!binary value contains invalid base64 data": true,
+	"attempted to go past the end of stream; corrupted value?": true,
+}
+
+// yamlCountedProblem matches the decoder's messages that hold only numbers
+// and words of its own.
+var yamlCountedProblem = regexp.MustCompile(`^(exceeded max depth of \d+|invalid array: want \d+ elements but got \d+|expected [a-z ]+ event but got [a-z ]+)$`)
 
 // keyAtLine returns the innermost mapping key whose value holds a node on
 // line, or "" when there is none: the key a decoder error on that line is
