@@ -66,12 +66,12 @@ fuzz ./proxy FuzzAuditLine 40000x
 fuzz ./proxy FuzzSameSecret 100000x
 fuzz ./proxy FuzzTimestamp 100000x
 fuzz ./proxy FuzzParseServerError 60000x
-fuzz ./proxy FuzzRawRequest 3000x
-fuzz ./proxy FuzzParseClientHello 200000x
+fuzz ./proxy FuzzRawRequest 1000x
+fuzz ./proxy FuzzParseClientHello 100000x
 fuzz ./proxy FuzzHeadScan 100000x
-fuzz ./proxy FuzzEncodeULID 200000x
-fuzz ./proxy FuzzConnectReasonPhrase 100000x
-fuzz ./proxy FuzzClassifyRequestLine 150000x
+fuzz ./proxy FuzzEncodeULID 100000x
+fuzz ./proxy FuzzConnectReasonPhrase 80000x
+fuzz ./proxy FuzzClassifyRequestLine 80000x
 fuzz ./proxy FuzzAdminAuthorization 60000x
 fuzz ./proxy FuzzApproveBody 30000x
 fuzz ./proxy FuzzGrantBody 15000x
