@@ -47,11 +47,11 @@ go test -race -count=1 -timeout 20m ./...
 # Short fuzz runs; the checked-in seed corpora already ran above as tests.
 # Each run is a count of executions, about ten to twenty seconds' worth on
 # a 2-core machine whose fuzz cache is empty, as on CI (a cache warmed by
-# earlier runs goes faster). A wall-clock -fuzztime can fail with a bare "context
-# deadline exceeded" when its deadline races a worker in Go 1.26's fuzz
-# coordinator, which a count cannot. FUZZTIME (a count like 1000000x, or a
-# duration) overrides every target's budget for longer runs by hand.
-# Minimising each new interesting input is bounded by a count too
+# earlier runs goes faster). A wall-clock -fuzztime can fail with a bare
+# "context deadline exceeded" when its deadline races a worker in Go
+# 1.26's fuzz coordinator, which a count cannot. FUZZTIME (a count like
+# 1000000x, or a duration) overrides every target's budget for longer runs
+# by hand. Minimising each new interesting input is bounded by a count too
 # (FUZZMINIMIZETIME): CI keeps a failing input whether or not it is
 # minimised, and FuzzRawRequest, whose executions wait on sockets, spent
 # minutes minimising.
