@@ -283,6 +283,7 @@ func TestDecoderMessagesQuoteOnlyFixedPhrases(t *testing.T) {
 		{"unknown key on two lines", "id: a\n? " + value + "\n\n x\n", "f.yaml:2: unknown key"},
 		{"unknown key with a line break in quotes", "id: a\n\"" + value + "\\nx\": 1\n", "f.yaml:2: unknown key"},
 		{"unknown anchor", "id: a\nauth: *HASHVALUE0123\n", "f.yaml: not valid here (the value is not quoted: this file did not decode)"},
+		{"short wrong type on two lines", "id: a\nquota: { burst: \"Ab\\nC\" }\n", `f.yaml:2: wrong type for key "burst": got a string, want a whole number`},
 		{"wrong type on two lines", "id: a\nquota: { burst: \"" + value + "\\n\" }\n", `f.yaml:2: wrong type for key "burst": got a string, want a whole number`},
 	}
 	for _, c := range decoded {

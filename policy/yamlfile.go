@@ -64,7 +64,7 @@ var (
 	yamlUnknownKey  = regexp.MustCompile(`(?s)^field (.+) not found in type \S+$`) // a key may hold spaces and line breaks
 	yamlFieldTwice  = regexp.MustCompile(`(?s)^field (.+) already set in type \S+$`)
 	yamlDuplicate   = regexp.MustCompile(`^mapping key "(.*)" already defined at line (\d+)$`)
-	yamlWrongType   = regexp.MustCompile("^cannot unmarshal !!(\\w+)(?: `(.*)`)? into (.+)$") // no value for a list or mapping
+	yamlWrongType   = regexp.MustCompile("(?s)^cannot unmarshal !!(\\w+)(?: `(.*)`)? into (.+)$") // no value for a list or mapping
 	goTypeToEnglish = map[string]string{
 		"int": "a whole number", "int64": "a whole number", "uint16": "a whole number",
 		"float64": "a number", "string": "a string", "bool": "true or false",
